@@ -1,0 +1,65 @@
+# melange2 remote builds. `make demo` runs the main job end to end; `make test` runs every test.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+UV := .tools/uv/bin/uv
+PY := .venv/bin/python
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+export UV_PYTHON := python3.11
+
+.PHONY: help setup system-deps tools venv protos lint test test-unit test-e2e demo farm-up farm-down farm-status clean
+
+help:
+	@echo "make demo       install everything, start the local farm, run a smoke build"
+	@echo "make test       install what tests need, run lint and every test"
+	@echo "make setup      install system packages, .venv, buildkitd/buildctl, gRPC stubs"
+	@echo "make farm-up    start two buildkitd daemons and the registry (writes .farm/env)"
+	@echo "make farm-down  stop the local farm"
+
+setup: system-deps tools venv protos
+
+system-deps:
+	@scripts/setup-system.sh
+
+tools:
+	@scripts/build-tools.sh
+
+$(UV):
+	@python3.11 -m venv .tools/uv
+	@.tools/uv/bin/pip install -q "uv==$(UV_VERSION)"
+
+venv: $(UV)
+	@$(UV) sync --frozen --quiet
+
+protos: venv
+	@$(PY) scripts/gen_protos.py
+
+lint: setup
+	.venv/bin/ruff format --check src tests scripts
+	.venv/bin/ruff check src tests scripts
+	.venv/bin/mypy
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-e2e: setup
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+farm-up: setup
+	@$(PY) -m melange2.farm up
+
+farm-down:
+	@if [ -x $(PY) ]; then $(PY) -m melange2.farm down; fi
+
+farm-status:
+	@$(PY) -m melange2.farm status
+
+demo: farm-up
+	@$(PY) -m melange2.farm smoke
+
+clean: farm-down
+	rm -rf .venv .tools .farm src/melange2/buildkit/_proto

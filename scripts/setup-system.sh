@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# System packages and kernel set-up the farm needs: runc for BuildKit's OCI worker,
+# Debian's docker-registry, busybox-static (amd64 and arm64) for the base image,
+# qemu-user-static registered with binfmt_misc so linux/arm64 steps run here.
+# Idempotent: installs only what is missing.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+debs="$here/.tools/debs"
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need=()
+for p in runc docker-registry busybox-static qemu-user-static binfmt-support ca-certificates; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+arm64_added=1
+dpkg --print-foreign-architectures | grep -qx arm64 || arm64_added=0
+if [ ${#need[@]} -gt 0 ] || [ $arm64_added = 0 ] || [ ! -f "$debs/busybox-static_arm64.deb" ]; then
+  if [ $arm64_added = 0 ]; then $SUDO dpkg --add-architecture arm64; fi
+  $SUDO apt-get update -qq
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The busybox-static packages our base image is made from, one per architecture.
+mkdir -p "$debs"
+for arch in amd64 arm64; do
+  if [ ! -f "$debs/busybox-static_$arch.deb" ]; then
+    tmp=$(mktemp -d) && chmod 755 "$tmp"
+    (cd "$tmp" && apt-get download -qq "busybox-static:$arch")
+    mv "$tmp"/busybox-static_*_"$arch".deb "$debs/busybox-static_$arch.deb"
+    rm -rf "$tmp"
+  fi
+done
+
+# qemu-aarch64 in binfmt_misc (the F flag keeps it usable inside containers).
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  $SUDO mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  $SUDO update-binfmts --enable qemu-aarch64 || $SUDO update-binfmts --import qemu-aarch64
+fi
+grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64

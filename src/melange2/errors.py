@@ -1,0 +1,102 @@
+"""The farm's exceptions: one root, stable codes for the wire, exit codes for the shell.
+
+::
+
+    FarmError
+    ├── ConfigError                 bad farm or tool configuration (flags, files)
+    ├── RecipeError                 a melange config that cannot be parsed or resolved
+    ├── BuildkitError               talking to a BuildKit daemon
+    │   ├── BuildkitUnavailable     the daemon cannot be reached or went away (a backend fault)
+    │   ├── SolveFailed             the build itself failed (a step exited non-zero, ...)
+    │   └── SolveCancelled          the solve was cancelled
+    ├── RegistryError               talking to an OCI registry
+    │   └── ManifestNotFound
+    ├── ApkError                    reading or writing APK packages and indexes
+    └── FarmProcessError            starting or stopping the local farm's processes
+
+Each class has a ``code`` (a stable string for JSON error bodies) and an ``exit_code``
+(for the CLI). The message defaults to the class docstring's first line.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class FarmError(Exception):
+    """Something went wrong in the build farm."""
+
+    code: ClassVar[str] = "farm_error"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        if message is None:
+            message = (self.__doc__ or self.__class__.__name__).strip().splitlines()[0]
+        super().__init__(message)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(FarmError):
+    """Invalid configuration."""
+
+    code = "config_error"
+    exit_code = 2
+
+
+class RecipeError(FarmError):
+    """The melange config is invalid."""
+
+    code = "recipe_error"
+    exit_code = 2
+
+
+class BuildkitError(FarmError):
+    """BuildKit reported an error."""
+
+    code = "buildkit_error"
+
+
+class BuildkitUnavailable(BuildkitError):
+    """The BuildKit daemon cannot be reached."""
+
+    code = "buildkit_unavailable"
+
+
+class SolveFailed(BuildkitError):
+    """The build failed."""
+
+    code = "solve_failed"
+
+
+class SolveCancelled(BuildkitError):
+    """The build was cancelled."""
+
+    code = "solve_cancelled"
+    exit_code = 130
+
+
+class RegistryError(FarmError):
+    """The registry refused a request."""
+
+    code = "registry_error"
+
+
+class ManifestNotFound(RegistryError):
+    """The registry has no such manifest."""
+
+    code = "manifest_not_found"
+
+
+class ApkError(FarmError):
+    """Invalid APK package or index."""
+
+    code = "apk_error"
+
+
+class FarmProcessError(FarmError):
+    """A local farm process failed."""
+
+    code = "farm_process_error"
