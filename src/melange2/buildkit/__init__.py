@@ -1,0 +1,29 @@
+"""Drive BuildKit daemons over their gRPC API: the client, LLB, and error mapping."""
+
+from __future__ import annotations
+
+from melange2.buildkit.client import (
+    BuildkitClient,
+    DaemonInfo,
+    Exporter,
+    LogChunk,
+    Progress,
+    SolveResult,
+    StepFailed,
+    VertexUpdate,
+    WorkerInfo,
+    push_image,
+)
+
+__all__ = [
+    "BuildkitClient",
+    "DaemonInfo",
+    "Exporter",
+    "LogChunk",
+    "Progress",
+    "SolveResult",
+    "StepFailed",
+    "VertexUpdate",
+    "WorkerInfo",
+    "push_image",
+]

@@ -1,0 +1,182 @@
+"""A small asyncio client for the OCI distribution API (what ``docker push/pull`` speak).
+
+Anonymous access over HTTP or HTTPS, as the farm's loopback registry serves it.
+
+Example::
+
+    async with RegistryClient("127.0.0.1:5000") as reg:
+        await reg.push_blob("base", layer.blob)
+        digest = await reg.push_manifest("base", "latest", manifest)
+        manifest = await reg.get_manifest("base", digest)
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from melange2.buildkit.llb.platform import Platform
+from melange2.errors import ManifestNotFound, RegistryError
+from melange2.oci.image import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    INDEX_MEDIA_TYPE,
+    MANIFEST_MEDIA_TYPE,
+    Blob,
+)
+
+_ACCEPT = ", ".join([INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, DOCKER_LIST, DOCKER_MANIFEST])
+
+
+class RegistryClient:
+    """Push and pull blobs and manifests of one registry host."""
+
+    def __init__(self, host: str, *, scheme: str = "http", timeout: float = 60.0) -> None:
+        self.host = host
+        self._client = httpx.AsyncClient(base_url=f"{scheme}://{host}", timeout=timeout)
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        try:
+            return await self._client.request(method, url, **kw)
+        except httpx.HTTPError as exc:
+            raise RegistryError(f"registry {self.host}: {method} {url}: {exc}") from exc
+
+    async def ping(self) -> bool:
+        """True when the registry answers the v2 API."""
+        try:
+            resp = await self._client.get("/v2/")
+        except httpx.HTTPError:
+            return False
+        return resp.status_code in (200, 401)
+
+    async def has_blob(self, repo: str, digest: str) -> bool:
+        resp = await self._request("HEAD", f"/v2/{repo}/blobs/{digest}")
+        return resp.status_code == 200
+
+    async def push_blob(self, repo: str, blob: Blob) -> str:
+        """Upload ``blob`` unless the registry has it; returns its digest."""
+        digest = blob.digest
+        if await self.has_blob(repo, digest):
+            return digest
+        start = await self._request("POST", f"/v2/{repo}/blobs/uploads/")
+        if start.status_code != 202:
+            raise RegistryError(f"registry {self.host}: cannot start upload: {start.status_code}")
+        location = start.headers["location"]
+        sep = "&" if "?" in location else "?"
+        done = await self._request(
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            content=blob.data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        if done.status_code != 201:
+            raise RegistryError(
+                f"registry {self.host}: upload of {digest} refused: {done.status_code} {done.text}"
+            )
+        return digest
+
+    async def push_manifest(self, repo: str, reference: str, manifest: Blob) -> str:
+        """Put a manifest or index under ``reference`` (a tag or its digest)."""
+        resp = await self._request(
+            "PUT",
+            f"/v2/{repo}/manifests/{reference}",
+            content=manifest.data,
+            headers={"Content-Type": manifest.media_type},
+        )
+        if resp.status_code != 201:
+            raise RegistryError(
+                f"registry {self.host}: manifest {repo}:{reference} refused: "
+                f"{resp.status_code} {resp.text}"
+            )
+        return manifest.digest
+
+    async def get_manifest(self, repo: str, reference: str) -> Blob:
+        """The manifest or index at ``reference``, checked against its digest."""
+        resp = await self._request(
+            "GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": _ACCEPT}
+        )
+        if resp.status_code == 404:
+            raise ManifestNotFound(f"{self.host}/{repo}: no manifest {reference}")
+        if resp.status_code != 200:
+            raise RegistryError(f"registry {self.host}: manifest {reference}: {resp.status_code}")
+        blob = Blob(media_type=resp.headers.get("content-type", ""), data=resp.content)
+        if reference.startswith("sha256:") and blob.digest != reference:
+            raise RegistryError(f"registry {self.host}: manifest digest mismatch for {reference}")
+        return blob
+
+    async def get_blob(self, repo: str, digest: str) -> bytes:
+        """A blob's content, checked against its digest."""
+        resp = await self._request("GET", f"/v2/{repo}/blobs/{digest}", follow_redirects=True)
+        if resp.status_code != 200:
+            raise RegistryError(f"registry {self.host}: blob {digest}: {resp.status_code}")
+        if "sha256:" + hashlib.sha256(resp.content).hexdigest() != digest:
+            raise RegistryError(f"registry {self.host}: blob digest mismatch for {digest}")
+        return resp.content
+
+    async def image_manifest(
+        self, repo: str, reference: str, platform: Platform | None = None
+    ) -> dict[str, Any]:
+        """The image manifest at ``reference``, choosing ``platform`` from an index."""
+        blob = await self.get_manifest(repo, reference)
+        doc: dict[str, Any] = json.loads(blob.data)
+        if doc.get("mediaType", blob.media_type) in (INDEX_MEDIA_TYPE, DOCKER_LIST) or (
+            "manifests" in doc
+        ):
+            for entry in doc["manifests"]:
+                plat = entry.get("platform", {})
+                if platform is None or (
+                    plat.get("architecture") == platform.architecture
+                    and plat.get("os") == platform.os
+                    and plat.get("variant", "") == platform.variant
+                ):
+                    return await self.image_manifest(repo, entry["digest"])
+            raise ManifestNotFound(f"{self.host}/{repo}@{reference}: no manifest for {platform}")
+        return doc
+
+    async def read_file(
+        self, repo: str, reference: str, path: str, platform: Platform | None = None
+    ) -> bytes:
+        """The content of ``path`` in the image: the topmost layer that has it wins."""
+        manifest = await self.image_manifest(repo, reference, platform)
+        wanted = path.lstrip("/")
+        found: bytes | None = None
+        for layer in manifest["layers"]:
+            data = await self.get_blob(repo, layer["digest"])
+            for name, content in _tar_files(data):
+                if name == wanted:
+                    found = content
+        if found is None:
+            raise RegistryError(f"{self.host}/{repo}@{reference}: no file {path}")
+        return found
+
+
+def _tar_files(layer: bytes) -> Iterator[tuple[str, bytes]]:
+    raw = gzip.decompress(layer) if layer[:2] == b"\x1f\x8b" else layer
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        for member in tar:
+            if member.isfile():
+                f = tar.extractfile(member)
+                if f is not None:
+                    yield member.name.removeprefix("./"), f.read()
