@@ -1,0 +1,229 @@
+"""The local build farm: a loopback registry with the base image and N buildkitd daemons.
+
+Used by ``make farm-up``/``farm-down`` (through ``python -m melange2.farm``) and by the
+test suite's session fixtures, so tests run on exactly what users run.
+
+Layout under the farm's root (``.farm/`` for ``make farm-up``)::
+
+    env                        shell-sourceable: MELANGE_SERVER, BUILDKIT_ADDRS, BASE_IMAGE, ...
+    logs/<service>.log         each process's output
+    pids/<service>.pid
+    registry/config.yml, registry/data/
+    buildkitd-<n>/buildkitd.toml, buildkitd-<n>/root/
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from melange2.buildkit.client import BuildkitClient
+from melange2.errors import BuildkitError, FarmProcessError
+from melange2.farm import processes
+from melange2.farm.baseimage import push_base_image
+from melange2.oci.registry import RegistryClient
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+_READY_SECONDS = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class FarmEnv:
+    """Where the running farm's parts are; written to and read from ``<root>/env``."""
+
+    registry: str  #: host:port of the loopback registry
+    buildkit_addrs: tuple[str, ...]
+    base_image: str  #: registry reference pinned by digest
+    melange_server: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def render(self) -> str:
+        values = {
+            "MELANGE_SERVER": self.melange_server,
+            "BUILDKIT_ADDRS": " ".join(self.buildkit_addrs),
+            "BASE_IMAGE": self.base_image,
+            "REGISTRY": self.registry,
+            **self.extra,
+        }
+        return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
+
+    @classmethod
+    def load(cls, path: Path) -> FarmEnv:
+        values: dict[str, str] = {}
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, _, raw = line.partition("=")
+                parts = shlex.split(raw)
+                values[key] = parts[0] if parts else ""
+        return cls(
+            registry=values.pop("REGISTRY"),
+            buildkit_addrs=tuple(values.pop("BUILDKIT_ADDRS").split()),
+            base_image=values.pop("BASE_IMAGE"),
+            melange_server=values.pop("MELANGE_SERVER", ""),
+            extra=values,
+        )
+
+
+class LocalFarm:
+    """Start and stop the farm's processes under ``root``."""
+
+    def __init__(self, root: Path, *, tools_dir: Path, daemons: int = 2) -> None:
+        self.root = root.resolve()
+        self.tools_dir = tools_dir.resolve()
+        self.daemons = daemons
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / "env"
+
+    def _pid(self, name: str) -> Path:
+        return self.root / "pids" / f"{name}.pid"
+
+    def _log(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    def running_services(self) -> list[str]:
+        """Names of this farm's services whose process is alive."""
+        pids = self.root / "pids"
+        if not pids.is_dir():
+            return []
+        alive = []
+        for pid_file in sorted(pids.glob("*.pid")):
+            pid = processes.read_pid(pid_file)
+            if pid is not None and processes.pid_alive(pid):
+                alive.append(pid_file.stem)
+        return alive
+
+    async def up(self) -> FarmEnv:
+        """Start the registry, push the base image, start the daemons; write ``env``."""
+        if self.running_services():
+            raise FarmProcessError(
+                f"a farm is already running under {self.root} "
+                f"({', '.join(self.running_services())}); run `make farm-down` first"
+            )
+        self._check_tools()
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            registry = await self._start_registry()
+            debs = {
+                arch: self.tools_dir / "debs" / f"busybox-static_{arch}.deb"
+                for arch in ("amd64", "arm64")
+            }
+            base = await push_base_image(registry, {a: p for a, p in debs.items() if p.exists()})
+            addrs = [self._start_buildkitd(n, registry) for n in range(self.daemons)]
+            await asyncio.gather(*(self._wait_buildkitd(n, a) for n, a in enumerate(addrs)))
+        except BaseException:
+            self.down()
+            raise
+        env = FarmEnv(registry=registry, buildkit_addrs=tuple(addrs), base_image=str(base))
+        self.env_file.write_text(env.render())
+        return env
+
+    def down(self) -> list[str]:
+        """Stop every service, clear mounts and lock files. Returns what was stopped."""
+        stopped = []
+        pids = self.root / "pids"
+        if pids.is_dir():
+            # daemons first, the registry last
+            for pid_file in sorted(pids.glob("*.pid"), key=lambda p: p.stem == "registry"):
+                if processes.stop(pid_file):
+                    stopped.append(pid_file.stem)
+        processes.unmount_under(self.root)
+        for lock in self.root.glob("buildkitd-*/root/buildkitd.lock"):
+            lock.unlink(missing_ok=True)
+        self.env_file.unlink(missing_ok=True)
+        return stopped
+
+    def _check_tools(self) -> None:
+        missing = [
+            str(p)
+            for p in (self.tools_dir / "bin" / "buildkitd", Path(REGISTRY_BINARY))
+            if not p.exists()
+        ]
+        if shutil.which("runc") is None:
+            missing.append("runc")
+        if missing:
+            raise FarmProcessError(f"missing {', '.join(missing)}: run `make setup` first")
+
+    async def _start_registry(self) -> str:
+        port = processes.free_port()
+        host = f"127.0.0.1:{port}"
+        home = self.root / "registry"
+        (home / "data").mkdir(parents=True, exist_ok=True)
+        config = home / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {home / 'data'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: {host}\n"
+        )
+        processes.start(
+            [REGISTRY_BINARY, "serve", str(config)],
+            pid_file=self._pid("registry"),
+            log_file=self._log("registry"),
+        )
+        async with RegistryClient(host) as reg:
+            deadline = time.monotonic() + _READY_SECONDS
+            while not await reg.ping():
+                if time.monotonic() > deadline:
+                    raise FarmProcessError(f"registry did not start; see {self._log('registry')}")
+                await asyncio.sleep(0.1)
+        return host
+
+    def _start_buildkitd(self, n: int, registry: str) -> str:
+        home = self.root / f"buildkitd-{n}"
+        (home / "root").mkdir(parents=True, exist_ok=True)
+        addr = f"tcp://127.0.0.1:{processes.free_port()}"
+        config = home / "buildkitd.toml"
+        config.write_text(
+            f'root = "{home / "root"}"\n'
+            "[grpc]\n"
+            f'  address = ["{addr}"]\n'
+            "[worker.oci]\n"
+            "  enabled = true\n"
+            '  binary = "runc"\n'
+            "  gc = true\n"
+            "[worker.containerd]\n"
+            "  enabled = false\n"
+            f'[registry."{registry}"]\n'
+            "  http = true\n"
+            "  insecure = true\n"
+        )
+        processes.start(
+            [
+                str(self.tools_dir / "bin" / "buildkitd"),
+                "--config",
+                str(config),
+                "--root",
+                str(home / "root"),
+            ],
+            pid_file=self._pid(f"buildkitd-{n}"),
+            log_file=self._log(f"buildkitd-{n}"),
+            cwd=home,
+        )
+        return addr
+
+    async def _wait_buildkitd(self, n: int, addr: str) -> None:
+        deadline = time.monotonic() + _READY_SECONDS
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            pid = processes.read_pid(self._pid(f"buildkitd-{n}"))
+            if pid is None or not processes.pid_alive(pid):
+                break
+            try:
+                async with BuildkitClient(addr, connect_timeout=2.0) as bk:
+                    workers = await bk.list_workers()
+                if workers:
+                    return
+            except BuildkitError as exc:
+                last = exc
+            await asyncio.sleep(0.2)
+        raise FarmProcessError(
+            f"buildkitd-{n} at {addr} did not become ready ({last}); "
+            f"see {self._log(f'buildkitd-{n}')}"
+        )
