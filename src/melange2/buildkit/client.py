@@ -32,6 +32,7 @@ from melange2.errors import BuildkitError, SolveFailed
 _MAX_MESSAGE = 64 * 1024 * 1024
 _LOG_TAIL_BYTES = 4096
 _STATUS_DRAIN_SECONDS = 5.0
+_MESSAGE_TAIL_LINES = 10
 
 
 def grpc_target(addr: str) -> str:
@@ -312,4 +313,7 @@ def _describe_failure(
     message = f"step {step.name!r} failed"
     if code is not None:
         message += f" with exit code {code}"
+    last_lines = tail.rstrip("\n").splitlines()[-_MESSAGE_TAIL_LINES:]
+    if last_lines:
+        message += ":\n" + "\n".join(f"  {line}" for line in last_lines)
     return StepFailed(message, step=step.name, exit_code=code, log_tail=tail)

@@ -204,7 +204,6 @@ class LocalFarm:
             ],
             pid_file=self._pid(f"buildkitd-{n}"),
             log_file=self._log(f"buildkitd-{n}"),
-            cwd=home,
         )
         return addr
 

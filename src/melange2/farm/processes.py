@@ -45,26 +45,33 @@ def read_pid(pid_file: Path) -> int | None:
         return None
 
 
-def start(
-    argv: Sequence[str], *, pid_file: Path, log_file: Path, cwd: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session, output to ``log_file``, pid in ``pid_file``."""
+def start(argv: Sequence[str], *, pid_file: Path, log_file: Path) -> int:
+    """Start ``argv`` in a session of its own, output appended to ``log_file``, its pid
+    written to ``pid_file``. The process outlives this one (``make farm-up`` returns)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as log:
-        try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise FarmProcessError(f"cannot start {argv[0]}: {exc}") from exc
-    pid_file.write_text(f"{proc.pid}\n")
-    return proc
+    try:
+        pid = os.posix_spawnp(
+            argv[0],
+            list(argv),
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (
+                    os.POSIX_SPAWN_OPEN,
+                    1,
+                    str(log_file),
+                    os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                    0o644,
+                ),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
+    except OSError as exc:
+        raise FarmProcessError(f"cannot start {argv[0]}: {exc}") from exc
+    pid_file.write_text(f"{pid}\n")
+    return pid
 
 
 def stop(pid_file: Path, *, grace: float = 10.0) -> bool:

@@ -1,0 +1,3 @@
+"""The ``melange2`` command line."""
+
+from __future__ import annotations

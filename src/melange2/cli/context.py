@@ -1,0 +1,17 @@
+"""What every command gets: the console to print on (injected, never global)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import click
+from rich.console import Console
+
+
+@dataclass(kw_only=True)
+class CliContext:
+    console: Console
+    err_console: Console
+
+
+pass_cli = click.make_pass_decorator(CliContext)

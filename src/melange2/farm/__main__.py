@@ -1,0 +1,100 @@
+"""``python -m melange2.farm up|down|status|smoke``: the local farm behind ``make farm-up``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from melange2.errors import FarmError
+from melange2.farm.local import FarmEnv, LocalFarm
+from melange2.farm.smoke import run_smoke
+
+
+def _farm(root: str, tools: str, daemons: int = 2) -> LocalFarm:
+    return LocalFarm(Path(root), tools_dir=Path(tools), daemons=daemons)
+
+
+@click.group()
+@click.option("--root", default=".farm", show_default=True, help="Where the farm keeps its state.")
+@click.option("--tools", default=".tools", show_default=True, help="Where `make setup` put tools.")
+@click.pass_context
+def cli(ctx: click.Context, root: str, tools: str) -> None:
+    """Start, stop and check the local build farm."""
+    ctx.obj = (root, tools)
+
+
+@cli.command()
+@click.option("--daemons", default=2, show_default=True, help="How many buildkitd daemons.")
+@click.pass_obj
+def up(obj: tuple[str, str], daemons: int) -> None:
+    """Start the registry, push the base image, start the buildkitd daemons."""
+    farm = _farm(*obj, daemons=daemons)
+    running = farm.running_services()
+    if running:
+        click.echo(
+            f"farm already running under {farm.root} ({', '.join(running)}); nothing changed"
+        )
+        return
+    env = asyncio.run(farm.up())
+    click.echo(f"farm up: registry {env.registry}, buildkitd {' '.join(env.buildkit_addrs)}")
+    click.echo(f"base image {env.base_image}")
+    click.echo(f"environment in {farm.env_file} (source it: `. {os.path.relpath(farm.env_file)}`)")
+
+
+@cli.command()
+@click.pass_obj
+def down(obj: tuple[str, str]) -> None:
+    """Stop every farm process and clear its mounts and lock files."""
+    stopped = _farm(*obj).down()
+    click.echo(f"farm down: stopped {', '.join(stopped)}" if stopped else "farm was not running")
+
+
+@cli.command()
+@click.pass_obj
+def status(obj: tuple[str, str]) -> None:
+    """Show which farm processes run."""
+    farm = _farm(*obj)
+    running = farm.running_services()
+    if not running:
+        click.echo("farm is not running")
+        sys.exit(1)
+    click.echo(f"running: {', '.join(running)}")
+    if farm.env_file.exists():
+        click.echo(farm.env_file.read_text().rstrip())
+
+
+@cli.command()
+@click.pass_obj
+def smoke(obj: tuple[str, str]) -> None:
+    """Build on every daemon and platform of the running farm, and show the results."""
+    farm = _farm(*obj)
+    if not farm.env_file.exists():
+        raise click.ClickException("the farm is not running: `make farm-up` first")
+    env = FarmEnv.load(farm.env_file)
+    results = asyncio.run(run_smoke(env))
+    table = Table(title="smoke build: a step on each daemon and platform")
+    for col in ("daemon", "arch", "uname -m in the step", "result image"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.daemon, r.arch, r.uname, r.image)
+    Console().print(table)
+    bad = [r for r in results if r.uname != r.arch]
+    if bad:
+        raise click.ClickException(f"{len(bad)} smoke builds ran on the wrong platform")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except FarmError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+main()
