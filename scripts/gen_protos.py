@@ -37,8 +37,11 @@ def module_dir() -> Path:
         text=True,
     ).stdout.strip()
     if not out:
-        subprocess.run(["go", "mod", "download", "github.com/moby/buildkit"],
-                       cwd=ROOT / "tools" / "buildkit", check=True)
+        subprocess.run(
+            ["go", "mod", "download", "github.com/moby/buildkit"],
+            cwd=ROOT / "tools" / "buildkit",
+            check=True,
+        )
         return module_dir()
     return Path(out)
 
