@@ -1,0 +1,295 @@
+"""Write an APK v2 package from a directory tree.
+
+The file is three gzip streams, written in this order but computed back to front::
+
+    signature  tar segment: .SIGN.RSA.<key>.rsa.pub = RSA(SHA-1(control stream))
+    control    tar segment: .PKGINFO (with datahash), then any scriptlets
+    data       tar archive of the tree, ending in two zero blocks; every regular file
+               and symlink carries a PAX record APK-TOOLS.checksum.SHA1
+
+The data stream is spooled to a temporary file (in memory while small) because its
+sha256 must be in ``.PKGINFO`` before the control stream can be signed. Files are
+read in chunks, never whole.
+
+Same tree, same :class:`PackageInfo`, same key and same ``source_date_epoch`` give
+byte-identical output: entries are sorted by name, gzip headers carry no name or
+time, mtimes are clamped to ``source_date_epoch``, owners default to root and no
+user database is consulted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO
+
+from melange2.apk._stream import (
+    CHUNK_SIZE,
+    END_OF_ARCHIVE,
+    GzipMemberWriter,
+    gzip_member,
+    tar_header,
+    tar_padding,
+    tar_small_file,
+    tee,
+)
+from melange2.apk.errors import ApkFormatError, ApkIntegrityError
+from melange2.apk.index import IndexRecord
+from melange2.apk.pkginfo import PackageInfo
+from melange2.apk.signing import Signer, signature_stream
+
+__all__ = ["ApkResult", "Owner", "Scriptlet", "write_apk"]
+
+CHECKSUM_PAX_KEY = "APK-TOOLS.checksum.SHA1"
+_SPOOL_IN_MEMORY = 16 << 20
+
+
+class Scriptlet(StrEnum):
+    """Install scripts, by their control-stream file name (in the order they are written)."""
+
+    TRIGGER = ".trigger"
+    PRE_INSTALL = ".pre-install"
+    POST_INSTALL = ".post-install"
+    PRE_DEINSTALL = ".pre-deinstall"
+    POST_DEINSTALL = ".post-deinstall"
+    PRE_UPGRADE = ".pre-upgrade"
+    POST_UPGRADE = ".post-upgrade"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Owner:
+    """Numeric owner of a packaged path."""
+
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApkResult:
+    """What :func:`write_apk` wrote."""
+
+    #: the metadata as written: ``installed_size``, ``datahash`` and ``build_date`` filled in
+    info: PackageInfo
+    #: bytes written (``S:`` in APKINDEX)
+    size: int
+    #: SHA-1 of the control gzip stream: the package identity (``C:Q1...`` in APKINDEX)
+    checksum: bytes
+    #: hex sha256 of the whole file
+    sha256: str
+    #: name of the signature entry, ``None`` when unsigned
+    signature_name: str | None
+
+    def index_record(self) -> IndexRecord:
+        """The APKINDEX record for this package, without reading it back."""
+        return IndexRecord.from_package(self.info, checksum=self.checksum, size=self.size)
+
+
+@dataclass
+class _DataStats:
+    installed_size: int = 0
+    entries: int = 0
+    hardlinks: dict[tuple[int, int], str] = field(default_factory=dict)
+
+
+def write_apk(
+    rootdir: Path,
+    info: PackageInfo,
+    signer: Signer | None,
+    out: BinaryIO,
+    *,
+    source_date_epoch: int,
+    scripts: Mapping[Scriptlet, bytes] | None = None,
+    owners: Mapping[str, Owner] | None = None,
+    preserve_owners: bool = False,
+    compresslevel: int = 9,
+) -> ApkResult:
+    """Package the tree under ``rootdir`` as an APK v2 written to ``out``.
+
+    ``info`` describes the package; its ``installed_size`` and ``datahash`` are computed
+    here, and a ``build_date`` of 0 becomes ``source_date_epoch``. Regular files,
+    directories and symlinks are packaged (hard links as tar hard links); anything
+    else is an :class:`ApkFormatError`. Every path is owned by root:root unless
+    ``preserve_owners`` takes the owners from the tree or ``owners`` names one for a
+    relative path such as ``"var/lib/app"``. With ``signer`` ``None`` the package is
+    unsigned (``apk add --allow-untrusted`` territory).
+
+    Example::
+
+        with open("out/hello-2.12-r0.apk", "wb") as out:
+            result = write_apk(
+                Path("melange-out/hello"),
+                PackageInfo(name="hello", version="2.12", arch="x86_64"),
+                Signer.from_files(Path("melange.rsa")),
+                out,
+                source_date_epoch=1700000000,
+            )
+    """
+    if source_date_epoch < 0:
+        raise ApkFormatError("source_date_epoch must not be negative")
+    if not rootdir.is_dir():
+        raise ApkFormatError(f"{rootdir} is not a directory")
+    scripts = dict(scripts or {})
+    if Scriptlet.TRIGGER in scripts and not info.triggers:
+        raise ApkFormatError("a .trigger script needs the paths it watches in info.triggers")
+
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
+        datahash = hashlib.sha256()
+        member = GzipMemberWriter(tee(spool.write, datahash.update), level=compresslevel)
+        stats = _DataStats()
+        for rel, path, st in _walk(rootdir):
+            owner = _owner(rel, st, owners or {}, preserve_owners)
+            _write_entry(member, rel, path, st, owner, min(_mtime(st), source_date_epoch), stats)
+        member.write(END_OF_ARCHIVE)
+        member.close()
+
+        installed_size = stats.installed_size
+        if installed_size == 0 and (stats.entries or scripts):
+            # apk-tools 2 treats size 0 as virtual and extracts nothing (abuild does this too)
+            installed_size = 1
+        final = info.evolve(
+            installed_size=installed_size,
+            datahash=datahash.hexdigest(),
+            build_date=info.build_date or source_date_epoch,
+        )
+
+        control_tar = tar_small_file(
+            ".PKGINFO", final.render(), mode=0o644, mtime=source_date_epoch
+        )
+        for scriptlet in Scriptlet:
+            if scriptlet in scripts:
+                control_tar += tar_small_file(
+                    scriptlet.value, scripts[scriptlet], mode=0o755, mtime=source_date_epoch
+                )
+        control = gzip_member(control_tar, level=compresslevel)
+
+        whole = hashlib.sha256()
+        size = 0
+
+        def emit(data: bytes) -> None:
+            nonlocal size
+            out.write(data)
+            whole.update(data)
+            size += len(data)
+
+        if signer is not None:
+            emit(signature_stream(signer, control, mtime=source_date_epoch))
+        emit(control)
+        spool.seek(0)
+        while chunk := spool.read(CHUNK_SIZE):
+            emit(chunk)
+
+    return ApkResult(
+        info=final,
+        size=size,
+        checksum=hashlib.sha1(control).digest(),
+        sha256=whole.hexdigest(),
+        signature_name=signer.signature_name if signer is not None else None,
+    )
+
+
+def _mtime(st: os.stat_result) -> int:
+    return max(0, int(st.st_mtime))
+
+
+def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
+    """``(relative path, path, lstat)`` depth first, siblings in byte order of their names."""
+
+    def walk(directory: str, prefix: str) -> Iterator[tuple[str, str, os.stat_result]]:
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda entry: os.fsencode(entry.name))
+        for entry in entries:
+            rel = prefix + entry.name
+            st = entry.stat(follow_symlinks=False)
+            yield rel, entry.path, st
+            if stat.S_ISDIR(st.st_mode):
+                yield from walk(entry.path, rel + "/")
+
+    yield from walk(os.fspath(root), "")
+
+
+def _owner(
+    rel: str, st: os.stat_result, owners: Mapping[str, Owner], preserve_owners: bool
+) -> Owner:
+    if rel in owners:
+        return owners[rel]
+    if preserve_owners:
+        return Owner(uid=st.st_uid, gid=st.st_gid)
+    return Owner()
+
+
+def _write_entry(
+    member: GzipMemberWriter,
+    rel: str,
+    path: str,
+    st: os.stat_result,
+    owner: Owner,
+    mtime: int,
+    stats: _DataStats,
+) -> None:
+    info = tarfile.TarInfo(rel)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.mtime = mtime
+    info.uid, info.gid = owner.uid, owner.gid
+    # apk-tools resolves owners by name first, so only root gets one: other ids stay numeric.
+    info.uname = "root" if owner.uid == 0 else ""
+    info.gname = "root" if owner.gid == 0 else ""
+    stats.entries += 1
+
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+        member.write(tar_header(info))
+    elif stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path)
+        info.type = tarfile.SYMTYPE
+        info.linkname = target
+        info.mode = 0o777
+        info.pax_headers = {CHECKSUM_PAX_KEY: hashlib.sha1(os.fsencode(target)).hexdigest()}
+        member.write(tar_header(info))
+    elif stat.S_ISREG(st.st_mode):
+        inode = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and inode in stats.hardlinks:
+            info.type = tarfile.LNKTYPE
+            info.linkname = stats.hardlinks[inode]
+            member.write(tar_header(info))
+            return
+        if st.st_nlink > 1:
+            stats.hardlinks[inode] = rel
+        digest = _sha1_file(path)
+        info.type = tarfile.REGTYPE
+        info.size = st.st_size
+        info.pax_headers = {CHECKSUM_PAX_KEY: digest}
+        member.write(tar_header(info))
+        _copy_file(member, rel, path, st.st_size, digest)
+        stats.installed_size += st.st_size
+    else:
+        raise ApkFormatError(
+            f"{rel}: unsupported file type (only files, directories and symlinks are packaged)"
+        )
+
+
+def _sha1_file(path: str) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as src:
+        while chunk := src.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_file(member: GzipMemberWriter, rel: str, path: str, size: int, sha1: str) -> None:
+    digest = hashlib.sha1()
+    copied = 0
+    with open(path, "rb") as src:
+        while copied < size and (chunk := src.read(min(CHUNK_SIZE, size - copied))):
+            digest.update(chunk)
+            member.write(chunk)
+            copied += len(chunk)
+    if copied != size or digest.hexdigest() != sha1:
+        raise ApkIntegrityError(f"{rel} changed while it was being packaged")
+    member.write(tar_padding(size))
