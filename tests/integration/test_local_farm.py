@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from melange2.apk import load_public_keys, read_apk, read_index_tar_gz
 from melange2.farm import processes
 from melange2.farm.local import FarmEnv
 from tests.conftest import TOOLS, require_real_parts
@@ -63,6 +64,16 @@ def test_farm_up_twice_then_down_leaves_nothing(tmp_path: Path) -> None:
             assert "org.mobyproject.buildkit.worker.executor:\t\toci" in workers
             platforms = next(line for line in workers.splitlines() if line.startswith("Platforms:"))
             assert "linux/amd64" in platforms and "linux/arm64" in platforms
+
+        # the bootstrap repository: a signed index listing busybox for both arches
+        keys = load_public_keys([Path(env.extra["BOOTSTRAP_KEY"])])
+        for arch in ("x86_64", "aarch64"):
+            arch_dir = Path(env.extra["BOOTSTRAP_REPO"]) / arch
+            index = read_index_tar_gz(arch_dir / "APKINDEX.tar.gz", keys=keys)
+            assert [(r.name, r.arch) for r in index.records] == [("busybox", arch)]
+            apk = read_apk(arch_dir / index.records[0].filename)
+            apk.verify(keys)
+            assert any(e.path == "bin/sh" for e in apk.entries)
 
         # the registry listens on loopback only
         config = (root / "registry" / "config.yml").read_text()

@@ -5,7 +5,10 @@ test suite's session fixtures, so tests run on exactly what users run.
 
 Layout under the farm's root (``.farm/`` for ``make farm-up``)::
 
-    env                        shell-sourceable: MELANGE_SERVER, BUILDKIT_ADDRS, BASE_IMAGE, ...
+    env                        shell-sourceable: MELANGE_SERVER, BUILDKIT_ADDRS, BASE_IMAGE,
+                               REGISTRY, BOOTSTRAP_REPO, BOOTSTRAP_KEY
+    bootstrap/repo/<arch>/     the signed bootstrap APK repository (busybox)
+    bootstrap/keys/            its signing key
     logs/<service>.log         each process's output
     pids/<service>.pid
     registry/config.yml, registry/data/
@@ -25,6 +28,7 @@ from melange2.buildkit.client import BuildkitClient
 from melange2.errors import BuildkitError, FarmProcessError
 from melange2.farm import processes
 from melange2.farm.baseimage import push_base_image
+from melange2.farm.bootstrap import build_bootstrap_repo
 from melange2.oci.registry import RegistryClient
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -113,13 +117,23 @@ class LocalFarm:
                 arch: self.tools_dir / "debs" / f"busybox-static_{arch}.deb"
                 for arch in ("amd64", "arm64")
             }
-            base = await push_base_image(registry, {a: p for a, p in debs.items() if p.exists()})
+            present = {a: p for a, p in debs.items() if p.exists()}
+            base = await push_base_image(registry, present)
+            bootstrap = build_bootstrap_repo(self.root / "bootstrap", present)
             addrs = [self._start_buildkitd(n, registry) for n in range(self.daemons)]
             await asyncio.gather(*(self._wait_buildkitd(n, a) for n, a in enumerate(addrs)))
         except BaseException:
             self.down()
             raise
-        env = FarmEnv(registry=registry, buildkit_addrs=tuple(addrs), base_image=str(base))
+        env = FarmEnv(
+            registry=registry,
+            buildkit_addrs=tuple(addrs),
+            base_image=str(base),
+            extra={
+                "BOOTSTRAP_REPO": str(bootstrap.repo),
+                "BOOTSTRAP_KEY": str(bootstrap.public_key),
+            },
+        )
         self.env_file.write_text(env.render())
         return env
 
