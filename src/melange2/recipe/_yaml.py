@@ -1,0 +1,217 @@
+"""A typed, position-aware view of a composed YAML document (private).
+
+We compose (not construct) with ruamel.yaml: every node keeps its original text and its
+start mark, so ``version: 1.10`` stays ``"1.10"`` (as Go's yaml.v3 decodes it into a
+string) and every error can name a line. Aliases share nodes; a budget bounds how many
+nodes one parse may visit, so alias bombs and recursive anchors end in a ``RecipeError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from ruamel.yaml import YAML
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from melange2.recipe.errors import RecipeFieldError
+from melange2.recipe.model import Location
+
+_TAG_PREFIX: Final = "tag:yaml.org,2002:"
+_MAX_NODES: Final = 50_000
+_TRUE: Final = frozenset({"true", "yes", "on"})
+_FALSE: Final = frozenset({"false", "no", "off"})
+
+
+def _tag(node: Node) -> str:
+    tag = node.tag
+    return str(getattr(tag, "value", tag) or "")
+
+
+@dataclass(kw_only=True, slots=True)
+class Document:
+    """Per-parse state: the file name and the node budget."""
+
+    file: str
+    budget: int = _MAX_NODES
+    #: Mapping nodes already checked (id -> keys), so shared aliases are walked once.
+    _maps: dict[int, dict[str, tuple[Node, Node]]] = field(default_factory=dict)
+
+    def spend(self, where: Value) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise where.error("document too large (too many nodes or alias expansions)")
+
+
+def compose(text: str, file: str) -> tuple[Document, Value | None]:
+    """Compose ``text``; ``None`` for an empty document. YAML errors become RecipeErrors."""
+    doc = Document(file=file)
+    try:
+        node = YAML(typ="rt").compose(text)
+    except Exception as exc:  # ruamel raises many unrelated types; keep the cause
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = getattr(mark, "line", None)
+        column = getattr(mark, "column", None)
+        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+        problem = str(problem).strip().splitlines()[0] if str(problem).strip() else ""
+        location = Location(
+            file=file,
+            line=line + 1 if isinstance(line, int) else 0,
+            column=column + 1 if isinstance(column, int) else 0,
+        )
+        raise RecipeFieldError(
+            f"invalid YAML: {problem or type(exc).__name__}", location=location
+        ) from exc
+    if node is None:
+        return doc, None
+    return doc, Value(doc=doc, node=node, path="")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Value:
+    """One YAML node at a field path."""
+
+    doc: Document
+    node: Node
+    path: str
+
+    @property
+    def loc(self) -> Location:
+        mark = self.node.start_mark
+        style = getattr(self.node, "style", None)
+        return Location(
+            file=self.doc.file,
+            line=int(mark.line) + 1,
+            column=int(mark.column) + 1,
+            path=self.path,
+            literal=style == "|",
+        )
+
+    def error(self, problem: str) -> RecipeFieldError:
+        return RecipeFieldError(problem, location=self.loc)
+
+    def _sub(self, node: Node, suffix: str) -> Value:
+        sep = "" if not self.path or suffix.startswith("[") else "."
+        return Value(doc=self.doc, node=node, path=f"{self.path}{sep}{suffix}")
+
+    @property
+    def is_null(self) -> bool:
+        return isinstance(self.node, ScalarNode) and _tag(self.node) == _TAG_PREFIX + "null"
+
+    @property
+    def kind(self) -> str:
+        if isinstance(self.node, MappingNode):
+            return "a mapping"
+        if isinstance(self.node, SequenceNode):
+            return "a list"
+        if self.is_null:
+            return "null"
+        return f"{self.scalar_type} {self.node.value!r}"
+
+    @property
+    def scalar_type(self) -> str:
+        tag = _tag(self.node)
+        if tag.startswith(_TAG_PREFIX):
+            tag = tag[len(_TAG_PREFIX) :]
+        return {"str": "the string", "int": "the number", "float": "the number"}.get(
+            tag, f"the {tag}"
+        )
+
+    # -- mappings -------------------------------------------------------------------
+
+    def _pairs(self) -> dict[str, tuple[Node, Node]]:
+        cached = self.doc._maps.get(id(self.node))
+        if cached is not None:
+            return cached
+        if not isinstance(self.node, MappingNode):
+            raise self.error(f"expected a mapping, got {self.kind}")
+        explicit: dict[str, tuple[Node, Node]] = {}
+        # Registered before filling, so a mapping that merges itself cannot loop.
+        self.doc._maps[id(self.node)] = explicit
+        merged: list[Node] = []
+        for key, value in self.node.value:
+            self.doc.spend(self)
+            if _tag(key) == _TAG_PREFIX + "merge":
+                if isinstance(value, SequenceNode):
+                    merged.extend(value.value)
+                else:
+                    merged.append(value)
+                continue
+            if not isinstance(key, ScalarNode):
+                raise Value(doc=self.doc, node=key, path=self.path).error(
+                    "mapping keys must be strings"
+                )
+            name = str(key.value)
+            if name in explicit:
+                first = explicit[name][0].start_mark.line + 1
+                raise Value(doc=self.doc, node=key, path=self.path).error(
+                    f"key {name!r} is already defined on line {first}"
+                )
+            explicit[name] = (key, value)
+        for source in merged:
+            source_value = Value(doc=self.doc, node=source, path=self.path)
+            if not isinstance(source, MappingNode):
+                raise source_value.error(f"merge (<<) needs a mapping, got {source_value.kind}")
+            for name, pair in source_value._pairs().items():
+                explicit.setdefault(name, pair)
+        return explicit
+
+    def mapping(self) -> dict[str, Value]:
+        """The mapping's entries by key (``null`` is an empty mapping)."""
+        if self.is_null:
+            return {}
+        return {name: self._sub(value, name) for name, (_, value) in self._pairs().items()}
+
+    # -- sequences ------------------------------------------------------------------
+
+    def items(self) -> list[Value]:
+        """The list's items (``null`` is an empty list)."""
+        if self.is_null:
+            return []
+        if not isinstance(self.node, SequenceNode):
+            raise self.error(f"expected a list, got {self.kind}")
+        out = []
+        for index, item in enumerate(self.node.value):
+            self.doc.spend(self)
+            out.append(self._sub(item, f"[{index}]"))
+        return out
+
+    # -- scalars --------------------------------------------------------------------
+
+    def text(self) -> str:
+        """A string field: any scalar's original text (``null`` is ``""``)."""
+        if self.is_null:
+            return ""
+        if not isinstance(self.node, ScalarNode):
+            raise self.error(f"expected a string, got {self.kind}")
+        return str(self.node.value)
+
+    def integer(self, *, minimum: int = 0, maximum: int = 2**64 - 1) -> int:
+        """An integer field (plain YAML integers only, as Go's decoder)."""
+        if self.is_null:
+            return 0
+        if not isinstance(self.node, ScalarNode) or _tag(self.node) != _TAG_PREFIX + "int":
+            raise self.error(f"expected an integer, got {self.kind}")
+        raw = str(self.node.value).replace("_", "")
+        try:
+            value = int(raw, 0)
+        except ValueError:
+            try:
+                value = int(raw, 10)
+            except ValueError:
+                raise self.error(f"expected an integer, got {self.kind}") from None
+        if not minimum <= value <= maximum:
+            raise self.error(f"{value} is out of range ({minimum}..{maximum})")
+        return value
+
+    def boolean(self) -> bool:
+        """A boolean field (``true``/``false``, also ``yes``/``no``/``on``/``off``)."""
+        if self.is_null:
+            return False
+        if isinstance(self.node, ScalarNode):
+            word = str(self.node.value).lower()
+            if word in _TRUE:
+                return True
+            if word in _FALSE:
+                return False
+        raise self.error(f"expected true or false, got {self.kind}")

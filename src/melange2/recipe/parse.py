@@ -1,0 +1,795 @@
+"""Load melange YAML into the typed model, with melange's substitution semantics.
+
+:func:`load_config` reads one build configuration and returns a
+:class:`~melange2.recipe.model.Config` for one architecture:
+
+1. The YAML is composed with ruamel.yaml; every field is type-checked and keeps its
+   location. Unknown keys are ignored at every level.
+2. ``vars`` (plus ``extra_vars``) and ``var-transforms`` are resolved.
+3. Subpackages with ``range:`` are expanded, one per ``data`` item in key order, with
+   ``${{range.key}}``/``${{range.value}}`` substituted.
+4. Every substitutable field is substituted with the mapping of its context (the origin
+   package, or the subpackage being built): see :mod:`melange2.recipe.subst`. An undefined
+   variable is an error, except ``${{inputs.*}}``, which is left for ``uses:`` resolution.
+   ``if:`` fields follow melange's two steps: package/vars/range values are inserted as
+   written, every other value quoted, then the expression must parse.
+5. melange's checks run (names, priorities, ``uses`` vs ``runs``/``with``, copyright), and
+   nested steps inherit ``working-directory`` and ``environment`` from their parents.
+
+Every problem is a :class:`~melange2.errors.RecipeError` whose message reads
+``<file>:<line>: <field.path>: <what is wrong>``.
+
+>>> cfg = load_config('''
+... package: {name: hello, version: "1.0", epoch: 2}
+... pipeline:
+...   - runs: echo ${{package.full-version}} > ${{targets.destdir}}/v
+... ''')
+>>> cfg.pipeline[0].runs
+'echo 1.0-r2 > /home/build/melange-out/hello/v'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Final
+
+from melange2.errors import RecipeError
+from melange2.recipe._yaml import Value, compose
+from melange2.recipe.arch import parse_arch
+from melange2.recipe.cond import parse_condition
+from melange2.recipe.errors import RecipeFieldError
+from melange2.recipe.model import (
+    Config,
+    Contents,
+    Copyright,
+    Dependencies,
+    Environment,
+    Location,
+    Package,
+    PackageOptions,
+    PipelineDef,
+    PipelineInput,
+    RangeData,
+    Step,
+    Subpackage,
+    Test,
+    VarTransform,
+    frozen_map,
+)
+from melange2.recipe.subst import (
+    base_substitutions,
+    resolve_vars,
+    subpackage_substitutions,
+    substitute,
+    substitute_condition,
+)
+
+__all__ = ["Source", "load_config", "load_pipeline"]
+
+#: A file to read (``os.PathLike``) or the YAML itself (``str``/``bytes``).
+Source = str | bytes | os.PathLike[str]
+
+_MAX_DEPTH: Final = 32
+_NAME_RE: Final = re.compile(r"[a-zA-Z\d][a-zA-Z\d+_.-]*")
+_LEAVE_INPUTS: Final = ("inputs.",)
+_PARSE_TIME_KEYS: Final = frozenset(
+    {"package.name", "package.version", "package.epoch", "package.full-version"}
+    | {"package.description"}
+)
+
+#: Defaults melange puts in ``environment.environment`` when unset.
+_DEFAULT_ENV: Final = {
+    "HOME": "/home/build",
+    "GOPATH": "/home/build/.cache/go",
+    "GOMODCACHE": "/var/cache/melange/gomodcache",
+}
+
+
+# -- entry points ------------------------------------------------------------------------
+
+
+def load_config(
+    source: Source,
+    *,
+    filename: str | None = None,
+    arch: str = "x86_64",
+    extra_vars: Mapping[str, str] | None = None,
+    libc: str = "gnu",
+    enabled_options: Iterable[str] = (),
+) -> Config:
+    """Parse and substitute a melange build configuration for ``arch``.
+
+    ``source`` is a path (``os.PathLike``, read as UTF-8) or the YAML text itself (``str``
+    or ``bytes``). ``filename`` names the source in errors (default: the path, or
+    ``"<string>"``). ``extra_vars`` override or add ``vars`` (like melange's vars file).
+    ``libc`` (``gnu``/``musl``) picks the ``host.triplet.*`` flavour; ``enabled_options``
+    names build options whose ``${{options.<name>.enabled}}`` is ``true``.
+    """
+    text, file = _read(source, filename)
+    try:
+        return _ConfigLoader(
+            file=file,
+            arch=parse_arch(arch).apk,
+            libc=libc,
+            extra_vars=dict(extra_vars or {}),
+            enabled_options=tuple(enabled_options),
+        ).load(text)
+    except RecursionError:
+        raise RecipeFieldError(
+            "document nested too deeply", location=Location(file=file, line=0, column=0)
+        ) from None
+
+
+def load_pipeline(source: Source, *, filename: str | None = None) -> PipelineDef:
+    """Parse a reusable pipeline file (``name``, ``needs``, ``inputs``, ``pipeline``).
+
+    Nothing is substituted: the caller substitutes with :func:`~melange2.recipe.subst.\
+with_inputs` and :func:`~melange2.recipe.subst.substitute_steps` when it resolves ``uses``.
+    """
+    text, file = _read(source, filename)
+    try:
+        _, root = compose(text, file)
+        if root is None:
+            raise RecipeFieldError(
+                "empty pipeline file", location=Location(file=file, line=0, column=0)
+            )
+        top = root.mapping()
+        locs: dict[str, Location] = {}
+        inputs: dict[str, PipelineInput] = {}
+        if "inputs" in top:
+            for key, spec in top["inputs"].mapping().items():
+                fields = spec.mapping()
+                locs[f"inputs.{key}"] = spec.loc
+                inputs[key] = PipelineInput(
+                    description=_text(fields, "description"),
+                    default=_text(fields, "default"),
+                    required=fields["required"].boolean() if "required" in fields else False,
+                )
+        return PipelineDef(
+            name=_text(top, "name", locs),
+            needs_packages=_needs(top, locs),
+            inputs=frozen_map(inputs),
+            pipeline=_steps(top.get("pipeline"), 0),
+            loc=root.loc,
+            field_locs=frozen_map(locs),
+        )
+    except RecursionError:
+        raise RecipeFieldError(
+            "document nested too deeply", location=Location(file=file, line=0, column=0)
+        ) from None
+
+
+def _read(source: Source, filename: str | None) -> tuple[str, str]:
+    if isinstance(source, os.PathLike):
+        path = Path(source)
+        file = filename or str(path)
+        try:
+            return path.read_text(encoding="utf-8"), file
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeFieldError(
+                f"cannot read: {exc}", location=Location(file=file, line=0, column=0)
+            ) from exc
+    file = filename or "<string>"
+    if isinstance(source, bytes):
+        try:
+            return source.decode("utf-8"), file
+        except UnicodeDecodeError as exc:
+            raise RecipeFieldError(
+                f"not UTF-8: {exc}", location=Location(file=file, line=0, column=0)
+            ) from exc
+    if isinstance(source, str):
+        return source, file
+    raise TypeError(f"expected a path, str or bytes, got {type(source).__name__}")
+
+
+# -- structure: YAML -> model, nothing substituted ---------------------------------------
+
+
+def _text(fields: Mapping[str, Value], key: str, locs: dict[str, Location] | None = None) -> str:
+    value = fields.get(key)
+    if value is None:
+        return ""
+    if locs is not None:
+        locs[key] = value.loc
+    return value.text()
+
+
+def _required_text(parent: Value, fields: Mapping[str, Value], key: str) -> str:
+    value = fields.get(key)
+    if value is None:
+        raise RecipeFieldError("required field is missing", location=parent.loc.child(key))
+    text = value.text()
+    if not text:
+        raise value.error("must not be empty")
+    return text
+
+
+def _str_list(value: Value | None, locs: dict[str, Location], key: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    out = []
+    for index, item in enumerate(value.items()):
+        locs[f"{key}[{index}]"] = item.loc
+        out.append(item.text())
+    return tuple(out)
+
+
+def _str_map(value: Value | None, locs: dict[str, Location], key: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    out = {}
+    for name, item in value.mapping().items():
+        locs[f"{key}.{name}"] = item.loc
+        out[name] = item.text()
+    return out
+
+
+def _needs(fields: Mapping[str, Value], locs: dict[str, Location]) -> tuple[str, ...]:
+    needs = fields.get("needs")
+    if needs is None:
+        return ()
+    return _str_list(needs.mapping().get("packages"), locs, "needs.packages")
+
+
+def _steps(value: Value | None, depth: int) -> tuple[Step, ...]:
+    if value is None:
+        return ()
+    if depth > _MAX_DEPTH:
+        raise value.error(f"pipelines nested more than {_MAX_DEPTH} deep")
+    return tuple(_step(item, depth) for item in value.items())
+
+
+def _step(value: Value, depth: int) -> Step:
+    fields = value.mapping()
+    locs: dict[str, Location] = {}
+    return Step(
+        name=_text(fields, "name", locs),
+        uses=_text(fields, "uses", locs),
+        with_=frozen_map(_str_map(fields.get("with"), locs, "with")),
+        runs=_text(fields, "runs", locs),
+        pipeline=_steps(fields.get("pipeline"), depth + 1),
+        working_directory=_text(fields, "working-directory", locs),
+        if_=_text(fields, "if", locs),
+        environment=frozen_map(_str_map(fields.get("environment"), locs, "environment")),
+        needs_packages=_needs(fields, locs),
+        label=_text(fields, "label", locs),
+        loc=value.loc,
+        field_locs=frozen_map(locs),
+    )
+
+
+def _dependencies(value: Value | None, locs: dict[str, Location]) -> Dependencies:
+    if value is None:
+        return Dependencies()
+    fields = value.mapping()
+    prefix = "dependencies"
+    sub: dict[str, Location] = {}
+    deps = Dependencies(
+        runtime=_str_list(fields.get("runtime"), sub, "runtime"),
+        provides=_str_list(fields.get("provides"), sub, "provides"),
+        replaces=_str_list(fields.get("replaces"), sub, "replaces"),
+        provider_priority=_text(fields, "provider-priority", sub),
+        replaces_priority=_text(fields, "replaces-priority", sub),
+    )
+    locs.update({f"{prefix}.{k}": v for k, v in sub.items()})
+    return deps
+
+
+def _options(value: Value | None) -> PackageOptions:
+    if value is None:
+        return PackageOptions()
+    fields = value.mapping()
+
+    def flag(key: str) -> bool:
+        item = fields.get(key)
+        return item.boolean() if item is not None else False
+
+    return PackageOptions(
+        no_provides=flag("no-provides"),
+        no_depends=flag("no-depends"),
+        no_commands=flag("no-commands"),
+        no_versioned_shlib_deps=flag("no-versioned-shlib-deps"),
+    )
+
+
+def _copyright(value: Value, depth: int = 0) -> Copyright:
+    if depth > _MAX_DEPTH:
+        raise value.error(f"licenses nested more than {_MAX_DEPTH} deep")
+    fields = value.mapping()
+    scratch: dict[str, Location] = {}
+    entry = Copyright(
+        license=_text(fields, "license"),
+        paths=_str_list(fields.get("paths"), scratch, "paths"),
+        attestation=_text(fields, "attestation"),
+        license_path=_text(fields, "license-path"),
+        detection_override=_text(fields, "detection-override"),
+        operator=_text(fields, "operator"),
+        licenses=tuple(_copyright(item, depth + 1) for item in _items(fields.get("licenses"))),
+    )
+    grouping = bool(entry.operator or entry.licenses)
+    if grouping and entry.license:
+        raise value.error("cannot specify both 'license' and 'operator'/'licenses'")
+    if not grouping and not entry.license:
+        raise value.error("must specify either 'license' or 'operator'/'licenses'")
+    if entry.operator and entry.operator not in ("AND", "OR"):
+        raise fields["operator"].error(f"operator must be 'AND' or 'OR', got {entry.operator!r}")
+    if grouping and not entry.licenses:
+        raise value.error("a license group needs at least one entry in 'licenses'")
+    return entry
+
+
+def _items(value: Value | None) -> list[Value]:
+    return value.items() if value is not None else []
+
+
+def _package(value: Value) -> Package:
+    fields = value.mapping()
+    locs: dict[str, Location] = {}
+    name = _required_text(value, fields, "name")
+    version = _required_text(value, fields, "version")
+    locs["name"], locs["version"] = fields["name"].loc, fields["version"].loc
+    epoch = 0
+    if "epoch" in fields:
+        locs["epoch"] = fields["epoch"].loc
+        epoch = fields["epoch"].integer()
+    return Package(
+        name=name,
+        version=version,
+        epoch=epoch,
+        description=_text(fields, "description", locs),
+        url=_text(fields, "url", locs),
+        commit=_text(fields, "commit", locs),
+        copyright=tuple(_copyright(item) for item in _items(fields.get("copyright"))),
+        dependencies=_dependencies(fields.get("dependencies"), locs),
+        options=_options(fields.get("options")),
+        target_architecture=_str_list(
+            fields.get("target-architecture"), locs, "target-architecture"
+        ),
+        loc=value.loc,
+        field_locs=frozen_map(locs),
+    )
+
+
+def _environment(value: Value | None) -> Environment:
+    if value is None:
+        return Environment()
+    fields = value.mapping()
+    locs: dict[str, Location] = {}
+    contents = Contents()
+    if "contents" in fields:
+        parts = fields["contents"].mapping()
+        contents = Contents(
+            repositories=_str_list(parts.get("repositories"), locs, "contents.repositories"),
+            keyring=_str_list(parts.get("keyring"), locs, "contents.keyring"),
+            packages=_str_list(parts.get("packages"), locs, "contents.packages"),
+        )
+    return Environment(
+        contents=contents,
+        environment=frozen_map(_str_map(fields.get("environment"), locs, "environment")),
+        loc=value.loc,
+        field_locs=frozen_map(locs),
+    )
+
+
+def _test(value: Value | None) -> Test | None:
+    if value is None or value.is_null:
+        return None
+    fields = value.mapping()
+    return Test(
+        environment=_environment(fields.get("environment")),
+        pipeline=_steps(fields.get("pipeline"), 0),
+        loc=value.loc,
+    )
+
+
+def _subpackage(value: Value) -> Subpackage:
+    fields = value.mapping()
+    locs: dict[str, Location] = {}
+    return Subpackage(
+        name=_required_text(value, fields, "name"),
+        description=_text(fields, "description", locs),
+        url=_text(fields, "url", locs),
+        commit=_text(fields, "commit", locs),
+        dependencies=_dependencies(fields.get("dependencies"), locs),
+        pipeline=_steps(fields.get("pipeline"), 0),
+        if_=_text(fields, "if", locs),
+        range=_text(fields, "range", locs),
+        options=_options(fields.get("options")),
+        test=_test(fields.get("test")),
+        loc=value.loc,
+        field_locs=frozen_map({"name": fields["name"].loc, **locs}),
+    )
+
+
+def _var_transform(value: Value) -> VarTransform:
+    fields = value.mapping()
+    locs: dict[str, Location] = {}
+    transform = VarTransform(
+        from_=_text(fields, "from", locs),
+        match=_text(fields, "match", locs),
+        replace=_text(fields, "replace", locs),
+        to=_text(fields, "to", locs),
+        loc=value.loc,
+        field_locs=frozen_map(locs),
+    )
+    if not transform.to:
+        raise RecipeFieldError("required field is missing", location=transform.where("to"))
+    return transform
+
+
+def _range_data(value: Value) -> RangeData:
+    fields = value.mapping()
+    locs: dict[str, Location] = {}
+    return RangeData(
+        name=_required_text(value, fields, "name"),
+        items=frozen_map(_str_map(fields.get("items"), locs, "items")),
+        loc=value.loc,
+        field_locs=frozen_map(locs),
+    )
+
+
+# -- semantics: substitution, expansion, validation --------------------------------------
+
+_TextFn = Callable[[str, Location], str]
+
+
+def _map_steps(steps: tuple[Step, ...], text: _TextFn, cond: _TextFn) -> tuple[Step, ...]:
+    out = []
+    for step in steps:
+        out.append(
+            dataclasses.replace(
+                step,
+                name=text(step.name, step.where("name")),
+                with_=frozen_map(
+                    {k: text(v, step.where(f"with.{k}")) for k, v in step.with_.items()}
+                ),
+                runs=text(step.runs, step.where("runs")),
+                working_directory=text(step.working_directory, step.where("working-directory")),
+                if_=cond(step.if_, step.where("if")),
+                environment=frozen_map(
+                    {
+                        k: text(v, step.where(f"environment.{k}"))
+                        for k, v in step.environment.items()
+                    }
+                ),
+                needs_packages=tuple(
+                    text(v, step.where(f"needs.packages[{i}]"))
+                    for i, v in enumerate(step.needs_packages)
+                ),
+                pipeline=_map_steps(step.pipeline, text, cond),
+            )
+        )
+    return tuple(out)
+
+
+def _map_environment(env: Environment, text: _TextFn) -> Environment:
+    def each(values: tuple[str, ...], key: str) -> tuple[str, ...]:
+        return tuple(text(v, env.where(f"{key}[{i}]")) for i, v in enumerate(values))
+
+    contents = env.contents
+    return dataclasses.replace(
+        env,
+        contents=Contents(
+            repositories=each(contents.repositories, "contents.repositories"),
+            keyring=each(contents.keyring, "contents.keyring"),
+            packages=each(contents.packages, "contents.packages"),
+        ),
+        environment=frozen_map(
+            {k: text(v, env.where(f"environment.{k}")) for k, v in env.environment.items()}
+        ),
+    )
+
+
+def _map_test(test: Test | None, text: _TextFn, cond: _TextFn) -> Test | None:
+    if test is None:
+        return None
+    return dataclasses.replace(
+        test,
+        environment=_map_environment(test.environment, text),
+        pipeline=_map_steps(test.pipeline, text, cond),
+    )
+
+
+def _map_dependencies(
+    deps: Dependencies, where: Callable[[str], Location], text: _TextFn
+) -> Dependencies:
+    def each(values: tuple[str, ...], key: str) -> tuple[str, ...]:
+        return tuple(text(v, where(f"dependencies.{key}[{i}]")) for i, v in enumerate(values))
+
+    return Dependencies(
+        runtime=each(deps.runtime, "runtime"),
+        provides=each(deps.provides, "provides"),
+        replaces=each(deps.replaces, "replaces"),
+        provider_priority=text(deps.provider_priority, where("dependencies.provider-priority")),
+        replaces_priority=text(deps.replaces_priority, where("dependencies.replaces-priority")),
+    )
+
+
+def _map_subpackage(sp: Subpackage, text: _TextFn, cond: _TextFn) -> Subpackage:
+    return dataclasses.replace(
+        sp,
+        description=text(sp.description, sp.where("description")),
+        url=text(sp.url, sp.where("url")),
+        dependencies=_map_dependencies(sp.dependencies, sp.where, text),
+        pipeline=_map_steps(sp.pipeline, text, cond),
+        if_=cond(sp.if_, sp.where("if")),
+        test=_map_test(sp.test, text, cond),
+    )
+
+
+def _substituter(mapping: Mapping[str, str]) -> tuple[_TextFn, _TextFn]:
+    """Text and condition substituters for one context (see the module docstring)."""
+    parse_time = {
+        k: v
+        for k, v in mapping.items()
+        if k in _PARSE_TIME_KEYS or k.startswith(("vars.", "range."))
+    }
+
+    def text(value: str, where: Location) -> str:
+        return substitute(value, mapping, location=where, passthrough=_LEAVE_INPUTS)
+
+    def cond(value: str, where: Location) -> str:
+        if not value:
+            return value
+        raw = substitute(value, parse_time, location=where, passthrough=("",))
+        quoted = substitute_condition(raw, mapping, location=where, passthrough=_LEAVE_INPUTS)
+        parse_condition(quoted, location=where)
+        return quoted
+
+    return text, cond
+
+
+def _range_substituter(key: str, value: str) -> tuple[_TextFn, _TextFn]:
+    mapping = {"range.key": key, "range.value": value}
+
+    def text(text_value: str, where: Location) -> str:
+        return substitute(text_value, mapping, location=where, passthrough=("",))
+
+    return text, text
+
+
+def _propagate(
+    steps: tuple[Step, ...], workdir: str = "", env: Mapping[str, str] | None = None
+) -> tuple[Step, ...]:
+    out = []
+    for step in steps:
+        merged = {**(env or {}), **step.environment}
+        own_workdir = step.working_directory or workdir
+        out.append(
+            dataclasses.replace(
+                step,
+                working_directory=own_workdir,
+                environment=frozen_map(merged),
+                pipeline=_propagate(step.pipeline, own_workdir, merged),
+            )
+        )
+    return tuple(out)
+
+
+def _check_steps(steps: tuple[Step, ...]) -> None:
+    for step in steps:
+        if step.with_ and not step.uses:
+            raise RecipeFieldError(
+                "'with' is only valid together with 'uses'", location=step.where("with")
+            )
+        if step.uses and step.runs:
+            raise RecipeFieldError(
+                f"a step cannot have both 'uses' ({step.uses!r}) and 'runs'",
+                location=step.where("runs"),
+            )
+        _check_steps(step.pipeline)
+
+
+def _check_priority(value: str, where: Location) -> None:
+    if value and not re.fullmatch(r"[+-]?\d+", value):
+        raise RecipeFieldError(f"priority must be an integer, got {value!r}", location=where)
+
+
+class _ConfigLoader:
+    def __init__(
+        self,
+        *,
+        file: str,
+        arch: str,
+        libc: str,
+        extra_vars: dict[str, str],
+        enabled_options: tuple[str, ...],
+    ) -> None:
+        self.file = file
+        self.arch = arch
+        self.libc = libc
+        self.extra_vars = extra_vars
+        self.enabled_options = enabled_options
+
+    def load(self, source_text: str) -> Config:
+        _, root = compose(source_text, self.file)
+        if root is None:
+            raise RecipeFieldError(
+                "empty config", location=Location(file=self.file, line=0, column=0)
+            )
+        top = root.mapping()
+        if "package" not in top:
+            raise RecipeFieldError(
+                "required section is missing", location=root.loc.child("package")
+            )
+
+        locs: dict[str, Location] = {}
+        package = _package(top["package"])
+        vars = _str_map(top.get("vars"), locs, "vars")
+        for key, value in self.extra_vars.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise RecipeError(f"extra_vars must map strings to strings, got {key!r}")
+            vars[key] = value
+            locs.setdefault(
+                f"vars.{key}", Location(file="<extra_vars>", line=0, column=0, path=f"vars.{key}")
+            )
+        transforms = tuple(_var_transform(v) for v in _items(top.get("var-transforms")))
+        data = tuple(_range_data(v) for v in _items(top.get("data")))
+        build_options = tuple(top["options"].mapping()) if "options" in top else ()
+        environment = _environment(top.get("environment"))
+        pipeline = _steps(top.get("pipeline"), 0)
+        raw_subpackages = tuple(_subpackage(v) for v in _items(top.get("subpackages")))
+        test = _test(top.get("test"))
+
+        # vars and var-transforms, against the origin package's mapping.
+        base = base_substitutions(
+            package,
+            arch=self.arch,
+            libc=self.libc,
+            build_options=build_options,
+            enabled_options=self.enabled_options,
+        )
+        transform_locs = {
+            f"var-transforms[{i}].{k}": loc
+            for i, t in enumerate(transforms)
+            for k, loc in t.field_locs.items()
+        }
+        all_locs = {**locs, **transform_locs}
+        resolved = resolve_vars(
+            vars,
+            [(t.from_, t.match, t.replace, t.to) for t in transforms],
+            base,
+            locations=all_locs.get,
+        )
+        main = {**base, **{f"vars.{k}": v for k, v in resolved.items()}}
+
+        subpackages = self._expand(raw_subpackages, data, main)
+        names = [sp.name for sp in subpackages]
+        for name in (package.name, *names):
+            main[f"targets.package.{name}"] = f"/home/build/melange-out/{name}"
+
+        text, cond = _substituter(main)
+        package = dataclasses.replace(
+            package,
+            description=text(package.description, package.where("description")),
+            url=text(package.url, package.where("url")),
+            dependencies=_map_dependencies(package.dependencies, package.where, text),
+            copyright=tuple(
+                dataclasses.replace(
+                    c,
+                    license=text(c.license, package.where(f"copyright[{i}].license")),
+                    license_path=text(
+                        c.license_path, package.where(f"copyright[{i}].license-path")
+                    ),
+                )
+                for i, c in enumerate(package.copyright)
+            ),
+        )
+        environment = _map_environment(environment, text)
+        pipeline = _propagate(_map_steps(pipeline, text, cond))
+        test = _map_test(test, text, cond)
+        if test is not None:
+            test = dataclasses.replace(test, pipeline=_propagate(test.pipeline))
+
+        expanded = []
+        for sp in subpackages:
+            sp_text, sp_cond = _substituter(subpackage_substitutions(main, sp.name))
+            sp = _map_subpackage(sp, sp_text, sp_cond)
+            sp_test = sp.test
+            if sp_test is not None:
+                sp_test = dataclasses.replace(sp_test, pipeline=_propagate(sp_test.pipeline))
+            expanded.append(dataclasses.replace(sp, pipeline=_propagate(sp.pipeline), test=sp_test))
+
+        env_vars = dict(environment.environment)
+        for key, default in _DEFAULT_ENV.items():
+            if not env_vars.get(key):
+                env_vars[key] = default
+        environment = dataclasses.replace(environment, environment=frozen_map(env_vars))
+
+        config = Config(
+            package=package,
+            environment=environment,
+            pipeline=pipeline,
+            subpackages=tuple(expanded),
+            vars=frozen_map(vars),
+            var_transforms=transforms,
+            data=data,
+            test=test,
+            build_options=build_options,
+            arch=self.arch,
+            libc=self.libc,
+            enabled_options=self.enabled_options,
+            resolved_vars=frozen_map(resolved),
+            loc=root.loc,
+            field_locs=frozen_map(all_locs),
+        )
+        self._validate(config)
+        return config
+
+    def _expand(
+        self,
+        subpackages: tuple[Subpackage, ...],
+        data: tuple[RangeData, ...],
+        main: Mapping[str, str],
+    ) -> list[Subpackage]:
+        ranges = {d.name: d for d in data}
+        out: list[Subpackage] = []
+        for sp in subpackages:
+            if not sp.range:
+                out.append(self._named(sp, main))
+                continue
+            source = ranges.get(sp.range)
+            if source is None:
+                raise RecipeFieldError(
+                    f"undefined range {sp.range!r} (no 'data' entry has that name)",
+                    location=sp.where("range"),
+                )
+            for key in sorted(source.items):
+                value = source.items[key]
+                text, cond = _range_substituter(key, value)
+                expanded = _map_subpackage(sp, text, cond)
+                expanded = dataclasses.replace(
+                    expanded,
+                    name=text(sp.name, sp.where("name")),
+                    range_key=key,
+                    range_value=value,
+                )
+                out.append(self._named(expanded, main))
+        return out
+
+    @staticmethod
+    def _named(sp: Subpackage, main: Mapping[str, str]) -> Subpackage:
+        where = sp.where("name")
+        return dataclasses.replace(
+            sp, name=substitute(sp.name, main, location=where, passthrough=_LEAVE_INPUTS)
+        )
+
+    @staticmethod
+    def _validate(config: Config) -> None:
+        package = config.package
+        if not _NAME_RE.fullmatch(package.name):
+            raise RecipeFieldError(
+                f"package name {package.name!r} must match {_NAME_RE.pattern!r}",
+                location=package.where("name"),
+            )
+        for key in ("provider-priority", "replaces-priority"):
+            _check_priority(
+                getattr(package.dependencies, key.replace("-", "_")),
+                package.where(f"dependencies.{key}"),
+            )
+        _check_steps(config.pipeline)
+        seen: dict[str, int] = {package.name: -1}
+        for index, sp in enumerate(config.subpackages):
+            where = sp.where("name")
+            if sp.name in seen:
+                other = seen[sp.name]
+                what = "the main package" if other < 0 else f"subpackage #{other}"
+                raise RecipeFieldError(
+                    f"subpackage name {sp.name!r} is already used by {what}", location=where
+                )
+            seen[sp.name] = index
+            if not _NAME_RE.fullmatch(sp.name):
+                raise RecipeFieldError(
+                    f"subpackage name {sp.name!r} must match {_NAME_RE.pattern!r}",
+                    location=where,
+                )
+            for key in ("provider-priority", "replaces-priority"):
+                _check_priority(
+                    getattr(sp.dependencies, key.replace("-", "_")),
+                    sp.where(f"dependencies.{key}"),
+                )
+            _check_steps(sp.pipeline)
