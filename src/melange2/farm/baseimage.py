@@ -15,12 +15,13 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from melange2.build.environment import ENV_PATH, skeleton_entries
 from melange2.buildkit.llb.platform import Platform
 from melange2.errors import FarmProcessError
 from melange2.oci.image import (
+    BuiltLayer,
     Entry,
     ImageRef,
-    Layer,
     make_config,
     make_index,
     make_layer,
@@ -32,9 +33,6 @@ from melange2.oci.registry import RegistryClient
 DEB_ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
 BASE_REPO = "melange2/base"
 BASE_TAG = "busybox"
-_PASSWD = b"root:x:0:0:root:/root:/bin/sh\nbuild:x:1000:1000:build:/home/build:/bin/sh\n"
-_GROUP = b"root:x:0:\nbuild:x:1000:\n"
-_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
 
 
 def busybox_binary(deb: Path) -> bytes:
@@ -64,17 +62,11 @@ def applets(host_busybox: bytes) -> list[str]:
     return sorted(line.strip() for line in out.stdout.splitlines() if line.strip())
 
 
-def rootfs_layer(busybox: bytes, applet_paths: list[str]) -> Layer:
-    dirs = {"bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "root", "home", "home/build"}
-    entries = [Entry(path=d, kind="dir", mode=0o755) for d in sorted(dirs)]
-    entries += [
-        Entry(path="tmp", kind="dir", mode=0o1777),
-        Entry(path="var", kind="dir", mode=0o755),
-        Entry(path="var/tmp", kind="dir", mode=0o1777),
-        Entry(path="bin/busybox", kind="file", mode=0o755, data=busybox),
-        Entry(path="etc/passwd", kind="file", mode=0o644, data=_PASSWD),
-        Entry(path="etc/group", kind="file", mode=0o644, data=_GROUP),
-    ]
+def rootfs_layer(busybox: bytes, applet_paths: list[str]) -> BuiltLayer:
+    dirs = ("bin", "sbin", "usr", "usr/bin", "usr/sbin")
+    entries = [Entry(path=d, kind="dir", mode=0o755) for d in dirs]
+    entries += skeleton_entries()
+    entries.append(Entry(path="bin/busybox", kind="file", mode=0o755, data=busybox))
     for path in applet_paths:
         if path != "bin/busybox":
             entries.append(Entry(path=path, kind="symlink", mode=0o777, target="/bin/busybox"))
@@ -96,7 +88,7 @@ async def push_base_image(registry: str, debs: dict[str, Path]) -> ImageRef:
         for deb_arch, deb in sorted(debs.items()):
             platform = Platform.from_arch(DEB_ARCHES[deb_arch])
             layer = rootfs_layer(busybox_binary(deb), applet_paths)
-            config = make_config(platform, [layer], env=_ENV, cmd=["/bin/sh"])
+            config = make_config(platform, [layer], env=[ENV_PATH], cmd=["/bin/sh"])
             manifest = make_manifest(config, [layer])
             await reg.push_blob(BASE_REPO, layer.blob)
             await reg.push_blob(BASE_REPO, config)

@@ -6,10 +6,13 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from melange2.buildkit.llb.platform import Platform
@@ -85,10 +88,22 @@ class Blob:
 
 @dataclass(frozen=True, kw_only=True)
 class Layer:
-    """A gzipped tar layer and the digest of its uncompressed tar (the diff id)."""
+    """A gzipped tar layer as a manifest names it, and the digest of its uncompressed
+    tar (the diff id) as a config names it. Its bytes may live elsewhere."""
+
+    digest: str
+    size: int
+    diff_id: str
+
+    def descriptor(self) -> dict[str, Any]:
+        return {"mediaType": LAYER_MEDIA_TYPE, "digest": self.digest, "size": self.size}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuiltLayer(Layer):
+    """A layer made here, with its bytes."""
 
     blob: Blob
-    diff_id: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +117,7 @@ class Entry:
     target: str = ""
 
 
-def make_layer(entries: Iterable[Entry], *, mtime: int = 0) -> Layer:
+def make_layer(entries: Iterable[Entry], *, mtime: int = 0) -> BuiltLayer:
     """A deterministic layer: entries sorted by path, owned by root, fixed times."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -124,10 +139,36 @@ def make_layer(entries: Iterable[Entry], *, mtime: int = 0) -> Layer:
                 tar.addfile(info, io.BytesIO(e.data))
     tar_bytes = raw.getvalue()
     compressed = gzip.compress(tar_bytes, mtime=0)
-    return Layer(
-        blob=Blob(media_type=LAYER_MEDIA_TYPE, data=compressed),
+    blob = Blob(media_type=LAYER_MEDIA_TYPE, data=compressed)
+    return BuiltLayer(
+        digest=blob.digest,
+        size=len(compressed),
         diff_id="sha256:" + hashlib.sha256(tar_bytes).hexdigest(),
+        blob=blob,
     )
+
+
+def entries_from_directory(root: Path, *, prefix: str = "") -> list[Entry]:
+    """Every file, directory and symlink under ``root`` as layer entries under ``prefix``,
+    modes kept, owners and times dropped (the layer is then deterministic)."""
+    entries: list[Entry] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in [*dirnames, *sorted(filenames)]:
+            path = base / name
+            rel = f"{prefix.strip('/')}/{path.relative_to(root)}".lstrip("/")
+            st = path.lstat()
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                entries.append(
+                    Entry(path=rel, kind="symlink", mode=0o777, target=os.readlink(path))
+                )
+            elif stat.S_ISDIR(st.st_mode):
+                entries.append(Entry(path=rel, kind="dir", mode=mode))
+            elif stat.S_ISREG(st.st_mode):
+                entries.append(Entry(path=rel, kind="file", mode=mode, data=path.read_bytes()))
+    return entries
 
 
 def _json(value: Any) -> bytes:
@@ -154,7 +195,7 @@ def make_manifest(config: Blob, layers: Sequence[Layer]) -> Blob:
         "schemaVersion": 2,
         "mediaType": MANIFEST_MEDIA_TYPE,
         "config": config.descriptor(),
-        "layers": [layer.blob.descriptor() for layer in layers],
+        "layers": [layer.descriptor() for layer in layers],
     }
     return Blob(media_type=MANIFEST_MEDIA_TYPE, data=_json(manifest))
 

@@ -1,0 +1,225 @@
+"""Build environments as OCI images composed from cached per-package layers.
+
+An APK's data stream is already a gzipped tar, so it *is* an OCI layer: each package
+becomes one layer, computed once per package checksum and kept in a local cache. An
+environment is then those layers in install order plus one small layer of its own
+(the installed-packages database, world, repositories, keys, accounts, the
+workspace), a config and a manifest. A new combination of packages already seen costs
+one small layer and three small uploads; the same combination again costs one
+manifest lookup, because the image is tagged by the digest of its inputs.
+
+Example::
+
+    composer = EnvironmentComposer(registry, LayerCache(Path("~/.cache/melange2")))
+    ref = await composer.compose(packages, platform=Platform.from_arch("x86_64"), ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from melange2.apk.index import IndexRecord
+from melange2.apk.reader import DataEntry, read_apk, split_streams
+from melange2.buildkit.llb.platform import Platform
+from melange2.errors import ManifestNotFound
+from melange2.oci.image import (
+    LAYER_MEDIA_TYPE,
+    Blob,
+    BuiltLayer,
+    Entry,
+    ImageRef,
+    Layer,
+    make_config,
+    make_layer,
+    make_manifest,
+)
+from melange2.oci.registry import RegistryClient
+
+ENV_REPO = "melange2/env"
+#: bump when the layout of composed images changes, so old tags are not reused
+COMPOSER_VERSION = "1"
+PASSWD = b"root:x:0:0:root:/root:/bin/sh\nbuild:x:1000:1000:build:/home/build:/bin/sh\n"
+GROUP = b"root:x:0:\nbuild:x:1000:\n"
+ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: renders one package's part of /lib/apk/db/installed from its record and file list
+DbFragment = Callable[[IndexRecord, Sequence[DataEntry]], str]
+
+
+def skeleton_entries() -> list[Entry]:
+    """What every build environment has whatever its packages: accounts, /tmp, the
+    workspace (apko makes the same from an image config's accounts and paths)."""
+    return [
+        Entry(path="etc", kind="dir", mode=0o755),
+        Entry(path="etc/passwd", kind="file", data=PASSWD),
+        Entry(path="etc/group", kind="file", data=GROUP),
+        Entry(path="tmp", kind="dir", mode=0o1777),
+        Entry(path="var", kind="dir", mode=0o755),
+        Entry(path="var/tmp", kind="dir", mode=0o1777),
+        Entry(path="root", kind="dir", mode=0o700),
+        Entry(path="home", kind="dir", mode=0o755),
+        Entry(path="home/build", kind="dir", mode=0o755),
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvPackage:
+    """A resolved package and the local file it was fetched to."""
+
+    record: IndexRecord
+    apk: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageLayer:
+    """A package's layer as the registry knows it, and its installed-db fragment."""
+
+    digest: str
+    size: int
+    diff_id: str
+    db_fragment: str
+
+
+class LayerCache:
+    """Per-package layers on local disk, keyed by the package's control checksum."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._memo: dict[bytes, PackageLayer] = {}
+
+    def _meta(self, record: IndexRecord) -> Path:
+        return self.root / "layers" / f"{record.checksum.hex()}.json"
+
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / digest.replace(":", "-")
+
+    def get(self, pkg: EnvPackage, fragment: DbFragment) -> PackageLayer:
+        """The package's layer, made from its APK the first time only."""
+        known = self._memo.get(pkg.record.checksum)
+        if known is not None:
+            return known
+        meta = self._meta(pkg.record)
+        if meta.exists():
+            layer = PackageLayer(**json.loads(meta.read_text()))
+            if self.blob_path(layer.digest).exists():
+                self._memo[pkg.record.checksum] = layer
+                return layer
+        data = pkg.apk.read_bytes()
+        stream = split_streams(data)[-1]  # signature?, control, data: the data is last
+        entries = read_apk(pkg.apk, verify_checksums=False).entries
+        digest = "sha256:" + hashlib.sha256(stream).hexdigest()
+        layer = PackageLayer(
+            digest=digest,
+            size=len(stream),
+            diff_id="sha256:" + hashlib.sha256(gzip.decompress(stream)).hexdigest(),
+            db_fragment=fragment(pkg.record, entries),
+        )
+        blob = self.blob_path(digest)
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(stream)
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps(layer.__dict__))
+        self._memo[pkg.record.checksum] = layer
+        return layer
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvironmentSpec:
+    """Everything an environment image is made of; its digest names the image."""
+
+    platform: Platform
+    packages: Sequence[EnvPackage]
+    world: Sequence[str]
+    repositories: Sequence[str]
+    keys: Mapping[str, bytes]  #: key file name -> PEM, installed in /etc/apk/keys
+
+    def key(self) -> str:
+        doc = {
+            "v": COMPOSER_VERSION,
+            "platform": str(self.platform),
+            "packages": [p.record.checksum.hex() for p in self.packages],
+            "world": list(self.world),
+            "repositories": list(self.repositories),
+            "keys": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(self.keys.items())},
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+class EnvironmentComposer:
+    """Compose and push environment images; remember what it pushed this process."""
+
+    def __init__(self, registry: RegistryClient, cache: LayerCache, fragment: DbFragment) -> None:
+        self.registry = registry
+        self.cache = cache
+        self.fragment = fragment
+        self._known: dict[str, ImageRef] = {}
+
+    async def compose(self, spec: EnvironmentSpec) -> ImageRef:
+        """The image for ``spec``, pushed if the registry does not have it yet."""
+        key = spec.key()
+        tag = f"env-{key[:48]}"
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        try:
+            existing = await self.registry.get_manifest(ENV_REPO, tag)
+        except ManifestNotFound:
+            ref = await self._build(spec, tag)
+        else:
+            ref = ImageRef(host=self.registry.host, repo=ENV_REPO, tag=tag, digest=existing.digest)
+        self._known[key] = ref
+        return ref
+
+    async def _build(self, spec: EnvironmentSpec, tag: str) -> ImageRef:
+        layers = [
+            await asyncio.to_thread(self.cache.get, pkg, self.fragment) for pkg in spec.packages
+        ]
+        for layer in layers:
+            if not await self.registry.has_blob(ENV_REPO, layer.digest):
+                data = await asyncio.to_thread(self.cache.blob_path(layer.digest).read_bytes)
+                await self.registry.push_blob(
+                    ENV_REPO, Blob(media_type=LAYER_MEDIA_TYPE, data=data)
+                )
+        own = await asyncio.to_thread(_own_layer, spec, layers)
+        await self.registry.push_blob(ENV_REPO, own.blob)
+        all_layers: list[Layer] = [
+            *(Layer(digest=x.digest, size=x.size, diff_id=x.diff_id) for x in layers),
+            own,
+        ]
+        config = make_config(spec.platform, all_layers, env=[ENV_PATH], cmd=["/bin/sh"])
+        await self.registry.push_blob(ENV_REPO, config)
+        manifest = make_manifest(config, all_layers)
+        digest = await self.registry.push_manifest(ENV_REPO, tag, manifest)
+        return ImageRef(host=self.registry.host, repo=ENV_REPO, tag=tag, digest=digest)
+
+
+def _own_layer(spec: EnvironmentSpec, layers: Sequence[PackageLayer]) -> BuiltLayer:
+    installed = "".join(layer.db_fragment for layer in layers).encode()
+    entries = [
+        *skeleton_entries(),
+        Entry(path="etc/apk", kind="dir", mode=0o755),
+        Entry(path="etc/apk/keys", kind="dir", mode=0o755),
+        Entry(
+            path="etc/apk/world", kind="file", data="".join(f"{w}\n" for w in spec.world).encode()
+        ),
+        Entry(
+            path="etc/apk/repositories",
+            kind="file",
+            data="".join(f"{r}\n" for r in spec.repositories).encode(),
+        ),
+        Entry(path="lib", kind="dir", mode=0o755),
+        Entry(path="lib/apk", kind="dir", mode=0o755),
+        Entry(path="lib/apk/db", kind="dir", mode=0o755),
+        Entry(path="lib/apk/db/installed", kind="file", data=installed),
+        *(
+            Entry(path=f"etc/apk/keys/{name}", kind="file", data=pem)
+            for name, pem in sorted(spec.keys.items())
+        ),
+    ]
+    return make_layer(entries)
