@@ -13,6 +13,7 @@ from rich.console import Console
 
 from melange2 import __version__
 from melange2.cli.commands.daemon import daemon
+from melange2.cli.commands.keygen import keygen
 from melange2.cli.context import CliContext
 from melange2.errors import FarmError
 
@@ -27,6 +28,7 @@ def cli(ctx: click.Context) -> None:
 
 
 cli.add_command(daemon)
+cli.add_command(keygen)
 
 
 def main() -> None:
