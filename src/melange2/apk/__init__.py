@@ -40,6 +40,7 @@ from melange2.apk.signing import (
     load_public_keys,
     verify,
 )
+from melange2.apk.version import Constraint, Operator, compare_versions, is_valid_version
 from melange2.apk.writer import ApkResult, Owner, Scriptlet, write_apk
 
 __all__ = [
@@ -50,10 +51,12 @@ __all__ = [
     "ApkPackage",
     "ApkResult",
     "ApkSignatureError",
+    "Constraint",
     "DataEntry",
     "EntryKind",
     "IndexRecord",
     "KeyPair",
+    "Operator",
     "Owner",
     "PackageInfo",
     "PublicKeys",
@@ -62,7 +65,9 @@ __all__ = [
     "SignatureAlgorithm",
     "Signer",
     "build_index",
+    "compare_versions",
     "generate_key",
+    "is_valid_version",
     "load_public_key",
     "load_public_keys",
     "parse_index",

@@ -8,7 +8,16 @@ def test_all_is_explicit_and_importable() -> None:
     for name in apk.__all__:
         assert hasattr(apk, name), name
     public = {name for name in vars(apk) if not name.startswith("_")}
-    submodules = {"errors", "index", "pkginfo", "reader", "signing", "writer", "annotations"}
+    submodules = {
+        "errors",
+        "index",
+        "pkginfo",
+        "reader",
+        "signing",
+        "version",
+        "writer",
+        "annotations",
+    }
     assert public - submodules == set(apk.__all__)
 
 
