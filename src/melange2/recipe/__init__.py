@@ -14,6 +14,18 @@ Every error is a :class:`~melange2.errors.RecipeError`.
 from __future__ import annotations
 
 from melange2.recipe.arch import Arch, parse_arch
+from melange2.recipe.compile import (
+    BUILTIN_PIPELINE_DIR,
+    DEFAULT_ENVIRONMENT,
+    DEFAULT_PATH,
+    BuildPlan,
+    ExecStep,
+    PipelineResolver,
+    TestPlan,
+    builtin_pipelines,
+    compile_build,
+    compile_tests,
+)
 from melange2.recipe.cond import (
     Condition,
     condition_variables,
@@ -58,8 +70,12 @@ from melange2.recipe.subst import (
 
 __all__ = [
     "BUILD_DIR",
+    "BUILTIN_PIPELINE_DIR",
+    "DEFAULT_ENVIRONMENT",
+    "DEFAULT_PATH",
     "OUT_DIR",
     "Arch",
+    "BuildPlan",
     "Condition",
     "ConditionError",
     "Config",
@@ -67,20 +83,26 @@ __all__ = [
     "Copyright",
     "Dependencies",
     "Environment",
+    "ExecStep",
     "Location",
     "Package",
     "PackageOptions",
     "PipelineDef",
     "PipelineInput",
+    "PipelineResolver",
     "RangeData",
     "RecipeFieldError",
     "Source",
     "Step",
     "Subpackage",
     "Test",
+    "TestPlan",
     "UndefinedVariable",
     "VarTransform",
     "base_substitutions",
+    "builtin_pipelines",
+    "compile_build",
+    "compile_tests",
     "condition_variables",
     "evaluate_condition",
     "find_references",

@@ -1,0 +1,494 @@
+"""The built-in pipelines: each loads, compiles with its documented inputs, parses as
+POSIX sh, and a few run for real under busybox in a directory standing in for
+/home/build."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from melange2.recipe import (
+    BUILD_DIR,
+    BUILTIN_PIPELINE_DIR,
+    Config,
+    ExecStep,
+    PipelineResolver,
+    builtin_pipelines,
+    compile_build,
+    load_config,
+    load_pipeline,
+)
+
+
+def _require(tool: str) -> str:
+    """A host tool these tests run (installed by `make setup`): missing is a failure."""
+    found = shutil.which(tool)
+    if found is None:
+        pytest.fail(f"{tool} is not installed (make setup installs busybox-static)")
+    return found
+
+
+EXPECTED = {
+    "autoconf/configure",
+    "autoconf/make",
+    "autoconf/make-install",
+    "cmake/build",
+    "cmake/configure",
+    "cmake/install",
+    "fetch",
+    "git-checkout",
+    "go/build",
+    "meson/compile",
+    "meson/configure",
+    "meson/install",
+    "patch",
+    "split/dev",
+    "split/infodir",
+    "split/locales",
+    "split/manpages",
+    "split/static",
+    "strip",
+}
+
+#: documented inputs for each pipeline (the required ones and a few more)
+WITH: dict[str, dict[str, str]] = {
+    "fetch": {
+        "uri": "https://example.com/src-${{package.version}}.tar.gz",
+        "expected-sha256": "00" * 32,
+        "strip-components": "0",
+        "directory": "src",
+    },
+    "git-checkout": {
+        "repository": "https://example.com/repo.git",
+        "tag": "v${{package.version}}",
+        "expected-commit": "0" * 40,
+        "cherry-picks": "main/abc123: fix the build\n",
+    },
+    "patch": {"patches": "a.patch b.patch"},
+    "strip": {"opts": "--strip-unneeded"},
+    "autoconf/configure": {"opts": "--enable-foo"},
+    "autoconf/make": {"targets": "all"},
+    "autoconf/make-install": {"dir": "build"},
+    "cmake/configure": {"opts": "-DFOO=ON"},
+    "cmake/build": {"output-dir": "out"},
+    "cmake/install": {"output-dir": "out"},
+    "meson/configure": {"opts": "-Dfoo=enabled"},
+    "meson/compile": {},
+    "meson/install": {},
+    "go/build": {"packages": "./cmd/x", "output": "x", "ldflags": "-X main.v=1"},
+    "split/dev": {},
+    "split/manpages": {},
+    "split/static": {},
+    "split/locales": {},
+    "split/infodir": {"package": "p"},
+}
+
+
+def test_the_expected_pipelines_ship() -> None:
+    assert set(builtin_pipelines()) == EXPECTED
+    assert set(WITH) == EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_builtin_loads(name: str) -> None:
+    definition = load_pipeline(BUILTIN_PIPELINE_DIR / f"{name}.yaml")
+    assert definition.name
+    assert definition.pipeline
+    assert all(step.runs for step in definition.pipeline)
+    assert all(spec.description for spec in definition.inputs.values())
+
+
+def _config_using(name: str, with_: Mapping[str, str]) -> Config:
+    """A config whose subpackage ``p-sub`` uses ``name`` with ``with_``."""
+    lines = [f"          {k}: {json.dumps(v)}" for k, v in with_.items()]
+    text = "\n".join(
+        [
+            "package: {name: p, version: '1.2'}",
+            "subpackages:",
+            "  - name: p-sub",
+            "    pipeline:",
+            f"      - uses: {name}",
+            *(["        with:"] if lines else []),
+            *lines,
+        ]
+    )
+    return load_config(text)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_builtin_compiles_with_documented_inputs(name: str) -> None:
+    plan = compile_build(_config_using(name, WITH[name]))
+    assert plan.steps
+    for step in plan.steps:
+        assert step.package == "p-sub"
+        assert "${{" not in step.script
+        assert step.name.startswith(name)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_builtin_scripts_are_valid_sh(name: str) -> None:
+    plan = compile_build(_config_using(name, WITH[name]))
+    for step in plan.steps:
+        result = subprocess.run(
+            [_require("busybox"), "sh", "-n", "-c", step.script],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_required_inputs_are_declared() -> None:
+    resolver = PipelineResolver()
+    assert resolver.resolve("fetch").inputs["uri"].required
+    assert resolver.resolve("git-checkout").inputs["repository"].required
+    go = resolver.resolve("go/build")
+    assert go.inputs["packages"].required and go.inputs["output"].required
+    assert go.needs_packages[0] == "${{inputs.go-package}}"
+
+
+# -- running them ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busybox_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PATH directory in which every command is a busybox applet."""
+    busybox = _require("busybox")
+    bindir = tmp_path_factory.mktemp("bin")
+    applets = subprocess.run(
+        [busybox, "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        (bindir / applet).symlink_to(busybox)
+    return bindir
+
+
+def run_step(
+    step: ExecStep, root: Path, bindir: Path, extra_path: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run ``step`` under busybox sh with ``root`` standing in for /home/build."""
+    script = step.script.replace(BUILD_DIR, str(root))
+    env = {k: v.replace(BUILD_DIR, str(root)) for k, v in step.env.items()}
+    env["PATH"] = f"{bindir}:{extra_path}" if extra_path else str(bindir)
+    return subprocess.run(
+        [_require("busybox"), "sh", "-c", script],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def run_plan(
+    config_text: str, root: Path, bindir: Path, extra_path: str = ""
+) -> list[subprocess.CompletedProcess[str]]:
+    results = []
+    for step in compile_build(load_config(config_text)).steps:
+        result = run_step(step, root, bindir, extra_path)
+        assert result.returncode == 0, f"{step.name}: {result.stdout}{result.stderr}"
+        results.append(result)
+    return results
+
+
+def files(root: Path) -> set[str]:
+    return {
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()
+    }
+
+
+def populate(root: Path, paths: list[str]) -> None:
+    for rel in paths:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+
+
+def test_split_dev_and_static_for_real(tmp_path: Path, busybox_bin: Path) -> None:
+    out = tmp_path / "melange-out"
+    main = out / "foo"
+    populate(
+        main,
+        [
+            "usr/bin/foo",
+            "usr/bin/foo-config",
+            "usr/include/foo.h",
+            "usr/include/foo/bar.h",
+            "usr/lib/libfoo.so.1.0",
+            "usr/lib/libfoo.a",
+            "usr/lib/pkgconfig/foo.pc",
+            "usr/lib/cmake/Foo/FooConfig.cmake",
+            "usr/share/man/man1/foo.1",
+            "usr/share/locale/de/LC_MESSAGES/foo.mo",
+            "usr/share/info/foo.info",
+            "usr/share/info/dir",
+            "usr/lib/libbar.a",
+        ],
+    )
+    (main / "usr/lib/libfoo.so").symlink_to("libfoo.so.1.0")
+    (main / "usr/lib/libfoo.so.1").symlink_to("libfoo.so.1.0")
+
+    config = """
+package: {name: foo, version: "1"}
+subpackages:
+  - name: foo-static
+    pipeline:
+      - uses: split/static
+  - name: foo-dev
+    pipeline:
+      - uses: split/dev
+  - name: foo-doc
+    pipeline:
+      - uses: split/manpages
+      - uses: split/infodir
+  - name: foo-lang
+    pipeline:
+      - uses: split/locales
+"""
+    run_plan(config, tmp_path, busybox_bin)
+
+    assert files(main) == {
+        "usr/bin/foo",
+        "usr/lib/libfoo.so.1.0",
+        "usr/lib/libfoo.so.1",
+    }
+    assert files(out / "foo-static") == {"usr/lib/libfoo.a", "usr/lib/libbar.a"}
+    assert files(out / "foo-dev") == {
+        "usr/bin/foo-config",
+        "usr/include/foo.h",
+        "usr/include/foo/bar.h",
+        "usr/lib/pkgconfig/foo.pc",
+        "usr/lib/cmake/Foo/FooConfig.cmake",
+        "usr/lib/libfoo.so",
+    }
+    assert (out / "foo-dev/usr/lib/libfoo.so").is_symlink()
+    assert files(out / "foo-doc") == {"usr/share/man/man1/foo.1", "usr/share/info/foo.info"}
+    assert files(out / "foo-lang") == {"usr/share/locale/de/LC_MESSAGES/foo.mo"}
+    # emptied directories are gone
+    assert not (main / "usr/include").exists()
+    assert not (main / "usr/share").exists()
+
+
+def test_split_from_another_package_and_merge(tmp_path: Path, busybox_bin: Path) -> None:
+    out = tmp_path / "melange-out"
+    populate(out / "foo", ["usr/share/man/man1/foo.1"])
+    populate(out / "foo-tools", ["usr/share/man/man1/tool.1", "usr/man/man8/tool.8"])
+    config = """
+package: {name: foo, version: "1"}
+subpackages:
+  - name: foo-tools
+  - name: foo-doc
+    pipeline:
+      - uses: split/manpages
+      - uses: split/manpages
+        with: {package: foo-tools}
+"""
+    run_plan(config, tmp_path, busybox_bin)
+    assert files(out / "foo-doc") == {
+        "usr/share/man/man1/foo.1",
+        "usr/share/man/man1/tool.1",
+        "usr/share/man/man8/tool.8",
+    }
+    assert files(out / "foo-tools") == set()
+
+
+def test_split_refuses_the_main_package(tmp_path: Path, busybox_bin: Path) -> None:
+    (step,) = compile_build(
+        load_config('package: {name: foo, version: "1"}\npipeline:\n  - uses: split/dev\n')
+    ).steps
+    result = run_step(step, tmp_path, busybox_bin)
+    assert result.returncode == 1
+    assert "cannot split" in result.stderr
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A directory served over HTTP on 127.0.0.1 (loopback only)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def make_tarball(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_fetch_for_real(tmp_path: Path, busybox_bin: Path, http_root: tuple[Path, str]) -> None:
+    served, base = http_root
+    data = make_tarball(
+        {"hello-1.0/configure": b"#!/bin/sh\n", "hello-1.0/src/main.c": b"int main;\n"}
+    )
+    (served / "hello-1.0.tar.gz").write_bytes(data)
+    (served / "other.tar.gz").write_bytes(data)
+    work = tmp_path / "work"
+    work.mkdir()
+    config = f"""
+package: {{name: hello, version: "1.0"}}
+pipeline:
+  - uses: fetch
+    with:
+      uri: {base}/hello-${{{{package.version}}}}.tar.gz
+      expected-sha256: {hashlib.sha256(data).hexdigest().upper()}
+  - uses: fetch
+    with:
+      uri: {base}/other.tar.gz?download=1
+      expected-sha512: {hashlib.sha512(data).hexdigest()}
+      strip-components: 0
+      directory: unpacked
+      delete: true
+"""
+    results = run_plan(config, work, busybox_bin)
+    assert "sha256" in results[0].stdout and "verified" in results[0].stdout
+    assert (work / "configure").read_bytes() == b"#!/bin/sh\n"
+    assert (work / "src/main.c").read_bytes() == b"int main;\n"
+    assert (work / "unpacked/hello-1.0/src/main.c").exists()
+    # the first download is kept, the second deleted
+    assert (work / "hello-1.0.tar.gz").exists()
+    assert not (work / "other.tar.gz").exists()
+    assert "sha512 verified" in results[1].stdout
+
+
+def test_fetch_rejects_a_wrong_checksum(
+    tmp_path: Path, busybox_bin: Path, http_root: tuple[Path, str]
+) -> None:
+    served, base = http_root
+    (served / "x.tar.gz").write_bytes(make_tarball({"x/a": b"a"}))
+    config = f"""
+package: {{name: x, version: "1"}}
+pipeline:
+  - uses: fetch
+    with: {{uri: "{base}/x.tar.gz", expected-sha256: "{"0" * 64}"}}
+"""
+    (step,) = compile_build(load_config(config)).steps
+    result = run_step(step, tmp_path, busybox_bin)
+    assert result.returncode == 1
+    assert "sha256 is" in result.stderr and "expected 000" in result.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_fetch_needs_a_checksum(tmp_path: Path, busybox_bin: Path) -> None:
+    config = (
+        'package: {name: x, version: "1"}\n'
+        'pipeline:\n  - uses: fetch\n    with: {uri: "http://127.0.0.1:9/x"}\n'
+    )
+    (step,) = compile_build(load_config(config)).steps
+    result = run_step(step, tmp_path, busybox_bin)
+    assert result.returncode == 1
+    assert "expected-sha256" in result.stderr
+
+
+def test_patch_for_real(tmp_path: Path, busybox_bin: Path) -> None:
+    (tmp_path / "hello.c").write_text("one\ntwo\nthree\n")
+    (tmp_path / "fix.patch").write_text(
+        "--- a/hello.c\n+++ b/hello.c\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n"
+    )
+    config = (
+        'package: {name: x, version: "1"}\n'
+        "pipeline:\n  - uses: patch\n    with: {patches: fix.patch}\n"
+    )
+    run_plan(config, tmp_path, busybox_bin)
+    assert (tmp_path / "hello.c").read_text() == "one\nTWO\nthree\n"
+
+
+def test_make_install_removes_libtool_archives(tmp_path: Path, busybox_bin: Path) -> None:
+    make = _require("make")
+    (tmp_path / "Makefile").write_text(
+        "install:\n"
+        "\tmkdir -p $(DESTDIR)/usr/lib\n"
+        "\techo lib > $(DESTDIR)/usr/lib/libx.so\n"
+        "\techo la > $(DESTDIR)/usr/lib/libx.la\n"
+    )
+    config = 'package: {name: x, version: "1"}\npipeline:\n  - uses: autoconf/make-install\n'
+    run_plan(config, tmp_path, busybox_bin, extra_path=str(Path(make).parent))
+    assert files(tmp_path / "melange-out/x") == {"usr/lib/libx.so"}
+
+
+def test_git_checkout_for_real(tmp_path: Path, busybox_bin: Path) -> None:
+    git = _require("git")
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    env = {
+        "HOME": str(tmp_path),
+        "PATH": os.environ.get("PATH", ""),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [git, "-C", str(upstream), *args], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    run("init", "-q", "-b", "main")
+    (upstream / "README").write_text("v1\n")
+    run("add", "README")
+    run("commit", "-q", "-m", "v1")
+    run("tag", "v1.0")
+    commit = run("rev-parse", "HEAD")
+    (upstream / "README").write_text("v2\n")
+    run("commit", "-q", "-am", "v2")
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "melange.yaml").write_text("kept\n")
+    config = f"""
+package: {{name: x, version: "1.0"}}
+pipeline:
+  - uses: git-checkout
+    with:
+      repository: file://{upstream}
+      tag: v${{{{package.version}}}}
+      expected-commit: {commit}
+  - uses: git-checkout
+    with:
+      repository: file://{upstream}
+      tag: v1.0
+      expected-commit: {"0" * 40}
+      destination: wrong
+"""
+    first, second = compile_build(load_config(config)).steps
+    result = run_step(first, work, busybox_bin, extra_path=str(Path(git).parent))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (work / "README").read_text() == "v1\n"
+    assert (work / "melange.yaml").read_text() == "kept\n"
+    assert (work / ".git").is_dir()
+
+    result = run_step(second, work, busybox_bin, extra_path=str(Path(git).parent))
+    assert result.returncode == 1
+    assert f"tag v1.0 is commit {commit}, expected 000" in result.stderr
