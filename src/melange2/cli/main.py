@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 
 from melange2 import __version__
+from melange2.cli.commands.build import build, test
 from melange2.cli.commands.daemon import daemon
 from melange2.cli.commands.keygen import keygen
 from melange2.cli.context import CliContext
@@ -27,6 +28,8 @@ def cli(ctx: click.Context) -> None:
         ctx.obj = CliContext(console=Console(), err_console=Console(stderr=True))
 
 
+cli.add_command(build)
+cli.add_command(test)
 cli.add_command(daemon)
 cli.add_command(keygen)
 

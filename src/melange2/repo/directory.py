@@ -26,6 +26,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             write(out)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,107 @@
+"""From ``environment.contents`` to an environment image: load the repositories'
+indexes (signatures checked against the keyring), resolve the packages as apk does,
+fetch them into the local cache, and compose the image (see :mod:`.environment`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from melange2.build.environment import (
+    EnvironmentComposer,
+    EnvironmentSpec,
+    EnvPackage,
+    LayerCache,
+)
+from melange2.buildkit.llb.platform import Platform
+from melange2.errors import RecipeError
+from melange2.oci.image import ImageRef
+from melange2.oci.registry import RegistryClient
+from melange2.repo.repository import load_indexes
+from melange2.repo.resolve import Resolution, installed_db_entry, resolve
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvironmentRequest:
+    """What an environment must contain and where its packages may come from."""
+
+    arch: str
+    packages: Sequence[str]
+    repositories: Sequence[str]
+    keyring: Sequence[str]  #: public key files (paths or http(s) URLs)
+    untrusted_repositories: Sequence[str] = ()  #: unsigned local outputs (tests of a build)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedEnvironment:
+    image: ImageRef
+    resolution: Resolution
+
+
+class EnvironmentBuilder:
+    """Resolves and composes environments; one per process, caches shared."""
+
+    def __init__(self, registry: RegistryClient, cache_dir: Path) -> None:
+        self.registry = registry
+        self.cache_dir = cache_dir
+        self.composer = EnvironmentComposer(
+            registry, LayerCache(cache_dir / "layers"), installed_db_entry
+        )
+
+    async def prepare(self, request: EnvironmentRequest) -> PreparedEnvironment:
+        async with httpx.AsyncClient(timeout=60.0, follow_redirects=True) as http:
+            keys = await self._keys(request.keyring, http)
+            indexes = await load_indexes(
+                request.repositories, request.arch, keyring=list(keys.values()), client=http
+            )
+            if request.untrusted_repositories:
+                indexes = [
+                    *await load_indexes(
+                        request.untrusted_repositories,
+                        request.arch,
+                        keyring=[],
+                        client=http,
+                        allow_untrusted=True,
+                    ),
+                    *indexes,
+                ]
+            resolution = await asyncio.to_thread(resolve, request.packages, indexes, request.arch)
+            fetched = []
+            for package in resolution.packages:
+                path = await package.index.fetch(
+                    package.record, cache_dir=self.cache_dir / "apks", client=http
+                )
+                fetched.append(EnvPackage(record=package.record, apk=path))
+        spec = EnvironmentSpec(
+            platform=Platform.from_arch(request.arch),
+            packages=fetched,
+            world=tuple(request.packages),
+            repositories=tuple(request.repositories),
+            keys={name: path.read_bytes() for name, path in keys.items()},
+        )
+        image = await self.composer.compose(spec)
+        return PreparedEnvironment(image=image, resolution=resolution)
+
+    async def _keys(self, keyring: Sequence[str], http: httpx.AsyncClient) -> dict[str, Path]:
+        """Key files by name; URLs are downloaded into the cache once."""
+        keys: dict[str, Path] = {}
+        for entry in keyring:
+            if entry.startswith(("http://", "https://")):
+                name = entry.rstrip("/").rsplit("/", 1)[-1]
+                path = self.cache_dir / "keys" / name
+                if not path.exists():
+                    resp = await http.get(entry)
+                    if resp.status_code != 200:
+                        raise RecipeError(f"cannot fetch key {entry}: HTTP {resp.status_code}")
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(resp.content)
+            else:
+                path = Path(entry.removeprefix("file://"))
+                if not path.is_file():
+                    raise RecipeError(f"keyring entry {entry}: no such file")
+            keys[path.name] = path
+        return keys

@@ -1,0 +1,319 @@
+"""Build one melange config on one BuildKit daemon into signed APKs.
+
+The steps, in order:
+
+1. parse the config and compile its pipelines into shell steps (every error about the
+   config is raised here, before anything reaches BuildKit);
+2. resolve and compose the build environment image (:mod:`.environment_resolve`), or
+   use a plain base image when the config installs nothing;
+3. push the source directory as an image (:mod:`.sources`);
+4. solve: environment -> sources into /home/build -> one exec per step -> the
+   melange-out tree alone, exported to the registry;
+5. pull that tree back (:mod:`.outputs`) and write one APK per package and subpackage
+   into ``<out-dir>/<arch>/``, then the signed ``APKINDEX.tar.gz``;
+6. optionally run the config's tests in fresh environments with the new packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from melange2.apk.pkginfo import PackageInfo
+from melange2.apk.signing import Signer
+from melange2.apk.writer import write_apk
+from melange2.build.environment_resolve import EnvironmentBuilder, EnvironmentRequest
+from melange2.build.outputs import unpack_image
+from melange2.build.progress import ProgressTracker, StepSink
+from melange2.build.sources import push_sources
+from melange2.buildkit import llb
+from melange2.buildkit.client import BuildkitClient, push_image
+from melange2.errors import ConfigError
+from melange2.oci.image import ImageRef
+from melange2.oci.registry import RegistryClient
+from melange2.recipe import Config, load_config
+from melange2.recipe.compile import (
+    BuildPlan,
+    ExecStep,
+    PipelineResolver,
+    compile_build,
+    compile_tests,
+)
+from melange2.repo.directory import index_directory
+
+WORKSPACE = "/home/build"
+OUT_REPO = "melange2/out"
+DEFAULT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": WORKSPACE,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions:
+    """What ``melange2 build`` takes (melange's flags where melange has them)."""
+
+    config: Path
+    arch: str
+    buildkit_addr: str
+    registry: str
+    out_dir: Path
+    cache_dir: Path
+    source_dir: Path | None = None
+    pipeline_dirs: Sequence[Path] = ()
+    signing_key: Path | None = None
+    repositories: Sequence[str] = ()  #: --repository-append
+    keyrings: Sequence[str] = ()  #: --keyring-append
+    env: Mapping[str, str] = field(default_factory=dict)  #: --env-file
+    vars: Mapping[str, str] = field(default_factory=dict)  #: --vars-file
+    base_image: str | None = None
+    network: llb.Network = "unset"
+    with_test: bool = False
+    source_date_epoch: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuiltPackage:
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildResult:
+    config: Config
+    packages: tuple[BuiltPackage, ...]
+    index: Path
+
+
+def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
+    """Parse and compile: everything that can be wrong with the config, before BuildKit."""
+    config = load_config(opts.config, arch=opts.arch, extra_vars=dict(opts.vars) or None)
+    if not config.package.builds_for(opts.arch):
+        raise ConfigError(
+            f"{opts.config}: package {config.package.name} does not build for {opts.arch} "
+            f"(target-architecture: {', '.join(config.package.target_architecture)})"
+        )
+    dirs = [*opts.pipeline_dirs, opts.config.parent / "pipelines"]
+    plan = compile_build(config, PipelineResolver([d for d in dirs if d.is_dir()]))
+    return config, plan
+
+
+def step_env(plan_env: Mapping[str, str], step: ExecStep, opts: BuildOptions) -> dict[str, str]:
+    return {
+        **DEFAULT_ENV,
+        "SOURCE_DATE_EPOCH": str(opts.source_date_epoch),
+        **plan_env,
+        **step.env,
+        **opts.env,
+    }
+
+
+def build_graph(
+    config: Config,
+    plan: BuildPlan,
+    opts: BuildOptions,
+    *,
+    environment: str,
+    sources: ImageRef | None,
+) -> llb.State:
+    """The LLB of the build: the environment, the sources, one exec per step, and the
+    melange-out tree alone as the result."""
+    platform = llb.Platform.from_arch(opts.arch)
+    root = llb.image(environment, platform=platform, name="build environment")
+    for name in config.package_names:
+        root = llb.mkdir(root, f"{WORKSPACE}/melange-out/{name}", name=f"mkdir melange-out/{name}")
+    if sources is not None:
+        root = llb.copy(
+            llb.image(str(sources), platform=platform, name="sources"),
+            "/",
+            root,
+            WORKSPACE,
+            name="copy sources into /home/build",
+        )
+    for step in plan.steps:
+        root = llb.run(
+            root,
+            ["/bin/sh", "-c", step.script],
+            env=step_env(plan.environment, step, opts),
+            cwd=step.workdir,
+            network=opts.network,
+            name=step.name,
+        ).root
+    return llb.copy(
+        root, f"{WORKSPACE}/melange-out", llb.scratch(platform), "/", name="collect melange-out"
+    )
+
+
+def package_infos(config: Config, arch: str) -> dict[str, PackageInfo]:
+    """``.PKGINFO`` of the package and each subpackage, from the config."""
+    pkg = config.package
+    license_expr = " AND ".join(pkg.licenses)
+    infos = {
+        pkg.name: PackageInfo(
+            name=pkg.name,
+            version=pkg.version,
+            epoch=pkg.epoch,
+            arch=arch,
+            description=pkg.description,
+            url=pkg.url,
+            license=license_expr,
+            origin=pkg.name,
+            commit=pkg.commit,
+            depends=tuple(pkg.dependencies.runtime),
+            provides=tuple(pkg.dependencies.provides),
+            replaces=tuple(pkg.dependencies.replaces),
+            provider_priority=int(pkg.dependencies.provider_priority)
+            if pkg.dependencies.provider_priority
+            else None,
+        )
+    }
+    for sub in config.subpackages:
+        infos[sub.name] = PackageInfo(
+            name=sub.name,
+            version=pkg.version,
+            epoch=pkg.epoch,
+            arch=arch,
+            description=sub.description,
+            url=sub.url or pkg.url,
+            license=license_expr,
+            origin=pkg.name,
+            commit=sub.commit or pkg.commit,
+            depends=tuple(sub.dependencies.runtime),
+            provides=tuple(sub.dependencies.provides),
+            replaces=tuple(sub.dependencies.replaces),
+            provider_priority=int(sub.dependencies.provider_priority)
+            if sub.dependencies.provider_priority
+            else None,
+        )
+    return infos
+
+
+def write_packages(
+    config: Config, tree: Path, opts: BuildOptions, signer: Signer | None
+) -> tuple[list[BuiltPackage], Path]:
+    """One APK per package dir of the melange-out ``tree``; then the index."""
+    arch_dir = opts.out_dir / opts.arch
+    arch_dir.mkdir(parents=True, exist_ok=True)
+    built = []
+    for name, info in package_infos(config, opts.arch).items():
+        target = arch_dir / info.filename
+        tmp = target.with_name(f".{target.name}.tmp")
+        with tmp.open("wb") as out:
+            write_apk(tree / name, info, signer, out, source_date_epoch=opts.source_date_epoch)
+        tmp.replace(target)
+        built.append(BuiltPackage(name=name, path=target))
+    index_directory(arch_dir, signer, source_date_epoch=opts.source_date_epoch)
+    return built, arch_dir / "APKINDEX.tar.gz"
+
+
+class Builder:
+    """Builds configs on one daemon; keeps the environment cache between builds."""
+
+    def __init__(self, registry: RegistryClient, cache_dir: Path) -> None:
+        self.registry = registry
+        self.environments = EnvironmentBuilder(registry, cache_dir)
+
+    async def environment_image(
+        self,
+        opts: BuildOptions,
+        packages: Sequence[str],
+        repositories: Sequence[str],
+        keyring: Sequence[str],
+        untrusted: Sequence[str] = (),
+    ) -> str:
+        if not packages:
+            if opts.base_image is None:
+                raise ConfigError(
+                    f"{opts.config}: environment.contents.packages is empty and no --base-image "
+                    "was given: nothing to build in"
+                )
+            return opts.base_image
+        prepared = await self.environments.prepare(
+            EnvironmentRequest(
+                arch=opts.arch,
+                packages=packages,
+                repositories=[*repositories, *opts.repositories],
+                keyring=[*keyring, *opts.keyrings],
+                untrusted_repositories=untrusted,
+            )
+        )
+        return str(prepared.image)
+
+    async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:
+        config, plan = prepare(opts)
+        signer = Signer.from_files(opts.signing_key) if opts.signing_key else None
+        contents = config.environment.contents
+        env_image = await self.environment_image(
+            opts,
+            [*contents.packages, *(p for p in plan.needs_packages if p not in contents.packages)],
+            contents.repositories,
+            contents.keyring,
+        )
+        platform = llb.Platform.from_arch(opts.arch)
+        sources = None
+        if opts.source_dir is not None and opts.source_dir.is_dir():
+            sources = await push_sources(opts.source_dir, platform, self.registry)
+        state = build_graph(config, plan, opts, environment=env_image, sources=sources)
+        definition = llb.marshal(state)
+        tag = hashlib.sha256(definition.SerializeToString(deterministic=True)).hexdigest()[:48]
+        tracker = ProgressTracker(sinks=sinks)
+        async with BuildkitClient(opts.buildkit_addr) as bk:
+            result = await bk.solve(
+                definition,
+                exporters=[push_image(f"{self.registry.host}/{OUT_REPO}:{tag}")],
+                on_progress=tracker,
+            )
+        digest = result.exporter_response["containerimage.digest"]
+        with tempfile.TemporaryDirectory(prefix="melange2-out-") as tmp:
+            tree = Path(tmp)
+            await unpack_image(self.registry, OUT_REPO, digest, tree)
+            built, index = await asyncio.to_thread(write_packages, config, tree, opts, signer)
+        if opts.with_test:
+            await self.test(opts, config, sinks, built_repo=opts.out_dir)
+        return BuildResult(config=config, packages=tuple(built), index=index)
+
+    async def test(
+        self,
+        opts: BuildOptions,
+        config: Config,
+        sinks: Sequence[StepSink] = (),
+        *,
+        built_repo: Path | None = None,
+    ) -> int:
+        """Run the config's tests; return how many test plans ran."""
+        dirs = [*opts.pipeline_dirs, opts.config.parent / "pipelines"]
+        plans = compile_tests(config, PipelineResolver([d for d in dirs if d.is_dir()]))
+        platform = llb.Platform.from_arch(opts.arch)
+        repo = built_repo or opts.out_dir
+        signed = opts.signing_key is not None
+        for plan in plans:
+            keyring = [*plan.contents.keyring]
+            repos = [*plan.contents.repositories]
+            if signed and opts.signing_key is not None:
+                keyring.append(str(opts.signing_key.with_name(opts.signing_key.name + ".pub")))
+                repos.insert(0, str(repo))
+            image = await self.environment_image(
+                opts,
+                plan.contents.packages,
+                repos,
+                keyring,
+                untrusted=() if signed else (str(repo),),
+            )
+            root = llb.image(image, platform=platform, name=f"test environment: {plan.package}")
+            for step in plan.steps:
+                root = llb.run(
+                    root,
+                    ["/bin/sh", "-c", step.script],
+                    env=step_env(plan.environment, step, opts),
+                    cwd=step.workdir,
+                    network=opts.network,
+                    name=f"test {plan.package}: {step.name}",
+                    ignore_cache=True,
+                ).root
+            async with BuildkitClient(opts.buildkit_addr) as bk:
+                await bk.solve(llb.marshal(root), on_progress=ProgressTracker(sinks=sinks))
+        return len(plans)

@@ -1,0 +1,238 @@
+"""``melange2 build`` and ``melange2 test``: one config, one BuildKit daemon, no server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from melange2.build.executor import Builder, BuildOptions, BuildResult, prepare
+from melange2.build.progress import LiveSink, LogFileSink, PlainSink, StepSink, open_log
+from melange2.buildkit.client import StepFailed
+from melange2.cli.context import CliContext, pass_cli
+from melange2.errors import ConfigError
+from melange2.oci.registry import RegistryClient
+
+
+def _read_env_file(path: Path | None) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``#`` comments and blank lines skipped), as melange reads them."""
+    if path is None:
+        return {}
+    env: dict[str, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{path}:{n}: expected KEY=VALUE, got {line!r}")
+        env[key.strip()] = value.strip()
+    return env
+
+
+def _read_vars_file(path: Path | None) -> dict[str, str]:
+    """A YAML mapping of variables that override the config's ``vars``."""
+    if path is None:
+        return {}
+    try:
+        data: Any = YAML(typ="safe").load(path.read_text())
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of variable names to values")
+    return {str(k): "" if v is None else str(v) for k, v in data.items()}
+
+
+def build_options(f: Any) -> Any:
+    """The flags ``build`` and ``test`` share (melange's names where melange has them)."""
+    options = [
+        click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+        click.option("--arch", default="x86_64", show_default=True, help="Target architecture."),
+        click.option(
+            "--out-dir",
+            default="packages",
+            show_default=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Where APKs go: <out-dir>/<arch>/<name>-<version>-r<epoch>.apk.",
+        ),
+        click.option(
+            "--source-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Sources placed in /home/build (default: ./<package-name>/ beside the config).",
+        ),
+        click.option(
+            "--pipeline-dir",
+            "pipeline_dirs",
+            multiple=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Where `uses:` pipelines are looked up before ./pipelines/ and the built-ins.",
+        ),
+        click.option(
+            "--signing-key",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="RSA private key (NAME.rsa, with NAME.rsa.pub beside it) to sign with.",
+        ),
+        click.option(
+            "--repository-append",
+            "repositories",
+            multiple=True,
+            help="An APK repository (directory or URL) for the build environment.",
+        ),
+        click.option(
+            "--keyring-append",
+            "keyrings",
+            multiple=True,
+            help="A public key (file or URL) trusted for the repositories.",
+        ),
+        click.option(
+            "--env-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="KEY=VALUE lines exported to every step.",
+        ),
+        click.option(
+            "--vars-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="YAML mapping overriding the config's vars.",
+        ),
+        click.option(
+            "--buildkit-addr",
+            envvar="BUILDKIT_ADDR",
+            required=True,
+            help="The daemon: tcp://host:port or unix:///path (env BUILDKIT_ADDR).",
+        ),
+        click.option(
+            "--registry",
+            envvar="REGISTRY",
+            required=True,
+            help="host:port of the registry the daemon pulls from and pushes to (env REGISTRY).",
+        ),
+        click.option(
+            "--base-image",
+            envvar="BASE_IMAGE",
+            help="Image to build in when the config installs no packages (env BASE_IMAGE).",
+        ),
+        click.option(
+            "--network",
+            type=click.Choice(["default", "none"]),
+            default="default",
+            show_default=True,
+            help="Steps' network: the daemon's default (on), or none (hermetic).",
+        ),
+        click.option(
+            "--cache-dir",
+            default=lambda: str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "melange2"),
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Fetched packages and environment layers.  [default: ~/.cache/melange2]",
+        ),
+        click.option(
+            "--log-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="The full build log  [default: <out-dir>/logs/<name>-<arch>.log].",
+        ),
+        click.option("--plain", is_flag=True, help="Plain progress lines, even on a terminal."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _options(kw: dict[str, Any], *, with_test: bool) -> BuildOptions:
+    config: Path = kw["config"]
+    return BuildOptions(
+        config=config,
+        arch=kw["arch"],
+        buildkit_addr=kw["buildkit_addr"],
+        registry=kw["registry"],
+        out_dir=kw["out_dir"],
+        cache_dir=kw["cache_dir"].expanduser(),
+        source_dir=kw["source_dir"],
+        pipeline_dirs=kw["pipeline_dirs"],
+        signing_key=kw["signing_key"],
+        repositories=kw["repositories"],
+        keyrings=kw["keyrings"],
+        env=_read_env_file(kw["env_file"]),
+        vars=_read_vars_file(kw["vars_file"]),
+        base_image=kw["base_image"],
+        network="none" if kw["network"] == "none" else "unset",
+        with_test=with_test,
+        source_date_epoch=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
+    )
+
+
+@contextlib.contextmanager
+def _sinks(ctx: CliContext, log_path: Path, plain: bool) -> Iterator[list[StepSink]]:
+    with open_log(log_path) as log:
+        sinks: list[StepSink] = [LogFileSink(log)]
+        if plain or not ctx.console.is_terminal:
+            sinks.append(PlainSink(ctx.console))
+            yield sinks
+        else:
+            with LiveSink(ctx.console) as live:
+                sinks.append(live)
+                yield sinks
+
+
+async def _run(opts: BuildOptions, sinks: list[StepSink], test_only: bool) -> BuildResult | int:
+    async with RegistryClient(opts.registry) as registry:
+        builder = Builder(registry, opts.cache_dir)
+        if test_only:
+            config, _ = prepare(opts)
+            return await builder.test(opts, config, sinks)
+        return await builder.build(opts, sinks)
+
+
+def _execute(ctx: CliContext, kw: dict[str, Any], *, with_test: bool, test_only: bool) -> None:
+    opts = _options(kw, with_test=with_test)
+    config, _ = prepare(opts)  # config errors before anything else, with file:line:field
+    name = config.package.name
+    if opts.source_dir is None:
+        default_src = opts.config.parent / name
+        if default_src.is_dir():
+            opts = dataclasses.replace(opts, source_dir=default_src)
+    log_path = kw["log_file"] or opts.out_dir / "logs" / f"{name}-{opts.arch}.log"
+    try:
+        with _sinks(ctx, log_path, kw["plain"]) as sinks:
+            result = asyncio.run(_run(opts, sinks, test_only))
+    except StepFailed as exc:
+        ctx.err_console.print(
+            f"[red]error:[/] step [bold]{exc.step}[/] failed"
+            + (f" with exit code {exc.step_exit_code}" if exc.step_exit_code is not None else "")
+        )
+        if exc.log_tail:
+            ctx.err_console.print("last output:", highlight=False)
+            ctx.err_console.print(exc.log_tail.rstrip(), markup=False, highlight=False)
+        ctx.err_console.print(f"full log: {log_path}", highlight=False)
+        raise SystemExit(1) from exc
+    if isinstance(result, int):
+        ctx.console.print(f"{result} test plan(s) passed for {name}; log: {log_path}")
+        return
+    for pkg in result.packages:
+        ctx.console.print(f"built {pkg.path}", highlight=False)
+    ctx.console.print(f"index {result.index}; log: {log_path}", highlight=False)
+
+
+@click.command()
+@build_options
+@click.option("--with-test", is_flag=True, help="Run the config's tests after building.")
+@pass_cli
+def build(ctx: CliContext, /, with_test: bool, **kw: Any) -> None:
+    """Build CONFIG (a melange YAML file) on one BuildKit daemon into APKs."""
+    _execute(ctx, kw, with_test=with_test, test_only=False)
+
+
+@click.command()
+@build_options
+@pass_cli
+def test(ctx: CliContext, /, **kw: Any) -> None:
+    """Run CONFIG's test pipelines against packages already built in --out-dir."""
+    _execute(ctx, kw, with_test=False, test_only=True)
