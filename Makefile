@@ -11,7 +11,7 @@ export UV_PYTHON := python3.11
 .PHONY: help setup system-deps tools venv protos lint test test-unit test-e2e demo farm-up farm-down farm-status clean
 
 help:
-	@echo "make demo       install everything, start the local farm, run a smoke build"
+	@echo "make demo       install everything, start the local farm, build the examples on it"
 	@echo "make test       install what tests need, run lint and every test"
 	@echo "make setup      install system packages, .venv, buildkitd/buildctl, gRPC stubs"
 	@echo "make farm-up    start two buildkitd daemons and the registry (writes .farm/env)"
@@ -59,7 +59,7 @@ farm-status:
 	@$(PY) -m melange2.farm status
 
 demo: farm-up
-	@$(PY) -m melange2.farm smoke
+	@scripts/demo.sh
 
 clean: farm-down
-	rm -rf .venv .tools .farm src/melange2/buildkit/_proto
+	rm -rf .venv .tools .farm out src/melange2/buildkit/_proto

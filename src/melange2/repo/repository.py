@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -69,6 +70,9 @@ _CHUNK = 1 << 16
 
 #: Trusted keys: loaded keys, or key files and directories of them (like ``/etc/apk/keys``).
 Keyring = PublicKeys | Sequence[Path]
+
+
+_log = logging.getLogger(__name__)
 
 
 class RepositoryError(ApkError):
@@ -283,16 +287,30 @@ async def load_indexes(
     client: httpx.AsyncClient | None = None,
     allow_untrusted: bool = False,
 ) -> list[LoadedIndex]:
-    """Load every repository's index concurrently, keeping the given order."""
+    """Load every repository's index concurrently, keeping the given order. A local
+    directory without an index for ``arch`` is an empty repository: skipped, with a
+    warning (``--repository-append ./packages`` before the first build)."""
     keys = await asyncio.to_thread(_load_keys, keyring)
     repos = [r if isinstance(r, Repository) else Repository.parse(r) for r in repositories]
-    async with _client(client) as http, asyncio.TaskGroup() as group:
-        tasks = [
-            group.create_task(
-                repo.load_index(arch, keyring=keys, client=http, allow_untrusted=allow_untrusted)
-            )
-            for repo in repos
-        ]
+    present = []
+    for repo in repos:
+        local = repo.local_path
+        if local is not None and not (local / arch / INDEX_FILENAME).exists():
+            _log.warning("repository %s has no %s/%s: skipped", repo.location, arch, INDEX_FILENAME)
+            continue
+        present.append(repo)
+    try:
+        async with _client(client) as http, asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(
+                    repo.load_index(
+                        arch, keyring=keys, client=http, allow_untrusted=allow_untrusted
+                    )
+                )
+                for repo in present
+            ]
+    except* RepositoryError as group_error:
+        raise group_error.exceptions[0] from None
     return [task.result() for task in tasks]
 
 

@@ -1,0 +1,236 @@
+"""`melange2 build` end to end on real buildkitd: the examples build into signed APKs,
+the lib/app pair proves a dependency is installed in the build environment, a failing
+step is named with its exit code and output, and builds are reproducible.
+
+The APKs are checked with our reader and independently with tar(1), gzip(1) and
+openssl(1). (apko, the field's own installer, cannot be fetched on this machine.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from melange2.apk import load_public_keys, read_apk, read_index_tar_gz
+from melange2.apk.signing import generate_key
+from melange2.farm.local import FarmEnv
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="module")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    key = tmp_path_factory.mktemp("keys") / "e2e.rsa"
+    generate_key(key, key_size=2048)
+    return key
+
+
+def melange2(
+    farm: FarmEnv,
+    *args: str,
+    out_dir: Path,
+    extra_repo: Path | None = None,
+    key: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "melange2",
+        *args,
+        "--out-dir",
+        str(out_dir),
+        "--buildkit-addr",
+        farm.buildkit_addrs[0],
+        "--registry",
+        farm.registry,
+        "--repository-append",
+        farm.extra["BOOTSTRAP_REPO"],
+        "--keyring-append",
+        farm.extra["BOOTSTRAP_KEY"],
+        "--cache-dir",
+        str(out_dir / ".cache"),
+        "--plain",
+    ]
+    if key is not None:
+        argv += ["--signing-key", str(key)]
+    if extra_repo is not None:
+        argv += ["--repository-append", str(extra_repo)]
+        if key is not None:
+            argv += ["--keyring-append", f"{key}.pub"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def tar_list(apk: Path) -> list[str]:
+    out = subprocess.run(["tar", "-tzf", str(apk)], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_hello_builds_signed_packages_and_passes_its_test(
+    farm: FarmEnv, signing_key: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = melange2(
+        farm, "build", "examples/hello/hello.yaml", "--with-test", out_dir=out, key=signing_key
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[done] test hello: greets" in result.stdout
+    arch_dir = out / "x86_64"
+    main, doc = arch_dir / "hello-1.2.0-r0.apk", arch_dir / "hello-doc-1.2.0-r0.apk"
+    keys = load_public_keys([Path(f"{signing_key}.pub")])
+
+    # our reader: signature, metadata, files and modes
+    pkg = read_apk(main)
+    pkg.verify(keys)
+    assert (pkg.info.name, pkg.info.version, pkg.info.arch) == ("hello", "1.2.0", "x86_64")
+    assert pkg.info.depends == ("busybox",) and pkg.info.origin == "hello"
+    files = {e.path: e for e in pkg.entries}
+    assert files["usr/bin/hello"].mode & 0o777 == 0o755
+    assert not any(p.startswith("usr/share/doc") for p in files)
+    assert "usr/share/doc/hello/README" in {e.path for e in read_apk(doc).entries}
+
+    # independent checks: tar lists all three streams; gzip -t; openssl verifies the signature
+    listing = tar_list(main)
+    assert listing[0] == ".SIGN.RSA.e2e.rsa.pub" and ".PKGINFO" in listing
+    assert "usr/bin/hello" in listing
+    subprocess.run(["gzip", "-t", str(main)], check=True)
+    hello = subprocess.run(
+        ["tar", "-xzOf", str(main), "usr/bin/hello"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Hello from melange2" in hello
+
+    index = read_index_tar_gz(arch_dir / "APKINDEX.tar.gz", keys=keys)
+    assert {(r.name, r.version) for r in index.records} == {
+        ("hello", "1.2.0-r0"),
+        ("hello-doc", "1.2.0-r0"),
+    }
+    # the full log has a header per step and the steps' names
+    log = (out / "logs" / "hello-x86_64.log").read_text()
+    assert "==> install" in log and "<== install: done" in log
+
+
+def test_signature_verifies_with_openssl(farm: FarmEnv, signing_key: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert (
+        melange2(
+            farm, "build", "examples/libgreet/libgreet.yaml", out_dir=out, key=signing_key
+        ).returncode
+        == 0
+    )
+    apk = (out / "x86_64" / "libgreet-0.3.1-r2.apk").read_bytes()
+    # split the concatenated gzip streams: signature, control, data
+    from melange2.apk import split_streams
+
+    signature_stream, control, _data = split_streams(apk)
+    sig = subprocess.run(
+        ["tar", "-xzOf", "-", ".SIGN.RSA.e2e.rsa.pub"],
+        input=signature_stream,
+        capture_output=True,
+        check=True,
+    ).stdout
+    (tmp_path / "control").write_bytes(control)
+    (tmp_path / "sig").write_bytes(sig)
+    verified = subprocess.run(
+        [
+            "openssl",
+            "dgst",
+            "-sha1",
+            "-verify",
+            f"{signing_key}.pub",
+            "-signature",
+            str(tmp_path / "sig"),
+            str(tmp_path / "control"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert verified.returncode == 0 and "Verified OK" in verified.stdout
+
+
+def test_app_build_installs_the_library_it_needs(
+    farm: FarmEnv, signing_key: Path, tmp_path: Path
+) -> None:
+    lib_out = tmp_path / "lib"
+    lib = melange2(
+        farm, "build", "examples/libgreet/libgreet.yaml", out_dir=lib_out, key=signing_key
+    )
+    assert lib.returncode == 0, lib.stdout + lib.stderr
+
+    # without the library's repository the environment cannot be resolved
+    alone = melange2(farm, "build", "examples/greet-app/greet-app.yaml", out_dir=tmp_path / "alone")
+    assert alone.returncode != 0
+    assert "libgreet" in alone.stderr
+
+    app_out = tmp_path / "app"
+    app = melange2(
+        farm,
+        "build",
+        "examples/greet-app/greet-app.yaml",
+        out_dir=app_out,
+        extra_repo=lib_out,
+        key=signing_key,
+    )
+    assert app.returncode == 0, app.stdout + app.stderr
+    # the step that fails when libgreet's files are absent ran and passed
+    assert "[done] check libgreet is installed" in app.stdout
+    assert "LIBGREET_VERSION=0.3.1-r2" in app.stdout
+    app_pkg = read_apk(app_out / "x86_64" / "greet-app-1.0.0-r0.apk")
+    assert app_pkg.info.depends == ("libgreet",)
+
+
+def test_failing_step_is_named_with_exit_code_and_output(farm: FarmEnv, tmp_path: Path) -> None:
+    result = melange2(farm, "build", "examples/broken/broken.yaml", out_dir=tmp_path / "out")
+    assert result.returncode == 1
+    assert "step run the test suite failed with exit code 3" in result.stderr
+    assert "test_answer expected 42, got 41" in result.stderr
+    assert "never reached" not in result.stdout
+    assert not list((tmp_path / "out").glob("*/*.apk"))
+
+
+def test_builds_are_reproducible(farm: FarmEnv, signing_key: Path, tmp_path: Path) -> None:
+    digests = []
+    for n in (1, 2):
+        out = tmp_path / f"out{n}"
+        result = melange2(farm, "build", "examples/hello/hello.yaml", out_dir=out, key=signing_key)
+        assert result.returncode == 0, result.stderr
+        digests.append(
+            {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "x86_64").iterdir()}
+        )
+    assert digests[0] == digests[1]
+
+
+def test_aarch64_build_runs_emulated_steps(
+    farm: FarmEnv, signing_key: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = melange2(
+        farm,
+        "build",
+        "examples/hello/hello.yaml",
+        "--arch",
+        "aarch64",
+        "--with-test",
+        out_dir=out,
+        key=signing_key,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    pkg = read_apk(out / "aarch64" / "hello-1.2.0-r0.apk")
+    assert pkg.info.arch == "aarch64"
+
+
+def test_config_errors_come_before_buildkit(farm: FarmEnv, tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "package:\n  name: bad\n  version: 1\n"
+        "environment:\n  contents:\n    packages: [busybox]\n"
+        "pipeline:\n  - uses: no/such-pipeline\n"
+    )
+    result = melange2(farm, "build", str(config), out_dir=tmp_path / "out")
+    assert result.returncode == 2
+    assert f"{config}:8" in result.stderr and "no/such-pipeline" in result.stderr
+    assert "[step]" not in result.stdout
