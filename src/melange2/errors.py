@@ -12,7 +12,11 @@
     ├── RegistryError               talking to an OCI registry
     │   └── ManifestNotFound
     ├── ApkError                    reading or writing APK packages and indexes
-    └── FarmProcessError            starting or stopping the local farm's processes
+    ├── FarmProcessError            starting or stopping the local farm's processes
+    ├── StoreError                  the build store failed
+    │   ├── NotFound                no such build or package
+    │   └── InvalidTransition       a state change the store refused (wrong current state)
+    └── RequestError                a client's request is invalid (HTTP 4xx)
 
 Each class has a ``code`` (a stable string for JSON error bodies) and an ``exit_code``
 (for the CLI). The message defaults to the class docstring's first line.
@@ -100,3 +104,28 @@ class FarmProcessError(FarmError):
     """A local farm process failed."""
 
     code = "farm_process_error"
+
+
+class StoreError(FarmError):
+    """The build store failed."""
+
+    code = "store_error"
+
+
+class NotFound(StoreError):
+    """No such build or package."""
+
+    code = "not_found"
+
+
+class InvalidTransition(StoreError):
+    """The package is not in a state that allows this change."""
+
+    code = "invalid_transition"
+
+
+class RequestError(FarmError):
+    """The request is invalid."""
+
+    code = "bad_request"
+    exit_code = 2

@@ -1,0 +1,178 @@
+"""Builds and their package jobs: the states, the legal moves between them, and the
+frozen values the store hands out.
+
+Package states::
+
+    blocked ──> pending ──> running ──> success
+       │           │          │  └──> failed
+       │           │          └─────> pending   (backend fault or expired lease: retried)
+       ├──> skipped (a dependency failed)
+       └──> cancelled  <── (pending, running)
+    pending ──> failed (no backend could ever run it)
+
+A build's status is derived from its packages (:func:`derive_build_status`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Self
+
+from melange2.ids import BuildId
+
+JSONValue = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+
+
+class PackageStatus(StrEnum):
+    BLOCKED = "blocked"  #: waiting for dependencies
+    PENDING = "pending"  #: ready, waiting for a backend slot
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    SKIPPED = "skipped"  #: a dependency failed
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset(
+    {PackageStatus.SUCCESS, PackageStatus.FAILED, PackageStatus.SKIPPED, PackageStatus.CANCELLED}
+)
+
+#: the single table of legal package moves; the store enforces it in its UPDATE
+ALLOWED_TRANSITIONS: Mapping[PackageStatus, frozenset[PackageStatus]] = {
+    PackageStatus.BLOCKED: frozenset(
+        {PackageStatus.PENDING, PackageStatus.SKIPPED, PackageStatus.CANCELLED}
+    ),
+    PackageStatus.PENDING: frozenset(
+        {PackageStatus.RUNNING, PackageStatus.FAILED, PackageStatus.CANCELLED}
+    ),
+    PackageStatus.RUNNING: frozenset(
+        {
+            PackageStatus.SUCCESS,
+            PackageStatus.FAILED,
+            PackageStatus.PENDING,
+            PackageStatus.CANCELLED,
+        }
+    ),
+    PackageStatus.SUCCESS: frozenset(),
+    PackageStatus.FAILED: frozenset(),
+    PackageStatus.SKIPPED: frozenset(),
+    PackageStatus.CANCELLED: frozenset(),
+}
+
+
+def sources_of(target: PackageStatus) -> frozenset[PackageStatus]:
+    """The states from which ``target`` may be entered."""
+    return frozenset(s for s, targets in ALLOWED_TRANSITIONS.items() if target in targets)
+
+
+class BuildStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"  #: every package failed or was skipped
+    PARTIAL = "partial"  #: some succeeded, some failed
+    CANCELLED = "cancelled"
+
+
+def derive_build_status(statuses: Iterable[PackageStatus], *, cancelled: bool) -> BuildStatus:
+    """A build's status from its packages', as the spec defines it."""
+    states = list(statuses)
+    if not all(s.terminal for s in states):
+        if any(s in (PackageStatus.RUNNING,) for s in states) or any(s.terminal for s in states):
+            return BuildStatus.RUNNING
+        return BuildStatus.PENDING
+    if cancelled:
+        return BuildStatus.CANCELLED
+    succeeded = sum(s == PackageStatus.SUCCESS for s in states)
+    if succeeded == len(states):
+        return BuildStatus.SUCCESS
+    if succeeded == 0:
+        return BuildStatus.FAILED
+    return BuildStatus.PARTIAL
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backend:
+    """Where a package ran, as the API shows it."""
+
+    addr: str
+    arch: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attempt:
+    """One try at building a package on one backend."""
+
+    number: int
+    backend: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str = ""
+    log_path: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackageJob:
+    """One package of a build."""
+
+    build_id: BuildId
+    name: str
+    #: submission order within the build (stable tie-break)
+    seq: int
+    status: PackageStatus
+    config_yaml: str
+    arch: str
+    #: names within the build this package waits for
+    dependencies: tuple[str, ...] = ()
+    #: longest remaining path to the end of the graph (seconds or units)
+    priority: float = 1.0
+    reason: str = ""
+    error: str = ""
+    attempts: tuple[Attempt, ...] = ()
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    log_path: str = ""
+    output_path: str = ""
+    backend: Backend | None = None
+    lease_owner: str = ""
+    lease_expires: datetime | None = None
+
+    def evolve(self, **changes: Any) -> Self:
+        return replace(self, **changes)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Build:
+    """A submission: its request and its packages."""
+
+    id: BuildId
+    status: BuildStatus
+    spec: Mapping[str, JSONValue]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    cancel_requested: bool = False
+    packages: tuple[PackageJob, ...] = ()
+
+    def evolve(self, **changes: Any) -> Self:
+        return replace(self, **changes)
+
+    def package(self, name: str) -> PackageJob | None:
+        for job in self.packages:
+            if job.name == name:
+                return job
+        return None

@@ -1,0 +1,104 @@
+"""The build store seam: everything the API and the scheduler keep, behind one Protocol.
+
+Implementations: :mod:`melange2.store.memory` (tests, ``--store memory``) and
+:mod:`melange2.store.sql` (SQLite by default, WAL mode; Alembic migrations). One
+contract suite (``melange2.testenv.contracts.store``) runs against every one of them.
+
+Every state change is a compare-and-set: :meth:`JobStore.transition` updates a package
+only if its current state may move to the new one (``ALLOWED_TRANSITIONS`` in
+:mod:`melange2.jobs`, narrowed by ``expect``) and raises
+:class:`~melange2.errors.InvalidTransition` otherwise, in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from melange2.ids import BuildId
+from melange2.jobs import Attempt, Build, BuildStatus, PackageJob, PackageStatus
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildPage:
+    """One page of :meth:`JobStore.list_builds`, newest first."""
+
+    builds: Sequence[Build]
+    #: pass as ``cursor`` for the next page; ``None`` on the last page
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredBackend:
+    """A backend added at runtime (``POST /api/v1/backends``), kept across restarts."""
+
+    addr: str
+    arch: str
+    labels: Mapping[str, str]
+    max_jobs: int
+
+
+class JobStore(Protocol):
+    """Persistent builds, package jobs, leases and runtime backends."""
+
+    async def create_build(self, build: Build) -> None:
+        """Insert ``build`` and all of ``build.packages`` atomically (all or nothing)."""
+
+    async def get_build(self, build_id: BuildId) -> Build:
+        """The build with its packages (in ``seq`` order). Raises ``NotFound``."""
+
+    async def list_builds(
+        self, *, limit: int, cursor: str | None = None, status: BuildStatus | None = None
+    ) -> BuildPage:
+        """Builds newest first (by ``created_at``, then id), with their packages."""
+
+    async def transition(
+        self,
+        build_id: BuildId,
+        name: str,
+        to: PackageStatus,
+        *,
+        expect: frozenset[PackageStatus] | None = None,
+        **fields: Any,
+    ) -> PackageJob:
+        """Move one package to ``to`` if its current state allows it (and is in ``expect``
+        when given), setting ``fields`` (any :class:`PackageJob` field but ``status``,
+        ``build_id``, ``name``) in the same UPDATE. Returns the updated job. Raises
+        ``InvalidTransition`` (current state wrong) or ``NotFound``."""
+
+    async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
+        """Set non-state fields (``reason``, ``log_path``, ``priority``...). ``NotFound``."""
+
+    async def add_attempt(self, build_id: BuildId, name: str, attempt: Attempt) -> None:
+        """Append (or replace, same ``number``) an attempt of a package."""
+
+    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
+        """Set build fields (``status``, ``started_at``, ``finished_at``,
+        ``cancel_requested``). Returns the build. Raises ``NotFound``."""
+
+    async def renew_leases(self, owner: str, expires: datetime) -> int:
+        """Extend every running lease held by ``owner``; return how many."""
+
+    async def expire_leases(self, now: datetime) -> Sequence[PackageJob]:
+        """Put every ``running`` package whose lease expired before ``now`` back to
+        ``pending`` (lease cleared, reason set); return them."""
+
+    async def unfinished_builds(self) -> Sequence[Build]:
+        """Builds not yet in a final state, with their packages (for recovery)."""
+
+    async def durations(self, names: Sequence[str]) -> Mapping[str, float]:
+        """For each name with a past successful build, its latest duration in seconds."""
+
+    async def save_backend(self, backend: StoredBackend) -> None:
+        """Insert or replace a runtime backend by ``addr``."""
+
+    async def delete_backend(self, addr: str) -> None:
+        """Forget a runtime backend (no error if absent)."""
+
+    async def list_backends(self) -> Sequence[StoredBackend]:
+        """Runtime backends in the order they were added."""
+
+    async def aclose(self) -> None:
+        """Release connections."""

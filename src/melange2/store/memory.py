@@ -1,0 +1,331 @@
+"""The in-process store: plain dicts you can look at, honest to the same contract.
+
+Used by tests and by ``--store memory``. Everything runs between two ``await`` points,
+so each method is atomic on one event loop, just as each SQL method is one transaction.
+Values are copied in and out (JSON fields through a JSON round trip, datetimes to UTC),
+so what you read back looks exactly like what the SQL store returns.
+
+Inspect state directly::
+
+    store = MemoryStore()
+    await store.create_build(build)
+    assert store.builds[build.id].packages[0].status is PackageStatus.PENDING
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from melange2.errors import InvalidTransition, NotFound, StoreError
+from melange2.ids import BuildId
+from melange2.jobs import (
+    Attempt,
+    Backend,
+    Build,
+    BuildStatus,
+    JSONValue,
+    PackageJob,
+    PackageStatus,
+    sources_of,
+)
+from melange2.store.base import BuildPage, StoredBackend
+from melange2.store.rules import (
+    BUILD_FIELDS,
+    LEASE_EXPIRED_REASON,
+    PACKAGE_FIELDS,
+    UNFINISHED_BUILD_STATES,
+    check_aware,
+    check_fields,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    page_key,
+    to_utc,
+)
+
+__all__ = ["MemoryStore"]
+
+
+class _State(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class MemoryStore:
+    """A :class:`~melange2.store.base.JobStore` kept in dicts.
+
+    ``builds`` maps build ids to builds (packages in ``seq`` order, attempts by number);
+    ``backends`` maps addresses to runtime backends in the order they were added.
+    """
+
+    def __init__(self) -> None:
+        self.builds: dict[BuildId, Build] = {}
+        self.backends: dict[str, StoredBackend] = {}
+        self._state = _State.OPEN
+
+    def reset(self) -> None:
+        """Forget everything (between tests that share a store)."""
+        self.builds.clear()
+        self.backends.clear()
+
+    async def __aenter__(self) -> Self:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._state = _State.CLOSED
+
+    # builds
+
+    async def create_build(self, build: Build) -> None:
+        self._check_open()
+        stored = _copy_build(build)
+        if stored.id in self.builds:
+            raise StoreError(f"build {build.id} already exists")
+        names = [job.name for job in stored.packages]
+        if len(set(names)) != len(names):
+            raise StoreError(f"build {build.id} names a package twice")
+        for job in stored.packages:
+            if job.build_id != stored.id:
+                raise ValueError(f"package {job.name!r} belongs to {job.build_id}, not {build.id}")
+        self.builds[stored.id] = stored
+
+    async def get_build(self, build_id: BuildId) -> Build:
+        self._check_open()
+        return _copy_build(self._build(build_id))
+
+    async def list_builds(
+        self, *, limit: int, cursor: str | None = None, status: BuildStatus | None = None
+    ) -> BuildPage:
+        self._check_open()
+        check_limit(limit)
+        ordered = sorted(self.builds.values(), key=page_key, reverse=True)
+        if status is not None:
+            ordered = [b for b in ordered if b.status == status]
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            ordered = [b for b in ordered if page_key(b) < after]
+        page = ordered[:limit]
+        more = len(ordered) > limit
+        next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
+        return BuildPage(builds=[_copy_build(b) for b in page], next_cursor=next_cursor)
+
+    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
+        self._check_open()
+        check_fields(fields, BUILD_FIELDS, "build")
+        build = self._build(build_id)
+        changed = _copy_build(replace(build, **fields))
+        self.builds[build_id] = changed
+        return _copy_build(changed)
+
+    async def unfinished_builds(self) -> Sequence[Build]:
+        self._check_open()
+        unfinished = [b for b in self.builds.values() if b.status in UNFINISHED_BUILD_STATES]
+        return [_copy_build(b) for b in sorted(unfinished, key=page_key)]
+
+    # packages
+
+    async def transition(
+        self,
+        build_id: BuildId,
+        name: str,
+        to: PackageStatus,
+        *,
+        expect: frozenset[PackageStatus] | None = None,
+        **fields: Any,
+    ) -> PackageJob:
+        self._check_open()
+        check_fields(fields, PACKAGE_FIELDS, "package")
+        to = PackageStatus(to)
+        allowed = sources_of(to) if expect is None else sources_of(to) & expect
+        job = self._package(build_id, name)
+        if job.status not in allowed:
+            raise InvalidTransition(
+                f"package {name!r} of build {build_id} is {job.status}, cannot move to {to}"
+                + ("" if expect is None else f" (expected {_names(expect)})")
+            )
+        return self._put(replace(job, status=to, **fields))
+
+    async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
+        self._check_open()
+        check_fields(fields, PACKAGE_FIELDS, "package")
+        return self._put(replace(self._package(build_id, name), **fields))
+
+    async def add_attempt(self, build_id: BuildId, name: str, attempt: Attempt) -> None:
+        self._check_open()
+        job = self._package(build_id, name)
+        others = tuple(a for a in job.attempts if a.number != attempt.number)
+        self._put(replace(job, attempts=(*others, attempt)))
+
+    # leases
+
+    async def renew_leases(self, owner: str, expires: datetime) -> int:
+        self._check_open()
+        check_aware(expires, "expires")
+        if not owner:
+            return 0
+        renewed = [
+            job
+            for build in self.builds.values()
+            for job in build.packages
+            if job.status == PackageStatus.RUNNING and job.lease_owner == owner
+        ]
+        for job in renewed:
+            self._put(replace(job, lease_expires=expires))
+        return len(renewed)
+
+    async def expire_leases(self, now: datetime) -> Sequence[PackageJob]:
+        self._check_open()
+        check_aware(now, "now")
+        expired = [
+            job
+            for build in self.builds.values()
+            for job in build.packages
+            if job.status == PackageStatus.RUNNING
+            and job.lease_expires is not None
+            and job.lease_expires < now
+        ]
+        moved = [
+            self._put(
+                replace(
+                    job,
+                    status=PackageStatus.PENDING,
+                    lease_owner="",
+                    lease_expires=None,
+                    reason=LEASE_EXPIRED_REASON,
+                )
+            )
+            for job in expired
+        ]
+        return sorted(moved, key=lambda j: (j.build_id, j.seq, j.name))
+
+    async def durations(self, names: Sequence[str]) -> Mapping[str, float]:
+        self._check_open()
+        wanted = set(names)
+        latest: dict[str, tuple[datetime, str, float]] = {}
+        for build in self.builds.values():
+            for job in build.packages:
+                duration = job.duration_s
+                if job.name not in wanted or job.status != PackageStatus.SUCCESS:
+                    continue
+                if duration is None or job.finished_at is None:
+                    continue
+                key = (job.finished_at, job.build_id, duration)
+                if job.name not in latest or key[:2] > latest[job.name][:2]:
+                    latest[job.name] = key
+        return {name: value[2] for name, value in latest.items()}
+
+    # runtime backends
+
+    async def save_backend(self, backend: StoredBackend) -> None:
+        self._check_open()
+        self.backends[backend.addr] = _copy_backend(backend)
+
+    async def delete_backend(self, addr: str) -> None:
+        self._check_open()
+        self.backends.pop(addr, None)
+
+    async def list_backends(self) -> Sequence[StoredBackend]:
+        self._check_open()
+        return [_copy_backend(b) for b in self.backends.values()]
+
+    # helpers
+
+    def _check_open(self) -> None:
+        if self._state is _State.CLOSED:
+            raise StoreError("the store is closed")
+
+    def _build(self, build_id: BuildId) -> Build:
+        try:
+            return self.builds[build_id]
+        except KeyError:
+            raise NotFound(f"no build {build_id}") from None
+
+    def _package(self, build_id: BuildId, name: str) -> PackageJob:
+        job = self._build(build_id).package(name)
+        if job is None:
+            raise NotFound(f"no package {name!r} in build {build_id}")
+        return job
+
+    def _put(self, job: PackageJob) -> PackageJob:
+        """Replace a package of its build (validated and normalised); return a copy."""
+        stored = _copy_package(job)
+        build = self.builds[job.build_id]
+        packages = tuple(stored if p.name == job.name else p for p in build.packages)
+        self.builds[job.build_id] = replace(build, packages=_in_seq_order(packages))
+        return _copy_package(stored)
+
+
+def _names(states: frozenset[PackageStatus]) -> str:
+    return ", ".join(sorted(states))
+
+
+def _json(value: Mapping[str, Any]) -> dict[str, JSONValue]:
+    copied: dict[str, JSONValue] = json.loads(json.dumps(dict(value)))
+    return copied
+
+
+def _in_seq_order(jobs: Sequence[PackageJob]) -> tuple[PackageJob, ...]:
+    return tuple(sorted(jobs, key=lambda j: (j.seq, j.name)))
+
+
+def _copy_build(build: Build) -> Build:
+    for what in ("created_at", "started_at", "finished_at"):
+        check_aware(getattr(build, what), what)
+    created_at = to_utc(build.created_at)
+    assert created_at is not None
+    return replace(
+        build,
+        status=BuildStatus(build.status),
+        spec=_json(build.spec),
+        created_at=created_at,
+        started_at=to_utc(build.started_at),
+        finished_at=to_utc(build.finished_at),
+        packages=_in_seq_order([_copy_package(j) for j in build.packages]),
+    )
+
+
+def _copy_package(job: PackageJob) -> PackageJob:
+    for what in ("started_at", "finished_at", "lease_expires"):
+        check_aware(getattr(job, what), what)
+    backend = job.backend
+    if backend is not None:
+        backend = Backend(addr=backend.addr, arch=backend.arch, labels=dict(backend.labels))
+    attempts = sorted((_copy_attempt(a) for a in job.attempts), key=lambda a: a.number)
+    return replace(
+        job,
+        status=PackageStatus(job.status),
+        dependencies=tuple(job.dependencies),
+        attempts=tuple(attempts),
+        priority=float(job.priority),
+        started_at=to_utc(job.started_at),
+        finished_at=to_utc(job.finished_at),
+        lease_expires=to_utc(job.lease_expires),
+        backend=backend,
+    )
+
+
+def _copy_attempt(attempt: Attempt) -> Attempt:
+    check_aware(attempt.started_at, "started_at")
+    check_aware(attempt.finished_at, "finished_at")
+    started_at = to_utc(attempt.started_at)
+    assert started_at is not None
+    return replace(attempt, started_at=started_at, finished_at=to_utc(attempt.finished_at))
+
+
+def _copy_backend(backend: StoredBackend) -> StoredBackend:
+    return replace(backend, labels=dict(backend.labels))

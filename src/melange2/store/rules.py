@@ -1,0 +1,80 @@
+"""Rules every store implementation applies the same way, so they agree to the letter.
+
+Which fields callers may set, how a cursor looks, what an expired lease says, and the
+ordering of a page: :mod:`melange2.store.memory` and :mod:`melange2.store.sql` both take
+them from here, and the contract suite checks that they do.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any
+
+from melange2.errors import RequestError
+from melange2.ids import BuildId
+from melange2.jobs import Build, BuildStatus, PackageJob
+
+#: the ``reason`` :meth:`~melange2.store.base.JobStore.expire_leases` sets
+LEASE_EXPIRED_REASON = "lease expired; retrying"
+
+#: build states :meth:`~melange2.store.base.JobStore.unfinished_builds` returns
+UNFINISHED_BUILD_STATES = frozenset({BuildStatus.PENDING, BuildStatus.RUNNING})
+
+#: :class:`PackageJob` fields ``transition`` and ``update_package`` may set
+PACKAGE_FIELDS = frozenset(f.name for f in fields(PackageJob)) - {"status", "build_id", "name"}
+
+#: :class:`Build` fields ``update_build`` may set
+BUILD_FIELDS = frozenset(f.name for f in fields(Build)) - {"id", "packages"}
+
+
+def check_fields(given: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
+    """Refuse unknown or protected field names (``TypeError``, like a bad keyword)."""
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise TypeError(f"cannot set {what} field(s) {', '.join(unknown)}")
+
+
+def check_aware(value: datetime | None, what: str) -> None:
+    """Datetimes must be timezone-aware; the store keeps and returns UTC."""
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got naive {value!r}")
+
+
+def to_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC)
+
+
+def check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+
+
+def encode_cursor(created_at: datetime, build_id: BuildId) -> str:
+    """An opaque cursor naming the last build of a page (its ``created_at`` and id)."""
+    raw = json.dumps([created_at.astimezone(UTC).isoformat(), build_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, BuildId]:
+    """The position a cursor names. Raises ``RequestError`` for a cursor we never made."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        stamp, build_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        created_at = datetime.fromisoformat(stamp)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise RequestError(f"invalid cursor {cursor!r}") from exc
+    if not isinstance(build_id, str) or created_at.utcoffset() is None:
+        raise RequestError(f"invalid cursor {cursor!r}")
+    return created_at.astimezone(UTC), BuildId(build_id)
+
+
+def page_key(build: Build) -> tuple[datetime, str]:
+    """Sort key of :meth:`list_builds` (descending): newest first, ties by id."""
+    return (build.created_at, build.id)

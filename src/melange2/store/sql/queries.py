@@ -1,0 +1,415 @@
+"""Every SQL statement the store runs, one function per query, named by intent.
+
+Functions take an open :class:`~sqlalchemy.ext.asyncio.AsyncConnection` inside a
+transaction the caller owns, and convert rows to domain values here, at the boundary.
+They are dialect-neutral (SQLAlchemy Core with ``RETURNING``); dialect set-up lives in
+:mod:`melange2.store.sql.sqlite`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import RowMapping, and_, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from melange2.ids import BuildId
+from melange2.jobs import Attempt, Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.store.base import StoredBackend
+from melange2.store.rules import LEASE_EXPIRED_REASON, UNFINISHED_BUILD_STATES
+from melange2.store.sql.tables import attempts, backends, builds, packages
+
+# rows <-> values
+
+
+def build_values(build: Build) -> dict[str, Any]:
+    return {
+        "id": build.id,
+        "status": BuildStatus(build.status).value,
+        "spec": dict(build.spec),
+        "created_at": build.created_at,
+        "started_at": build.started_at,
+        "finished_at": build.finished_at,
+        "cancel_requested": build.cancel_requested,
+    }
+
+
+def build_from_row(row: RowMapping, jobs: Sequence[PackageJob]) -> Build:
+    return Build(
+        id=BuildId(row["id"]),
+        status=BuildStatus(row["status"]),
+        spec=row["spec"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        cancel_requested=bool(row["cancel_requested"]),
+        packages=tuple(jobs),
+    )
+
+
+def _backend_json(backend: Backend | None) -> dict[str, Any] | None:
+    if backend is None:
+        return None
+    return {"addr": backend.addr, "arch": backend.arch, "labels": dict(backend.labels)}
+
+
+#: how a PackageJob field becomes a column value (identity when absent)
+_PACKAGE_COLUMN_VALUE: Mapping[str, Any] = {
+    "status": lambda v: PackageStatus(v).value,
+    "dependencies": list,
+    "priority": float,
+    "backend": _backend_json,
+}
+
+
+def package_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Column values for PackageJob fields (``attempts`` live in their own table)."""
+    return {
+        key: _PACKAGE_COLUMN_VALUE.get(key, lambda v: v)(value)
+        for key, value in fields.items()
+        if key != "attempts"
+    }
+
+
+def package_from_row(row: RowMapping, tries: Sequence[Attempt]) -> PackageJob:
+    backend = row["backend"]
+    return PackageJob(
+        build_id=BuildId(row["build_id"]),
+        name=row["name"],
+        seq=row["seq"],
+        status=PackageStatus(row["status"]),
+        config_yaml=row["config_yaml"],
+        arch=row["arch"],
+        dependencies=tuple(row["dependencies"]),
+        priority=float(row["priority"]),
+        reason=row["reason"],
+        error=row["error"],
+        attempts=tuple(tries),
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        log_path=row["log_path"],
+        output_path=row["output_path"],
+        backend=None
+        if backend is None
+        else Backend(addr=backend["addr"], arch=backend["arch"], labels=backend["labels"]),
+        lease_owner=row["lease_owner"],
+        lease_expires=row["lease_expires"],
+    )
+
+
+def attempt_from_row(row: RowMapping) -> Attempt:
+    return Attempt(
+        number=row["number"],
+        backend=row["backend"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        log_path=row["log_path"],
+    )
+
+
+def _attempt_values(build_id: BuildId, name: str, attempt: Attempt) -> dict[str, Any]:
+    return {
+        "build_id": build_id,
+        "name": name,
+        "number": attempt.number,
+        "backend": attempt.backend,
+        "started_at": attempt.started_at,
+        "finished_at": attempt.finished_at,
+        "error": attempt.error,
+        "log_path": attempt.log_path,
+    }
+
+
+# builds
+
+
+async def insert_build(conn: AsyncConnection, build: Build) -> None:
+    """The build, its packages and their attempts (the caller's transaction makes it atomic)."""
+    await conn.execute(insert(builds), [build_values(build)])
+    rows: list[dict[str, Any]] = []
+    tries: list[dict[str, Any]] = []
+    for job in build.packages:
+        if job.build_id != build.id:
+            raise ValueError(f"package {job.name!r} belongs to {job.build_id}, not {build.id}")
+        values = package_values({c.name: getattr(job, c.name) for c in packages.c})
+        rows.append(values)
+        tries.extend(_attempt_values(build.id, job.name, a) for a in job.attempts)
+    if rows:
+        await conn.execute(insert(packages), rows)
+    if tries:
+        await conn.execute(insert(attempts), tries)
+
+
+async def fetch_build(conn: AsyncConnection, build_id: BuildId) -> Build | None:
+    rows = (await conn.execute(select(builds).where(builds.c.id == build_id))).mappings().all()
+    found = await with_packages(conn, rows)
+    return found[0] if found else None
+
+
+async def fetch_builds_page(
+    conn: AsyncConnection,
+    *,
+    limit: int,
+    after: tuple[datetime, BuildId] | None,
+    status: BuildStatus | None,
+) -> list[Build]:
+    """Up to ``limit`` builds newest first (ties by id), strictly after ``after``."""
+    query = select(builds).order_by(builds.c.created_at.desc(), builds.c.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(builds.c.status == BuildStatus(status).value)
+    if after is not None:
+        at, last_id = after
+        query = query.where(
+            or_(
+                builds.c.created_at < at,
+                and_(builds.c.created_at == at, builds.c.id < last_id),
+            )
+        )
+    return await with_packages(conn, (await conn.execute(query)).mappings().all())
+
+
+async def fetch_unfinished_builds(conn: AsyncConnection) -> list[Build]:
+    """Builds still pending or running, oldest first."""
+    query = (
+        select(builds)
+        .where(builds.c.status.in_([s.value for s in UNFINISHED_BUILD_STATES]))
+        .order_by(builds.c.created_at, builds.c.id)
+    )
+    return await with_packages(conn, (await conn.execute(query)).mappings().all())
+
+
+async def with_packages(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[Build]:
+    """Builds from build rows, loading all their packages and attempts in two queries."""
+    ids = [row["id"] for row in rows]
+    if not ids:
+        return []
+    tries: dict[tuple[str, str], list[Attempt]] = {}
+    attempt_rows = await conn.execute(
+        select(attempts)
+        .where(attempts.c.build_id.in_(ids))
+        .order_by(attempts.c.build_id, attempts.c.name, attempts.c.number)
+    )
+    for row in attempt_rows.mappings():
+        tries.setdefault((row["build_id"], row["name"]), []).append(attempt_from_row(row))
+    jobs: dict[str, list[PackageJob]] = {}
+    package_rows = await conn.execute(
+        select(packages)
+        .where(packages.c.build_id.in_(ids))
+        .order_by(packages.c.build_id, packages.c.seq, packages.c.name)
+    )
+    for row in package_rows.mappings():
+        job = package_from_row(row, tries.get((row["build_id"], row["name"]), ()))
+        jobs.setdefault(row["build_id"], []).append(job)
+    return [build_from_row(row, jobs.get(row["id"], ())) for row in rows]
+
+
+async def update_build(conn: AsyncConnection, build_id: BuildId, fields: Mapping[str, Any]) -> bool:
+    """Set build columns; ``False`` if there is no such build."""
+    values = dict(fields)
+    if "status" in values:
+        values["status"] = BuildStatus(values["status"]).value
+    if "spec" in values:
+        values["spec"] = dict(values["spec"])
+    if not values:
+        found = await conn.execute(select(builds.c.id).where(builds.c.id == build_id))
+        return found.first() is not None
+    result = await conn.execute(update(builds).where(builds.c.id == build_id).values(values))
+    return result.rowcount > 0
+
+
+# packages
+
+
+async def transition_package(
+    conn: AsyncConnection,
+    build_id: BuildId,
+    name: str,
+    to: PackageStatus,
+    allowed: Iterable[PackageStatus],
+    fields: Mapping[str, Any],
+) -> PackageJob | None:
+    """The compare-and-set: move the package to ``to`` and set ``fields`` in one guarded
+    UPDATE, only if its status is in ``allowed``. ``None`` when no row matched."""
+    query = (
+        update(packages)
+        .where(
+            packages.c.build_id == build_id,
+            packages.c.name == name,
+            packages.c.status.in_([PackageStatus(s).value for s in allowed]),
+        )
+        .values(package_values({**fields, "status": to}))
+        .returning(packages)
+    )
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        return None
+    return await _finish_package_update(conn, row, fields)
+
+
+async def update_package_fields(
+    conn: AsyncConnection, build_id: BuildId, name: str, fields: Mapping[str, Any]
+) -> PackageJob | None:
+    """Set non-state columns of a package; ``None`` if there is no such package."""
+    where = (packages.c.build_id == build_id, packages.c.name == name)
+    values = package_values(fields)
+    if values:
+        query = update(packages).where(*where).values(values).returning(packages)
+        row = (await conn.execute(query)).mappings().first()
+    else:
+        row = (await conn.execute(select(packages).where(*where))).mappings().first()
+    if row is None:
+        return None
+    return await _finish_package_update(conn, row, fields)
+
+
+async def _finish_package_update(
+    conn: AsyncConnection, row: RowMapping, fields: Mapping[str, Any]
+) -> PackageJob:
+    build_id, name = BuildId(row["build_id"]), row["name"]
+    if "attempts" in fields:
+        await conn.execute(
+            delete(attempts).where(attempts.c.build_id == build_id, attempts.c.name == name)
+        )
+        rows = [_attempt_values(build_id, name, a) for a in fields["attempts"]]
+        if rows:
+            await conn.execute(insert(attempts), rows)
+    return package_from_row(row, await fetch_attempts(conn, build_id, name))
+
+
+async def package_status(
+    conn: AsyncConnection, build_id: BuildId, name: str
+) -> PackageStatus | None:
+    """The current status of a package; ``None`` if there is no such package."""
+    status = await conn.scalar(
+        select(packages.c.status).where(packages.c.build_id == build_id, packages.c.name == name)
+    )
+    return None if status is None else PackageStatus(status)
+
+
+async def fetch_attempts(conn: AsyncConnection, build_id: BuildId, name: str) -> list[Attempt]:
+    rows = await conn.execute(
+        select(attempts)
+        .where(attempts.c.build_id == build_id, attempts.c.name == name)
+        .order_by(attempts.c.number)
+    )
+    return [attempt_from_row(row) for row in rows.mappings()]
+
+
+async def put_attempt(
+    conn: AsyncConnection, build_id: BuildId, name: str, attempt: Attempt
+) -> None:
+    """Insert an attempt, replacing one with the same number."""
+    await conn.execute(
+        delete(attempts).where(
+            attempts.c.build_id == build_id,
+            attempts.c.name == name,
+            attempts.c.number == attempt.number,
+        )
+    )
+    await conn.execute(insert(attempts), [_attempt_values(build_id, name, attempt)])
+
+
+# leases
+
+
+async def renew_leases(conn: AsyncConnection, owner: str, expires: datetime) -> int:
+    """Move the deadline of every running lease ``owner`` holds; how many."""
+    result = await conn.execute(
+        update(packages)
+        .where(
+            packages.c.lease_owner == owner,
+            packages.c.status == PackageStatus.RUNNING.value,
+        )
+        .values(lease_expires=expires)
+    )
+    return result.rowcount
+
+
+async def expire_leases(conn: AsyncConnection, now: datetime) -> list[PackageJob]:
+    """Running packages whose lease ran out before ``now`` go back to pending, in one
+    guarded UPDATE; returns them by build and ``seq``."""
+    query = (
+        update(packages)
+        .where(
+            packages.c.status == PackageStatus.RUNNING.value,
+            packages.c.lease_expires.is_not(None),
+            packages.c.lease_expires < now,
+        )
+        .values(
+            status=PackageStatus.PENDING.value,
+            lease_owner="",
+            lease_expires=None,
+            reason=LEASE_EXPIRED_REASON,
+        )
+        .returning(packages)
+    )
+    rows = (await conn.execute(query)).mappings().all()
+    jobs = [
+        package_from_row(row, await fetch_attempts(conn, BuildId(row["build_id"]), row["name"]))
+        for row in rows
+    ]
+    return sorted(jobs, key=lambda j: (j.build_id, j.seq, j.name))
+
+
+async def latest_durations(conn: AsyncConnection, names: Sequence[str]) -> dict[str, float]:
+    """For each name, the duration of its most recently finished successful build."""
+    if not names:
+        return {}
+    ranked = (
+        select(
+            packages.c.name,
+            packages.c.started_at,
+            packages.c.finished_at,
+            func.row_number()
+            .over(
+                partition_by=packages.c.name,
+                order_by=(packages.c.finished_at.desc(), packages.c.build_id.desc()),
+            )
+            .label("rank"),
+        )
+        .where(
+            packages.c.name.in_(list(names)),
+            packages.c.status == PackageStatus.SUCCESS.value,
+            packages.c.started_at.is_not(None),
+            packages.c.finished_at.is_not(None),
+        )
+        .subquery()
+    )
+    rows = await conn.execute(
+        select(ranked.c.name, ranked.c.started_at, ranked.c.finished_at).where(ranked.c.rank == 1)
+    )
+    return {
+        name: (finished_at - started_at).total_seconds() for name, started_at, finished_at in rows
+    }
+
+
+# runtime backends
+
+
+async def save_backend(conn: AsyncConnection, backend: StoredBackend) -> None:
+    """Replace the backend with this address in place, or add it at the end."""
+    values = {"arch": backend.arch, "labels": dict(backend.labels), "max_jobs": backend.max_jobs}
+    result = await conn.execute(
+        update(backends).where(backends.c.addr == backend.addr).values(values)
+    )
+    if result.rowcount:
+        return
+    next_position = select(func.coalesce(func.max(backends.c.position), 0) + 1).scalar_subquery()
+    await conn.execute(insert(backends).values(addr=backend.addr, position=next_position, **values))
+
+
+async def delete_backend(conn: AsyncConnection, addr: str) -> None:
+    await conn.execute(delete(backends).where(backends.c.addr == addr))
+
+
+async def list_backends(conn: AsyncConnection) -> list[StoredBackend]:
+    rows = await conn.execute(select(backends).order_by(backends.c.position))
+    return [
+        StoredBackend(
+            addr=row["addr"], arch=row["arch"], labels=row["labels"], max_jobs=row["max_jobs"]
+        )
+        for row in rows.mappings()
+    ]

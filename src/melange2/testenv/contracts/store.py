@@ -1,0 +1,660 @@
+"""The :class:`~melange2.store.base.JobStore` contract: what every store must do.
+
+Subclass :class:`StoreContract` and override its ``store`` fixture (an async generator
+yielding an empty, open store, closed afterwards)::
+
+    class TestSqliteStore(StoreContract):
+        @pytest.fixture
+        async def store(self, tmp_path: Path) -> AsyncIterator[JobStore]:
+            async with await SqliteStore.open(tmp_path / "store.db") as store:
+                yield store
+
+The tests are async and run on anyio's pytest plugin (asyncio backend). Helpers to make
+builds (:func:`make_build`, :func:`make_job`) are public so other suites can share them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from itertools import product
+from typing import Any
+
+import pytest
+
+from melange2.errors import InvalidTransition, NotFound, RequestError, StoreError
+from melange2.ids import BuildId
+from melange2.jobs import (
+    ALLOWED_TRANSITIONS,
+    Attempt,
+    Backend,
+    Build,
+    BuildStatus,
+    PackageJob,
+    PackageStatus,
+)
+from melange2.store.base import JobStore, StoredBackend
+from melange2.store.rules import LEASE_EXPIRED_REASON
+
+__all__ = ["T0", "StoreContract", "make_build", "make_job"]
+
+#: a fixed, aware "now" for the tests
+T0 = datetime(2025, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
+#: a non-UTC zone: the store must hand the same instants back in UTC
+CEST = timezone(timedelta(hours=2))
+
+ALL_MOVES = list(product(PackageStatus, PackageStatus))
+ALLOWED_MOVES = [(a, b) for a, b in ALL_MOVES if b in ALLOWED_TRANSITIONS[a]]
+REFUSED_MOVES = [(a, b) for a, b in ALL_MOVES if b not in ALLOWED_TRANSITIONS[a]]
+
+
+def make_job(
+    build_id: str,
+    name: str,
+    seq: int = 0,
+    status: PackageStatus = PackageStatus.PENDING,
+    **fields: Any,
+) -> PackageJob:
+    """A package job with plausible defaults."""
+    defaults: dict[str, Any] = {
+        "config_yaml": f"package:\n  name: {name}\n",
+        "arch": "x86_64",
+    }
+    return PackageJob(
+        build_id=BuildId(build_id),
+        name=name,
+        seq=seq,
+        status=status,
+        **{**defaults, **fields},
+    )
+
+
+def make_build(
+    build_id: str = "bld-0000000000000001",
+    *,
+    names: Sequence[str] = ("a",),
+    status: BuildStatus = BuildStatus.PENDING,
+    created_at: datetime = T0,
+    package_status: PackageStatus = PackageStatus.PENDING,
+    **fields: Any,
+) -> Build:
+    """A build with one package per name (``seq`` in the given order)."""
+    return Build(
+        id=BuildId(build_id),
+        status=status,
+        spec={"arch": ["x86_64"], "packages": list(names)},
+        created_at=created_at,
+        packages=tuple(
+            make_job(build_id, name, seq, package_status) for seq, name in enumerate(names)
+        ),
+        **fields,
+    )
+
+
+def _pair_name(source: PackageStatus, target: PackageStatus) -> str:
+    return f"{source.value}-to-{target.value}"
+
+
+class StoreContract:
+    """Every :class:`~melange2.store.base.JobStore` passes these."""
+
+    pytestmark = [pytest.mark.anyio]
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[JobStore]:
+        """An empty, open store; override in the subclass."""
+        raise NotImplementedError("override the `store` fixture")
+        yield  # pragma: no cover
+
+    # create and get
+
+    async def test_get_returns_every_field_as_created(self, store: JobStore) -> None:
+        build_id = BuildId("bld-roundtrip")
+        started = datetime(2025, 3, 1, 14, 0, 1, 123_456, tzinfo=CEST)
+        job = make_job(
+            build_id,
+            "curl",
+            seq=3,
+            status=PackageStatus.RUNNING,
+            dependencies=("openssl", "zlib"),
+            priority=42.5,
+            reason="leased",
+            error="none yet",
+            attempts=(
+                Attempt(number=1, backend="tcp://a:1234", started_at=started, error="boom"),
+                Attempt(
+                    number=2,
+                    backend="tcp://b:1234",
+                    started_at=started + timedelta(minutes=1),
+                    finished_at=started + timedelta(minutes=2),
+                    log_path="logs/curl.2.log",
+                ),
+            ),
+            started_at=started,
+            finished_at=started + timedelta(seconds=90),
+            log_path="logs/curl.log",
+            output_path="out/x86_64/curl-8.0-r0.apk",
+            backend=Backend(addr="tcp://b:1234", arch="x86_64", labels={"tier": "fast"}),
+            lease_owner="replica-1",
+            lease_expires=started + timedelta(minutes=5),
+        )
+        build = Build(
+            id=build_id,
+            status=BuildStatus.RUNNING,
+            spec={"packages": ["curl"], "options": {"debug": True, "jobs": 2, "x": None}},
+            created_at=started - timedelta(hours=1),
+            started_at=started,
+            finished_at=None,
+            cancel_requested=True,
+            packages=(job,),
+        )
+        await store.create_build(build)
+
+        got = await store.get_build(build_id)
+
+        assert got == build
+        got_job = got.packages[0]
+        assert isinstance(got_job.status, PackageStatus)
+        assert isinstance(got.status, BuildStatus)
+        assert isinstance(got_job.dependencies, tuple)
+        stamps = [
+            got.created_at,
+            got.started_at,
+            got_job.started_at,
+            got_job.finished_at,
+            got_job.lease_expires,
+            *(a.started_at for a in got_job.attempts),
+        ]
+        for stamp in stamps:
+            assert stamp is not None
+            assert stamp.tzinfo is not None
+            assert stamp.utcoffset() == timedelta(0)
+        assert got_job.duration_s == 90.0
+
+    async def test_get_lists_packages_in_seq_order(self, store: JobStore) -> None:
+        build = make_build(names=("c", "a", "b"))
+        shuffled = build.evolve(packages=tuple(reversed(build.packages)))
+        await store.create_build(shuffled)
+
+        got = await store.get_build(build.id)
+
+        assert [j.name for j in got.packages] == ["c", "a", "b"]
+        assert [j.seq for j in got.packages] == [0, 1, 2]
+
+    async def test_get_of_unknown_build_raises_not_found(self, store: JobStore) -> None:
+        with pytest.raises(NotFound):
+            await store.get_build(BuildId("bld-missing"))
+
+    async def test_create_with_a_taken_id_fails_and_keeps_the_first(self, store: JobStore) -> None:
+        first = make_build(names=("a",))
+        await store.create_build(first)
+        second = make_build(names=("b", "c"), status=BuildStatus.RUNNING)
+
+        with pytest.raises(StoreError):
+            await store.create_build(second)
+
+        assert await store.get_build(first.id) == first
+
+    async def test_create_is_all_or_nothing(self, store: JobStore) -> None:
+        build = make_build(names=("a", "b"))
+        doubled = build.evolve(packages=(*build.packages, make_job(build.id, "a", 2)))
+
+        with pytest.raises(StoreError):
+            await store.create_build(doubled)
+
+        with pytest.raises(NotFound):
+            await store.get_build(build.id)
+        assert (await store.list_builds(limit=10)).builds == []
+
+    async def test_create_and_get_copy_values(self, store: JobStore) -> None:
+        spec: dict[str, Any] = {"packages": ["a"]}
+        build = make_build().evolve(spec=spec)
+        await store.create_build(build)
+        spec["packages"].append("mutated")
+
+        got = await store.get_build(build.id)
+        assert got.spec == {"packages": ["a"]}
+        assert isinstance(got.spec, dict)
+        got.spec["packages"].append("again")
+        assert (await store.get_build(build.id)).spec == {"packages": ["a"]}
+
+    async def test_a_build_without_packages(self, store: JobStore) -> None:
+        build = make_build(names=())
+        await store.create_build(build)
+        assert await store.get_build(build.id) == build
+
+    # list_builds
+
+    async def _create_many(self, store: JobStore, count: int) -> list[Build]:
+        """``count`` builds; every three share a ``created_at`` (ties broken by id)."""
+        made = []
+        for i in range(count):
+            build = make_build(
+                f"bld-{i:04d}",
+                names=(f"p{i}",),
+                created_at=T0 + timedelta(seconds=i // 3),
+                status=BuildStatus.RUNNING if i % 2 else BuildStatus.PENDING,
+            )
+            await store.create_build(build)
+            made.append(build)
+        return made
+
+    @staticmethod
+    def _newest_first(builds: Sequence[Build]) -> list[BuildId]:
+        return [b.id for b in sorted(builds, key=lambda b: (b.created_at, b.id), reverse=True)]
+
+    async def test_list_builds_newest_first_with_limit(self, store: JobStore) -> None:
+        made = await self._create_many(store, 7)
+
+        page = await store.list_builds(limit=4)
+
+        assert [b.id for b in page.builds] == self._newest_first(made)[:4]
+        assert page.next_cursor is not None
+        assert page.builds[0] == made[6]  # packages included
+
+    async def test_list_builds_pages_cover_everything_once(self, store: JobStore) -> None:
+        made = await self._create_many(store, 11)
+        for limit in (1, 2, 3, 11, 12):
+            seen: list[BuildId] = []
+            cursor: str | None = None
+            while True:
+                page = await store.list_builds(limit=limit, cursor=cursor)
+                assert len(page.builds) <= limit
+                seen.extend(b.id for b in page.builds)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert seen == self._newest_first(made), limit
+
+    async def test_list_builds_by_status(self, store: JobStore) -> None:
+        made = await self._create_many(store, 9)
+        running = [b for b in made if b.status == BuildStatus.RUNNING]
+
+        first = await store.list_builds(limit=2, status=BuildStatus.RUNNING)
+        assert first.next_cursor is not None
+        rest = await store.list_builds(
+            limit=10, cursor=first.next_cursor, status=BuildStatus.RUNNING
+        )
+
+        assert [b.id for b in (*first.builds, *rest.builds)] == self._newest_first(running)
+        assert rest.next_cursor is None
+        assert (await store.list_builds(limit=5, status=BuildStatus.SUCCESS)).builds == []
+
+    async def test_list_builds_on_an_empty_store(self, store: JobStore) -> None:
+        page = await store.list_builds(limit=3)
+        assert page.builds == []
+        assert page.next_cursor is None
+
+    async def test_list_builds_refuses_bad_cursor_and_limit(self, store: JobStore) -> None:
+        with pytest.raises(RequestError):
+            await store.list_builds(limit=3, cursor="not a cursor")
+        with pytest.raises(ValueError):
+            await store.list_builds(limit=0)
+
+    # transition
+
+    async def _create_pairs(self, store: JobStore, pairs: Sequence[tuple[Any, Any]]) -> BuildId:
+        """One build with a package ``<from>-to-<to>`` in state ``from`` for each pair."""
+        build_id = BuildId("bld-moves")
+        jobs = tuple(
+            make_job(build_id, _pair_name(source, target), seq, source)
+            for seq, (source, target) in enumerate(pairs)
+        )
+        await store.create_build(make_build(build_id, names=()).evolve(packages=jobs))
+        return build_id
+
+    async def test_every_allowed_move_works(self, store: JobStore) -> None:
+        build_id = await self._create_pairs(store, ALLOWED_MOVES)
+        for source, target in ALLOWED_MOVES:
+            name = _pair_name(source, target)
+            moved = await store.transition(build_id, name, target, reason=f"to {target}")
+            assert (moved.status, moved.reason) == (target, f"to {target}")
+        got = await store.get_build(build_id)
+        assert {j.name: j.status for j in got.packages} == {
+            _pair_name(s, t): t for s, t in ALLOWED_MOVES
+        }
+        assert all(j.reason == f"to {j.status}" for j in got.packages)
+
+    async def test_every_refused_move_raises_and_changes_nothing(self, store: JobStore) -> None:
+        build_id = await self._create_pairs(store, REFUSED_MOVES)
+        before = await store.get_build(build_id)
+        for source, target in REFUSED_MOVES:
+            name = _pair_name(source, target)
+            with pytest.raises(InvalidTransition) as caught:
+                await store.transition(build_id, name, target, reason="changed", error="x")
+            message = str(caught.value)
+            for part in (build_id, name, source.value, target.value):
+                assert part in message
+        assert await store.get_build(build_id) == before
+
+    async def test_expect_narrows_the_allowed_states(self, store: JobStore) -> None:
+        build = make_build(names=("a",))
+        await store.create_build(build)
+        only_blocked = frozenset({PackageStatus.BLOCKED})
+
+        with pytest.raises(InvalidTransition):
+            await store.transition(build.id, "a", PackageStatus.CANCELLED, expect=only_blocked)
+        assert (await store.get_build(build.id)).packages[0].status == PackageStatus.PENDING
+
+        # expect cannot widen the table either
+        with pytest.raises(InvalidTransition):
+            await store.transition(
+                build.id, "a", PackageStatus.SKIPPED, expect=frozenset({PackageStatus.PENDING})
+            )
+
+        moved = await store.transition(
+            build.id, "a", PackageStatus.CANCELLED, expect=frozenset({PackageStatus.PENDING})
+        )
+        assert moved.status == PackageStatus.CANCELLED
+
+    async def test_transition_of_unknown_package_raises_not_found(self, store: JobStore) -> None:
+        build = make_build(names=("a",))
+        await store.create_build(build)
+        with pytest.raises(NotFound):
+            await store.transition(build.id, "nope", PackageStatus.RUNNING)
+        with pytest.raises(NotFound):
+            await store.transition(BuildId("bld-nope"), "a", PackageStatus.RUNNING)
+
+    async def test_transition_sets_fields_in_the_same_update(self, store: JobStore) -> None:
+        build = make_build(names=("a", "b"))
+        await store.create_build(build)
+        backend = Backend(addr="tcp://d:1", arch="x86_64", labels={"zone": "1"})
+        attempt = Attempt(number=1, backend=backend.addr, started_at=T0)
+
+        moved = await store.transition(
+            build.id,
+            "a",
+            PackageStatus.RUNNING,
+            started_at=T0,
+            backend=backend,
+            lease_owner="replica-1",
+            lease_expires=T0 + timedelta(seconds=30),
+            attempts=(attempt,),
+            priority=7.0,
+        )
+
+        expected = build.packages[0].evolve(
+            status=PackageStatus.RUNNING,
+            started_at=T0,
+            backend=backend,
+            lease_owner="replica-1",
+            lease_expires=T0 + timedelta(seconds=30),
+            attempts=(attempt,),
+            priority=7.0,
+        )
+        assert moved == expected
+        got = await store.get_build(build.id)
+        assert got.packages == (expected, build.packages[1])
+
+    async def test_transition_refuses_protected_and_unknown_fields(self, store: JobStore) -> None:
+        build = make_build(names=("a",))
+        await store.create_build(build)
+        for bad in ({"status": PackageStatus.SUCCESS}, {"build_id": "x"}, {"colour": "red"}):
+            with pytest.raises(TypeError):
+                await store.transition(build.id, "a", PackageStatus.RUNNING, **bad)
+        assert await store.get_build(build.id) == build
+
+    async def test_concurrent_claims_have_one_winner(self, store: JobStore) -> None:
+        build = make_build(names=("a",))
+        await store.create_build(build)
+
+        async def claim(owner: str) -> str | None:
+            try:
+                await store.transition(build.id, "a", PackageStatus.RUNNING, lease_owner=owner)
+            except InvalidTransition:
+                return None
+            return owner
+
+        results = await asyncio.gather(*(claim(f"owner-{i}") for i in range(16)))
+
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        job = (await store.get_build(build.id)).packages[0]
+        assert (job.status, job.lease_owner) == (PackageStatus.RUNNING, winners[0])
+
+    # update_package and add_attempt
+
+    async def test_update_package_sets_fields(self, store: JobStore) -> None:
+        build = make_build(names=("a", "b"))
+        await store.create_build(build)
+
+        updated = await store.update_package(
+            build.id, "b", reason="waiting for a slot", priority=3.5, log_path="logs/b.log"
+        )
+
+        expected = build.packages[1].evolve(
+            reason="waiting for a slot", priority=3.5, log_path="logs/b.log"
+        )
+        assert updated == expected
+        assert (await store.get_build(build.id)).packages == (build.packages[0], expected)
+        assert await store.update_package(build.id, "a") == build.packages[0]
+
+    async def test_update_package_refuses_status_and_unknown(self, store: JobStore) -> None:
+        build = make_build(names=("a",))
+        await store.create_build(build)
+        with pytest.raises(TypeError):
+            await store.update_package(build.id, "a", status=PackageStatus.SUCCESS)
+        with pytest.raises(NotFound):
+            await store.update_package(build.id, "zz", reason="x")
+        with pytest.raises(NotFound):
+            await store.update_package(BuildId("bld-zz"), "a", reason="x")
+
+    async def test_add_attempt_appends_and_replaces_by_number(self, store: JobStore) -> None:
+        build = make_build(names=("a", "b"))
+        await store.create_build(build)
+        first = Attempt(number=1, backend="tcp://a:1", started_at=T0)
+        second = Attempt(number=2, backend="tcp://b:1", started_at=T0 + timedelta(minutes=1))
+        finished = Attempt(
+            number=1,
+            backend="tcp://a:1",
+            started_at=T0,
+            finished_at=T0 + timedelta(seconds=5),
+            error="daemon went away",
+            log_path="logs/a.1.log",
+        )
+
+        await store.add_attempt(build.id, "a", second)
+        await store.add_attempt(build.id, "a", first)
+        await store.add_attempt(build.id, "a", finished)
+
+        got = await store.get_build(build.id)
+        assert got.packages[0].attempts == (finished, second)
+        assert got.packages[1].attempts == ()
+        with pytest.raises(NotFound):
+            await store.add_attempt(build.id, "zz", first)
+
+    # update_build and unfinished_builds
+
+    async def test_update_build_sets_fields(self, store: JobStore) -> None:
+        build = make_build(names=("a",))
+        await store.create_build(build)
+
+        updated = await store.update_build(
+            build.id,
+            status=BuildStatus.RUNNING,
+            started_at=T0.astimezone(CEST),
+            cancel_requested=True,
+        )
+
+        expected = build.evolve(status=BuildStatus.RUNNING, started_at=T0, cancel_requested=True)
+        assert updated == expected
+        assert updated.started_at is not None
+        assert updated.started_at.utcoffset() == timedelta(0)
+        assert await store.get_build(build.id) == expected
+
+        done = await store.update_build(
+            build.id, status=BuildStatus.CANCELLED, finished_at=T0 + timedelta(seconds=3)
+        )
+        assert (done.status, done.finished_at) == (
+            BuildStatus.CANCELLED,
+            T0 + timedelta(seconds=3),
+        )
+
+    async def test_update_build_refuses_unknown_and_protected(self, store: JobStore) -> None:
+        build = make_build()
+        await store.create_build(build)
+        with pytest.raises(NotFound):
+            await store.update_build(BuildId("bld-zz"), status=BuildStatus.RUNNING)
+        for bad in ({"id": "bld-other"}, {"packages": ()}, {"colour": "red"}):
+            with pytest.raises(TypeError):
+                await store.update_build(build.id, **bad)
+        assert await store.get_build(build.id) == build
+
+    async def test_unfinished_builds_are_pending_or_running_oldest_first(
+        self, store: JobStore
+    ) -> None:
+        statuses = [
+            BuildStatus.SUCCESS,
+            BuildStatus.RUNNING,
+            BuildStatus.FAILED,
+            BuildStatus.PENDING,
+            BuildStatus.PARTIAL,
+            BuildStatus.CANCELLED,
+            BuildStatus.RUNNING,
+        ]
+        made = []
+        for i, status in enumerate(statuses):
+            build = make_build(
+                f"bld-{i:04d}",
+                names=("a", "b"),
+                status=status,
+                created_at=T0 - timedelta(minutes=i),
+            )
+            await store.create_build(build)
+            made.append(build)
+
+        unfinished = await store.unfinished_builds()
+
+        assert list(unfinished) == [made[6], made[3], made[1]]
+
+    # leases
+
+    async def test_renew_extends_only_the_owners_running_leases(self, store: JobStore) -> None:
+        old, new = T0 + timedelta(seconds=10), T0 + timedelta(seconds=60)
+        build = make_build(names=())
+        jobs = (
+            make_job(
+                build.id, "mine", 0, PackageStatus.RUNNING, lease_owner="r1", lease_expires=old
+            ),
+            make_job(
+                build.id, "mine2", 1, PackageStatus.RUNNING, lease_owner="r1", lease_expires=old
+            ),
+            make_job(
+                build.id, "theirs", 2, PackageStatus.RUNNING, lease_owner="r2", lease_expires=old
+            ),
+            make_job(
+                build.id, "done", 3, PackageStatus.SUCCESS, lease_owner="r1", lease_expires=old
+            ),
+            make_job(build.id, "nobody", 4, PackageStatus.RUNNING),
+        )
+        await store.create_build(build.evolve(packages=jobs))
+
+        assert await store.renew_leases("r1", new) == 2
+        assert await store.renew_leases("r3", new) == 0
+
+        got = {j.name: j.lease_expires for j in (await store.get_build(build.id)).packages}
+        assert got == {"mine": new, "mine2": new, "theirs": old, "done": old, "nobody": None}
+
+    async def test_expire_moves_expired_running_packages_to_pending(self, store: JobStore) -> None:
+        now = T0
+        build = make_build(names=())
+        expired_at = now - timedelta(seconds=1)
+        running = PackageStatus.RUNNING
+
+        def leased(name: str, seq: int, owner: str, expires: datetime, **kw: Any) -> PackageJob:
+            return make_job(
+                build.id, name, seq, running, lease_owner=owner, lease_expires=expires, **kw
+            )
+
+        jobs = (
+            leased("late", 0, "r1", expired_at),
+            leased("edge", 1, "r1", now),
+            leased("fresh", 2, "r2", now + timedelta(seconds=5)),
+            make_job(
+                build.id,
+                "ended",
+                3,
+                PackageStatus.SUCCESS,
+                lease_owner="r1",
+                lease_expires=expired_at,
+            ),
+            make_job(build.id, "unleased", 4, running),
+            leased("late2", 5, "r2", expired_at, started_at=expired_at),
+        )
+        await store.create_build(build.evolve(packages=jobs))
+
+        expired = await store.expire_leases(now)
+
+        requeued = {
+            "status": PackageStatus.PENDING,
+            "lease_owner": "",
+            "lease_expires": None,
+            "reason": LEASE_EXPIRED_REASON,
+        }
+        assert list(expired) == [jobs[0].evolve(**requeued), jobs[5].evolve(**requeued)]
+        got = (await store.get_build(build.id)).packages
+        assert got == (expired[0], *jobs[1:5], expired[1])
+        assert await store.expire_leases(now) == []
+
+    # durations
+
+    async def test_durations_are_the_latest_successful_per_name(self, store: JobStore) -> None:
+        def run(name: str, status: PackageStatus, start: int, seconds: int) -> PackageJob:
+            begun = T0 + timedelta(minutes=start)
+            return make_job(
+                "",
+                name,
+                status=status,
+                started_at=begun,
+                finished_at=begun + timedelta(seconds=seconds),
+            )
+
+        history = [
+            [run("a", PackageStatus.SUCCESS, 0, 10), run("b", PackageStatus.SUCCESS, 0, 20)],
+            [run("a", PackageStatus.SUCCESS, 10, 30), run("b", PackageStatus.FAILED, 10, 5)],
+            [run("a", PackageStatus.FAILED, 20, 1), run("c", PackageStatus.RUNNING, 20, 7)],
+        ]
+        for i, jobs in enumerate(history):
+            build_id = BuildId(f"bld-{i:04d}")
+            packages = tuple(j.evolve(build_id=build_id, seq=seq) for seq, j in enumerate(jobs))
+            await store.create_build(make_build(build_id).evolve(packages=packages))
+
+        assert await store.durations(["a", "b", "c", "d"]) == {"a": 30.0, "b": 20.0}
+        assert await store.durations(["b"]) == {"b": 20.0}
+        assert await store.durations([]) == {}
+
+    # runtime backends
+
+    async def test_backends_save_replace_delete_in_added_order(self, store: JobStore) -> None:
+        one = StoredBackend(addr="tcp://1:1", arch="x86_64", labels={}, max_jobs=2)
+        two = StoredBackend(addr="tcp://2:1", arch="aarch64", labels={"a": "b"}, max_jobs=4)
+        three = StoredBackend(addr="tcp://3:1", arch="x86_64", labels={}, max_jobs=1)
+        assert list(await store.list_backends()) == []
+
+        for backend in (two, one, three):
+            await store.save_backend(backend)
+        assert list(await store.list_backends()) == [two, one, three]
+
+        replaced = StoredBackend(addr=one.addr, arch="riscv64", labels={"x": "y"}, max_jobs=9)
+        await store.save_backend(replaced)
+        assert list(await store.list_backends()) == [two, replaced, three]
+
+        await store.delete_backend(two.addr)
+        await store.delete_backend("tcp://never:1")
+        assert list(await store.list_backends()) == [replaced, three]
+
+        await store.save_backend(two)
+        assert list(await store.list_backends()) == [replaced, three, two]
+
+    # lifecycle
+
+    async def test_a_closed_store_refuses_calls(self, store: JobStore) -> None:
+        await store.aclose()
+        with pytest.raises(StoreError):
+            await store.get_build(BuildId("bld-any"))
+        await store.aclose()  # closing twice is fine
