@@ -1,0 +1,574 @@
+"""The scheduler: dispatches a package the moment its last dependency succeeds and a
+matching backend slot is free. No polling interval, no waves.
+
+It wakes on events: a package became ready (submission, a dependency's success, a
+retry), a slot freed or a backend appeared, a cancel, the stop request. Among ready
+packages it takes the highest priority first (the longest remaining path to the end of
+the graph, weighted by expected durations; computed at submission), then older builds,
+then submission order; ``fifo`` keeps plain submission order. A package whose
+backends are all busy stays ``pending`` and is reconsidered when a slot frees; one
+that no backend could ever run (no backend of its arch and labels) fails with that
+error. A failure skips the dependents, each naming the failed dependency.
+
+The store is the truth: every move is a compare-and-set there first; the in-memory
+graph only makes dispatch fast. Running packages hold a lease renewed every few
+seconds; an expired lease (the server died) puts the package back in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
+
+from melange2.errors import BuildkitUnavailable, FarmError, InvalidTransition, SolveCancelled
+from melange2.ids import BuildId
+from melange2.jobs import (
+    Attempt,
+    Backend,
+    Build,
+    BuildStatus,
+    PackageJob,
+    PackageStatus,
+    derive_build_status,
+)
+from melange2.pool.pool import BackendPool, BackendSlot, NoBackend
+from melange2.store.base import JobStore
+
+_log = logging.getLogger(__name__)
+Schedule = Literal["critical-path", "fifo"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOutcome:
+    """What a runner reports for a package it built."""
+
+    log_path: str = ""
+    output_path: str = ""
+
+
+class PackageRunner(Protocol):
+    """Builds one package on one backend. Raises ``BuildkitUnavailable`` for a backend
+    fault (retried elsewhere), any other ``FarmError`` for the package's own failure."""
+
+    async def run(
+        self, job: PackageJob, build: Build, backend: Backend, attempt: int
+    ) -> RunOutcome: ...
+
+
+@dataclass(kw_only=True)
+class _BuildState:
+    build: Build
+    jobs: dict[str, PackageJob]
+    dependents: dict[str, list[str]]
+    status: BuildStatus
+
+
+@dataclass(order=True, frozen=True)
+class _Ready:
+    key: tuple[float, ...]
+    build_id: str = field(compare=False)
+    name: str = field(compare=False)
+
+
+@dataclass(kw_only=True)
+class SchedulerEvent:
+    """What happened, for observers (metrics, benchmarks, live displays)."""
+
+    kind: Literal["ready", "started", "finished"]
+    build_id: BuildId
+    name: str
+    at: float  #: time.monotonic()
+    status: PackageStatus
+
+
+class Scheduler:
+    """Owns dispatch for one server process. Use ``async with`` or :meth:`run`."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        pool: BackendPool,
+        runner: PackageRunner,
+        *,
+        owner: str,
+        schedule: Schedule = "critical-path",
+        lease_ttl: float = 15.0,
+        max_attempts: int = 3,
+        retry_backoff: float = 1.0,
+        observer: Callable[[SchedulerEvent], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.runner = runner
+        self.owner = owner
+        self.schedule = schedule
+        self.lease_ttl = lease_ttl
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
+        self.observer = observer
+        self._builds: dict[BuildId, _BuildState] = {}
+        self._ready: list[_Ready] = []
+        self._waiting: list[_Ready] = []  #: ready, but every matching backend is busy
+        self._tasks: dict[tuple[BuildId, str], asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()
+        pool.on_available = self.wake
+
+    # -- public ---------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Recover unfinished builds, then dispatch until :meth:`stop`."""
+        await self.recover()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._dispatch_loop())
+            group.create_task(self._lease_loop())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def shutdown(self) -> None:
+        """Stop dispatching and abandon running solves: their leases expire and the
+        next start resumes them (graceful shutdown as the spec says)."""
+        self.stop()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel("shutdown")
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def submit(self, build: Build) -> None:
+        """Take a build the store just created."""
+        async with self._lock:
+            state = self._track(build)
+            for job in state.jobs.values():
+                if job.status is PackageStatus.PENDING:
+                    self._push(state, job)
+        self.wake()
+
+    async def cancel(self, build_id: BuildId) -> Build:
+        """Cancel waiting packages now and running solves on their daemons."""
+        build = await self.store.update_build(build_id, cancel_requested=True)
+        state = self._builds.get(build_id)
+        async with self._lock:
+            for job in build.packages:
+                if job.status in (PackageStatus.BLOCKED, PackageStatus.PENDING):
+                    with contextlib.suppress(InvalidTransition):
+                        updated = await self.store.transition(
+                            build_id,
+                            job.name,
+                            PackageStatus.CANCELLED,
+                            finished_at=utcnow(),
+                            reason="",
+                            error="build cancelled",
+                        )
+                        if state is not None:
+                            state.jobs[job.name] = updated
+        for (bid, _name), task in list(self._tasks.items()):
+            if bid == build_id:
+                task.cancel("build cancelled")
+        await self._refresh_build(build_id)
+        return await self.store.get_build(build_id)
+
+    def queue_reason(self, build_id: BuildId, name: str) -> str:
+        """Why a pending package waits: its place among packages waiting for a slot."""
+        waiting = sorted(self._waiting) + sorted(self._ready)
+        for position, entry in enumerate(waiting, 1):
+            if entry.build_id == build_id and entry.name == name:
+                return f"waiting for a backend slot: {position} of {len(waiting)} in the queue"
+        return "waiting for a backend slot"
+
+    # -- tracking -------------------------------------------------------------------------
+
+    def _track(self, build: Build) -> _BuildState:
+        dependents: dict[str, list[str]] = {j.name: [] for j in build.packages}
+        for job in build.packages:
+            for dep in job.dependencies:
+                if dep in dependents:
+                    dependents[dep].append(job.name)
+        state = _BuildState(
+            build=build,
+            jobs={j.name: j for j in build.packages},
+            dependents=dependents,
+            status=build.status,
+        )
+        self._builds[build.id] = state
+        return state
+
+    def _key(self, state: _BuildState, job: PackageJob) -> tuple[float, ...]:
+        created = state.build.created_at.timestamp()
+        if self.schedule == "fifo":
+            return (created, float(job.seq))
+        return (-job.priority, created, float(job.seq))
+
+    def _push(self, state: _BuildState, job: PackageJob) -> None:
+        heapq.heappush(self._ready, _Ready(self._key(state, job), state.build.id, job.name))
+        self._emit("ready", state.build.id, job.name, job.status)
+
+    def _emit(self, kind: str, build_id: BuildId, name: str, status: PackageStatus) -> None:
+        if self.observer is not None:
+            self.observer(
+                SchedulerEvent(
+                    kind=kind,  # type: ignore[arg-type]
+                    build_id=build_id,
+                    name=name,
+                    at=time.monotonic(),
+                    status=status,
+                )
+            )
+
+    async def recover(self) -> None:
+        """Load unfinished builds from the store (after a restart): pending packages
+        are queued, blocked ones whose dependencies are settled move on, running ones
+        stay until their lease expires."""
+        for build in await self.store.unfinished_builds():
+            async with self._lock:
+                state = self._track(build)
+                for job in list(state.jobs.values()):
+                    if job.status is PackageStatus.PENDING:
+                        self._push(state, job)
+                for job in list(state.jobs.values()):
+                    if job.status is PackageStatus.BLOCKED:
+                        await self._settle_blocked(state, job.name)
+            await self._refresh_build(build.id)
+        await self._expire_leases()
+        self.wake()
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            await self._dispatch()
+
+    async def _dispatch(self) -> None:
+        async with self._lock:
+            # packages that waited for a slot get another look first
+            for entry in self._waiting:
+                heapq.heappush(self._ready, entry)
+            self._waiting = []
+            while self._ready:
+                entry = heapq.heappop(self._ready)
+                state = self._builds.get(BuildId(entry.build_id))
+                if state is None:
+                    continue
+                job = state.jobs[entry.name]
+                if job.status is not PackageStatus.PENDING:
+                    continue
+                selector = _selector(state.build)
+                tried = {a.backend for a in job.attempts if a.error}
+                choice = self.pool.select(job.arch, selector, avoid=tried)
+                if choice is NoBackend.BUSY:
+                    self._waiting.append(entry)
+                    continue
+                if choice is NoBackend.NEVER:
+                    await self._no_backend(state, job, selector)
+                    continue
+                assert isinstance(choice, BackendSlot)
+                await self._start(state, job, choice)
+
+    async def _no_backend(
+        self, state: _BuildState, job: PackageJob, selector: Mapping[str, str]
+    ) -> None:
+        message = (
+            "no available backend: no backend for "
+            f"{self.pool.describe(job.arch, selector)} (all backends: "
+            f"{', '.join(f'{b.addr} {b.arch}' for b in self.pool.serving()) or 'none'})"
+        )
+        with contextlib.suppress(InvalidTransition):
+            failed = await self.store.transition(
+                state.build.id,
+                job.name,
+                PackageStatus.FAILED,
+                error=message,
+                reason="",
+                finished_at=utcnow(),
+            )
+            state.jobs[job.name] = failed
+            await self._cascade_failure(state, job.name)
+        await self._refresh_build(state.build.id)
+
+    async def _start(self, state: _BuildState, job: PackageJob, slot: BackendSlot) -> None:
+        backend = Backend(
+            addr=slot.backend.addr, arch=slot.backend.arch, labels=dict(slot.backend.labels)
+        )
+        now = utcnow()
+        attempt = len(job.attempts) + 1
+        try:
+            running = await self.store.transition(
+                state.build.id,
+                job.name,
+                PackageStatus.RUNNING,
+                expect=frozenset({PackageStatus.PENDING}),
+                backend=backend,
+                started_at=job.started_at or now,
+                reason="",
+                lease_owner=self.owner,
+                lease_expires=now + timedelta(seconds=self.lease_ttl),
+            )
+        except InvalidTransition:
+            self.pool.release(slot, outcome="neutral")
+            return
+        state.jobs[job.name] = running
+        self._emit("started", state.build.id, job.name, PackageStatus.RUNNING)
+        await self.store.add_attempt(
+            state.build.id,
+            job.name,
+            Attempt(number=attempt, backend=backend.addr, started_at=now),
+        )
+        if state.status is BuildStatus.PENDING:
+            state.status = BuildStatus.RUNNING
+            await self.store.update_build(
+                state.build.id, status=BuildStatus.RUNNING, started_at=now
+            )
+        key = (state.build.id, job.name)
+        self._tasks[key] = asyncio.create_task(
+            self._run(state, running, slot, attempt), name=f"build {job.build_id}/{job.name}"
+        )
+
+    async def _run(
+        self, state: _BuildState, job: PackageJob, slot: BackendSlot, attempt: int
+    ) -> None:
+        backend = Backend(
+            addr=slot.backend.addr, arch=slot.backend.arch, labels=dict(slot.backend.labels)
+        )
+        key = (state.build.id, job.name)
+        outcome = "neutral"
+        released = False
+        try:
+            result = await self.runner.run(job, state.build, backend, attempt)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._finish_cancelled(state, job, attempt))
+            raise
+        except (BuildkitUnavailable, SolveCancelled) as exc:
+            # free the slot (and count the fault) before backing off
+            self.pool.release(
+                slot, outcome="fault" if isinstance(exc, BuildkitUnavailable) else "neutral"
+            )
+            released = True
+            await asyncio.shield(self._finish_fault(state, job, attempt, exc))
+        except FarmError as exc:
+            await asyncio.shield(self._finish(state, job, attempt, PackageStatus.FAILED, str(exc)))
+        except Exception as exc:  # a bug in a runner must not wedge the build
+            _log.exception("runner crashed on %s/%s", job.build_id, job.name)
+            await asyncio.shield(
+                self._finish(state, job, attempt, PackageStatus.FAILED, f"internal error: {exc}")
+            )
+        else:
+            outcome = "success"
+            await asyncio.shield(
+                self._finish(
+                    state,
+                    job,
+                    attempt,
+                    PackageStatus.SUCCESS,
+                    "",
+                    log_path=result.log_path,
+                    output_path=result.output_path,
+                )
+            )
+        finally:
+            self._tasks.pop(key, None)
+            if not released:
+                self.pool.release(slot, outcome=outcome)
+
+    async def _finish(
+        self,
+        state: _BuildState,
+        job: PackageJob,
+        attempt: int,
+        status: PackageStatus,
+        error: str,
+        **fields: str,
+    ) -> None:
+        now = utcnow()
+        async with self._lock:
+            try:
+                done = await self.store.transition(
+                    state.build.id,
+                    job.name,
+                    status,
+                    expect=frozenset({PackageStatus.RUNNING}),
+                    finished_at=now,
+                    error=error,
+                    lease_owner="",
+                    lease_expires=None,
+                    **fields,
+                )
+            except InvalidTransition:  # cancelled or taken over meanwhile
+                return
+            state.jobs[job.name] = done
+            await self._close_attempt(state, job, attempt, now, error, fields.get("log_path", ""))
+            self._emit("finished", state.build.id, job.name, status)
+            if status is PackageStatus.SUCCESS:
+                for dependent in state.dependents.get(job.name, []):
+                    await self._settle_blocked(state, dependent)
+            else:
+                await self._cascade_failure(state, job.name)
+        await self._refresh_build(state.build.id)
+        self.wake()
+
+    async def _finish_fault(
+        self, state: _BuildState, job: PackageJob, attempt: int, exc: FarmError
+    ) -> None:
+        """A backend fault: retry on another backend with backoff, up to max_attempts."""
+        if attempt >= self.max_attempts or state.build.cancel_requested:
+            await self._finish(
+                state,
+                job,
+                attempt,
+                PackageStatus.FAILED,
+                f"backend failed {attempt} time(s); last: {exc}",
+            )
+            return
+        now = utcnow()
+        await self._close_attempt(state, job, attempt, now, str(exc), "")
+        await asyncio.sleep(self.retry_backoff * (2 ** (attempt - 1)))
+        async with self._lock:
+            try:
+                retry = await self.store.transition(
+                    state.build.id,
+                    job.name,
+                    PackageStatus.PENDING,
+                    expect=frozenset({PackageStatus.RUNNING}),
+                    lease_owner="",
+                    lease_expires=None,
+                    reason=f"retrying after a backend fault: {exc}",
+                )
+            except InvalidTransition:
+                return
+            state.jobs[job.name] = retry
+            self._push(state, retry)
+        self.wake()
+
+    async def _finish_cancelled(self, state: _BuildState, job: PackageJob, attempt: int) -> None:
+        if self._stop.is_set() and not state.build.cancel_requested:
+            return  # shutdown: keep it running in the store; the lease brings it back
+        await self._finish(state, job, attempt, PackageStatus.CANCELLED, "build cancelled")
+
+    async def _close_attempt(
+        self, state: _BuildState, job: PackageJob, attempt: int, now: datetime, error: str, log: str
+    ) -> None:
+        started = job.started_at or now
+        for a in job.attempts:
+            if a.number == attempt:
+                started = a.started_at
+        await self.store.add_attempt(
+            state.build.id,
+            job.name,
+            Attempt(
+                number=attempt,
+                backend=job.backend.addr if job.backend else "",
+                started_at=started,
+                finished_at=now,
+                error=error,
+                log_path=log,
+            ),
+        )
+
+    async def _settle_blocked(self, state: _BuildState, name: str) -> None:
+        """A dependency of ``name`` finished: make it pending if all succeeded."""
+        job = state.jobs[name]
+        if job.status is not PackageStatus.BLOCKED:
+            return
+        deps = [state.jobs[d] for d in job.dependencies if d in state.jobs]
+        failed = [d for d in deps if d.status.terminal and d.status is not PackageStatus.SUCCESS]
+        if failed:
+            await self._cascade_failure(state, failed[0].name)
+            return
+        if all(d.status is PackageStatus.SUCCESS for d in deps):
+            with contextlib.suppress(InvalidTransition):
+                ready = await self.store.transition(
+                    state.build.id, name, PackageStatus.PENDING, reason=""
+                )
+                state.jobs[name] = ready
+                self._push(state, ready)
+
+    async def _cascade_failure(self, state: _BuildState, failed: str) -> None:
+        """Skip every package that (transitively) depends on ``failed``."""
+        todo = [(failed, d) for d in state.dependents.get(failed, [])]
+        while todo:
+            cause, name = todo.pop()
+            job = state.jobs[name]
+            if job.status is not PackageStatus.BLOCKED:
+                continue
+            with contextlib.suppress(InvalidTransition):
+                skipped = await self.store.transition(
+                    state.build.id,
+                    name,
+                    PackageStatus.SKIPPED,
+                    error=f"dependency {cause} failed",
+                    reason="",
+                    finished_at=utcnow(),
+                )
+                state.jobs[name] = skipped
+                todo.extend((name, d) for d in state.dependents.get(name, []))
+
+    async def _refresh_build(self, build_id: BuildId) -> None:
+        state = self._builds.get(build_id)
+        if state is None:
+            return
+        build = await self.store.get_build(build_id)
+        state.build = build
+        for job in build.packages:
+            state.jobs[job.name] = job
+        status = derive_build_status(
+            (j.status for j in build.packages), cancelled=build.cancel_requested
+        )
+        if status is BuildStatus.PENDING and build.started_at is not None:
+            status = BuildStatus.RUNNING  # started; a package waits for a retry
+        if status != build.status:
+            fields: dict[str, object] = {"status": status}
+            if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
+                fields["finished_at"] = utcnow()
+            await self.store.update_build(build_id, **fields)
+            state.status = status
+        if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
+            self._builds.pop(build_id, None)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        period = self.lease_ttl / 3
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), period)
+            if self._stop.is_set():
+                return
+            await self.store.renew_leases(self.owner, utcnow() + timedelta(seconds=self.lease_ttl))
+            await self._expire_leases()
+
+    async def _expire_leases(self) -> None:
+        expired = await self.store.expire_leases(utcnow())
+        if not expired:
+            return
+        async with self._lock:
+            for job in expired:
+                state = self._builds.get(job.build_id)
+                if state is None:
+                    state = self._track(await self.store.get_build(job.build_id))
+                state.jobs[job.name] = job
+                self._push(state, job)
+        self.wake()
+
+
+def _selector(build: Build) -> Mapping[str, str]:
+    raw = build.spec.get("backend_selector") or {}
+    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
