@@ -1,0 +1,89 @@
+"""The backends YAML (api.md) and single-backend mode."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from melange2.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendSpec:
+    addr: str
+    arch: str
+    max_jobs: int = 0  #: 0: the pool's default
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolConfig:
+    backends: tuple[BackendSpec, ...]
+    default_max_jobs: int = 4
+    failure_threshold: int = 3
+    recovery_timeout: float = 30.0
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """``30s``, ``1m``, ``500ms`` or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    m = _DURATION.match(str(value))
+    if m is None:
+        raise ConfigError(f"{where}: invalid duration {value!r} (use e.g. 30s, 1m, 500ms)")
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2) or "s"]
+    return float(m.group(1)) * scale
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def load_pool_config(path: Path) -> PoolConfig:
+    """Read a backends YAML file; errors name the file and the field."""
+    try:
+        data: Any = YAML(typ="safe").load(path.read_text())
+    except (OSError, YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read backends config: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("backends"), list):
+        raise ConfigError(f"{path}: expected a mapping with a `backends` list")
+    specs = []
+    for i, raw in enumerate(data["backends"]):
+        where = f"{path}: backends[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        for key in ("addr", "arch"):
+            if not isinstance(raw.get(key), str) or not raw[key]:
+                raise ConfigError(f"{where}.{key}: required")
+        labels = raw.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise ConfigError(f"{where}.labels: expected a mapping")
+        specs.append(
+            BackendSpec(
+                addr=raw["addr"],
+                arch=raw["arch"],
+                max_jobs=_int(raw.get("maxJobs", 0) or 0, f"{where}.maxJobs"),
+                labels={str(k): str(v) for k, v in labels.items()},
+            )
+        )
+    if not specs:
+        raise ConfigError(f"{path}: `backends` is empty")
+    return PoolConfig(
+        backends=tuple(specs),
+        default_max_jobs=_int(data.get("defaultMaxJobs", 4), f"{path}: defaultMaxJobs") or 4,
+        failure_threshold=_int(data.get("failureThreshold", 3), f"{path}: failureThreshold") or 3,
+        recovery_timeout=parse_duration(
+            data.get("recoveryTimeout", "30s"), f"{path}: recoveryTimeout"
+        ),
+    )
