@@ -1,32 +1,156 @@
-"""``melange-server``: the build service (REST API, store, scheduler).
+"""``melange-server``: the build service (REST API, build store, event-driven scheduler).
 
-Not built yet: this release ships the BuildKit client and the local farm it stands on.
-The command parses the reference's flags so scripts can be prepared, and says so.
+Flags are the reference's (api.md) plus ours; ``CACHE_REGISTRY`` and ``CACHE_MODE``
+come from the environment. SIGINT/SIGTERM: stop accepting requests, finish in-flight
+ones (up to 10 s), stop the scheduler, exit; running packages resume at the next start.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+from pathlib import Path
 
 import click
+import uvicorn
+
+from melange2.errors import FarmError
+from melange2.service.settings import ServerSettings
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise click.BadParameter(f"{listen!r}: expected [host]:port", param_hint="--listen-addr")
+    return host or "0.0.0.0", int(port)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--listen-addr", default=":8080", show_default=True, help="HTTP listen address.")
 @click.option("--buildkit-addr", help="One BuildKit backend (single-backend mode).")
-@click.option("--backends-config", type=click.Path(), help="Backends YAML (multi-backend mode).")
+@click.option(
+    "--backends-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Backends YAML (multi-backend mode).",
+)
 @click.option("--default-arch", default="x86_64", show_default=True, help="Default architecture.")
-@click.option("--output-dir", default="/var/lib/melange/output", show_default=True)
-@click.option("--gcs-bucket", help="Store artifacts and logs in this GCS bucket.")
-def cli(**_: object) -> None:
-    """Run the melange2 build service (not available in this release)."""
-    click.echo(
-        "melange-server: the build service is not part of this release yet; "
-        "use `melange2 daemon info` and the local farm (`make farm-up`) meanwhile",
-        err=True,
+@click.option(
+    "--output-dir",
+    default="/var/lib/melange/output",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local storage: packages, logs, the published repository (<output-dir>/repo).",
+)
+@click.option("--gcs-bucket", help="Store artifacts and logs in this GCS bucket (not yet).")
+@click.option(
+    "--data-dir",
+    default="/var/lib/melange/data",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The build store (SQLite), submitted files, caches, the signing key.",
+)
+@click.option(
+    "--store",
+    type=click.Choice(["sqlite", "memory"]),
+    default="sqlite",
+    show_default=True,
+    help="Where builds are kept: SQLite in --data-dir, or memory (lost on exit).",
+)
+@click.option(
+    "--registry",
+    envvar="REGISTRY",
+    required=True,
+    help="host:port of the registry the daemons pull from and push to (env REGISTRY).",
+)
+@click.option(
+    "--signing-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The farm's RSA key (made on first start).  [default: <data-dir>/melange2.rsa]",
+)
+@click.option(
+    "--repository",
+    "repositories",
+    multiple=True,
+    help="An APK repository every build environment may install from (repeatable).",
+)
+@click.option("--keyring", "keyrings", multiple=True, help="A public key for those (repeatable).")
+@click.option(
+    "--schedule",
+    type=click.Choice(["critical-path", "fifo"]),
+    default="critical-path",
+    show_default=True,
+    help="Order among ready packages.",
+)
+@click.option(
+    "--max-attempts", default=3, show_default=True, help="Tries per package on backend faults."
+)
+@click.option(
+    "--max-body-bytes",
+    default=64 * 1024 * 1024,
+    show_default=True,
+    help="Largest request body accepted (413 above).",
+)
+@click.option("--log-level", default="info", show_default=True)
+def cli(
+    listen_addr: str,
+    buildkit_addr: str | None,
+    backends_config: Path | None,
+    default_arch: str,
+    output_dir: Path,
+    gcs_bucket: str | None,
+    data_dir: Path,
+    store: str,
+    registry: str,
+    signing_key: Path | None,
+    repositories: tuple[str, ...],
+    keyrings: tuple[str, ...],
+    schedule: str,
+    max_attempts: int,
+    max_body_bytes: int,
+    log_level: str,
+) -> None:
+    """Run the melange2 build service."""
+    if gcs_bucket:
+        raise click.UsageError("--gcs-bucket: GCS storage is not available in this release")
+    if not buildkit_addr and backends_config is None:
+        raise click.UsageError("give --buildkit-addr or --backends-config")
+    settings = ServerSettings(
+        listen_addr=listen_addr,
+        buildkit_addr=buildkit_addr,
+        backends_config=backends_config,
+        default_arch=default_arch,
+        output_dir=output_dir.resolve(),
+        data_dir=data_dir.resolve(),
+        store="memory" if store == "memory" else "sqlite",
+        registry=registry,
+        signing_key=signing_key,
+        repositories=repositories,
+        keyrings=keyrings,
+        schedule="fifo" if schedule == "fifo" else "critical-path",
+        max_attempts=max_attempts,
+        max_body_bytes=max_body_bytes,
+        cache_registry=os.environ.get("CACHE_REGISTRY", ""),
+        cache_mode=os.environ.get("CACHE_MODE", "min"),
     )
-    sys.exit(2)
+    from melange2.api.app import create_app
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    host, port = _host_port(listen_addr)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except FarmError as exc:
+        click.echo(f"melange-server: {exc}", err=True)
+        sys.exit(exc.exit_code)

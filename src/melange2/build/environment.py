@@ -20,6 +20,8 @@ import asyncio
 import gzip
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,13 +122,19 @@ class LayerCache:
             diff_id="sha256:" + hashlib.sha256(gzip.decompress(stream)).hexdigest(),
             db_fragment=fragment(pkg.record, entries),
         )
-        blob = self.blob_path(digest)
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(stream)
-        meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(layer.__dict__))
+        _write_atomic(self.blob_path(digest), stream)
+        _write_atomic(meta, json.dumps(layer.__dict__).encode())
         self._memo[pkg.record.checksum] = layer
         return layer
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Concurrent builds may cache the same package: write aside, rename into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -74,6 +74,9 @@ class BuildOptions:
     network: llb.Network = "unset"
     with_test: bool = False
     source_date_epoch: int = 0
+    #: BuildKit registry cache (CACHE_REGISTRY / CACHE_MODE on the server)
+    cache_ref: str = ""
+    cache_mode: str = "min"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,6 +269,12 @@ class Builder:
                 definition,
                 exporters=[push_image(f"{self.registry.host}/{OUT_REPO}:{tag}")],
                 on_progress=tracker,
+                cache_imports=[{"type": "registry", "ref": opts.cache_ref}]
+                if opts.cache_ref
+                else (),
+                cache_exports=[{"type": "registry", "ref": opts.cache_ref, "mode": opts.cache_mode}]
+                if opts.cache_ref
+                else (),
             )
         digest = result.exporter_response["containerimage.digest"]
         with tempfile.TemporaryDirectory(prefix="melange2-out-") as tmp:

@@ -1,0 +1,162 @@
+"""The ASGI app: ``create_app(settings)`` builds the routes; its lifespan opens the
+store, the pool, the registry client and the scheduler, and closes them again.
+
+Shutdown (SIGINT/SIGTERM through uvicorn): stop accepting requests, finish in-flight
+ones, stop the scheduler. Running packages are left ``running`` in the store; their
+leases expire and the next start resumes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from typing import TypedDict
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from melange2 import __version__
+from melange2.api import errors
+from melange2.api.routes import backends, builds
+from melange2.api.services import Services
+from melange2.apk.signing import Signer, generate_key
+from melange2.build.executor import Builder
+from melange2.oci.registry import RegistryClient
+from melange2.pool.config import BackendSpec, PoolConfig, load_pool_config
+from melange2.pool.pool import BackendPool
+from melange2.scheduler.loop import Scheduler
+from melange2.service.metrics import Metrics
+from melange2.service.runner import BuildkitRunner
+from melange2.service.settings import ServerSettings
+from melange2.service.submit import Submitter
+from melange2.store import open_store
+
+
+class _State(TypedDict):
+    services: Services
+
+
+def pool_config(settings: ServerSettings) -> PoolConfig:
+    if settings.backends_config is not None:
+        return load_pool_config(settings.backends_config)
+    if settings.buildkit_addr:
+        return PoolConfig(
+            backends=(BackendSpec(addr=settings.buildkit_addr, arch=settings.default_arch),)
+        )
+    return PoolConfig(backends=())
+
+
+def signer_for(settings: ServerSettings) -> Signer:
+    """The farm's signing key, made on first start; its public half is published
+    beside the repository (``/repo/keys/<name>.rsa.pub``)."""
+    key = settings.key_path
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        generate_key(key)
+    keys_dir = settings.published_repo / "keys"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    pub = key.with_name(key.name + ".pub")
+    (keys_dir / pub.name).write_bytes(pub.read_bytes())
+    return Signer.from_files(key)
+
+
+class BodyLimit(BaseHTTPMiddleware):
+    """Refuse bodies over the configured size with 413, before reading them."""
+
+    def __init__(self, app: object, limit: int) -> None:
+        super().__init__(app)  # type: ignore[arg-type]
+        self.limit = limit
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return JSONResponse(
+                errors.error_body(
+                    f"request body of {length} bytes is over the limit of {self.limit}",
+                    {"limit": self.limit},
+                ),
+                status_code=413,
+            )
+        return await call_next(request)
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[_State]:
+        settings.output_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        signer = await asyncio.to_thread(signer_for, settings)
+        pool = BackendPool.from_config(pool_config(settings))
+        pool.on_breaker_change = metrics.breaker_changed
+        async with open_store(settings.store, data_dir=settings.data_dir) as store:
+            for stored in await store.list_backends():
+                if stored.addr not in pool.backends:
+                    pool.add(
+                        BackendSpec(
+                            addr=stored.addr,
+                            arch=stored.arch,
+                            labels=stored.labels,
+                            max_jobs=stored.max_jobs,
+                        ),
+                        dynamic=True,
+                    )
+            async with RegistryClient(settings.registry) as registry:
+                builder = Builder(registry, settings.data_dir / "cache")
+                runner = BuildkitRunner(settings, builder, signer)
+                scheduler = Scheduler(
+                    store,
+                    pool,
+                    runner,
+                    owner=f"server-{secrets.token_hex(4)}",
+                    schedule=settings.schedule,
+                    lease_ttl=settings.lease_ttl,
+                    max_attempts=settings.max_attempts,
+                    observer=metrics.scheduler_event,
+                )
+                svc = Services(
+                    settings=settings,
+                    store=store,
+                    pool=pool,
+                    scheduler=scheduler,
+                    submitter=Submitter(settings, store, scheduler, pool),
+                    runner=runner,
+                )
+                app.state.services = svc
+                metrics.attach(pool)
+                task = asyncio.create_task(scheduler.run(), name="scheduler")
+                try:
+                    yield {"services": svc}
+                finally:
+                    await scheduler.shutdown()
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+    app = FastAPI(
+        title="melange2 remote builds",
+        version=__version__,
+        lifespan=lifespan,
+        description="Build melange configs on a pool of BuildKit daemons.",
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    errors.install(app)
+    app.include_router(builds.router)
+    app.include_router(backends.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    settings.published_repo.mkdir(parents=True, exist_ok=True)
+    app.mount("/repo", StaticFiles(directory=settings.published_repo), name="repo")
+    return app

@@ -1,0 +1,182 @@
+"""``/api/v1/builds``: submit, list, show, cancel, and a package's record and log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from melange2.api.schemas import (
+    BuildList,
+    BuildOut,
+    BuildSummary,
+    CreateBuildRequest,
+    CreateBuildResponse,
+    ErrorOut,
+    PackageOut,
+    PlanOut,
+)
+from melange2.api.services import Services, services
+from melange2.errors import NotFound, RequestError
+from melange2.ids import BuildId
+from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
+
+router = APIRouter(prefix="/api/v1", tags=["builds"])
+Svc = Annotated[Services, Depends(services)]
+_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorOut},
+    404: {"model": ErrorOut},
+    413: {"model": ErrorOut},
+}
+_FOLLOW_POLL_S = 0.2
+
+
+def reason_of(svc: Services, build: Build, job: PackageJob) -> str:
+    """Why a package waits, worked out when asked (nothing is written while it waits)."""
+    if job.status is PackageStatus.BLOCKED:
+        waiting = [
+            f"{d} ({dep.status.value})"
+            for d in job.dependencies
+            if (dep := build.package(d)) is not None and dep.status is not PackageStatus.SUCCESS
+        ]
+        return "waiting for dependencies: " + ", ".join(waiting) if waiting else job.reason
+    if job.status is PackageStatus.PENDING:
+        return job.reason or svc.scheduler.queue_reason(build.id, job.name)
+    return ""
+
+
+def build_out(svc: Services, build: Build) -> BuildOut:
+    out = BuildOut.of(build)
+    for pkg, job in zip(out.packages, build.packages, strict=True):
+        pkg.reason = reason_of(svc, build, job)
+    return out
+
+
+async def _get(svc: Services, build_id: str) -> Build:
+    if not build_id.startswith("bld-"):
+        raise NotFound(f"no build {build_id!r}")
+    return await svc.store.get_build(BuildId(build_id))
+
+
+@router.post(
+    "/builds",
+    status_code=201,
+    response_model=CreateBuildResponse | PlanOut,
+    responses={**_ERRORS, 200: {"model": PlanOut, "description": "dry_run: the plan"}},
+)
+async def create_build(
+    request: CreateBuildRequest, svc: Svc, response: Response
+) -> CreateBuildResponse | PlanOut:
+    """Submit configs. ``dry_run`` plans without building (200 with the plan)."""
+    result = await svc.submitter.submit(request)
+    if isinstance(result, PlanOut):
+        response.status_code = 200
+    return result
+
+
+@router.get("/builds", response_model=BuildList, responses=_ERRORS)
+async def list_builds(
+    svc: Svc,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    status: BuildStatus | None = None,
+) -> BuildList:
+    """Builds, newest first; pass ``next_cursor`` back as ``cursor`` for older ones."""
+    try:
+        page = await svc.store.list_builds(limit=limit, cursor=cursor, status=status)
+    except ValueError as exc:
+        raise RequestError(f"cursor: {exc}") from exc
+    return BuildList(
+        builds=[
+            BuildSummary(
+                id=b.id,
+                status=b.status.value,
+                packages=len(b.packages),
+                created_at=b.created_at,
+                started_at=b.started_at,
+                finished_at=b.finished_at,
+            )
+            for b in page.builds
+        ],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/builds/{build_id}", response_model=BuildOut, responses=_ERRORS)
+async def get_build(build_id: str, svc: Svc) -> BuildOut:
+    return build_out(svc, await _get(svc, build_id))
+
+
+@router.post("/builds/{build_id}/cancel", response_model=BuildOut, responses=_ERRORS)
+async def cancel_build(build_id: str, svc: Svc) -> BuildOut:
+    """Stop running solves and cancel every package not yet finished."""
+    await _get(svc, build_id)
+    return build_out(svc, await svc.scheduler.cancel(BuildId(build_id)))
+
+
+async def _package(svc: Services, build_id: str, name: str) -> tuple[Build, PackageJob]:
+    build = await _get(svc, build_id)
+    job = build.package(name)
+    if job is None:
+        raise NotFound(f"build {build_id} has no package {name!r}")
+    return build, job
+
+
+@router.get("/builds/{build_id}/packages/{name}", response_model=PackageOut, responses=_ERRORS)
+async def get_package(build_id: str, name: str, svc: Svc) -> PackageOut:
+    build, job = await _package(svc, build_id, name)
+    out = PackageOut.of(job)
+    out.reason = reason_of(svc, build, job)
+    return out
+
+
+def _log_file(svc: Services, job: PackageJob) -> Path:
+    if job.log_path:
+        return Path(job.log_path)
+    return svc.runner.log_path(job, max(1, len(job.attempts)))
+
+
+@router.get(
+    "/builds/{build_id}/packages/{name}/logs",
+    response_class=PlainTextResponse,
+    responses={**_ERRORS, 200: {"content": {"text/plain": {}}}},
+)
+async def get_logs(build_id: str, name: str, svc: Svc, follow: bool = False) -> Response:
+    """The package's build log. ``follow=true`` streams it until the package ends."""
+    _, job = await _package(svc, build_id, name)
+    path = _log_file(svc, job)
+    if not follow:
+        if not path.exists():
+            raise NotFound(f"no log yet for {name} in {build_id}")
+        return PlainTextResponse(await asyncio.to_thread(path.read_bytes))
+
+    async def stream() -> AsyncIterator[bytes]:
+        offset = 0
+        while True:
+            current = (await _package(svc, build_id, name))[1]
+            log = _log_file(svc, current)
+            if log != path:  # a retry started a new log
+                offset = 0
+            data = await asyncio.to_thread(_read_from, log, offset)
+            if data:
+                offset += len(data)
+                yield data
+            elif current.status.terminal:
+                return
+            else:
+                await asyncio.sleep(_FOLLOW_POLL_S)
+
+    return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(1 << 20)
+    except FileNotFoundError:
+        return b""

@@ -1,0 +1,273 @@
+"""The wire format: pydantic models for requests and responses (the API's edge only).
+
+Names follow ../shared/spec/api.md (users' scripts parse them); fields beyond it are
+additions, never renames.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from melange2.jobs import Backend, Build, PackageJob
+
+ARCHES = ("x86_64", "aarch64")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GitSource(_Strict):
+    repository: str = Field(min_length=1)
+    ref: str = ""
+    pattern: str = "*.yaml"
+    path: str = ""
+
+
+class Base64Content(_Strict):
+    """Binary file content: ``{"base64": "..."}``."""
+
+    base64: str
+
+    @field_validator("base64")
+    @classmethod
+    def _decodes(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("not valid base64") from exc
+        return value
+
+
+#: a source file: text (as the reference sends it) or ``{"base64": ...}`` for bytes
+SourceContent = str | Base64Content
+
+
+def content_bytes(content: SourceContent) -> bytes:
+    if isinstance(content, Base64Content):
+        return base64.b64decode(content.base64)
+    return content.encode()
+
+
+class CreateBuildRequest(_Strict):
+    """``POST /api/v1/builds``: exactly one of ``config_yaml``, ``configs``, ``git_source``."""
+
+    config_yaml: str | None = None
+    configs: list[str] | None = None
+    git_source: GitSource | None = None
+    #: ``{"relative/path.yaml": "yaml text"}`` for ``uses:``
+    pipelines: dict[str, str] = Field(default_factory=dict)
+    #: ``{"pkgname": {"relative/path": content}}`` placed in that package's /home/build
+    source_files: dict[str, dict[str, SourceContent]] = Field(default_factory=dict)
+    arch: str | None = None
+    backend_selector: dict[str, str] = Field(default_factory=dict)
+    mode: Literal["flat", "dag"] = "flat"
+    with_test: bool = False
+    debug: bool = False
+    env: dict[str, str] = Field(default_factory=dict)
+    cycle_policy: Literal["error", "break"] = "error"
+    dry_run: bool = False
+    schedule: Literal["critical-path", "fifo"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CreateBuildRequest:
+        given = [
+            n
+            for n, v in (
+                ("config_yaml", self.config_yaml),
+                ("configs", self.configs),
+                ("git_source", self.git_source),
+            )
+            if v is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "exactly one of config_yaml, configs or git_source is required"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.configs is not None and not self.configs:
+            raise ValueError("configs is empty: nothing to build")
+        return self
+
+    def config_texts(self) -> list[str]:
+        if self.config_yaml is not None:
+            return [self.config_yaml]
+        return list(self.configs or [])
+
+
+class CreateBuildResponse(BaseModel):
+    id: str
+    #: package names in build order
+    packages: list[str]
+
+
+class BackendOut(BaseModel):
+    addr: str
+    arch: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, backend: Backend) -> BackendOut:
+        return cls(addr=backend.addr, arch=backend.arch, labels=dict(backend.labels))
+
+
+class AttemptOut(BaseModel):
+    number: int
+    backend: str
+    started_at: datetime
+    finished_at: datetime | None
+    error: str
+    log_path: str
+
+
+class PackageOut(BaseModel):
+    name: str
+    status: str
+    config_yaml: str
+    dependencies: list[str]
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str
+    log_path: str
+    output_path: str
+    backend: BackendOut | None
+    #: why it waits (blocked/pending), empty otherwise
+    reason: str
+    attempts: list[AttemptOut]
+    #: seconds, once finished
+    duration: float | None
+    arch: str
+
+    @classmethod
+    def of(cls, job: PackageJob) -> PackageOut:
+        return cls(
+            name=job.name,
+            status=job.status.value,
+            config_yaml=job.config_yaml,
+            dependencies=list(job.dependencies),
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            error=job.error,
+            log_path=job.log_path,
+            output_path=job.output_path,
+            backend=BackendOut.of(job.backend) if job.backend else None,
+            reason=job.reason,
+            attempts=[
+                AttemptOut(
+                    number=a.number,
+                    backend=a.backend,
+                    started_at=a.started_at,
+                    finished_at=a.finished_at,
+                    error=a.error,
+                    log_path=a.log_path,
+                )
+                for a in job.attempts
+            ],
+            duration=job.duration_s,
+            arch=job.arch,
+        )
+
+
+class BuildOut(BaseModel):
+    id: str
+    status: str
+    packages: list[PackageOut]
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, build: Build) -> BuildOut:
+        return cls(
+            id=build.id,
+            status=build.status.value,
+            packages=[PackageOut.of(p) for p in build.packages],
+            spec=dict(build.spec),
+            created_at=build.created_at,
+            started_at=build.started_at,
+            finished_at=build.finished_at,
+        )
+
+
+class BuildSummary(BaseModel):
+    id: str
+    status: str
+    packages: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class BuildList(BaseModel):
+    builds: list[BuildSummary]
+    #: pass as ``cursor`` to get the next (older) page; null on the last page
+    next_cursor: str | None
+
+
+class PlannedPackage(BaseModel):
+    name: str
+    dependencies: list[str]
+    priority: float
+
+
+class PlanOut(BaseModel):
+    """``dry_run``: what would be built, in what order, and how long it would take."""
+
+    packages: list[PlannedPackage]
+    cut_edges: list[tuple[str, str]]
+    critical_path: list[str]
+    critical_path_s: float
+    total_work_s: float
+    lower_bound_s: float
+    estimated_makespan_s: float
+    slots: int
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx body."""
+
+    error: str
+    details: Annotated[Any, Field(default=None)]
+
+
+class AddBackendRequest(_Strict):
+    addr: str = Field(min_length=1)
+    arch: str = Field(min_length=1)
+    labels: dict[str, str] = Field(default_factory=dict)
+    maxJobs: int = Field(default=0, ge=0)
+
+
+class RemoveBackendRequest(_Strict):
+    addr: str = Field(min_length=1)
+
+
+class BackendList(BaseModel):
+    backends: list[BackendOut]
+    architectures: list[str]
+
+
+class BackendStatusOut(BaseModel):
+    addr: str
+    arch: str
+    labels: dict[str, str]
+    maxJobs: int
+    activeJobs: int
+    failures: int
+    circuitOpen: bool
+    lastFailure: datetime | None
+    circuitState: str
+    lastProbe: datetime | None
+    lastProbeResult: str
+    buildkitVersion: str
+    platforms: list[str]
+    draining: bool
+
+
+class BackendStatusList(BaseModel):
+    backends: list[BackendStatusOut]

@@ -1,0 +1,29 @@
+"""What the routes use, built and torn down by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from melange2.pool.pool import BackendPool
+from melange2.scheduler.loop import Scheduler
+from melange2.service.runner import BuildkitRunner
+from melange2.service.settings import ServerSettings
+from melange2.service.submit import Submitter
+from melange2.store.base import JobStore
+
+
+@dataclass(kw_only=True)
+class Services:
+    settings: ServerSettings
+    store: JobStore
+    pool: BackendPool
+    scheduler: Scheduler
+    submitter: Submitter
+    runner: BuildkitRunner
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found

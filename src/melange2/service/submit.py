@@ -1,0 +1,258 @@
+"""A build request into stored package jobs: validate, parse every config, compile its
+pipelines, plan the dependency graph, keep the files the build brought, and hand the
+build to the scheduler. Every problem with the request is a ``RequestError`` (HTTP 400)
+naming what is wrong and where, raised before anything is stored: nothing is
+half-created."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fnmatch
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from melange2.api.schemas import (
+    CreateBuildRequest,
+    CreateBuildResponse,
+    PlannedPackage,
+    PlanOut,
+    content_bytes,
+)
+from melange2.buildkit.llb.platform import Platform
+from melange2.errors import ConfigError, RecipeError, RequestError
+from melange2.ids import new_build_id
+from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
+from melange2.pool.pool import BackendPool
+from melange2.recipe import Config, load_config
+from melange2.recipe.compile import PipelineResolver, compile_build
+from melange2.scheduler.graph import GraphError, build_graph, node_from_config, plan, priorities
+from melange2.scheduler.loop import Scheduler
+from melange2.service.settings import ServerSettings
+from melange2.store.base import JobStore
+
+
+def _safe_relative(path: str, where: str) -> PurePosixPath:
+    """A relative path that stays inside its directory, or a RequestError."""
+    p = PurePosixPath(path)
+    if not path or p.is_absolute() or ".." in p.parts or "\0" in path:
+        raise RequestError(
+            f"{where}: path {path!r} must be relative and must not climb out with '..'"
+        )
+    return p
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Parsed:
+    text: str
+    config: Config
+    needs: tuple[str, ...]
+
+
+def _check_arch(arch: str) -> None:
+    try:
+        Platform.from_arch(arch)
+    except ConfigError as exc:
+        raise RequestError(f"arch: {exc}") from exc
+
+
+def _git_configs(request: CreateBuildRequest, workdir: Path) -> list[str]:
+    """Clone ``git_source`` (shallow) and read the configs matching its pattern."""
+    src = request.git_source
+    assert src is not None
+    dest = workdir / "git"
+    argv = ["git", "clone", "--quiet", "--depth", "1"]
+    if src.ref:
+        argv += ["--branch", src.ref]
+    try:
+        subprocess.run(
+            [*argv, src.repository, str(dest)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise RequestError(f"git_source: cannot clone {src.repository}: {detail.strip()}") from exc
+    base = dest / _safe_relative(src.path, "git_source.path") if src.path else dest
+    configs = sorted(p for p in base.glob("*") if fnmatch.fnmatch(p.name, src.pattern))
+    if not configs:
+        raise RequestError(f"git_source: no file matching {src.pattern!r} in {src.path or '/'}")
+    return [p.read_text() for p in configs if p.is_file()]
+
+
+class Submitter:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: JobStore,
+        scheduler: Scheduler,
+        pool: BackendPool,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.scheduler = scheduler
+        self.pool = pool
+
+    async def submit(self, request: CreateBuildRequest) -> CreateBuildResponse | PlanOut:
+        arch = request.arch or self.settings.default_arch
+        _check_arch(arch)
+        pipelines = {
+            _safe_relative(path, f"pipelines[{path!r}]"): text
+            for path, text in request.pipelines.items()
+        }
+        sources = {
+            pkg: {
+                _safe_relative(path, f"source_files[{pkg!r}][{path!r}]"): content_bytes(content)
+                for path, content in files.items()
+            }
+            for pkg, files in request.source_files.items()
+        }
+        with tempfile.TemporaryDirectory(prefix="melange2-submit-") as tmp:
+            work = Path(tmp)
+            texts = (
+                await asyncio.to_thread(_git_configs, request, work)
+                if request.git_source is not None
+                else request.config_texts()
+            )
+            _write_tree(work / "pipelines", pipelines)
+            parsed = await asyncio.to_thread(self._parse, texts, arch, work / "pipelines", request)
+        names = [p.config.package.name for p in parsed]
+        for pkg in sources:
+            if pkg not in names:
+                raise RequestError(
+                    f"source_files[{pkg!r}]: no config in this build has that package name"
+                )
+        graph = self._graph(parsed, request)
+        durations = await self.store.durations(names)
+        prio = priorities(graph, durations)
+        if request.dry_run:
+            slots = max(1, self.pool.capacity(arch, request.backend_selector))
+            p = plan(graph, durations, slots=slots)
+            return PlanOut(
+                packages=[
+                    PlannedPackage(
+                        name=n, dependencies=list(graph.deps.get(n, ())), priority=prio[n]
+                    )
+                    for n in p.order
+                ],
+                cut_edges=[tuple(e) for e in p.cut_edges],  # type: ignore[misc]
+                critical_path=list(p.critical_path),
+                critical_path_s=p.critical_path_s,
+                total_work_s=p.total_work_s,
+                lower_bound_s=p.lower_bound_s,
+                estimated_makespan_s=p.estimated_makespan_s,
+                slots=slots,
+            )
+        build_id = new_build_id()
+        build_dir = self.settings.build_dir(build_id)
+        try:
+            await asyncio.to_thread(self._keep_files, build_dir, parsed, pipelines, sources)
+            build = self._build(build_id, parsed, graph, prio, arch, request)
+            await self.store.create_build(build)
+        except BaseException:
+            shutil.rmtree(build_dir, ignore_errors=True)
+            raise
+        await self.scheduler.submit(build)
+        return CreateBuildResponse(id=build_id, packages=list(graph.order))
+
+    def _parse(
+        self, texts: Sequence[str], arch: str, pipeline_dir: Path, request: CreateBuildRequest
+    ) -> list[_Parsed]:
+        resolver = PipelineResolver([pipeline_dir] if pipeline_dir.is_dir() else [])
+        parsed = []
+        seen: dict[str, int] = {}
+        for i, text in enumerate(texts):
+            label = "config_yaml" if request.config_yaml is not None else f"configs[{i}]"
+            try:
+                config = load_config(text, filename=label, arch=arch)
+                compiled = compile_build(config, resolver)
+            except RecipeError as exc:
+                raise RequestError(f"{label}: {exc}") from exc
+            name = config.package.name
+            if name in seen:
+                raise RequestError(
+                    f"{label}: duplicate package name {name!r} (also in configs[{seen[name]}])"
+                )
+            seen[name] = i
+            parsed.append(_Parsed(text=text, config=config, needs=compiled.needs_packages))
+        return parsed
+
+    def _graph(self, parsed: Sequence[_Parsed], request: CreateBuildRequest) -> Any:
+        nodes = [node_from_config(p.config, p.needs) for p in parsed]
+        if request.mode == "flat":
+            nodes = [dataclasses.replace(n, needs=()) for n in nodes]
+        try:
+            return build_graph(nodes, cycle_policy=request.cycle_policy)
+        except GraphError as exc:
+            raise RequestError(str(exc)) from exc
+
+    def _keep_files(
+        self,
+        build_dir: Path,
+        parsed: Sequence[_Parsed],
+        pipelines: Mapping[PurePosixPath, str],
+        sources: Mapping[str, Mapping[PurePosixPath, bytes]],
+    ) -> None:
+        build_dir.mkdir(parents=True)
+        for p in parsed:
+            (build_dir / f"{p.config.package.name}.yaml").write_text(p.text)
+        _write_tree(build_dir / "pipelines", pipelines)
+        for pkg, files in sources.items():
+            _write_tree(build_dir / "src" / pkg, files)
+
+    def _build(
+        self,
+        build_id: str,
+        parsed: Sequence[_Parsed],
+        graph: Any,
+        prio: Mapping[str, float],
+        arch: str,
+        request: CreateBuildRequest,
+    ) -> Build:
+        spec = request.model_dump(mode="json", exclude={"source_files", "dry_run"})
+        spec["arch"] = arch
+        spec["source_files"] = {pkg: sorted(files) for pkg, files in request.source_files.items()}
+        if request.schedule is None:
+            spec["schedule"] = self.settings.schedule
+        seq = {p.config.package.name: i for i, p in enumerate(parsed)}
+        by_name = {p.config.package.name: p for p in parsed}
+        jobs = []
+        for name in graph.order:
+            deps = tuple(graph.deps.get(name, ()))
+            jobs.append(
+                PackageJob(
+                    build_id=build_id,  # type: ignore[arg-type]
+                    name=name,
+                    seq=seq[name],
+                    status=PackageStatus.BLOCKED if deps else PackageStatus.PENDING,
+                    config_yaml=by_name[name].text,
+                    arch=arch,
+                    dependencies=deps,
+                    priority=prio.get(name, 1.0),
+                )
+            )
+        return Build(
+            id=build_id,  # type: ignore[arg-type]
+            status=BuildStatus.PENDING,
+            spec=spec,
+            created_at=datetime.now(UTC),
+            packages=tuple(sorted(jobs, key=lambda j: j.seq)),
+        )
+
+
+def _write_tree(root: Path, files: Mapping[PurePosixPath, str | bytes]) -> None:
+    for rel, content in files.items():
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            dest.write_text(content)
+        else:
+            dest.write_bytes(content)
