@@ -15,6 +15,7 @@ from melange2 import __version__
 from melange2.cli.commands.build import build, test
 from melange2.cli.commands.daemon import daemon
 from melange2.cli.commands.keygen import keygen
+from melange2.cli.commands.remote import remote
 from melange2.cli.context import CliContext
 from melange2.errors import FarmError
 
@@ -32,12 +33,13 @@ cli.add_command(build)
 cli.add_command(test)
 cli.add_command(daemon)
 cli.add_command(keygen)
+cli.add_command(remote)
 
 
 def main() -> None:
     """The console script's entry point: farm errors become a message and an exit code."""
     try:
-        cli(standalone_mode=False)
+        code = cli(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -47,3 +49,4 @@ def main() -> None:
     except FarmError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

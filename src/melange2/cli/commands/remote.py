@@ -1,0 +1,807 @@
+"""``melange2 remote …``: submit builds to a build server and watch, list and cancel them;
+manage its BuildKit backends. The HTTP calls live in ``melange2.cli.remote_client``."""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, NoReturn, TypeVar
+
+import click
+import httpx
+from click.core import ParameterSource
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from melange2.api.schemas import (
+    AddBackendRequest,
+    Base64Content,
+    BuildList,
+    BuildOut,
+    BuildSummary,
+    CreateBuildRequest,
+    GitSource,
+    PackageOut,
+    PlanOut,
+    SourceContent,
+)
+from melange2.cli.context import CliContext
+from melange2.cli.remote_client import DEFAULT_SERVER, RemoteClient, RemoteError, RequestRejected
+from melange2.errors import ConfigError, FarmError
+from melange2.jobs import BuildStatus, PackageStatus
+
+EXIT_BUILD_FAILED = 1
+#: consecutive failed polls before a wait gives up
+_WATCH_RETRIES = 5
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_TERMINAL_BUILD = frozenset(
+    {BuildStatus.SUCCESS, BuildStatus.FAILED, BuildStatus.PARTIAL, BuildStatus.CANCELLED}
+)
+
+
+@dataclass(kw_only=True)
+class RemoteContext(CliContext):
+    """What ``remote`` commands get: the consoles, and the transport to the server.
+
+    ``transport`` is None for the network; tests pass ``httpx.MockTransport(handler)``::
+
+        ctx = RemoteContext(console=..., err_console=..., transport=httpx.MockTransport(fake))
+        CliRunner().invoke(cli, ["remote", "list"], obj=ctx)
+    """
+
+    #: how requests reach the server (None: httpx's default, the network)
+    transport: httpx.BaseTransport | None = None
+
+    def client(self, server: str) -> RemoteClient:
+        return RemoteClient(server, transport=self.transport)
+
+
+pass_remote = click.make_pass_decorator(RemoteContext)
+
+
+# errors and exit codes
+
+
+def _show_error(console: Console, exc: FarmError) -> None:
+    console.print(Text(f"error: {exc.message}"), highlight=False, soft_wrap=True)
+    details = exc.details if isinstance(exc, RemoteError) else None
+    if details is None or details == {} or details == []:
+        return
+    lines: list[str] = []
+    if isinstance(details, list):
+        for item in details:
+            if isinstance(item, dict) and "message" in item:
+                where = item.get("field") or item.get("loc") or ""
+                lines.append(f"{where}: {item['message']}" if where else str(item["message"]))
+            else:
+                lines.append(str(item))
+    elif isinstance(details, dict):
+        lines.extend(f"{k}: {v}" for k, v in details.items())
+    else:
+        lines.append(str(details))
+    for line in lines:
+        console.print(Text(f"  {line}"), highlight=False, soft_wrap=True)
+
+
+class _RemoteGroup(click.Group):
+    """Every ``remote`` command's errors end here: a clean message and the exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FarmError as exc:
+            found = ctx.find_object(CliContext)
+            _show_error(found.err_console if found else Console(stderr=True), exc)
+            # sys.exit, not ctx.exit: the code must survive ``cli(standalone_mode=False)``
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_RemoteGroup)
+@click.pass_context
+def remote(ctx: click.Context) -> None:
+    """Build on a build server (melange-server) instead of a local daemon.
+
+    Every command takes --server (default http://localhost:8080, env MELANGE_SERVER).
+
+    \b
+    Exit codes:
+      0  success (with --wait or `wait`: the build succeeded)
+      1  the build failed, was partial or was cancelled; or the server failed (5xx)
+      2  bad usage or invalid input, including a request the server refused (4xx)
+      3  the server cannot be reached
+    """
+    if not isinstance(ctx.obj, RemoteContext):
+        base = ctx.find_object(CliContext)
+        ctx.obj = RemoteContext(
+            console=base.console if base else Console(),
+            err_console=base.err_console if base else Console(stderr=True),
+        )
+
+
+# shared options
+
+
+def _check_server(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise click.BadParameter(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def server_option(f: _F) -> _F:
+    return click.option(
+        "--server",
+        envvar="MELANGE_SERVER",
+        default=DEFAULT_SERVER,
+        show_default=True,
+        callback=_check_server,
+        help="The build server's URL (env MELANGE_SERVER).",
+    )(f)
+
+
+def output_option(f: _F) -> _F:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="Tables for people, or JSON (the API's field names) for scripts.",
+    )(f)
+
+
+def poll_option(f: _F) -> _F:
+    return click.option(
+        "--poll-interval",
+        type=click.FloatRange(min=0),
+        default=2.0,
+        show_default=True,
+        help="Seconds between status polls while waiting.",
+    )(f)
+
+
+def _pairs(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, str]:
+    """Repeated ``K=V`` options as a dict (the last one wins)."""
+    pairs: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        pairs[key.strip()] = value
+    return pairs
+
+
+# rendering
+
+
+def _print_json(console: Console, data: BaseModel | dict[str, Any]) -> None:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    console.out(json.dumps(data, indent=2), highlight=False)
+
+
+def _when(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
+def _duration(pkg: PackageOut) -> str:
+    if pkg.duration is not None:
+        return _seconds(pkg.duration)
+    if pkg.started_at is not None and pkg.finished_at is not None:
+        return _seconds((pkg.finished_at - pkg.started_at).total_seconds())
+    if pkg.started_at is not None:
+        started = pkg.started_at
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=UTC)
+        return _seconds(max(0.0, (datetime.now(UTC) - started).total_seconds())) + " so far"
+    return "-"
+
+
+def _arch(build: BuildOut) -> str:
+    arch = build.spec.get("arch")
+    if arch:
+        return str(arch)
+    arches = sorted({p.arch for p in build.packages if p.arch})
+    return ", ".join(arches) or "-"
+
+
+def _packages_table(packages: Iterable[PackageOut]) -> Table:
+    packages = list(packages)
+    with_reason = any(p.reason for p in packages)
+    table = Table("NAME", "STATUS", "DURATION", "ERROR", *(["REASON"] if with_reason else []))
+    for p in packages:
+        row = [Text(p.name), Text(p.status), Text(_duration(p)), Text(p.error or "")]
+        if with_reason:
+            row.append(Text(p.reason or ""))
+        table.add_row(*row)
+    return table
+
+
+def _render_build(console: Console, build: BuildOut) -> None:
+    header = Table.grid(padding=(0, 2))
+    header.add_column(style="bold")
+    header.add_column()
+    for label, value in (
+        ("Build ID:", build.id),
+        ("Status:", build.status),
+        ("Created:", _when(build.created_at)),
+        ("Arch:", _arch(build)),
+        ("Started:", _when(build.started_at)),
+        ("Finished:", _when(build.finished_at)),
+    ):
+        header.add_row(label, Text(value))
+    console.print(header)
+    console.print(_packages_table(build.packages))
+
+
+def _render_plan(console: Console, plan: PlanOut) -> None:
+    console.print(
+        Text(f"Plan: {len(plan.packages)} packages on {plan.slots} slots (dry run)"),
+        highlight=False,
+    )
+    table = Table("#", "NAME", "DEPENDENCIES", "PRIORITY", title="Build order")
+    for n, p in enumerate(plan.packages, 1):
+        table.add_row(
+            str(n), Text(p.name), Text(", ".join(p.dependencies) or "-"), f"{p.priority:g}"
+        )
+    console.print(table)
+    cut = ", ".join(f"{a} -> {b}" for a, b in plan.cut_edges) or "none"
+    lines = [
+        f"Cut edges:          {cut}",
+        f"Critical path:      {' -> '.join(plan.critical_path) or '-'}"
+        f" ({_seconds(plan.critical_path_s)})",
+        f"Total work:         {_seconds(plan.total_work_s)}",
+        f"Lower bound:        {_seconds(plan.lower_bound_s)}",
+        f"Estimated makespan: {_seconds(plan.estimated_makespan_s)}",
+    ]
+    for line in lines:
+        console.print(Text(line), highlight=False, soft_wrap=True)
+
+
+def _status_line(pkg: PackageOut) -> str:
+    if pkg.status in (PackageStatus.FAILED, PackageStatus.SKIPPED) and pkg.error:
+        return f"{pkg.status}: {pkg.error}"
+    if pkg.status in (PackageStatus.BLOCKED, PackageStatus.PENDING) and pkg.reason:
+        return f"{pkg.status} ({pkg.reason})"
+    if pkg.status == PackageStatus.RUNNING and pkg.backend is not None:
+        return f"{pkg.status} on {pkg.backend.addr}"
+    if pkg.status == PackageStatus.SUCCESS and pkg.duration is not None:
+        return f"{pkg.status} in {_seconds(pkg.duration)}"
+    return pkg.status
+
+
+def _watch(client: RemoteClient, build_id: str, poll: float, console: Console) -> BuildOut:
+    """Poll the build until it ends, printing a line whenever a package changes state.
+
+    The server failing or unreachable is retried (``_WATCH_RETRIES`` times in a row)."""
+    seen: dict[str, str] = {}
+    failures = 0
+    while True:
+        try:
+            build = client.get_build(build_id)
+        except RequestRejected:
+            raise
+        except RemoteError as exc:  # a restart or a blip must not end an hour-long wait
+            failures += 1
+            if failures >= _WATCH_RETRIES:
+                raise
+            console.print(
+                Text(f"warning: {exc.message}; retrying"), highlight=False, soft_wrap=True
+            )
+            time.sleep(max(poll, 0.5 * failures) if poll else 0)
+            continue
+        failures = 0
+        width = max((len(p.name) for p in build.packages), default=0)
+        for p in build.packages:
+            if seen.get(p.name) != p.status:
+                seen[p.name] = p.status
+                stamp = datetime.now().strftime("%H:%M:%S")
+                line = f"{stamp}  {p.name:<{width}}  {_status_line(p)}"
+                console.print(Text(line), highlight=False, soft_wrap=True)
+        if build.status in _TERMINAL_BUILD:
+            return build
+        time.sleep(poll)
+
+
+def _finish(ctx: RemoteContext, build: BuildOut, output: str) -> NoReturn:
+    """Show the finished build and exit: 0 on success, 1 otherwise."""
+    if output == "json":
+        _print_json(ctx.console, build)
+    else:
+        _render_build(ctx.console, build)
+        counts: dict[str, int] = {}
+        for p in build.packages:
+            counts[p.status] = counts.get(p.status, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        ctx.console.print(
+            Text(f"Build {build.id}: {build.status} ({summary})"), highlight=False, soft_wrap=True
+        )
+    sys.exit(0 if build.status == BuildStatus.SUCCESS else EXIT_BUILD_FAILED)
+
+
+# the upload convention: ./pipelines/ and ./<package-name>/ beside each config
+
+
+def _tree_files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` by its POSIX path relative to ``root``.
+
+    Symlinks are followed while they stay inside ``root``; one that leads out of it, or
+    nowhere, or round in a loop is refused (``ConfigError``)."""
+    top = root.resolve()
+    files: dict[str, bytes] = {}
+
+    def visit(directory: Path, rel: PurePosixPath, seen: frozenset[Path]) -> None:
+        for entry in sorted(directory.iterdir()):
+            name = rel / entry.name
+            real = entry.resolve()
+            if entry.is_symlink():
+                if not real.is_relative_to(top):
+                    raise ConfigError(f"{entry}: symlink leads outside {root} (to {real})")
+                if not real.exists():
+                    raise ConfigError(f"{entry}: dangling symlink")
+            if real.is_dir():
+                if real in seen:
+                    raise ConfigError(f"{entry}: symlink loop")
+                visit(entry, name, seen | {real})
+            elif real.is_file():
+                files[str(name)] = real.read_bytes()
+
+    try:
+        visit(root, PurePosixPath(), frozenset({top}))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {root}: {exc}") from exc
+    return files
+
+
+def _package_name(path: Path, text: str) -> str:
+    try:
+        data: Any = YAML(typ="safe").load(text)
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    package = data.get("package") if isinstance(data, dict) else None
+    name = package.get("name") if isinstance(package, dict) else None
+    if not name or not isinstance(name, str | int | float):
+        raise ConfigError(f"{path}: no package.name")
+    return str(name)
+
+
+@dataclass(kw_only=True)
+class Upload:
+    """What the configs bring along, in the shapes ``CreateBuildRequest`` wants."""
+
+    configs: list[str]
+    #: ``{"relative/path.yaml": text}`` from each config's ./pipelines/
+    pipelines: dict[str, str]
+    #: ``{"pkgname": {"relative/path": {"base64": ...}}}`` from each ./<package-name>/
+    source_files: dict[str, dict[str, SourceContent]]
+
+
+def collect_upload(paths: Sequence[Path]) -> Upload:
+    upload = Upload(configs=[], pipelines={}, source_files={})
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        upload.configs.append(text)
+        name = _package_name(path, text)
+        pipelines_dir = path.parent / "pipelines"
+        if pipelines_dir.is_dir():
+            for rel, data in _tree_files(pipelines_dir).items():
+                if PurePosixPath(rel).suffix not in (".yaml", ".yml"):
+                    continue
+                try:
+                    pipeline = data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ConfigError(f"{pipelines_dir / rel}: not UTF-8 text") from exc
+                if upload.pipelines.get(rel, pipeline) != pipeline:
+                    raise ConfigError(f"two different pipelines/{rel} beside the configs")
+                upload.pipelines[rel] = pipeline
+        source_dir = path.parent / name
+        if source_dir.is_dir():
+            files = upload.source_files.setdefault(name, {})
+            for rel, data in _tree_files(source_dir).items():
+                files[rel] = Base64Content(base64=base64.b64encode(data).decode("ascii"))
+    return upload
+
+
+# builds
+
+
+@remote.command()
+@click.argument("configs", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@server_option
+@click.option("--arch", help="Target architecture  [default: the server's].")
+@click.option("--test", "with_test", is_flag=True, help="Also run the configs' tests.")
+@click.option("--debug", is_flag=True, help="Verbose build logs.")
+@click.option(
+    "--wait", is_flag=True, help="Follow the build until it ends; exit 1 unless it succeeds."
+)
+@poll_option
+@click.option(
+    "--backend-selector",
+    multiple=True,
+    callback=_pairs,
+    metavar="K=V",
+    help="Only backends with this label (repeatable; every pair must match).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["flat", "dag"]),
+    default="flat",
+    show_default=True,
+    help="flat: no ordering; dag: dependencies first.",
+)
+@click.option(
+    "--env",
+    multiple=True,
+    callback=_pairs,
+    metavar="K=V",
+    help="Build environment variable (repeatable).",
+)
+@click.option("--git-repo", help="Build the configs of this git repository instead of files.")
+@click.option("--git-ref", help="Branch, tag or commit of --git-repo.")
+@click.option("--git-pattern", default="*.yaml", show_default=True, help="Configs in --git-repo.")
+@click.option("--git-path", help="Directory of --git-repo to look in.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (order, critical path, makespan); build nothing.",
+)
+@click.option(
+    "--cycle-policy",
+    type=click.Choice(["error", "break"]),
+    default="error",
+    show_default=True,
+    help="A dependency cycle is an error, or is broken at the cheapest edge.",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["critical-path", "fifo"]),
+    help="Order ready packages by critical path or by submission  [default: the server's].",
+)
+@output_option
+@pass_remote
+def submit(
+    ctx: RemoteContext,
+    configs: tuple[Path, ...],
+    server: str,
+    arch: str | None,
+    with_test: bool,
+    debug: bool,
+    wait: bool,
+    poll_interval: float,
+    backend_selector: dict[str, str],
+    mode: str,
+    env: dict[str, str],
+    git_repo: str | None,
+    git_ref: str | None,
+    git_pattern: str,
+    git_path: str | None,
+    dry_run: bool,
+    cycle_policy: str,
+    schedule: str | None,
+    output: str,
+) -> None:
+    """Submit melange configs (or a git repository's) to the build server.
+
+    ./pipelines/ and ./<package-name>/ beside each config are uploaded when present:
+    the pipelines for `uses:`, the directory as the package's sources (bytes intact).
+    """
+    git_given = git_ref is not None or git_path is not None
+    pattern_src = click.get_current_context().get_parameter_source("git_pattern")
+    git_given = git_given or pattern_src == ParameterSource.COMMANDLINE
+    if configs and git_repo:
+        raise click.UsageError("give config files or --git-repo, not both")
+    if not configs and not git_repo:
+        raise click.UsageError("nothing to build: give config files or --git-repo")
+    if git_given and not git_repo:
+        raise click.UsageError("--git-ref, --git-pattern and --git-path need --git-repo")
+    if dry_run and wait:
+        raise click.UsageError("--dry-run builds nothing: there is nothing to --wait for")
+
+    source: dict[str, Any]
+    if git_repo:
+        source = {
+            "git_source": GitSource(
+                repository=git_repo, ref=git_ref or "", pattern=git_pattern, path=git_path or ""
+            )
+        }
+    else:
+        upload = collect_upload(configs)
+        texts = upload.configs
+        source = {"config_yaml": texts[0]} if len(texts) == 1 else {"configs": texts}
+        source.update(pipelines=upload.pipelines, source_files=upload.source_files)
+    try:
+        # validated by the server's own model: what it would refuse, we refuse first
+        request = CreateBuildRequest.model_validate(
+            {
+                **source,
+                "arch": arch,
+                "backend_selector": backend_selector,
+                "mode": mode,
+                "with_test": with_test,
+                "debug": debug,
+                "env": env,
+                "cycle_policy": cycle_policy,
+                "dry_run": dry_run,
+                "schedule": schedule,
+            }
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"invalid build request: {exc}") from exc
+
+    with ctx.client(server) as client:
+        result = client.submit(request)
+        if isinstance(result, PlanOut):
+            if output == "json":
+                _print_json(ctx.console, result)
+            else:
+                _render_plan(ctx.console, result)
+            return
+        if not wait:
+            if output == "json":
+                _print_json(ctx.console, result)
+            else:
+                ctx.console.print(
+                    Text(f"Build {result.id} submitted: {len(result.packages)} packages"),
+                    highlight=False,
+                )
+                ctx.console.print(
+                    Text(f"Build order: {', '.join(result.packages)}"), highlight=False
+                )
+            return
+        progress = ctx.err_console if output == "json" else ctx.console
+        progress.print(
+            Text(f"Build {result.id} submitted, waiting"), highlight=False, soft_wrap=True
+        )
+        build = _watch(client, result.id, poll_interval, progress)
+    _finish(ctx, build, output)
+
+
+@remote.command()
+@click.argument("build_id")
+@server_option
+@output_option
+@pass_remote
+def status(ctx: RemoteContext, build_id: str, server: str, output: str) -> None:
+    """Show a build and its packages."""
+    with ctx.client(server) as client:
+        build = client.get_build(build_id)
+    if output == "json":
+        _print_json(ctx.console, build)
+    else:
+        _render_build(ctx.console, build)
+
+
+@remote.command(name="list")
+@server_option
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="Builds per page."
+)
+@click.option("--status", type=click.Choice([s.value for s in BuildStatus]), help="Only these.")
+@click.option("--cursor", help="Start at this page (a previous page's next_cursor).")
+@click.option("--all", "all_pages", is_flag=True, help="Follow the pages to the oldest build.")
+@output_option
+@pass_remote
+def list_builds(
+    ctx: RemoteContext,
+    server: str,
+    limit: int,
+    status: str | None,
+    cursor: str | None,
+    all_pages: bool,
+    output: str,
+) -> None:
+    """List builds, newest first."""
+    with ctx.client(server) as client:
+        if all_pages:
+            builds: list[BuildSummary] = list(
+                client.iter_builds(limit=limit, cursor=cursor, status=status)
+            )
+            page = BuildList(builds=builds, next_cursor=None)
+        else:
+            page = client.list_builds(limit=limit, cursor=cursor, status=status)
+    if output == "json":
+        _print_json(ctx.console, page)
+        return
+    table = Table("ID", "STATUS", "PACKAGES", "CREATED")
+    for b in page.builds:
+        table.add_row(Text(b.id), Text(b.status), str(b.packages), _when(b.created_at))
+    ctx.console.print(table)
+    if page.next_cursor:
+        ctx.err_console.print(
+            Text(f"more builds: --cursor {page.next_cursor} (or --all)"), highlight=False
+        )
+
+
+@remote.command()
+@click.argument("build_id")
+@server_option
+@poll_option
+@output_option
+@pass_remote
+def wait(ctx: RemoteContext, build_id: str, server: str, poll_interval: float, output: str) -> None:
+    """Wait for a build to end: exit 0 if it succeeded, 1 if it failed, was partial or
+    was cancelled."""
+    progress = ctx.err_console if output == "json" else ctx.console
+    with ctx.client(server) as client:
+        build = _watch(client, build_id, poll_interval, progress)
+    _finish(ctx, build, output)
+
+
+@remote.command()
+@click.argument("build_id")
+@click.argument("package")
+@server_option
+@click.option("-f", "--follow", is_flag=True, help="Stream the log until the package ends.")
+@pass_remote
+def logs(ctx: RemoteContext, build_id: str, package: str, server: str, follow: bool) -> None:
+    """Print a package's build log."""
+    out = ctx.console.file
+    with ctx.client(server) as client:
+        if not follow:
+            out.write(client.logs(build_id, package).decode("utf-8", errors="replace"))
+            out.flush()
+            return
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for chunk in client.follow_logs(build_id, package):
+            out.write(decoder.decode(chunk))
+            out.flush()
+        out.write(decoder.decode(b"", final=True))
+        out.flush()
+
+
+@remote.command()
+@click.argument("build_id")
+@server_option
+@output_option
+@pass_remote
+def cancel(ctx: RemoteContext, build_id: str, server: str, output: str) -> None:
+    """Cancel a build: running packages are stopped, waiting ones never start."""
+    with ctx.client(server) as client:
+        build = client.cancel(build_id)
+    if output == "json":
+        _print_json(ctx.console, build)
+    else:
+        ctx.console.print(
+            Text(f"Build {build.id}: {build.status}"), highlight=False, soft_wrap=True
+        )
+        ctx.console.print(_packages_table(build.packages))
+
+
+# backends
+
+
+@remote.group()
+def backends() -> None:
+    """The server's BuildKit backends."""
+
+
+@backends.command(name="list")
+@server_option
+@click.option("--arch", help="Only backends of this architecture.")
+@output_option
+@pass_remote
+def list_backends(ctx: RemoteContext, server: str, arch: str | None, output: str) -> None:
+    """The architectures served, then each backend."""
+    with ctx.client(server) as client:
+        found = client.backends(arch=arch)
+    if output == "json":
+        _print_json(ctx.console, found)
+        return
+    ctx.console.print(
+        Text(f"Architectures: {', '.join(found.architectures) or '-'}"), highlight=False
+    )
+    table = Table("ADDR", "ARCH", "LABELS")
+    for b in found.backends:
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(b.labels.items()))
+        table.add_row(Text(b.addr), Text(b.arch), Text(labels))
+    ctx.console.print(table)
+
+
+@backends.command(name="add")
+@server_option
+@click.option("--addr", required=True, help="tcp://host:port of the BuildKit daemon.")
+@click.option("--arch", required=True, help="Its architecture (x86_64, aarch64).")
+@click.option(
+    "--label", multiple=True, callback=_pairs, metavar="K=V", help="A label (repeatable)."
+)
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Concurrent jobs (0: the server's default).",
+)
+@output_option
+@pass_remote
+def add_backend(
+    ctx: RemoteContext,
+    server: str,
+    addr: str,
+    arch: str,
+    label: dict[str, str],
+    max_jobs: int,
+    output: str,
+) -> None:
+    """Add a backend; the server refuses an address it already has."""
+    try:
+        request = AddBackendRequest(addr=addr, arch=arch, labels=label, maxJobs=max_jobs)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    with ctx.client(server) as client:
+        added = client.add_backend(request)
+    if output == "json":
+        _print_json(ctx.console, added)
+    else:
+        ctx.console.print(
+            Text(f"Added backend {added.addr} ({added.arch})"), highlight=False, soft_wrap=True
+        )
+
+
+@backends.command(name="remove")
+@server_option
+@click.option("--addr", required=True, help="The backend to remove.")
+@pass_remote
+def remove_backend(ctx: RemoteContext, server: str, addr: str) -> None:
+    """Remove a backend; the server refuses to remove the last one."""
+    if not addr:
+        raise click.BadParameter("must not be empty", param_hint="--addr")
+    with ctx.client(server) as client:
+        client.remove_backend(addr)
+    ctx.console.print(Text(f"Removed backend {addr}"), highlight=False, soft_wrap=True)
+
+
+@backends.command(name="status")
+@server_option
+@output_option
+@pass_remote
+def backend_status(ctx: RemoteContext, server: str, output: str) -> None:
+    """Each backend's health: circuit state, jobs, failures, last probe, version."""
+    with ctx.client(server) as client:
+        found = client.backend_status()
+    if output == "json":
+        _print_json(ctx.console, found)
+        return
+    table = Table("ADDR", "ARCH", "STATE", "ACTIVE/MAX", "FAILURES", "LAST PROBE", "VERSION")
+    for b in found.backends:
+        state = b.circuitState or ("open" if b.circuitOpen else "closed")
+        if b.draining:
+            state += ", draining"
+        probe = _when(b.lastProbe)
+        if b.lastProbeResult:
+            probe += f" {b.lastProbeResult}"
+        table.add_row(
+            Text(b.addr),
+            Text(b.arch),
+            Text(state),
+            f"{b.activeJobs}/{b.maxJobs}",
+            str(b.failures),
+            Text(probe),
+            Text(b.buildkitVersion or "-"),
+        )
+    ctx.console.print(table)

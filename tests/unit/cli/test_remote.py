@@ -1,0 +1,798 @@
+"""`melange2 remote …` against a fake build server.
+
+``FakeServer`` is an ``httpx.MockTransport`` handler holding builds in a dict. It answers
+the API's endpoints with the wire models of ``melange2.api.schemas`` and validates every
+request body it receives with them, so the CLI is checked against the real wire format.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from ruamel.yaml import YAML
+
+from melange2.api.schemas import (
+    AddBackendRequest,
+    BackendList,
+    BackendOut,
+    BackendStatusList,
+    BackendStatusOut,
+    BuildList,
+    BuildOut,
+    BuildSummary,
+    CreateBuildRequest,
+    CreateBuildResponse,
+    ErrorOut,
+    PackageOut,
+    PlannedPackage,
+    PlanOut,
+    RemoveBackendRequest,
+    content_bytes,
+)
+from melange2.cli.commands.remote import RemoteContext
+from melange2.cli.main import cli
+from melange2.jobs import PackageStatus, derive_build_status
+
+T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def _json(status: int, model: BaseModel) -> httpx.Response:
+    return httpx.Response(status, json=model.model_dump(mode="json"))
+
+
+def _error(status: int, error: str, details: Any = None) -> httpx.Response:
+    return _json(status, ErrorOut(error=error, details=details))
+
+
+def _package(name: str, config: str, dependencies: list[str]) -> PackageOut:
+    return PackageOut(
+        name=name,
+        status=PackageStatus.BLOCKED if dependencies else PackageStatus.PENDING,
+        config_yaml=config,
+        dependencies=dependencies,
+        started_at=None,
+        finished_at=None,
+        error="",
+        log_path="",
+        output_path="",
+        backend=None,
+        reason=f"waiting for {', '.join(dependencies)}" if dependencies else "",
+        attempts=[],
+        duration=None,
+        arch="x86_64",
+    )
+
+
+@dataclass
+class FakeServer:
+    """A build server in a dict. After each ``GET /builds/{id}`` every package moves one
+    step (waiting -> running -> its outcome: ``outcomes[name]``, default success)."""
+
+    builds: dict[str, BuildOut] = field(default_factory=dict)
+    #: final package status by name
+    outcomes: dict[str, str] = field(default_factory=dict)
+    #: every create-build body, parsed by the real model
+    received: list[CreateBuildRequest] = field(default_factory=list)
+    backends: dict[str, AddBackendRequest] = field(default_factory=dict)
+    #: log chunks by (build id, package)
+    logs: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
+    #: every request seen
+    requests: list[httpx.Request] = field(default_factory=list)
+    #: answer everything with this status (a broken server)
+    fail_with: int | None = None
+    #: answer this many of the next requests with 503 (a restarting server)
+    fail_next: int = 0
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.fail_with is not None:
+            return _error(self.fail_with, "database is on fire")
+        if self.fail_next:
+            self.fail_next -= 1
+            return _error(503, "starting up")
+        path = request.url.path
+        assert path.startswith("/api/v1/"), path
+        parts = path.removeprefix("/api/v1/").split("/")
+        try:
+            return self._route(request, parts)
+        except ValidationError as exc:
+            problems = [
+                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                for e in exc.errors()
+            ]
+            return _error(400, f"{problems[0]['field']}: {problems[0]['message']}", problems)
+
+    def _route(self, request: httpx.Request, parts: list[str]) -> httpx.Response:
+        method = request.method
+        match parts:
+            case ["builds"] if method == "POST":
+                return self._create(CreateBuildRequest.model_validate_json(request.content))
+            case ["builds"] if method == "GET":
+                return self._list(request.url.params)
+            case ["builds", build_id] if method == "GET":
+                if build_id not in self.builds:
+                    return _error(404, f"no build {build_id!r}", {"code": "not_found"})
+                seen = self.builds[build_id].model_copy(deep=True)
+                self._advance(build_id)  # the farm moves on between polls
+                return _json(200, seen)
+            case ["builds", build_id, "cancel"] if method == "POST":
+                return self._cancel(build_id)
+            case ["builds", build_id, "packages", name] if method == "GET":
+                return _json(200, self._pkg(build_id, name))
+            case ["builds", build_id, "packages", name, "logs"] if method == "GET":
+                chunks = self.logs[(build_id, name)]
+                if request.url.params.get("follow") == "true":
+                    return httpx.Response(200, content=iter(chunks))
+                return httpx.Response(200, content=b"".join(chunks))
+            case ["backends"] if method == "GET":
+                arch = request.url.params.get("arch")
+                found = [b for b in self.backends.values() if arch in (None, b.arch)]
+                listing = BackendList(
+                    backends=[BackendOut(addr=b.addr, arch=b.arch, labels=b.labels) for b in found],
+                    architectures=sorted({b.arch for b in self.backends.values()}),
+                )
+                return _json(200, listing)
+            case ["backends"] if method == "POST":
+                add = AddBackendRequest.model_validate_json(request.content)
+                if add.addr in self.backends:
+                    return _error(409, f"backend {add.addr} already exists")
+                self.backends[add.addr] = add
+                return _json(201, BackendOut(addr=add.addr, arch=add.arch, labels=add.labels))
+            case ["backends"] if method == "DELETE":
+                remove = RemoveBackendRequest.model_validate_json(request.content)
+                if remove.addr not in self.backends:
+                    return _error(404, f"no backend {remove.addr}")
+                if len(self.backends) == 1:
+                    return _error(409, "cannot remove the last backend")
+                del self.backends[remove.addr]
+                return httpx.Response(204)
+            case ["backends", "status"] if method == "GET":
+                return _json(
+                    200, BackendStatusList(backends=[_status(b) for b in self.backends.values()])
+                )
+        return _error(404, f"no route {method} {request.url.path}")
+
+    def _create(self, req: CreateBuildRequest) -> httpx.Response:
+        self.received.append(req)
+        configs = req.config_texts()
+        names = [YAML(typ="safe").load(c)["package"]["name"] for c in configs]
+        deps = {n: [d for d in names[:i]] if req.mode == "dag" else [] for i, n in enumerate(names)}
+        if req.dry_run:
+            plan = PlanOut(
+                packages=[
+                    PlannedPackage(name=n, dependencies=deps[n], priority=float(len(names) - i))
+                    for i, n in enumerate(names)
+                ],
+                cut_edges=[("app", "lib-a")],
+                critical_path=names,
+                critical_path_s=60.0 * len(names),
+                total_work_s=60.0 * len(names),
+                lower_bound_s=30.0,
+                estimated_makespan_s=90.0,
+                slots=2,
+            )
+            return _json(200, plan)
+        build_id = f"bld-{len(self.builds) + 1:04d}"
+        self.builds[build_id] = BuildOut(
+            id=build_id,
+            status="pending",
+            packages=[_package(n, c, deps[n]) for n, c in zip(names, configs, strict=True)],
+            spec=req.model_dump(mode="json"),
+            created_at=T0 + timedelta(minutes=len(self.builds)),
+            started_at=None,
+            finished_at=None,
+        )
+        return _json(201, CreateBuildResponse(id=build_id, packages=names))
+
+    def _list(self, params: httpx.QueryParams) -> httpx.Response:
+        limit = int(params.get("limit", 50))
+        cursor = params.get("cursor")
+        wanted = params.get("status")
+        newest_first = sorted(self.builds.values(), key=lambda b: b.id, reverse=True)
+        rows = [
+            b
+            for b in newest_first
+            if (cursor is None or b.id < cursor) and wanted in (None, b.status)
+        ]
+        page = rows[:limit]
+        return _json(
+            200,
+            BuildList(
+                builds=[
+                    BuildSummary(
+                        id=b.id,
+                        status=b.status,
+                        packages=len(b.packages),
+                        created_at=b.created_at,
+                        started_at=b.started_at,
+                        finished_at=b.finished_at,
+                    )
+                    for b in page
+                ],
+                next_cursor=page[-1].id if len(rows) > limit else None,
+            ),
+        )
+
+    def _advance(self, build_id: str) -> BuildOut:
+        build = self.builds[build_id]
+        for p in build.packages:
+            if p.status in (PackageStatus.PENDING, PackageStatus.BLOCKED):
+                p.status, p.started_at, p.reason = PackageStatus.RUNNING, T0, ""
+                p.backend = BackendOut(addr="tcp://bk-1:1234", arch="x86_64")
+            elif p.status == PackageStatus.RUNNING:
+                p.status = self.outcomes.get(p.name, PackageStatus.SUCCESS)
+                p.finished_at, p.duration = T0 + timedelta(seconds=75), 75.0
+                if p.status == PackageStatus.FAILED:
+                    p.error = "step 2 exited 1"
+        self._settle(build)
+        return build
+
+    def _settle(self, build: BuildOut, *, cancelled: bool = False) -> None:
+        status = derive_build_status(
+            (PackageStatus(p.status) for p in build.packages), cancelled=cancelled
+        )
+        build.status = status.value
+        build.started_at = build.started_at or T0
+        if PackageStatus(build.packages[0].status).terminal and all(
+            PackageStatus(p.status).terminal for p in build.packages
+        ):
+            build.finished_at = T0 + timedelta(seconds=80)
+
+    def _cancel(self, build_id: str) -> httpx.Response:
+        build = self.builds.get(build_id)
+        if build is None:
+            return _error(404, f"no build {build_id!r}")
+        if build.finished_at is not None:
+            return _error(409, f"build {build_id} already finished ({build.status})")
+        for p in build.packages:
+            if not PackageStatus(p.status).terminal:
+                p.status = PackageStatus.CANCELLED
+        self._settle(build, cancelled=True)
+        return _json(200, build)
+
+    def _pkg(self, build_id: str, name: str) -> PackageOut:
+        return next(p for p in self.builds[build_id].packages if p.name == name)
+
+
+def _status(b: AddBackendRequest) -> BackendStatusOut:
+    return BackendStatusOut(
+        addr=b.addr,
+        arch=b.arch,
+        labels=b.labels,
+        maxJobs=b.maxJobs or 4,
+        activeJobs=1,
+        failures=0,
+        circuitOpen=False,
+        lastFailure=None,
+        circuitState="closed",
+        lastProbe=T0,
+        lastProbeResult="ok",
+        buildkitVersion="v0.16.0",
+        platforms=["linux/amd64"],
+        draining=False,
+    )
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+    exception: BaseException | None
+
+
+def run(
+    fake: FakeServer | None,
+    *args: str,
+    transport: httpx.BaseTransport | None = None,
+    env: dict[str, str] | None = None,
+) -> Outcome:
+    out, err = io.StringIO(), io.StringIO()
+    ctx = RemoteContext(
+        console=Console(file=out, width=100),
+        err_console=Console(file=err, width=100),
+        transport=transport or (fake.transport() if fake else None),
+    )
+    result = CliRunner().invoke(cli, ["remote", *args], obj=ctx, env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a traceback is always a bug
+    return Outcome(result.exit_code, out.getvalue(), err.getvalue() + result.output, None)
+
+
+def config(directory: Path, name: str, *, file: str | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / (file or f"{name}.yaml")
+    path.write_text(
+        f"package:\n  name: {name}\n  version: 1.0.0\n  epoch: 0\npipeline:\n  - runs: echo hi\n"
+    )
+    return path
+
+
+# submit
+
+
+def test_submit_one_config_sends_config_yaml(tmp_path: Path) -> None:
+    fake = FakeServer()
+    path = config(tmp_path, "hello")
+    res = run(
+        fake,
+        "submit",
+        str(path),
+        "--arch",
+        "aarch64",
+        "--test",
+        "--debug",
+        "--env",
+        "A=1",
+        "--env",
+        "B=x=y",
+        "--backend-selector",
+        "tier=fast",
+    )
+    assert res.code == 0, res
+    assert "bld-0001" in res.out
+    (req,) = fake.received
+    assert req.config_yaml == path.read_text()
+    assert req.configs is None
+    assert (req.arch, req.with_test, req.debug, req.mode) == ("aarch64", True, True, "flat")
+    assert req.env == {"A": "1", "B": "x=y"}
+    assert req.backend_selector == {"tier": "fast"}
+    assert req.pipelines == {} and req.source_files == {}
+
+
+def test_submit_several_configs_sends_configs(tmp_path: Path) -> None:
+    fake = FakeServer()
+    a = config(tmp_path / "a", "lib-a")
+    b = config(tmp_path / "b", "app")
+    res = run(
+        fake,
+        "submit",
+        str(a),
+        str(b),
+        "--mode",
+        "dag",
+        "--schedule",
+        "fifo",
+        "--cycle-policy",
+        "break",
+        "-o",
+        "json",
+    )
+    assert res.code == 0, res
+    assert json.loads(res.out) == {"id": "bld-0001", "packages": ["lib-a", "app"]}
+    (req,) = fake.received
+    assert req.configs == [a.read_text(), b.read_text()]
+    assert (req.mode, req.schedule, req.cycle_policy) == ("dag", "fifo", "break")
+
+
+def test_submit_uploads_pipelines_and_package_directory_bytes_intact(tmp_path: Path) -> None:
+    fake = FakeServer()
+    path = config(tmp_path, "hello")
+    (tmp_path / "pipelines" / "custom").mkdir(parents=True)
+    (tmp_path / "pipelines" / "custom" / "step.yaml").write_text("name: step\n")
+    (tmp_path / "pipelines" / "README.md").write_text("not a pipeline")
+    blob = bytes(range(256)) + b"\x00\xff\xfe"
+    (tmp_path / "hello" / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "hello" / "data.bin").write_bytes(blob)
+    (tmp_path / "hello" / "sub" / "deeper" / "patch.diff").write_text("--- a\n+++ b\n")
+    os.symlink("data.bin", tmp_path / "hello" / "alias.bin")  # inside: followed
+
+    res = run(fake, "submit", str(path))
+    assert res.code == 0, res
+    (req,) = fake.received
+    assert req.pipelines == {"custom/step.yaml": "name: step\n"}
+    files = req.source_files["hello"]
+    assert set(files) == {"data.bin", "alias.bin", "sub/deeper/patch.diff"}
+    assert content_bytes(files["data.bin"]) == blob
+    assert content_bytes(files["alias.bin"]) == blob
+    assert content_bytes(files["sub/deeper/patch.diff"]) == b"--- a\n+++ b\n"
+    body = json.loads(fake.requests[0].content)
+    assert set(body["source_files"]["hello"]["data.bin"]) == {"base64"}
+
+
+def test_submit_refuses_a_symlink_leaving_the_package_directory(tmp_path: Path) -> None:
+    fake = FakeServer()
+    path = config(tmp_path / "cfg", "hello")
+    (tmp_path / "secret").write_text("key")
+    (tmp_path / "cfg" / "hello").mkdir()
+    os.symlink(tmp_path / "secret", tmp_path / "cfg" / "hello" / "leak")
+    res = run(fake, "submit", str(path))
+    assert res.code == 2
+    assert "outside" in res.err and "Traceback" not in res.err
+    assert fake.received == []
+
+
+def test_submit_dry_run_prints_the_plan(tmp_path: Path) -> None:
+    fake = FakeServer()
+    a = config(tmp_path / "a", "lib-a")
+    b = config(tmp_path / "b", "app")
+    res = run(fake, "submit", str(a), str(b), "--mode", "dag", "--dry-run")
+    assert res.code == 0, res
+    assert fake.received[0].dry_run is True
+    assert fake.builds == {}
+    for text in (
+        "lib-a",
+        "app",
+        "Cut edges:",
+        "app -> lib-a",
+        "Critical path:",
+        "lib-a -> app",
+        "2m00s",
+        "Estimated makespan: 1m30s",
+    ):
+        assert text in res.out, (text, res.out)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "final", "code"),
+    [
+        ({}, "success", 0),
+        ({"app": "failed"}, "partial", 1),
+        ({"lib-a": "failed", "app": "failed"}, "failed", 1),
+    ],
+)
+def test_submit_wait_follows_the_build_and_exits_by_its_status(
+    tmp_path: Path, outcomes: dict[str, str], final: str, code: int
+) -> None:
+    fake = FakeServer(outcomes=outcomes)
+    a = config(tmp_path / "a", "lib-a")
+    b = config(tmp_path / "b", "app")
+    res = run(fake, "submit", str(a), str(b), "--wait", "--poll-interval", "0")
+    assert res.code == code, res
+    lines = res.out.splitlines()
+    assert any("lib-a" in line and "running on tcp://bk-1:1234" in line for line in lines)
+    assert any("app" in line and "pending" in line for line in lines)
+    for name in ("lib-a", "app"):
+        status = outcomes.get(name, "success")
+        assert any(name in line and status in line for line in lines), (name, res.out)
+    if "app" in outcomes:
+        assert "step 2 exited 1" in res.out
+    assert f"Build bld-0001: {final}" in res.out
+    assert "NAME" in res.out and "DURATION" in res.out and "1m15s" in res.out
+
+
+def test_submit_needs_configs_or_git(tmp_path: Path) -> None:
+    res = run(FakeServer(), "submit")
+    assert res.code == 2
+    assert "nothing to build" in res.err
+    res = run(FakeServer(), "submit", "--git-ref", "main", "--git-repo", "")
+    assert res.code == 2
+
+
+def test_submit_git_source(tmp_path: Path) -> None:
+    fake = FakeServer()  # it reads no repository: it plans an empty build
+    res = run(
+        fake,
+        "submit",
+        "--git-repo",
+        "https://example.com/r.git",
+        "--git-ref",
+        "v1",
+        "--git-path",
+        "pkgs",
+        "-o",
+        "json",
+        "--dry-run",
+    )
+    assert res.code == 0, res
+    assert json.loads(res.out)["packages"] == []
+    body = json.loads(fake.requests[0].content)
+    assert body["git_source"] == {
+        "repository": "https://example.com/r.git",
+        "ref": "v1",
+        "pattern": "*.yaml",
+        "path": "pkgs",
+    }
+    assert "config_yaml" not in body and "configs" not in body
+
+
+def test_bad_key_value_is_usage_error(tmp_path: Path) -> None:
+    res = run(FakeServer(), "submit", str(config(tmp_path, "x")), "--env", "NOEQUALS")
+    assert res.code == 2
+    assert "KEY=VALUE" in res.err
+
+
+# status, list, wait, logs, cancel
+
+
+def _submitted(fake: FakeServer, tmp_path: Path, *names: str) -> str:
+    paths = [str(config(tmp_path / n, n)) for n in names]
+    res = run(fake, "submit", *paths)
+    assert res.code == 0, res
+    return sorted(fake.builds)[-1]
+
+
+def test_status_table(tmp_path: Path) -> None:
+    fake = FakeServer(outcomes={"app": "failed"})
+    build_id = _submitted(fake, tmp_path, "lib-a", "app")
+    fake._advance(build_id)  # running
+    fake._advance(build_id)  # finished
+    res = run(fake, "status", build_id)
+    assert res.code == 0, res
+    for label in ("Build ID", "Status", "Created", "Arch", "Started", "Finished"):
+        assert label in res.out
+    assert build_id in res.out and "2025-01-02 03:04:05 UTC" in res.out
+    assert "failed" in res.out and "step 2 exited 1" in res.out
+    header = next(line for line in res.out.splitlines() if "NAME" in line)
+    assert (
+        header.index("NAME")
+        < header.index("STATUS")
+        < header.index("DURATION")
+        < header.index("ERROR")
+    )
+
+
+def test_status_json_has_the_api_field_names(tmp_path: Path) -> None:
+    fake = FakeServer()
+    build_id = _submitted(fake, tmp_path, "hello")
+    res = run(fake, "status", build_id, "-o", "json")
+    assert res.code == 0, res
+    data = json.loads(res.out)
+    assert {"id", "status", "packages", "spec", "created_at", "started_at", "finished_at"} <= set(
+        data
+    )
+    (pkg,) = data["packages"]
+    assert {
+        "name",
+        "status",
+        "config_yaml",
+        "dependencies",
+        "started_at",
+        "finished_at",
+        "error",
+        "log_path",
+        "output_path",
+        "backend",
+    } <= set(pkg)
+    BuildOut.model_validate(data)
+
+
+def test_status_of_unknown_build_shows_server_error_exit_2() -> None:
+    res = run(FakeServer(), "status", "bld-nope")
+    assert res.code == 2
+    assert "error: no build 'bld-nope' (HTTP 404)" in res.err
+    assert "code: not_found" in res.err
+    assert "Traceback" not in res.err
+
+
+def test_list_table_and_json(tmp_path: Path) -> None:
+    fake = FakeServer()
+    first = _submitted(fake, tmp_path / "1", "one")
+    second = _submitted(fake, tmp_path / "2", "two", "three")
+    res = run(fake, "list")
+    assert res.code == 0, res
+    header = next(line for line in res.out.splitlines() if "ID" in line)
+    assert (
+        header.index("ID")
+        < header.index("STATUS")
+        < header.index("PACKAGES")
+        < header.index("CREATED")
+    )
+    assert res.out.index(second) < res.out.index(first)  # newest first
+    res = run(fake, "list", "-o", "json", "--status", "pending")
+    data = json.loads(res.out)
+    assert [b["id"] for b in data["builds"]] == [second, first]
+    assert {"id", "status", "packages", "created_at"} <= set(data["builds"][0])
+    assert data["next_cursor"] is None
+
+
+def test_list_pages_and_all(tmp_path: Path) -> None:
+    fake = FakeServer()
+    ids = [_submitted(fake, tmp_path / str(n), f"p{n}") for n in range(5)]
+    res = run(fake, "list", "--limit", "2")
+    assert res.code == 0, res
+    assert ids[4] in res.out and ids[3] in res.out and ids[2] not in res.out
+    assert f"--cursor {ids[3]}" in res.err
+    fake.requests.clear()
+    res = run(fake, "list", "--limit", "2", "--all", "-o", "json")
+    assert res.code == 0, res
+    assert [b["id"] for b in json.loads(res.out)["builds"]] == ids[::-1]
+    cursors = [r.url.params.get("cursor") for r in fake.requests]
+    assert cursors == [None, ids[3], ids[1]]
+    res = run(fake, "list", "--limit", "2", "--cursor", ids[3])
+    assert ids[2] in res.out and ids[3] not in res.out
+
+
+def test_wait_exit_codes(tmp_path: Path) -> None:
+    fake = FakeServer(outcomes={"bad": "failed"})
+    good = _submitted(fake, tmp_path / "g", "good")
+    bad = _submitted(fake, tmp_path / "b", "bad")
+    assert run(fake, "wait", good, "--poll-interval", "0").code == 0
+    res = run(fake, "wait", bad, "--poll-interval", "0", "-o", "json")
+    assert res.code == 1
+    assert json.loads(res.out)["status"] == "failed"
+    assert "bad" in res.err  # progress goes to stderr with -o json
+
+
+def test_wait_rides_out_a_restarting_server(tmp_path: Path) -> None:
+    fake = FakeServer()
+    build_id = _submitted(fake, tmp_path, "hello")
+    fake.fail_next = 2
+    res = run(fake, "wait", build_id, "--poll-interval", "0")
+    assert res.code == 0, res
+    assert res.out.count("warning: starting up (HTTP 503); retrying") == 2
+    fake.fail_with = 503
+    res = run(fake, "wait", build_id, "--poll-interval", "0")
+    assert res.code == 1
+    assert "error: database is on fire (HTTP 503)" in res.err
+
+
+def test_cancel_then_wait_exits_1(tmp_path: Path) -> None:
+    fake = FakeServer()
+    build_id = _submitted(fake, tmp_path, "slow")
+    res = run(fake, "cancel", build_id)
+    assert res.code == 0, res
+    assert f"Build {build_id}: cancelled" in res.out
+    assert fake.builds[build_id].status == "cancelled"
+    assert run(fake, "wait", build_id, "--poll-interval", "0").code == 1
+    res = run(fake, "cancel", build_id)
+    assert res.code == 2
+    assert "already finished" in res.err
+
+
+def test_logs_and_follow_streams(tmp_path: Path) -> None:
+    fake = FakeServer()
+    build_id = _submitted(fake, tmp_path, "hello")
+    snowman = "☃".encode()
+    fake.logs[(build_id, "hello")] = [b"step 1\n", b"caf", snowman[:1], snowman[1:] + b"\n"]
+    res = run(fake, "logs", build_id, "hello")
+    assert res.code == 0, res
+    assert res.out == "step 1\ncaf☃\n"
+    assert fake.requests[-1].url.params.get("follow") is None
+    res = run(fake, "logs", build_id, "hello", "-f")
+    assert res.code == 0, res
+    assert res.out == "step 1\ncaf☃\n"
+    assert fake.requests[-1].url.params.get("follow") == "true"
+
+
+# backends
+
+
+def test_backends_add_list_status_remove() -> None:
+    fake = FakeServer()
+    res = run(
+        fake,
+        "backends",
+        "add",
+        "--addr",
+        "tcp://bk-1:1234",
+        "--arch",
+        "x86_64",
+        "--label",
+        "tier=fast",
+        "--max-jobs",
+        "3",
+    )
+    assert res.code == 0, res
+    assert fake.backends["tcp://bk-1:1234"] == AddBackendRequest(
+        addr="tcp://bk-1:1234", arch="x86_64", labels={"tier": "fast"}, maxJobs=3
+    )
+    assert run(fake, "backends", "add", "--addr", "tcp://bk-2:1234", "--arch", "aarch64").code == 0
+
+    res = run(fake, "backends", "list")
+    assert res.code == 0, res
+    assert "aarch64, x86_64" in res.out
+    assert "tcp://bk-1:1234" in res.out and "tier=fast" in res.out
+    res = run(fake, "backends", "list", "--arch", "aarch64", "-o", "json")
+    data = json.loads(res.out)
+    assert [b["addr"] for b in data["backends"]] == ["tcp://bk-2:1234"]
+    assert set(data["backends"][0]) >= {"addr", "arch", "labels"}
+    assert data["architectures"] == ["aarch64", "x86_64"]
+
+    res = run(fake, "backends", "status")
+    assert res.code == 0, res
+    assert "closed" in res.out and "1/3" in res.out and "v0.16.0" in res.out
+    data = json.loads(run(fake, "backends", "status", "-o", "json").out)
+    assert {
+        "addr",
+        "arch",
+        "labels",
+        "maxJobs",
+        "activeJobs",
+        "failures",
+        "circuitOpen",
+        "lastFailure",
+    } <= set(data["backends"][0])
+
+    res = run(fake, "backends", "remove", "--addr", "tcp://bk-2:1234")
+    assert res.code == 0, res
+    assert list(fake.backends) == ["tcp://bk-1:1234"]
+    res = run(fake, "backends", "remove", "--addr", "tcp://bk-1:1234")
+    assert res.code == 2
+    assert "cannot remove the last backend" in res.err
+    assert list(fake.backends) == ["tcp://bk-1:1234"]
+
+
+def test_backends_add_duplicate_is_refused_with_exit_2() -> None:
+    fake = FakeServer()
+    args = ("backends", "add", "--addr", "tcp://bk-1:1234", "--arch", "x86_64")
+    assert run(fake, *args).code == 0
+    res = run(fake, *args)
+    assert res.code == 2
+    assert "error: backend tcp://bk-1:1234 already exists (HTTP 409)" in res.err
+
+
+def test_server_validation_details_are_shown(tmp_path: Path) -> None:
+    fake = FakeServer()
+    res = run(fake, "backends", "add", "--addr", "tcp://x:1", "--arch", "x86_64", "--max-jobs", "0")
+    assert res.code == 0
+
+    # a body the server's model refuses: its details are listed field by field
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return _error(
+            400,
+            "arch: unknown architecture",
+            [
+                {"field": "arch", "message": "unknown architecture 'sparc'"},
+            ],
+        )
+
+    res = run(
+        None,
+        "backends",
+        "add",
+        "--addr",
+        "tcp://y:1",
+        "--arch",
+        "sparc",
+        transport=httpx.MockTransport(refusing),
+    )
+    assert res.code == 2
+    assert "error: arch: unknown architecture (HTTP 400)" in res.err
+    assert "  arch: unknown architecture 'sparc'" in res.err
+
+
+# transport failures and the server option
+
+
+def test_server_error_exits_1_without_traceback() -> None:
+    res = run(FakeServer(fail_with=500), "list")
+    assert res.code == 1
+    assert "error: database is on fire (HTTP 500)" in res.err
+    assert "Traceback" not in res.err
+
+
+def test_nonsense_answer_exits_1() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>a proxy</html>")
+
+    res = run(None, "list", transport=httpx.MockTransport(handler))
+    assert res.code == 1
+    assert "unexpected answer" in res.err
+
+
+def test_unreachable_server_exits_3() -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    res = run(None, "status", "bld-1", transport=httpx.MockTransport(refused))
+    assert res.code == 3
+    assert "cannot reach the build server at http://localhost:8080" in res.err
+    # and through the real network stack: nothing listens on port 1
+    res = run(None, "list", "--server", "http://127.0.0.1:1")
+    assert res.code == 3, res
+
+
+def test_server_from_environment_and_bad_url() -> None:
+    fake = FakeServer()
+    res = run(fake, "backends", "list", env={"MELANGE_SERVER": "http://farm.example:9000"})
+    assert res.code == 0, res
+    assert fake.requests[-1].url.host == "farm.example"
+    assert fake.requests[-1].url.port == 9000
+    res = run(fake, "list", "--server", "farm.example:9000")
+    assert res.code == 2
+    assert "http://" in res.err
