@@ -154,3 +154,7 @@ def main() -> None:
     except FarmError as exc:
         click.echo(f"melange-server: {exc}", err=True)
         sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

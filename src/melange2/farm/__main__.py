@@ -16,8 +16,8 @@ from melange2.farm.local import FarmEnv, LocalFarm
 from melange2.farm.smoke import run_smoke
 
 
-def _farm(root: str, tools: str, daemons: int = 2) -> LocalFarm:
-    return LocalFarm(Path(root), tools_dir=Path(tools), daemons=daemons)
+def _farm(root: str, tools: str, daemons: int = 2, server: bool = True) -> LocalFarm:
+    return LocalFarm(Path(root), tools_dir=Path(tools), daemons=daemons, server=server)
 
 
 @click.group()
@@ -31,10 +31,17 @@ def cli(ctx: click.Context, root: str, tools: str) -> None:
 
 @cli.command()
 @click.option("--daemons", default=2, show_default=True, help="How many buildkitd daemons.")
+@click.option(
+    "--server/--no-server",
+    default=True,
+    show_default=True,
+    help="Also start melange-server (first daemon x86_64, second aarch64).",
+)
 @click.pass_obj
-def up(obj: tuple[str, str], daemons: int) -> None:
-    """Start the registry, push the base image, start the buildkitd daemons."""
-    farm = _farm(*obj, daemons=daemons)
+def up(obj: tuple[str, str], daemons: int, server: bool) -> None:
+    """Start the registry, push the base image, start the buildkitd daemons and the
+    server."""
+    farm = _farm(*obj, daemons=daemons, server=server)
     running = farm.running_services()
     if running:
         click.echo(
@@ -44,6 +51,10 @@ def up(obj: tuple[str, str], daemons: int) -> None:
     env = asyncio.run(farm.up())
     click.echo(f"farm up: registry {env.registry}, buildkitd {' '.join(env.buildkit_addrs)}")
     click.echo(f"base image {env.base_image}")
+    if env.melange_server:
+        click.echo(
+            f"melange-server {env.melange_server} (log: {farm.root}/logs/melange-server.log)"
+        )
     click.echo(f"environment in {farm.env_file} (source it: `. {os.path.relpath(farm.env_file)}`)")
 
 

@@ -18,11 +18,18 @@ Layout under the farm's root (``.farm/`` for ``make farm-up``)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import shlex
 import shutil
+import socket
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from melange2.buildkit.client import BuildkitClient
 from melange2.errors import BuildkitError, FarmProcessError
@@ -32,6 +39,8 @@ from melange2.farm.bootstrap import build_bootstrap_repo
 from melange2.oci.registry import RegistryClient
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
+#: the CLI's default --server is http://localhost:8080: use that port when it is free
+DEFAULT_SERVER_PORT = 8080
 _READY_SECONDS = 60.0
 
 
@@ -72,13 +81,78 @@ class FarmEnv:
         )
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def start_server(
+    env: FarmEnv,
+    *,
+    data_dir: Path,
+    output_dir: Path,
+    pid_file: Path,
+    log_file: Path,
+    backends_config: Path | None = None,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> str:
+    """Start ``melange-server`` on loopback against the farm; return its URL once
+    ``/healthz`` answers."""
+    port = port or (
+        DEFAULT_SERVER_PORT if _port_free(DEFAULT_SERVER_PORT) else processes.free_port()
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "melange2.server",
+        "--listen-addr",
+        f"127.0.0.1:{port}",
+        "--registry",
+        env.registry,
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(output_dir),
+        "--repository",
+        env.extra["BOOTSTRAP_REPO"],
+        "--keyring",
+        env.extra["BOOTSTRAP_KEY"],
+        *extra_args,
+    ]
+    if backends_config is not None:
+        argv += ["--backends-config", str(backends_config)]
+    else:
+        argv += ["--buildkit-addr", env.buildkit_addrs[0]]
+    processes.start(argv, pid_file=pid_file, log_file=log_file)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + _READY_SECONDS
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            pid = processes.read_pid(pid_file)
+            if pid is None or not processes.pid_alive(pid):
+                break
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/healthz")).status_code == 200:
+                    return url
+            await asyncio.sleep(0.1)
+    raise FarmProcessError(f"melange-server did not start; see {log_file}")
+
+
 class LocalFarm:
     """Start and stop the farm's processes under ``root``."""
 
-    def __init__(self, root: Path, *, tools_dir: Path, daemons: int = 2) -> None:
+    def __init__(
+        self, root: Path, *, tools_dir: Path, daemons: int = 2, server: bool = False
+    ) -> None:
         self.root = root.resolve()
         self.tools_dir = tools_dir.resolve()
         self.daemons = daemons
+        self.server = server
 
     @property
     def env_file(self) -> Path:
@@ -122,18 +196,28 @@ class LocalFarm:
             bootstrap = build_bootstrap_repo(self.root / "bootstrap", present)
             addrs = [self._start_buildkitd(n, registry) for n in range(self.daemons)]
             await asyncio.gather(*(self._wait_buildkitd(n, a) for n, a in enumerate(addrs)))
+            env = FarmEnv(
+                registry=registry,
+                buildkit_addrs=tuple(addrs),
+                base_image=str(base),
+                extra={
+                    "BOOTSTRAP_REPO": str(bootstrap.repo),
+                    "BOOTSTRAP_KEY": str(bootstrap.public_key),
+                },
+            )
+            if self.server:
+                url = await start_server(
+                    env,
+                    data_dir=self.root / "server" / "data",
+                    output_dir=self.root / "server" / "output",
+                    pid_file=self._pid("melange-server"),
+                    log_file=self._log("melange-server"),
+                    backends_config=self._backends_config(env),
+                )
+                env = dataclasses.replace(env, melange_server=url)
         except BaseException:
             self.down()
             raise
-        env = FarmEnv(
-            registry=registry,
-            buildkit_addrs=tuple(addrs),
-            base_image=str(base),
-            extra={
-                "BOOTSTRAP_REPO": str(bootstrap.repo),
-                "BOOTSTRAP_KEY": str(bootstrap.public_key),
-            },
-        )
         self.env_file.write_text(env.render())
         return env
 
@@ -143,7 +227,8 @@ class LocalFarm:
         pids = self.root / "pids"
         if pids.is_dir():
             # daemons first, the registry last
-            for pid_file in sorted(pids.glob("*.pid"), key=lambda p: p.stem == "registry"):
+            order = {"melange-server": 0, "registry": 2}
+            for pid_file in sorted(pids.glob("*.pid"), key=lambda p: order.get(p.stem, 1)):
                 if processes.stop(pid_file):
                     stopped.append(pid_file.stem)
         processes.unmount_under(self.root)
@@ -151,6 +236,19 @@ class LocalFarm:
             lock.unlink(missing_ok=True)
         self.env_file.unlink(missing_ok=True)
         return stopped
+
+    def _backends_config(self, env: FarmEnv) -> Path:
+        """The farm's pool: the first daemon serves x86_64, the second aarch64 (through
+        qemu), as production pools route by architecture."""
+        arches = ["x86_64", "aarch64"]
+        lines = ["backends:"]
+        for n, addr in enumerate(env.buildkit_addrs):
+            lines += [f"  - addr: {addr}", f"    arch: {arches[n % 2]}", "    maxJobs: 4"]
+        lines += ["defaultMaxJobs: 4", "failureThreshold: 3", "recoveryTimeout: 30s"]
+        path = self.root / "server" / "backends.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        return path
 
     def _check_tools(self) -> None:
         missing = [
