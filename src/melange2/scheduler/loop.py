@@ -22,6 +22,7 @@ import contextlib
 import heapq
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,7 @@ from melange2.jobs import (
     BuildStatus,
     PackageJob,
     PackageStatus,
-    derive_build_status,
+    status_from_counts,
 )
 from melange2.pool.pool import BackendPool, BackendSlot, NoBackend
 from melange2.store.base import JobStore
@@ -68,10 +69,24 @@ class PackageRunner(Protocol):
 
 @dataclass(kw_only=True)
 class _BuildState:
+    """What the scheduler keeps of a build in memory. Only ever updated with what the
+    store answered to our own compare-and-set writes, never with older snapshots."""
+
     build: Build
     jobs: dict[str, PackageJob]
     dependents: dict[str, list[str]]
     status: BuildStatus
+    counts: Counter[PackageStatus] = field(default_factory=Counter)
+
+    def set(self, job: PackageJob) -> None:
+        old = self.jobs.get(job.name)
+        if old is not None:
+            self.counts[old.status] -= 1
+        self.counts[job.status] += 1
+        self.jobs[job.name] = job
+
+
+QueueKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 @dataclass(order=True, frozen=True)
@@ -118,8 +133,10 @@ class Scheduler:
         self.retry_backoff = retry_backoff
         self.observer = observer
         self._builds: dict[BuildId, _BuildState] = {}
-        self._ready: list[_Ready] = []
-        self._waiting: list[_Ready] = []  #: ready, but every matching backend is busy
+        #: ready packages, one priority queue per (arch, backend selector): when the head
+        #: of a queue finds every matching backend busy, the rest of it waits too, and
+        #: a dispatch round costs O(started log n), not O(waiting)
+        self._queues: dict[QueueKey, list[_Ready]] = {}
         self._tasks: dict[tuple[BuildId, str], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -165,6 +182,8 @@ class Scheduler:
         build = await self.store.update_build(build_id, cancel_requested=True)
         state = self._builds.get(build_id)
         async with self._lock:
+            if state is not None:
+                state.build = build
             for job in build.packages:
                 if job.status in (PackageStatus.BLOCKED, PackageStatus.PENDING):
                     with contextlib.suppress(InvalidTransition):
@@ -177,19 +196,21 @@ class Scheduler:
                             error="build cancelled",
                         )
                         if state is not None:
-                            state.jobs[job.name] = updated
+                            state.set(updated)
+            if state is not None:
+                await self._update_status(state)
         for (bid, _name), task in list(self._tasks.items()):
             if bid == build_id:
                 task.cancel("build cancelled")
-        await self._refresh_build(build_id)
         return await self.store.get_build(build_id)
 
     def queue_reason(self, build_id: BuildId, name: str) -> str:
         """Why a pending package waits: its place among packages waiting for a slot."""
-        waiting = sorted(self._waiting) + sorted(self._ready)
-        for position, entry in enumerate(waiting, 1):
-            if entry.build_id == build_id and entry.name == name:
-                return f"waiting for a backend slot: {position} of {len(waiting)} in the queue"
+        for queue in self._queues.values():
+            waiting = sorted(queue)
+            for position, entry in enumerate(waiting, 1):
+                if entry.build_id == build_id and entry.name == name:
+                    return f"waiting for a backend slot: {position} of {len(waiting)} in the queue"
         return "waiting for a backend slot"
 
     # -- tracking -------------------------------------------------------------------------
@@ -200,12 +221,9 @@ class Scheduler:
             for dep in job.dependencies:
                 if dep in dependents:
                     dependents[dep].append(job.name)
-        state = _BuildState(
-            build=build,
-            jobs={j.name: j for j in build.packages},
-            dependents=dependents,
-            status=build.status,
-        )
+        state = _BuildState(build=build, jobs={}, dependents=dependents, status=build.status)
+        for job in build.packages:
+            state.set(job)
         self._builds[build.id] = state
         return state
 
@@ -216,7 +234,9 @@ class Scheduler:
         return (-job.priority, created, float(job.seq))
 
     def _push(self, state: _BuildState, job: PackageJob) -> None:
-        heapq.heappush(self._ready, _Ready(self._key(state, job), state.build.id, job.name))
+        queue_key: QueueKey = (job.arch, tuple(sorted(_selector(state.build).items())))
+        queue = self._queues.setdefault(queue_key, [])
+        heapq.heappush(queue, _Ready(self._key(state, job), state.build.id, job.name))
         self._emit("ready", state.build.id, job.name, job.status)
 
     def _emit(self, kind: str, build_id: BuildId, name: str, status: PackageStatus) -> None:
@@ -244,7 +264,7 @@ class Scheduler:
                 for job in list(state.jobs.values()):
                     if job.status is PackageStatus.BLOCKED:
                         await self._settle_blocked(state, job.name)
-            await self._refresh_build(build.id)
+                await self._update_status(state)
         await self._expire_leases()
         self.wake()
 
@@ -260,29 +280,26 @@ class Scheduler:
 
     async def _dispatch(self) -> None:
         async with self._lock:
-            # packages that waited for a slot get another look first
-            for entry in self._waiting:
-                heapq.heappush(self._ready, entry)
-            self._waiting = []
-            while self._ready:
-                entry = heapq.heappop(self._ready)
-                state = self._builds.get(BuildId(entry.build_id))
-                if state is None:
-                    continue
-                job = state.jobs[entry.name]
-                if job.status is not PackageStatus.PENDING:
-                    continue
-                selector = _selector(state.build)
-                tried = {a.backend for a in job.attempts if a.error}
-                choice = self.pool.select(job.arch, selector, avoid=tried)
-                if choice is NoBackend.BUSY:
-                    self._waiting.append(entry)
-                    continue
-                if choice is NoBackend.NEVER:
-                    await self._no_backend(state, job, selector)
-                    continue
-                assert isinstance(choice, BackendSlot)
-                await self._start(state, job, choice)
+            for queue_key, queue in list(self._queues.items()):
+                while queue:
+                    entry = queue[0]
+                    state = self._builds.get(BuildId(entry.build_id))
+                    job = state.jobs.get(entry.name) if state is not None else None
+                    if state is None or job is None or job.status is not PackageStatus.PENDING:
+                        heapq.heappop(queue)  # cancelled, or taken care of meanwhile
+                        continue
+                    tried = {a.backend for a in job.attempts if a.error}
+                    choice = self.pool.select(job.arch, dict(queue_key[1]), avoid=tried)
+                    if choice is NoBackend.BUSY:
+                        break  # the rest of this queue needs the same busy backends
+                    heapq.heappop(queue)
+                    if choice is NoBackend.NEVER:
+                        await self._no_backend(state, job, dict(queue_key[1]))
+                    else:
+                        assert isinstance(choice, BackendSlot)
+                        await self._start(state, job, choice)
+                if not queue:
+                    del self._queues[queue_key]
 
     async def _no_backend(
         self, state: _BuildState, job: PackageJob, selector: Mapping[str, str]
@@ -301,9 +318,9 @@ class Scheduler:
                 reason="",
                 finished_at=utcnow(),
             )
-            state.jobs[job.name] = failed
+            state.set(failed)
             await self._cascade_failure(state, job.name)
-        await self._refresh_build(state.build.id)
+        await self._update_status(state)
 
     async def _start(self, state: _BuildState, job: PackageJob, slot: BackendSlot) -> None:
         backend = Backend(
@@ -322,20 +339,19 @@ class Scheduler:
                 reason="",
                 lease_owner=self.owner,
                 lease_expires=now + timedelta(seconds=self.lease_ttl),
+                attempts=(
+                    *job.attempts,
+                    Attempt(number=attempt, backend=backend.addr, started_at=now),
+                ),
             )
         except InvalidTransition:
             self.pool.release(slot, outcome="neutral")
             return
-        state.jobs[job.name] = running
+        state.set(running)
         self._emit("started", state.build.id, job.name, PackageStatus.RUNNING)
-        await self.store.add_attempt(
-            state.build.id,
-            job.name,
-            Attempt(number=attempt, backend=backend.addr, started_at=now),
-        )
         if state.status is BuildStatus.PENDING:
             state.status = BuildStatus.RUNNING
-            await self.store.update_build(
+            state.build = await self.store.update_build(
                 state.build.id, status=BuildStatus.RUNNING, started_at=now
             )
         key = (state.build.id, job.name)
@@ -410,19 +426,19 @@ class Scheduler:
                     error=error,
                     lease_owner="",
                     lease_expires=None,
+                    attempts=_closed(job, attempt, now, error, fields.get("log_path", "")),
                     **fields,
                 )
             except InvalidTransition:  # cancelled or taken over meanwhile
                 return
-            state.jobs[job.name] = done
-            await self._close_attempt(state, job, attempt, now, error, fields.get("log_path", ""))
+            state.set(done)
             self._emit("finished", state.build.id, job.name, status)
             if status is PackageStatus.SUCCESS:
                 for dependent in state.dependents.get(job.name, []):
                     await self._settle_blocked(state, dependent)
             else:
                 await self._cascade_failure(state, job.name)
-        await self._refresh_build(state.build.id)
+            await self._update_status(state)
         self.wake()
 
     async def _finish_fault(
@@ -438,8 +454,7 @@ class Scheduler:
                 f"backend failed {attempt} time(s); last: {exc}",
             )
             return
-        now = utcnow()
-        await self._close_attempt(state, job, attempt, now, str(exc), "")
+        closed = _closed(job, attempt, utcnow(), str(exc), "")
         await asyncio.sleep(self.retry_backoff * (2 ** (attempt - 1)))
         async with self._lock:
             try:
@@ -451,10 +466,11 @@ class Scheduler:
                     lease_owner="",
                     lease_expires=None,
                     reason=f"retrying after a backend fault: {exc}",
+                    attempts=closed,
                 )
             except InvalidTransition:
                 return
-            state.jobs[job.name] = retry
+            state.set(retry)
             self._push(state, retry)
         self.wake()
 
@@ -462,26 +478,6 @@ class Scheduler:
         if self._stop.is_set() and not state.build.cancel_requested:
             return  # shutdown: keep it running in the store; the lease brings it back
         await self._finish(state, job, attempt, PackageStatus.CANCELLED, "build cancelled")
-
-    async def _close_attempt(
-        self, state: _BuildState, job: PackageJob, attempt: int, now: datetime, error: str, log: str
-    ) -> None:
-        started = job.started_at or now
-        for a in job.attempts:
-            if a.number == attempt:
-                started = a.started_at
-        await self.store.add_attempt(
-            state.build.id,
-            job.name,
-            Attempt(
-                number=attempt,
-                backend=job.backend.addr if job.backend else "",
-                started_at=started,
-                finished_at=now,
-                error=error,
-                log_path=log,
-            ),
-        )
 
     async def _settle_blocked(self, state: _BuildState, name: str) -> None:
         """A dependency of ``name`` finished: make it pending if all succeeded."""
@@ -498,7 +494,7 @@ class Scheduler:
                 ready = await self.store.transition(
                     state.build.id, name, PackageStatus.PENDING, reason=""
                 )
-                state.jobs[name] = ready
+                state.set(ready)
                 self._push(state, ready)
 
     async def _cascade_failure(self, state: _BuildState, failed: str) -> None:
@@ -518,30 +514,24 @@ class Scheduler:
                     reason="",
                     finished_at=utcnow(),
                 )
-                state.jobs[name] = skipped
+                state.set(skipped)
                 todo.extend((name, d) for d in state.dependents.get(name, []))
 
-    async def _refresh_build(self, build_id: BuildId) -> None:
-        state = self._builds.get(build_id)
-        if state is None:
-            return
-        build = await self.store.get_build(build_id)
-        state.build = build
-        for job in build.packages:
-            state.jobs[job.name] = job
-        status = derive_build_status(
-            (j.status for j in build.packages), cancelled=build.cancel_requested
+    async def _update_status(self, state: _BuildState) -> None:
+        """Write the build's status when its packages' moves changed it (O(1))."""
+        status = status_from_counts(
+            state.counts,
+            cancelled=state.build.cancel_requested,
+            started=state.build.started_at is not None,
         )
-        if status is BuildStatus.PENDING and build.started_at is not None:
-            status = BuildStatus.RUNNING  # started; a package waits for a retry
-        if status != build.status:
+        if status != state.status:
             fields: dict[str, object] = {"status": status}
             if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
                 fields["finished_at"] = utcnow()
-            await self.store.update_build(build_id, **fields)
+            state.build = await self.store.update_build(state.build.id, **fields)
             state.status = status
         if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
-            self._builds.pop(build_id, None)
+            self._builds.pop(state.build.id, None)
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -564,9 +554,28 @@ class Scheduler:
                 state = self._builds.get(job.build_id)
                 if state is None:
                     state = self._track(await self.store.get_build(job.build_id))
-                state.jobs[job.name] = job
+                state.set(job)
                 self._push(state, job)
         self.wake()
+
+
+def _closed(
+    job: PackageJob, attempt: int, now: datetime, error: str, log_path: str
+) -> tuple[Attempt, ...]:
+    """The job's attempts with attempt ``attempt`` finished."""
+    closed = []
+    for a in job.attempts:
+        if a.number == attempt:
+            a = Attempt(
+                number=a.number,
+                backend=a.backend,
+                started_at=a.started_at,
+                finished_at=now,
+                error=error,
+                log_path=log_path,
+            )
+        closed.append(a)
+    return tuple(closed)
 
 
 def _selector(build: Build) -> Mapping[str, str]:

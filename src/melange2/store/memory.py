@@ -67,12 +67,15 @@ class MemoryStore:
     def __init__(self) -> None:
         self.builds: dict[BuildId, Build] = {}
         self.backends: dict[str, StoredBackend] = {}
+        #: per build, each package's index in ``packages`` (O(1) reads and writes)
+        self._positions: dict[BuildId, dict[str, int]] = {}
         self._state = _State.OPEN
 
     def reset(self) -> None:
         """Forget everything (between tests that share a store)."""
         self.builds.clear()
         self.backends.clear()
+        self._positions.clear()
 
     async def __aenter__(self) -> Self:
         self._check_open()
@@ -103,6 +106,7 @@ class MemoryStore:
             if job.build_id != stored.id:
                 raise ValueError(f"package {job.name!r} belongs to {job.build_id}, not {build.id}")
         self.builds[stored.id] = stored
+        self._positions[stored.id] = {job.name: i for i, job in enumerate(stored.packages)}
 
     async def get_build(self, build_id: BuildId) -> Build:
         self._check_open()
@@ -256,17 +260,19 @@ class MemoryStore:
             raise NotFound(f"no build {build_id}") from None
 
     def _package(self, build_id: BuildId, name: str) -> PackageJob:
-        job = self._build(build_id).package(name)
-        if job is None:
+        build = self._build(build_id)
+        position = self._positions[build_id].get(name)
+        if position is None:
             raise NotFound(f"no package {name!r} in build {build_id}")
-        return job
+        return build.packages[position]
 
     def _put(self, job: PackageJob) -> PackageJob:
         """Replace a package of its build (validated and normalised); return a copy."""
         stored = _copy_package(job)
         build = self.builds[job.build_id]
-        packages = tuple(stored if p.name == job.name else p for p in build.packages)
-        self.builds[job.build_id] = replace(build, packages=_in_seq_order(packages))
+        packages = list(build.packages)
+        packages[self._positions[job.build_id][job.name]] = stored
+        self.builds[job.build_id] = replace(build, packages=tuple(packages))
         return _copy_package(stored)
 
 

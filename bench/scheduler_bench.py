@@ -1,0 +1,213 @@
+"""Benchmark the real scheduler (store, dispatch loop, pool) with a no-op runner.
+
+Two measurements, both against the issue's goals:
+
+* ``wolfi``: all 3,401 packages of ``wolfi-dag.json`` in one DAG build (bootstrap-cycle
+  edges cut as ``cycle_policy: break`` would): graph built, priorities computed, the
+  build stored, and every package dispatched and finished by the real
+  :class:`~melange2.scheduler.loop.Scheduler` through a pool of ``--slots`` slots. The
+  runner returns at once, so this is the scheduler's own cost. Goal: under 3 s in
+  total, under 400 MB resident.
+* ``chain``: a chain of ``--chain`` packages; for each link, the time from the
+  dependency's success (the scheduler's ``finished`` event) to the dependent's runner
+  being called (``started``): the dispatch latency. Goal: p50 under 10 ms, p99 under
+  50 ms.
+
+Both run on ``--store sqlite`` (a file in a temporary directory, WAL, as the server
+runs) or ``memory``.
+
+    .venv/bin/python bench/scheduler_bench.py --store sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from melange2.ids import BuildId
+from melange2.jobs import Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.pool.config import BackendSpec, PoolConfig
+from melange2.pool.pool import BackendPool
+from melange2.scheduler.graph import PackageNode, build_graph, priorities
+from melange2.scheduler.loop import RunOutcome, Scheduler, SchedulerEvent
+from melange2.store import open_store
+from melange2.store.base import JobStore
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "wolfi-dag.json"
+
+
+class NoopRunner:
+    """Returns at once: what is measured is the scheduler."""
+
+    async def run(
+        self, job: PackageJob, build: Build, backend: Backend, attempt: int
+    ) -> RunOutcome:
+        return RunOutcome()
+
+
+@dataclass
+class Recorder:
+    """Keeps the scheduler's events; ``done`` is set when ``expect`` packages finished
+    (so the benchmark does not poll the store and measure its own polling)."""
+
+    expect: int = 0
+    events: list[SchedulerEvent] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: int = 0
+
+    def __call__(self, event: SchedulerEvent) -> None:
+        self.events.append(event)
+        if event.kind == "finished":
+            self.finished += 1
+            if self.finished >= self.expect:
+                self.done.set()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def make_build(build_id: str, deps: dict[str, tuple[str, ...]], prio: dict[str, float]) -> Build:
+    jobs = [
+        PackageJob(
+            build_id=BuildId(build_id),
+            name=name,
+            seq=i,
+            status=PackageStatus.BLOCKED if d else PackageStatus.PENDING,
+            config_yaml="",
+            arch="x86_64",
+            dependencies=d,
+            priority=prio.get(name, 1.0),
+        )
+        for i, (name, d) in enumerate(deps.items())
+    ]
+    return Build(
+        id=BuildId(build_id),
+        status=BuildStatus.PENDING,
+        spec={},
+        created_at=datetime.now(UTC),
+        packages=tuple(jobs),
+    )
+
+
+@contextlib.asynccontextmanager
+async def scheduler(
+    kind: str, slots: int, recorder: Recorder
+) -> AsyncIterator[tuple[Scheduler, JobStore]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with open_store(kind, data_dir=Path(tmp)) as store:  # type: ignore[arg-type]
+            pool = BackendPool.from_config(
+                PoolConfig(
+                    backends=(BackendSpec(addr="tcp://noop:1", arch="x86_64", max_jobs=slots),)
+                )
+            )
+            sched = Scheduler(store, pool, NoopRunner(), owner="bench", observer=recorder)
+            task = asyncio.create_task(sched.run())
+            try:
+                yield sched, store
+            finally:
+                await sched.shutdown()
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+async def wait_done(store: JobStore, build_id: BuildId, recorder: Recorder) -> Build:
+    await recorder.done.wait()
+    while True:  # the build's own status is written just after its last package's
+        build = await store.get_build(build_id)
+        if build.status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
+            return build
+        await asyncio.sleep(0.01)
+
+
+async def bench_wolfi(kind: str, slots: int) -> dict[str, Any]:
+    data = json.loads(DATA.read_text())
+    t0 = time.perf_counter()
+    nodes = [
+        PackageNode(name=p["name"], needs=(*p["deps"], *p.get("cycle_deps", ())))
+        for p in data["packages"]
+    ]
+    graph = build_graph(nodes, cycle_policy="break")
+    prio = priorities(graph, {})
+    deps = {name: tuple(graph.deps.get(name, ())) for name in graph.names}
+    build = make_build("bld-00000000000000aa", deps, prio)
+    t1 = time.perf_counter()
+    recorder = Recorder(expect=len(deps))
+    async with scheduler(kind, slots, recorder) as (sched, store):
+        await store.create_build(build)
+        t2 = time.perf_counter()
+        await sched.submit(build)
+        done = await wait_done(store, build.id, recorder)
+        t3 = time.perf_counter()
+    assert done.status is BuildStatus.SUCCESS, done.status
+    started = [e for e in recorder.events if e.kind == "started"]
+    assert len(started) == len(deps)
+    return {
+        "packages": len(deps),
+        "edges": sum(len(d) for d in deps.values()),
+        "cut_edges": len(graph.cut_edges),
+        "graph_s": round(t1 - t0, 3),
+        "store_create_s": round(t2 - t1, 3),
+        "schedule_all_s": round(t3 - t2, 3),
+        "total_s": round(t3 - t0, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+async def bench_chain(kind: str, length: int) -> dict[str, Any]:
+    names = [f"link-{i:04d}" for i in range(length)]
+    deps = {n: ((names[i - 1],) if i else ()) for i, n in enumerate(names)}
+    recorder = Recorder(expect=length)
+    async with scheduler(kind, 4, recorder) as (sched, store):
+        build = make_build("bld-00000000000000bb", deps, {})
+        await store.create_build(build)
+        await sched.submit(build)
+        await wait_done(store, build.id, recorder)
+    finished = {e.name: e.at for e in recorder.events if e.kind == "finished"}
+    started = {e.name: e.at for e in recorder.events if e.kind == "started"}
+    latencies = [(started[names[i]] - finished[names[i - 1]]) * 1000 for i in range(1, length)]
+    return {
+        "links": length - 1,
+        "dispatch_p50_ms": round(statistics.median(latencies), 2),
+        "dispatch_p95_ms": round(percentile(latencies, 0.95), 2),
+        "dispatch_p99_ms": round(percentile(latencies, 0.99), 2),
+        "dispatch_max_ms": round(max(latencies), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--chain", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    wolfi = [asyncio.run(bench_wolfi(args.store, args.slots)) for _ in range(args.runs)]
+    chain = [asyncio.run(bench_chain(args.store, args.chain)) for _ in range(args.runs)]
+    result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "store": args.store,
+        "wolfi": {k: statistics.median(r[k] for r in wolfi) for k in wolfi[0]},
+        "chain": {k: statistics.median(r[k] for r in chain) for k in chain[0]},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
