@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from melange2.apk import load_public_keys, read_apk, read_index_tar_gz
@@ -48,7 +49,10 @@ def test_farm_up_twice_then_down_leaves_nothing(tmp_path: Path) -> None:
         assert "@sha256:" in env.base_image
         assert env.registry.startswith("127.0.0.1:")
         pids = _pids(root)
-        assert set(pids) == {"registry", "buildkitd-0", "buildkitd-1"}
+        assert set(pids) == {"registry", "buildkitd-0", "buildkitd-1", "melange-server"}
+        # the server answers, with the farm's two backends: x86_64 and (emulated) aarch64
+        backends = httpx.get(f"{env.melange_server}/api/v1/backends", timeout=10).json()
+        assert backends["architectures"] == ["aarch64", "x86_64"]
         for name in pids:
             assert (root / "logs" / f"{name}.log").exists()
 
