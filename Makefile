@@ -36,8 +36,8 @@ protos: venv
 	@$(PY) scripts/gen_protos.py
 
 lint: setup
-	.venv/bin/ruff format --check src tests scripts
-	.venv/bin/ruff check src tests scripts
+	.venv/bin/ruff format --check src tests scripts bench
+	.venv/bin/ruff check src tests scripts bench
 	.venv/bin/mypy
 
 test: setup lint

@@ -171,7 +171,9 @@ async def bench_wolfi(kind: str, slots: int) -> dict[str, Any]:
 
 async def bench_chain(kind: str, length: int) -> dict[str, Any]:
     names = [f"link-{i:04d}" for i in range(length)]
-    deps = {n: ((names[i - 1],) if i else ()) for i, n in enumerate(names)}
+    deps: dict[str, tuple[str, ...]] = {
+        n: ((names[i - 1],) if i else ()) for i, n in enumerate(names)
+    }
     recorder = Recorder(expect=length)
     async with scheduler(kind, 4, recorder) as (sched, store):
         build = make_build("bld-00000000000000bb", deps, {})
