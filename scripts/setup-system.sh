@@ -29,7 +29,7 @@ fi
 mkdir -p "$debs"
 for arch in amd64 arm64; do
   if [ ! -f "$debs/busybox-static_$arch.deb" ]; then
-    tmp=$(mktemp -d) && chmod 755 "$tmp"
+    tmp=$(mktemp -d) && chmod 777 "$tmp"
     (cd "$tmp" && apt-get download -qq "busybox-static:$arch")
     mv "$tmp"/busybox-static_*_"$arch".deb "$debs/busybox-static_$arch.deb"
     rm -rf "$tmp"

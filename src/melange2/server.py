@@ -7,6 +7,7 @@ ones (up to 10 s), stop the scheduler, exit; running packages resume at the next
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -17,6 +18,21 @@ import uvicorn
 
 from melange2.errors import FarmError
 from melange2.service.settings import ServerSettings
+
+
+class JsonFormatter(logging.Formatter):
+    """Structured logs: one JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def _host_port(listen: str) -> tuple[str, int]:
@@ -92,6 +108,13 @@ def _host_port(listen: str) -> tuple[str, int]:
     help="Largest request body accepted (413 above).",
 )
 @click.option("--log-level", default="info", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line (time, level, logger, message).",
+)
 def cli(
     listen_addr: str,
     buildkit_addr: str | None,
@@ -109,6 +132,7 @@ def cli(
     max_attempts: int,
     max_body_bytes: int,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the melange2 build service."""
     if gcs_bucket:
@@ -135,15 +159,19 @@ def cli(
     )
     from melange2.api.app import create_app
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     host, port = _host_port(listen_addr)
     uvicorn.run(
         create_app(settings),
         host=host,
         port=port,
         log_level=log_level,
+        log_config=None,  # uvicorn's loggers go through the handler above
         timeout_graceful_shutdown=10,
     )
 

@@ -203,6 +203,34 @@ def test_cancel_stops_a_running_build(server: Server) -> None:
         assert {p["status"] for p in build["packages"]} == {"cancelled"}
 
 
+def test_cycle_break_builds_against_the_published_repository(server: Server) -> None:
+    with server.client() as client:
+        # bootstrap: earlier versions of both are already published
+        first = submit(client, configs=[config("cyc-a"), config("cyc-b")], mode="dag")
+        assert wait(client, first)["status"] == "success"
+        cyclic = [config("cyc-a", needs=("cyc-b",)), config("cyc-b", needs=("cyc-a",))]
+        refused = client.post("/api/v1/builds", json={"configs": cyclic, "mode": "dag"})
+        assert refused.status_code == 400
+        assert "circular dependency detected: cyc-a -> cyc-b -> cyc-a" in refused.json()["error"]
+        resp = client.post(
+            "/api/v1/builds", json={"configs": cyclic, "mode": "dag", "cycle_policy": "break"}
+        )
+        assert resp.status_code == 201, resp.text
+        body = resp.json()
+        assert len(body["cut_edges"]) == 1
+        dependent, dependency = body["cut_edges"][0]
+        assert {dependent, dependency} == {"cyc-a", "cyc-b"}
+        # the member whose need was cut goes first, installing the other's published
+        # version; then the other, installing the new one from the build's staging repo
+        assert body["packages"] == [dependent, dependency]
+        build = wait(client, body["id"])
+        assert build["status"] == "success", build
+        p = by_name(build)
+        assert p[dependent]["dependencies"] == []
+        assert p[dependency]["dependencies"] == [dependent]
+        assert p[dependent]["finished_at"] <= p[dependency]["started_at"]
+
+
 def test_waiting_packages_say_why(server: Server) -> None:
     with server.client() as client:
         build_id = submit(

@@ -104,6 +104,9 @@ class CreateBuildResponse(BaseModel):
     id: str
     #: package names in build order
     packages: list[str]
+    #: with ``cycle_policy: "break"``: the (dependent, dependency) edges cut to build
+    #: cycles' members against the published repository
+    cut_edges: list[tuple[str, str]] = Field(default_factory=list)
 
 
 class BackendOut(BaseModel):

@@ -81,6 +81,13 @@ class FarmEnv:
         )
 
 
+def _tail(log_file: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -140,7 +147,7 @@ async def start_server(
                 if (await http.get(f"{url}/healthz")).status_code == 200:
                     return url
             await asyncio.sleep(0.1)
-    raise FarmProcessError(f"melange-server did not start; see {log_file}")
+    raise FarmProcessError(f"melange-server did not start; see {log_file}:\n{_tail(log_file)}")
 
 
 class LocalFarm:

@@ -161,7 +161,11 @@ class Submitter:
             shutil.rmtree(build_dir, ignore_errors=True)
             raise
         await self.scheduler.submit(build)
-        return CreateBuildResponse(id=build_id, packages=list(graph.order))
+        return CreateBuildResponse(
+            id=build_id,
+            packages=list(graph.order),
+            cut_edges=[(a, b) for a, b in graph.cut_edges],
+        )
 
     def _parse(
         self, texts: Sequence[str], arch: str, pipeline_dir: Path, request: CreateBuildRequest

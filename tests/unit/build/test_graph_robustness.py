@@ -1,0 +1,101 @@
+"""From config text to LLB: whatever the text, the parser, the step compiler and the LLB
+generator either produce a well-formed definition or a clean RecipeError/ConfigError,
+never anything else (issue: build executor)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from melange2.build.executor import BuildOptions, build_graph, prepare
+from melange2.buildkit import llb
+from melange2.buildkit._proto.solver.pb import ops_pb2 as pb
+from melange2.errors import ConfigError, RecipeError
+
+_text = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=30
+)
+_word = st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True)
+_ref = st.sampled_from(
+    [
+        "${{package.name}}",
+        "${{package.full-version}}",
+        "${{targets.destdir}}",
+        "${{targets.contextdir}}",
+        "${{vars.x}}",
+        "${{build.arch}}",
+        "${{nope.nope}}",
+        "${{",
+        "$HOME",
+    ]
+)
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> str:
+    name = draw(_word)
+    steps = []
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from(["runs", "uses", "nested", "if"]))
+        script = draw(st.lists(st.one_of(_text, _ref), max_size=4)).__str__()
+        if kind == "runs":
+            steps.append(f"  - runs: {script!r}\n")
+        elif kind == "uses":
+            uses = draw(
+                st.sampled_from(["split/dev", "strip", "fetch", "no/such", "autoconf/make"])
+            )
+            steps.append(f"  - uses: {uses}\n    with:\n      {draw(_word)}: {draw(_text)!r}\n")
+        elif kind == "nested":
+            steps.append(f"  - name: group\n    pipeline:\n      - runs: {script!r}\n")
+        else:
+            steps.append(f"  - if: {draw(_text)!r}\n    runs: echo hi\n")
+    subs = "".join(
+        f"  - name: {draw(_word)}\n    pipeline:\n      - runs: {draw(_text)!r}\n"
+        for _ in range(draw(st.integers(0, 2)))
+    )
+    version = draw(st.one_of(st.just("1.0"), _text))
+    text = (
+        f"package:\n  name: {name}\n  version: {version!r}\n  epoch: {draw(st.integers(-1, 3))}\n"
+        f"vars:\n  x: {draw(_text)!r}\n"
+        "environment:\n  contents:\n    packages: [busybox]\n"
+        + ("pipeline:\n" + "".join(steps) if steps else "")
+        + ("subpackages:\n" + subs if subs else "")
+    )
+    return draw(st.one_of(st.just(text), _text.map(lambda junk: text + junk)))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(text=configs())
+def test_config_text_gives_llb_or_a_clean_error(text: str) -> None:
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path("/tmp") / f"melange2-robust-{digest}.yaml"
+    path.write_text(text)
+    try:
+        opts = BuildOptions(
+            config=path,
+            arch="x86_64",
+            buildkit_addr="tcp://127.0.0.1:1",
+            registry="127.0.0.1:1",
+            out_dir=Path("/tmp/unused"),
+            cache_dir=Path("/tmp/unused"),
+        )
+        try:
+            config, plan = prepare(opts)
+        except (RecipeError, ConfigError):
+            return
+        state = build_graph(
+            config, plan, opts, environment="127.0.0.1:1/env@sha256:" + "0" * 64, sources=None
+        )
+        definition = llb.marshal(state)
+        ops = getattr(definition, "def")
+        assert len(ops) >= 2
+        terminal = pb.Op()
+        terminal.ParseFromString(ops[-1])
+        assert terminal.inputs[0].digest in definition.metadata
+        names = {m.description.get("llb.customname", "") for m in definition.metadata.values()}
+        assert {s.name for s in plan.steps} <= names
+    finally:
+        path.unlink(missing_ok=True)
