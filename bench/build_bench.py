@@ -169,6 +169,7 @@ async def run(env: FarmEnv, runs: int) -> dict[str, Any]:
                     results["buildctl"].append(t_ctl)
                     results["ours_cli"].append(t_cli)
                     results["new_env"].append(t_new)
+            await builder.aclose()
     med = {k: statistics.median(v) for k, v in results.items()}
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

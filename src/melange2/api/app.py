@@ -137,6 +137,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+                    await builder.aclose()
 
     app = FastAPI(
         title="melange2 remote builds",

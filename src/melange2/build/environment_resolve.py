@@ -51,31 +51,42 @@ class EnvironmentBuilder:
         self.composer = EnvironmentComposer(
             registry, LayerCache(cache_dir / "layers"), installed_db_entry
         )
+        self._http: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        """One HTTP client for every environment (making one builds an SSL context: ~50 ms)."""
+        if self._http is None or self._http.is_closed:
+            self._http = httpx.AsyncClient(timeout=60.0, follow_redirects=True)
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
 
     async def prepare(self, request: EnvironmentRequest) -> PreparedEnvironment:
-        async with httpx.AsyncClient(timeout=60.0, follow_redirects=True) as http:
-            keys = await self._keys(request.keyring, http)
-            indexes = await load_indexes(
-                request.repositories, request.arch, keyring=list(keys.values()), client=http
+        http = self._client()
+        keys = await self._keys(request.keyring, http)
+        indexes = await load_indexes(
+            request.repositories, request.arch, keyring=list(keys.values()), client=http
+        )
+        if request.untrusted_repositories:
+            indexes = [
+                *await load_indexes(
+                    request.untrusted_repositories,
+                    request.arch,
+                    keyring=[],
+                    client=http,
+                    allow_untrusted=True,
+                ),
+                *indexes,
+            ]
+        resolution = await asyncio.to_thread(resolve, request.packages, indexes, request.arch)
+        fetched = []
+        for package in resolution.packages:
+            path = await package.index.fetch(
+                package.record, cache_dir=self.cache_dir / "apks", client=http
             )
-            if request.untrusted_repositories:
-                indexes = [
-                    *await load_indexes(
-                        request.untrusted_repositories,
-                        request.arch,
-                        keyring=[],
-                        client=http,
-                        allow_untrusted=True,
-                    ),
-                    *indexes,
-                ]
-            resolution = await asyncio.to_thread(resolve, request.packages, indexes, request.arch)
-            fetched = []
-            for package in resolution.packages:
-                path = await package.index.fetch(
-                    package.record, cache_dir=self.cache_dir / "apks", client=http
-                )
-                fetched.append(EnvPackage(record=package.record, apk=path))
+            fetched.append(EnvPackage(record=package.record, apk=path))
         spec = EnvironmentSpec(
             platform=Platform.from_arch(request.arch),
             packages=fetched,

@@ -219,6 +219,18 @@ class Builder:
     def __init__(self, registry: RegistryClient, cache_dir: Path) -> None:
         self.registry = registry
         self.environments = EnvironmentBuilder(registry, cache_dir)
+        self._signers: dict[tuple[Path, float], Signer] = {}
+
+    async def aclose(self) -> None:
+        await self.environments.aclose()
+
+    def _signer(self, key: Path) -> Signer:
+        """Loading (and checking) an RSA key costs tens of milliseconds: once per key."""
+        stamp = (key.resolve(), key.stat().st_mtime)
+        signer = self._signers.get(stamp)
+        if signer is None:
+            signer = self._signers[stamp] = Signer.from_files(key)
+        return signer
 
     async def environment_image(
         self,
@@ -248,7 +260,7 @@ class Builder:
 
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:
         config, plan = prepare(opts)
-        signer = Signer.from_files(opts.signing_key) if opts.signing_key else None
+        signer = self._signer(opts.signing_key) if opts.signing_key else None
         contents = config.environment.contents
         env_image = await self.environment_image(
             opts,

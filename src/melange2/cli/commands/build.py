@@ -185,10 +185,13 @@ def _sinks(ctx: CliContext, log_path: Path, plain: bool) -> Iterator[list[StepSi
 async def _run(opts: BuildOptions, sinks: list[StepSink], test_only: bool) -> BuildResult | int:
     async with RegistryClient(opts.registry) as registry:
         builder = Builder(registry, opts.cache_dir)
-        if test_only:
-            config, _ = prepare(opts)
-            return await builder.test(opts, config, sinks)
-        return await builder.build(opts, sinks)
+        try:
+            if test_only:
+                config, _ = prepare(opts)
+                return await builder.test(opts, config, sinks)
+            return await builder.build(opts, sinks)
+        finally:
+            await builder.aclose()
 
 
 def _execute(ctx: CliContext, kw: dict[str, Any], *, with_test: bool, test_only: bool) -> None:
