@@ -259,8 +259,10 @@ class Builder:
         return str(prepared.image)
 
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:
-        config, plan = prepare(opts)
-        signer = self._signer(opts.signing_key) if opts.signing_key else None
+        config, plan = await asyncio.to_thread(prepare, opts)
+        signer = (
+            await asyncio.to_thread(self._signer, opts.signing_key) if opts.signing_key else None
+        )
         contents = config.environment.contents
         env_image = await self.environment_image(
             opts,
