@@ -1,14 +1,16 @@
 """Builds and their package jobs: the states, the legal moves between them, and the
 frozen values the store hands out.
 
-Package states::
+Package states and their moves::
 
-    blocked ──> pending ──> running ──> success
-       │           │          │  └──> failed
-       │           │          └─────> pending   (backend fault or expired lease: retried)
-       ├──> skipped (a dependency failed)
-       └──> cancelled  <── (pending, running)
-    pending ──> failed (no backend could ever run it)
+    blocked  -> pending     its dependencies succeeded, no slot free yet
+    blocked  -> running     its dependencies succeeded and a slot was free (one write)
+    blocked  -> skipped     a dependency failed
+    pending  -> running     a slot freed
+    pending  -> failed      no backend could ever run it
+    running  -> success | failed
+    running  -> pending     a backend fault or an expired lease: retried
+    blocked | pending | running -> cancelled
 
 A build's status is derived from its packages (:func:`derive_build_status`).
 """
@@ -48,7 +50,12 @@ TERMINAL = frozenset(
 #: the single table of legal package moves; the store enforces it in its UPDATE
 ALLOWED_TRANSITIONS: Mapping[PackageStatus, frozenset[PackageStatus]] = {
     PackageStatus.BLOCKED: frozenset(
-        {PackageStatus.PENDING, PackageStatus.SKIPPED, PackageStatus.CANCELLED}
+        {
+            PackageStatus.PENDING,
+            PackageStatus.RUNNING,
+            PackageStatus.SKIPPED,
+            PackageStatus.CANCELLED,
+        }
     ),
     PackageStatus.PENDING: frozenset(
         {PackageStatus.RUNNING, PackageStatus.FAILED, PackageStatus.CANCELLED}

@@ -137,6 +137,8 @@ class Scheduler:
         #: of a queue finds every matching backend busy, the rest of it waits too, and
         #: a dispatch round costs O(started log n), not O(waiting)
         self._queues: dict[QueueKey, list[_Ready]] = {}
+        #: blocked packages whose dependencies all succeeded, queued but not yet written
+        self._promoted: set[tuple[BuildId, str]] = set()
         self._tasks: dict[tuple[BuildId, str], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -285,7 +287,7 @@ class Scheduler:
                     entry = queue[0]
                     state = self._builds.get(BuildId(entry.build_id))
                     job = state.jobs.get(entry.name) if state is not None else None
-                    if state is None or job is None or job.status is not PackageStatus.PENDING:
+                    if state is None or job is None or not self._dispatchable(job):
                         heapq.heappop(queue)  # cancelled, or taken care of meanwhile
                         continue
                     tried = {a.backend for a in job.attempts if a.error}
@@ -300,6 +302,32 @@ class Scheduler:
                         await self._start(state, job, choice)
                 if not queue:
                     del self._queues[queue_key]
+            await self._record_waiting()
+
+    def _dispatchable(self, job: PackageJob) -> bool:
+        return job.status is PackageStatus.PENDING or (
+            job.status is PackageStatus.BLOCKED and (job.build_id, job.name) in self._promoted
+        )
+
+    async def _record_waiting(self) -> None:
+        """Packages whose dependencies all succeeded but found no free slot: write them
+        ``pending`` now (those that found one went straight to ``running``, one write
+        instead of two on the path from a dependency's success to its dependent's start)."""
+        for build_id, name in list(self._promoted):
+            self._promoted.discard((build_id, name))
+            state = self._builds.get(build_id)
+            if state is None or state.jobs[name].status is not PackageStatus.BLOCKED:
+                continue
+            with contextlib.suppress(InvalidTransition):
+                state.set(
+                    await self.store.transition(
+                        build_id,
+                        name,
+                        PackageStatus.PENDING,
+                        expect=frozenset({PackageStatus.BLOCKED}),
+                        reason="",
+                    )
+                )
 
     async def _no_backend(
         self, state: _BuildState, job: PackageJob, selector: Mapping[str, str]
@@ -310,6 +338,12 @@ class Scheduler:
             f"{', '.join(f'{b.addr} {b.arch}' for b in self.pool.serving()) or 'none'})"
         )
         with contextlib.suppress(InvalidTransition):
+            if job.status is PackageStatus.BLOCKED:
+                self._promoted.discard((job.build_id, job.name))
+                job = await self.store.transition(
+                    state.build.id, job.name, PackageStatus.PENDING, reason=""
+                )
+                state.set(job)
             failed = await self.store.transition(
                 state.build.id,
                 job.name,
@@ -333,7 +367,7 @@ class Scheduler:
                 state.build.id,
                 job.name,
                 PackageStatus.RUNNING,
-                expect=frozenset({PackageStatus.PENDING}),
+                expect=frozenset({job.status}),
                 backend=backend,
                 started_at=job.started_at or now,
                 reason="",
@@ -347,6 +381,8 @@ class Scheduler:
         except InvalidTransition:
             self.pool.release(slot, outcome="neutral")
             return
+        finally:
+            self._promoted.discard((job.build_id, job.name))
         state.set(running)
         self._emit("started", state.build.id, job.name, PackageStatus.RUNNING)
         if state.status is BuildStatus.PENDING:
@@ -490,12 +526,10 @@ class Scheduler:
             await self._cascade_failure(state, failed[0].name)
             return
         if all(d.status is PackageStatus.SUCCESS for d in deps):
-            with contextlib.suppress(InvalidTransition):
-                ready = await self.store.transition(
-                    state.build.id, name, PackageStatus.PENDING, reason=""
-                )
-                state.set(ready)
-                self._push(state, ready)
+            # ready: queued now, written `running` if a slot is free at the next dispatch,
+            # else `pending` (see _record_waiting)
+            self._promoted.add((state.build.id, name))
+            self._push(state, job)
 
     async def _cascade_failure(self, state: _BuildState, failed: str) -> None:
         """Skip every package that (transitively) depends on ``failed``."""
