@@ -273,7 +273,7 @@ class MemoryStore:
         packages = list(build.packages)
         packages[self._positions[job.build_id][job.name]] = stored
         self.builds[job.build_id] = replace(build, packages=tuple(packages))
-        return _copy_package(stored)
+        return stored  # frozen, and a copy of what the caller passed
 
 
 def _names(states: frozenset[PackageStatus]) -> str:
