@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,6 +230,32 @@ def test_cycle_break_builds_against_the_published_repository(server: Server) -> 
         assert p[dependent]["dependencies"] == []
         assert p[dependency]["dependencies"] == [dependent]
         assert p[dependent]["finished_at"] <= p[dependency]["started_at"]
+
+
+def test_git_source_builds_the_matching_configs(server: Server, tmp_path: Path) -> None:
+    repo = tmp_path / "distro"
+    (repo / "pkgs").mkdir(parents=True)
+    (repo / "pkgs" / "g-lib.yaml").write_text(config("g-lib"))
+    (repo / "pkgs" / "g-app.yaml").write_text(config("g-app", needs=("g-lib",)))
+    (repo / "pkgs" / "README.md").write_text("not a config")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    for argv in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "configs"]):
+        subprocess.run([*git, *argv], cwd=repo, check=True, capture_output=True)
+    with server.client() as client:
+        resp = client.post(
+            "/api/v1/builds",
+            json={
+                "git_source": {"repository": str(repo), "ref": "main", "path": "pkgs"},
+                "mode": "dag",
+            },
+        )
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["packages"] == ["g-lib", "g-app"]
+        assert wait(client, resp.json()["id"])["status"] == "success"
+        missing = client.post(
+            "/api/v1/builds", json={"git_source": {"repository": str(tmp_path / "nope")}}
+        )
+        assert missing.status_code == 400 and "cannot clone" in missing.json()["error"]
 
 
 def test_waiting_packages_say_why(server: Server) -> None:
