@@ -43,11 +43,18 @@ class Document:
             raise where.error("document too large (too many nodes or alias expansions)")
 
 
+def _composer() -> YAML:
+    """libyaml's parser (through ruamel.yaml.clib): nodes keep their marks and styles,
+    and composing is over ten times faster than the pure-Python round-trip parser, which
+    matters when a request brings a whole distribution's configs."""
+    return YAML(typ="safe", pure=False)
+
+
 def compose(text: str, file: str) -> tuple[Document, Value | None]:
     """Compose ``text``; ``None`` for an empty document. YAML errors become RecipeErrors."""
     doc = Document(file=file)
     try:
-        node = YAML(typ="rt").compose(text)
+        node = _composer().compose(text)
     except Exception as exc:  # ruamel raises many unrelated types; keep the cause
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = getattr(mark, "line", None)

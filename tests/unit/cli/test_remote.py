@@ -373,7 +373,7 @@ def test_submit_several_configs_sends_configs(tmp_path: Path) -> None:
         "json",
     )
     assert res.code == 0, res
-    assert json.loads(res.out) == {"id": "bld-0001", "packages": ["lib-a", "app"]}
+    assert json.loads(res.out) == {"id": "bld-0001", "packages": ["lib-a", "app"], "cut_edges": []}
     (req,) = fake.received
     assert req.configs == [a.read_text(), b.read_text()]
     assert (req.mode, req.schedule, req.cycle_policy) == ("dag", "fifo", "break")

@@ -573,6 +573,12 @@ def submit(
                 ctx.console.print(
                     Text(f"Build order: {', '.join(result.packages)}"), highlight=False
                 )
+                if result.cut_edges:
+                    cut = ", ".join(f"{a} -> {b}" for a, b in result.cut_edges)
+                    ctx.console.print(
+                        Text(f"Cycle edges cut (built against the published repository): {cut}"),
+                        highlight=False,
+                    )
             return
         progress = ctx.err_console if output == "json" else ctx.console
         progress.print(
