@@ -333,6 +333,20 @@ def test_protocol_level_errors(server: Server) -> None:
         assert client.get("/api/v1/builds/nonsense/packages/x").status_code == 404
 
 
+def test_backends_are_probed(server: Server) -> None:
+    with server.client() as client:
+        status = client.get("/api/v1/backends/status").json()["backends"]
+        assert len(status) == 2
+        for backend in status:
+            assert backend["lastProbeResult"] == "ok"
+            assert backend["buildkitVersion"] == "v0.34.2"
+            assert "linux/amd64" in backend["platforms"] and "linux/arm64" in backend["platforms"]
+            assert backend["circuitState"] == "closed" and backend["lastProbe"]
+        metrics = client.get("/metrics").text
+        assert "melange_backend_probe_seconds_count" in metrics
+        assert "melange_backends_available 2.0" in metrics
+
+
 def test_list_is_paginated_newest_first(server: Server) -> None:
     with server.client() as client:
         ids = [submit(client, config_yaml=config(f"page-{i}"), mode="flat") for i in range(3)]

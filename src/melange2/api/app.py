@@ -27,6 +27,7 @@ from melange2.apk.signing import Signer, generate_key
 from melange2.build.executor import Builder
 from melange2.oci.registry import RegistryClient
 from melange2.pool.config import BackendSpec, PoolConfig, load_pool_config
+from melange2.pool.health import HealthProber
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import Scheduler
 from melange2.service.metrics import Metrics
@@ -129,10 +130,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 )
                 app.state.services = svc
                 metrics.attach(pool)
+                prober = HealthProber(pool, on_latency=metrics.probe)
+                await prober.probe_all()  # know the daemons before the first dispatch
                 task = asyncio.create_task(scheduler.run(), name="scheduler")
+                probes = asyncio.create_task(prober.run(), name="health probes")
                 try:
                     yield {"services": svc}
                 finally:
+                    prober.stop()
+                    await probes
                     await scheduler.shutdown()
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -112,7 +112,7 @@ class BackendPool:
         if old is not None:  # re-adding a draining backend: keep its running count
             backend.active = old.active
         self.backends[addr] = backend
-        self._notify()
+        self.notify()
         return backend
 
     def remove(self, addr: str) -> PoolBackend:
@@ -169,9 +169,10 @@ class BackendPool:
             backend.breaker.finished_without_verdict()
         if backend.draining and backend.active == 0:
             self.backends.pop(backend.addr, None)
-        self._notify()
+        self.notify()
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
+        """Wake whoever waits for a slot (a slot freed, a backend appeared or recovered)."""
         if self.on_available is not None:
             self.on_available()
 

@@ -41,6 +41,13 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120, 600),
         )
+        self.probe_latency = Histogram(
+            "melange_backend_probe_seconds",
+            "Health probe latency (Info + ListWorkers)",
+            ["addr"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3),
+        )
         self.packages = Counter(
             "melange_packages_finished", "Packages finished", ["status"], registry=self.registry
         )
@@ -49,6 +56,9 @@ class Metrics:
 
     def attach(self, pool: BackendPool) -> None:
         self._pool = pool
+
+    def probe(self, addr: str, seconds: float) -> None:
+        self.probe_latency.labels(addr=addr).observe(seconds)
 
     def breaker_changed(self, addr: str, old: BreakerState, new: BreakerState) -> None:
         self.circuit_changes.labels(addr=addr, to=new.value).inc()
