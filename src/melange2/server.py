@@ -107,6 +107,12 @@ def _host_port(listen: str) -> tuple[str, int]:
     show_default=True,
     help="Largest request body accepted (413 above).",
 )
+@click.option(
+    "--probe-interval",
+    default=5.0,
+    show_default=True,
+    help="Seconds between health probes of each backend.",
+)
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
     "--log-format",
@@ -131,6 +137,7 @@ def cli(
     schedule: str,
     max_attempts: int,
     max_body_bytes: int,
+    probe_interval: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -154,6 +161,7 @@ def cli(
         schedule="fifo" if schedule == "fifo" else "critical-path",
         max_attempts=max_attempts,
         max_body_bytes=max_body_bytes,
+        probe_interval=probe_interval,
         cache_registry=os.environ.get("CACHE_REGISTRY", ""),
         cache_mode=os.environ.get("CACHE_MODE", "min"),
     )

@@ -130,7 +130,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 )
                 app.state.services = svc
                 metrics.attach(pool)
-                prober = HealthProber(pool, on_latency=metrics.probe)
+                prober = HealthProber(
+                    pool, interval=settings.probe_interval, on_latency=metrics.probe
+                )
                 await prober.probe_all()  # know the daemons before the first dispatch
                 task = asyncio.create_task(scheduler.run(), name="scheduler")
                 probes = asyncio.create_task(prober.run(), name="health probes")

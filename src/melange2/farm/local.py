@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import shlex
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -243,6 +245,33 @@ class LocalFarm:
             lock.unlink(missing_ok=True)
         self.env_file.unlink(missing_ok=True)
         return stopped
+
+    def kill_buildkitd(self, n: int) -> None:
+        """SIGKILL daemon ``n`` (a crash, for tests), leaving its config for a restart."""
+        pid = processes.read_pid(self._pid(f"buildkitd-{n}"))
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            while processes.pid_alive(pid):
+                processes.stop(self._pid(f"buildkitd-{n}"), grace=0.1)
+                time.sleep(0.05)
+        processes.unmount_under(self.root / f"buildkitd-{n}")
+        (self.root / f"buildkitd-{n}" / "root" / "buildkitd.lock").unlink(missing_ok=True)
+
+    async def restart_buildkitd(self, n: int, addr: str) -> None:
+        """Start daemon ``n`` again on its old address and config."""
+        home = self.root / f"buildkitd-{n}"
+        processes.start(
+            [
+                str(self.tools_dir / "bin" / "buildkitd"),
+                "--config",
+                str(home / "buildkitd.toml"),
+                "--root",
+                str(home / "root"),
+            ],
+            pid_file=self._pid(f"buildkitd-{n}"),
+            log_file=self._log(f"buildkitd-{n}"),
+        )
+        await self._wait_buildkitd(n, addr)
 
     def _backends_config(self, env: FarmEnv) -> Path:
         """The farm's pool: the first daemon serves x86_64, the second aarch64 (through

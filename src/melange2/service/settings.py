@@ -26,6 +26,7 @@ class ServerSettings:
     schedule: Schedule = "critical-path"
     max_attempts: int = 3
     lease_ttl: float = 15.0
+    probe_interval: float = 5.0
     max_body_bytes: int = 64 * 1024 * 1024
     cache_registry: str = ""  #: CACHE_REGISTRY
     cache_mode: str = "min"  #: CACHE_MODE
