@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -83,6 +84,9 @@ def test_farm_up_twice_then_down_leaves_nothing(tmp_path: Path) -> None:
         config = (root / "registry" / "config.yml").read_text()
         assert f"addr: {env.registry}" in config
 
+        # an aarch64 build goes to the aarch64 backend and yields aarch64 binaries
+        aarch64_binary_package(env)
+
         # a second farm-up says so and changes nothing
         env_text = (root / "env").read_text()
         second = _farm(root, "up")
@@ -105,6 +109,50 @@ def test_farm_up_twice_then_down_leaves_nothing(tmp_path: Path) -> None:
     status = _farm(root, "status")
     assert status.returncode == 1
     assert "not running" in status.stdout
+
+
+ARM_CONFIG = """\
+package:
+  name: arm-tool
+  version: 1.0.0
+  description: ships the environment's busybox binary
+environment:
+  contents:
+    packages: [busybox]
+pipeline:
+  - name: install binary
+    runs: |
+      mkdir -p ${{targets.destdir}}/usr/bin
+      cp /bin/busybox ${{targets.destdir}}/usr/bin/arm-tool
+"""
+
+
+def aarch64_binary_package(env: FarmEnv) -> None:
+    with httpx.Client(base_url=env.melange_server, timeout=30) as client:
+        resp = client.post("/api/v1/builds", json={"config_yaml": ARM_CONFIG, "arch": "aarch64"})
+        assert resp.status_code == 201, resp.text
+        build_id = resp.json()["id"]
+        deadline = time.monotonic() + 180
+        while (build := client.get(f"/api/v1/builds/{build_id}").json())["status"] in (
+            "pending",
+            "running",
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert build["status"] == "success", build
+        pkg = build["packages"][0]
+        assert pkg["backend"]["arch"] == "aarch64"
+        assert pkg["backend"]["addr"] == env.buildkit_addrs[1]
+        apk = client.get("/repo/aarch64/arm-tool-1.0.0-r0.apk")
+        assert apk.status_code == 200
+    binary = subprocess.run(
+        ["tar", "-xzOf", "-", "usr/bin/arm-tool"],
+        input=apk.content,
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert binary[:4] == b"\x7fELF"
+    assert int.from_bytes(binary[18:20], "little") == 183  # e_machine: EM_AARCH64
 
 
 def test_farm_down_when_not_running_is_harmless(tmp_path: Path) -> None:
