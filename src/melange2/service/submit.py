@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from melange2.api.schemas import (
     CreateBuildRequest,
@@ -27,12 +26,19 @@ from melange2.api.schemas import (
 )
 from melange2.buildkit.llb.platform import Platform
 from melange2.errors import ConfigError, RecipeError, RequestError
-from melange2.ids import new_build_id
+from melange2.ids import BuildId, new_build_id
 from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
 from melange2.pool.pool import BackendPool
 from melange2.recipe import Config, load_config
 from melange2.recipe.compile import PipelineResolver, compile_build
-from melange2.scheduler.graph import GraphError, build_graph, node_from_config, plan, priorities
+from melange2.scheduler.graph import (
+    Graph,
+    GraphError,
+    build_graph,
+    node_from_config,
+    plan,
+    priorities,
+)
 from melange2.scheduler.loop import Scheduler
 from melange2.service.settings import ServerSettings
 from melange2.store.base import JobStore
@@ -143,7 +149,7 @@ class Submitter:
                     )
                     for n in p.order
                 ],
-                cut_edges=[tuple(e) for e in p.cut_edges],  # type: ignore[misc]
+                cut_edges=list(p.cut_edges),
                 critical_path=list(p.critical_path),
                 critical_path_s=p.critical_path_s,
                 total_work_s=p.total_work_s,
@@ -189,7 +195,7 @@ class Submitter:
             parsed.append(_Parsed(text=text, config=config, needs=compiled.needs_packages))
         return parsed
 
-    def _graph(self, parsed: Sequence[_Parsed], request: CreateBuildRequest) -> Any:
+    def _graph(self, parsed: Sequence[_Parsed], request: CreateBuildRequest) -> Graph:
         nodes = [node_from_config(p.config, p.needs) for p in parsed]
         if request.mode == "flat":
             nodes = [dataclasses.replace(n, needs=()) for n in nodes]
@@ -214,9 +220,9 @@ class Submitter:
 
     def _build(
         self,
-        build_id: str,
+        build_id: BuildId,
         parsed: Sequence[_Parsed],
-        graph: Any,
+        graph: Graph,
         prio: Mapping[str, float],
         arch: str,
         request: CreateBuildRequest,
@@ -233,7 +239,7 @@ class Submitter:
             deps = tuple(graph.deps.get(name, ()))
             jobs.append(
                 PackageJob(
-                    build_id=build_id,  # type: ignore[arg-type]
+                    build_id=build_id,
                     name=name,
                     seq=seq[name],
                     status=PackageStatus.BLOCKED if deps else PackageStatus.PENDING,
@@ -244,7 +250,7 @@ class Submitter:
                 )
             )
         return Build(
-            id=build_id,  # type: ignore[arg-type]
+            id=build_id,
             status=BuildStatus.PENDING,
             spec=spec,
             created_at=datetime.now(UTC),
