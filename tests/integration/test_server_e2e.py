@@ -333,6 +333,33 @@ def test_protocol_level_errors(server: Server) -> None:
         assert client.get("/api/v1/builds/nonsense/packages/x").status_code == 404
 
 
+def test_dry_run_plans_without_building(server: Server) -> None:
+    with server.client() as client:
+        before = len(client.get("/api/v1/builds", params={"limit": 1000}).json()["builds"])
+        resp = client.post(
+            "/api/v1/builds",
+            json={
+                "configs": [
+                    config("p-top", needs=("p-mid",)),
+                    config("p-mid", needs=("p-base",)),
+                    config("p-base"),
+                    config("p-side"),
+                ],
+                "mode": "dag",
+                "dry_run": True,
+            },
+        )
+        assert resp.status_code == 200, resp.text
+        plan = resp.json()
+        order = [p["name"] for p in plan["packages"]]
+        assert order.index("p-base") < order.index("p-mid") < order.index("p-top")
+        assert plan["critical_path"] == ["p-base", "p-mid", "p-top"]
+        assert plan["lower_bound_s"] <= plan["estimated_makespan_s"] <= plan["total_work_s"]
+        assert plan["cut_edges"] == []
+        after = len(client.get("/api/v1/builds", params={"limit": 1000}).json()["builds"])
+        assert after == before  # nothing built, nothing stored
+
+
 def test_backends_are_probed(server: Server) -> None:
     with server.client() as client:
         status = client.get("/api/v1/backends/status").json()["backends"]
