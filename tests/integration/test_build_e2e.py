@@ -9,8 +9,11 @@ openssl(1). (apko, the field's own installer, cannot be fetched on this machine.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +237,44 @@ def test_config_errors_come_before_buildkit(farm: FarmEnv, tmp_path: Path) -> No
     assert result.returncode == 2
     assert f"{config}:8" in result.stderr and "no/such-pipeline" in result.stderr
     assert "[step]" not in result.stdout
+
+
+def test_ctrl_c_cancels_the_solve_on_the_daemon(farm: FarmEnv, tmp_path: Path) -> None:
+    marker = f"sleep 77.{os.getpid()}"
+    config = tmp_path / "slow.yaml"
+    config.write_text(
+        "package:\n  name: slow\n  version: 1.0.0\n"
+        "environment:\n  contents:\n    packages: [busybox]\n"
+        f"pipeline:\n  - name: long step\n    runs: |\n      echo started\n      {marker}\n"
+    )
+    argv = [
+        sys.executable, "-m", "melange2", "build", str(config),
+        "--out-dir", str(tmp_path / "out"),
+        "--buildkit-addr", farm.buildkit_addrs[0], "--registry", farm.registry,
+        "--repository-append", farm.extra["BOOTSTRAP_REPO"],
+        "--keyring-append", farm.extra["BOOTSTRAP_KEY"],
+        "--cache-dir", str(tmp_path / "cache"), "--plain",
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while _running(marker) == 0:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert b"cancelled" in err and b"Traceback" not in err
+    end = time.monotonic() + 30
+    while _running(marker) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert _running(marker) == 0  # the step's process is gone from the daemon
+
+
+def _running(marker: str) -> int:
+    """How many processes run the step's command (inside the daemon's containers)."""
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    return len(out.split())

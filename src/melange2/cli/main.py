@@ -40,8 +40,9 @@ def main() -> None:
     """The console script's entry point: farm errors become a message and an exit code."""
     try:
         code = cli(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Ctrl-C: asyncio.run has cancelled the running task, and with it the daemon's solve
+        click.echo("cancelled", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
