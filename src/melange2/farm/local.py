@@ -332,6 +332,10 @@ class LocalFarm:
             f'root = "{home / "root"}"\n'
             "[grpc]\n"
             f'  address = ["{addr}"]\n'
+            # each daemon its own trace socket: the default /run/buildkit/otel-grpc.sock is
+            # shared, and two daemons starting together race for it (one dies)
+            "[otel]\n"
+            f'  socketPath = "{home / "otel-grpc.sock"}"\n'
             "[worker.oci]\n"
             "  enabled = true\n"
             '  binary = "runc"\n'
