@@ -206,14 +206,30 @@ class Scheduler:
                 task.cancel("build cancelled")
         return await self.store.get_build(build_id)
 
-    def queue_reason(self, build_id: BuildId, name: str) -> str:
-        """Why a pending package waits: its place among packages waiting for a slot."""
+    def queue_positions(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """Every waiting package's place in its queue: ``(build, name) -> (n, of)``.
+        One pass over the queues, so a response listing thousands of packages sorts each
+        queue once, not once per package."""
+        positions: dict[tuple[str, str], tuple[int, int]] = {}
         for queue in self._queues.values():
             waiting = sorted(queue)
-            for position, entry in enumerate(waiting, 1):
-                if entry.build_id == build_id and entry.name == name:
-                    return f"waiting for a backend slot: {position} of {len(waiting)} in the queue"
-        return "waiting for a backend slot"
+            for n, entry in enumerate(waiting, 1):
+                positions[(entry.build_id, entry.name)] = (n, len(waiting))
+        return positions
+
+    def queue_reason(
+        self,
+        build_id: BuildId,
+        name: str,
+        positions: Mapping[tuple[str, str], tuple[int, int]] | None = None,
+    ) -> str:
+        """Why a pending package waits: its place among packages waiting for a slot."""
+        place = (positions if positions is not None else self.queue_positions()).get(
+            (build_id, name)
+        )
+        if place is None:
+            return "waiting for a backend slot"
+        return f"waiting for a backend slot: {place[0]} of {place[1]} in the queue"
 
     # -- tracking -------------------------------------------------------------------------
 

@@ -35,24 +35,39 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 _FOLLOW_POLL_S = 0.2
 
 
-def reason_of(svc: Services, build: Build, job: PackageJob) -> str:
-    """Why a package waits, worked out when asked (nothing is written while it waits)."""
-    if job.status is PackageStatus.BLOCKED:
-        waiting = [
-            f"{d} ({dep.status.value})"
-            for d in job.dependencies
-            if (dep := build.package(d)) is not None and dep.status is not PackageStatus.SUCCESS
-        ]
-        return "waiting for dependencies: " + ", ".join(waiting) if waiting else job.reason
-    if job.status is PackageStatus.PENDING:
-        return job.reason or svc.scheduler.queue_reason(build.id, job.name)
-    return ""
+class _Reasons:
+    """Why packages of one build wait, worked out when asked (nothing is written while a
+    package waits). Lookups are prepared once per response: a build of thousands of
+    packages costs one pass, not one per package."""
+
+    def __init__(self, svc: Services, build: Build) -> None:
+        self.svc = svc
+        self.build = build
+        self.jobs = {job.name: job for job in build.packages}
+        self._positions: dict[tuple[str, str], tuple[int, int]] | None = None
+
+    def of(self, job: PackageJob) -> str:
+        if job.status is PackageStatus.BLOCKED:
+            waiting = [
+                f"{d} ({dep.status.value})"
+                for d in job.dependencies
+                if (dep := self.jobs.get(d)) is not None and dep.status is not PackageStatus.SUCCESS
+            ]
+            return "waiting for dependencies: " + ", ".join(waiting) if waiting else job.reason
+        if job.status is PackageStatus.PENDING:
+            if job.reason:
+                return job.reason
+            if self._positions is None:
+                self._positions = self.svc.scheduler.queue_positions()
+            return self.svc.scheduler.queue_reason(self.build.id, job.name, self._positions)
+        return ""
 
 
 def build_out(svc: Services, build: Build) -> BuildOut:
     out = BuildOut.of(build)
+    reasons = _Reasons(svc, build)
     for pkg, job in zip(out.packages, build.packages, strict=True):
-        pkg.reason = reason_of(svc, build, job)
+        pkg.reason = reasons.of(job)
     return out
 
 
@@ -130,7 +145,7 @@ async def _package(svc: Services, build_id: str, name: str) -> tuple[Build, Pack
 async def get_package(build_id: str, name: str, svc: Svc) -> PackageOut:
     build, job = await _package(svc, build_id, name)
     out = PackageOut.of(job)
-    out.reason = reason_of(svc, build, job)
+    out.reason = _Reasons(svc, build).of(job)
     return out
 
 
