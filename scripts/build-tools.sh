@@ -1,20 +1,39 @@
 #!/usr/bin/env bash
-# Builds buildkitd and buildctl from the BuildKit module pinned in tools/buildkit/go.mod
-# into .tools/bin. Cached: rebuilt only when tools/buildkit/go.sum changes.
+# Builds the third-party Go tools the farm and its tests run, each from the module pinned
+# in tools/<name>/go.mod, into .tools/bin:
+#   buildkit  buildkitd and buildctl (the farm's daemons)
+#   fakegcs   fake-gcs-server (the GCS emulator the storage tests run against)
+#   apko      apko (an independent checker: installs packages from the farm's repository)
+# Cached: a tool is rebuilt only when its go.mod/go.sum change.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin="$here/.tools/bin"
-stamp="$bin/.buildkit.stamp"
-want=$(sha256sum "$here/tools/buildkit/go.mod" "$here/tools/buildkit/go.sum" | sha256sum | cut -d' ' -f1)
-if [ -x "$bin/buildkitd" ] && [ -x "$bin/buildctl" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-  exit 0
-fi
 mkdir -p "$bin"
-echo "setup: building buildkitd and buildctl ($(grep 'moby/buildkit ' "$here/tools/buildkit/go.mod" | tr -s ' \t' ' ')) ..."
-cd "$here/tools/buildkit"
-version=$(go list -m -f '{{.Version}}' github.com/moby/buildkit)
-pkg=github.com/moby/buildkit/version
-CGO_ENABLED=0 go build -trimpath -o "$bin/" \
-  -ldflags "-X $pkg.Version=$version -X $pkg.Revision=$version -X $pkg.Package=github.com/moby/buildkit" \
+
+# build NAME BINARIES... -- GO_BUILD_ARGS...
+build() {
+  local name=$1; shift
+  local binaries=()
+  while [ "$1" != "--" ]; do binaries+=("$1"); shift; done
+  shift
+  local dir="$here/tools/$name" stamp="$bin/.$name.stamp" want
+  want=$(sha256sum "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -d' ' -f1)
+  local fresh=1
+  for b in "${binaries[@]}"; do [ -x "$bin/$b" ] || fresh=0; done
+  if [ "$fresh" = 1 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return 0
+  fi
+  echo "setup: building ${binaries[*]} ($(sed -n 's/^require \(.*\)$/\1/p' "$dir/go.mod" | head -1)) ..."
+  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -o "$bin/" "$@")
+  echo "$want" > "$stamp"
+}
+
+bk_version=$(cd "$here/tools/buildkit" && go list -m -f '{{.Version}}' github.com/moby/buildkit)
+bk_pkg=github.com/moby/buildkit/version
+build buildkit buildkitd buildctl -- \
+  -ldflags "-X $bk_pkg.Version=$bk_version -X $bk_pkg.Revision=$bk_version -X $bk_pkg.Package=github.com/moby/buildkit" \
   github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl
-echo "$want" > "$stamp"
+build fakegcs fake-gcs-server -- github.com/fsouza/fake-gcs-server
+apko_version=$(cd "$here/tools/apko" && go list -m -f '{{.Version}}' chainguard.dev/apko)
+build apko apko -- \
+  -ldflags "-X sigs.k8s.io/release-utils/version.gitVersion=$apko_version" chainguard.dev/apko
