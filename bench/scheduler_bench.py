@@ -57,6 +57,9 @@ class NoopRunner:
     ) -> RunOutcome:
         return RunOutcome()
 
+    def log_location(self, job: PackageJob, attempt: int) -> str:
+        return ""
+
 
 @dataclass
 class Recorder:

@@ -160,6 +160,10 @@ class PackageJob:
     log_path: str = ""
     output_path: str = ""
     backend: Backend | None = None
+    #: built earlier from the same inputs: the artifacts were reused, nothing was built
+    cached: bool = False
+    #: sha256 over everything the build depends on (see melange2.build.inputs)
+    input_digest: str = ""
     lease_owner: str = ""
     lease_expires: datetime | None = None
 

@@ -145,6 +145,10 @@ class PackageOut(BaseModel):
     #: seconds, once finished
     duration: float | None
     arch: str
+    #: inputs unchanged since an earlier build: its artifacts were reused, nothing built
+    cached: bool = False
+    #: sha256 over the package's build inputs (empty until known)
+    input_digest: str = ""
 
     @classmethod
     def of(cls, job: PackageJob) -> PackageOut:
@@ -173,6 +177,8 @@ class PackageOut(BaseModel):
             ],
             duration=job.duration_s,
             arch=job.arch,
+            cached=job.cached,
+            input_digest=job.input_digest,
         )
 
 

@@ -1,6 +1,7 @@
 """APK repositories: load a signed ``APKINDEX.tar.gz``, fetch and verify packages.
 
-A repository is a directory or an http(s) URL laid out as apk-tools expects::
+A repository is a directory, an http(s) URL, or any store given a :class:`RepositoryReader`
+(the server's published repository in a GCS or S3 bucket), laid out as apk-tools expects::
 
     <repository>/<arch>/APKINDEX.tar.gz
     <repository>/<arch>/<name>-<version>.apk
@@ -42,9 +43,9 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -60,6 +61,7 @@ __all__ = [
     "LoadedIndex",
     "PackageVerificationError",
     "Repository",
+    "RepositoryReader",
     "RepositoryError",
     "UntrustedIndexError",
     "load_indexes",
@@ -93,16 +95,28 @@ class PackageVerificationError(RepositoryError, ApkIntegrityError):
     code = "apk_package_verification_error"
 
 
+class RepositoryReader(Protocol):
+    """Reads a repository's files (``<arch>/<filename>``) from somewhere else than a
+    directory or a web server, e.g. an object store. Raises ``FileNotFoundError`` for a
+    missing file."""
+
+    async def exists(self, path: str) -> bool: ...
+
+    def stream(self, path: str) -> AsyncIterator[bytes]: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class Repository:
-    """Where packages come from: a local directory or an http(s) base URL."""
+    """Where packages come from: a local directory, an http(s) base URL, or a
+    ``reader`` (then ``location`` is only the repository's name in messages)."""
 
     #: the location as given (a ``file://`` URL is kept as written)
     location: str
+    reader: RepositoryReader | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.location).scheme
-        if scheme not in ("", "file", "http", "https"):
+        if self.reader is None and scheme not in ("", "file", "http", "https"):
             raise RepositoryError(f"unsupported repository scheme: {self.location!r}")
         if not self.location:
             raise RepositoryError("empty repository location")
@@ -114,7 +128,9 @@ class Repository:
 
     @property
     def local_path(self) -> Path | None:
-        """The directory, for a local repository; ``None`` for http(s)."""
+        """The directory, for a local repository; ``None`` for http(s) or a reader."""
+        if self.reader is not None:
+            return None
         parts = urlsplit(self.location)
         if parts.scheme == "file":
             return Path(unquote(parts.path))
@@ -245,6 +261,15 @@ class Repository:
         self, arch: str, filename: str, client: httpx.AsyncClient | None
     ) -> AsyncIterator[bytes]:
         url = self.url(arch, filename)
+        if self.reader is not None:
+            try:
+                async for chunk in self.reader.stream(f"{arch}/{filename}"):
+                    yield chunk
+            except FileNotFoundError as exc:
+                raise RepositoryError(f"cannot fetch {url}: not found") from exc
+            except OSError as exc:
+                raise RepositoryError(f"cannot fetch {url}: {exc}") from exc
+            return
         async with (
             _client(client) as http,
             _map_http_errors(url),
@@ -295,7 +320,10 @@ async def load_indexes(
     present = []
     for repo in repos:
         local = repo.local_path
-        if local is not None and not (local / arch / INDEX_FILENAME).exists():
+        missing = (local is not None and not (local / arch / INDEX_FILENAME).exists()) or (
+            repo.reader is not None and not await repo.reader.exists(f"{arch}/{INDEX_FILENAME}")
+        )
+        if missing:
             _log.warning("repository %s has no %s/%s: skipped", repo.location, arch, INDEX_FILENAME)
             continue
         present.append(repo)

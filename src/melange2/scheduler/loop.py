@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from melange2.errors import BuildkitUnavailable, FarmError, InvalidTransition, SolveCancelled
 from melange2.ids import BuildId
@@ -56,6 +56,9 @@ class RunOutcome:
 
     log_path: str = ""
     output_path: str = ""
+    #: nothing was built: the artifacts of an earlier build with the same inputs
+    cached: bool = False
+    input_digest: str = ""
 
 
 class PackageRunner(Protocol):
@@ -65,6 +68,10 @@ class PackageRunner(Protocol):
     async def run(
         self, job: PackageJob, build: Build, backend: Backend, attempt: int
     ) -> RunOutcome: ...
+
+    def log_location(self, job: PackageJob, attempt: int) -> str:
+        """Where attempt ``attempt``'s log is kept, also when it fails."""
+        ...
 
 
 @dataclass(kw_only=True)
@@ -433,11 +440,27 @@ class Scheduler:
             released = True
             await asyncio.shield(self._finish_fault(state, job, attempt, exc))
         except FarmError as exc:
-            await asyncio.shield(self._finish(state, job, attempt, PackageStatus.FAILED, str(exc)))
+            await asyncio.shield(
+                self._finish(
+                    state,
+                    job,
+                    attempt,
+                    PackageStatus.FAILED,
+                    str(exc),
+                    log_path=self.runner.log_location(job, attempt),
+                )
+            )
         except Exception as exc:  # a bug in a runner must not wedge the build
             _log.exception("runner crashed on %s/%s", job.build_id, job.name)
             await asyncio.shield(
-                self._finish(state, job, attempt, PackageStatus.FAILED, f"internal error: {exc}")
+                self._finish(
+                    state,
+                    job,
+                    attempt,
+                    PackageStatus.FAILED,
+                    f"internal error: {exc}",
+                    log_path=self.runner.log_location(job, attempt),
+                )
             )
         else:
             outcome = "success"
@@ -450,6 +473,8 @@ class Scheduler:
                     "",
                     log_path=result.log_path,
                     output_path=result.output_path,
+                    cached=result.cached,
+                    input_digest=result.input_digest,
                 )
             )
         finally:
@@ -464,7 +489,7 @@ class Scheduler:
         attempt: int,
         status: PackageStatus,
         error: str,
-        **fields: str,
+        **fields: Any,
     ) -> None:
         now = utcnow()
         async with self._lock:

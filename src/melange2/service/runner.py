@@ -31,6 +31,9 @@ class BuildkitRunner:
     def log_path(self, job: PackageJob, attempt: int) -> Path:
         return self.settings.package_dir(job.build_id, job.name) / "logs" / log_name(attempt)
 
+    def log_location(self, job: PackageJob, attempt: int) -> str:
+        return str(self.log_path(job, attempt))
+
     async def run(
         self, job: PackageJob, build: Build, backend: Backend, attempt: int
     ) -> RunOutcome:

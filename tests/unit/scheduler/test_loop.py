@@ -64,6 +64,9 @@ class FakeRunner:
         finally:
             self.running -= 1
 
+    def log_location(self, job: PackageJob, attempt: int) -> str:
+        return f"/logs/{job.name}.{attempt}"
+
 
 def make_build(
     deps: Mapping[str, Sequence[str]],

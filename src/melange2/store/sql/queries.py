@@ -91,6 +91,8 @@ def package_from_row(row: RowMapping, tries: Sequence[Attempt]) -> PackageJob:
         finished_at=row["finished_at"],
         log_path=row["log_path"],
         output_path=row["output_path"],
+        cached=bool(row["cached"]),
+        input_digest=row["input_digest"],
         backend=None
         if backend is None
         else Backend(addr=backend["addr"], arch=backend["arch"], labels=backend["labels"]),

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
 )
 
 from melange2.jobs import BuildStatus, PackageStatus
@@ -123,6 +124,9 @@ packages = Table(
     Column("backend", JSON),
     Column("lease_owner", Text, nullable=False),
     Column("lease_expires", UTCDateTime),
+    # r0002
+    Column("cached", Boolean, nullable=False, server_default=false()),
+    Column("input_digest", Text, nullable=False, server_default=""),
     PrimaryKeyConstraint("build_id", "name"),
     CheckConstraint(status_check(PackageStatus), name="status"),
     # expire_leases: running packages by lease deadline
