@@ -17,6 +17,8 @@ import pytest
 
 from melange2.farm.local import REGISTRY_BINARY, FarmEnv, LocalFarm
 
+pytest_plugins = ["tests.storage_fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".tools"
 
