@@ -7,6 +7,7 @@ ones (up to 10 s), stop the scheduler, exit; running packages resume at the next
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import uvicorn
 
 from melange2.errors import FarmError
 from melange2.service.settings import ServerSettings
+from melange2.storage import StorageSpec, open_storage
 
 
 class JsonFormatter(logging.Formatter):
@@ -58,7 +60,33 @@ def _host_port(listen: str) -> tuple[str, int]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Local storage: packages, logs, the published repository (<output-dir>/repo).",
 )
-@click.option("--gcs-bucket", help="Store artifacts and logs in this GCS bucket (not yet).")
+@click.option("--gcs-bucket", help="Keep logs, artifacts and the repository in this GCS bucket.")
+@click.option(
+    "--gcs-endpoint",
+    envvar="STORAGE_EMULATOR_HOST",
+    help="GCS endpoint URL (an emulator; env STORAGE_EMULATOR_HOST).  [default: Google]",
+)
+@click.option("--gcs-project", default="", help="GCS project (for credentials that need one).")
+@click.option(
+    "--s3-bucket", help="Keep logs, artifacts and the repository in this S3(-compatible) bucket."
+)
+@click.option("--s3-endpoint", help="S3-compatible endpoint URL.  [default: AWS]")
+@click.option("--s3-region", default="", help="S3 region.")
+@click.option(
+    "--s3-path-style", is_flag=True, help="Path-style S3 addressing (MinIO, most emulators)."
+)
+@click.option("--storage-prefix", default="", help="Key prefix inside the bucket.")
+@click.option(
+    "--memory-storage",
+    is_flag=True,
+    help="Keep logs, artifacts and the repository in memory (tests; lost on exit).",
+)
+@click.option(
+    "--max-log-bytes",
+    default=64 * 1024 * 1024,
+    show_default=True,
+    help="A package log stops growing here, with a marker where it was cut.",
+)
 @click.option(
     "--data-dir",
     default="/var/lib/melange/data",
@@ -128,6 +156,15 @@ def cli(
     default_arch: str,
     output_dir: Path,
     gcs_bucket: str | None,
+    gcs_endpoint: str | None,
+    gcs_project: str,
+    s3_bucket: str | None,
+    s3_endpoint: str | None,
+    s3_region: str,
+    s3_path_style: bool,
+    storage_prefix: str,
+    memory_storage: bool,
+    max_log_bytes: int,
     data_dir: Path,
     store: str,
     registry: str,
@@ -142,8 +179,33 @@ def cli(
     log_format: str,
 ) -> None:
     """Run the melange2 build service."""
+    chosen = [n for n, v in (("--gcs-bucket", gcs_bucket), ("--s3-bucket", s3_bucket)) if v]
+    if memory_storage:
+        chosen.append("--memory-storage")
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one storage: {' or '.join(chosen)}")
+    storage = StorageSpec(kind="local", path=output_dir.resolve())
     if gcs_bucket:
-        raise click.UsageError("--gcs-bucket: GCS storage is not available in this release")
+        storage = StorageSpec(
+            kind="gcs",
+            bucket=gcs_bucket,
+            prefix=storage_prefix,
+            endpoint_url=gcs_endpoint or "",
+            project=gcs_project,
+        )
+    elif s3_bucket:
+        storage = StorageSpec(
+            kind="s3",
+            bucket=s3_bucket,
+            prefix=storage_prefix,
+            endpoint_url=s3_endpoint or "",
+            region=s3_region,
+            path_style=s3_path_style,
+        )
+    elif memory_storage:
+        storage = StorageSpec(kind="memory")
+    if max_log_bytes < 1024:
+        raise click.BadParameter("at least 1024", param_hint="--max-log-bytes")
     if not buildkit_addr and backends_config is None:
         raise click.UsageError("give --buildkit-addr or --backends-config")
     settings = ServerSettings(
@@ -164,7 +226,10 @@ def cli(
         probe_interval=probe_interval,
         cache_registry=os.environ.get("CACHE_REGISTRY", ""),
         cache_mode=os.environ.get("CACHE_MODE", "min"),
+        storage=storage,
+        max_log_bytes=max_log_bytes,
     )
+    asyncio.run(_check_storage(storage))  # a missing bucket or bad credentials: refuse now
     from melange2.api.app import create_app
 
     handler = logging.StreamHandler()
@@ -182,6 +247,14 @@ def cli(
         log_config=None,  # uvicorn's loggers go through the handler above
         timeout_graceful_shutdown=10,
     )
+
+
+async def _check_storage(spec: StorageSpec) -> None:
+    storage = open_storage(spec)
+    try:
+        await storage.check()
+    finally:
+        await storage.aclose()
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,10 @@ def config(name: str, *, needs: tuple[str, ...] = (), script: str = "true") -> s
 class Server:
     """A melange-server process of our own, which a test may kill -9 and restart."""
 
-    def __init__(self, farm: FarmEnv, root: Path) -> None:
+    def __init__(self, farm: FarmEnv, root: Path, extra_args: Sequence[str] = ()) -> None:
         self.farm = farm
         self.root = root
+        self.extra_args = list(extra_args)
         self.port = processes.free_port()
         self.url = ""
         backends = root / "backends.yaml"
@@ -64,7 +65,7 @@ class Server:
                 log_file=self.root / "server.log",
                 backends_config=self.backends,
                 port=self.port,
-                extra_args=["--max-body-bytes", str(2 * 1024 * 1024)],
+                extra_args=["--max-body-bytes", str(2 * 1024 * 1024), *self.extra_args],
             )
         )
 

@@ -16,12 +16,11 @@ from typing import TypedDict
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from melange2 import __version__
 from melange2.api import errors
-from melange2.api.routes import backends, builds
+from melange2.api.routes import artifacts, backends, builds
 from melange2.api.services import Services
 from melange2.apk.signing import Signer, generate_key
 from melange2.build.executor import Builder
@@ -30,10 +29,13 @@ from melange2.pool.config import BackendSpec, PoolConfig, load_pool_config
 from melange2.pool.health import HealthProber
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import Scheduler
+from melange2.service.layout import Layout
+from melange2.service.logs import LogHub
 from melange2.service.metrics import Metrics
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
+from melange2.storage import Storage, open_storage
 from melange2.store import open_store
 
 
@@ -52,17 +54,21 @@ def pool_config(settings: ServerSettings) -> PoolConfig:
 
 
 def signer_for(settings: ServerSettings) -> Signer:
-    """The farm's signing key, made on first start; its public half is published
-    beside the repository (``/repo/keys/<name>.rsa.pub``)."""
+    """The farm's signing key, made on first start."""
     key = settings.key_path
     if not key.exists():
         key.parent.mkdir(parents=True, exist_ok=True)
         generate_key(key)
-    keys_dir = settings.published_repo / "keys"
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    pub = key.with_name(key.name + ".pub")
-    (keys_dir / pub.name).write_bytes(pub.read_bytes())
     return Signer.from_files(key)
+
+
+async def publish_key(settings: ServerSettings, storage: Storage) -> None:
+    """The public half beside the repository: ``/repo/keys/<name>.rsa.pub``."""
+    pub = settings.key_path.with_name(settings.key_path.name + ".pub")
+    data = await asyncio.to_thread(pub.read_bytes)
+    key = Layout().repo_key(pub.name)
+    if not await storage.exists(key) or await storage.read_bytes(key) != data:
+        await storage.put_bytes(key, data)
 
 
 class BodyLimit(BaseHTTPMiddleware):
@@ -93,6 +99,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         settings.output_dir.mkdir(parents=True, exist_ok=True)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         signer = await asyncio.to_thread(signer_for, settings)
+        storage = open_storage(settings.storage_spec)
+        await storage.check()
+        await publish_key(settings, storage)
+        hub = LogHub()
         pool = BackendPool.from_config(pool_config(settings))
         pool.on_breaker_change = metrics.breaker_changed
         async with open_store(settings.store, data_dir=settings.data_dir) as store:
@@ -109,7 +119,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     )
             async with RegistryClient(settings.registry) as registry:
                 builder = Builder(registry, settings.data_dir / "cache")
-                runner = BuildkitRunner(settings, builder, signer)
+                runner = BuildkitRunner(settings, builder, signer, storage, hub)
                 scheduler = Scheduler(
                     store,
                     pool,
@@ -119,6 +129,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     lease_ttl=settings.lease_ttl,
                     max_attempts=settings.max_attempts,
                     observer=metrics.scheduler_event,
+                    before_build_end=runner.build_ending,
                 )
                 svc = Services(
                     settings=settings,
@@ -127,6 +138,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     scheduler=scheduler,
                     submitter=Submitter(settings, store, scheduler, pool),
                     runner=runner,
+                    storage=storage,
+                    hub=hub,
                 )
                 app.state.services = svc
                 metrics.attach(pool)
@@ -146,6 +159,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
                     await builder.aclose()
+                    await storage.aclose()
 
     app = FastAPI(
         title="melange2 remote builds",
@@ -157,6 +171,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     errors.install(app)
     app.include_router(builds.router)
     app.include_router(backends.router)
+    app.include_router(artifacts.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -166,6 +181,4 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    settings.published_repo.mkdir(parents=True, exist_ok=True)
-    app.mount("/repo", StaticFiles(directory=settings.published_repo), name="repo")
     return app

@@ -13,9 +13,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from melange2.errors import ConfigError, FarmError, InvalidTransition, NotFound, RequestError
+from melange2.storage import StorageError, StorageNotFound
 
 _STATUS: list[tuple[type[FarmError], int]] = [
     (NotFound, 404),
+    (StorageNotFound, 404),
+    (StorageError, 503),
     (InvalidTransition, 409),
     (RequestError, 400),
     (ConfigError, 400),

@@ -73,6 +73,11 @@ class CreateBuildRequest(_Strict):
     cycle_policy: Literal["error", "break"] = "error"
     dry_run: bool = False
     schedule: Literal["critical-path", "fifo"] | None = None
+    #: rebuild every package even when its inputs are unchanged since an earlier build
+    force: bool = False
+    #: into the farm's repository as each package succeeds (``package``), or only once
+    #: the whole build has succeeded (``build``); always into the build's staging repository
+    publish: Literal["package", "build"] = "package"
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateBuildRequest:
@@ -107,6 +112,20 @@ class CreateBuildResponse(BaseModel):
     #: with ``cycle_policy: "break"``: the (dependent, dependency) edges cut to build
     #: cycles' members against the published repository
     cut_edges: list[tuple[str, str]] = Field(default_factory=list)
+
+
+class ArtifactOut(BaseModel):
+    #: ``<arch>/<file>``
+    path: str
+    size: int
+    #: where it is kept (a path, ``gs://…``, ``s3://…``)
+    location: str
+    #: download it through the API
+    url: str
+
+
+class ArtifactList(BaseModel):
+    artifacts: list[ArtifactOut]
 
 
 class BackendOut(BaseModel):

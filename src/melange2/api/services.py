@@ -8,9 +8,11 @@ from fastapi import Request
 
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import Scheduler
+from melange2.service.logs import LogHub
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
+from melange2.storage import Storage
 from melange2.store.base import JobStore
 
 
@@ -22,6 +24,8 @@ class Services:
     scheduler: Scheduler
     submitter: Submitter
     runner: BuildkitRunner
+    storage: Storage
+    hub: LogHub
 
 
 def services(request: Request) -> Services:

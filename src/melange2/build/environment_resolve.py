@@ -21,7 +21,7 @@ from melange2.buildkit.llb.platform import Platform
 from melange2.errors import RecipeError
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
-from melange2.repo.repository import load_indexes
+from melange2.repo.repository import IndexCache, Repository, load_indexes
 from melange2.repo.resolve import Resolution, installed_db_entry, resolve
 
 
@@ -31,7 +31,8 @@ class EnvironmentRequest:
 
     arch: str
     packages: Sequence[str]
-    repositories: Sequence[str]
+    #: locations (paths, URLs) or repositories with their own reader (a bucket)
+    repositories: Sequence[str | Repository]
     keyring: Sequence[str]  #: public key files (paths or http(s) URLs)
     untrusted_repositories: Sequence[str] = ()  #: unsigned local outputs (tests of a build)
 
@@ -52,6 +53,7 @@ class EnvironmentBuilder:
             registry, LayerCache(cache_dir / "layers"), installed_db_entry
         )
         self._http: httpx.AsyncClient | None = None
+        self.indexes = IndexCache()
 
     def _client(self) -> httpx.AsyncClient:
         """One HTTP client for every environment (making one builds an SSL context: ~50 ms)."""
@@ -67,7 +69,11 @@ class EnvironmentBuilder:
         http = self._client()
         keys = await self._keys(request.keyring, http)
         indexes = await load_indexes(
-            request.repositories, request.arch, keyring=list(keys.values()), client=http
+            request.repositories,
+            request.arch,
+            keyring=list(keys.values()),
+            client=http,
+            cache=self.indexes,
         )
         if request.untrusted_repositories:
             indexes = [
@@ -77,6 +83,7 @@ class EnvironmentBuilder:
                     keyring=[],
                     client=http,
                     allow_untrusted=True,
+                    cache=self.indexes,
                 ),
                 *indexes,
             ]
@@ -91,7 +98,7 @@ class EnvironmentBuilder:
             platform=Platform.from_arch(request.arch),
             packages=fetched,
             world=tuple(request.packages),
-            repositories=tuple(request.repositories),
+            repositories=tuple(_listed(request.repositories)),
             keys={name: path.read_bytes() for name, path in keys.items()},
         )
         image = await self.composer.compose(spec)
@@ -116,3 +123,15 @@ class EnvironmentBuilder:
                     raise RecipeError(f"keyring entry {entry}: no such file")
             keys[path.name] = path
         return keys
+
+
+def _listed(repositories: Sequence[str | Repository]) -> list[str]:
+    """What ``/etc/apk/repositories`` lists: the URLs a build could reach. Directories and
+    buckets of the machine that resolved the environment mean nothing inside it (and a
+    build's staging directory would make every build's environment different)."""
+    listed = []
+    for repo in repositories:
+        location = repo.location if isinstance(repo, Repository) else repo
+        if location.startswith(("http://", "https://")):
+            listed.append(location)
+    return listed

@@ -17,7 +17,6 @@ The steps, in order:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,10 +26,12 @@ from melange2.apk.pkginfo import PackageInfo
 from melange2.apk.signing import Signer
 from melange2.apk.writer import write_apk
 from melange2.build.environment_resolve import EnvironmentBuilder, EnvironmentRequest
+from melange2.build.inputs import input_digest
 from melange2.build.outputs import unpack_image
 from melange2.build.progress import ProgressTracker, StepSink
 from melange2.build.sources import push_sources
 from melange2.buildkit import llb
+from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
 from melange2.buildkit.client import BuildkitClient, push_image
 from melange2.errors import ConfigError
 from melange2.oci.image import ImageRef
@@ -44,6 +45,7 @@ from melange2.recipe.compile import (
     compile_tests,
 )
 from melange2.repo.directory import index_directory
+from melange2.repo.repository import Repository
 
 WORKSPACE = "/home/build"
 OUT_REPO = "melange2/out"
@@ -66,7 +68,7 @@ class BuildOptions:
     source_dir: Path | None = None
     pipeline_dirs: Sequence[Path] = ()
     signing_key: Path | None = None
-    repositories: Sequence[str] = ()  #: --repository-append
+    repositories: Sequence[str | Repository] = ()  #: --repository-append
     keyrings: Sequence[str] = ()  #: --keyring-append
     env: Mapping[str, str] = field(default_factory=dict)  #: --env-file
     vars: Mapping[str, str] = field(default_factory=dict)  #: --vars-file
@@ -90,6 +92,18 @@ class BuildResult:
     config: Config
     packages: tuple[BuiltPackage, ...]
     index: Path
+    input_digest: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlannedBuild:
+    """A build ready to solve; ``input_digest`` names everything it depends on."""
+
+    opts: BuildOptions
+    config: Config
+    signer: Signer | None
+    definition: Definition
+    input_digest: str
 
 
 def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
@@ -236,7 +250,7 @@ class Builder:
         self,
         opts: BuildOptions,
         packages: Sequence[str],
-        repositories: Sequence[str],
+        repositories: Sequence[str | Repository],
         keyring: Sequence[str],
         untrusted: Sequence[str] = (),
     ) -> str:
@@ -258,7 +272,9 @@ class Builder:
         )
         return str(prepared.image)
 
-    async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:
+    async def plan(self, opts: BuildOptions) -> PlannedBuild:
+        """Everything before the solve: parse and compile, compose the environment, push
+        the sources, make the LLB; and the digest of all of it (:mod:`.inputs`)."""
         config, plan = await asyncio.to_thread(prepare, opts)
         signer = (
             await asyncio.to_thread(self._signer, opts.signing_key) if opts.signing_key else None
@@ -276,11 +292,41 @@ class Builder:
             sources = await push_sources(opts.source_dir, platform, self.registry)
         state = build_graph(config, plan, opts, environment=env_image, sources=sources)
         definition = llb.marshal(state)
-        tag = hashlib.sha256(definition.SerializeToString(deterministic=True)).hexdigest()[:48]
+        raw = definition.SerializeToString(deterministic=True)
+        base_digest = ""
+        if env_image == opts.base_image and "@sha256:" not in env_image:
+            # a tag can move: the digest it names now is the input
+            ref = ImageRef.parse(env_image)
+            if ref.host == self.registry.host:
+                base_digest = (await self.registry.get_manifest(ref.repo, ref.reference)).digest
+        digest = input_digest(
+            config=config,
+            definition=raw,
+            arch=opts.arch,
+            signer=signer,
+            source_date_epoch=opts.source_date_epoch,
+            with_test=opts.with_test,
+            base_image_digest=base_digest,
+        )
+        return PlannedBuild(
+            opts=opts,
+            config=config,
+            signer=signer,
+            definition=definition,
+            input_digest=digest,
+        )
+
+    async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:
+        return await self.run(await self.plan(opts), sinks)
+
+    async def run(self, planned: PlannedBuild, sinks: Sequence[StepSink] = ()) -> BuildResult:
+        """Solve a planned build, write its packages (and run its tests if asked)."""
+        opts, config, signer = planned.opts, planned.config, planned.signer
+        tag = planned.input_digest.removeprefix("sha256:")[:48]
         tracker = ProgressTracker(sinks=sinks)
         async with BuildkitClient(opts.buildkit_addr) as bk:
             result = await bk.solve(
-                definition,
+                planned.definition,
                 exporters=[push_image(f"{self.registry.host}/{OUT_REPO}:{tag}")],
                 on_progress=tracker,
                 cache_imports=[{"type": "registry", "ref": opts.cache_ref}]
@@ -297,7 +343,9 @@ class Builder:
             built, index = await asyncio.to_thread(write_packages, config, tree, opts, signer)
         if opts.with_test:
             await self.test(opts, config, sinks, built_repo=opts.out_dir)
-        return BuildResult(config=config, packages=tuple(built), index=index)
+        return BuildResult(
+            config=config, packages=tuple(built), index=index, input_digest=planned.input_digest
+        )
 
     async def test(
         self,

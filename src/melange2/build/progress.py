@@ -70,10 +70,18 @@ class ProgressTracker:
                 sink.output(name, chunk.data)
 
 
+class LogWriter(Protocol):
+    """Where a log goes: a binary file, or anything that writes bytes like one."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class LogFileSink:
     """The full build log: a header when a step starts, its output, a footer with timing."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: LogWriter) -> None:
         self.out = out
 
     def started(self, step: str) -> None:

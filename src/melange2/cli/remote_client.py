@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from melange2.api.schemas import (
     AddBackendRequest,
+    ArtifactList,
     BackendList,
     BackendOut,
     BackendStatusList,
@@ -218,6 +220,31 @@ class RemoteClient:
         ):
             _raise_for_error(response)
             yield from response.iter_bytes()
+
+    # artifacts
+
+    def artifacts(self, build_id: str, name: str) -> ArtifactList:
+        path = f"/builds/{_seg(build_id)}/packages/{_seg(name)}/artifacts"
+        return _parse(ArtifactList, self._request("GET", path))
+
+    def download(self, build_id: str, name: str, artifact: str, dest: Path) -> int:
+        """Stream one artifact (``<arch>/<file>``) into ``dest``; return its size."""
+        arch, _, filename = artifact.partition("/")
+        path = (
+            f"/builds/{_seg(build_id)}/packages/{_seg(name)}/artifacts/"
+            f"{_seg(arch)}/{_seg(filename)}"
+        )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+        size = 0
+        with _translate(self.server), self._http.stream("GET", path) as response:
+            _raise_for_error(response)
+            with tmp.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    size += len(chunk)
+        tmp.replace(dest)
+        return size
 
     # backends
 

@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import logging
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -58,11 +60,12 @@ from melange2.errors import ApkError
 
 __all__ = [
     "INDEX_FILENAME",
+    "IndexCache",
     "LoadedIndex",
     "PackageVerificationError",
     "Repository",
-    "RepositoryReader",
     "RepositoryError",
+    "RepositoryReader",
     "UntrustedIndexError",
     "load_indexes",
 ]
@@ -152,15 +155,30 @@ class Repository:
         keyring: Keyring,
         client: httpx.AsyncClient | None = None,
         allow_untrusted: bool = False,
+        cache: IndexCache | None = None,
     ) -> LoadedIndex:
         """Read and verify ``<arch>/APKINDEX.tar.gz``.
 
         With ``allow_untrusted`` an unsigned or untrusted index is accepted (its
-        :attr:`LoadedIndex.signed_by` is then ``None``).
+        :attr:`LoadedIndex.signed_by` is then ``None``). With a ``cache``, an index
+        whose bytes were parsed and verified before with the same keys is not again.
         """
         keys = await asyncio.to_thread(_load_keys, keyring)
         data = await self._read(arch, INDEX_FILENAME, client)
-        return await asyncio.to_thread(self._parse_index, arch, data, keys, allow_untrusted)
+        if cache is None:
+            return await asyncio.to_thread(self._parse_index, arch, data, keys, allow_untrusted)
+        key = (
+            self.location,
+            arch,
+            hashlib.sha256(data).hexdigest(),
+            tuple(sorted(keys)),
+            allow_untrusted,
+        )
+        found = cache.get(key)
+        if found is None:
+            found = await asyncio.to_thread(self._parse_index, arch, data, keys, allow_untrusted)
+            cache.put(key, found)
+        return found
 
     def _parse_index(
         self, arch: str, data: bytes, keys: PublicKeys, allow_untrusted: bool
@@ -280,6 +298,27 @@ class Repository:
                 yield chunk
 
 
+class IndexCache:
+    """Parsed, verified indexes by (location, arch, content digest, keys, trust): a
+    farm resolves thousands of environments against the same few indexes."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[object, ...], LoadedIndex] = OrderedDict()
+
+    def get(self, key: tuple[object, ...]) -> LoadedIndex | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[object, ...], index: LoadedIndex) -> None:
+        self._entries[key] = index
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
 @dataclass(frozen=True, kw_only=True)
 class LoadedIndex:
     """One repository's index for one architecture, signature checked."""
@@ -311,6 +350,7 @@ async def load_indexes(
     keyring: Keyring,
     client: httpx.AsyncClient | None = None,
     allow_untrusted: bool = False,
+    cache: IndexCache | None = None,
 ) -> list[LoadedIndex]:
     """Load every repository's index concurrently, keeping the given order. A local
     directory without an index for ``arch`` is an empty repository: skipped, with a
@@ -332,7 +372,11 @@ async def load_indexes(
             tasks = [
                 group.create_task(
                     repo.load_index(
-                        arch, keyring=keys, client=http, allow_untrusted=allow_untrusted
+                        arch,
+                        keyring=keys,
+                        client=http,
+                        allow_untrusted=allow_untrusted,
+                        cache=cache,
                     )
                 )
                 for repo in present

@@ -23,8 +23,8 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -129,6 +129,7 @@ class Scheduler:
         max_attempts: int = 3,
         retry_backoff: float = 1.0,
         observer: Callable[[SchedulerEvent], None] | None = None,
+        before_build_end: Callable[[Build, BuildStatus], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -139,6 +140,8 @@ class Scheduler:
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self.observer = observer
+        #: runs before a build's final status is written (publication on success)
+        self.before_build_end = before_build_end
         self._builds: dict[BuildId, _BuildState] = {}
         #: ready packages, one priority queue per (arch, backend selector): when the head
         #: of a queue finds every matching backend busy, the rest of it waits too, and
@@ -602,6 +605,12 @@ class Scheduler:
         if status != state.status:
             fields: dict[str, object] = {"status": status}
             if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
+                if self.before_build_end is not None:
+                    current = replace(state.build, packages=tuple(state.jobs.values()))
+                    try:
+                        await self.before_build_end(current, status)
+                    except Exception:
+                        _log.exception("finishing build %s", state.build.id)
                 fields["finished_at"] = utcnow()
             state.build = await self.store.update_build(state.build.id, **fields)
             state.status = status

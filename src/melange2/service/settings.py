@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from melange2.scheduler.loop import Schedule
+from melange2.storage import StorageSpec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,15 +31,24 @@ class ServerSettings:
     max_body_bytes: int = 64 * 1024 * 1024
     cache_registry: str = ""  #: CACHE_REGISTRY
     cache_mode: str = "min"  #: CACHE_MODE
+    #: where logs, artifacts, the published repository and reuse records go; default:
+    #: the local directory ``output_dir``
+    storage: StorageSpec | None = None
+    #: a log stops growing here, with a marker where it was cut
+    max_log_bytes: int = 64 * 1024 * 1024
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def storage_spec(self) -> StorageSpec:
+        return self.storage or StorageSpec(kind="local", path=self.output_dir)
+
+    def work_dir(self, build_id: str, name: str) -> Path:
+        """A package's local scratch space (its live log and outputs before upload)."""
+        return self.data_dir / "work" / f"{build_id}-{name}"
 
     @property
     def key_path(self) -> Path:
         return self.signing_key or self.data_dir / "melange2.rsa"
-
-    @property
-    def published_repo(self) -> Path:
-        return self.output_dir / "repo"
 
     def build_dir(self, build_id: str) -> Path:
         """What a build brought: configs (and pipelines/) and sources, kept for retries."""
@@ -46,7 +56,3 @@ class ServerSettings:
 
     def staging_repo(self, build_id: str) -> Path:
         return self.data_dir / "staging" / build_id
-
-    def package_dir(self, build_id: str, name: str) -> Path:
-        """``<output-dir>/<build-id>-<package>/``: logs/ and <arch>/ (api.md's layout)."""
-        return self.output_dir / f"{build_id}-{name}"

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from melange2.api.schemas import (
@@ -24,6 +24,7 @@ from melange2.api.services import Services, services
 from melange2.errors import NotFound, RequestError
 from melange2.ids import BuildId
 from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
+from melange2.storage import StorageNotFound
 
 router = APIRouter(prefix="/api/v1", tags=["builds"])
 Svc = Annotated[Services, Depends(services)]
@@ -32,7 +33,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorOut},
     413: {"model": ErrorOut},
 }
-_FOLLOW_POLL_S = 0.2
+#: followers are woken by every write; this bounds a wait if a wake-up is lost
+_FOLLOW_WAKE_S = 2.0
 
 
 class _Reasons:
@@ -149,49 +151,102 @@ async def get_package(build_id: str, name: str, svc: Svc) -> PackageOut:
     return out
 
 
-def _log_file(svc: Services, job: PackageJob) -> Path:
-    if job.log_path:
-        return Path(job.log_path)
-    return svc.runner.log_path(job, max(1, len(job.attempts)))
+def _attempt(job: PackageJob) -> int:
+    return max(1, len(job.attempts))
+
+
+async def _read_log(svc: Services, job: PackageJob, attempt: int, offset: int) -> bytes | None:
+    """Up to 1 MiB of the attempt's log from ``offset``: from the live file while the
+    package runs, from storage once it ended; ``None`` if there is no log (yet)."""
+    live = svc.runner.live_log(job, attempt)
+    data = await asyncio.to_thread(_read_from, live, offset)
+    if data is not None:
+        return data
+    key = svc.runner.log_key(job, attempt)
+    if svc.storage.local_path(key) is not None:
+        return None  # the live file is the stored one
+    try:
+        chunks = [c async for c in svc.storage.iter_chunks(key, 1 << 20, offset)]
+    except StorageNotFound:
+        return None
+    return b"".join(chunks)
 
 
 @router.get(
     "/builds/{build_id}/packages/{name}/logs",
     response_class=PlainTextResponse,
-    responses={**_ERRORS, 200: {"content": {"text/plain": {}}}},
+    responses={**_ERRORS, 200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
 )
-async def get_logs(build_id: str, name: str, svc: Svc, follow: bool = False) -> Response:
-    """The package's build log. ``follow=true`` streams it until the package ends."""
+async def get_logs(
+    build_id: str, name: str, svc: Svc, request: Request, follow: bool = False
+) -> Response:
+    """The package's build log (its latest attempt). ``follow=true`` streams it until the
+    package ends: chunked text, or Server-Sent Events with ``Accept: text/event-stream``
+    (one ``data:`` line per log line, then an ``end`` event with the package's status)."""
     _, job = await _package(svc, build_id, name)
-    path = _log_file(svc, job)
     if not follow:
-        if not path.exists():
+        whole = await _whole_log(svc, job)
+        if whole is None:
             raise NotFound(f"no log yet for {name} in {build_id}")
-        return PlainTextResponse(await asyncio.to_thread(path.read_bytes))
-
-    async def stream() -> AsyncIterator[bytes]:
-        offset = 0
-        while True:
-            current = (await _package(svc, build_id, name))[1]
-            log = _log_file(svc, current)
-            if log != path:  # a retry started a new log
-                offset = 0
-            data = await asyncio.to_thread(_read_from, log, offset)
-            if data:
-                offset += len(data)
-                yield data
-            elif current.status.terminal:
-                return
-            else:
-                await asyncio.sleep(_FOLLOW_POLL_S)
-
-    return StreamingResponse(stream(), media_type="text/plain; charset=utf-8")
+        return PlainTextResponse(whole)
+    sse = "text/event-stream" in request.headers.get("accept", "")
+    chunks = _follow(svc, build_id, name)
+    if sse:
+        return StreamingResponse(
+            _as_events(chunks, svc, build_id, name), media_type="text/event-stream"
+        )
+    return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
 
 
-def _read_from(path: Path, offset: int) -> bytes:
+async def _whole_log(svc: Services, job: PackageJob) -> bytes | None:
+    parts: list[bytes] = []
+    attempt = _attempt(job)
+    while True:
+        data = await _read_log(svc, job, attempt, sum(map(len, parts)))
+        if data is None:
+            return None if not parts else b"".join(parts)
+        if not data:
+            return b"".join(parts)
+        parts.append(data)
+
+
+async def _follow(svc: Services, build_id: str, name: str) -> AsyncIterator[bytes]:
+    hub_key = f"{build_id}/{name}"
+    attempt, offset = 0, 0
+    while True:
+        wake = svc.hub.event(hub_key)  # taken before reading: no write is missed
+        current = (await _package(svc, build_id, name))[1]
+        if _attempt(current) != attempt:  # a retry started a new log
+            attempt, offset = _attempt(current), 0
+        data = await _read_log(svc, current, attempt, offset)
+        if data:
+            offset += len(data)
+            yield data
+            continue
+        if current.status.terminal:
+            return
+        await svc.hub.wait(wake, _FOLLOW_WAKE_S)
+
+
+async def _as_events(
+    chunks: AsyncIterator[bytes], svc: Services, build_id: str, name: str
+) -> AsyncIterator[bytes]:
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if lines:
+            yield b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+    if pending:
+        yield b"data: " + pending + b"\n\n"
+    final = (await _package(svc, build_id, name))[1]
+    yield f"event: end\ndata: {final.status.value}\n\n".encode()
+
+
+def _read_from(path: Path, offset: int) -> bytes | None:
     try:
         with path.open("rb") as f:
             f.seek(offset)
             return f.read(1 << 20)
     except FileNotFoundError:
-        return b""
+        return None

@@ -483,6 +483,14 @@ def collect_upload(paths: Sequence[Path]) -> Upload:
     type=click.Choice(["critical-path", "fifo"]),
     help="Order ready packages by critical path or by submission  [default: the server's].",
 )
+@click.option("--force", is_flag=True, help="Rebuild even packages whose inputs did not change.")
+@click.option(
+    "--publish",
+    type=click.Choice(["package", "build"]),
+    default="package",
+    show_default=True,
+    help="Into the farm's repository as each package succeeds, or once the whole build has.",
+)
 @output_option
 @pass_remote
 def submit(
@@ -504,6 +512,8 @@ def submit(
     dry_run: bool,
     cycle_policy: str,
     schedule: str | None,
+    force: bool,
+    publish: str,
     output: str,
 ) -> None:
     """Submit melange configs (or a git repository's) to the build server.
@@ -549,6 +559,8 @@ def submit(
                 "cycle_policy": cycle_policy,
                 "dry_run": dry_run,
                 "schedule": schedule,
+                "force": force,
+                "publish": publish,
             }
         )
     except ValidationError as exc:
@@ -657,6 +669,47 @@ def wait(ctx: RemoteContext, build_id: str, server: str, poll_interval: float, o
     with ctx.client(server) as client:
         build = _watch(client, build_id, poll_interval, progress)
     _finish(ctx, build, output)
+
+
+@remote.command()
+@click.argument("build_id")
+@click.argument("package")
+@server_option
+@click.option(
+    "--download",
+    "download_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Download them into this directory (as <arch>/<file>).",
+)
+@output_option
+@pass_remote
+def artifacts(
+    ctx: RemoteContext,
+    build_id: str,
+    package: str,
+    server: str,
+    download_dir: Path | None,
+    output: str,
+) -> None:
+    """List a package's built files (APKs, index), or download them."""
+    with ctx.client(server) as client:
+        found = client.artifacts(build_id, package)
+        if download_dir is not None:
+            for item in found.artifacts:
+                size = client.download(build_id, package, item.path, download_dir / item.path)
+                ctx.console.print(
+                    Text(f"{download_dir / item.path}  {size} bytes"), highlight=False
+                )
+            return
+    if output == "json":
+        _print_json(ctx.console, found)
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("PATH", "SIZE", "LOCATION"):
+        table.add_column(column)
+    for item in found.artifacts:
+        table.add_row(item.path, str(item.size), item.location)
+    ctx.console.print(table)
 
 
 @remote.command()

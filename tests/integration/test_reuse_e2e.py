@@ -1,0 +1,110 @@
+"""Rebuilds that skip what did not change (issue 7), end to end on real buildkitd:
+unchanged -> cached; a changed source file -> rebuilt; a changed dependency -> its
+dependents rebuilt, the rest cached; ``force`` rebuilds everything."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from melange2.farm.local import FarmEnv
+from tests.integration.test_server_e2e import Server, by_name, config, submit, wait
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(farm: FarmEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(farm, tmp_path_factory.mktemp("reuse"))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+_NEW_FILE = (
+    "mkdir -p ${{targets.destdir}}/usr/share/r-lib\n"
+    "echo new > ${{targets.destdir}}/usr/share/r-lib/extra"
+)
+
+
+def _source(text: str) -> dict[str, dict[str, Any]]:
+    return {"r-app": {"data.txt": {"base64": base64.b64encode(text.encode()).decode()}}}
+
+
+def _configs(lib_script: str = "true") -> list[str]:
+    return [
+        config("r-lib", script=lib_script),
+        config("r-app", needs=("r-lib",), script="cat data.txt"),
+        config("r-other"),
+    ]
+
+
+def _build(client: httpx.Client, **body: Any) -> dict[str, dict[str, Any]]:
+    build = wait(client, submit(client, mode="dag", **body))
+    problems = [(p["name"], p["status"], p["error"]) for p in build["packages"]]
+    assert build["status"] == "success", problems
+    packages = by_name(build)
+    for p in packages.values():
+        p["build_id"] = build["id"]
+    return packages
+
+
+def test_unchanged_packages_are_reused_and_changes_rebuild_only_what_they_touch(
+    server: Server,
+) -> None:
+    with server.client() as client:
+        first = _build(client, configs=_configs(), source_files=_source("v1"))
+        assert not any(p["cached"] for p in first.values())
+        digests = {n: p["input_digest"] for n, p in first.items()}
+        assert all(d.startswith("sha256:") and len(d) == 71 for d in digests.values())
+
+        # the same inputs again: nothing is built, the packages are reused
+        again = _build(client, configs=_configs(), source_files=_source("v1"))
+        assert {n: p["cached"] for n, p in again.items()} == dict.fromkeys(again, True)
+        assert {n: p["input_digest"] for n, p in again.items()} == digests
+        build_id = again["r-app"]["build_id"]
+        log = client.get(f"/api/v1/builds/{build_id}/packages/r-app/logs").text
+        assert "inputs unchanged" in log and "reusing its packages" in log
+        listed = client.get(f"/api/v1/builds/{build_id}/packages/r-app/artifacts").json()
+        assert [a["path"] for a in listed["artifacts"]] == ["x86_64/r-app-1.0.0-r0.apk"]
+
+        # a changed source file: that package is rebuilt, the others reused
+        changed_src = _build(client, configs=_configs(), source_files=_source("v2"))
+        assert changed_src["r-app"]["cached"] is False
+        assert changed_src["r-app"]["input_digest"] != digests["r-app"]
+        assert changed_src["r-lib"]["cached"] and changed_src["r-other"]["cached"]
+
+        # a dependency whose build changed but whose package did not (our APKs are
+        # reproducible): it is rebuilt, its dependent still installs the same bytes
+        same_output = _build(
+            client, configs=_configs(lib_script="echo changed"), source_files=_source("v2")
+        )
+        assert same_output["r-lib"]["cached"] is False
+        assert same_output["r-app"]["cached"] is True
+
+        # a changed dependency: it and its dependent are rebuilt, the independent reused
+        changed_dep = _build(
+            client, configs=_configs(lib_script=_NEW_FILE), source_files=_source("v2")
+        )
+        assert changed_dep["r-lib"]["cached"] is False
+        assert changed_dep["r-app"]["cached"] is False
+        assert changed_dep["r-other"]["cached"] is True
+        assert changed_dep["r-app"]["input_digest"] != changed_src["r-app"]["input_digest"]
+
+        # force: everything is built again, with the same digests as before
+        forced = _build(
+            client,
+            configs=_configs(lib_script=_NEW_FILE),
+            source_files=_source("v2"),
+            force=True,
+        )
+        assert not any(p["cached"] for p in forced.values())
+        assert {n: p["input_digest"] for n, p in forced.items()} == {
+            n: p["input_digest"] for n, p in changed_dep.items()
+        }
