@@ -2,8 +2,10 @@
 the lib/app pair proves a dependency is installed in the build environment, a failing
 step is named with its exit code and output, and builds are reproducible.
 
-The APKs are checked with our reader and independently with tar(1), gzip(1) and
-openssl(1). (apko, the field's own installer, cannot be fetched on this machine.)
+The APKs are checked with our reader, with tar(1), gzip(1) and openssl(1), and by the
+field's own installer: apko (built from its Go module at set-up) installs the lib/app
+pair from the output directories as repositories with our public key, and refuses them
+with a wrong one.
 """
 
 from __future__ import annotations
@@ -184,6 +186,50 @@ def test_app_build_installs_the_library_it_needs(
     assert "LIBGREET_VERSION=0.3.1-r2" in app.stdout
     app_pkg = read_apk(app_out / "x86_64" / "greet-app-1.0.0-r0.apk")
     assert app_pkg.info.depends == ("libgreet",)
+
+    # apko installs greet-app, resolving its runtime dependency libgreet from the other
+    # output directory; signatures checked with our key
+    public = signing_key.with_name(signing_key.name + ".pub")
+    rootfs = apko_install(tmp_path / "apko", [app_out, lib_out], public, ["greet-app"])
+    assert rootfs.returncode == 0, rootfs.stderr
+    files = subprocess.run(
+        ["tar", "tf", str(tmp_path / "apko" / "rootfs.tar")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "usr/bin/greet-app" in files and "usr/share/libgreet/greet.sh" in files
+    # a key that did not sign them: refused
+    wrong = tmp_path / "wrong" / "e2e.rsa"
+    wrong.parent.mkdir()
+    generate_key(wrong, key_size=2048)
+    refused = apko_install(
+        tmp_path / "apko-wrong", [app_out, lib_out], wrong.with_name("e2e.rsa.pub"), ["greet-app"]
+    )
+    assert refused.returncode != 0
+    assert "signature" in refused.stderr.lower() or "verif" in refused.stderr.lower()
+
+
+def apko_install(
+    workdir: Path, repos: list[Path], key: Path, packages: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """``apko build-minirootfs`` of ``packages`` from ``repos`` trusting only ``key``
+    (busybox comes from nowhere: none of these packages needs it)."""
+    apko = ROOT / ".tools" / "bin" / "apko"
+    assert apko.exists(), "apko is built by `make setup` (scripts/build-tools.sh)"
+    workdir.mkdir(parents=True)
+    (workdir / "apko.yaml").write_text(
+        "contents:\n"
+        "  repositories:\n" + "".join(f"    - {r}\n" for r in repos) + f"  keyring:\n    - {key}\n"
+        "  packages:\n" + "".join(f"    - {p}\n" for p in packages)
+    )
+    return subprocess.run(
+        [str(apko), "build-minirootfs", "apko.yaml", "rootfs.tar", "--build-arch", "amd64"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_failing_step_is_named_with_exit_code_and_output(farm: FarmEnv, tmp_path: Path) -> None:
