@@ -1,6 +1,6 @@
 """Every SQL statement the store runs, one function per query, named by intent.
 
-Functions take an open :class:`~sqlalchemy.ext.asyncio.AsyncConnection` inside a
+Functions take an open :class:`~sqlalchemy.Connection` inside a
 transaction the caller owns, and convert rows to domain values here, at the boundary.
 They are dialect-neutral (SQLAlchemy Core with ``RETURNING``); dialect set-up lives in
 :mod:`melange2.store.sql.sqlite`.
@@ -12,8 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import RowMapping, and_, delete, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
 
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Backend, Build, BuildStatus, PackageJob, PackageStatus
@@ -128,9 +127,9 @@ def _attempt_values(build_id: BuildId, name: str, attempt: Attempt) -> dict[str,
 # builds
 
 
-async def insert_build(conn: AsyncConnection, build: Build) -> None:
+def insert_build(conn: Connection, build: Build) -> None:
     """The build, its packages and their attempts (the caller's transaction makes it atomic)."""
-    await conn.execute(insert(builds), [build_values(build)])
+    conn.execute(insert(builds), [build_values(build)])
     rows: list[dict[str, Any]] = []
     tries: list[dict[str, Any]] = []
     for job in build.packages:
@@ -140,19 +139,19 @@ async def insert_build(conn: AsyncConnection, build: Build) -> None:
         rows.append(values)
         tries.extend(_attempt_values(build.id, job.name, a) for a in job.attempts)
     if rows:
-        await conn.execute(insert(packages), rows)
+        conn.execute(insert(packages), rows)
     if tries:
-        await conn.execute(insert(attempts), tries)
+        conn.execute(insert(attempts), tries)
 
 
-async def fetch_build(conn: AsyncConnection, build_id: BuildId) -> Build | None:
-    rows = (await conn.execute(select(builds).where(builds.c.id == build_id))).mappings().all()
-    found = await with_packages(conn, rows)
+def fetch_build(conn: Connection, build_id: BuildId) -> Build | None:
+    rows = (conn.execute(select(builds).where(builds.c.id == build_id))).mappings().all()
+    found = with_packages(conn, rows)
     return found[0] if found else None
 
 
-async def fetch_builds_page(
-    conn: AsyncConnection,
+def fetch_builds_page(
+    conn: Connection,
     *,
     limit: int,
     after: tuple[datetime, BuildId] | None,
@@ -170,26 +169,26 @@ async def fetch_builds_page(
                 and_(builds.c.created_at == at, builds.c.id < last_id),
             )
         )
-    return await with_packages(conn, (await conn.execute(query)).mappings().all())
+    return with_packages(conn, (conn.execute(query)).mappings().all())
 
 
-async def fetch_unfinished_builds(conn: AsyncConnection) -> list[Build]:
+def fetch_unfinished_builds(conn: Connection) -> list[Build]:
     """Builds still pending or running, oldest first."""
     query = (
         select(builds)
         .where(builds.c.status.in_([s.value for s in UNFINISHED_BUILD_STATES]))
         .order_by(builds.c.created_at, builds.c.id)
     )
-    return await with_packages(conn, (await conn.execute(query)).mappings().all())
+    return with_packages(conn, (conn.execute(query)).mappings().all())
 
 
-async def with_packages(conn: AsyncConnection, rows: Sequence[RowMapping]) -> list[Build]:
+def with_packages(conn: Connection, rows: Sequence[RowMapping]) -> list[Build]:
     """Builds from build rows, loading all their packages and attempts in two queries."""
     ids = [row["id"] for row in rows]
     if not ids:
         return []
     tries: dict[tuple[str, str], list[Attempt]] = {}
-    attempt_rows = await conn.execute(
+    attempt_rows = conn.execute(
         select(attempts)
         .where(attempts.c.build_id.in_(ids))
         .order_by(attempts.c.build_id, attempts.c.name, attempts.c.number)
@@ -197,7 +196,7 @@ async def with_packages(conn: AsyncConnection, rows: Sequence[RowMapping]) -> li
     for row in attempt_rows.mappings():
         tries.setdefault((row["build_id"], row["name"]), []).append(attempt_from_row(row))
     jobs: dict[str, list[PackageJob]] = {}
-    package_rows = await conn.execute(
+    package_rows = conn.execute(
         select(packages)
         .where(packages.c.build_id.in_(ids))
         .order_by(packages.c.build_id, packages.c.seq, packages.c.name)
@@ -208,7 +207,7 @@ async def with_packages(conn: AsyncConnection, rows: Sequence[RowMapping]) -> li
     return [build_from_row(row, jobs.get(row["id"], ())) for row in rows]
 
 
-async def update_build(conn: AsyncConnection, build_id: BuildId, fields: Mapping[str, Any]) -> bool:
+def update_build(conn: Connection, build_id: BuildId, fields: Mapping[str, Any]) -> bool:
     """Set build columns; ``False`` if there is no such build."""
     values = dict(fields)
     if "status" in values:
@@ -216,17 +215,17 @@ async def update_build(conn: AsyncConnection, build_id: BuildId, fields: Mapping
     if "spec" in values:
         values["spec"] = dict(values["spec"])
     if not values:
-        found = await conn.execute(select(builds.c.id).where(builds.c.id == build_id))
+        found = conn.execute(select(builds.c.id).where(builds.c.id == build_id))
         return found.first() is not None
-    result = await conn.execute(update(builds).where(builds.c.id == build_id).values(values))
+    result = conn.execute(update(builds).where(builds.c.id == build_id).values(values))
     return result.rowcount > 0
 
 
 # packages
 
 
-async def transition_package(
-    conn: AsyncConnection,
+def transition_package(
+    conn: Connection,
     build_id: BuildId,
     name: str,
     to: PackageStatus,
@@ -245,54 +244,52 @@ async def transition_package(
         .values(package_values({**fields, "status": to}))
         .returning(packages)
     )
-    row = (await conn.execute(query)).mappings().first()
+    row = (conn.execute(query)).mappings().first()
     if row is None:
         return None
-    return await _finish_package_update(conn, row, fields)
+    return _finish_package_update(conn, row, fields)
 
 
-async def update_package_fields(
-    conn: AsyncConnection, build_id: BuildId, name: str, fields: Mapping[str, Any]
+def update_package_fields(
+    conn: Connection, build_id: BuildId, name: str, fields: Mapping[str, Any]
 ) -> PackageJob | None:
     """Set non-state columns of a package; ``None`` if there is no such package."""
     where = (packages.c.build_id == build_id, packages.c.name == name)
     values = package_values(fields)
     if values:
         query = update(packages).where(*where).values(values).returning(packages)
-        row = (await conn.execute(query)).mappings().first()
+        row = (conn.execute(query)).mappings().first()
     else:
-        row = (await conn.execute(select(packages).where(*where))).mappings().first()
+        row = (conn.execute(select(packages).where(*where))).mappings().first()
     if row is None:
         return None
-    return await _finish_package_update(conn, row, fields)
+    return _finish_package_update(conn, row, fields)
 
 
-async def _finish_package_update(
-    conn: AsyncConnection, row: RowMapping, fields: Mapping[str, Any]
+def _finish_package_update(
+    conn: Connection, row: RowMapping, fields: Mapping[str, Any]
 ) -> PackageJob:
     build_id, name = BuildId(row["build_id"]), row["name"]
     if "attempts" in fields:
-        await conn.execute(
+        conn.execute(
             delete(attempts).where(attempts.c.build_id == build_id, attempts.c.name == name)
         )
         rows = [_attempt_values(build_id, name, a) for a in fields["attempts"]]
         if rows:
-            await conn.execute(insert(attempts), rows)
-    return package_from_row(row, await fetch_attempts(conn, build_id, name))
+            conn.execute(insert(attempts), rows)
+    return package_from_row(row, fetch_attempts(conn, build_id, name))
 
 
-async def package_status(
-    conn: AsyncConnection, build_id: BuildId, name: str
-) -> PackageStatus | None:
+def package_status(conn: Connection, build_id: BuildId, name: str) -> PackageStatus | None:
     """The current status of a package; ``None`` if there is no such package."""
-    status = await conn.scalar(
+    status = conn.scalar(
         select(packages.c.status).where(packages.c.build_id == build_id, packages.c.name == name)
     )
     return None if status is None else PackageStatus(status)
 
 
-async def fetch_attempts(conn: AsyncConnection, build_id: BuildId, name: str) -> list[Attempt]:
-    rows = await conn.execute(
+def fetch_attempts(conn: Connection, build_id: BuildId, name: str) -> list[Attempt]:
+    rows = conn.execute(
         select(attempts)
         .where(attempts.c.build_id == build_id, attempts.c.name == name)
         .order_by(attempts.c.number)
@@ -300,26 +297,24 @@ async def fetch_attempts(conn: AsyncConnection, build_id: BuildId, name: str) ->
     return [attempt_from_row(row) for row in rows.mappings()]
 
 
-async def put_attempt(
-    conn: AsyncConnection, build_id: BuildId, name: str, attempt: Attempt
-) -> None:
+def put_attempt(conn: Connection, build_id: BuildId, name: str, attempt: Attempt) -> None:
     """Insert an attempt, replacing one with the same number."""
-    await conn.execute(
+    conn.execute(
         delete(attempts).where(
             attempts.c.build_id == build_id,
             attempts.c.name == name,
             attempts.c.number == attempt.number,
         )
     )
-    await conn.execute(insert(attempts), [_attempt_values(build_id, name, attempt)])
+    conn.execute(insert(attempts), [_attempt_values(build_id, name, attempt)])
 
 
 # leases
 
 
-async def renew_leases(conn: AsyncConnection, owner: str, expires: datetime) -> int:
+def renew_leases(conn: Connection, owner: str, expires: datetime) -> int:
     """Move the deadline of every running lease ``owner`` holds; how many."""
-    result = await conn.execute(
+    result = conn.execute(
         update(packages)
         .where(
             packages.c.lease_owner == owner,
@@ -330,7 +325,7 @@ async def renew_leases(conn: AsyncConnection, owner: str, expires: datetime) -> 
     return result.rowcount
 
 
-async def expire_leases(conn: AsyncConnection, now: datetime) -> list[PackageJob]:
+def expire_leases(conn: Connection, now: datetime) -> list[PackageJob]:
     """Running packages whose lease ran out before ``now`` go back to pending, in one
     guarded UPDATE; returns them by build and ``seq``."""
     query = (
@@ -348,15 +343,15 @@ async def expire_leases(conn: AsyncConnection, now: datetime) -> list[PackageJob
         )
         .returning(packages)
     )
-    rows = (await conn.execute(query)).mappings().all()
+    rows = (conn.execute(query)).mappings().all()
     jobs = [
-        package_from_row(row, await fetch_attempts(conn, BuildId(row["build_id"]), row["name"]))
+        package_from_row(row, fetch_attempts(conn, BuildId(row["build_id"]), row["name"]))
         for row in rows
     ]
     return sorted(jobs, key=lambda j: (j.build_id, j.seq, j.name))
 
 
-async def latest_durations(conn: AsyncConnection, names: Sequence[str]) -> dict[str, float]:
+def latest_durations(conn: Connection, names: Sequence[str]) -> dict[str, float]:
     """For each name, the duration of its most recently finished successful build."""
     if not names:
         return {}
@@ -380,7 +375,7 @@ async def latest_durations(conn: AsyncConnection, names: Sequence[str]) -> dict[
         )
         .subquery()
     )
-    rows = await conn.execute(
+    rows = conn.execute(
         select(ranked.c.name, ranked.c.started_at, ranked.c.finished_at).where(ranked.c.rank == 1)
     )
     return {
@@ -391,24 +386,22 @@ async def latest_durations(conn: AsyncConnection, names: Sequence[str]) -> dict[
 # runtime backends
 
 
-async def save_backend(conn: AsyncConnection, backend: StoredBackend) -> None:
+def save_backend(conn: Connection, backend: StoredBackend) -> None:
     """Replace the backend with this address in place, or add it at the end."""
     values = {"arch": backend.arch, "labels": dict(backend.labels), "max_jobs": backend.max_jobs}
-    result = await conn.execute(
-        update(backends).where(backends.c.addr == backend.addr).values(values)
-    )
+    result = conn.execute(update(backends).where(backends.c.addr == backend.addr).values(values))
     if result.rowcount:
         return
     next_position = select(func.coalesce(func.max(backends.c.position), 0) + 1).scalar_subquery()
-    await conn.execute(insert(backends).values(addr=backend.addr, position=next_position, **values))
+    conn.execute(insert(backends).values(addr=backend.addr, position=next_position, **values))
 
 
-async def delete_backend(conn: AsyncConnection, addr: str) -> None:
-    await conn.execute(delete(backends).where(backends.c.addr == addr))
+def delete_backend(conn: Connection, addr: str) -> None:
+    conn.execute(delete(backends).where(backends.c.addr == addr))
 
 
-async def list_backends(conn: AsyncConnection) -> list[StoredBackend]:
-    rows = await conn.execute(select(backends).order_by(backends.c.position))
+def list_backends(conn: Connection) -> list[StoredBackend]:
+    rows = conn.execute(select(backends).order_by(backends.c.position))
     return [
         StoredBackend(
             addr=row["addr"], arch=row["arch"], labels=row["labels"], max_jobs=row["max_jobs"]

@@ -1,5 +1,8 @@
 """The SQLite store: one file, WAL mode, Alembic-migrated at open.
 
+Every store call is one transaction run whole on the store's own thread, with the
+synchronous driver: one hop from the event loop per call, not one per statement (an
+async driver hops per statement, and that dominated the scheduler's cost per package).
 Transactions are ours, not the driver's: pysqlite's legacy mode (no BEGIN before a
 SELECT) is switched off and SQLAlchemy emits ``BEGIN`` itself. Reads run in a deferred
 transaction (a consistent snapshot under WAL); writes in ``BEGIN IMMEDIATE``, which takes
@@ -15,17 +18,17 @@ of failing when a read turns into a write. That single writer is what makes the 
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from melange2.errors import InvalidTransition, NotFound, StoreError
@@ -50,14 +53,15 @@ __all__ = ["SqliteStore", "sqlite_engine"]
 #: how long a writer waits for the lock before failing, in milliseconds
 BUSY_TIMEOUT_MS = 10_000
 _BEGIN_OPTION = "melange2_begin"
+_T = TypeVar("_T")
 
 
-def sqlite_engine(path: Path) -> AsyncEngine:
-    """An async engine on ``path`` with WAL, ``busy_timeout``, foreign keys and explicit
-    ``BEGIN``. Dispose it when done."""
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
+def sqlite_engine(path: Path) -> Engine:
+    """An engine on ``path`` with WAL, ``busy_timeout``, foreign keys and explicit
+    ``BEGIN``. Dispose it when done. Use it from one thread (the store's)."""
+    engine = create_engine(f"sqlite:///{path}")
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -67,7 +71,7 @@ def sqlite_engine(path: Path) -> AsyncEngine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
@@ -83,26 +87,34 @@ class _State(enum.Enum):
 class SqliteStore:
     """A :class:`~melange2.store.base.JobStore` in one SQLite file."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        """Wrap an engine made by :func:`sqlite_engine` whose schema is at head; prefer
-        :meth:`open`."""
+    def __init__(self, engine: Engine, executor: ThreadPoolExecutor) -> None:
+        """Wrap an engine made by :func:`sqlite_engine` whose schema is at head, used only
+        from ``executor``'s single thread; prefer :meth:`open`."""
         self._engine = engine
         self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+        self._executor = executor
         self._state = _State.OPEN
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
         """Open (creating if needed) the database at ``path`` and migrate it to head."""
-        engine = sqlite_engine(path)
-        try:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        loop = asyncio.get_running_loop()
+        engine = await loop.run_in_executor(executor, sqlite_engine, path)
+
+        def migrate() -> None:
             with map_sql_errors(f"migrating {path}"):
                 writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
-                async with writer.begin() as conn:
-                    await conn.run_sync(upgrade)
+                with writer.begin() as conn:
+                    upgrade(conn)
+
+        try:
+            await loop.run_in_executor(executor, migrate)
         except BaseException:
-            await engine.dispose()
+            await loop.run_in_executor(executor, engine.dispose)
+            executor.shutdown(wait=False)
             raise
-        return cls(engine)
+        return cls(engine, executor)
 
     async def __aenter__(self) -> Self:
         self._check_open()
@@ -119,17 +131,18 @@ class SqliteStore:
     async def aclose(self) -> None:
         if self._state is _State.OPEN:
             self._state = _State.CLOSED
-            await self._engine.dispose()
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.dispose)
+            self._executor.shutdown(wait=True)
 
     # builds
 
     async def create_build(self, build: Build) -> None:
-        async with self._write(f"creating build {build.id}") as conn:
-            await queries.insert_build(conn, build)
+        await self._write(f"creating build {build.id}", lambda c: queries.insert_build(c, build))
 
     async def get_build(self, build_id: BuildId) -> Build:
-        async with self._read(f"reading build {build_id}") as conn:
-            build = await queries.fetch_build(conn, build_id)
+        build = await self._read(
+            f"reading build {build_id}", lambda c: queries.fetch_build(c, build_id)
+        )
         if build is None:
             raise NotFound(f"no build {build_id}")
         return build
@@ -139,10 +152,10 @@ class SqliteStore:
     ) -> BuildPage:
         check_limit(limit)
         after = None if cursor is None else decode_cursor(cursor)
-        async with self._read("listing builds") as conn:
-            found = await queries.fetch_builds_page(
-                conn, limit=limit + 1, after=after, status=status
-            )
+        found = await self._read(
+            "listing builds",
+            lambda c: queries.fetch_builds_page(c, limit=limit + 1, after=after, status=status),
+        )
         page = found[:limit]
         more = len(found) > limit
         next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
@@ -150,16 +163,18 @@ class SqliteStore:
 
     async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
         check_fields(fields, BUILD_FIELDS, "build")
-        async with self._write(f"updating build {build_id}") as conn:
-            if not await queries.update_build(conn, build_id, fields):
+
+        def update(conn: Connection) -> Build:
+            if not queries.update_build(conn, build_id, fields):
                 raise NotFound(f"no build {build_id}")
-            build = await queries.fetch_build(conn, build_id)
-        assert build is not None
-        return build
+            build = queries.fetch_build(conn, build_id)
+            assert build is not None
+            return build
+
+        return await self._write(f"updating build {build_id}", update)
 
     async def unfinished_builds(self) -> Sequence[Build]:
-        async with self._read("listing unfinished builds") as conn:
-            return await queries.fetch_unfinished_builds(conn)
+        return await self._read("listing unfinished builds", queries.fetch_unfinished_builds)
 
     # packages
 
@@ -175,31 +190,40 @@ class SqliteStore:
         check_fields(fields, PACKAGE_FIELDS, "package")
         to = PackageStatus(to)
         allowed = sources_of(to) if expect is None else sources_of(to) & expect
-        async with self._write(f"moving {build_id}/{name} to {to}") as conn:
-            job = await queries.transition_package(conn, build_id, name, to, allowed, fields)
+
+        def move(conn: Connection) -> PackageJob | PackageStatus | None:
+            job = queries.transition_package(conn, build_id, name, to, allowed, fields)
             if job is not None:
                 return job
-            current = await queries.package_status(conn, build_id, name)
-        if current is None:
+            return queries.package_status(conn, build_id, name)
+
+        found = await self._write(f"moving {build_id}/{name} to {to}", move)
+        if isinstance(found, PackageJob):
+            return found
+        if found is None:
             raise NotFound(f"no package {name!r} in build {build_id}")
         raise InvalidTransition(
-            f"package {name!r} of build {build_id} is {current}, cannot move to {to}"
+            f"package {name!r} of build {build_id} is {found}, cannot move to {to}"
             + ("" if expect is None else f" (expected {', '.join(sorted(expect))})")
         )
 
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         check_fields(fields, PACKAGE_FIELDS, "package")
-        async with self._write(f"updating {build_id}/{name}") as conn:
-            job = await queries.update_package_fields(conn, build_id, name, fields)
+        job = await self._write(
+            f"updating {build_id}/{name}",
+            lambda c: queries.update_package_fields(c, build_id, name, fields),
+        )
         if job is None:
             raise NotFound(f"no package {name!r} in build {build_id}")
         return job
 
     async def add_attempt(self, build_id: BuildId, name: str, attempt: Attempt) -> None:
-        async with self._write(f"recording attempt {attempt.number} of {build_id}/{name}") as conn:
-            if await queries.package_status(conn, build_id, name) is None:
+        def add(conn: Connection) -> None:
+            if queries.package_status(conn, build_id, name) is None:
                 raise NotFound(f"no package {name!r} in build {build_id}")
-            await queries.put_attempt(conn, build_id, name, attempt)
+            queries.put_attempt(conn, build_id, name, attempt)
+
+        await self._write(f"recording attempt {attempt.number} of {build_id}/{name}", add)
 
     # leases
 
@@ -207,31 +231,29 @@ class SqliteStore:
         check_aware(expires, "expires")
         if not owner:
             return 0
-        async with self._write(f"renewing leases of {owner}") as conn:
-            return await queries.renew_leases(conn, owner, expires)
+        return await self._write(
+            f"renewing leases of {owner}", lambda c: queries.renew_leases(c, owner, expires)
+        )
 
     async def expire_leases(self, now: datetime) -> Sequence[PackageJob]:
         check_aware(now, "now")
-        async with self._write("expiring leases") as conn:
-            return await queries.expire_leases(conn, now)
+        return await self._write("expiring leases", lambda c: queries.expire_leases(c, now))
 
     async def durations(self, names: Sequence[str]) -> Mapping[str, float]:
-        async with self._read("reading durations") as conn:
-            return await queries.latest_durations(conn, names)
+        return await self._read("reading durations", lambda c: queries.latest_durations(c, names))
 
     # runtime backends
 
     async def save_backend(self, backend: StoredBackend) -> None:
-        async with self._write(f"saving backend {backend.addr}") as conn:
-            await queries.save_backend(conn, backend)
+        await self._write(
+            f"saving backend {backend.addr}", lambda c: queries.save_backend(c, backend)
+        )
 
     async def delete_backend(self, addr: str) -> None:
-        async with self._write(f"deleting backend {addr}") as conn:
-            await queries.delete_backend(conn, addr)
+        await self._write(f"deleting backend {addr}", lambda c: queries.delete_backend(c, addr))
 
     async def list_backends(self) -> Sequence[StoredBackend]:
-        async with self._read("listing backends") as conn:
-            return await queries.list_backends(conn)
+        return await self._read("listing backends", queries.list_backends)
 
     # transactions
 
@@ -239,18 +261,20 @@ class SqliteStore:
         if self._state is _State.CLOSED:
             raise StoreError("the store is closed")
 
-    @asynccontextmanager
-    async def _read(self, action: str) -> AsyncIterator[AsyncConnection]:
-        """A read transaction: one consistent snapshot."""
-        self._check_open()
-        with map_sql_errors(action):
-            async with self._engine.begin() as conn:
-                yield conn
+    async def _read(self, action: str, work: Callable[[Connection], _T]) -> _T:
+        """``work`` in a read transaction: one consistent snapshot."""
+        return await self._run(self._engine, action, work)
 
-    @asynccontextmanager
-    async def _write(self, action: str) -> AsyncIterator[AsyncConnection]:
-        """A write transaction holding the database's write lock from its first statement."""
+    async def _write(self, action: str, work: Callable[[Connection], _T]) -> _T:
+        """``work`` in a write transaction holding the database's write lock from its
+        first statement; committed when it returns, rolled back when it raises."""
+        return await self._run(self._writer, action, work)
+
+    async def _run(self, engine: Engine, action: str, work: Callable[[Connection], _T]) -> _T:
         self._check_open()
-        with map_sql_errors(action):
-            async with self._writer.begin() as conn:
-                yield conn
+
+        def transaction() -> _T:
+            with map_sql_errors(action), engine.begin() as conn:
+                return work(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, transaction)
