@@ -236,7 +236,11 @@ class BuildkitRunner:
         records: Sequence[IndexRecord],
         publish_now: bool,
     ) -> None:
-        await self.staging(job.build_id).publish(apks, job.arch, records=records)
+        # when the farm's repository already holds exactly these packages (a reused
+        # build), the build's later packages install them from there: no staging
+        published = [await self.published.has(job.arch, r) for r in records]
+        if not all(published):
+            await self.staging(job.build_id).publish(apks, job.arch, records=records)
         if publish_now:
             await self.published.publish(apks, job.arch, records=records)
 

@@ -277,6 +277,8 @@ def _finish_package_update(
         rows = [_attempt_values(build_id, name, a) for a in fields["attempts"]]
         if rows:
             conn.execute(insert(attempts), rows)
+        # what was just written, in number order: no need to read it back
+        return package_from_row(row, sorted(fields["attempts"], key=lambda a: a.number))
     return package_from_row(row, fetch_attempts(conn, build_id, name))
 
 
