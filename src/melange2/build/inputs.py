@@ -45,7 +45,7 @@ def input_digest(
         "llb": hashlib.sha256(definition).hexdigest(),
         "base_image": base_image_digest,
         "key": signer.key_name if signer is not None else "",
-        "key_digest": hashlib.sha256(signer.public_key_pem()).hexdigest() if signer else "",
+        "key_digest": "" if signer is None else hashlib.sha256(signer.public_key_pem()).hexdigest(),
         "source_date_epoch": source_date_epoch,
         "with_test": with_test,
     }
