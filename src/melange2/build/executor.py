@@ -79,6 +79,8 @@ class BuildOptions:
     #: BuildKit registry cache (CACHE_REGISTRY / CACHE_MODE on the server)
     cache_ref: str = ""
     cache_mode: str = "min"
+    #: trace every command of every step in the log (``set -x``, as melange's --debug)
+    debug: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,9 +154,10 @@ def build_graph(
             name="copy sources into /home/build",
         )
     for step in plan.steps:
+        script = f"set -x\n{step.script}" if opts.debug else step.script
         root = llb.run(
             root,
-            ["/bin/sh", "-c", step.script],
+            ["/bin/sh", "-c", script],
             env=step_env(plan.environment, step, opts),
             cwd=step.workdir,
             network=opts.network,

@@ -185,6 +185,7 @@ class BuildkitRunner:
             keyrings=[str(s.key_path) + ".pub", *s.keyrings],
             env={str(k): str(v) for k, v in spec_env.items()} if isinstance(spec_env, dict) else {},
             with_test=bool(build.spec.get("with_test")),
+            debug=bool(build.spec.get("debug")),
             cache_ref=s.cache_registry,
             cache_mode=s.cache_mode,
         )

@@ -99,3 +99,41 @@ def test_config_text_gives_llb_or_a_clean_error(text: str) -> None:
         assert {s.name for s in plan.steps} <= names
     finally:
         path.unlink(missing_ok=True)
+
+
+def test_debug_traces_every_step(tmp_path: Path) -> None:
+    path = tmp_path / "dbg.yaml"
+    path.write_text(
+        "package:\n  name: dbg\n  version: 1.0.0\n"
+        "environment:\n  contents:\n    packages: [busybox]\n"
+        "pipeline:\n  - name: one\n    runs: echo one\n  - name: two\n    runs: echo two\n"
+    )
+
+    def scripts(debug: bool) -> list[str]:
+        opts = BuildOptions(
+            config=path,
+            arch="x86_64",
+            buildkit_addr="tcp://127.0.0.1:1",
+            registry="127.0.0.1:1",
+            out_dir=tmp_path,
+            cache_dir=tmp_path,
+            debug=debug,
+        )
+        config, plan = prepare(opts)
+        definition = llb.marshal(
+            build_graph(
+                config, plan, opts, environment="127.0.0.1:1/e@sha256:" + "0" * 64, sources=None
+            )
+        )
+        found = []
+        for raw in getattr(definition, "def"):
+            op = pb.Op()
+            op.ParseFromString(raw)
+            if op.HasField("exec"):
+                found.append(op.exec.meta.args[-1])
+        return found
+
+    plain, traced = scripts(False), scripts(True)
+    assert len(plain) == len(traced) == 2
+    assert all(not s.startswith("set -x") for s in plain)
+    assert all(s.startswith("set -x\n") for s in traced)

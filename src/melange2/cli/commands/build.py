@@ -140,6 +140,9 @@ def build_options(f: Any) -> Any:
             help="The full build log  [default: <out-dir>/logs/<name>-<arch>.log].",
         ),
         click.option("--plain", is_flag=True, help="Plain progress lines, even on a terminal."),
+        click.option(
+            "--debug", is_flag=True, help="Trace every command of every step (set -x) in the log."
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -166,6 +169,7 @@ def _options(kw: dict[str, Any], *, with_test: bool) -> BuildOptions:
         network="none" if kw["network"] == "none" else "unset",
         with_test=with_test,
         source_date_epoch=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
+        debug=bool(kw["debug"]),
     )
 
 
