@@ -160,21 +160,35 @@ class EnvironmentSpec:
 
 
 class EnvironmentComposer:
-    """Compose and push environment images; remember what it pushed this process."""
+    """Compose and push environment images; remember what it pushed this process.
+
+    Concurrent builds often need the same environment, or environments sharing package
+    layers: each image and each layer is composed and pushed once, the others wait for
+    it (pushing the same blob twice at once makes the registry refuse a manifest)."""
 
     def __init__(self, registry: RegistryClient, cache: LayerCache, fragment: DbFragment) -> None:
         self.registry = registry
         self.cache = cache
         self.fragment = fragment
         self._known: dict[str, ImageRef] = {}
+        self._composing: dict[str, asyncio.Task[ImageRef]] = {}
+        self._pushing: dict[str, asyncio.Task[None]] = {}
 
     async def compose(self, spec: EnvironmentSpec) -> ImageRef:
         """The image for ``spec``, pushed if the registry does not have it yet."""
         key = spec.key()
-        tag = f"env-{key[:48]}"
         known = self._known.get(key)
         if known is not None:
             return known
+        task = self._composing.get(key)
+        if task is None:
+            task = asyncio.create_task(self._compose(spec, key), name=f"compose {key[:12]}")
+            self._composing[key] = task
+            task.add_done_callback(lambda _: self._composing.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _compose(self, spec: EnvironmentSpec, key: str) -> ImageRef:
+        tag = f"env-{key[:48]}"
         try:
             existing = await self.registry.get_manifest(ENV_REPO, tag)
         except ManifestNotFound:
@@ -189,11 +203,7 @@ class EnvironmentComposer:
             await asyncio.to_thread(self.cache.get, pkg, self.fragment) for pkg in spec.packages
         ]
         for layer in layers:
-            if not await self.registry.has_blob(ENV_REPO, layer.digest):
-                data = await asyncio.to_thread(self.cache.blob_path(layer.digest).read_bytes)
-                await self.registry.push_blob(
-                    ENV_REPO, Blob(media_type=LAYER_MEDIA_TYPE, data=data)
-                )
+            await self._push_layer(layer.digest)
         own = await asyncio.to_thread(_own_layer, spec, layers)
         await self.registry.push_blob(ENV_REPO, own.blob)
         all_layers: list[Layer] = [
@@ -205,6 +215,20 @@ class EnvironmentComposer:
         manifest = make_manifest(config, all_layers)
         digest = await self.registry.push_manifest(ENV_REPO, tag, manifest)
         return ImageRef(host=self.registry.host, repo=ENV_REPO, tag=tag, digest=digest)
+
+
+    async def _push_layer(self, digest: str) -> None:
+        task = self._pushing.get(digest)
+        if task is None:
+            task = asyncio.create_task(self._push_cached(digest), name=f"push {digest[:19]}")
+            self._pushing[digest] = task
+            task.add_done_callback(lambda _: self._pushing.pop(digest, None))
+        await asyncio.shield(task)
+
+    async def _push_cached(self, digest: str) -> None:
+        if not await self.registry.has_blob(ENV_REPO, digest):
+            data = await asyncio.to_thread(self.cache.blob_path(digest).read_bytes)
+            await self.registry.push_blob(ENV_REPO, Blob(media_type=LAYER_MEDIA_TYPE, data=data))
 
 
 def _own_layer(spec: EnvironmentSpec, layers: Sequence[PackageLayer]) -> BuiltLayer:
