@@ -19,7 +19,7 @@ import pytest
 
 from melange2.apk.index import read_index_tar_gz
 from melange2.farm.local import FarmEnv
-from tests.conftest import TOOLS
+from tests.conftest import ROOT, TOOLS
 from tests.integration.test_server_e2e import Server, by_name, config, submit, wait
 
 pytestmark = pytest.mark.e2e
@@ -48,16 +48,14 @@ def test_follow_shows_output_before_the_package_ends(server: Server) -> None:
     with server.client() as client:
         build_id = submit(client, configs=[config("l-follow", script=script)])
         seen: list[tuple[float, bytes]] = []
+        cli = str(ROOT / ".venv" / "bin" / "melange2")
 
-        def follow() -> None:
-            with (
-                httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=None)) as http,
-                http.stream(
-                    "GET", f"/api/v1/builds/{build_id}/packages/l-follow/logs?follow=true"
-                ) as resp,
-            ):
-                for chunk in resp.iter_bytes():
-                    seen.append((time.monotonic(), chunk))
+        def follow() -> None:  # `melange2 remote logs -f`, as a user runs it
+            argv = [cli, "remote", "logs", build_id, "l-follow", "-f", "--server", server.url]
+            with subprocess.Popen(argv, stdout=subprocess.PIPE) as proc:
+                assert proc.stdout is not None
+                for line in iter(proc.stdout.readline, b""):
+                    seen.append((time.monotonic(), line))
 
         reader = threading.Thread(target=follow)
         deadline = time.monotonic() + 120
