@@ -8,7 +8,7 @@ PY := .venv/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 export UV_PYTHON := python3.11
 
-.PHONY: help setup system-deps tools venv protos lint test test-unit test-e2e demo farm-up farm-down farm-status clean
+.PHONY: help setup system-deps tools venv protos lint test test-unit test-e2e demo farm-up farm-down farm-status bench clean
 
 help:
 	@echo "make demo       install everything, start the local farm, build the examples on it"
@@ -16,6 +16,7 @@ help:
 	@echo "make setup      install system packages, .venv, buildkitd/buildctl, gRPC stubs"
 	@echo "make farm-up    start two buildkitd daemons and the registry (writes .farm/env)"
 	@echo "make farm-down  stop the local farm"
+	@echo "make bench      replay wolfi's graph on the local farm (BENCH_FLAGS='--limit 400 --out r.json')"
 
 setup: system-deps tools venv protos
 
@@ -57,6 +58,9 @@ farm-down:
 
 farm-status:
 	@$(PY) -m melange2.farm status
+
+bench: farm-up
+	$(PY) bench/replay.py $(BENCH_FLAGS)
 
 demo: farm-up
 	@scripts/demo.sh
