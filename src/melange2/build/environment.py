@@ -216,7 +216,6 @@ class EnvironmentComposer:
         digest = await self.registry.push_manifest(ENV_REPO, tag, manifest)
         return ImageRef(host=self.registry.host, repo=ENV_REPO, tag=tag, digest=digest)
 
-
     async def _push_layer(self, digest: str) -> None:
         task = self._pushing.get(digest)
         if task is None:
