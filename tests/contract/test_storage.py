@@ -151,6 +151,36 @@ async def test_missing_key_is_not_found(storage: Storage, tmp_path: Path) -> Non
         await storage.read_bytes("missing")
 
 
+async def test_copy_inside_the_storage(storage: Storage) -> None:
+    data = os.urandom(70_000)
+    await storage.put_bytes("builds/a/x86_64/p.apk", data)
+    await storage.put_bytes("builds/b/x86_64/p.apk", b"old")
+    await storage.copy("builds/a/x86_64/p.apk", "builds/b/x86_64/p.apk")
+    await storage.copy("builds/a/x86_64/p.apk", "builds/c/x86_64/p.apk")
+    for key in ("builds/b/x86_64/p.apk", "builds/c/x86_64/p.apk"):
+        assert sha256(await storage.read_bytes(key)) == sha256(data)
+    # the copy is an object of its own: replacing the source leaves it as it was
+    await storage.put_bytes("builds/a/x86_64/p.apk", b"new")
+    assert sha256(await storage.read_bytes("builds/c/x86_64/p.apk")) == sha256(data)
+    assert [o.key for o in await storage.list("builds/c")] == ["builds/c/x86_64/p.apk"]
+    with pytest.raises(StorageNotFound):
+        await storage.copy("builds/missing.apk", "builds/d/x86_64/p.apk")
+    assert not await storage.exists("builds/d/x86_64/p.apk")
+
+
+async def test_many_at_once(storage: Storage) -> None:
+    keys = [f"cache/x86_64/{i}.json" for i in range(5)]
+    for i, key in enumerate(keys[:3]):
+        await storage.put_bytes(key, f"record {i}".encode())
+    assert await storage.read_many(keys) == [b"record 0", b"record 1", b"record 2", None, None]
+    assert await storage.exists_many(keys) == [True, True, True, False, False]
+    assert await storage.read_many([]) == [] and await storage.exists_many([]) == []
+    await storage.copy_many([(keys[0], "b/one"), (keys[1], "b/two")])
+    assert await storage.read_many(["b/one", "b/two"]) == [b"record 0", b"record 1"]
+    with pytest.raises(StorageNotFound):
+        await storage.copy_many([(keys[2], "b/three"), (keys[4], "b/five")])
+
+
 async def test_overwrite_is_atomic_for_readers(storage: Storage, tmp_path: Path) -> None:
     versions = [bytes([n]) * (256 * 1024) + os.urandom(64) for n in range(4)]
     digests = {sha256(v) for v in versions}

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -249,6 +249,35 @@ class Storage:
             fn = partial(self._fs.pipe_file, path, data)
         await self._run("put", key, fn)
 
+    async def copy(self, source: str, key: str) -> None:
+        """Copy the object at ``source`` to ``key`` inside the storage, replacing any
+        object: a hard link on local disk (objects are never changed in place, only
+        replaced), a server-side copy in a bucket; nothing passes through this process."""
+        src, dest = self._path(source), self._path(key)
+        fn: Callable[[], None]
+        if self.kind == "local":
+            fn = partial(_link_atomic, Path(src), Path(dest))
+        elif self.kind == "memory":
+            fn = partial(self._copy_in_memory, src, dest)
+        else:
+            fn = partial(self._copy_remote, src, dest)
+        await self._run("copy", key, fn)
+
+    async def copy_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """:meth:`copy` for many (source, key) pairs: in one call on local disk, where a
+        thread hop per file would cost more than the link; concurrently in a bucket."""
+        if self.kind != "local":
+            await asyncio.gather(*(self.copy(src, key) for src, key in pairs))
+            return
+        paths = [(Path(self._path(src)), Path(self._path(key))) for src, key in pairs]
+
+        def link_all() -> None:
+            for src, dest in paths:
+                _link_atomic(src, dest)
+
+        if paths:
+            await self._run("copy", pairs[0][1], link_all)
+
     async def delete(self, key: str) -> None:
         """Delete the object at ``key``; a missing one is fine."""
         await self._run("delete", key, partial(self._delete, self._path(key)))
@@ -294,6 +323,42 @@ class Storage:
                 chunk = await self._run("read", key, partial(_read_at, f, pos, chunk_size))
         finally:
             f.close()  # a read handle: no I/O to wait for
+
+    async def read_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """:meth:`read_bytes` for many small objects; ``None`` for each missing one. One
+        call on local disk or in memory, concurrent requests in a bucket."""
+        if self.kind in ("gcs", "s3"):
+
+            async def one(key: str) -> bytes | None:
+                try:
+                    return await self.read_bytes(key)
+                except StorageNotFound:
+                    return None
+
+            return list(await asyncio.gather(*(one(k) for k in keys)))
+        paths = [self._path(k) for k in keys]
+
+        def read_all() -> list[bytes | None]:
+            out: list[bytes | None] = []
+            for path in paths:
+                try:
+                    out.append(self._read_bytes(path))
+                except FileNotFoundError:
+                    out.append(None)
+            return out
+
+        return await self._run("read", keys[0], read_all) if keys else []
+
+    async def exists_many(self, keys: Sequence[str]) -> list[bool]:
+        """:meth:`exists` for many keys (one call on local disk or in memory)."""
+        if self.kind in ("gcs", "s3"):
+            return list(await asyncio.gather(*(self.exists(k) for k in keys)))
+        paths = [self._path(k) for k in keys]
+
+        def stat_all() -> list[bool]:
+            return [self._stat(path) is not None for path in paths]
+
+        return await self._run("stat", keys[0], stat_all) if keys else []
 
     async def exists(self, key: str) -> bool:
         """Whether an object is at ``key`` (a "directory" of keys is not one)."""
@@ -396,6 +461,15 @@ class Storage:
         # give it the whole content at once (it holds it in memory anyway)
         _require_source(local)
         self._fs.pipe_file(path, local.read_bytes())
+
+    def _copy_in_memory(self, src: str, dest: str) -> None:
+        with _dirs_are_missing():
+            data = self._fs.cat_file(src)
+        self._fs.pipe_file(dest, data)
+
+    def _copy_remote(self, src: str, dest: str) -> None:
+        self._stat_file(src)  # a missing source is StorageNotFound, whatever the backend says
+        self._fs.copy(src, dest)
 
     def _get_file(self, path: str, local: Path) -> None:
         self._stat_file(path)
@@ -515,6 +589,24 @@ def _write_atomic(dest: Path, write: Callable[[IO[bytes]], None]) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _link_atomic(src: Path, dest: Path) -> None:
+    """``dest`` becomes another name of ``src`` (a copy where links are refused)."""
+    if not src.is_file():
+        raise FileNotFoundError(src)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name[:100]}#{secrets.token_hex(8)}.part"
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
