@@ -148,15 +148,34 @@ class EnvironmentSpec:
     keys: Mapping[str, bytes]  #: key file name -> PEM, installed in /etc/apk/keys
 
     def key(self) -> str:
-        doc = {
-            "v": COMPOSER_VERSION,
-            "platform": str(self.platform),
-            "packages": [p.record.checksum.hex() for p in self.packages],
-            "world": list(self.world),
-            "repositories": list(self.repositories),
-            "keys": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(self.keys.items())},
-        }
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+        return environment_key(
+            platform=self.platform,
+            records=[p.record for p in self.packages],
+            world=self.world,
+            repositories=self.repositories,
+            keys=self.keys,
+        )
+
+
+def environment_key(
+    *,
+    platform: Platform,
+    records: Sequence[IndexRecord],
+    world: Sequence[str],
+    repositories: Sequence[str],
+    keys: Mapping[str, bytes],
+) -> str:
+    """The digest naming an environment image (its tag): known from the resolution
+    alone, before any package is fetched or any layer made."""
+    doc = {
+        "v": COMPOSER_VERSION,
+        "platform": str(platform),
+        "packages": [r.checksum.hex() for r in records],
+        "world": list(world),
+        "repositories": list(repositories),
+        "keys": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(keys.items())},
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 class EnvironmentComposer:

@@ -5,7 +5,7 @@ fetch them into the local cache, and compose the image (see :mod:`.environment`)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +16,13 @@ from melange2.build.environment import (
     EnvironmentSpec,
     EnvPackage,
     LayerCache,
+    environment_key,
 )
 from melange2.buildkit.llb.platform import Platform
 from melange2.errors import RecipeError
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
-from melange2.repo.repository import IndexCache, Repository, load_indexes
+from melange2.repo.repository import IndexCache, LoadedIndex, Repository, load_indexes
 from melange2.repo.resolve import Resolution, installed_db_entry, resolve
 
 
@@ -38,9 +39,43 @@ class EnvironmentRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ResolvedEnvironment:
+    """An environment's packages, before anything is fetched: enough to name its image."""
+
+    resolution: Resolution
+    key: str  #: :func:`environment_key`, the image's tag
+    repositories: tuple[str, ...]  #: what /etc/apk/repositories lists
+    keys: Mapping[str, bytes]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resolver:
+    """Loaded indexes and keys, resolving worlds against them (thread-safe)."""
+
+    arch: str
+    indexes: Sequence[LoadedIndex]
+    keys: Mapping[str, bytes]
+    listed: tuple[str, ...]
+
+    def resolve(self, packages: Sequence[str]) -> ResolvedEnvironment:
+        resolution = resolve(packages, self.indexes, self.arch)
+        key = environment_key(
+            platform=Platform.from_arch(self.arch),
+            records=[p.record for p in resolution.packages],
+            world=tuple(packages),
+            repositories=self.listed,
+            keys=self.keys,
+        )
+        return ResolvedEnvironment(
+            resolution=resolution, key=key, repositories=self.listed, keys=self.keys
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class PreparedEnvironment:
     image: ImageRef
     resolution: Resolution
+    key: str = ""  #: the image's key (:func:`environment_key`)
 
 
 class EnvironmentBuilder:
@@ -65,21 +100,25 @@ class EnvironmentBuilder:
         if self._http is not None:
             await self._http.aclose()
 
-    async def prepare(self, request: EnvironmentRequest) -> PreparedEnvironment:
+    async def resolver(
+        self,
+        arch: str,
+        repositories: Sequence[str | Repository],
+        keyring: Sequence[str],
+        untrusted: Sequence[str] = (),
+    ) -> Resolver:
+        """Load the indexes once; the returned resolver resolves any number of worlds
+        against them (thousands at a submission, without reading an index again)."""
         http = self._client()
-        keys = await self._keys(request.keyring, http)
+        keys = await self._keys(keyring, http)
         indexes = await load_indexes(
-            request.repositories,
-            request.arch,
-            keyring=list(keys.values()),
-            client=http,
-            cache=self.indexes,
+            repositories, arch, keyring=list(keys.values()), client=http, cache=self.indexes
         )
-        if request.untrusted_repositories:
+        if untrusted:
             indexes = [
                 *await load_indexes(
-                    request.untrusted_repositories,
-                    request.arch,
+                    untrusted,
+                    arch,
                     keyring=[],
                     client=http,
                     allow_untrusted=True,
@@ -87,9 +126,25 @@ class EnvironmentBuilder:
                 ),
                 *indexes,
             ]
-        resolution = await asyncio.to_thread(resolve, request.packages, indexes, request.arch)
+        pems = {name: await asyncio.to_thread(path.read_bytes) for name, path in keys.items()}
+        return Resolver(arch=arch, indexes=indexes, keys=pems, listed=tuple(_listed(repositories)))
+
+    async def resolve(self, request: EnvironmentRequest) -> ResolvedEnvironment:
+        """The packages ``request`` would install and the key of its image, with no
+        package fetched and nothing pushed."""
+        resolver = await self.resolver(
+            request.arch,
+            request.repositories,
+            request.keyring,
+            request.untrusted_repositories,
+        )
+        return await asyncio.to_thread(resolver.resolve, request.packages)
+
+    async def prepare(self, request: EnvironmentRequest) -> PreparedEnvironment:
+        resolved = await self.resolve(request)
+        http = self._client()
         fetched = []
-        for package in resolution.packages:
+        for package in resolved.resolution.packages:
             path = await package.index.fetch(
                 package.record, cache_dir=self.cache_dir / "apks", client=http
             )
@@ -98,11 +153,11 @@ class EnvironmentBuilder:
             platform=Platform.from_arch(request.arch),
             packages=fetched,
             world=tuple(request.packages),
-            repositories=tuple(_listed(request.repositories)),
-            keys={name: path.read_bytes() for name, path in keys.items()},
+            repositories=resolved.repositories,
+            keys=resolved.keys,
         )
         image = await self.composer.compose(spec)
-        return PreparedEnvironment(image=image, resolution=resolution)
+        return PreparedEnvironment(image=image, resolution=resolved.resolution, key=resolved.key)
 
     async def _keys(self, keyring: Sequence[str], http: httpx.AsyncClient) -> dict[str, Path]:
         """Key files by name; URLs are downloaded into the cache once."""

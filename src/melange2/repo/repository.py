@@ -108,6 +108,13 @@ class RepositoryReader(Protocol):
     def stream(self, path: str) -> AsyncIterator[bytes]: ...
 
 
+class IndexSnapshot(Protocol):
+    """The current index of a repository this process writes itself, without reading
+    or verifying its file (``None``: no index for that arch yet)."""
+
+    async def __call__(self, repository: Repository, arch: str) -> LoadedIndex | None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class Repository:
     """Where packages come from: a local directory, an http(s) base URL, or a
@@ -116,6 +123,9 @@ class Repository:
     #: the location as given (a ``file://`` URL is kept as written)
     location: str
     reader: RepositoryReader | None = field(default=None, compare=False, repr=False)
+    #: the index as its writer in this process holds it (the farm's own repositories:
+    #: not parsed again after each of the thousands of publications of a build)
+    snapshot: IndexSnapshot | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         scheme = urlsplit(self.location).scheme
@@ -357,8 +367,22 @@ async def load_indexes(
     warning (``--repository-append ./packages`` before the first build)."""
     keys = await asyncio.to_thread(_load_keys, keyring)
     repos = [r if isinstance(r, Repository) else Repository.parse(r) for r in repositories]
-    present = []
+    present: list[Repository] = []
+    held: dict[int, LoadedIndex] = {}
     for repo in repos:
+        if repo.snapshot is not None:
+            snapshot = await repo.snapshot(repo, arch)
+            if snapshot is None:
+                _log.debug("repository %s has no %s index yet: skipped", repo.location, arch)
+                continue
+            if not allow_untrusted and snapshot.signed_by not in keys:
+                raise UntrustedIndexError(
+                    f"repository {repo.location}: its {arch} index is signed with "
+                    f"{snapshot.signed_by}, which is not a trusted key"
+                )
+            held[len(present)] = snapshot
+            present.append(repo)
+            continue
         local = repo.local_path
         missing = (local is not None and not (local / arch / INDEX_FILENAME).exists()) or (
             repo.reader is not None and not await repo.reader.exists(f"{arch}/{INDEX_FILENAME}")
@@ -379,11 +403,13 @@ async def load_indexes(
                         cache=cache,
                     )
                 )
-                for repo in present
+                for n, repo in enumerate(present)
+                if n not in held
             ]
     except* RepositoryError as group_error:
         raise group_error.exceptions[0] from None
-    return [task.result() for task in tasks]
+    loaded = iter(task.result() for task in tasks)
+    return [held[n] if n in held else next(loaded) for n in range(len(present))]
 
 
 def _load_keys(keyring: Keyring) -> PublicKeys:

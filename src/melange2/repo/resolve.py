@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import base64
 import functools
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -138,6 +139,33 @@ class _Candidate:
         return (version for provided, version in self.provides if provided == name)
 
 
+#: providers of the last few index sets: a farm resolves thousands of environments
+#: against the same indexes, and listing every record's names is the costly part
+ProviderMap = Mapping[str, Sequence[_Candidate]]
+_PROVIDERS: OrderedDict[tuple[object, ...], tuple[Sequence[LoadedIndex], ProviderMap]] = (
+    OrderedDict()
+)
+_PROVIDERS_SIZE = 8
+_PROVIDERS_LOCK = threading.Lock()
+
+
+def _providers(indexes: Sequence[LoadedIndex], arch: str) -> ProviderMap:
+    """:func:`_candidates`, remembered per (indexes, arch). Indexes are immutable; the
+    entry holds them, so the ids in its key cannot be reused while it lives."""
+    key = (arch, *(id(index) for index in indexes))
+    with _PROVIDERS_LOCK:
+        found = _PROVIDERS.get(key)
+        if found is not None:
+            _PROVIDERS.move_to_end(key)
+            return found[1]
+    providers = _candidates(indexes, arch)
+    with _PROVIDERS_LOCK:
+        _PROVIDERS[key] = (tuple(indexes), providers)
+        while len(_PROVIDERS) > _PROVIDERS_SIZE:
+            _PROVIDERS.popitem(last=False)
+    return providers
+
+
 def _candidates(indexes: Sequence[LoadedIndex], arch: str) -> dict[str, list[_Candidate]]:
     providers: dict[str, list[_Candidate]] = {}
     for repo_order, index in enumerate(indexes):
@@ -181,7 +209,7 @@ class _Restart(Exception):
 
 @dataclass(kw_only=True)
 class _Pass:
-    providers: Mapping[str, list[_Candidate]]
+    providers: ProviderMap
     #: constraints met late in earlier passes, with who needed them
     learned: dict[str, list[tuple[Constraint, str]]]
     learned_conflicts: list[tuple[Constraint, _Candidate | None]]
@@ -360,7 +388,7 @@ def resolve(world: Sequence[str], indexes: Sequence[LoadedIndex], arch: str) -> 
         constraints = [Constraint.parse(entry) for entry in world]
     except ApkFormatError as exc:
         raise ResolutionError(str(exc)) from exc
-    providers = _candidates(indexes, arch)
+    providers = _providers(indexes, arch)
     learned: dict[str, list[tuple[Constraint, str]]] = {}
     learned_conflicts: list[tuple[Constraint, _Candidate | None]] = []
     for _ in range(MAX_RESTARTS):
