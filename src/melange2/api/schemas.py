@@ -227,6 +227,8 @@ class BuildSummary(BaseModel):
     id: str
     status: str
     packages: int
+    #: how many packages are in each status (statuses with none are left out)
+    counts: dict[str, int] = {}
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

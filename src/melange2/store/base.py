@@ -13,7 +13,7 @@ only if its current state may move to the new one (``ALLOWED_TRANSITIONS`` in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -28,6 +28,9 @@ class BuildPage:
     builds: Sequence[Build]
     #: pass as ``cursor`` for the next page; ``None`` on the last page
     next_cursor: str | None
+    #: with ``packages=False``: each build's package count per status (its
+    #: ``packages`` are then not loaded)
+    counts: Mapping[str, Mapping[PackageStatus, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,9 +53,16 @@ class JobStore(Protocol):
         """The build with its packages (in ``seq`` order). Raises ``NotFound``."""
 
     async def list_builds(
-        self, *, limit: int, cursor: str | None = None, status: BuildStatus | None = None
+        self,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        status: BuildStatus | None = None,
+        packages: bool = True,
     ) -> BuildPage:
-        """Builds newest first (by ``created_at``, then id), with their packages."""
+        """Builds newest first (by ``created_at``, then id), with their packages; or,
+        with ``packages=False``, only how many packages each has in each status (a
+        listing of builds of thousands of packages each stays cheap)."""
 
     async def transition(
         self,

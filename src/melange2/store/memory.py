@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -113,7 +114,12 @@ class MemoryStore:
         return _copy_build(self._build(build_id))
 
     async def list_builds(
-        self, *, limit: int, cursor: str | None = None, status: BuildStatus | None = None
+        self,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        status: BuildStatus | None = None,
+        packages: bool = True,
     ) -> BuildPage:
         self._check_open()
         check_limit(limit)
@@ -126,6 +132,12 @@ class MemoryStore:
         page = ordered[:limit]
         more = len(ordered) > limit
         next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
+        if not packages:
+            return BuildPage(
+                builds=[replace(b, packages=()) for b in page],
+                next_cursor=next_cursor,
+                counts={b.id: Counter(j.status for j in b.packages) for b in page},
+            )
         return BuildPage(builds=[_copy_build(b) for b in page], next_cursor=next_cursor)
 
     async def update_build(self, build_id: BuildId, **fields: Any) -> Build:

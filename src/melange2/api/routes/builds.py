@@ -104,7 +104,9 @@ async def list_builds(
 ) -> BuildList:
     """Builds, newest first; pass ``next_cursor`` back as ``cursor`` for older ones."""
     try:
-        page = await svc.store.list_builds(limit=limit, cursor=cursor, status=status)
+        page = await svc.store.list_builds(
+            limit=limit, cursor=cursor, status=status, packages=False
+        )
     except ValueError as exc:
         raise RequestError(f"cursor: {exc}") from exc
     return BuildList(
@@ -112,7 +114,8 @@ async def list_builds(
             BuildSummary(
                 id=b.id,
                 status=b.status.value,
-                packages=len(b.packages),
+                packages=sum(page.counts.get(b.id, {}).values()),
+                counts={s.value: n for s, n in sorted(page.counts.get(b.id, {}).items())},
                 created_at=b.created_at,
                 started_at=b.started_at,
                 finished_at=b.finished_at,
@@ -157,7 +160,10 @@ def _attempt(job: PackageJob) -> int:
 
 async def _read_log(svc: Services, job: PackageJob, attempt: int, offset: int) -> bytes | None:
     """Up to 1 MiB of the attempt's log from ``offset``: from the live file while the
-    package runs, from storage once it ended; ``None`` if there is no log (yet)."""
+    package runs, from storage once it ended; ``None`` if there is no log (yet). A
+    package reused at submission never ran: its log says so."""
+    if job.cached and not job.attempts:
+        return (await svc.runner.reuse_note(job))[offset:]
     live = svc.runner.live_log(job, attempt)
     data = await asyncio.to_thread(_read_from, live, offset)
     if data is not None:

@@ -156,8 +156,10 @@ def fetch_builds_page(
     limit: int,
     after: tuple[datetime, BuildId] | None,
     status: BuildStatus | None,
+    packages: bool = True,
 ) -> list[Build]:
-    """Up to ``limit`` builds newest first (ties by id), strictly after ``after``."""
+    """Up to ``limit`` builds newest first (ties by id), strictly after ``after``
+    (without their packages if ``packages`` is false)."""
     query = select(builds).order_by(builds.c.created_at.desc(), builds.c.id.desc()).limit(limit)
     if status is not None:
         query = query.where(builds.c.status == BuildStatus(status).value)
@@ -169,7 +171,25 @@ def fetch_builds_page(
                 and_(builds.c.created_at == at, builds.c.id < last_id),
             )
         )
-    return with_packages(conn, (conn.execute(query)).mappings().all())
+    rows = (conn.execute(query)).mappings().all()
+    if not packages:
+        return [build_from_row(row, ()) for row in rows]
+    return with_packages(conn, rows)
+
+
+def package_counts(conn: Connection, ids: Sequence[str]) -> dict[str, dict[PackageStatus, int]]:
+    """How many packages each build has in each status (one grouped query)."""
+    counts: dict[str, dict[PackageStatus, int]] = {i: {} for i in ids}
+    if not ids:
+        return counts
+    query = (
+        select(packages.c.build_id, packages.c.status, func.count())
+        .where(packages.c.build_id.in_(ids))
+        .group_by(packages.c.build_id, packages.c.status)
+    )
+    for build_id, status, n in conn.execute(query):
+        counts[build_id][PackageStatus(status)] = int(n)
+    return counts
 
 
 def fetch_unfinished_builds(conn: Connection) -> list[Build]:

@@ -148,18 +148,28 @@ class SqliteStore:
         return build
 
     async def list_builds(
-        self, *, limit: int, cursor: str | None = None, status: BuildStatus | None = None
+        self,
+        *,
+        limit: int,
+        cursor: str | None = None,
+        status: BuildStatus | None = None,
+        packages: bool = True,
     ) -> BuildPage:
         check_limit(limit)
         after = None if cursor is None else decode_cursor(cursor)
-        found = await self._read(
-            "listing builds",
-            lambda c: queries.fetch_builds_page(c, limit=limit + 1, after=after, status=status),
-        )
+
+        def read(c: Connection) -> tuple[list[Build], dict[str, dict[PackageStatus, int]]]:
+            found = queries.fetch_builds_page(
+                c, limit=limit + 1, after=after, status=status, packages=packages
+            )
+            counts = {} if packages else queries.package_counts(c, [b.id for b in found[:limit]])
+            return found, counts
+
+        found, counts = await self._read("listing builds", read)
         page = found[:limit]
         more = len(found) > limit
         next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
-        return BuildPage(builds=page, next_cursor=next_cursor)
+        return BuildPage(builds=page, next_cursor=next_cursor, counts=counts)
 
     async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
         check_fields(fields, BUILD_FIELDS, "build")

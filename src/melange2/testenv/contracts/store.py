@@ -257,6 +257,21 @@ class StoreContract:
         assert page.next_cursor is not None
         assert page.builds[0] == made[6]  # packages included
 
+    async def test_list_builds_without_packages_counts_them(self, store: JobStore) -> None:
+        made = await self._create_many(store, 3)
+        big = make_build("bld-9999", names=("a", "b", "c"), created_at=T0 + timedelta(hours=1))
+        await store.create_build(big)
+        await store.transition(big.id, "a", PackageStatus.RUNNING)
+
+        page = await store.list_builds(limit=2, packages=False)
+
+        assert [b.id for b in page.builds] == [big.id, self._newest_first(made)[0]]
+        assert all(b.packages == () for b in page.builds)
+        assert page.builds[0].status == big.status
+        assert page.counts[big.id] == {PackageStatus.RUNNING: 1, PackageStatus.PENDING: 2}
+        assert page.counts[page.builds[1].id] == {PackageStatus.PENDING: 1}
+        assert page.next_cursor is not None
+
     async def test_list_builds_pages_cover_everything_once(self, store: JobStore) -> None:
         made = await self._create_many(store, 11)
         for limit in (1, 2, 3, 11, 12):
