@@ -13,6 +13,7 @@ from melange2.apk.index import IndexRecord, read_index_tar_gz
 from melange2.apk.pkginfo import PackageInfo
 from melange2.apk.signing import PublicKeys, Signer, generate_key, load_public_keys
 from melange2.apk.writer import write_apk
+from melange2.repo.repository import Repository, load_indexes
 from melange2.service.publish import INDEX_NAME, RepoPublisher
 from melange2.storage import Storage
 
@@ -94,3 +95,24 @@ async def test_republishing_identical_packages_writes_nothing_and_a_new_build_re
     await publisher.publish(newer, "x86_64")
     versions = sorted(r.version for r in await _index(storage, public))
     assert versions == ["1.0.0-r0", "1.0.1-r0"]
+
+
+async def test_the_snapshot_is_the_stored_index_without_reading_it(
+    storage: Storage, keys: tuple[Signer, PublicKeys], tmp_path: Path
+) -> None:
+    signer, public = keys
+    publisher = RepoPublisher(storage, "repo", signer)
+    repo = Repository(location="farm-repo", reader=None, snapshot=publisher.snapshot)
+    assert await publisher.snapshot(repo, "x86_64") is None  # nothing published yet
+    await publisher.publish(make_apks(tmp_path / "a", ["beta", "alpha"], signer), "x86_64")
+    one = await publisher.snapshot(repo, "x86_64")
+    assert one is not None and one.repository is repo
+    assert one.records == tuple(await _index(storage, public))  # the stored index, same order
+    assert one.signed_by == signer.key_name
+    assert await publisher.snapshot(repo, "x86_64") is one  # unchanged: the same object
+    await publisher.publish(make_apks(tmp_path / "b", ["gamma"], signer), "x86_64")
+    two = await publisher.snapshot(repo, "x86_64")
+    assert two is not one and two is not None
+    assert [r.name for r in two.records] == ["alpha", "beta", "gamma"]
+    loaded = await load_indexes([repo], "x86_64", keyring=public)
+    assert loaded == [two]

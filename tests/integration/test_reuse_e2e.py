@@ -64,15 +64,35 @@ def test_unchanged_packages_are_reused_and_changes_rebuild_only_what_they_touch(
         digests = {n: p["input_digest"] for n, p in first.items()}
         assert all(d.startswith("sha256:") and len(d) == 71 for d in digests.values())
 
-        # the same inputs again: nothing is built, the packages are reused
-        again = _build(client, configs=_configs(), source_files=_source("v1"))
+        # the same inputs again: nothing is built, the packages are reused when the
+        # build is submitted (no backend, no attempt), and the build is over at once
+        resp = client.post(
+            "/api/v1/builds",
+            json={"configs": _configs(), "source_files": _source("v1"), "mode": "dag"},
+        )
+        assert resp.status_code == 201, resp.text
+        at_once = client.get(f"/api/v1/builds/{resp.json()['id']}").json()
+        assert at_once["status"] == "success"
+        again = by_name(at_once)
         assert {n: p["cached"] for n, p in again.items()} == dict.fromkeys(again, True)
         assert {n: p["input_digest"] for n, p in again.items()} == digests
-        build_id = again["r-app"]["build_id"]
+        assert all(p["attempts"] == [] and p["backend"] is None for p in again.values())
+        build_id = at_once["id"]
         log = client.get(f"/api/v1/builds/{build_id}/packages/r-app/logs").text
-        assert "inputs unchanged" in log and "reusing its packages" in log
+        assert digests["r-app"] in log
+        assert f"inputs unchanged since {first['r-app']['build_id']}/r-app" in log
+        assert "reused when the build was submitted" in log
         listed = client.get(f"/api/v1/builds/{build_id}/packages/r-app/artifacts").json()
         assert [a["path"] for a in listed["artifacts"]] == ["x86_64/r-app-1.0.0-r0.apk"]
+        apk = client.get(
+            f"/api/v1/builds/{build_id}/packages/r-app/artifacts/x86_64/r-app-1.0.0-r0.apk"
+        )
+        first_apk = client.get(
+            f"/api/v1/builds/{first['r-app']['build_id']}/packages/r-app/artifacts/"
+            "x86_64/r-app-1.0.0-r0.apk"
+        )
+        assert apk.status_code == first_apk.status_code == 200
+        assert apk.content == first_apk.content
 
         # a changed source file: that package is rebuilt, the others reused
         changed_src = _build(client, configs=_configs(), source_files=_source("v2"))
@@ -87,6 +107,9 @@ def test_unchanged_packages_are_reused_and_changes_rebuild_only_what_they_touch(
         )
         assert same_output["r-lib"]["cached"] is False
         assert same_output["r-app"]["cached"] is True
+        # (decided on a backend, once its rebuilt dependency was known, not at submission)
+        assert len(same_output["r-app"]["attempts"]) == 1
+        assert same_output["r-other"]["attempts"] == []
 
         # a changed dependency: it and its dependent are rebuilt, the independent reused
         changed_dep = _build(

@@ -136,7 +136,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     store=store,
                     pool=pool,
                     scheduler=scheduler,
-                    submitter=Submitter(settings, store, scheduler, pool),
+                    submitter=Submitter(settings, store, scheduler, pool, runner),
                     runner=runner,
                     storage=storage,
                     hub=hub,

@@ -106,6 +106,9 @@ class PlannedBuild:
     signer: Signer | None
     definition: Definition
     input_digest: str
+    #: the environment image's key (:func:`~melange2.build.environment.environment_key`);
+    #: "" when the build runs on a ``--base-image``
+    environment_key: str = ""
 
 
 def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
@@ -119,6 +122,12 @@ def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
     dirs = [*opts.pipeline_dirs, opts.config.parent / "pipelines"]
     plan = compile_build(config, PipelineResolver([d for d in dirs if d.is_dir()]))
     return config, plan
+
+
+def environment_packages(config: Config, plan: BuildPlan) -> list[str]:
+    """The world of a build's environment: its contents, then what its pipelines need."""
+    contents = config.environment.contents.packages
+    return [*contents, *(p for p in plan.needs_packages if p not in contents)]
 
 
 def step_env(plan_env: Mapping[str, str], step: ExecStep, opts: BuildOptions) -> dict[str, str]:
@@ -257,13 +266,24 @@ class Builder:
         keyring: Sequence[str],
         untrusted: Sequence[str] = (),
     ) -> str:
+        return (await self._environment(opts, packages, repositories, keyring, untrusted))[0]
+
+    async def _environment(
+        self,
+        opts: BuildOptions,
+        packages: Sequence[str],
+        repositories: Sequence[str | Repository],
+        keyring: Sequence[str],
+        untrusted: Sequence[str] = (),
+    ) -> tuple[str, str]:
+        """The environment image and its key ("" for a ``--base-image``)."""
         if not packages:
             if opts.base_image is None:
                 raise ConfigError(
                     f"{opts.config}: environment.contents.packages is empty and no --base-image "
                     "was given: nothing to build in"
                 )
-            return opts.base_image
+            return opts.base_image, ""
         prepared = await self.environments.prepare(
             EnvironmentRequest(
                 arch=opts.arch,
@@ -273,7 +293,7 @@ class Builder:
                 untrusted_repositories=untrusted,
             )
         )
-        return str(prepared.image)
+        return str(prepared.image), prepared.key
 
     async def plan(self, opts: BuildOptions) -> PlannedBuild:
         """Everything before the solve: parse and compile, compose the environment, push
@@ -283,9 +303,9 @@ class Builder:
             await asyncio.to_thread(self._signer, opts.signing_key) if opts.signing_key else None
         )
         contents = config.environment.contents
-        env_image = await self.environment_image(
+        env_image, env_key = await self._environment(
             opts,
-            [*contents.packages, *(p for p in plan.needs_packages if p not in contents.packages)],
+            environment_packages(config, plan),
             contents.repositories,
             contents.keyring,
         )
@@ -317,6 +337,7 @@ class Builder:
             signer=signer,
             definition=definition,
             input_digest=digest,
+            environment_key=env_key,
         )
 
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:

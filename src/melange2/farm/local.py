@@ -43,7 +43,7 @@ from melange2.oci.registry import RegistryClient
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 #: the CLI's default --server is http://localhost:8080: use that port when it is free
 DEFAULT_SERVER_PORT = 8080
-_READY_SECONDS = 60.0
+_READY_SECONDS = 180.0  # a daemon with gigabytes of cache takes about a minute
 
 
 @dataclass(frozen=True, kw_only=True)

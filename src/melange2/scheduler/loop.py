@@ -181,12 +181,17 @@ class Scheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def submit(self, build: Build) -> None:
-        """Take a build the store just created."""
+        """Take a build the store just created. Its packages are pending or blocked, or
+        already succeeded (reused at submission); a build with nothing left to run ends
+        here."""
         async with self._lock:
             state = self._track(build)
             for job in state.jobs.values():
                 if job.status is PackageStatus.PENDING:
                     self._push(state, job)
+                elif job.status.terminal:  # reused at submission
+                    self._emit("finished", build.id, job.name, job.status)
+            await self._update_status(state)
         self.wake()
 
     async def cancel(self, build_id: BuildId) -> Build:

@@ -7,6 +7,7 @@ Local storage (``--output-dir``)::
     <build-id>-<package>/<arch>/<name>-<version>-r<epoch>.apk, APKINDEX.tar.gz
     repo/<arch>/*.apk, repo/<arch>/APKINDEX.tar.gz, repo/keys/<key>.rsa.pub
     cache/<arch>/<input digest>.json
+    cache/<arch>/quick/<quick digest>.json
 
 A bucket (``--gcs-bucket``, ``--s3-bucket``)::
 
@@ -70,3 +71,9 @@ class Layout:
         if not _DIGEST.match(digest):
             raise ValueError(f"invalid input digest {digest!r}")
         return f"cache/{check_name('arch', arch)}/{digest.removeprefix('sha256:')}.json"
+
+    def quick_record(self, arch: str, quick: str) -> str:
+        """The reuse record a quick digest led to (:func:`~melange2.build.inputs.quick_digest`)."""
+        if not _DIGEST.match(quick):
+            raise ValueError(f"invalid quick digest {quick!r}")
+        return f"cache/{check_name('arch', arch)}/quick/{quick.removeprefix('sha256:')}.json"

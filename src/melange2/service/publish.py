@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from melange2.apk.index import IndexRecord, read_index_tar_gz, write_index_tar_gz
 from melange2.apk.signing import Signer
+from melange2.repo.repository import LoadedIndex, Repository
 from melange2.storage import Storage, StorageNotFound
 
 INDEX_NAME = "APKINDEX.tar.gz"
@@ -35,6 +36,9 @@ class _Arch:
     records: dict[str, IndexRecord] | None = None
     waiting: list[tuple[list[IndexRecord], asyncio.Future[None]]] = field(default_factory=list)
     writes: int = 0  #: index writes so far (observability, tests)
+    #: the records as a loaded index, and the records it was made from
+    snapshot: LoadedIndex | None = None
+    snapshot_of: Mapping[str, IndexRecord] | None = None
 
 
 class RepoPublisher:
@@ -58,12 +62,16 @@ class RepoPublisher:
 
     async def records(self, arch: str) -> dict[str, IndexRecord]:
         """The arch's current records by file name (read from storage the first time)."""
+        return dict(await self.current(arch))
+
+    async def current(self, arch: str) -> Mapping[str, IndexRecord]:
+        """The arch's records themselves (not a copy: thousands of ``has`` per build)."""
         state = self._arches.setdefault(arch, _Arch())
         if state.records is None:
             async with state.lock:
                 if state.records is None:
                     state.records = await self._load(arch)
-        return dict(state.records)
+        return state.records
 
     async def _load(self, arch: str) -> dict[str, IndexRecord]:
         try:
@@ -73,9 +81,28 @@ class RepoPublisher:
         index = await asyncio.to_thread(read_index_tar_gz, io.BytesIO(data))
         return {r.filename: r for r in index.records}
 
+    async def snapshot(self, repository: Repository, arch: str) -> LoadedIndex | None:
+        """The arch's index as stored, from memory (an :class:`IndexSnapshot` for
+        ``repository``, which must be this publisher's); ``None`` while it is empty."""
+        records = await self.current(arch)
+        if not records:
+            return None
+        state = self._arches[arch]
+        held = state.snapshot
+        if held is None or held.repository is not repository or state.snapshot_of is not records:
+            held = state.snapshot = LoadedIndex(
+                repository=repository,
+                arch=arch,
+                description=self.description,
+                records=tuple(sorted(records.values(), key=_index_order)),
+                signed_by=self.signer.key_name,
+            )
+            state.snapshot_of = records
+        return held
+
     async def has(self, arch: str, record: IndexRecord) -> bool:
         """Is exactly this package (same file name and checksum) published?"""
-        current = (await self.records(arch)).get(record.filename)
+        current = (await self.current(arch)).get(record.filename)
         return current is not None and current.checksum == record.checksum
 
     async def publish(
@@ -125,9 +152,13 @@ class RepoPublisher:
 
     def _render(self, records: dict[str, IndexRecord]) -> bytes:
         out = io.BytesIO()
-        ordered = sorted(records.values(), key=lambda r: (r.name, r.version, r.filename))
+        ordered = sorted(records.values(), key=_index_order)
         write_index_tar_gz(ordered, self.signer, out, description=self.description)
         return out.getvalue()
+
+
+def _index_order(r: IndexRecord) -> tuple[str, str, str]:
+    return (r.name, r.version, r.filename)
 
 
 def _records(apks: Sequence[Path]) -> list[IndexRecord]:

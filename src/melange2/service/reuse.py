@@ -9,7 +9,7 @@ and reuses them instead of building.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from melange2.apk.errors import ApkFormatError
@@ -65,14 +65,34 @@ class ReuseIndex:
 
     async def find(self, arch: str, digest: str) -> ReuseRecord | None:
         """The record for ``digest`` if every package it names is still stored."""
-        try:
-            data = await self.storage.read_bytes(self.layout.reuse_record(arch, digest))
-        except StorageNotFound:
+        return await self._read(self.layout.reuse_record(arch, digest))
+
+    async def find_quick(self, arch: str, quick: str) -> ReuseRecord | None:
+        """The record a quick digest led to, if every package it names is still stored."""
+        return await self._read(self.layout.quick_record(arch, quick))
+
+    async def remember_quick(self, quick: str, record: ReuseRecord) -> None:
+        await self.storage.put_bytes(self.layout.quick_record(record.arch, quick), record.encode())
+
+    @staticmethod
+    def decode(data: bytes | None) -> ReuseRecord | None:
+        """A stored record; ``None`` if missing or unreadable (the package is then built
+        again, and its build rewrites the record)."""
+        if data is None:
             return None
         try:
-            record = ReuseRecord.decode(data)
+            return ReuseRecord.decode(data)
         except (ValueError, KeyError, ApkFormatError):
-            return None  # unreadable: build again, and the new build rewrites it
+            return None
+
+    async def _read(self, key: str) -> ReuseRecord | None:
+        try:
+            data = await self.storage.read_bytes(key)
+        except StorageNotFound:
+            return None
+        record = self.decode(data)
+        if record is None:
+            return None
         for name in record.files():
             if not await self.storage.exists(f"{record.artifacts}/{name}"):
                 return None
@@ -87,7 +107,7 @@ class ReuseIndex:
         package: str,
         artifacts: str,
         records: Sequence[IndexRecord],
-    ) -> None:
+    ) -> ReuseRecord:
         record = ReuseRecord(
             input_digest=digest,
             arch=arch,
@@ -97,3 +117,36 @@ class ReuseIndex:
             records=tuple(records),
         )
         await self.storage.put_bytes(self.layout.reuse_record(arch, digest), record.encode())
+        return record
+
+
+def settle_reuse(
+    candidates: Iterable[str],
+    *,
+    packages: Iterable[str],
+    deps: Mapping[str, Sequence[str]],
+    installs: Mapping[str, Set[str]],
+    outputs: Mapping[str, Set[str]],
+) -> set[str]:
+    """Which of a build's ``candidates`` (packages whose inputs, resolved at submission,
+    match an earlier build's) can really be reused without building.
+
+    A candidate is reused only if every dependency of it in the build is reused too,
+    and if nothing it installs (``installs``: the names and origins of its resolved
+    environment) is made by a package of the build that will be built again
+    (``outputs``: each package's own and subpackages' names): that package's new
+    output could change the environment it would get at build time."""
+    cached = set(candidates)
+    every = set(packages)
+    while True:
+        rebuilt = every - cached
+        made_again = set().union(*(outputs.get(p, set()) for p in rebuilt))
+        keep = {
+            p
+            for p in cached
+            if all(d in cached for d in deps.get(p, ()) if d in every)
+            and installs.get(p, set()).isdisjoint(made_again)
+        }
+        if keep == cached:
+            return cached
+        cached = keep

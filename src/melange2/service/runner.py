@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from melange2.apk.index import IndexRecord
 from melange2.apk.signing import Signer
+from melange2.build.environment_resolve import ResolvedEnvironment, Resolver
 from melange2.build.executor import Builder, BuildOptions
+from melange2.build.inputs import quick_digest, read_tree
 from melange2.build.progress import LogFileSink, open_log
 from melange2.errors import FarmError
-from melange2.jobs import Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import Backend, Build, BuildStatus, JSONValue, PackageJob, PackageStatus
+from melange2.recipe import Config
 from melange2.repo.repository import Repository
 from melange2.scheduler.loop import RunOutcome
 from melange2.service.layout import REPO, Layout
@@ -33,7 +38,7 @@ from melange2.service.logs import CappedLog, LogHub
 from melange2.service.publish import RepoPublisher
 from melange2.service.reuse import ReuseIndex, ReuseRecord
 from melange2.service.settings import ServerSettings
-from melange2.storage import Storage, StorageNotFound, StorageSpec, open_storage
+from melange2.storage import Storage, StorageError, StorageNotFound, StorageSpec, open_storage
 
 
 class StorageRepositoryReader:
@@ -53,6 +58,39 @@ class StorageRepositoryReader:
                 yield chunk
         except StorageNotFound as exc:
             raise FileNotFoundError(path) from exc
+
+
+_log = logging.getLogger(__name__)
+
+
+def build_options(spec: Mapping[str, JSONValue]) -> dict[str, object]:
+    """The options of a build request that change what its packages' steps do."""
+    env = spec.get("env") or {}
+    return {
+        "env": {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
+        "with_test": bool(spec.get("with_test")),
+        "debug": bool(spec.get("debug")),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmittedPackage:
+    """A package of a build being submitted, as the reuse check at submission sees it."""
+
+    name: str
+    text: str  #: the config as submitted
+    config: Config
+    world: tuple[str, ...]  #: its environment's packages (empty: a ``--base-image``)
+    sources: Mapping[str, bytes]  #: its source files
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reusable:
+    """A package whose inputs, resolved at submission, match an earlier build's."""
+
+    record: ReuseRecord
+    #: names and origins of the packages its environment installs
+    installs: frozenset[str]
 
 
 def publish_mode(build: Build) -> str:
@@ -80,6 +118,8 @@ class BuildkitRunner:
         self.published = RepoPublisher(storage, REPO, signer)
         self.reuse = ReuseIndex(storage, self.layout)
         self._staging: dict[str, RepoPublisher] = {}
+        self._staging_repos: dict[str, Repository] = {}
+        self._published_repo: Repository | None = None
 
     # -- where things are -----------------------------------------------------------------
 
@@ -100,14 +140,17 @@ class BuildkitRunner:
     def artifacts_key(self, job: PackageJob) -> str:
         return self.layout.artifacts(job.build_id, job.name)
 
-    def published_repository(self) -> str | Repository:
-        """The farm's repository as build environments read it."""
-        local = self.storage.local_path(REPO)
-        if local is not None:
-            return str(local)
-        return Repository(
-            location=self.storage.url(REPO), reader=StorageRepositoryReader(self.storage, REPO)
-        )
+    def published_repository(self) -> Repository:
+        """The farm's repository as build environments read it: its packages from the
+        storage, its index from the publisher's memory."""
+        if self._published_repo is None:
+            local = self.storage.local_path(REPO)
+            self._published_repo = Repository(
+                location=str(local) if local is not None else self.storage.url(REPO),
+                reader=None if local is not None else StorageRepositoryReader(self.storage, REPO),
+                snapshot=self.published.snapshot,
+            )
+        return self._published_repo
 
     def staging(self, build_id: str) -> RepoPublisher:
         publisher = self._staging.get(build_id)
@@ -120,9 +163,19 @@ class BuildkitRunner:
             )
         return publisher
 
+    def staging_repository(self, build_id: str) -> Repository:
+        repo = self._staging_repos.get(build_id)
+        if repo is None:
+            repo = self._staging_repos[build_id] = Repository(
+                location=str(self.settings.staging_repo(build_id)),
+                snapshot=self.staging(build_id).snapshot,
+            )
+        return repo
+
     def forget(self, build_id: str) -> None:
         """A build ended: drop its staging publisher (its directory stays)."""
         self._staging.pop(build_id, None)
+        self._staging_repos.pop(build_id, None)
 
     # -- one attempt ----------------------------------------------------------------------
 
@@ -178,7 +231,7 @@ class BuildkitRunner:
             source_dir=source_dir if source_dir.is_dir() else None,
             signing_key=s.key_path,
             repositories=[
-                str(s.staging_repo(job.build_id)),
+                self.staging_repository(job.build_id),
                 self.published_repository(),
                 *s.repositories,
             ],
@@ -200,6 +253,11 @@ class BuildkitRunner:
         planned = await self.builder.plan(opts)
         digest = planned.input_digest
         log.write(f"input digest {digest}\n".encode())
+        quick = (
+            await asyncio.to_thread(self._quick_of, job, build, planned.environment_key, opts)
+            if planned.environment_key
+            else None
+        )
         publish_now = publish_mode(build) == "package"
         if not build.spec.get("force"):
             hit = await self.reuse.find(job.arch, digest)
@@ -209,6 +267,8 @@ class BuildkitRunner:
                     "reusing its packages, nothing to build\n".encode()
                 )
                 await self._reuse(job, hit, artifacts, publish_now)
+                if quick is not None:
+                    await self.reuse.remember_quick(quick, hit)
                 return RunOutcome(
                     output_path=self.storage.url(artifacts), cached=True, input_digest=digest
                 )
@@ -218,7 +278,7 @@ class BuildkitRunner:
         if local_out is None:
             await self._upload_outputs(out_dir, artifacts)
         await self._publish(job, apks, records, publish_now)
-        await self.reuse.remember(
+        record = await self.reuse.remember(
             arch=job.arch,
             digest=digest,
             build_id=job.build_id,
@@ -226,9 +286,175 @@ class BuildkitRunner:
             artifacts=artifacts,
             records=records,
         )
+        if quick is not None:
+            await self.reuse.remember_quick(quick, record)
         if local_out is None:
             await asyncio.to_thread(shutil.rmtree, out_dir, True)
         return RunOutcome(output_path=self.storage.url(artifacts), input_digest=digest)
+
+    def _quick_of(
+        self, job: PackageJob, build: Build, environment_key: str, opts: BuildOptions
+    ) -> str:
+        """The attempt's quick digest, from the files the build keeps (as submitted)."""
+        workdir = self.settings.build_dir(job.build_id)
+        return self.quick(
+            arch=job.arch,
+            spec=build.spec,
+            text=opts.config.read_text(),
+            pipelines=read_tree(workdir / "pipelines"),
+            sources=read_tree(opts.source_dir),
+            environment_key=environment_key,
+        )
+
+    def quick(
+        self,
+        *,
+        arch: str,
+        spec: Mapping[str, JSONValue],
+        text: str,
+        pipelines: Mapping[str, bytes],
+        sources: Mapping[str, bytes],
+        environment_key: str,
+    ) -> str:
+        return quick_digest(
+            arch=arch,
+            config_text=text,
+            pipelines=pipelines,
+            sources=sources,
+            environment_key=environment_key,
+            options=build_options(spec),
+            signer=self.signer,
+        )
+
+    # -- reuse decided at submission ------------------------------------------------------
+
+    async def reusable(
+        self,
+        arch: str,
+        spec: Mapping[str, JSONValue],
+        packages: Sequence[SubmittedPackage],
+        pipelines: Mapping[str, bytes],
+    ) -> dict[str, Reusable]:
+        """The packages of a build being submitted that an earlier build already made
+        from the same inputs, resolved now against the farm's repository: for each, the
+        reuse record its quick digest led to, when every package that record names is
+        still stored and already published. (:func:`~melange2.service.reuse.settle_reuse`
+        then drops those a rebuilt package of the same build could change.)
+
+        Thousands of packages are checked in a few batched calls, not one call each: a
+        no-op resubmission of a distribution is this and nothing else."""
+        if spec.get("force"):
+            return {}
+        try:
+            resolved = await self._resolve_all(arch, packages)
+        except Exception:  # the build reports it when the package runs
+            _log.warning("reuse at submission skipped: cannot resolve", exc_info=True)
+            return {}
+        candidates = [(pkg, env) for pkg, env in zip(packages, resolved, strict=True) if env]
+
+        def quick_keys() -> list[str]:
+            return [
+                self.layout.quick_record(
+                    arch,
+                    self.quick(
+                        arch=arch,
+                        spec=spec,
+                        text=pkg.text,
+                        pipelines=pipelines,
+                        sources=pkg.sources,
+                        environment_key=env.key,
+                    ),
+                )
+                for pkg, env in candidates
+            ]
+
+        keys = await asyncio.to_thread(quick_keys)
+        found = await self.storage.read_many(keys)
+        records = await asyncio.to_thread(lambda: [self.reuse.decode(d) for d in found])
+        published = await self.published.current(arch)
+        hits: dict[str, tuple[ReuseRecord, ResolvedEnvironment]] = {}
+        for (pkg, env), record in zip(candidates, records, strict=True):
+            if record is not None and all(
+                (now := published.get(r.filename)) is not None and now.checksum == r.checksum
+                for r in record.records
+            ):
+                hits[pkg.name] = (record, env)
+        files = [f"{r.artifacts}/{f}" for r, _ in hits.values() for f in r.files()]
+        present = dict(zip(files, await self.storage.exists_many(files), strict=True))
+        return {
+            name: Reusable(
+                record=record,
+                installs=frozenset(
+                    n
+                    for p in env.resolution.packages
+                    for n in (p.record.name, p.record.origin)
+                    if n
+                ),
+            )
+            for name, (record, env) in hits.items()
+            if all(present[f"{record.artifacts}/{f}"] for f in record.files())
+        }
+
+    async def _resolve_all(
+        self, arch: str, packages: Sequence[SubmittedPackage]
+    ) -> list[ResolvedEnvironment | None]:
+        """Each package's environment as its build would resolve it now (the build's
+        staging repository is empty yet); ``None`` where there is none or it fails."""
+        s = self.settings
+        resolvers: dict[tuple[tuple[str, ...], tuple[str, ...]], Resolver] = {}
+        for pkg in packages:
+            contents = pkg.config.environment.contents
+            group = (tuple(contents.repositories), tuple(contents.keyring))
+            if pkg.world and group not in resolvers:
+                resolvers[group] = await self.builder.environments.resolver(
+                    arch,
+                    [*contents.repositories, self.published_repository(), *s.repositories],
+                    [*contents.keyring, str(s.key_path) + ".pub", *s.keyrings],
+                )
+
+        def resolve_all() -> list[ResolvedEnvironment | None]:
+            out: list[ResolvedEnvironment | None] = []
+            for pkg in packages:
+                contents = pkg.config.environment.contents
+                resolver = resolvers.get((tuple(contents.repositories), tuple(contents.keyring)))
+                try:
+                    out.append(resolver.resolve(pkg.world) if resolver and pkg.world else None)
+                except Exception:  # the build reports it when the package runs
+                    out.append(None)
+            return out
+
+        return await asyncio.to_thread(resolve_all)
+
+    async def adopt(self, build_id: str, reused: Mapping[str, ReuseRecord]) -> dict[str, str]:
+        """Give each package reused at submission its own copy of the earlier artifacts
+        (hard links locally, server-side copies in a bucket); returns their locations."""
+        pairs = []
+        where = {}
+        for name, record in reused.items():
+            artifacts = self.layout.artifacts(build_id, name)
+            pairs += [(f"{record.artifacts}/{f}", f"{artifacts}/{f}") for f in record.files()]
+            where[name] = self.storage.url(artifacts)
+        await self.storage.copy_many(pairs)
+        return where
+
+    async def forget_artifacts(self, build_id: str, names: Sequence[str]) -> None:
+        """Undo :meth:`adopt` for a submission that failed after it (best effort)."""
+        for name in names:
+            prefix = self.layout.artifacts(build_id, name)
+            with contextlib.suppress(StorageError):
+                for obj in await self.storage.list(prefix):
+                    await self.storage.delete(obj.key)
+
+    async def reuse_note(self, job: PackageJob) -> bytes:
+        """The log of a package reused at submission (it never ran anywhere)."""
+        lines = [f"input digest {job.input_digest}"]
+        record = await self.reuse.find(job.arch, job.input_digest) if job.input_digest else None
+        since = f" since {record.build_id}/{record.package}" if record else ""
+        lines.append(
+            f"inputs unchanged{since}: its packages were reused when the build was "
+            "submitted, nothing was built"
+        )
+        return ("\n".join(lines) + "\n").encode()
 
     async def _publish(
         self,
@@ -265,12 +491,12 @@ class BuildkitRunner:
         apks: list[Path] = []
         for name in hit.files():
             source, target = f"{hit.artifacts}/{name}", f"{artifacts}/{name}"
-            local = self.storage.local_path(source)
-            if local is None:
+            await self.storage.copy(source, target)
+            local = self.storage.local_path(target)
+            if local is None:  # publishing needs the file here
                 local = scratch / name
-                await self.storage.get_file(source, local)
-            await self.storage.put_file(local, target)
-            apks.append(self.storage.local_path(target) or local)
+                await self.storage.get_file(target, local)
+            apks.append(local)
         await self._publish(job, apks, hit.records, publish_now)
         if scratch.exists():
             await asyncio.to_thread(shutil.rmtree, scratch, True)

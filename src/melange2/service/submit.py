@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fnmatch
+import hashlib
 import shutil
 import subprocess
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,10 +26,12 @@ from melange2.api.schemas import (
     PlanOut,
     content_bytes,
 )
+from melange2.build.executor import environment_packages
+from melange2.build.inputs import tree_digest
 from melange2.buildkit.llb.platform import Platform
 from melange2.errors import ConfigError, RecipeError, RequestError
 from melange2.ids import BuildId, new_build_id
-from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import Build, BuildStatus, JSONValue, PackageJob, PackageStatus
 from melange2.pool.pool import BackendPool
 from melange2.recipe import Config, load_config
 from melange2.recipe.compile import PipelineResolver, compile_build
@@ -40,6 +44,8 @@ from melange2.scheduler.graph import (
     priorities,
 )
 from melange2.scheduler.loop import Scheduler
+from melange2.service.reuse import settle_reuse
+from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
 from melange2.store.base import JobStore
 
@@ -59,6 +65,28 @@ class _Parsed:
     text: str
     config: Config
     needs: tuple[str, ...]
+    world: tuple[str, ...]  #: the packages of its build environment
+
+
+class _ParseCache:
+    """Parsed and compiled configs by (text, arch, pipelines): a farm is sent the same
+    thousands of configs again and again, and parsing is most of a submission's time.
+    Configs are immutable, so one parse serves every build that sends the same text."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str, str], _Parsed] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str]) -> _Parsed | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, str, str], parsed: _Parsed) -> None:
+        self._entries[key] = parsed
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
 
 
 def _check_arch(arch: str) -> None:
@@ -101,11 +129,15 @@ class Submitter:
         store: JobStore,
         scheduler: Scheduler,
         pool: BackendPool,
+        runner: BuildkitRunner | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.scheduler = scheduler
         self.pool = pool
+        #: decides at submission which packages an earlier build already made
+        self.runner = runner
+        self._parsed = _ParseCache()
 
     async def submit(self, request: CreateBuildRequest) -> CreateBuildResponse | PlanOut:
         arch = request.arch or self.settings.default_arch
@@ -129,7 +161,10 @@ class Submitter:
                 else request.config_texts()
             )
             _write_tree(work / "pipelines", pipelines)
-            parsed = await asyncio.to_thread(self._parse, texts, arch, work / "pipelines", request)
+            pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
+            parsed = await asyncio.to_thread(
+                self._parse, texts, arch, work / "pipelines", request, pipelines_digest
+            )
         names = [p.config.package.name for p in parsed]
         for pkg in sources:
             if pkg not in names:
@@ -157,14 +192,23 @@ class Submitter:
                 estimated_makespan_s=p.estimated_makespan_s,
                 slots=slots,
             )
+        spec = self._spec(arch, request)
+        reusable = await self._reusable(arch, spec, parsed, graph, pipelines, sources)
         build_id = new_build_id()
         build_dir = self.settings.build_dir(build_id)
+        adopted: dict[str, str] = {}
         try:
             await asyncio.to_thread(self._keep_files, build_dir, parsed, pipelines, sources)
-            build = self._build(build_id, parsed, graph, prio, arch, request)
+            if reusable and self.runner is not None:
+                adopted = await self.runner.adopt(
+                    build_id, {n: r.record for n, r in reusable.items()}
+                )
+            build = self._build(build_id, parsed, graph, prio, spec, request, reusable, adopted)
             await self.store.create_build(build)
         except BaseException:
             shutil.rmtree(build_dir, ignore_errors=True)
+            if adopted and self.runner is not None:
+                await self.runner.forget_artifacts(build_id, list(adopted))
             raise
         await self.scheduler.submit(build)
         return CreateBuildResponse(
@@ -174,26 +218,84 @@ class Submitter:
         )
 
     def _parse(
-        self, texts: Sequence[str], arch: str, pipeline_dir: Path, request: CreateBuildRequest
+        self,
+        texts: Sequence[str],
+        arch: str,
+        pipeline_dir: Path,
+        request: CreateBuildRequest,
+        pipelines_digest: str,
     ) -> list[_Parsed]:
         resolver = PipelineResolver([pipeline_dir] if pipeline_dir.is_dir() else [])
         parsed = []
         seen: dict[str, int] = {}
         for i, text in enumerate(texts):
             label = "config_yaml" if request.config_yaml is not None else f"configs[{i}]"
-            try:
-                config = load_config(text, filename=label, arch=arch)
-                compiled = compile_build(config, resolver)
-            except RecipeError as exc:
-                raise RequestError(f"{label}: {exc}") from exc
-            name = config.package.name
+            key = (hashlib.sha256(text.encode()).hexdigest(), arch, pipelines_digest)
+            one = self._parsed.get(key)
+            if one is None:
+                try:
+                    config = load_config(text, filename=label, arch=arch)
+                    compiled = compile_build(config, resolver)
+                except RecipeError as exc:
+                    raise RequestError(f"{label}: {exc}") from exc
+                one = _Parsed(
+                    text=text,
+                    config=config,
+                    needs=compiled.needs_packages,
+                    world=tuple(environment_packages(config, compiled)),
+                )
+                self._parsed.put(key, one)
+            name = one.config.package.name
             if name in seen:
                 raise RequestError(
                     f"{label}: duplicate package name {name!r} (also in configs[{seen[name]}])"
                 )
             seen[name] = i
-            parsed.append(_Parsed(text=text, config=config, needs=compiled.needs_packages))
+            parsed.append(one)
         return parsed
+
+    async def _reusable(
+        self,
+        arch: str,
+        spec: Mapping[str, JSONValue],
+        parsed: Sequence[_Parsed],
+        graph: Graph,
+        pipelines: Mapping[PurePosixPath, str],
+        sources: Mapping[str, Mapping[PurePosixPath, bytes]],
+    ) -> dict[str, Reusable]:
+        """The packages an earlier build made from the same inputs, that no package
+        rebuilt in this build could change: reused now, without a backend's slot."""
+        if self.runner is None or spec.get("force"):
+            return {}
+        submitted = [
+            SubmittedPackage(
+                name=p.config.package.name,
+                text=p.text,
+                config=p.config,
+                world=p.world,
+                sources={str(k): v for k, v in sources.get(p.config.package.name, {}).items()},
+            )
+            for p in parsed
+        ]
+        found = await self.runner.reusable(
+            arch, spec, submitted, {str(k): v.encode() for k, v in pipelines.items()}
+        )
+        if not found:
+            return {}
+        kept = settle_reuse(
+            found,
+            packages=[p.name for p in submitted],
+            deps=graph.deps,
+            installs={n: r.installs for n, r in found.items()},
+            outputs={
+                p.config.package.name: {
+                    p.config.package.name,
+                    *(sub.name for sub in p.config.subpackages),
+                }
+                for p in parsed
+            },
+        )
+        return {n: found[n] for n in kept}
 
     def _graph(self, parsed: Sequence[_Parsed], request: CreateBuildRequest) -> Graph:
         nodes = [node_from_config(p.config, p.needs) for p in parsed]
@@ -218,42 +320,64 @@ class Submitter:
         for pkg, files in sources.items():
             _write_tree(build_dir / "src" / pkg, files)
 
+    def _spec(self, arch: str, request: CreateBuildRequest) -> dict[str, JSONValue]:
+        spec: dict[str, JSONValue] = request.model_dump(
+            mode="json", exclude={"source_files", "dry_run"}
+        )
+        spec["arch"] = arch
+        spec["source_files"] = {
+            pkg: list[JSONValue](sorted(files)) for pkg, files in request.source_files.items()
+        }
+        if request.schedule is None:
+            spec["schedule"] = self.settings.schedule
+        return spec
+
     def _build(
         self,
         build_id: BuildId,
         parsed: Sequence[_Parsed],
         graph: Graph,
         prio: Mapping[str, float],
-        arch: str,
+        spec: dict[str, JSONValue],
         request: CreateBuildRequest,
+        reusable: Mapping[str, Reusable],
+        adopted: Mapping[str, str],
     ) -> Build:
-        spec = request.model_dump(mode="json", exclude={"source_files", "dry_run"})
-        spec["arch"] = arch
-        spec["source_files"] = {pkg: sorted(files) for pkg, files in request.source_files.items()}
-        if request.schedule is None:
-            spec["schedule"] = self.settings.schedule
+        arch = str(spec["arch"])
+        now = datetime.now(UTC)
         seq = {p.config.package.name: i for i, p in enumerate(parsed)}
         by_name = {p.config.package.name: p for p in parsed}
         jobs = []
         for name in graph.order:
             deps = tuple(graph.deps.get(name, ()))
-            jobs.append(
-                PackageJob(
-                    build_id=build_id,
-                    name=name,
-                    seq=seq[name],
-                    status=PackageStatus.BLOCKED if deps else PackageStatus.PENDING,
-                    config_yaml=by_name[name].text,
-                    arch=arch,
-                    dependencies=deps,
-                    priority=prio.get(name, 1.0),
-                )
+            hit = reusable.get(name)
+            waits = any(d not in reusable for d in deps)
+            job = PackageJob(
+                build_id=build_id,
+                name=name,
+                seq=seq[name],
+                status=PackageStatus.BLOCKED if waits else PackageStatus.PENDING,
+                config_yaml=by_name[name].text,
+                arch=arch,
+                dependencies=deps,
+                priority=prio.get(name, 1.0),
             )
+            if hit is not None:
+                job = job.evolve(
+                    status=PackageStatus.SUCCESS,
+                    cached=True,
+                    input_digest=hit.record.input_digest,
+                    output_path=adopted[name],
+                    started_at=now,
+                    finished_at=now,
+                )
+            jobs.append(job)
         return Build(
             id=build_id,
             status=BuildStatus.PENDING,
             spec=spec,
-            created_at=datetime.now(UTC),
+            created_at=now,
+            started_at=now if reusable else None,
             packages=tuple(sorted(jobs, key=lambda j: j.seq)),
         )
 

@@ -9,11 +9,11 @@ import pytest
 
 from melange2.apk.index import IndexRecord
 from melange2.apk.signing import Signer, generate_key
-from melange2.build.inputs import input_digest
+from melange2.build.inputs import input_digest, quick_digest, tree_digest
 from melange2.ids import BuildId
 from melange2.jobs import Build, BuildStatus
 from melange2.recipe import load_config
-from melange2.service.reuse import ReuseRecord
+from melange2.service.reuse import ReuseRecord, settle_reuse
 from melange2.service.runner import publish_mode
 
 CONFIG = """\
@@ -123,3 +123,76 @@ def test_publish_mode_defaults_to_each_package() -> None:
     assert publish_mode(build({})) == "package"
     assert publish_mode(build({"publish": "build"})) == "build"
     assert publish_mode(build({"publish": "nonsense"})) == "package"
+
+
+# -- the quick digest and reuse decided at submission -----------------------------------
+
+
+def _quick(signer: Signer | None, **over: object) -> str:
+    args: dict[str, object] = {
+        "arch": "x86_64",
+        "config_text": CONFIG,
+        "pipelines": {"p/x.yaml": b"runs: true"},
+        "sources": {"data.txt": b"v1"},
+        "environment_key": "e" * 64,
+        "options": {"env": {}, "with_test": False, "debug": False},
+        "signer": signer,
+    }
+    args.update(over)
+    return quick_digest(**args)  # type: ignore[arg-type]
+
+
+def test_quick_digest_changes_with_each_input(signer: Signer) -> None:
+    base = _quick(signer)
+    assert base == _quick(signer) and base.startswith("sha256:")
+    variants = [
+        _quick(signer, arch="aarch64"),
+        _quick(signer, config_text=CONFIG + "# a comment\n"),  # stricter than input_digest
+        _quick(signer, pipelines={"p/x.yaml": b"runs: false"}),
+        _quick(signer, pipelines={}),
+        _quick(signer, sources={"data.txt": b"v2"}),
+        _quick(signer, sources={"other.txt": b"v1"}),
+        _quick(signer, environment_key="f" * 64),
+        _quick(signer, options={"env": {"A": "1"}, "with_test": False, "debug": False}),
+        _quick(signer, options={"env": {}, "with_test": True, "debug": False}),
+        _quick(signer, options={"env": {}, "with_test": False, "debug": True}),
+        _quick(None),
+    ]
+    assert len({base, *variants}) == len(variants) + 1
+
+
+def test_tree_digest_names_paths_and_contents() -> None:
+    assert tree_digest({"a": b"1", "b": b"2"}) == tree_digest({"b": b"2", "a": b"1"})
+    assert tree_digest({"a": b"1"}) != tree_digest({"b": b"1"})
+    assert tree_digest({"a": b"12"}) != tree_digest({"a1": b"2"})
+
+
+def test_settle_reuse_keeps_what_nothing_rebuilt_can_change() -> None:
+    # lib -> app -> tool; other alone; env: what each one's environment installs
+    deps = {"app": ["lib"], "tool": ["app"]}
+    outputs = {"lib": {"lib", "lib-dev"}, "app": {"app"}, "tool": {"tool"}, "other": {"other"}}
+    installs = {
+        "lib": frozenset({"busybox"}),
+        "app": frozenset({"busybox", "lib-dev"}),
+        "tool": frozenset({"busybox", "app"}),
+        "other": frozenset({"busybox", "lib"}),  # installs lib's published package
+    }
+    names = ["lib", "app", "tool", "other"]
+
+    def settle(candidates: set[str]) -> set[str]:
+        return settle_reuse(
+            candidates, packages=names, deps=deps, installs=installs, outputs=outputs
+        )
+
+    assert settle(set(names)) == set(names)
+    # lib will be built again: app (depends on it) and, through app, tool are not reused;
+    # other installs lib's package, which the build will replace: not reused either
+    assert settle({"app", "tool", "other"}) == set()
+    # only tool changed: everything below it is reused
+    assert settle({"lib", "app", "other"}) == {"lib", "app", "other"}
+    # a subpackage counts: other installs nothing of app's, so app's rebuild leaves it
+    assert settle({"lib", "tool", "other"}) == {"lib", "other"}
+    # a dependency outside the build does not hold anything back
+    assert settle_reuse(
+        {"app"}, packages=["app"], deps={"app": ["lib"]}, installs={}, outputs={}
+    ) == {"app"}
