@@ -32,7 +32,7 @@ from melange2.build.progress import ProgressTracker, StepSink
 from melange2.build.sources import push_sources
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
-from melange2.buildkit.client import BuildkitClient, push_image
+from melange2.buildkit.client import BuildkitClient, SolveResult, push_image
 from melange2.errors import ConfigError
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
@@ -46,6 +46,7 @@ from melange2.recipe.compile import (
 )
 from melange2.repo.directory import index_directory
 from melange2.repo.repository import Repository
+from melange2.timing import PhaseTimer
 
 WORKSPACE = "/home/build"
 OUT_REPO = "melange2/out"
@@ -343,13 +344,39 @@ class Builder:
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:
         return await self.run(await self.plan(opts), sinks)
 
-    async def run(self, planned: PlannedBuild, sinks: Sequence[StepSink] = ()) -> BuildResult:
+    async def run(
+        self,
+        planned: PlannedBuild,
+        sinks: Sequence[StepSink] = (),
+        timer: PhaseTimer | None = None,
+    ) -> BuildResult:
         """Solve a planned build, write its packages (and run its tests if asked)."""
         opts, config, signer = planned.opts, planned.config, planned.signer
+        timer = timer or PhaseTimer()
         tag = planned.input_digest.removeprefix("sha256:")[:48]
         tracker = ProgressTracker(sinks=sinks)
+        with timer.phase("solve"):
+            result = await self._solve(planned, tag, tracker)
+        digest = result.exporter_response["containerimage.digest"]
+        with tempfile.TemporaryDirectory(prefix="melange2-out-") as tmp:
+            tree = Path(tmp)
+            with timer.phase("fetch output"):
+                await unpack_image(self.registry, OUT_REPO, digest, tree)
+            with timer.phase("package"):
+                built, index = await asyncio.to_thread(write_packages, config, tree, opts, signer)
+        if opts.with_test:
+            with timer.phase("test"):
+                await self.test(opts, config, sinks, built_repo=opts.out_dir)
+        return BuildResult(
+            config=config, packages=tuple(built), index=index, input_digest=planned.input_digest
+        )
+
+    async def _solve(
+        self, planned: PlannedBuild, tag: str, tracker: ProgressTracker
+    ) -> SolveResult:
+        opts = planned.opts
         async with BuildkitClient(opts.buildkit_addr) as bk:
-            result = await bk.solve(
+            return await bk.solve(
                 planned.definition,
                 exporters=[push_image(f"{self.registry.host}/{OUT_REPO}:{tag}")],
                 on_progress=tracker,
@@ -360,16 +387,6 @@ class Builder:
                 if opts.cache_ref
                 else (),
             )
-        digest = result.exporter_response["containerimage.digest"]
-        with tempfile.TemporaryDirectory(prefix="melange2-out-") as tmp:
-            tree = Path(tmp)
-            await unpack_image(self.registry, OUT_REPO, digest, tree)
-            built, index = await asyncio.to_thread(write_packages, config, tree, opts, signer)
-        if opts.with_test:
-            await self.test(opts, config, sinks, built_repo=opts.out_dir)
-        return BuildResult(
-            config=config, packages=tuple(built), index=index, input_digest=planned.input_digest
-        )
 
     async def test(
         self,

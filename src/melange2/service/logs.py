@@ -59,6 +59,7 @@ class CappedLog:
         self.limit = limit
         self.written = 0
         self.dropped = 0
+        self.reported = 0  #: dropped bytes already told by write_final
         self.on_write = on_write
 
     def write(self, data: bytes) -> int:
@@ -76,8 +77,9 @@ class CappedLog:
         return len(data)
 
     def write_final(self, data: bytes) -> None:
-        if self.dropped:
+        if self.dropped > self.reported:
             self.out.write(f"[melange2: {self.dropped} bytes of output dropped]\n".encode())
+            self.reported = self.dropped
         self.out.write(data)
         self._wrote()
 

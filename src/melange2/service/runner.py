@@ -39,6 +39,7 @@ from melange2.service.publish import RepoPublisher
 from melange2.service.reuse import ReuseIndex, ReuseRecord
 from melange2.service.settings import ServerSettings
 from melange2.storage import Storage, StorageError, StorageNotFound, StorageSpec, open_storage
+from melange2.timing import PhaseTimer
 
 
 class StorageRepositoryReader:
@@ -246,48 +247,62 @@ class BuildkitRunner:
     async def _attempt(
         self, job: PackageJob, build: Build, backend: Backend, log: CappedLog
     ) -> RunOutcome:
+        timer = PhaseTimer()
+        try:
+            return await self._timed_attempt(job, build, backend, log, timer)
+        finally:
+            log.write_final(f"\ntimings: {timer.summary()}\n".encode())
+
+    async def _timed_attempt(
+        self, job: PackageJob, build: Build, backend: Backend, log: CappedLog, timer: PhaseTimer
+    ) -> RunOutcome:
         artifacts = self.artifacts_key(job)
         local_out = self.storage.local_path(artifacts)
         out_dir = local_out or self.settings.work_dir(job.build_id, job.name) / "out"
         opts = self._options(job, build, backend, out_dir)
-        planned = await self.builder.plan(opts)
-        digest = planned.input_digest
-        log.write(f"input digest {digest}\n".encode())
-        quick = (
-            await asyncio.to_thread(self._quick_of, job, build, planned.environment_key, opts)
-            if planned.environment_key
-            else None
-        )
+        with timer.phase("plan"):
+            planned = await self.builder.plan(opts)
+            digest = planned.input_digest
+            log.write(f"input digest {digest}\n".encode())
+            quick = (
+                await asyncio.to_thread(self._quick_of, job, build, planned.environment_key, opts)
+                if planned.environment_key
+                else None
+            )
         publish_now = publish_mode(build) == "package"
         if not build.spec.get("force"):
-            hit = await self.reuse.find(job.arch, digest)
-            if hit is not None:
-                log.write(
-                    f"inputs unchanged since {hit.build_id}/{hit.package}: "
-                    "reusing its packages, nothing to build\n".encode()
-                )
-                await self._reuse(job, hit, artifacts, publish_now)
-                if quick is not None:
-                    await self.reuse.remember_quick(quick, hit)
-                return RunOutcome(
-                    output_path=self.storage.url(artifacts), cached=True, input_digest=digest
-                )
-        result = await self.builder.run(planned, sinks=[LogFileSink(log)])
+            with timer.phase("reuse"):
+                hit = await self.reuse.find(job.arch, digest)
+                if hit is not None:
+                    log.write(
+                        f"inputs unchanged since {hit.build_id}/{hit.package}: "
+                        "reusing its packages, nothing to build\n".encode()
+                    )
+                    await self._reuse(job, hit, artifacts, publish_now)
+                    if quick is not None:
+                        await self.reuse.remember_quick(quick, hit)
+                    return RunOutcome(
+                        output_path=self.storage.url(artifacts), cached=True, input_digest=digest
+                    )
+        result = await self.builder.run(planned, sinks=[LogFileSink(log)], timer=timer)
         apks = [p.path for p in result.packages]
-        records = await asyncio.to_thread(lambda: [IndexRecord.from_apk(p) for p in apks])
-        if local_out is None:
-            await self._upload_outputs(out_dir, artifacts)
-        await self._publish(job, apks, records, publish_now)
-        record = await self.reuse.remember(
-            arch=job.arch,
-            digest=digest,
-            build_id=job.build_id,
-            package=job.name,
-            artifacts=artifacts,
-            records=records,
-        )
-        if quick is not None:
-            await self.reuse.remember_quick(quick, record)
+        with timer.phase("store"):
+            records = await asyncio.to_thread(lambda: [IndexRecord.from_apk(p) for p in apks])
+            if local_out is None:
+                await self._upload_outputs(out_dir, artifacts)
+        with timer.phase("publish"):
+            await self._publish(job, apks, records, publish_now)
+        with timer.phase("remember"):
+            record = await self.reuse.remember(
+                arch=job.arch,
+                digest=digest,
+                build_id=job.build_id,
+                package=job.name,
+                artifacts=artifacts,
+                records=records,
+            )
+            if quick is not None:
+                await self.reuse.remember_quick(quick, record)
         if local_out is None:
             await asyncio.to_thread(shutil.rmtree, out_dir, True)
         return RunOutcome(output_path=self.storage.url(artifacts), input_digest=digest)
