@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -217,6 +218,7 @@ class FakeServer:
                         id=b.id,
                         status=b.status,
                         packages=len(b.packages),
+                        counts=dict(Counter(p.status for p in b.packages)),
                         created_at=b.created_at,
                         started_at=b.started_at,
                         finished_at=b.finished_at,
@@ -580,8 +582,10 @@ def test_list_table_and_json(tmp_path: Path) -> None:
         header.index("ID")
         < header.index("STATUS")
         < header.index("PACKAGES")
+        < header.index("BY STATUS")
         < header.index("CREATED")
     )
+    assert "2 pending" in res.out  # the second build's two packages
     assert res.out.index(second) < res.out.index(first)  # newest first
     res = run(fake, "list", "-o", "json", "--status", "pending")
     data = json.loads(res.out)

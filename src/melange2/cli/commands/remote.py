@@ -646,9 +646,12 @@ def list_builds(
     if output == "json":
         _print_json(ctx.console, page)
         return
-    table = Table("ID", "STATUS", "PACKAGES", "CREATED")
+    table = Table("ID", "STATUS", "PACKAGES", "BY STATUS", "CREATED")
     for b in page.builds:
-        table.add_row(Text(b.id), Text(b.status), str(b.packages), _when(b.created_at))
+        by_status = ", ".join(f"{n} {s}" for s, n in sorted(b.counts.items()))
+        table.add_row(
+            Text(b.id), Text(b.status), str(b.packages), Text(by_status), _when(b.created_at)
+        )
     ctx.console.print(table)
     if page.next_cursor:
         ctx.err_console.print(
