@@ -20,8 +20,6 @@ import asyncio
 import gzip
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from melange2.apk.index import IndexRecord
 from melange2.apk.reader import DataEntry, read_apk, split_streams
 from melange2.buildkit.llb.platform import Platform
 from melange2.errors import ManifestNotFound
+from melange2.fsutil import write_atomic
 from melange2.oci.image import (
     LAYER_MEDIA_TYPE,
     Blob,
@@ -122,19 +121,10 @@ class LayerCache:
             diff_id="sha256:" + hashlib.sha256(gzip.decompress(stream)).hexdigest(),
             db_fragment=fragment(pkg.record, entries),
         )
-        _write_atomic(self.blob_path(digest), stream)
-        _write_atomic(meta, json.dumps(layer.__dict__).encode())
+        write_atomic(self.blob_path(digest), stream, durable=False)
+        write_atomic(meta, json.dumps(layer.__dict__).encode(), durable=False)
         self._memo[pkg.record.checksum] = layer
         return layer
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Concurrent builds may cache the same package: write aside, rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,12 +16,14 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import tarfile
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from melange2.buildkit.llb.platform import Platform
 from melange2.errors import ManifestNotFound, RegistryError
@@ -33,15 +35,56 @@ from melange2.oci.image import (
     Blob,
 )
 
+_log = logging.getLogger(__name__)
+
 _ACCEPT = ", ".join([INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, DOCKER_LIST, DOCKER_MANIFEST])
 
 
-class RegistryClient:
-    """Push and pull blobs and manifests of one registry host."""
+#: answers worth another try: the registry is busy or restarting
+_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+#: requests that may be sent again whatever happened to the first one
+_IDEMPOTENT = frozenset({"GET", "HEAD"})
 
-    def __init__(self, host: str, *, scheme: str = "http", timeout: float = 60.0) -> None:
+
+def _transient(method: str, exc: BaseException) -> bool:
+    """Retry a request that never reached the registry; and reads that failed or were
+    answered with a transient status (a write may have half happened: not those)."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return True
+    if method not in _IDEMPOTENT:
+        return False
+    if isinstance(exc, _TransientStatus):
+        return True
+    return isinstance(exc, httpx.TransportError)
+
+
+class _TransientStatus(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+class RegistryClient:
+    """Push and pull blobs and manifests of one registry host. Requests that fail on the
+    way (connection refused or reset, a read timing out, 429 or 5xx to a read) are tried
+    again, ``retries`` times in all, with exponential backoff from ``retry_wait`` s."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        scheme: str = "http",
+        timeout: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retries: int = 4,
+        retry_wait: float = 0.2,
+    ) -> None:
         self.host = host
-        self._client = httpx.AsyncClient(base_url=f"{scheme}://{host}", timeout=timeout)
+        self.retries = retries
+        self.retry_wait = retry_wait
+        self._client = httpx.AsyncClient(
+            base_url=f"{scheme}://{host}", timeout=timeout, transport=transport
+        )
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -58,8 +101,30 @@ class RegistryClient:
         await self._client.aclose()
 
     async def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        async def once() -> httpx.Response:
+            resp = await self._client.request(method, url, **kw)
+            if method in _IDEMPOTENT and resp.status_code in _TRANSIENT_STATUS:
+                raise _TransientStatus(resp)
+            return resp
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max(1, self.retries)),
+            wait=wait_exponential(multiplier=self.retry_wait, max=5.0),
+            retry=retry_if_exception(lambda exc: _transient(method, exc)),
+            before_sleep=lambda state: _log.warning(
+                "registry %s: %s %s failed (try %d), retrying: %s",
+                self.host,
+                method,
+                url,
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else "?",
+            ),
+            reraise=True,
+        )
         try:
-            return await self._client.request(method, url, **kw)
+            return await retrying(once)
+        except _TransientStatus as exc:
+            return exc.response  # still busy after every try: the caller says what failed
         except httpx.HTTPError as exc:
             raise RegistryError(f"registry {self.host}: {method} {url}: {exc}") from exc
 

@@ -6,31 +6,14 @@ sees the old index or the new one, never half of one.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from melange2.apk.index import IndexRecord, write_index_tar_gz
 from melange2.apk.signing import Signer
+from melange2.fsutil import write_atomic
 
 INDEX_NAME = "APKINDEX.tar.gz"
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def index_directory(
@@ -39,7 +22,7 @@ def index_directory(
     """(Re)write ``arch_dir/APKINDEX.tar.gz`` listing every ``*.apk`` in ``arch_dir``."""
     arch_dir.mkdir(parents=True, exist_ok=True)
     records = [IndexRecord.from_apk(p) for p in sorted(arch_dir.glob("*.apk"))]
-    _atomic_write(
+    write_atomic(
         arch_dir / INDEX_NAME,
         lambda out: write_index_tar_gz(
             records, signer, out, description=description, source_date_epoch=source_date_epoch
@@ -53,5 +36,5 @@ def publish_apk(apk: Path, arch_dir: Path) -> Path:
     arch_dir.mkdir(parents=True, exist_ok=True)
     dest = arch_dir / apk.name
     with apk.open("rb") as src:
-        _atomic_write(dest, lambda out: shutil.copyfileobj(src, out))
+        write_atomic(dest, lambda out: shutil.copyfileobj(src, out))
     return dest

@@ -23,7 +23,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from melange2.fsutil import write_atomic
 from melange2.storage import faults
 from melange2.storage.base import (
     ObjectInfo,
@@ -232,7 +232,7 @@ class Storage:
         path = self._path(key)
         fn: Callable[[], None]
         if self.kind == "local":
-            fn = partial(_write_atomic, Path(path), partial(_copy_from, Path(local)))
+            fn = partial(write_atomic, Path(path), partial(_copy_from, Path(local)))
         elif self.kind == "memory":
             fn = partial(self._pipe_file_from, Path(local), path)
         else:
@@ -244,7 +244,7 @@ class Storage:
         path = self._path(key)
         fn: Callable[[], None]
         if self.kind == "local":
-            fn = partial(_write_atomic, Path(path), partial(_write_bytes, data))
+            fn = partial(write_atomic, Path(path), data)
         else:
             fn = partial(self._fs.pipe_file, path, data)
         await self._run("put", key, fn)
@@ -578,24 +578,6 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _write_atomic(dest: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a temporary file next to ``dest``, flush it to disk, rename it over
-    ``dest``: readers see the old content or the new, never a part."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:100]}#", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _link_atomic(src: Path, dest: Path) -> None:
     """``dest`` becomes another name of ``src`` (a copy where links are refused)."""
     if not src.is_file():
@@ -618,7 +600,3 @@ def _copy_from(src: Path, out: IO[bytes]) -> None:
     _require_source(src)
     with src.open("rb") as f:
         shutil.copyfileobj(f, out, 1 << 20)
-
-
-def _write_bytes(data: bytes, out: IO[bytes]) -> None:
-    out.write(data)

@@ -365,3 +365,77 @@ def test_random_graphs_respect_order_and_cascade(
         else:
             assert status == "success"
     assert runner.peak <= slots
+
+
+async def test_packages_reused_at_submission_count_as_done() -> None:
+    ended: list[tuple[str, BuildStatus]] = []
+
+    async def before_end(build: Build, status: BuildStatus) -> None:
+        ended.append((build.id, status))
+
+    pool = make_pool(("tcp://a", "x86_64", 2))
+    # lib was reused at submission: app does not wait for it, only for tool
+    base = make_build({"lib": [], "tool": [], "app": ["lib", "tool"]})
+    now = datetime.now(UTC)
+    reused = base.evolve(
+        packages=tuple(
+            j.evolve(status=PackageStatus.SUCCESS, cached=True, started_at=now, finished_at=now)
+            if j.name == "lib"
+            else j
+            for j in base.packages
+        )
+    )
+    runner = FakeRunner()
+    done = await run_build(reused, pool, runner, before_build_end=before_end)
+    assert statuses(done) == dict.fromkeys(["lib", "tool", "app"], "success")
+    assert sorted(runner.started) == ["app", "tool"]  # lib never ran
+    assert ended == [(done.id, BuildStatus.SUCCESS)]
+
+    # everything reused: the build ends at submission, nothing runs
+    store, runner, ended[:] = MemoryStore(), FakeRunner(), []
+    whole = base.evolve(
+        id=BuildId("bld-0000000000000002"),
+        packages=tuple(
+            j.evolve(
+                build_id=BuildId("bld-0000000000000002"),
+                status=PackageStatus.SUCCESS,
+                cached=True,
+                started_at=now,
+                finished_at=now,
+            )
+            for j in base.packages
+        ),
+    )
+    await store.create_build(whole)
+    async with running(store, pool, runner, before_build_end=before_end) as scheduler:
+        await scheduler.submit(whole)
+        assert (await store.get_build(whole.id)).status is BuildStatus.SUCCESS
+    assert runner.started == [] and ended == [(whole.id, BuildStatus.SUCCESS)]
+
+
+async def test_recovery_ends_a_build_whose_packages_all_ended_before_a_crash() -> None:
+    # the last package's status was written, then the server died before the build's:
+    # on restart the build ends, and the hook (publication on success) runs then
+    ended: list[BuildStatus] = []
+
+    async def before_end(build: Build, status: BuildStatus) -> None:
+        ended.append(status)
+
+    base = make_build({"a": [], "b": ["a"]})
+    now = datetime.now(UTC)
+    crashed = base.evolve(
+        status=BuildStatus.RUNNING,
+        started_at=now,
+        packages=tuple(
+            j.evolve(status=PackageStatus.SUCCESS, started_at=now, finished_at=now)
+            for j in base.packages
+        ),
+    )
+    store = MemoryStore()
+    await store.create_build(crashed)
+    async with running(
+        store, make_pool(("tcp://a", "x86_64", 1)), FakeRunner(), before_build_end=before_end
+    ) as scheduler:
+        await scheduler.recover()
+        assert (await wait_done(store, crashed.id)).status is BuildStatus.SUCCESS
+    assert ended == [BuildStatus.SUCCESS]
