@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +30,7 @@ def write_atomic(
     ``durable`` flushes the data to disk before the rename (what a crash must not lose);
     caches that can be made again skip it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:100]}#", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=_temp_prefix(dest), suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
             if isinstance(content, bytes):
@@ -44,3 +46,27 @@ def write_atomic(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def link_atomic(src: Path, dest: Path) -> None:
+    """``dest`` becomes another name of ``src`` (a copy where links are refused), put in
+    place by a rename like :func:`write_atomic`. Only for files never changed in place
+    (replaced whole), as everything :func:`write_atomic` writes."""
+    if not src.is_file():
+        raise FileNotFoundError(src)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f"{_temp_prefix(dest)}{secrets.token_hex(8)}.part"
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _temp_prefix(dest: Path) -> str:
+    return f".{dest.name[:100]}#"

@@ -259,17 +259,7 @@ class Builder:
             signer = self._signers[stamp] = Signer.from_files(key)
         return signer
 
-    async def environment_image(
-        self,
-        opts: BuildOptions,
-        packages: Sequence[str],
-        repositories: Sequence[str | Repository],
-        keyring: Sequence[str],
-        untrusted: Sequence[str] = (),
-    ) -> str:
-        return (await self._environment(opts, packages, repositories, keyring, untrusted))[0]
-
-    async def _environment(
+    async def environment(
         self,
         opts: BuildOptions,
         packages: Sequence[str],
@@ -304,7 +294,7 @@ class Builder:
             await asyncio.to_thread(self._signer, opts.signing_key) if opts.signing_key else None
         )
         contents = config.environment.contents
-        env_image, env_key = await self._environment(
+        env_image, env_key = await self.environment(
             opts,
             environment_packages(config, plan),
             contents.repositories,
@@ -408,7 +398,7 @@ class Builder:
             if signed and opts.signing_key is not None:
                 keyring.append(str(opts.signing_key.with_name(opts.signing_key.name + ".pub")))
                 repos.insert(0, str(repo))
-            image = await self.environment_image(
+            image, _ = await self.environment(
                 opts,
                 plan.contents.packages,
                 repos,

@@ -38,7 +38,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from melange2.fsutil import write_atomic
+from melange2.fsutil import link_atomic, write_atomic
 from melange2.storage import faults
 from melange2.storage.base import (
     ObjectInfo,
@@ -256,7 +256,7 @@ class Storage:
         src, dest = self._path(source), self._path(key)
         fn: Callable[[], None]
         if self.kind == "local":
-            fn = partial(_link_atomic, Path(src), Path(dest))
+            fn = partial(link_atomic, Path(src), Path(dest))
         elif self.kind == "memory":
             fn = partial(self._copy_in_memory, src, dest)
         else:
@@ -273,7 +273,7 @@ class Storage:
 
         def link_all() -> None:
             for src, dest in paths:
-                _link_atomic(src, dest)
+                link_atomic(src, dest)
 
         if paths:
             await self._run("copy", pairs[0][1], link_all)
@@ -576,24 +576,6 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def _link_atomic(src: Path, dest: Path) -> None:
-    """``dest`` becomes another name of ``src`` (a copy where links are refused)."""
-    if not src.is_file():
-        raise FileNotFoundError(src)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name[:100]}#{secrets.token_hex(8)}.part"
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _copy_from(src: Path, out: IO[bytes]) -> None:
