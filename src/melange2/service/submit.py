@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import fnmatch
 import hashlib
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -29,7 +30,7 @@ from melange2.api.schemas import (
 from melange2.build.executor import environment_packages
 from melange2.build.inputs import tree_digest
 from melange2.buildkit.llb.platform import Platform
-from melange2.errors import ConfigError, RecipeError, RequestError
+from melange2.errors import ConfigError, FarmError, RecipeError, RequestError
 from melange2.ids import BuildId, new_build_id
 from melange2.jobs import Build, BuildStatus, JSONValue, PackageJob, PackageStatus
 from melange2.pool.pool import BackendPool
@@ -47,7 +48,10 @@ from melange2.scheduler.loop import Scheduler
 from melange2.service.reuse import settle_reuse
 from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
+from melange2.storage import StorageError
 from melange2.store.base import JobStore
+
+_log = logging.getLogger(__name__)
 
 
 def _safe_relative(path: str, where: str) -> PurePosixPath:
@@ -199,16 +203,16 @@ class Submitter:
         adopted: dict[str, str] = {}
         try:
             await asyncio.to_thread(self._keep_files, build_dir, parsed, pipelines, sources)
-            if reusable and self.runner is not None:
-                adopted = await self.runner.adopt(
-                    build_id, {n: r.record for n, r in reusable.items()}
-                )
+            if reusable:
+                adopted = await self._adopt(build_id, reusable)
+                if not adopted:
+                    reusable = {}
             build = self._build(build_id, parsed, graph, prio, spec, request, reusable, adopted)
             await self.store.create_build(build)
         except BaseException:
             shutil.rmtree(build_dir, ignore_errors=True)
-            if adopted and self.runner is not None:
-                await self.runner.forget_artifacts(build_id, list(adopted))
+            if reusable and self.runner is not None:
+                await self.runner.forget_artifacts(build_id, list(reusable))
             raise
         await self.scheduler.submit(build)
         return CreateBuildResponse(
@@ -254,6 +258,17 @@ class Submitter:
             parsed.append(one)
         return parsed
 
+    async def _adopt(self, build_id: BuildId, reusable: Mapping[str, Reusable]) -> dict[str, str]:
+        """Link the reused packages' artifacts into this build; ``{}`` (build them all
+        instead) if the storage fails meanwhile, e.g. an artifact was just deleted."""
+        assert self.runner is not None
+        try:
+            return await self.runner.adopt(build_id, {n: r.record for n, r in reusable.items()})
+        except StorageError:
+            _log.warning("reuse at submission dropped: cannot copy artifacts", exc_info=True)
+            await self.runner.forget_artifacts(build_id, list(reusable))
+            return {}
+
     async def _reusable(
         self,
         arch: str,
@@ -277,9 +292,13 @@ class Submitter:
             )
             for p in parsed
         ]
-        found = await self.runner.reusable(
-            arch, spec, submitted, {str(k): v.encode() for k, v in pipelines.items()}
-        )
+        try:
+            found = await self.runner.reusable(
+                arch, spec, submitted, {str(k): v.encode() for k, v in pipelines.items()}
+            )
+        except (FarmError, StorageError):  # an optimisation: the packages are built instead
+            _log.warning("reuse at submission skipped", exc_info=True)
+            return {}
         if not found:
             return {}
         kept = settle_reuse(
