@@ -78,7 +78,7 @@ async def buildctl_time(builder: Builder, opts: BuildOptions, tools: Path) -> fl
     """The same steps, on the same (already composed) environment image, by buildctl."""
     config, plan = prepare(opts)
     contents = config.environment.contents
-    image = await builder.environment_image(
+    image, _ = await builder.environment(
         opts, list(contents.packages), contents.repositories, contents.keyring
     )
     root = llb.image(image, platform=llb.Platform.from_arch(opts.arch))
