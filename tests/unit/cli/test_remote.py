@@ -41,7 +41,7 @@ from melange2.api.schemas import (
     RemoveBackendRequest,
     content_bytes,
 )
-from melange2.cli.commands.remote import RemoteContext
+from melange2.cli.commands.remote import RemoteContext, _packages_table, _status_line
 from melange2.cli.main import cli
 from melange2.jobs import PackageStatus, derive_build_status
 
@@ -800,3 +800,47 @@ def test_server_from_environment_and_bad_url() -> None:
     res = run(fake, "list", "--server", "farm.example:9000")
     assert res.code == 2
     assert "http://" in res.err
+
+
+def test_cached_packages_say_so() -> None:
+    def pkg(name: str, *, cached: bool, attempts: int) -> PackageOut:
+        return PackageOut.model_validate(
+            {
+                "name": name,
+                "status": "success",
+                "config_yaml": "",
+                "dependencies": [],
+                "started_at": None,
+                "finished_at": None,
+                "error": "",
+                "log_path": "",
+                "output_path": "",
+                "backend": None,
+                "reason": "",
+                "attempts": [
+                    {
+                        "number": n + 1,
+                        "backend": "tcp://a",
+                        "started_at": "2026-11-27T00:00:00Z",
+                        "finished_at": None,
+                        "error": "",
+                        "log_path": "",
+                    }
+                    for n in range(attempts)
+                ],
+                "duration": 1.5 if attempts else 0.0,
+                "arch": "x86_64",
+                "cached": cached,
+            }
+        )
+
+    at_submission = pkg("lib", cached=True, attempts=0)
+    on_backend = pkg("app", cached=True, attempts=1)
+    built = pkg("tool", cached=False, attempts=1)
+    assert "cached: reused at submission" in _status_line(at_submission)
+    assert "cached: in 1.5s" in _status_line(on_backend)
+    assert "cached" not in _status_line(built)
+    console = Console(width=200, record=True)
+    console.print(_packages_table([at_submission, built]))
+    text = console.export_text()
+    assert "success (cached)" in text and text.count("(cached)") == 1

@@ -233,7 +233,8 @@ def _packages_table(packages: Iterable[PackageOut]) -> Table:
     with_reason = any(p.reason for p in packages)
     table = Table("NAME", "STATUS", "DURATION", "ERROR", *(["REASON"] if with_reason else []))
     for p in packages:
-        row = [Text(p.name), Text(p.status), Text(_duration(p)), Text(p.error or "")]
+        status = f"{p.status} (cached)" if p.cached else p.status
+        row = [Text(p.name), Text(status), Text(_duration(p)), Text(p.error or "")]
         if with_reason:
             row.append(Text(p.reason or ""))
         table.add_row(*row)
@@ -288,6 +289,9 @@ def _status_line(pkg: PackageOut) -> str:
         return f"{pkg.status} ({pkg.reason})"
     if pkg.status == PackageStatus.RUNNING and pkg.backend is not None:
         return f"{pkg.status} on {pkg.backend.addr}"
+    if pkg.status == PackageStatus.SUCCESS and pkg.cached:
+        how = "reused at submission" if not pkg.attempts else f"in {_seconds(pkg.duration or 0)}"
+        return f"{pkg.status}, cached: {how} (inputs unchanged since an earlier build)"
     if pkg.status == PackageStatus.SUCCESS and pkg.duration is not None:
         return f"{pkg.status} in {_seconds(pkg.duration)}"
     return pkg.status
@@ -336,6 +340,9 @@ def _finish(ctx: RemoteContext, build: BuildOut, output: str) -> NoReturn:
         for p in build.packages:
             counts[p.status] = counts.get(p.status, 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        cached = sum(1 for p in build.packages if p.cached)
+        if cached:
+            summary += f"; {cached} cached"
         ctx.console.print(
             Text(f"Build {build.id}: {build.status} ({summary})"), highlight=False, soft_wrap=True
         )
