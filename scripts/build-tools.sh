@@ -4,6 +4,7 @@
 #   buildkit  buildkitd and buildctl (the farm's daemons)
 #   fakegcs   fake-gcs-server (the GCS emulator the storage tests run against)
 #   apko      apko (an independent checker: installs packages from the farm's repository)
+#   melange   upstream melange v0.34.0 (the differential suite's oracle; its pipelines)
 # Cached: a tool is rebuilt only when its go.mod/go.sum change.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,3 +38,6 @@ build fakegcs fake-gcs-server -- github.com/fsouza/fake-gcs-server
 apko_version=$(cd "$here/tools/apko" && go list -m -f '{{.Version}}' chainguard.dev/apko)
 build apko apko -- \
   -ldflags "-X sigs.k8s.io/release-utils/version.gitVersion=$apko_version" chainguard.dev/apko
+melange_version=$(cd "$here/tools/melange" && go list -m -f '{{.Version}}' chainguard.dev/melange)
+build melange melange -- \
+  -ldflags "-X sigs.k8s.io/release-utils/version.gitVersion=$melange_version" chainguard.dev/melange

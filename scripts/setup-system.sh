@@ -2,6 +2,8 @@
 # System packages and kernel set-up the farm needs: runc for BuildKit's OCI worker,
 # Debian's docker-registry, busybox-static (amd64 and arm64) for the base image,
 # qemu-user-static registered with binfmt_misc so linux/arm64 steps run here.
+# bubblewrap runs upstream melange (the differential suite), postgresql the PostgreSQL
+# store tests, chromium the dashboard tests (through Playwright).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +13,8 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need=()
-for p in runc docker-registry busybox-static qemu-user-static binfmt-support ca-certificates; do
+for p in runc docker-registry busybox-static qemu-user-static binfmt-support ca-certificates \
+    bubblewrap postgresql chromium; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 arm64_added=1
