@@ -7,21 +7,40 @@ pipeline and then each subpackage's (in order, on the same workspace), and retur
 with its environment and working directory, plus the packages the steps need.
 :func:`compile_tests` does the same for the ``test:`` sections.
 
+Where ``uses: <name>`` comes from (:class:`PipelineResolver`), first match wins:
+
+1. the caller's directories (melange's ``--pipeline-dir``; a config's ``./pipelines``);
+2. :data:`BUILTIN_PIPELINE_DIR`, melange2's own files: pipelines newer melange has and
+   v0.34.0 lacks (``go/build/v2``), and documented extensions of melange's
+   (``git-checkout`` with ``sparse-paths``, retries, ...);
+3. :data:`MELANGE_PIPELINE_DIR`, every pipeline melange v0.34.0 ships, installed unchanged
+   from the pinned Go module by ``scripts/gen_pipelines.py`` (``make setup``).
+
 How a step list is walked (melange's ``pkg/build/compile.go`` and ``pipeline.go``):
 
 * ``if:`` is substituted (values quoted) and evaluated; a false step is skipped with its
-  nested steps and its ``needs``. A subpackage whose ``if:`` is false is skipped whole.
-* ``uses: <name>`` loads ``<dir>/<name>.yaml`` from the :class:`PipelineResolver`'s
-  directories, then the built-ins. Its inputs are the step's ``with:`` values (substituted
-  in the caller's context) over the declared defaults; an empty required input, or a
-  ``with:`` key the pipeline does not declare, is an error (current melange rejects
-  undeclared inputs too: it catches typos such as ``expected-sha265``). The pipeline's
-  steps are then substituted with ``${{inputs.*}}`` plus the package or subpackage
-  context (``targets.contextdir`` and ``targets.subpkgdir`` differ per subpackage).
-  Inputs of an enclosing ``uses`` are not visible inside a nested one unless passed on
-  through ``with:``.
+  nested steps and its ``needs``. A subpackage whose ``if:`` is false builds nothing, but
+  its pipelines are still compiled and their ``needs`` still go into the build
+  environment (melange gathers them before it evaluates the subpackage's ``if``). A
+  subpackage's ``if`` sees only ``package.*``, ``vars.*`` and ``range.*``; any other
+  variable is ``""`` there, as in melange v0.34.0 (see ``Subpackage.if_``): ``if:
+  ${{build.arch}} == 'aarch64'`` on a subpackage is false on every architecture.
+* ``uses: <name>`` loads the pipeline file. Its inputs are the step's ``with:`` values
+  (substituted in the caller's context) over the declared defaults; an empty required
+  input, a ``with:`` key the pipeline does not declare, or an ``expected-sha256``/
+  ``expected-sha512``/``expected-commit`` that is not 64/128/40 hex digits is an error,
+  as in melange. The pipeline's steps are then substituted with ``${{inputs.*}}`` plus
+  the package or subpackage context (``targets.contextdir`` and ``targets.subpkgdir``
+  differ per subpackage). As in melange, a nested ``uses`` also sees the inputs of the
+  pipelines around it (its own win). A pipeline that declares ``needs`` replaces the
+  calling step's own ``needs`` (melange overwrites the step with the file).
 * Nested steps inherit ``working-directory`` and ``environment`` from their parent
-  (also the steps a ``uses`` expands to); their own values win.
+  (also the steps a ``uses`` expands to); their own values win. ``environment`` values
+  are not substituted here: as in melange v0.34.0, only ``package.*``, ``vars.*`` and
+  ``range.*`` are, when the config is loaded (:mod:`melange2.recipe.parse`).
+* ``assertions: {required-steps: N}`` on a step holds when exactly N of its nested steps
+  run; conditions are known when compiling, so a violation is an error here, before
+  anything runs (melange finds it while building).
 * A step with ``runs`` becomes an :class:`ExecStep`. Its script is melange's wrapper::
 
       set -e
@@ -39,8 +58,10 @@ Every problem (unknown ``uses``, missing required input, undefined variable, rec
 is a :class:`~melange2.recipe.errors.RecipeFieldError` raised before anything runs,
 naming the file, line and field.
 
-Not done here: melange's ``stripComments`` (the scripts keep their comments), ``label``
-breakpoints, ``retry:`` and ``assertions:``.
+Not done here: melange's ``stripComments`` (it re-prints every script with mvdan/sh,
+dropping comments; ours keep the text as written), ``label`` breakpoints and ``retry:``.
+melange runs an empty script for each group or ``uses`` step (its only effect is the
+``mkdir -p`` of the working directory); we emit no step for it.
 """
 
 from __future__ import annotations
@@ -61,6 +82,7 @@ from melange2.recipe.model import (
     Location,
     PipelineDef,
     Step,
+    Subpackage,
     Test,
     frozen_map,
 )
@@ -76,6 +98,7 @@ __all__ = [
     "BUILTIN_PIPELINE_DIR",
     "DEFAULT_ENVIRONMENT",
     "DEFAULT_PATH",
+    "MELANGE_PIPELINE_DIR",
     "BuildPlan",
     "ExecStep",
     "PipelineResolver",
@@ -83,10 +106,16 @@ __all__ = [
     "builtin_pipelines",
     "compile_build",
     "compile_tests",
+    "pipeline_origin",
+    "subpackage_builds",
 ]
 
-#: The pipelines shipped with melange2 (``uses: fetch``, ``uses: split/dev``, ...).
+#: melange2's own pipelines: what v0.34.0 lacks (``go/build/v2``) and documented
+#: extensions of melange's (``git-checkout``). Searched before melange's.
 BUILTIN_PIPELINE_DIR: Final = Path(__file__).with_name("pipelines")
+#: Every pipeline melange ships (``uses: fetch``, ``uses: split/dev``, ...), installed from
+#: the pinned ``chainguard.dev/melange`` module by ``scripts/gen_pipelines.py``.
+MELANGE_PIPELINE_DIR: Final = Path(__file__).with_name("_melange_pipelines")
 #: ``PATH`` of every step (melange sets it per step, over the image's).
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Variables melange puts in a build or test environment when the config leaves them unset.
@@ -101,6 +130,9 @@ DEFAULT_ENVIRONMENT: Final[Mapping[str, str]] = frozen_map(
 _USES_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
 _MAX_DEPTH: Final = 32
 _SHORT_SCRIPT: Final = 60
+#: Inputs melange checks the form of, and their length in hex digits.
+_HEX_INPUTS: Final = {"expected-sha256": 64, "expected-sha512": 128, "expected-commit": 40}
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
 
 
 # -- results -----------------------------------------------------------------------------
@@ -154,7 +186,8 @@ class TestPlan:
     #: The test environment: its repositories and keyring, and its packages followed by
     #: the package under test and the steps' ``needs.packages`` (deduplicated, in order).
     contents: Contents
-    #: The test's ``environment.environment`` with melange's defaults.
+    #: The build's ``environment.environment`` (with melange's defaults) and the test's
+    #: ``environment.environment`` over it, as ``melange test`` sets them.
     environment: Mapping[str, str]
     steps: tuple[ExecStep, ...]
 
@@ -162,14 +195,32 @@ class TestPlan:
 # -- pipeline files ----------------------------------------------------------------------
 
 
+def _names(directory: Path) -> set[str]:
+    return {p.relative_to(directory).with_suffix("").as_posix() for p in directory.rglob("*.yaml")}
+
+
 def builtin_pipelines() -> tuple[str, ...]:
-    """The ``uses:`` names of every built-in pipeline, sorted."""
-    return tuple(
-        sorted(
-            path.relative_to(BUILTIN_PIPELINE_DIR).with_suffix("").as_posix()
-            for path in BUILTIN_PIPELINE_DIR.rglob("*.yaml")
-        )
-    )
+    """The ``uses:`` names of every built-in pipeline (melange's and ours), sorted."""
+    return tuple(sorted(_names(BUILTIN_PIPELINE_DIR) | _names(MELANGE_PIPELINE_DIR)))
+
+
+def melange_version() -> str:
+    """The melange release whose pipelines are installed (``""`` if they are not)."""
+    try:
+        first = (MELANGE_PIPELINE_DIR / "SOURCE").read_text().split("\n", 1)[0]
+    except OSError:
+        return ""
+    return first.rpartition(" ")[2]
+
+
+def pipeline_origin(uses: str) -> str | None:
+    """Where built-in ``uses`` comes from: ``"melange2"`` (ours, an addition or an
+    extension), ``"melange <version>"``, or ``None`` if no built-in has that name."""
+    if (BUILTIN_PIPELINE_DIR / f"{uses}.yaml").is_file():
+        return "melange2"
+    if (MELANGE_PIPELINE_DIR / f"{uses}.yaml").is_file():
+        return f"melange {melange_version()}"
+    return None
 
 
 class PipelineResolver:
@@ -177,7 +228,8 @@ class PipelineResolver:
 
     ``uses: autoconf/configure`` is ``<dir>/autoconf/configure.yaml`` in the first of
     ``search_dirs`` that has it (melange's ``--pipeline-dir``; pass the config's
-    ``./pipelines`` too), else the built-in one.
+    ``./pipelines`` too), else the built-in one (ours, then melange's: see the module
+    docstring).
 
     >>> PipelineResolver([]).resolve("split/dev").name
     'Split development files'
@@ -186,9 +238,11 @@ class PipelineResolver:
     def __init__(self, search_dirs: Sequence[Path] = (), *, builtins: bool = True) -> None:
         dirs = [Path(d) for d in search_dirs]
         if builtins:
-            dirs.append(BUILTIN_PIPELINE_DIR)
+            dirs += [BUILTIN_PIPELINE_DIR, MELANGE_PIPELINE_DIR]
         self._dirs: tuple[Path, ...] = tuple(dirs)
+        self._builtins = builtins
         self._cache: dict[Path, PipelineDef] = {}
+        self._found: dict[str, Path | None] = {}
 
     @property
     def search_dirs(self) -> tuple[Path, ...]:
@@ -197,13 +251,15 @@ class PipelineResolver:
 
     def find(self, uses: str) -> Path | None:
         """The file ``uses`` refers to, or ``None``. Raises ``ValueError`` for a bad name."""
+        if uses in self._found:
+            return self._found[uses]
         if not _USES_RE.fullmatch(uses) or ".." in uses.split("/"):
             raise ValueError(f"invalid pipeline name {uses!r}")
-        for directory in self._dirs:
-            candidate = directory / f"{uses}.yaml"
-            if candidate.is_file():
-                return candidate
-        return None
+        found = next(
+            (d / f"{uses}.yaml" for d in self._dirs if (d / f"{uses}.yaml").is_file()), None
+        )
+        self._found[uses] = found
+        return found
 
     def resolve(self, uses: str, *, location: Location | None = None) -> PipelineDef:
         """Load the pipeline ``uses`` names; ``location`` is blamed when there is none."""
@@ -213,8 +269,16 @@ class PipelineResolver:
             raise RecipeFieldError(str(exc), location=location) from None
         if path is None:
             looked = ", ".join(str(d / f"{uses}.yaml") for d in self._dirs)
+            hint = ""
+            if self._builtins and not (MELANGE_PIPELINE_DIR / "SOURCE").is_file():
+                hint = (
+                    "; melange's pipelines are not installed: run `make setup` "
+                    "(scripts/gen_pipelines.py)"
+                )
             raise RecipeFieldError(
-                f"unknown pipeline {uses!r} (looked for {looked})", location=location
+                f"unknown pipeline {uses!r}: no such file in any pipeline directory "
+                f"(looked for {looked}){hint}",
+                location=location,
             )
         loaded = self._cache.get(path)
         if loaded is None:
@@ -234,18 +298,17 @@ def compile_build(config: Config, resolver: PipelineResolver | None = None) -> B
     environment = _with_defaults(config.environment.environment)
     needs = _Needs()
     steps: list[ExecStep] = []
-    contexts: list[tuple[str, Mapping[str, str], tuple[Step, ...]]] = [
-        (config.package.name, substitution_map(config), config.pipeline)
+    contexts: list[tuple[str, Mapping[str, str], tuple[Step, ...], bool]] = [
+        (config.package.name, substitution_map(config), config.pipeline, True)
     ]
     for sp in config.subpackages:
         sp_mapping = substitution_map(config, subpackage=sp.name)
-        if not _condition_holds(sp.if_, sp_mapping, sp.where("if")):
-            continue
-        contexts.append((sp.name, sp_mapping, sp.pipeline))
-    for package, mapping, pipeline in contexts:
+        contexts.append((sp.name, sp_mapping, sp.pipeline, subpackage_builds(sp)))
+    for package, mapping, pipeline, builds in contexts:
         walker = _Walker(resolver=resolver, package=package, base_env=environment, needs=needs)
         walker.walk(pipeline, _Frame(mapping=mapping))
-        steps.extend(walker.steps)
+        if builds:
+            steps.extend(walker.steps)
     return BuildPlan(steps=tuple(steps), needs_packages=needs.packages(), environment=environment)
 
 
@@ -255,25 +318,33 @@ def compile_tests(config: Config, resolver: PipelineResolver | None = None) -> t
     Subpackages whose ``if:`` is false are not tested (they are not built).
     """
     resolver = resolver or PipelineResolver()
+    build_env = _with_defaults(config.environment.environment)
     plans: list[TestPlan] = []
     if config.test is not None:
         plans.append(
-            _compile_test(config.test, config.package.name, substitution_map(config), resolver)
+            _compile_test(
+                config.test, config.package.name, substitution_map(config), resolver, build_env
+            )
         )
     for sp in config.subpackages:
         if sp.test is None:
             continue
-        mapping = substitution_map(config, subpackage=sp.name)
-        if not _condition_holds(sp.if_, mapping, sp.where("if")):
+        if not subpackage_builds(sp):
             continue
-        plans.append(_compile_test(sp.test, sp.name, mapping, resolver))
+        mapping = substitution_map(config, subpackage=sp.name)
+        plans.append(_compile_test(sp.test, sp.name, mapping, resolver, build_env))
     return tuple(plans)
 
 
 def _compile_test(
-    test: Test, package: str, mapping: Mapping[str, str], resolver: PipelineResolver
+    test: Test,
+    package: str,
+    mapping: Mapping[str, str],
+    resolver: PipelineResolver,
+    build_env: Mapping[str, str],
 ) -> TestPlan:
-    environment = _with_defaults(test.environment.environment)
+    # melange test: the build's environment, then the test environment's over it
+    environment = frozen_map({**build_env, **test.environment.environment})
     needs = _Needs()
     needs.add(test.environment.contents.packages)
     needs.add([package])
@@ -290,6 +361,12 @@ def _compile_test(
         environment=environment,
         steps=tuple(walker.steps),
     )
+
+
+def subpackage_builds(sp: Subpackage) -> bool:
+    """Whether melange builds (and tests) subpackage ``sp``: its ``if`` holds, every
+    variable still in it being ``""`` (melange v0.34.0, see ``Subpackage.if_``)."""
+    return not sp.if_ or evaluate_condition(sp.if_, location=sp.where("if"))
 
 
 def _with_defaults(env: Mapping[str, str]) -> Mapping[str, str]:
@@ -359,32 +436,31 @@ class _Walker:
         self.needs = needs
         self.steps: list[ExecStep] = []
 
-    def walk(self, steps: Sequence[Step], frame: _Frame) -> None:
-        for step in steps:
-            self.step(step, frame)
+    def walk(self, steps: Sequence[Step], frame: _Frame) -> int:
+        """Walk ``steps``; returns how many of them run (their ``if`` holds)."""
+        return sum(self.step(step, frame) for step in steps)
 
-    def step(self, step: Step, frame: _Frame) -> None:
+    def step(self, step: Step, frame: _Frame) -> bool:
         mapping = frame.mapping
 
         def text(key: str, value: str) -> str:
             return substitute(value, mapping, location=step.where(key))
 
         if not _condition_holds(step.if_, mapping, step.where("if")):
-            return
+            return False
         name = text("name", step.name)
         workdir = text("working-directory", step.working_directory) or frame.workdir
-        env = {
-            **frame.env,
-            **{k: text(f"environment.{k}", v) for k, v in step.environment.items()},
-        }
-        self.needs.add(text(f"needs.packages[{i}]", v) for i, v in enumerate(step.needs_packages))
+        # melange substitutes no environment value when compiling (parse.py did what it does)
+        env = {**frame.env, **step.environment}
+        own_needs = [text(f"needs.packages[{i}]", v) for i, v in enumerate(step.needs_packages)]
         origin = frame.origin or step.loc
 
         # melange: a step that spells out its pipeline treats ``uses`` as a note.
         if step.uses and not step.pipeline:
-            self.expand(step, name, workdir, env, origin, frame)
-            return
+            self.expand(step, name, workdir, env, origin, frame, own_needs)
+            return True
 
+        self.needs.add(own_needs)
         runs = text("runs", step.runs)
         label = name or step.uses or _short(runs)
         display = _join(frame.prefix, label, sole=frame.sole and not name)
@@ -392,7 +468,7 @@ class _Walker:
             self.emit(display, runs, workdir, env, origin, step.where("runs"))
         if step.pipeline:
             inner_prefix = _join(frame.prefix, name, sole=False) if name else frame.prefix
-            self.walk(
+            ran = self.walk(
                 step.pipeline,
                 _Frame(
                     mapping=mapping,
@@ -403,6 +479,10 @@ class _Walker:
                     chain=frame.chain,
                 ),
             )
+            _check_required_steps(step, ran, len(step.pipeline))
+        elif step.required_steps is not None:
+            _check_required_steps(step, 0, 0)
+        return True
 
     def expand(
         self,
@@ -412,6 +492,7 @@ class _Walker:
         env: Mapping[str, str],
         origin: Location,
         frame: _Frame,
+        own_needs: Sequence[str],
     ) -> None:
         uses = step.uses
         where = step.where("uses")
@@ -422,12 +503,16 @@ class _Walker:
             raise RecipeFieldError(f"'uses' nested more than {_MAX_DEPTH} deep", location=where)
         definition = self.resolver.resolve(uses, location=where)
         inputs = _inputs(step, definition, frame.mapping)
-        context = {k: v for k, v in frame.mapping.items() if not k.startswith("inputs.")}
-        mapping = {**context, **{f"inputs.{k}": v for k, v in inputs.items()}}
-        self.needs.add(
-            substitute(v, mapping, location=definition.where(f"needs.packages[{i}]"))
-            for i, v in enumerate(definition.needs_packages)
-        )
+        # melange: the enclosing pipelines' inputs stay visible; this one's win.
+        mapping = {**frame.mapping, **{f"inputs.{k}": v for k, v in inputs.items()}}
+        if definition.needs_packages:
+            # melange decodes the file over the calling step: its needs replace the step's.
+            self.needs.add(
+                substitute(v, mapping, location=definition.where(f"needs.packages[{i}]"))
+                for i, v in enumerate(definition.needs_packages)
+            )
+        else:
+            self.needs.add(own_needs)
         body = _Frame(
             mapping=mapping,
             workdir=workdir,
@@ -438,10 +523,11 @@ class _Walker:
             sole=len(definition.pipeline) == 1,
         )
         try:
-            self.walk(definition.pipeline, body)
+            ran = self.walk(definition.pipeline, body)
         except RecipeFieldError as exc:
             # The pipeline file is at fault only through this step's use of it: blame both.
             raise RecipeFieldError(f"in pipeline {uses!r}: {exc}", location=where) from exc
+        _check_required_steps(step, ran, len(definition.pipeline))
 
     def emit(
         self,
@@ -471,6 +557,17 @@ class _Walker:
         )
 
 
+def _check_required_steps(step: Step, ran: int, total: int) -> None:
+    want = step.required_steps
+    if want is not None and want != ran:
+        skipped = f" (the 'if' of {total - ran} is false)" if ran < total else ""
+        raise RecipeFieldError(
+            f"the step requires {want} nested step{'s' if want != 1 else ''} to run, "
+            f"but {ran} of its {total} run{skipped}",
+            location=step.where("assertions.required-steps"),
+        )
+
+
 def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> dict[str, str]:
     """The inputs of ``uses`` for ``step``: ``with:`` values over declared defaults."""
     for key in step.with_:
@@ -484,17 +581,24 @@ def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> d
         key: substitute(value, caller, location=step.where(f"with.{key}"))
         for key, value in step.with_.items()
     }
-    context = {k: v for k, v in caller.items() if not k.startswith("inputs.")}
-    scope = {**context, **{f"inputs.{k}": v for k, v in given.items()}}
+    scope = {**caller, **{f"inputs.{k}": v for k, v in given.items()}}
     out: dict[str, str] = {}
     for key, spec in definition.inputs.items():
         value = given.get(key, "")
+        where = step.where(f"with.{key}") if key in step.with_ else step.where("with")
         if not value:
             value = substitute(spec.default, scope, location=definition.where(f"inputs.{key}"))
         if spec.required and not value:
+            described = f" ({spec.description.strip().splitlines()[0]})" if spec.description else ""
             raise RecipeFieldError(
-                f"pipeline {step.uses!r} requires input {key!r}",
-                location=step.where(f"with.{key}") if key in step.with_ else step.where("with"),
+                f"pipeline {step.uses!r} requires input {key!r}{described}", location=where
+            )
+        length = _HEX_INPUTS.get(key)
+        if length and value and (len(value) != length or not _HEX.issuperset(value)):
+            raise RecipeFieldError(
+                f"input {key!r} of pipeline {step.uses!r} must be {length} hexadecimal "
+                f"digits, got {value!r}",
+                location=where,
             )
         out[key] = value
     return out

@@ -231,6 +231,8 @@ class Step(_Located):
     #: ``needs.packages``: extra packages the step needs in the environment.
     needs_packages: tuple[str, ...] = ()
     label: str = ""
+    #: ``assertions.required-steps``: how many of the nested steps must run (``None``: any).
+    required_steps: int | None = None
 
     @property
     def identity(self) -> str:
@@ -256,7 +258,11 @@ class Subpackage(_Located):
     commit: str = ""
     dependencies: Dependencies = Dependencies()
     pipeline: tuple[Step, ...] = ()
-    #: The ``if:`` condition, substituted (values quoted) and ready for evaluation.
+    #: The ``if:`` condition with ``package.*``, ``vars.*`` and ``range.*`` substituted as
+    #: written. As in melange v0.34.0, nothing else is: its compile-time substitution of a
+    #: subpackage's ``if`` is lost (chainguard-dev/melange#1377), so any other variable
+    #: (``${{build.arch}}``) evaluates to ``""``. See
+    #: :func:`~melange2.recipe.compile.subpackage_builds`.
     if_: str = ""
     #: The ``data`` entry this subpackage was expanded from, or ``""``.
     range: str = ""

@@ -35,7 +35,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from melange2.errors import RecipeError
 from melange2.recipe._yaml import Value, compose
@@ -257,9 +257,21 @@ def _step(value: Value, depth: int) -> Step:
         environment=frozen_map(_str_map(fields.get("environment"), locs, "environment")),
         needs_packages=_needs(fields, locs),
         label=_text(fields, "label", locs),
+        required_steps=_required_steps(fields, locs),
         loc=value.loc,
         field_locs=frozen_map(locs),
     )
+
+
+def _required_steps(fields: Mapping[str, Value], locs: dict[str, Location]) -> int | None:
+    assertions = fields.get("assertions")
+    if assertions is None or assertions.is_null:
+        return None
+    item = assertions.mapping().get("required-steps")
+    if item is None or item.is_null:
+        return None
+    locs["assertions.required-steps"] = item.loc
+    return item.integer(maximum=2**31 - 1)
 
 
 def _dependencies(value: Value | None, locs: dict[str, Location]) -> Dependencies:
@@ -437,7 +449,23 @@ def _range_data(value: Value) -> RangeData:
 _TextFn = Callable[[str, Location], str]
 
 
-def _map_steps(steps: tuple[Step, ...], text: _TextFn, cond: _TextFn) -> tuple[Step, ...]:
+class _Subst(NamedTuple):
+    """How each kind of field is substituted in one context."""
+
+    #: most fields: every variable of the context (``${{inputs.*}}`` left for ``uses``)
+    text: _TextFn
+    #: ``if:`` fields (see the module docstring)
+    cond: _TextFn
+    #: ``environment`` values: as melange v0.34.0, only ``package.*``, ``vars.*`` and
+    #: ``range.*``; anything else (``${{targets.destdir}}``) is kept as written
+    env: _TextFn
+    #: a subpackage's ``if:``: only ``package.*``, ``vars.*`` and ``range.*`` (inserted as
+    #: written); other variables are left, and evaluate to ``""`` (see ``Subpackage.if_``)
+    sp_cond: _TextFn
+
+
+def _map_steps(steps: tuple[Step, ...], sub: _Subst) -> tuple[Step, ...]:
+    text, cond = sub.text, sub.cond
     out = []
     for step in steps:
         out.append(
@@ -452,7 +480,7 @@ def _map_steps(steps: tuple[Step, ...], text: _TextFn, cond: _TextFn) -> tuple[S
                 if_=cond(step.if_, step.where("if")),
                 environment=frozen_map(
                     {
-                        k: text(v, step.where(f"environment.{k}"))
+                        k: sub.env(v, step.where(f"environment.{k}"))
                         for k, v in step.environment.items()
                     }
                 ),
@@ -460,13 +488,15 @@ def _map_steps(steps: tuple[Step, ...], text: _TextFn, cond: _TextFn) -> tuple[S
                     text(v, step.where(f"needs.packages[{i}]"))
                     for i, v in enumerate(step.needs_packages)
                 ),
-                pipeline=_map_steps(step.pipeline, text, cond),
+                pipeline=_map_steps(step.pipeline, sub),
             )
         )
     return tuple(out)
 
 
-def _map_environment(env: Environment, text: _TextFn) -> Environment:
+def _map_environment(env: Environment, sub: _Subst) -> Environment:
+    text = sub.text
+
     def each(values: tuple[str, ...], key: str) -> tuple[str, ...]:
         return tuple(text(v, env.where(f"{key}[{i}]")) for i, v in enumerate(values))
 
@@ -479,18 +509,18 @@ def _map_environment(env: Environment, text: _TextFn) -> Environment:
             packages=each(contents.packages, "contents.packages"),
         ),
         environment=frozen_map(
-            {k: text(v, env.where(f"environment.{k}")) for k, v in env.environment.items()}
+            {k: sub.env(v, env.where(f"environment.{k}")) for k, v in env.environment.items()}
         ),
     )
 
 
-def _map_test(test: Test | None, text: _TextFn, cond: _TextFn) -> Test | None:
+def _map_test(test: Test | None, sub: _Subst) -> Test | None:
     if test is None:
         return None
     return dataclasses.replace(
         test,
-        environment=_map_environment(test.environment, text),
-        pipeline=_map_steps(test.pipeline, text, cond),
+        environment=_map_environment(test.environment, sub),
+        pipeline=_map_steps(test.pipeline, sub),
     )
 
 
@@ -509,19 +539,20 @@ def _map_dependencies(
     )
 
 
-def _map_subpackage(sp: Subpackage, text: _TextFn, cond: _TextFn) -> Subpackage:
+def _map_subpackage(sp: Subpackage, sub: _Subst) -> Subpackage:
+    text = sub.text
     return dataclasses.replace(
         sp,
         description=text(sp.description, sp.where("description")),
         url=text(sp.url, sp.where("url")),
         dependencies=_map_dependencies(sp.dependencies, sp.where, text),
-        pipeline=_map_steps(sp.pipeline, text, cond),
-        if_=cond(sp.if_, sp.where("if")),
-        test=_map_test(sp.test, text, cond),
+        pipeline=_map_steps(sp.pipeline, sub),
+        if_=sub.sp_cond(sp.if_, sp.where("if")),
+        test=_map_test(sp.test, sub),
     )
 
 
-def _substituter(mapping: Mapping[str, str]) -> tuple[_TextFn, _TextFn]:
+def _substituter(mapping: Mapping[str, str]) -> _Subst:
     """Text and condition substituters for one context (see the module docstring)."""
     parse_time = {
         k: v
@@ -540,16 +571,26 @@ def _substituter(mapping: Mapping[str, str]) -> tuple[_TextFn, _TextFn]:
         parse_condition(quoted, location=where)
         return quoted
 
-    return text, cond
+    def env(value: str, where: Location) -> str:
+        return substitute(value, parse_time, location=where, passthrough=("",))
+
+    def sp_cond(value: str, where: Location) -> str:
+        if not value:
+            return value
+        raw = substitute(value, parse_time, location=where, passthrough=("",))
+        parse_condition(raw, location=where)
+        return raw
+
+    return _Subst(text, cond, env, sp_cond)
 
 
-def _range_substituter(key: str, value: str) -> tuple[_TextFn, _TextFn]:
+def _range_substituter(key: str, value: str) -> _Subst:
     mapping = {"range.key": key, "range.value": value}
 
     def text(text_value: str, where: Location) -> str:
         return substitute(text_value, mapping, location=where, passthrough=("",))
 
-    return text, text
+    return _Subst(text, text, text, text)
 
 
 def _propagate(
@@ -662,7 +703,8 @@ class _ConfigLoader:
         for name in (package.name, *names):
             main[f"targets.package.{name}"] = f"/home/build/melange-out/{name}"
 
-        text, cond = _substituter(main)
+        sub = _substituter(main)
+        text = sub.text
         package = dataclasses.replace(
             package,
             description=text(package.description, package.where("description")),
@@ -679,16 +721,19 @@ class _ConfigLoader:
                 for i, c in enumerate(package.copyright)
             ),
         )
-        environment = _map_environment(environment, text)
-        pipeline = _propagate(_map_steps(pipeline, text, cond))
-        test = _map_test(test, text, cond)
+        environment = _map_environment(environment, sub)
+        pipeline = _propagate(_map_steps(pipeline, sub))
+        test = _map_test(test, sub)
         if test is not None:
             test = dataclasses.replace(test, pipeline=_propagate(test.pipeline))
 
         expanded = []
         for sp in subpackages:
-            sp_text, sp_cond = _substituter(subpackage_substitutions(main, sp.name))
-            sp = _map_subpackage(sp, sp_text, sp_cond)
+            sp_main = subpackage_substitutions(main, sp.name)
+            if sp.range:
+                # what the range pass left (expressions that also name other variables)
+                sp_main.update({"range.key": sp.range_key, "range.value": sp.range_value})
+            sp = _map_subpackage(sp, _substituter(sp_main))
             sp_test = sp.test
             if sp_test is not None:
                 sp_test = dataclasses.replace(sp_test, pipeline=_propagate(sp_test.pipeline))
@@ -740,15 +785,16 @@ class _ConfigLoader:
                 )
             for key in sorted(source.items):
                 value = source.items[key]
-                text, cond = _range_substituter(key, value)
-                expanded = _map_subpackage(sp, text, cond)
+                ranged = _range_substituter(key, value)
+                text = ranged.text
+                expanded = _map_subpackage(sp, ranged)
                 expanded = dataclasses.replace(
                     expanded,
                     name=text(sp.name, sp.where("name")),
                     range_key=key,
                     range_value=value,
                 )
-                out.append(self._named(expanded, main))
+                out.append(self._named(expanded, {**main, "range.key": key, "range.value": value}))
         return out
 
     @staticmethod

@@ -1,8 +1,10 @@
 """melange's ``${{...}}`` substitutions.
 
 A reference is ``${{`` + optional spaces + a name of ``[A-Za-z0-9._-]`` + optional spaces +
-``}}``. Anything else that starts with ``${{`` is malformed. Mappings here are keyed by the
-bare name (``package.version``, not ``${{package.version}}``).
+``}}``, or ``${{`` + an expression + ``}}`` (``${{range.key == "64" && " (ILP64)" || ""}}``,
+see :mod:`melange2.recipe.expr`: newer melange's form, beyond v0.34.0). Anything else that
+starts with ``${{`` is malformed. Mappings here are keyed by the bare name
+(``package.version``, not ``${{package.version}}``).
 
 The standard mapping for a build (:func:`substitution_map`) holds, for ``x86_64``/glibc:
 
@@ -43,6 +45,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
+from melange2.recipe import expr as _expr
 from melange2.recipe.arch import parse_arch
 from melange2.recipe.cond import quote
 from melange2.recipe.errors import RecipeFieldError, UndefinedVariable
@@ -74,11 +77,20 @@ _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class Reference:
-    """One ``${{name}}`` occurrence: ``text[start:end]`` is the whole reference."""
+    """One ``${{name}}`` (or ``${{expression}}``) occurrence: ``text[start:end]`` is the
+    whole reference."""
 
     start: int
     end: int
+    #: The variable's name; ``""`` for an expression.
     name: str
+    #: The parsed expression, when the braces hold one rather than a name.
+    expr: _expr.Expr | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every variable the reference needs."""
+        return _expr.names(self.expr) if self.expr is not None else (self.name,)
 
 
 class _Malformed(Exception):
@@ -101,10 +113,16 @@ def _scan(text: str) -> Iterable[Reference]:
         name = text[name_start:i]
         while i < len(text) and text[i] == " ":
             i += 1
-        if not name or not text.startswith("}}", i):
-            raise _Malformed(start)
-        yield Reference(start=start, end=i + 2, name=name)
-        pos = i + 2
+        if name and text.startswith("}}", i):
+            yield Reference(start=start, end=i + 2, name=name)
+            pos = i + 2
+            continue
+        try:
+            tree, end = _expr.parse(text, start + 3)
+        except _expr.ExprSyntaxError:
+            raise _Malformed(start) from None
+        yield Reference(start=start, end=end, name="", expr=tree)
+        pos = end
 
 
 def find_references(text: str, *, location: Location | None = None) -> tuple[Reference, ...]:
@@ -164,11 +182,18 @@ def substitute(
             if lenient:
                 break
             raise _malformed_error(text, exc.index, location) from None
-        value = mapping.get(ref.name)
+        if ref.expr is None:
+            value = mapping.get(ref.name)
+            missing = ref.name if value is None else ""
+        else:
+            try:
+                value, missing = _expr.evaluate(ref.expr, mapping), ""
+            except _expr.Missing as exc:
+                value, missing = None, exc.name
         if value is None:
-            if passthrough and ref.name.startswith(passthrough):
+            if passthrough and missing.startswith(passthrough):
                 continue
-            raise UndefinedVariable(ref.name, location=_at(location, text, ref.start))
+            raise UndefinedVariable(missing, location=_at(location, text, ref.start))
         out.append(text[pos : ref.start])
         out.append(quote(value) if quote_values else value)
         pos = ref.end
@@ -292,6 +317,9 @@ def substitution_map(
     mapping.update({f"vars.{k}": v for k, v in config.resolved_vars.items()})
     if subpackage is not None:
         mapping = subpackage_substitutions(mapping, subpackage)
+        for sp in config.subpackages:
+            if sp.name == subpackage and sp.range:
+                mapping.update({"range.key": sp.range_key, "range.value": sp.range_value})
     return mapping
 
 
