@@ -12,7 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from melange2.errors import ConfigError, FarmError, InvalidTransition, NotFound, RequestError
+from melange2.errors import (
+    ConfigError,
+    FarmError,
+    InvalidConfigs,
+    InvalidTransition,
+    NotFound,
+    RequestError,
+)
 from melange2.storage import StorageError, StorageNotFound
 
 _STATUS: list[tuple[type[FarmError], int]] = [
@@ -50,7 +57,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(FarmError)
     async def _farm(request: Request, exc: FarmError) -> JSONResponse:
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
-        return JSONResponse(error_body(exc.message, {"code": exc.code}), status_code=status)
+        details: dict[str, Any] = {"code": exc.code}
+        if isinstance(exc, InvalidConfigs):
+            details["configs"] = [
+                {"index": p.index, "config": p.config, "package": p.package, "error": p.error}
+                for p in exc.problems
+            ]
+        return JSONResponse(error_body(exc.message, details), status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

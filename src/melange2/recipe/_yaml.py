@@ -1,18 +1,25 @@
 """A typed, position-aware view of a composed YAML document (private).
 
-We compose (not construct) with ruamel.yaml: every node keeps its original text and its
-start mark, so ``version: 1.10`` stays ``"1.10"`` (as Go's yaml.v3 decodes it into a
-string) and every error can name a line. Aliases share nodes; a budget bounds how many
-nodes one parse may visit, so alias bombs and recursive anchors end in a ``RecipeError``.
+We compose (not construct): every node keeps its original text and its start mark, so
+``version: 1.10`` stays ``"1.10"`` (as Go's yaml.v3 decodes it into a string) and every
+error can name a line. Aliases share nodes; a budget bounds how many nodes one parse may
+visit, so alias bombs and recursive anchors end in a ``RecipeError``.
+
+Composing is libyaml's (PyYAML's C parser): a submission can bring a whole distribution's
+configs, and it composes about five times faster than ruamel.yaml's C parser did (both are
+libyaml; ruamel's Python layer costs the difference). Plain scalars are resolved with the
+YAML 1.2 core schema (``yes``/``on`` are strings, ``010`` is a decimal integer), as
+ruamel.yaml did and as Go's yaml.v3 mostly does.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from ruamel.yaml import YAML
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from melange2.recipe.errors import RecipeFieldError
 from melange2.recipe.model import Location
@@ -24,8 +31,64 @@ _FALSE: Final = frozenset({"false", "no", "off"})
 
 
 def _tag(node: Node) -> str:
-    tag = node.tag
-    return str(getattr(tag, "value", tag) or "")
+    return str(node.tag or "")
+
+
+_STR: Final = _TAG_PREFIX + "str"
+_NULL: Final = _TAG_PREFIX + "null"
+_MERGE: Final = _TAG_PREFIX + "merge"
+_DEFAULT_TAGS: Final = {
+    ScalarNode: _STR,
+    SequenceNode: _TAG_PREFIX + "seq",
+    MappingNode: _TAG_PREFIX + "map",
+}
+
+
+class _Loader(yaml.CSafeLoader):
+    """libyaml's composer with the YAML 1.2 core schema's implicit tags."""
+
+    yaml_implicit_resolvers: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+
+    # No path resolvers: the composer's per-node bookkeeping for them is skipped.
+    def descend_resolver(self, current_node: object, current_index: object) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
+    def resolve(self, kind: type[Node], value: object, implicit: tuple[bool, bool]) -> str:
+        if kind is ScalarNode and implicit[0] and isinstance(value, str):
+            for tag, pattern in self.yaml_implicit_resolvers.get(value[:1], ()):
+                if pattern.match(value):
+                    return tag
+        return _DEFAULT_TAGS[kind]
+
+
+#: (tag, pattern, first characters) of the YAML 1.2 core schema, as ruamel.yaml has them
+_CORE_SCHEMA: Final = [
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    (
+        "float",
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        list("-+0123456789."),
+    ),
+    (
+        "int",
+        r"""^(?:[-+]?0b[0-1_]+
+        |[-+]?0o?[0-7_]+
+        |[-+]?[0-9_]+
+        |[-+]?0x[0-9a-fA-F_]+)$""",
+        list("-+0123456789"),
+    ),
+    ("merge", r"^(?:<<)$", ["<"]),
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+]
+for _name, _pattern, _first in _CORE_SCHEMA:
+    _Loader.add_implicit_resolver(_TAG_PREFIX + _name, re.compile(_pattern, re.X), _first)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -43,18 +106,11 @@ class Document:
             raise where.error("document too large (too many nodes or alias expansions)")
 
 
-def _composer() -> YAML:
-    """libyaml's parser (through ruamel.yaml.clib): nodes keep their marks and styles,
-    and composing is over ten times faster than the pure-Python round-trip parser, which
-    matters when a request brings a whole distribution's configs."""
-    return YAML(typ="safe", pure=False)
-
-
 def compose(text: str, file: str) -> tuple[Document, Value | None]:
     """Compose ``text``; ``None`` for an empty document. YAML errors become RecipeErrors."""
     doc = Document(file=file)
     try:
-        node = _composer().compose(text)
+        node = yaml.compose(text, Loader=_Loader)
     except Exception as exc:  # ruamel raises many unrelated types; keep the cause
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = getattr(mark, "line", None)
@@ -74,36 +130,43 @@ def compose(text: str, file: str) -> tuple[Document, Value | None]:
     return doc, Value(doc=doc, node=node, path="")
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
 class Value:
-    """One YAML node at a field path."""
+    """One YAML node at a field path (a plain slotted class: one is made per node)."""
 
-    doc: Document
-    node: Node
-    path: str
+    __slots__ = ("doc", "node", "path")
+
+    def __init__(self, *, doc: Document, node: Node, path: str) -> None:
+        self.doc = doc
+        self.node = node
+        self.path = path
 
     @property
     def loc(self) -> Location:
-        mark = self.node.start_mark
-        style = getattr(self.node, "style", None)
+        node = self.node
+        mark = node.start_mark
         return Location(
             file=self.doc.file,
-            line=int(mark.line) + 1,
-            column=int(mark.column) + 1,
+            line=mark.line + 1,
+            column=mark.column + 1,
             path=self.path,
-            literal=style == "|",
+            literal=getattr(node, "style", None) == "|",
         )
 
     def error(self, problem: str) -> RecipeFieldError:
         return RecipeFieldError(problem, location=self.loc)
 
     def _sub(self, node: Node, suffix: str) -> Value:
-        sep = "" if not self.path or suffix.startswith("[") else "."
-        return Value(doc=self.doc, node=node, path=f"{self.path}{sep}{suffix}")
+        path = self.path
+        if path and suffix[:1] != "[":
+            path = f"{path}.{suffix}"
+        else:
+            path += suffix
+        return Value(doc=self.doc, node=node, path=path)
 
     @property
     def is_null(self) -> bool:
-        return isinstance(self.node, ScalarNode) and _tag(self.node) == _TAG_PREFIX + "null"
+        node = self.node
+        return node.tag == _NULL and type(node) is ScalarNode
 
     @property
     def kind(self) -> str:
@@ -136,9 +199,12 @@ class Value:
         # Registered before filling, so a mapping that merges itself cannot loop.
         self.doc._maps[id(self.node)] = explicit
         merged: list[Node] = []
+        doc = self.doc
         for key, value in self.node.value:
-            self.doc.spend(self)
-            if _tag(key) == _TAG_PREFIX + "merge":
+            doc.budget -= 1
+            if doc.budget < 0:
+                doc.spend(self)
+            if key.tag == _MERGE:
                 if isinstance(value, SequenceNode):
                     merged.extend(value.value)
                 else:

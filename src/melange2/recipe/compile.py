@@ -89,6 +89,7 @@ from melange2.recipe.model import (
 from melange2.recipe.parse import load_pipeline
 from melange2.recipe.subst import (
     BUILD_DIR,
+    subpackage_substitutions,
     substitute,
     substitute_condition,
     substitution_map,
@@ -261,8 +262,18 @@ class PipelineResolver:
         self._found[uses] = found
         return found
 
-    def resolve(self, uses: str, *, location: Location | None = None) -> PipelineDef:
-        """Load the pipeline ``uses`` names; ``location`` is blamed when there is none."""
+    def resolve(
+        self, uses: str, *, location: Location | None = None, step: Step | None = None
+    ) -> PipelineDef:
+        """Load the pipeline ``uses`` names; ``location`` (or the ``uses`` of ``step``) is
+        blamed when there is none."""
+        path = self._found.get(uses)
+        if path is not None:
+            loaded = self._cache.get(path)
+            if loaded is not None:
+                return loaded
+        if location is None and step is not None:
+            location = step.where("uses")
         try:
             path = self.find(uses)
         except ValueError as exc:
@@ -298,11 +309,12 @@ def compile_build(config: Config, resolver: PipelineResolver | None = None) -> B
     environment = _with_defaults(config.environment.environment)
     needs = _Needs()
     steps: list[ExecStep] = []
+    main = substitution_map(config)
     contexts: list[tuple[str, Mapping[str, str], tuple[Step, ...], bool]] = [
-        (config.package.name, substitution_map(config), config.pipeline, True)
+        (config.package.name, main, config.pipeline, True)
     ]
     for sp in config.subpackages:
-        sp_mapping = substitution_map(config, subpackage=sp.name)
+        sp_mapping = _subpackage_mapping(main, sp)
         contexts.append((sp.name, sp_mapping, sp.pipeline, subpackage_builds(sp)))
     for package, mapping, pipeline, builds in contexts:
         walker = _Walker(resolver=resolver, package=package, base_env=environment, needs=needs)
@@ -319,20 +331,18 @@ def compile_tests(config: Config, resolver: PipelineResolver | None = None) -> t
     """
     resolver = resolver or PipelineResolver()
     build_env = _with_defaults(config.environment.environment)
+    main = substitution_map(config)
     plans: list[TestPlan] = []
     if config.test is not None:
-        plans.append(
-            _compile_test(
-                config.test, config.package.name, substitution_map(config), resolver, build_env
-            )
-        )
+        plans.append(_compile_test(config.test, config.package.name, main, resolver, build_env))
     for sp in config.subpackages:
         if sp.test is None:
             continue
         if not subpackage_builds(sp):
             continue
-        mapping = substitution_map(config, subpackage=sp.name)
-        plans.append(_compile_test(sp.test, sp.name, mapping, resolver, build_env))
+        plans.append(
+            _compile_test(sp.test, sp.name, _subpackage_mapping(main, sp), resolver, build_env)
+        )
     return tuple(plans)
 
 
@@ -361,6 +371,14 @@ def _compile_test(
         environment=environment,
         steps=tuple(walker.steps),
     )
+
+
+def _subpackage_mapping(main: Mapping[str, str], sp: Subpackage) -> dict[str, str]:
+    mapping = subpackage_substitutions(main, sp.name)
+    if sp.range:
+        mapping["range.key"] = sp.range_key
+        mapping["range.value"] = sp.range_value
+    return mapping
 
 
 def subpackage_builds(sp: Subpackage) -> bool:
@@ -444,9 +462,11 @@ class _Walker:
         mapping = frame.mapping
 
         def text(key: str, value: str) -> str:
+            if "${{" not in value:  # skip building the location
+                return value
             return substitute(value, mapping, location=step.where(key))
 
-        if not _condition_holds(step.if_, mapping, step.where("if")):
+        if step.if_ and not _condition_holds(step.if_, mapping, step.where("if")):
             return False
         name = text("name", step.name)
         workdir = text("working-directory", step.working_directory) or frame.workdir
@@ -495,13 +515,16 @@ class _Walker:
         own_needs: Sequence[str],
     ) -> None:
         uses = step.uses
-        where = step.where("uses")
         if uses in frame.chain:
             cycle = " -> ".join((*frame.chain, uses))
-            raise RecipeFieldError(f"pipeline {uses!r} uses itself ({cycle})", location=where)
+            raise RecipeFieldError(
+                f"pipeline {uses!r} uses itself ({cycle})", location=step.where("uses")
+            )
         if len(frame.chain) >= _MAX_DEPTH:
-            raise RecipeFieldError(f"'uses' nested more than {_MAX_DEPTH} deep", location=where)
-        definition = self.resolver.resolve(uses, location=where)
+            raise RecipeFieldError(
+                f"'uses' nested more than {_MAX_DEPTH} deep", location=step.where("uses")
+            )
+        definition = self.resolver.resolve(uses, step=step)
         inputs = _inputs(step, definition, frame.mapping)
         # melange: the enclosing pipelines' inputs stay visible; this one's win.
         mapping = {**frame.mapping, **{f"inputs.{k}": v for k, v in inputs.items()}}
@@ -509,6 +532,8 @@ class _Walker:
             # melange decodes the file over the calling step: its needs replace the step's.
             self.needs.add(
                 substitute(v, mapping, location=definition.where(f"needs.packages[{i}]"))
+                if "${{" in v
+                else v
                 for i, v in enumerate(definition.needs_packages)
             )
         else:
@@ -526,7 +551,9 @@ class _Walker:
             ran = self.walk(definition.pipeline, body)
         except RecipeFieldError as exc:
             # The pipeline file is at fault only through this step's use of it: blame both.
-            raise RecipeFieldError(f"in pipeline {uses!r}: {exc}", location=where) from exc
+            raise RecipeFieldError(
+                f"in pipeline {uses!r}: {exc}", location=step.where("uses")
+            ) from exc
         _check_required_steps(step, ran, len(definition.pipeline))
 
     def emit(
@@ -579,29 +606,37 @@ def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> d
             )
     given = {
         key: substitute(value, caller, location=step.where(f"with.{key}"))
+        if "${{" in value
+        else value
         for key, value in step.with_.items()
     }
     scope = {**caller, **{f"inputs.{k}": v for k, v in given.items()}}
     out: dict[str, str] = {}
     for key, spec in definition.inputs.items():
         value = given.get(key, "")
-        where = step.where(f"with.{key}") if key in step.with_ else step.where("with")
-        if not value:
+        if not value and "${{" in spec.default:
             value = substitute(spec.default, scope, location=definition.where(f"inputs.{key}"))
+        elif not value:
+            value = spec.default
         if spec.required and not value:
             described = f" ({spec.description.strip().splitlines()[0]})" if spec.description else ""
             raise RecipeFieldError(
-                f"pipeline {step.uses!r} requires input {key!r}{described}", location=where
+                f"pipeline {step.uses!r} requires input {key!r}{described}",
+                location=_with_where(step, key),
             )
         length = _HEX_INPUTS.get(key)
         if length and value and (len(value) != length or not _HEX.issuperset(value)):
             raise RecipeFieldError(
                 f"input {key!r} of pipeline {step.uses!r} must be {length} hexadecimal "
                 f"digits, got {value!r}",
-                location=where,
+                location=_with_where(step, key),
             )
         out[key] = value
     return out
+
+
+def _with_where(step: Step, key: str) -> Location:
+    return step.where(f"with.{key}") if key in step.with_ else step.where("with")
 
 
 def _join(prefix: str, label: str, *, sole: bool) -> str:

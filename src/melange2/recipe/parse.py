@@ -43,6 +43,7 @@ from melange2.recipe.arch import parse_arch
 from melange2.recipe.cond import parse_condition
 from melange2.recipe.errors import RecipeFieldError
 from melange2.recipe.model import (
+    EMPTY_MAP,
     Config,
     Contents,
     Copyright,
@@ -464,31 +465,52 @@ class _Subst(NamedTuple):
     sp_cond: _TextFn
 
 
-def _map_steps(steps: tuple[Step, ...], sub: _Subst) -> tuple[Step, ...]:
+def _apply(fn: _TextFn, value: str, owner: Step, key: str) -> str:
+    """``fn`` on ``value`` (its location only looked up when there is something to do)."""
+    if "${{" not in value:
+        return value
+    return fn(value, owner.where(key))
+
+
+def _map_steps(
+    steps: tuple[Step, ...],
+    sub: _Subst,
+    workdir: str = "",
+    env: Mapping[str, str] | None = None,
+) -> tuple[Step, ...]:
+    """Substitute ``steps`` and propagate ``working-directory``/``environment`` down."""
     text, cond = sub.text, sub.cond
     out = []
     for step in steps:
+        own_env = {
+            k: _apply(sub.env, v, step, f"environment.{k}") for k, v in step.environment.items()
+        }
+        merged = {**env, **own_env} if env else own_env
+        own_workdir = _apply(text, step.working_directory, step, "working-directory") or workdir
         out.append(
-            dataclasses.replace(
-                step,
-                name=text(step.name, step.where("name")),
+            Step(
+                name=_apply(text, step.name, step, "name"),
+                uses=step.uses,
                 with_=frozen_map(
-                    {k: text(v, step.where(f"with.{k}")) for k, v in step.with_.items()}
-                ),
-                runs=text(step.runs, step.where("runs")),
-                working_directory=text(step.working_directory, step.where("working-directory")),
-                if_=cond(step.if_, step.where("if")),
-                environment=frozen_map(
-                    {
-                        k: sub.env(v, step.where(f"environment.{k}"))
-                        for k, v in step.environment.items()
-                    }
-                ),
+                    {k: _apply(text, v, step, f"with.{k}") for k, v in step.with_.items()}
+                )
+                if step.with_
+                else EMPTY_MAP,
+                runs=_apply(text, step.runs, step, "runs"),
+                pipeline=_map_steps(step.pipeline, sub, own_workdir, merged)
+                if step.pipeline
+                else (),
+                working_directory=own_workdir,
+                if_=cond(step.if_, step.where("if")) if step.if_ else "",
+                environment=frozen_map(merged) if merged else EMPTY_MAP,
                 needs_packages=tuple(
-                    text(v, step.where(f"needs.packages[{i}]"))
+                    _apply(text, v, step, f"needs.packages[{i}]")
                     for i, v in enumerate(step.needs_packages)
                 ),
-                pipeline=_map_steps(step.pipeline, sub),
+                label=step.label,
+                required_steps=step.required_steps,
+                loc=step.loc,
+                field_locs=step.field_locs,
             )
         )
     return tuple(out)
@@ -591,24 +613,6 @@ def _range_substituter(key: str, value: str) -> _Subst:
         return substitute(text_value, mapping, location=where, passthrough=("",))
 
     return _Subst(text, text, text, text)
-
-
-def _propagate(
-    steps: tuple[Step, ...], workdir: str = "", env: Mapping[str, str] | None = None
-) -> tuple[Step, ...]:
-    out = []
-    for step in steps:
-        merged = {**(env or {}), **step.environment}
-        own_workdir = step.working_directory or workdir
-        out.append(
-            dataclasses.replace(
-                step,
-                working_directory=own_workdir,
-                environment=frozen_map(merged),
-                pipeline=_propagate(step.pipeline, own_workdir, merged),
-            )
-        )
-    return tuple(out)
 
 
 def _check_steps(steps: tuple[Step, ...]) -> None:
@@ -722,10 +726,8 @@ class _ConfigLoader:
             ),
         )
         environment = _map_environment(environment, sub)
-        pipeline = _propagate(_map_steps(pipeline, sub))
+        pipeline = _map_steps(pipeline, sub)
         test = _map_test(test, sub)
-        if test is not None:
-            test = dataclasses.replace(test, pipeline=_propagate(test.pipeline))
 
         expanded = []
         for sp in subpackages:
@@ -733,11 +735,7 @@ class _ConfigLoader:
             if sp.range:
                 # what the range pass left (expressions that also name other variables)
                 sp_main.update({"range.key": sp.range_key, "range.value": sp.range_value})
-            sp = _map_subpackage(sp, _substituter(sp_main))
-            sp_test = sp.test
-            if sp_test is not None:
-                sp_test = dataclasses.replace(sp_test, pipeline=_propagate(sp_test.pipeline))
-            expanded.append(dataclasses.replace(sp, pipeline=_propagate(sp.pipeline), test=sp_test))
+            expanded.append(_map_subpackage(sp, _substituter(sp_main)))
 
         env_vars = dict(environment.environment)
         for key, default in _DEFAULT_ENV.items():

@@ -41,6 +41,7 @@ The standard mapping for a build (:func:`substitution_map`) holds, for ``x86_64`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
@@ -98,12 +99,20 @@ class _Malformed(Exception):
         self.index = index
 
 
+_SIMPLE: Final = re.compile(r"\$\{\{ *([A-Za-z0-9._-]+) *\}\}")
+
+
 def _scan(text: str) -> Iterable[Reference]:
     pos = 0
     while True:
         start = text.find("${{", pos)
         if start < 0:
             return
+        simple = _SIMPLE.match(text, start)
+        if simple is not None:  # the common case, matched in C
+            yield Reference(start=start, end=simple.end(), name=simple.group(1))
+            pos = simple.end()
+            continue
         i = start + 3
         while i < len(text) and text[i] == " ":
             i += 1
@@ -123,6 +132,20 @@ def _scan(text: str) -> Iterable[Reference]:
             raise _Malformed(start) from None
         yield Reference(start=start, end=end, name="", expr=tree)
         pos = end
+
+
+@functools.lru_cache(maxsize=16384)
+def _template(text: str) -> tuple[tuple[Reference, ...], int]:
+    """The references of ``text`` and where a malformed one starts (``-1``: none).
+
+    Cached: the same pipeline scripts are substituted for every config of a submission."""
+    refs: list[Reference] = []
+    try:
+        for ref in _scan(text):
+            refs.append(ref)
+    except _Malformed as exc:
+        return tuple(refs), exc.index
+    return tuple(refs), -1
 
 
 def find_references(text: str, *, location: Location | None = None) -> tuple[Reference, ...]:
@@ -169,19 +192,12 @@ def substitute(
     """
     if "${{" not in text:
         return text
-    lenient = "" in passthrough
+    refs, malformed = _template(text)
+    if malformed >= 0 and "" not in passthrough:
+        raise _malformed_error(text, malformed, location)
     out: list[str] = []
     pos = 0
-    scanner = iter(_scan(text))
-    while True:
-        try:
-            ref = next(scanner)
-        except StopIteration:
-            break
-        except _Malformed as exc:
-            if lenient:
-                break
-            raise _malformed_error(text, exc.index, location) from None
+    for ref in refs:
         if ref.expr is None:
             value = mapping.get(ref.name)
             missing = ref.name if value is None else ""

@@ -1,8 +1,9 @@
 """A build request into stored package jobs: validate, parse every config, compile its
-pipelines, plan the dependency graph, keep the files the build brought, and hand the
-build to the scheduler. Every problem with the request is a ``RequestError`` (HTTP 400)
+pipelines and tests, plan the dependency graph, keep the files the build brought, and hand
+the build to the scheduler. Every problem with the request is a ``RequestError`` (HTTP 400)
 naming what is wrong and where, raised before anything is stored: nothing is
-half-created."""
+half-created. Every config is parsed even when some fail: the answer lists each invalid
+config with its error (:class:`~melange2.errors.InvalidConfigs`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import subprocess
 import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -27,24 +27,29 @@ from melange2.api.schemas import (
     PlanOut,
     content_bytes,
 )
-from melange2.build.executor import environment_packages
 from melange2.build.inputs import tree_digest
 from melange2.buildkit.llb.platform import Platform
-from melange2.errors import ConfigError, FarmError, RecipeError, RequestError
+from melange2.errors import (
+    ConfigError,
+    ConfigProblem,
+    FarmError,
+    InvalidConfigs,
+    RequestError,
+)
 from melange2.ids import BuildId, new_build_id
 from melange2.jobs import Build, BuildStatus, JSONValue, PackageJob, PackageStatus
 from melange2.pool.pool import BackendPool
-from melange2.recipe import Config, load_config
-from melange2.recipe.compile import PipelineResolver, compile_build
+from melange2.recipe import PipelineResolver
 from melange2.scheduler.graph import (
     Graph,
     GraphError,
+    PackageNode,
     build_graph,
-    node_from_config,
     plan,
     priorities,
 )
 from melange2.scheduler.loop import Scheduler
+from melange2.service.configs import ParsedConfig, PlanWorkers, bulk_allocation, parse_config
 from melange2.service.reuse import settle_reuse
 from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
@@ -64,14 +69,6 @@ def _safe_relative(path: str, where: str) -> PurePosixPath:
     return p
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Parsed:
-    text: str
-    config: Config
-    needs: tuple[str, ...]
-    world: tuple[str, ...]  #: the packages of its build environment
-
-
 class _ParseCache:
     """Parsed and compiled configs by (text, arch, pipelines): a farm is sent the same
     thousands of configs again and again, and parsing is most of a submission's time.
@@ -79,15 +76,15 @@ class _ParseCache:
 
     def __init__(self, size: int = 20_000) -> None:
         self.size = size
-        self._entries: OrderedDict[tuple[str, str, str], _Parsed] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str], ParsedConfig] = OrderedDict()
 
-    def get(self, key: tuple[str, str, str]) -> _Parsed | None:
+    def get(self, key: tuple[str, str, str]) -> ParsedConfig | None:
         found = self._entries.get(key)
         if found is not None:
             self._entries.move_to_end(key)
         return found
 
-    def put(self, key: tuple[str, str, str], parsed: _Parsed) -> None:
+    def put(self, key: tuple[str, str, str], parsed: ParsedConfig) -> None:
         self._entries[key] = parsed
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
@@ -134,6 +131,7 @@ class Submitter:
         scheduler: Scheduler,
         pool: BackendPool,
         runner: BuildkitRunner | None = None,
+        workers: PlanWorkers | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -141,7 +139,13 @@ class Submitter:
         self.pool = pool
         #: decides at submission which packages an earlier build already made
         self.runner = runner
+        #: where a dry run's configs are parsed (worker processes for large ones)
+        self.workers = workers or PlanWorkers()
         self._parsed = _ParseCache()
+
+    def close(self) -> None:
+        """Stop the worker processes, if any were started."""
+        self.workers.close()
 
     async def submit(self, request: CreateBuildRequest) -> CreateBuildResponse | PlanOut:
         arch = request.arch or self.settings.default_arch
@@ -166,16 +170,23 @@ class Submitter:
             )
             _write_tree(work / "pipelines", pipelines)
             pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
-            parsed = await asyncio.to_thread(
-                self._parse, texts, arch, work / "pipelines", request, pipelines_digest
-            )
-        names = [p.config.package.name for p in parsed]
+            parsed: list[ParsedConfig] = []
+            if request.dry_run:
+                nodes = await self._nodes(
+                    texts, arch, work / "pipelines", request, pipelines_digest
+                )
+            else:
+                parsed = await asyncio.to_thread(
+                    self._parse, texts, arch, work / "pipelines", request, pipelines_digest
+                )
+                nodes = [p.node() for p in parsed]
+        names = [n.name for n in nodes]
         for pkg in sources:
             if pkg not in names:
                 raise RequestError(
                     f"source_files[{pkg!r}]: no config in this build has that package name"
                 )
-        graph = self._graph(parsed, request)
+        graph = self._graph(nodes, request)
         durations = await self.store.durations(names)
         prio = priorities(graph, durations)
         if request.dry_run:
@@ -221,6 +232,9 @@ class Submitter:
             cut_edges=[(a, b) for a, b in graph.cut_edges],
         )
 
+    def _label(self, request: CreateBuildRequest, index: int) -> str:
+        return "config_yaml" if request.config_yaml is not None else f"configs[{index}]"
+
     def _parse(
         self,
         texts: Sequence[str],
@@ -228,35 +242,52 @@ class Submitter:
         pipeline_dir: Path,
         request: CreateBuildRequest,
         pipelines_digest: str,
-    ) -> list[_Parsed]:
+    ) -> list[ParsedConfig]:
+        """Every config parsed and compiled (build and tests); all the invalid ones are
+        reported together, in one :class:`InvalidConfigs`."""
         resolver = PipelineResolver([pipeline_dir] if pipeline_dir.is_dir() else [])
-        parsed = []
-        seen: dict[str, int] = {}
+        results: list[ParsedConfig | ConfigProblem] = []
+        with bulk_allocation():
+            for i, text in enumerate(texts):
+                key = _cache_key(text, arch, pipelines_digest)
+                one = self._parsed.get(key)
+                if one is None:
+                    label = self._label(request, i)
+                    found = parse_config(text, index=i, label=label, arch=arch, resolver=resolver)
+                    if isinstance(found, ParsedConfig):
+                        self._parsed.put(key, found)
+                    results.append(found)
+                else:
+                    results.append(one)
+        names = [r.config.package.name if isinstance(r, ParsedConfig) else None for r in results]
+        _refuse_invalid(request, results, names)
+        return [r for r in results if isinstance(r, ParsedConfig)]
+
+    async def _nodes(
+        self,
+        texts: Sequence[str],
+        arch: str,
+        pipeline_dir: Path,
+        request: CreateBuildRequest,
+        pipelines_digest: str,
+    ) -> list[PackageNode]:
+        """A dry run's graph nodes: from configs parsed before, else from the workers."""
+        results: list[PackageNode | ConfigProblem | None] = []
+        todo: list[tuple[int, str, str]] = []
         for i, text in enumerate(texts):
-            label = "config_yaml" if request.config_yaml is not None else f"configs[{i}]"
-            key = (hashlib.sha256(text.encode()).hexdigest(), arch, pipelines_digest)
-            one = self._parsed.get(key)
+            one = self._parsed.get(_cache_key(text, arch, pipelines_digest))
+            results.append(one.node() if one is not None else None)
             if one is None:
-                try:
-                    config = load_config(text, filename=label, arch=arch)
-                    compiled = compile_build(config, resolver)
-                except RecipeError as exc:
-                    raise RequestError(f"{label}: {exc}") from exc
-                one = _Parsed(
-                    text=text,
-                    config=config,
-                    needs=compiled.needs_packages,
-                    world=tuple(environment_packages(config, compiled)),
-                )
-                self._parsed.put(key, one)
-            name = one.config.package.name
-            if name in seen:
-                raise RequestError(
-                    f"{label}: duplicate package name {name!r} (also in configs[{seen[name]}])"
-                )
-            seen[name] = i
-            parsed.append(one)
-        return parsed
+                todo.append((i, self._label(request, i), text))
+        for (i, _, _), node in zip(
+            todo, await self.workers.nodes(todo, arch, pipeline_dir), strict=True
+        ):
+            results[i] = node
+        found = [r for r in results if r is not None]
+        _refuse_invalid(
+            request, found, [r.name if isinstance(r, PackageNode) else None for r in found]
+        )
+        return [r for r in found if isinstance(r, PackageNode)]
 
     async def _adopt(self, build_id: BuildId, reusable: Mapping[str, Reusable]) -> dict[str, str]:
         """Link the reused packages' artifacts into this build; ``{}`` (build them all
@@ -273,7 +304,7 @@ class Submitter:
         self,
         arch: str,
         spec: Mapping[str, JSONValue],
-        parsed: Sequence[_Parsed],
+        parsed: Sequence[ParsedConfig],
         graph: Graph,
         pipelines: Mapping[PurePosixPath, str],
         sources: Mapping[str, Mapping[PurePosixPath, bytes]],
@@ -316,8 +347,7 @@ class Submitter:
         )
         return {n: found[n] for n in kept}
 
-    def _graph(self, parsed: Sequence[_Parsed], request: CreateBuildRequest) -> Graph:
-        nodes = [node_from_config(p.config, p.needs) for p in parsed]
+    def _graph(self, nodes: Sequence[PackageNode], request: CreateBuildRequest) -> Graph:
         if request.mode == "flat":
             nodes = [dataclasses.replace(n, needs=()) for n in nodes]
         try:
@@ -328,7 +358,7 @@ class Submitter:
     def _keep_files(
         self,
         build_dir: Path,
-        parsed: Sequence[_Parsed],
+        parsed: Sequence[ParsedConfig],
         pipelines: Mapping[PurePosixPath, str],
         sources: Mapping[str, Mapping[PurePosixPath, bytes]],
     ) -> None:
@@ -354,7 +384,7 @@ class Submitter:
     def _build(
         self,
         build_id: BuildId,
-        parsed: Sequence[_Parsed],
+        parsed: Sequence[ParsedConfig],
         graph: Graph,
         prio: Mapping[str, float],
         spec: dict[str, JSONValue],
@@ -399,6 +429,41 @@ class Submitter:
             started_at=now if reusable else None,
             packages=tuple(sorted(jobs, key=lambda j: j.seq)),
         )
+
+
+def _cache_key(text: str, arch: str, pipelines_digest: str) -> tuple[str, str, str]:
+    return (hashlib.sha256(text.encode()).hexdigest(), arch, pipelines_digest)
+
+
+def _refuse_invalid(
+    request: CreateBuildRequest,
+    results: Sequence[object],
+    names: Sequence[str | None],
+) -> None:
+    """Raise one :class:`InvalidConfigs` naming every problem of ``results`` (parse
+    errors, and package names given twice) in submission order."""
+    problems: list[ConfigProblem] = []
+    seen: dict[str, int] = {}
+    for i, (result, name) in enumerate(zip(results, names, strict=True)):
+        if isinstance(result, ConfigProblem):
+            problems.append(result)
+            continue
+        assert name is not None
+        if name in seen:
+            label = "config_yaml" if request.config_yaml is not None else f"configs[{i}]"
+            problems.append(
+                ConfigProblem(
+                    index=i,
+                    config=label,
+                    package=name,
+                    error=f"{label}: duplicate package name {name!r} "
+                    f"(also in configs[{seen[name]}])",
+                )
+            )
+            continue
+        seen[name] = i
+    if problems:
+        raise InvalidConfigs(problems, total=len(results))
 
 
 def _write_tree(root: Path, files: Mapping[PurePosixPath, str | bytes]) -> None:

@@ -14,6 +14,9 @@ have the same
   step's, merged the way melange's runner merges them);
 * ``if`` outcomes (a step or subpackage whose condition is false is absent on both sides);
 
+A case whose YAML says ``# differential: melange=refuses`` uses what v0.34.0 lacks
+(substitution expressions): melange must refuse it, and we must compile it.
+
 and the build and test environments must hold the same packages (``needs`` included).
 Named exceptions (:data:`KNOWN`) are the only differences allowed.
 
@@ -292,11 +295,23 @@ def _compare(ours: Compiled, theirs: Compiled) -> list[str]:
     return problems
 
 
+def _refused_by_melange(config: Path) -> bool:
+    """``# differential: melange=refuses``: the config uses what v0.34.0 lacks."""
+    return "# differential: melange=refuses" in config.read_text()
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_compiles_as_melange_does(case: Path, arch: str, tmp_path: Path) -> None:
     (config_path,) = case.glob("*.yaml")
     _melange()
+    if _refused_by_melange(config_path):
+        with pytest.raises(MelangeRefused):
+            _melange_compile(config_path, arch, _pipeline_dir(case, tmp_path))
+        ours, _ = _ours(config_path, case, arch, tmp_path)
+        assert ours.build
+        assert all("${{" not in run.runs for run in ours.build)
+        return
     theirs_raw = _melange_compile(config_path, arch, _pipeline_dir(case, tmp_path))
     ours, _ = _ours(config_path, case, arch, tmp_path)
     theirs = _melange_side(theirs_raw)

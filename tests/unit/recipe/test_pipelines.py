@@ -15,6 +15,7 @@ import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -623,3 +624,153 @@ pipeline:
     result = run_step(second, work, busybox_bin, extra_path=str(Path(git).parent))
     assert result.returncode == 1
     assert f"tag v1.0 is commit {commit}, expected 000" in result.stderr
+
+
+# -- git-checkout: ours against melange v0.34.0's, run side by side ----------------------
+
+
+@dataclass(frozen=True)
+class Upstream:
+    url: str
+    commits: dict[str, str]  #: name -> commit id
+    tag_object: str  #: the annotated tag v2.0's own object id
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Upstream:
+    """A repository: main (c1 <- c2 <- c3), tags v1.0 (c1, lightweight) and v2.0 (c2,
+    annotated), branch release (c1 <- r1), and a branch and a tag both named "dup"."""
+    git = _require("git")
+    repo = tmp_path_factory.mktemp("upstream")
+    env = {
+        "HOME": str(repo),
+        "PATH": os.environ.get("PATH", ""),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "GIT_AUTHOR_DATE": "@1700000000 +0000",
+        "GIT_COMMITTER_DATE": "@1700000000 +0000",
+    }
+
+    def run(*args: str) -> str:
+        return subprocess.run(
+            [git, "-C", str(repo), *args], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    def commit(message: str, files: dict[str, str]) -> str:
+        for rel, text in files.items():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            (repo / rel).write_text(text)
+            run("add", rel)
+        run("commit", "-q", "-m", message)
+        return run("rev-parse", "HEAD")
+
+    run("init", "-q", "-b", "main")
+    c1 = commit("c1", {"README": "v1\n", "tools/a/main.c": "a\n", "lib/x.c": "x\n"})
+    run("tag", "v1.0")
+    c2 = commit("c2", {"README": "v2\n"})
+    run("tag", "-a", "v2.0", "-m", "release 2.0")
+    c3 = commit("c3", {"NEWS": "three\n"})
+    run("checkout", "-q", "-b", "release", c1)
+    r1 = commit("r1", {"FIX": "fixed\n"})
+    run("tag", "dup", c3)
+    run("branch", "dup", c1)
+    run("checkout", "-q", "main")
+    return Upstream(
+        url=f"file://{repo}",
+        commits={"c1": c1, "c2": c2, "c3": c3, "r1": r1},
+        tag_object=run("rev-parse", "v2.0"),
+    )
+
+
+#: inputs of git-checkout ({c1} ... are commit ids, {tagobj} the annotated tag's object)
+GIT_CASES: dict[str, dict[str, str]] = {
+    "tag": {"tag": "v1.0", "expected-commit": "{c1}"},
+    "annotated tag, commit": {"tag": "v2.0", "expected-commit": "{c2}"},
+    "annotated tag, tag object": {"tag": "v2.0", "expected-commit": "{tagobj}"},
+    "tag, wrong commit": {"tag": "v1.0", "expected-commit": "{c3}"},
+    "tag named like a branch": {"tag": "dup", "expected-commit": "{c3}"},
+    "branch tip": {"branch": "main", "expected-commit": "{c3}"},
+    "branch, older commit": {"branch": "main", "expected-commit": "{c2}"},
+    "branch, shallow, older commit": {"branch": "main", "expected-commit": "{c2}", "depth": "1"},
+    "default branch": {},
+    "destination": {"tag": "v1.0", "destination": "src/sub"},
+    "branch and tag": {"branch": "main", "tag": "v1.0"},
+    "cherry-pick": {
+        "branch": "main",
+        "expected-commit": "{c1}",
+        "cherry-picks": "release/{r1}: the fix\n# a comment\n",
+    },
+    "recurse-submodules not a boolean": {"recurse-submodules": "yes"},
+}
+#: the cases both refuse
+GIT_FAILS = {
+    "tag, wrong commit",
+    "branch, shallow, older commit",
+    "branch and tag",
+    "recurse-submodules not a boolean",
+}
+
+
+def _checkout(
+    resolver: PipelineResolver, inputs: dict[str, str], upstream: Upstream, work: Path, bindir: Path
+) -> tuple[int, str, dict[str, str]]:
+    """Run git-checkout; return (exit status, HEAD's tree, the checked-out files)."""
+    git = _require("git")
+    with_ = {"repository": upstream.url}
+    for key, value in inputs.items():
+        with_[key] = value.format(**upstream.commits, tagobj=upstream.tag_object)
+    lines = [f"      {k}: {json.dumps(v)}" for k, v in with_.items()]
+    config = "\n".join(
+        ['package: {name: x, version: "1"}', "pipeline:", "  - uses: git-checkout", "    with:"]
+        + lines
+    )
+    (step,) = compile_build(load_config(config), resolver).steps
+    work.mkdir()
+    (work / "melange.yaml").write_text("kept\n")
+    result = run_step(step, work, bindir, extra_path=str(Path(git).parent))
+    dest = work / inputs.get("destination", ".")
+    tree = ""
+    if (dest / ".git").exists():
+        tree = subprocess.run(
+            [git, "-C", str(dest), "rev-parse", "HEAD^{tree}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    checked_out = {
+        p.relative_to(work).as_posix(): p.read_text()
+        for p in work.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(work).parts and p.name != ".gitconfig"
+    }
+    return result.returncode, tree, checked_out
+
+
+@pytest.mark.parametrize("case", sorted(GIT_CASES))
+def test_git_checkout_does_what_melanges_does(
+    case: str, tmp_path: Path, busybox_bin: Path, upstream: Upstream
+) -> None:
+    """Ours (an extension of melange's) and melange v0.34.0's own git-checkout, on the
+    same repository with the same inputs: same success or failure, same tree checked
+    out, same files in the workspace."""
+    inputs = GIT_CASES[case]
+    theirs = _checkout(
+        PipelineResolver([MELANGE_PIPELINE_DIR]), inputs, upstream, tmp_path / "m", busybox_bin
+    )
+    ours = _checkout(PipelineResolver(), inputs, upstream, tmp_path / "o", busybox_bin)
+    assert (theirs[0] != 0) is (case in GIT_FAILS)
+    assert (ours[0] == 0, ours[1], ours[2]) == (theirs[0] == 0, theirs[1], theirs[2])
+
+
+def test_git_checkout_sparse_paths(tmp_path: Path, busybox_bin: Path, upstream: Upstream) -> None:
+    """Beyond v0.34.0: only the listed directories (and top-level files) are checked out."""
+    status, _, files = _checkout(
+        PipelineResolver(),
+        {"tag": "v1.0", "expected-commit": "{c1}", "sparse-paths": "tools/a\n"},
+        upstream,
+        tmp_path / "w",
+        busybox_bin,
+    )
+    assert status == 0
+    assert files == {"melange.yaml": "kept\n", "README": "v1\n", "tools/a/main.c": "a\n"}
