@@ -722,10 +722,8 @@ def _checkout(
     for key, value in inputs.items():
         with_[key] = value.format(**upstream.commits, tagobj=upstream.tag_object)
     lines = [f"      {k}: {json.dumps(v)}" for k, v in with_.items()]
-    config = "\n".join(
-        ['package: {name: x, version: "1"}', "pipeline:", "  - uses: git-checkout", "    with:"]
-        + lines
-    )
+    head = ['package: {name: x, version: "1"}', "pipeline:", "  - uses: git-checkout", "    with:"]
+    config = "\n".join([*head, *lines])
     (step,) = compile_build(load_config(config), resolver).steps
     work.mkdir()
     (work / "melange.yaml").write_text("kept\n")
