@@ -21,7 +21,7 @@ from melange2.pool.pool import BackendPool
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
 from melange2.store.memory import MemoryStore
-from melange2.testenv.distro import load_graph, make_distribution
+from melange2.testenv.distro import GraphPackage, load_graph, make_distribution
 
 pytestmark = pytest.mark.anyio
 
@@ -172,10 +172,17 @@ async def test_what_tests_install_orders_the_build(submitter: Submitter) -> None
     assert deps["unrelated"] == []
 
 
-async def test_a_distribution_sized_dry_run_plans_every_config(submitter: Submitter) -> None:
-    """3,401 real-sized configs from Wolfi's graph, with their pipelines/ directory."""
+@pytest.fixture(scope="module")
+def wolfi() -> list[GraphPackage]:
     assert WOLFI_DAG.is_file(), f"missing benchmark data {WOLFI_DAG} (set WOLFI_DAG)"
-    graph = load_graph(WOLFI_DAG)
+    return load_graph(WOLFI_DAG)
+
+
+async def test_a_distribution_sized_dry_run_plans_every_config(
+    submitter: Submitter, wolfi: list[GraphPackage]
+) -> None:
+    """3,401 real-sized configs from Wolfi's graph, with their pipelines/ directory."""
+    graph = wolfi
     configs, pipelines = make_distribution(graph)
     assert len(configs) == 3401
     plan = await dry_run(submitter, configs=configs, pipelines=pipelines, cycle_policy="break")
