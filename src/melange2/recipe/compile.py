@@ -236,8 +236,17 @@ class PipelineResolver:
     'Split development files'
     """
 
-    def __init__(self, search_dirs: Sequence[Path] = (), *, builtins: bool = True) -> None:
+    def __init__(
+        self,
+        search_dirs: Sequence[Path] = (),
+        *,
+        builtins: bool = True,
+        labels: Sequence[str] = (),
+    ) -> None:
         dirs = [Path(d) for d in search_dirs]
+        #: how errors name each of ``search_dirs`` (default: its path); a server names
+        #: the request's ``pipelines`` so, not the temporary directory they are in
+        self._labels = {d: label for d, label in zip(dirs, labels, strict=False)}
         if builtins:
             dirs += [BUILTIN_PIPELINE_DIR, MELANGE_PIPELINE_DIR]
         self._dirs: tuple[Path, ...] = tuple(dirs)
@@ -279,7 +288,10 @@ class PipelineResolver:
         except ValueError as exc:
             raise RecipeFieldError(str(exc), location=location) from None
         if path is None:
-            looked = ", ".join(str(d / f"{uses}.yaml") for d in self._dirs)
+            looked = ", ".join(
+                f"{self._labels[d]}/{uses}.yaml" if d in self._labels else str(d / f"{uses}.yaml")
+                for d in self._dirs
+            )
             hint = ""
             if self._builtins and not (MELANGE_PIPELINE_DIR / "SOURCE").is_file():
                 hint = (

@@ -30,8 +30,10 @@ from melange2.errors import ConfigProblem, RecipeError
 from melange2.recipe import Config, PipelineResolver, compile_build, compile_tests, load_config
 from melange2.scheduler.graph import PackageNode, node_from_config
 
-__all__ = ["ParsedConfig", "PlanWorkers", "bulk_allocation", "parse_config"]
+__all__ = ["REQUEST_PIPELINES", "ParsedConfig", "PlanWorkers", "bulk_allocation", "parse_config"]
 
+#: How errors name the request's ``pipelines`` (written to a temporary directory).
+REQUEST_PIPELINES: Final = "pipelines"
 #: Fewer configs than this are planned in this process (workers would cost more).
 _PARALLEL_FROM: Final = 256
 
@@ -101,7 +103,9 @@ def _plan_chunk(
 ) -> list[PackageNode | ConfigProblem]:
     """In a worker: the graph node (or the problem) of each config of a chunk."""
     directory = Path(pipeline_dir)
-    resolver = PipelineResolver([directory] if directory.is_dir() else [])
+    resolver = PipelineResolver(
+        [directory] if directory.is_dir() else [], labels=[REQUEST_PIPELINES]
+    )
     out: list[PackageNode | ConfigProblem] = []
     with bulk_allocation():
         for index, label, text in items:

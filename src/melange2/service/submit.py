@@ -49,7 +49,13 @@ from melange2.scheduler.graph import (
     priorities,
 )
 from melange2.scheduler.loop import Scheduler
-from melange2.service.configs import ParsedConfig, PlanWorkers, bulk_allocation, parse_config
+from melange2.service.configs import (
+    REQUEST_PIPELINES,
+    ParsedConfig,
+    PlanWorkers,
+    bulk_allocation,
+    parse_config,
+)
 from melange2.service.reuse import settle_reuse
 from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
@@ -245,7 +251,9 @@ class Submitter:
     ) -> list[ParsedConfig]:
         """Every config parsed and compiled (build and tests); all the invalid ones are
         reported together, in one :class:`InvalidConfigs`."""
-        resolver = PipelineResolver([pipeline_dir] if pipeline_dir.is_dir() else [])
+        resolver = PipelineResolver(
+            [pipeline_dir] if pipeline_dir.is_dir() else [], labels=[REQUEST_PIPELINES]
+        )
         results: list[ParsedConfig | ConfigProblem] = []
         with bulk_allocation():
             for i, text in enumerate(texts):

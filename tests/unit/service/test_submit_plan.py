@@ -18,6 +18,7 @@ from melange2.api.schemas import CreateBuildRequest, PlanOut
 from melange2.errors import InvalidConfigs, RequestError
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
+from melange2.service.configs import PlanWorkers
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
 from melange2.store.memory import MemoryStore
@@ -77,6 +78,10 @@ async def test_every_bad_config_is_answered_at_once(submitter: Submitter) -> Non
     ]
     with pytest.raises(InvalidConfigs) as info:
         await dry_run(submitter, configs=configs)
+    # a build (not a dry run) is refused with the same answer, before anything is stored
+    with pytest.raises(InvalidConfigs) as built:
+        await submitter.submit(CreateBuildRequest(configs=configs))
+    assert built.value.problems == info.value.problems
     problems = info.value.problems
     assert [(p.index, p.config, p.package) for p in problems] == [
         (1, "configs[1]", ""),
@@ -195,3 +200,28 @@ async def test_a_distribution_sized_dry_run_plans_every_config(
         for dep in package.deps:
             if dep in names and dep != package.name:
                 assert dep in deps[package.name] or (package.name, dep) in cut
+
+
+async def test_workers_plan_as_this_process_does(
+    submitter: Submitter, wolfi: list[GraphPackage]
+) -> None:
+    """A large dry run is parsed in worker processes: same plan, same problems."""
+    good, pipelines = make_distribution(wolfi[:400])
+    bad = list(good)
+    bad[7] = bad[7].replace("uses: strip", "uses: strip/nope")
+    bad[300] += "bogus: [\n"
+    answers: list[list[object]] = []
+    for workers in (PlanWorkers(1), PlanWorkers(2)):
+        submitter.workers = workers
+        try:
+            with pytest.raises(InvalidConfigs) as info:
+                await dry_run(submitter, configs=bad, pipelines=pipelines)
+            plan = await dry_run(submitter, configs=good, pipelines=pipelines, cycle_policy="break")
+            answers.append([info.value.problems, plan.model_dump()])
+        finally:
+            workers.close()
+    assert answers[0] == answers[1]
+    problems = answers[0][0]
+    assert isinstance(problems, tuple)
+    assert [p.index for p in problems] == [7, 300]
+    assert "(looked for pipelines/strip/nope.yaml, " in problems[0].error
