@@ -43,6 +43,7 @@ from melange2.recipe.compile import (
     PipelineResolver,
     compile_build,
     compile_tests,
+    subpackage_builds,
 )
 from melange2.repo.directory import index_directory
 from melange2.repo.repository import Repository
@@ -179,7 +180,8 @@ def build_graph(
 
 
 def package_infos(config: Config, arch: str) -> dict[str, PackageInfo]:
-    """``.PKGINFO`` of the package and each subpackage, from the config."""
+    """``.PKGINFO`` of the package and each subpackage melange builds (a subpackage whose
+    ``if`` is false is neither built nor packaged), from the config."""
     pkg = config.package
     license_expr = " AND ".join(pkg.licenses)
     infos = {
@@ -202,6 +204,8 @@ def package_infos(config: Config, arch: str) -> dict[str, PackageInfo]:
         )
     }
     for sub in config.subpackages:
+        if not subpackage_builds(sub):
+            continue
         infos[sub.name] = PackageInfo(
             name=sub.name,
             version=pkg.version,
