@@ -312,15 +312,20 @@ class PipelineResolver:
 # -- compilation -------------------------------------------------------------------------
 
 
-def compile_build(config: Config, resolver: PipelineResolver | None = None) -> BuildPlan:
+def compile_build(
+    config: Config, resolver: PipelineResolver | None = None, *, steps: bool = True
+) -> BuildPlan:
     """The steps that build ``config`` (main package, then each subpackage), in order.
 
-    ``resolver`` defaults to the built-in pipelines only.
+    ``resolver`` defaults to the built-in pipelines only. With ``steps=False`` everything
+    is compiled and checked as usual (the same errors) but no :class:`ExecStep` is made:
+    the plan's ``steps`` are empty, its ``needs_packages`` complete (what a submission
+    needs of thousands of configs).
     """
     resolver = resolver or PipelineResolver()
     environment = _with_defaults(config.environment.environment)
     needs = _Needs()
-    steps: list[ExecStep] = []
+    out: list[ExecStep] = []
     main = substitution_map(config)
     contexts: list[tuple[str, Mapping[str, str], tuple[Step, ...], bool]] = [
         (config.package.name, main, config.pipeline, True)
@@ -329,31 +334,40 @@ def compile_build(config: Config, resolver: PipelineResolver | None = None) -> B
         sp_mapping = _subpackage_mapping(main, sp)
         contexts.append((sp.name, sp_mapping, sp.pipeline, subpackage_builds(sp)))
     for package, mapping, pipeline, builds in contexts:
-        walker = _Walker(resolver=resolver, package=package, base_env=environment, needs=needs)
+        walker = _Walker(
+            resolver=resolver, package=package, base_env=environment, needs=needs, emit=steps
+        )
         walker.walk(pipeline, _Frame(mapping=mapping))
         if builds:
-            steps.extend(walker.steps)
-    return BuildPlan(steps=tuple(steps), needs_packages=needs.packages(), environment=environment)
+            out.extend(walker.steps)
+    return BuildPlan(steps=tuple(out), needs_packages=needs.packages(), environment=environment)
 
 
-def compile_tests(config: Config, resolver: PipelineResolver | None = None) -> tuple[TestPlan, ...]:
+def compile_tests(
+    config: Config, resolver: PipelineResolver | None = None, *, steps: bool = True
+) -> tuple[TestPlan, ...]:
     """A :class:`TestPlan` for the main package's ``test:`` and each subpackage's, in order.
 
-    Subpackages whose ``if:`` is false are not tested (they are not built).
+    Subpackages whose ``if:`` is false are not tested (they are not built). ``steps``: as
+    for :func:`compile_build`.
     """
     resolver = resolver or PipelineResolver()
     build_env = _with_defaults(config.environment.environment)
     main = substitution_map(config)
     plans: list[TestPlan] = []
     if config.test is not None:
-        plans.append(_compile_test(config.test, config.package.name, main, resolver, build_env))
+        plans.append(
+            _compile_test(config.test, config.package.name, main, resolver, build_env, steps)
+        )
     for sp in config.subpackages:
         if sp.test is None:
             continue
         if not subpackage_builds(sp):
             continue
         plans.append(
-            _compile_test(sp.test, sp.name, _subpackage_mapping(main, sp), resolver, build_env)
+            _compile_test(
+                sp.test, sp.name, _subpackage_mapping(main, sp), resolver, build_env, steps
+            )
         )
     return tuple(plans)
 
@@ -364,13 +378,16 @@ def _compile_test(
     mapping: Mapping[str, str],
     resolver: PipelineResolver,
     build_env: Mapping[str, str],
+    steps: bool,
 ) -> TestPlan:
     # melange test: the build's environment, then the test environment's over it
     environment = frozen_map({**build_env, **test.environment.environment})
     needs = _Needs()
     needs.add(test.environment.contents.packages)
     needs.add([package])
-    walker = _Walker(resolver=resolver, package=package, base_env=environment, needs=needs)
+    walker = _Walker(
+        resolver=resolver, package=package, base_env=environment, needs=needs, emit=steps
+    )
     walker.walk(test.pipeline, _Frame(mapping=mapping))
     contents = test.environment.contents
     return TestPlan(
@@ -459,11 +476,13 @@ class _Walker:
         package: str,
         base_env: Mapping[str, str],
         needs: _Needs,
+        emit: bool = True,
     ) -> None:
         self.resolver = resolver
         self.package = package
         self.base_env = base_env
         self.needs = needs
+        self.emitting = emit
         self.steps: list[ExecStep] = []
 
     def walk(self, steps: Sequence[Step], frame: _Frame) -> int:
@@ -494,9 +513,9 @@ class _Walker:
 
         self.needs.add(own_needs)
         runs = text("runs", step.runs)
-        label = name or step.uses or _short(runs)
-        display = _join(frame.prefix, label, sole=frame.sole and not name)
-        if runs:
+        if runs and self.emitting:
+            label = name or step.uses or _short(runs)
+            display = _join(frame.prefix, label, sole=frame.sole and not name)
             self.emit(display, runs, workdir, env, origin, step.where("runs"))
         if step.pipeline:
             inner_prefix = _join(frame.prefix, name, sole=False) if name else frame.prefix

@@ -63,8 +63,8 @@ def parse_config(
     config: Config | None = None
     try:
         config = load_config(text, filename=label, arch=arch)
-        compiled = compile_build(config, resolver)
-        tests = compile_tests(config, resolver)
+        compiled = compile_build(config, resolver, steps=False)
+        tests = compile_tests(config, resolver, steps=False)
     except RecipeError as exc:
         name = config.package.name if config is not None else ""
         return ConfigProblem(index=index, config=label, package=name, error=f"{label}: {exc}")

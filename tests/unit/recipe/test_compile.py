@@ -506,3 +506,19 @@ subpackages:
     (plan,) = compile_tests(config)
     assert plan.package == "p-sub"
     assert "ls /home/build/melange-out/p-sub\n" in plan.steps[0].script
+
+
+def test_without_steps_the_same_needs_and_errors(tmp_path: Path) -> None:
+    """What a submission compiles: no ExecStep, the same needs, the same errors."""
+    config = _load(HELLO, tmp_path)
+    full, bare = compile_build(config), compile_build(config, steps=False)
+    assert bare.steps == () and full.steps
+    assert bare.needs_packages == full.needs_packages
+    assert [t.contents for t in compile_tests(config, steps=False)] == [
+        t.contents for t in compile_tests(config)
+    ]
+    broken = _load(
+        'package: {name: p, version: "1"}\npipeline:\n  - runs: echo ${{vars.nope}}\n', tmp_path
+    )
+    with pytest.raises(RecipeFieldError, match="undefined variable"):
+        compile_build(broken, steps=False)
