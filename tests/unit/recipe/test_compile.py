@@ -518,7 +518,7 @@ def test_without_steps_the_same_needs_and_errors(tmp_path: Path) -> None:
         t.contents for t in compile_tests(config)
     ]
     broken = _load(
-        'package: {name: p, version: "1"}\npipeline:\n  - runs: echo ${{vars.nope}}\n', tmp_path
+        'package: {name: p, version: "1"}\npipeline:\n  - runs: echo ${{inputs.nope}}\n', tmp_path
     )
     with pytest.raises(RecipeFieldError, match="undefined variable"):
         compile_build(broken, steps=False)
