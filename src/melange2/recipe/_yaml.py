@@ -22,7 +22,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from melange2.recipe.errors import RecipeFieldError
-from melange2.recipe.model import Location
+from melange2.recipe.model import FieldMark, Location
 
 _TAG_PREFIX: Final = "tag:yaml.org,2002:"
 _MAX_NODES: Final = 50_000
@@ -151,6 +151,13 @@ class Value:
             path=self.path,
             literal=getattr(node, "style", None) == "|",
         )
+
+    @property
+    def mark(self) -> FieldMark:
+        """Where the value is, as a cheap :data:`~melange2.recipe.model.FieldMark`."""
+        node = self.node
+        mark = node.start_mark
+        return (mark.line + 1, mark.column + 1, self.path, getattr(node, "style", None) == "|")
 
     def error(self, problem: str) -> RecipeFieldError:
         return RecipeFieldError(problem, location=self.loc)

@@ -49,6 +49,7 @@ from melange2.recipe.model import (
     Copyright,
     Dependencies,
     Environment,
+    FieldMark,
     Location,
     Package,
     PackageOptions,
@@ -139,12 +140,12 @@ with_inputs` and :func:`~melange2.recipe.subst.substitute_steps` when it resolve
                 "empty pipeline file", location=Location(file=file, line=0, column=0)
             )
         top = root.mapping()
-        locs: dict[str, Location] = {}
+        locs: dict[str, Location | FieldMark] = {}
         inputs: dict[str, PipelineInput] = {}
         if "inputs" in top:
             for key, spec in top["inputs"].mapping().items():
                 fields = spec.mapping()
-                locs[f"inputs.{key}"] = spec.loc
+                locs[f"inputs.{key}"] = spec.mark
                 inputs[key] = PipelineInput(
                     description=_text(fields, "description"),
                     default=_text(fields, "default"),
@@ -190,12 +191,12 @@ def _read(source: Source, filename: str | None) -> tuple[str, str]:
 # -- structure: YAML -> model, nothing substituted ---------------------------------------
 
 
-def _text(fields: Mapping[str, Value], key: str, locs: dict[str, Location] | None = None) -> str:
+def _text(fields: Mapping[str, Value], key: str, locs: dict[str, Location | FieldMark] | None = None) -> str:
     value = fields.get(key)
     if value is None:
         return ""
     if locs is not None:
-        locs[key] = value.loc
+        locs[key] = value.mark
     return value.text()
 
 
@@ -209,27 +210,27 @@ def _required_text(parent: Value, fields: Mapping[str, Value], key: str) -> str:
     return text
 
 
-def _str_list(value: Value | None, locs: dict[str, Location], key: str) -> tuple[str, ...]:
+def _str_list(value: Value | None, locs: dict[str, Location | FieldMark], key: str) -> tuple[str, ...]:
     if value is None:
         return ()
     out = []
     for index, item in enumerate(value.items()):
-        locs[f"{key}[{index}]"] = item.loc
+        locs[f"{key}[{index}]"] = item.mark
         out.append(item.text())
     return tuple(out)
 
 
-def _str_map(value: Value | None, locs: dict[str, Location], key: str) -> dict[str, str]:
+def _str_map(value: Value | None, locs: dict[str, Location | FieldMark], key: str) -> dict[str, str]:
     if value is None:
         return {}
     out = {}
     for name, item in value.mapping().items():
-        locs[f"{key}.{name}"] = item.loc
+        locs[f"{key}.{name}"] = item.mark
         out[name] = item.text()
     return out
 
 
-def _needs(fields: Mapping[str, Value], locs: dict[str, Location]) -> tuple[str, ...]:
+def _needs(fields: Mapping[str, Value], locs: dict[str, Location | FieldMark]) -> tuple[str, ...]:
     needs = fields.get("needs")
     if needs is None:
         return ()
@@ -246,7 +247,7 @@ def _steps(value: Value | None, depth: int) -> tuple[Step, ...]:
 
 def _step(value: Value, depth: int) -> Step:
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     return Step(
         name=_text(fields, "name", locs),
         uses=_text(fields, "uses", locs),
@@ -264,23 +265,23 @@ def _step(value: Value, depth: int) -> Step:
     )
 
 
-def _required_steps(fields: Mapping[str, Value], locs: dict[str, Location]) -> int | None:
+def _required_steps(fields: Mapping[str, Value], locs: dict[str, Location | FieldMark]) -> int | None:
     assertions = fields.get("assertions")
     if assertions is None or assertions.is_null:
         return None
     item = assertions.mapping().get("required-steps")
     if item is None or item.is_null:
         return None
-    locs["assertions.required-steps"] = item.loc
+    locs["assertions.required-steps"] = item.mark
     return item.integer(maximum=2**31 - 1)
 
 
-def _dependencies(value: Value | None, locs: dict[str, Location]) -> Dependencies:
+def _dependencies(value: Value | None, locs: dict[str, Location | FieldMark]) -> Dependencies:
     if value is None:
         return Dependencies()
     fields = value.mapping()
     prefix = "dependencies"
-    sub: dict[str, Location] = {}
+    sub: dict[str, Location | FieldMark] = {}
     deps = Dependencies(
         runtime=_str_list(fields.get("runtime"), sub, "runtime"),
         provides=_str_list(fields.get("provides"), sub, "provides"),
@@ -313,7 +314,7 @@ def _copyright(value: Value, depth: int = 0) -> Copyright:
     if depth > _MAX_DEPTH:
         raise value.error(f"licenses nested more than {_MAX_DEPTH} deep")
     fields = value.mapping()
-    scratch: dict[str, Location] = {}
+    scratch: dict[str, Location | FieldMark] = {}
     entry = Copyright(
         license=_text(fields, "license"),
         paths=_str_list(fields.get("paths"), scratch, "paths"),
@@ -341,13 +342,13 @@ def _items(value: Value | None) -> list[Value]:
 
 def _package(value: Value) -> Package:
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     name = _required_text(value, fields, "name")
     version = _required_text(value, fields, "version")
-    locs["name"], locs["version"] = fields["name"].loc, fields["version"].loc
+    locs["name"], locs["version"] = fields["name"].mark, fields["version"].mark
     epoch = 0
     if "epoch" in fields:
-        locs["epoch"] = fields["epoch"].loc
+        locs["epoch"] = fields["epoch"].mark
         epoch = fields["epoch"].integer()
     return Package(
         name=name,
@@ -371,7 +372,7 @@ def _environment(value: Value | None) -> Environment:
     if value is None:
         return Environment()
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     contents = Contents()
     if "contents" in fields:
         parts = fields["contents"].mapping()
@@ -401,7 +402,7 @@ def _test(value: Value | None) -> Test | None:
 
 def _subpackage(value: Value) -> Subpackage:
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     return Subpackage(
         name=_required_text(value, fields, "name"),
         description=_text(fields, "description", locs),
@@ -414,13 +415,13 @@ def _subpackage(value: Value) -> Subpackage:
         options=_options(fields.get("options")),
         test=_test(fields.get("test")),
         loc=value.loc,
-        field_locs=frozen_map({"name": fields["name"].loc, **locs}),
+        field_locs=frozen_map({"name": fields["name"].mark, **locs}),
     )
 
 
 def _var_transform(value: Value) -> VarTransform:
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     transform = VarTransform(
         from_=_text(fields, "from", locs),
         match=_text(fields, "match", locs),
@@ -436,7 +437,7 @@ def _var_transform(value: Value) -> VarTransform:
 
 def _range_data(value: Value) -> RangeData:
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     return RangeData(
         name=_required_text(value, fields, "name"),
         items=frozen_map(_str_map(fields.get("items"), locs, "items")),
@@ -662,7 +663,7 @@ class _ConfigLoader:
                 "required section is missing", location=root.loc.child("package")
             )
 
-        locs: dict[str, Location] = {}
+        locs: dict[str, Location | FieldMark] = {}
         package = _package(top["package"])
         vars = _str_map(top.get("vars"), locs, "vars")
         for key, value in self.extra_vars.items():
@@ -694,11 +695,12 @@ class _ConfigLoader:
             for k, loc in t.field_locs.items()
         }
         all_locs = {**locs, **transform_locs}
+        located = Config(package=package, loc=root.loc, field_locs=all_locs)
         resolved = resolve_vars(
             vars,
             [(t.from_, t.match, t.replace, t.to) for t in transforms],
             base,
-            locations=all_locs.get,
+            locations=lambda key: located.where(key) if key in all_locs else None,
         )
         main = {**base, **{f"vars.{k}": v for k, v in resolved.items()}}
 
