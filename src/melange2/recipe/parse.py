@@ -191,7 +191,9 @@ def _read(source: Source, filename: str | None) -> tuple[str, str]:
 # -- structure: YAML -> model, nothing substituted ---------------------------------------
 
 
-def _text(fields: Mapping[str, Value], key: str, locs: dict[str, Location | FieldMark] | None = None) -> str:
+def _text(
+    fields: Mapping[str, Value], key: str, locs: dict[str, Location | FieldMark] | None = None
+) -> str:
     value = fields.get(key)
     if value is None:
         return ""
@@ -210,7 +212,9 @@ def _required_text(parent: Value, fields: Mapping[str, Value], key: str) -> str:
     return text
 
 
-def _str_list(value: Value | None, locs: dict[str, Location | FieldMark], key: str) -> tuple[str, ...]:
+def _str_list(
+    value: Value | None, locs: dict[str, Location | FieldMark], key: str
+) -> tuple[str, ...]:
     if value is None:
         return ()
     out = []
@@ -220,7 +224,9 @@ def _str_list(value: Value | None, locs: dict[str, Location | FieldMark], key: s
     return tuple(out)
 
 
-def _str_map(value: Value | None, locs: dict[str, Location | FieldMark], key: str) -> dict[str, str]:
+def _str_map(
+    value: Value | None, locs: dict[str, Location | FieldMark], key: str
+) -> dict[str, str]:
     if value is None:
         return {}
     out = {}
@@ -265,7 +271,9 @@ def _step(value: Value, depth: int) -> Step:
     )
 
 
-def _required_steps(fields: Mapping[str, Value], locs: dict[str, Location | FieldMark]) -> int | None:
+def _required_steps(
+    fields: Mapping[str, Value], locs: dict[str, Location | FieldMark]
+) -> int | None:
     assertions = fields.get("assertions")
     if assertions is None or assertions.is_null:
         return None

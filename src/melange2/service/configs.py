@@ -124,6 +124,8 @@ class PlanWorkers:
 
     def __init__(self, workers: int = 0) -> None:
         self.workers = workers or os.cpu_count() or 1
+        #: how many configs were given to :meth:`nodes` so far
+        self.parsed = 0
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -137,6 +139,7 @@ class PlanWorkers:
         self, items: Sequence[_Item], arch: str, pipeline_dir: Path
     ) -> list[PackageNode | ConfigProblem]:
         """The node (or the problem) of every config of ``items``, in order."""
+        self.parsed += len(items)
         if self.workers <= 1 or len(items) < _PARALLEL_FROM:
             return await asyncio.to_thread(_plan_chunk, items, arch, str(pipeline_dir))
         # a few chunks per worker, so that one slow chunk does not hold the others up

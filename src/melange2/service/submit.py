@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Generic, TypeVar
 
 from melange2.api.schemas import (
     CreateBuildRequest,
@@ -63,6 +64,7 @@ from melange2.storage import StorageError
 from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def _safe_relative(path: str, where: str) -> PurePosixPath:
@@ -75,23 +77,23 @@ def _safe_relative(path: str, where: str) -> PurePosixPath:
     return p
 
 
-class _ParseCache:
-    """Parsed and compiled configs by (text, arch, pipelines): a farm is sent the same
+class _ParseCache(Generic[_T]):
+    """What was made of configs, by (text, arch, pipelines): a farm is sent the same
     thousands of configs again and again, and parsing is most of a submission's time.
     Configs are immutable, so one parse serves every build that sends the same text."""
 
     def __init__(self, size: int = 20_000) -> None:
         self.size = size
-        self._entries: OrderedDict[tuple[str, str, str], ParsedConfig] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str], _T] = OrderedDict()
 
-    def get(self, key: tuple[str, str, str]) -> ParsedConfig | None:
+    def get(self, key: tuple[str, str, str]) -> _T | None:
         found = self._entries.get(key)
         if found is not None:
             self._entries.move_to_end(key)
         return found
 
-    def put(self, key: tuple[str, str, str], parsed: ParsedConfig) -> None:
-        self._entries[key] = parsed
+    def put(self, key: tuple[str, str, str], value: _T) -> None:
+        self._entries[key] = value
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
@@ -147,7 +149,9 @@ class Submitter:
         self.runner = runner
         #: where a dry run's configs are parsed (worker processes for large ones)
         self.workers = workers or PlanWorkers()
-        self._parsed = _ParseCache()
+        self._parsed: _ParseCache[ParsedConfig] = _ParseCache()
+        #: graph nodes of configs a dry run parsed (workers send back no more)
+        self._planned: _ParseCache[PackageNode] = _ParseCache()
 
     def close(self) -> None:
         """Stop the worker processes, if any were started."""
@@ -282,15 +286,19 @@ class Submitter:
         """A dry run's graph nodes: from configs parsed before, else from the workers."""
         results: list[PackageNode | ConfigProblem | None] = []
         todo: list[tuple[int, str, str]] = []
-        for i, text in enumerate(texts):
-            one = self._parsed.get(_cache_key(text, arch, pipelines_digest))
-            results.append(one.node() if one is not None else None)
-            if one is None:
+        keys = [_cache_key(text, arch, pipelines_digest) for text in texts]
+        for i, (text, key) in enumerate(zip(texts, keys, strict=True)):
+            one = self._parsed.get(key)
+            node = one.node() if one is not None else self._planned.get(key)
+            results.append(node)
+            if node is None:
                 todo.append((i, self._label(request, i), text))
-        for (i, _, _), node in zip(
+        for (i, _, _), answer in zip(
             todo, await self.workers.nodes(todo, arch, pipeline_dir), strict=True
         ):
-            results[i] = node
+            results[i] = answer
+            if isinstance(answer, PackageNode):
+                self._planned.put(keys[i], answer)
         found = [r for r in results if r is not None]
         _refuse_invalid(
             request, found, [r.name if isinstance(r, PackageNode) else None for r in found]

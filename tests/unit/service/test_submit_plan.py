@@ -212,14 +212,22 @@ async def test_workers_plan_as_this_process_does(
     bad[300] += "bogus: [\n"
     answers: list[list[object]] = []
     for workers in (PlanWorkers(1), PlanWorkers(2)):
-        submitter.workers = workers
+        # a new submitter each time: nothing parsed before
+        fresh = Submitter(
+            submitter.settings, submitter.store, submitter.scheduler, submitter.pool, None, workers
+        )
         try:
             with pytest.raises(InvalidConfigs) as info:
-                await dry_run(submitter, configs=bad, pipelines=pipelines)
-            plan = await dry_run(submitter, configs=good, pipelines=pipelines, cycle_policy="break")
+                await dry_run(fresh, configs=bad, pipelines=pipelines)
+            plan = await dry_run(fresh, configs=good, pipelines=pipelines, cycle_policy="break")
             answers.append([info.value.problems, plan.model_dump()])
+            # again: from what the first dry run planned (nothing is parsed again)
+            parsed = workers.parsed
+            again = await dry_run(fresh, configs=good, pipelines=pipelines, cycle_policy="break")
+            assert again == plan
+            assert workers.parsed == parsed
         finally:
-            workers.close()
+            fresh.close()
     assert answers[0] == answers[1]
     problems = answers[0][0]
     assert isinstance(problems, tuple)
