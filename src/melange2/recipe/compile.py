@@ -305,7 +305,13 @@ class PipelineResolver:
             )
         loaded = self._cache.get(path)
         if loaded is None:
-            loaded = self._cache[path] = load_pipeline(path)
+            try:
+                loaded = self._cache[path] = load_pipeline(path)
+            except RecipeFieldError as exc:
+                # the file is at fault, through this use of it: name both
+                raise RecipeFieldError(
+                    f"pipeline {uses!r} is invalid: {exc}", location=location
+                ) from exc
         return loaded
 
 

@@ -522,3 +522,15 @@ def test_without_steps_the_same_needs_and_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(RecipeFieldError, match="undefined variable"):
         compile_build(broken, steps=False)
+
+
+def test_an_invalid_pipeline_file_names_the_use_and_the_file(tmp_path: Path) -> None:
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "bad.yaml").write_text("name: bad\ninputs:\n  - not a mapping\n")
+    config = _load('package: {name: p, version: "1"}\npipeline:\n  - uses: bad\n', tmp_path)
+    with pytest.raises(RecipeFieldError) as info:
+        compile_build(config, PipelineResolver([pipelines]))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'hello.yaml'}:3: pipeline[0].uses: pipeline 'bad'")
+    assert f"{pipelines / 'bad.yaml'}:3: inputs: expected a mapping" in message
