@@ -30,18 +30,30 @@ _TRUE: Final = frozenset({"true", "yes", "on"})
 _FALSE: Final = frozenset({"false", "no", "off"})
 
 
-def _tag(node: Node) -> str:
-    return str(node.tag or "")
-
-
 _STR: Final = _TAG_PREFIX + "str"
 _NULL: Final = _TAG_PREFIX + "null"
 _MERGE: Final = _TAG_PREFIX + "merge"
+#: The tag the composer gives every plain scalar: resolved when asked (:func:`_tag`); a
+#: config has many scalars and most only need "is it null?" (:data:`_NULL_WORDS`).
+_PLAIN: Final = "?plain"
+_NULL_WORDS: Final = frozenset({"", "~", "null", "Null", "NULL"})
 _DEFAULT_TAGS: Final = {
     ScalarNode: _STR,
     SequenceNode: _TAG_PREFIX + "seq",
     MappingNode: _TAG_PREFIX + "map",
 }
+
+
+def _tag(node: Node) -> str:
+    """The node's tag, a plain scalar's resolved with the YAML 1.2 core schema."""
+    tag = str(node.tag or "")
+    if tag == _PLAIN:
+        value = str(node.value)
+        for name, pattern in _Loader.yaml_implicit_resolvers.get(value[:1], ()):
+            if pattern.match(value):
+                return name
+        return _STR
+    return tag
 
 
 class _Loader(yaml.CSafeLoader):
@@ -56,11 +68,9 @@ class _Loader(yaml.CSafeLoader):
     def ascend_resolver(self) -> None:
         pass
 
-    def resolve(self, kind: type[Node], value: object, implicit: tuple[bool, bool]) -> str:
-        if kind is ScalarNode and implicit[0] and isinstance(value, str):
-            for tag, pattern in self.yaml_implicit_resolvers.get(value[:1], ()):
-                if pattern.match(value):
-                    return tag
+    def resolve(self, kind: type[Node], value: object, implicit: tuple[bool, bool] | bool) -> str:
+        if kind is ScalarNode and implicit[0]:  # type: ignore[index]  # a pair for scalars
+            return _PLAIN
         return _DEFAULT_TAGS[kind]
 
 
@@ -173,7 +183,10 @@ class Value:
     @property
     def is_null(self) -> bool:
         node = self.node
-        return node.tag == _NULL and type(node) is ScalarNode
+        if type(node) is not ScalarNode:
+            return False
+        tag = node.tag
+        return (tag == _PLAIN and node.value in _NULL_WORDS) or tag == _NULL
 
     @property
     def kind(self) -> str:
@@ -211,7 +224,7 @@ class Value:
             doc.budget -= 1
             if doc.budget < 0:
                 doc.spend(self)
-            if key.tag == _MERGE:
+            if (key.tag == _PLAIN and key.value == "<<") or key.tag == _MERGE:
                 if isinstance(value, SequenceNode):
                     merged.extend(value.value)
                 else:
