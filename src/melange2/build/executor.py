@@ -43,6 +43,7 @@ from melange2.recipe.compile import (
     PipelineResolver,
     compile_build,
     compile_tests,
+    environment_packages,
     subpackage_builds,
 )
 from melange2.repo.directory import index_directory
@@ -124,12 +125,6 @@ def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
     dirs = [*opts.pipeline_dirs, opts.config.parent / "pipelines"]
     plan = compile_build(config, PipelineResolver([d for d in dirs if d.is_dir()]))
     return config, plan
-
-
-def environment_packages(config: Config, plan: BuildPlan) -> list[str]:
-    """The world of a build's environment: its contents, then what its pipelines need."""
-    contents = config.environment.contents.packages
-    return [*contents, *(p for p in plan.needs_packages if p not in contents)]
 
 
 def step_env(plan_env: Mapping[str, str], step: ExecStep, opts: BuildOptions) -> dict[str, str]:

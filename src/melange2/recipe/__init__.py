@@ -28,6 +28,7 @@ from melange2.recipe.compile import (
     builtin_pipelines,
     compile_build,
     compile_tests,
+    environment_packages,
     pipeline_origin,
     subpackage_builds,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "compile_build",
     "compile_tests",
     "condition_variables",
+    "environment_packages",
     "evaluate_condition",
     "find_references",
     "go_regex_replace_all",

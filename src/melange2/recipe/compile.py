@@ -107,6 +107,7 @@ __all__ = [
     "builtin_pipelines",
     "compile_build",
     "compile_tests",
+    "environment_packages",
     "pipeline_origin",
     "subpackage_builds",
 ]
@@ -414,6 +415,12 @@ def _subpackage_mapping(main: Mapping[str, str], sp: Subpackage) -> dict[str, st
         mapping["range.key"] = sp.range_key
         mapping["range.value"] = sp.range_value
     return mapping
+
+
+def environment_packages(config: Config, plan: BuildPlan) -> list[str]:
+    """The world of a build's environment: its contents, then what its pipelines need."""
+    contents = config.environment.contents.packages
+    return [*contents, *(p for p in plan.needs_packages if p not in contents)]
 
 
 def subpackage_builds(sp: Subpackage) -> bool:

@@ -25,9 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from melange2.build.executor import environment_packages
 from melange2.errors import ConfigProblem, RecipeError
-from melange2.recipe import Config, PipelineResolver, compile_build, compile_tests, load_config
+from melange2.recipe import (
+    Config,
+    PipelineResolver,
+    compile_build,
+    compile_tests,
+    environment_packages,
+    load_config,
+)
 from melange2.scheduler.graph import PackageNode, node_from_config
 
 __all__ = ["REQUEST_PIPELINES", "ParsedConfig", "PlanWorkers", "bulk_allocation", "parse_config"]
