@@ -130,6 +130,13 @@ def _host_port(listen: str) -> tuple[str, int]:
     "--max-attempts", default=3, show_default=True, help="Tries per package on backend faults."
 )
 @click.option(
+    "--plan-workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Processes that parse a large dry run's configs (0: one per core; 1: in the server).",
+)
+@click.option(
     "--max-body-bytes",
     default=64 * 1024 * 1024,
     show_default=True,
@@ -173,6 +180,7 @@ def cli(
     keyrings: tuple[str, ...],
     schedule: str,
     max_attempts: int,
+    plan_workers: int,
     max_body_bytes: int,
     probe_interval: float,
     log_level: str,
@@ -222,6 +230,7 @@ def cli(
         keyrings=keyrings,
         schedule="fifo" if schedule == "fifo" else "critical-path",
         max_attempts=max_attempts,
+        plan_workers=plan_workers,
         max_body_bytes=max_body_bytes,
         probe_interval=probe_interval,
         cache_registry=os.environ.get("CACHE_REGISTRY", ""),

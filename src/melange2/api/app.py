@@ -160,7 +160,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                         await task
                     await builder.aclose()
                     await storage.aclose()
-                    await asyncio.to_thread(svc.submitter.close)
+                    await svc.submitter.aclose()
 
     app = FastAPI(
         title="melange2 remote builds",

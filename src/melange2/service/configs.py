@@ -6,10 +6,11 @@ gathered. A config that is not valid gives a :class:`~melange2.errors.ConfigProb
 instead of an exception, so a submission can answer with all of them at once.
 
 A dry run needs no more of each config than its node of the dependency graph; those are
-small, so :class:`PlanWorkers` computes them in worker processes, one chunk of configs
-each, and a distribution's thousands of configs are planned on every core at once. The
-workers run :func:`parse_config` too: a dry run and a build refuse the same configs with
-the same errors.
+small, so :class:`PlanWorkers` computes them in worker processes (``python -m
+melange2.service.configs``, one per core, fed chunks of configs), and a distribution's
+thousands of configs are planned on every core at once. The workers run
+:func:`parse_config` too: a dry run and a build refuse the same configs with the same
+errors.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import multiprocessing
 import os
+import pickle
+import struct
+import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from melange2.errors import ConfigProblem, RecipeError
 from melange2.recipe import (
@@ -36,7 +38,14 @@ from melange2.recipe import (
 )
 from melange2.scheduler.graph import PackageNode, node_from_config
 
-__all__ = ["REQUEST_PIPELINES", "ParsedConfig", "PlanWorkers", "bulk_allocation", "parse_config"]
+__all__ = [
+    "REQUEST_PIPELINES",
+    "ParsedConfig",
+    "PlanWorkers",
+    "WorkerError",
+    "bulk_allocation",
+    "parse_config",
+]
 
 #: How errors name the request's ``pipelines`` (written to a temporary directory).
 REQUEST_PIPELINES: Final = "pipelines"
@@ -120,26 +129,114 @@ def _plan_chunk(
     return out
 
 
+class WorkerError(Exception):
+    """A worker process failed (not a config: the worker itself)."""
+
+
+_LENGTH: Final = struct.Struct(">Q")
+
+
+async def _send(stream: asyncio.StreamWriter, payload: object) -> None:
+    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    await stream.drain()
+
+
+async def _receive(stream: asyncio.StreamReader) -> object:
+    (length,) = _LENGTH.unpack(await stream.readexactly(_LENGTH.size))
+    return pickle.loads(await stream.readexactly(length))
+
+
+class _Worker:
+    """One ``python -m melange2.service.configs`` process: chunks in, nodes out (pickles
+    framed by their length on its stdin and stdout; it imports the recipe code only)."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def spawn(cls) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "melange2.service.configs",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        try:  # it says so once it has imported what it runs
+            ready = await _receive(process.stdout)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise WorkerError(f"plan worker {process.pid} did not start: {exc}") from exc
+        if ready != "ready":
+            raise WorkerError(f"plan worker {process.pid} did not start: {ready!r}")
+        return cls(process)
+
+    async def plan(
+        self, chunk: Sequence[_Item], arch: str, pipeline_dir: str
+    ) -> list[PackageNode | ConfigProblem]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        try:
+            await _send(self.process.stdin, (list(chunk), arch, pipeline_dir))
+            answer = await _receive(self.process.stdout)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise WorkerError(f"plan worker {self.process.pid} died: {exc}") from exc
+        if isinstance(answer, str):  # the worker's own failure, as text
+            raise WorkerError(f"plan worker {self.process.pid} failed: {answer}")
+        assert isinstance(answer, list)
+        return answer
+
+    async def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout=10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """A worker's loop: one chunk in, its nodes out, until stdin ends."""
+    hello = pickle.dumps("ready")
+    stdout.write(_LENGTH.pack(len(hello)) + hello)
+    stdout.flush()
+    while header := stdin.read(_LENGTH.size):
+        (length,) = _LENGTH.unpack(header)
+        chunk, arch, pipeline_dir = pickle.loads(stdin.read(length))
+        answer: object
+        try:
+            answer = _plan_chunk(chunk, arch, pipeline_dir)
+        except Exception as exc:  # reported to the server, which fails the request
+            answer = f"{type(exc).__name__}: {exc}"
+        data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        stdout.write(_LENGTH.pack(len(data)) + data)
+        stdout.flush()
+
+
 class PlanWorkers:
     """Worker processes that compute the graph nodes of a dry run's configs.
 
-    Started on first use (``forkserver``: the workers are forked from a clean process
-    that has imported melange2, never from the server with its threads); ``close()``
-    stops them. ``workers=1`` plans in the calling thread instead.
+    Each is ``python -m melange2.service.configs``, started on first use (or by
+    :meth:`start`) and stopped by :meth:`aclose`; a chunk of configs goes to whichever is
+    free. ``workers=1`` plans in a thread of this process instead.
     """
 
     def __init__(self, workers: int = 0) -> None:
         self.workers = workers or os.cpu_count() or 1
         #: how many configs were given to :meth:`nodes` so far
         self.parsed = 0
-        self._pool: ProcessPoolExecutor | None = None
+        self._running: list[_Worker] = []
+        self._lock = asyncio.Lock()
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["melange2.service.configs"])
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
-        return self._pool
+    async def start(self) -> None:
+        """Start the worker processes now (else the first large dry run does)."""
+        if self.workers <= 1:
+            return
+        async with self._lock:
+            missing = self.workers - len(self._running)
+            if missing > 0:
+                self._running += await asyncio.gather(*(_Worker.spawn() for _ in range(missing)))
 
     async def nodes(
         self, items: Sequence[_Item], arch: str, pipeline_dir: Path
@@ -148,21 +245,36 @@ class PlanWorkers:
         self.parsed += len(items)
         if self.workers <= 1 or len(items) < _PARALLEL_FROM:
             return await asyncio.to_thread(_plan_chunk, items, arch, str(pipeline_dir))
+        await self.start()
         # a few chunks per worker, so that one slow chunk does not hold the others up
-        count = self.workers * 4
-        size = -(-len(items) // count)
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        loop = asyncio.get_running_loop()
-        pool = self._executor()
-        results = await asyncio.gather(
-            *(
-                loop.run_in_executor(pool, _plan_chunk, chunk, arch, str(pipeline_dir))
-                for chunk in chunks
-            )
-        )
-        return [node for chunk in results for node in chunk]
+        size = -(-len(items) // (self.workers * 4))
+        chunks: asyncio.Queue[tuple[int, Sequence[_Item]]] = asyncio.Queue()
+        for n, start in enumerate(range(0, len(items), size)):
+            chunks.put_nowait((n, items[start : start + size]))
+        results: dict[int, list[PackageNode | ConfigProblem]] = {}
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        async def drain(worker: _Worker) -> None:
+            while not chunks.empty():
+                n, chunk = chunks.get_nowait()
+                results[n] = await worker.plan(chunk, arch, str(pipeline_dir))
+
+        async with self._lock:  # one dry run at a time on the workers
+            try:
+                await asyncio.gather(*(drain(w) for w in self._running))
+            except WorkerError:
+                await self._stop_all()  # started afresh by the next large dry run
+                raise
+        return [node for n in sorted(results) for node in results[n]]
+
+    async def _stop_all(self) -> None:
+        running, self._running = self._running, []
+        await asyncio.gather(*(w.stop() for w in running))
+
+    async def aclose(self) -> None:
+        """Stop the worker processes."""
+        async with self._lock:
+            await self._stop_all()
+
+
+if __name__ == "__main__":
+    _serve(sys.stdin.buffer, sys.stdout.buffer)

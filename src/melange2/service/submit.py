@@ -148,14 +148,14 @@ class Submitter:
         #: decides at submission which packages an earlier build already made
         self.runner = runner
         #: where a dry run's configs are parsed (worker processes for large ones)
-        self.workers = workers or PlanWorkers()
+        self.workers = workers or PlanWorkers(settings.plan_workers if settings else 0)
         self._parsed: _ParseCache[ParsedConfig] = _ParseCache()
         #: graph nodes of configs a dry run parsed (workers send back no more)
         self._planned: _ParseCache[PackageNode] = _ParseCache()
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop the worker processes, if any were started."""
-        self.workers.close()
+        await self.workers.aclose()
 
     async def submit(self, request: CreateBuildRequest) -> CreateBuildResponse | PlanOut:
         arch = request.arch or self.settings.default_arch

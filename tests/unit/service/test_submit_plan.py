@@ -49,7 +49,7 @@ async def submitter(tmp_path: Path) -> AsyncIterator[Submitter]:
         try:
             yield submitter
         finally:
-            submitter.close()  # the worker processes a large dry run started
+            await submitter.aclose()  # the worker processes a large dry run started
 
 
 def config(name: str, *, deps: tuple[str, ...] = (), body: str = "") -> str:
@@ -227,7 +227,7 @@ async def test_workers_plan_as_this_process_does(
             assert again == plan
             assert workers.parsed == parsed
         finally:
-            fresh.close()
+            await fresh.aclose()
     assert answers[0] == answers[1]
     problems = answers[0][0]
     assert isinstance(problems, tuple)
