@@ -474,7 +474,7 @@ class _Subst(NamedTuple):
     sp_cond: _TextFn
 
 
-def _apply(fn: _TextFn, value: str, owner: Step, key: str) -> str:
+def _apply(fn: _TextFn, value: str, owner: Step | Environment | Subpackage, key: str) -> str:
     """``fn`` on ``value`` (its location only looked up when there is something to do)."""
     if "${{" not in value:
         return value
@@ -529,7 +529,7 @@ def _map_environment(env: Environment, sub: _Subst) -> Environment:
     text = sub.text
 
     def each(values: tuple[str, ...], key: str) -> tuple[str, ...]:
-        return tuple(text(v, env.where(f"{key}[{i}]")) for i, v in enumerate(values))
+        return tuple(_apply(text, v, env, f"{key}[{i}]") for i, v in enumerate(values))
 
     contents = env.contents
     return dataclasses.replace(
@@ -540,7 +540,7 @@ def _map_environment(env: Environment, sub: _Subst) -> Environment:
             packages=each(contents.packages, "contents.packages"),
         ),
         environment=frozen_map(
-            {k: sub.env(v, env.where(f"environment.{k}")) for k, v in env.environment.items()}
+            {k: _apply(sub.env, v, env, f"environment.{k}") for k, v in env.environment.items()}
         ),
     )
 
@@ -558,15 +558,18 @@ def _map_test(test: Test | None, sub: _Subst) -> Test | None:
 def _map_dependencies(
     deps: Dependencies, where: Callable[[str], Location], text: _TextFn
 ) -> Dependencies:
+    def one(value: str, key: str) -> str:
+        return text(value, where(key)) if "${{" in value else value
+
     def each(values: tuple[str, ...], key: str) -> tuple[str, ...]:
-        return tuple(text(v, where(f"dependencies.{key}[{i}]")) for i, v in enumerate(values))
+        return tuple(one(v, f"dependencies.{key}[{i}]") for i, v in enumerate(values))
 
     return Dependencies(
         runtime=each(deps.runtime, "runtime"),
         provides=each(deps.provides, "provides"),
         replaces=each(deps.replaces, "replaces"),
-        provider_priority=text(deps.provider_priority, where("dependencies.provider-priority")),
-        replaces_priority=text(deps.replaces_priority, where("dependencies.replaces-priority")),
+        provider_priority=one(deps.provider_priority, "dependencies.provider-priority"),
+        replaces_priority=one(deps.replaces_priority, "dependencies.replaces-priority"),
     )
 
 
@@ -574,11 +577,11 @@ def _map_subpackage(sp: Subpackage, sub: _Subst) -> Subpackage:
     text = sub.text
     return dataclasses.replace(
         sp,
-        description=text(sp.description, sp.where("description")),
-        url=text(sp.url, sp.where("url")),
+        description=_apply(text, sp.description, sp, "description"),
+        url=_apply(text, sp.url, sp, "url"),
         dependencies=_map_dependencies(sp.dependencies, sp.where, text),
         pipeline=_map_steps(sp.pipeline, sub),
-        if_=sub.sp_cond(sp.if_, sp.where("if")),
+        if_=sub.sp_cond(sp.if_, sp.where("if")) if sp.if_ else "",
         test=_map_test(sp.test, sub),
     )
 
@@ -638,9 +641,11 @@ def _check_steps(steps: tuple[Step, ...]) -> None:
         _check_steps(step.pipeline)
 
 
-def _check_priority(value: str, where: Location) -> None:
+def _check_priority(value: str, owner: Package | Subpackage, key: str) -> None:
     if value and not re.fullmatch(r"[+-]?\d+", value):
-        raise RecipeFieldError(f"priority must be an integer, got {value!r}", location=where)
+        raise RecipeFieldError(
+            f"priority must be an integer, got {value!r}", location=owner.where(key)
+        )
 
 
 class _ConfigLoader:
@@ -807,6 +812,8 @@ class _ConfigLoader:
 
     @staticmethod
     def _named(sp: Subpackage, main: Mapping[str, str]) -> Subpackage:
+        if "${{" not in sp.name:
+            return sp
         where = sp.where("name")
         return dataclasses.replace(
             sp, name=substitute(sp.name, main, location=where, passthrough=_LEAVE_INPUTS)
@@ -823,27 +830,27 @@ class _ConfigLoader:
         for key in ("provider-priority", "replaces-priority"):
             _check_priority(
                 getattr(package.dependencies, key.replace("-", "_")),
-                package.where(f"dependencies.{key}"),
+                package,
+                f"dependencies.{key}",
             )
         _check_steps(config.pipeline)
         seen: dict[str, int] = {package.name: -1}
         for index, sp in enumerate(config.subpackages):
-            where = sp.where("name")
             if sp.name in seen:
                 other = seen[sp.name]
                 what = "the main package" if other < 0 else f"subpackage #{other}"
                 raise RecipeFieldError(
-                    f"subpackage name {sp.name!r} is already used by {what}", location=where
+                    f"subpackage name {sp.name!r} is already used by {what}",
+                    location=sp.where("name"),
                 )
             seen[sp.name] = index
             if not _NAME_RE.fullmatch(sp.name):
                 raise RecipeFieldError(
                     f"subpackage name {sp.name!r} must match {_NAME_RE.pattern!r}",
-                    location=where,
+                    location=sp.where("name"),
                 )
             for key in ("provider-priority", "replaces-priority"):
                 _check_priority(
-                    getattr(sp.dependencies, key.replace("-", "_")),
-                    sp.where(f"dependencies.{key}"),
+                    getattr(sp.dependencies, key.replace("-", "_")), sp, f"dependencies.{key}"
                 )
             _check_steps(sp.pipeline)
