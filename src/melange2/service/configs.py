@@ -36,6 +36,7 @@ from melange2.recipe import (
     environment_packages,
     load_config,
 )
+from melange2.recipe._yaml import compose
 from melange2.scheduler.graph import PackageNode, node_from_config
 
 __all__ = [
@@ -81,7 +82,7 @@ def parse_config(
         compiled = compile_build(config, resolver, steps=False)
         tests = compile_tests(config, resolver, steps=False)
     except RecipeError as exc:
-        name = config.package.name if config is not None else ""
+        name = config.package.name if config is not None else _package_name(text)
         return ConfigProblem(index=index, config=label, package=name, error=f"{label}: {exc}")
     return ParsedConfig(
         text=text,
@@ -90,6 +91,19 @@ def parse_config(
         world=tuple(environment_packages(config, compiled)),
         test_needs=tuple(dict.fromkeys(p for t in tests for p in t.contents.packages)),
     )
+
+
+def _package_name(text: str) -> str:
+    """``package.name`` as written in a config that does not load, if it can be read."""
+    try:
+        _, root = compose(text, "<config>")
+        if root is None:
+            return ""
+        package = root.mapping().get("package")
+        name = package.mapping().get("name") if package is not None else None
+        return name.text() if name is not None else ""
+    except RecipeError:
+        return ""
 
 
 @contextlib.contextmanager
