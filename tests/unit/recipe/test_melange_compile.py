@@ -38,9 +38,11 @@ from typing import Any
 
 import pytest
 
+from melange2.errors import RecipeError
 from melange2.recipe import (
     BUILTIN_PIPELINE_DIR,
     DEFAULT_PATH,
+    MELANGE_PIPELINE_DIR,
     PipelineResolver,
     compile_build,
     compile_tests,
@@ -234,18 +236,28 @@ def _canonical(scripts: Sequence[str], work: Path) -> dict[str, str]:
     return dict(zip(unique, printed, strict=True))
 
 
-def _pipeline_dir(case: Path, work: Path) -> Path:
-    """melange takes one --pipeline-dir: ours (go/build/v2, git-checkout) under the case's."""
+def _pipeline_dir(case: Path, work: Path, *, ours: bool = True) -> Path:
+    """melange takes one --pipeline-dir: the case's over ours (go/build/v2, git-checkout);
+    with ``ours=False`` the case's alone (melange's own pipelines for the rest)."""
     merged = work / "pipelines"
-    shutil.copytree(BUILTIN_PIPELINE_DIR, merged, dirs_exist_ok=True)
+    merged.mkdir(parents=True, exist_ok=True)
+    if ours:
+        shutil.copytree(BUILTIN_PIPELINE_DIR, merged, dirs_exist_ok=True)
     if (case / "pipelines").is_dir():
         shutil.copytree(case / "pipelines", merged, dirs_exist_ok=True)
     return merged
 
 
-def _ours(config_path: Path, case: Path, arch: str, work: Path) -> tuple[Compiled, list[str]]:
+def _ours(
+    config_path: Path, case: Path, arch: str, work: Path, *, ours: bool = True
+) -> tuple[Compiled, list[str]]:
     config = load_config(config_path, arch=arch)
-    resolver = PipelineResolver([case / "pipelines"] if (case / "pipelines").is_dir() else [])
+    dirs = [case / "pipelines"] if (case / "pipelines").is_dir() else []
+    resolver = (
+        PipelineResolver(dirs)
+        if ours
+        else PipelineResolver([*dirs, MELANGE_PIPELINE_DIR], builtins=False)
+    )
     plan = compile_build(config, resolver)
     tests = compile_tests(config, resolver)
     scripts = [_script_body(s.script) for s in plan.steps]
@@ -321,3 +333,24 @@ def test_compiles_as_melange_does(case: Path, arch: str, tmp_path: Path) -> None
     else:
         assert not problems, "\n\n".join(problems)
     assert ours.build, "a case must compile to at least one step"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_with_melanges_own_pipelines_only(case: Path, tmp_path: Path) -> None:
+    """Without melange2's pipelines: melange's git-checkout compiled by both; a config
+    that needs what v0.34.0 lacks (go/build/v2, sparse-paths, ...) refused by both."""
+    (config_path,) = case.glob("*.yaml")
+    _melange()
+    if _refused_by_melange(config_path):
+        return  # beyond v0.34.0 whatever the pipelines: test_compiles_as_melange_does
+    try:
+        theirs_raw = _melange_compile(
+            config_path, "x86_64", _pipeline_dir(case, tmp_path, ours=False)
+        )
+    except MelangeRefused:
+        with pytest.raises(RecipeError):
+            _ours(config_path, case, "x86_64", tmp_path, ours=False)
+        return
+    ours, _ = _ours(config_path, case, "x86_64", tmp_path, ours=False)
+    problems = _compare(ours, _melange_side(theirs_raw))
+    assert not problems, "\n\n".join(problems)
