@@ -1,6 +1,7 @@
-"""The built-in pipelines: each loads, compiles with its documented inputs, parses as
-POSIX sh, and a few run for real under busybox in a directory standing in for
-/home/build."""
+"""The built-in pipelines: melange v0.34.0's 49, installed unchanged from the pinned
+module, and melange2's own (go/build/v2, the git-checkout extension). Each loads, compiles
+with its required inputs, parses as busybox sh; a few run for real in a directory standing
+in for /home/build; our git-checkout runs side by side with melange's."""
 
 from __future__ import annotations
 
