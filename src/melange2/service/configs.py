@@ -243,6 +243,11 @@ class PlanWorkers:
         self._running: list[_Worker] = []
         self._lock = asyncio.Lock()
 
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """The running workers' process ids."""
+        return tuple(w.process.pid for w in self._running)
+
     async def start(self) -> None:
         """Start the worker processes now (else the first large dry run does)."""
         if self.workers <= 1:
