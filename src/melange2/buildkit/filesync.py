@@ -153,8 +153,8 @@ class TreeReceiver:
         self.entries = 0
 
     async def run(self) -> None:
-        self.dest.mkdir(parents=True, exist_ok=True)
         try:
+            self.dest.mkdir(parents=True, exist_ok=True)
             await self._loop()
         except GrpcError as exc:
             with contextlib.suppress(GrpcError):
@@ -192,9 +192,10 @@ class TreeReceiver:
             elif packet.type == Packet.PACKET_DATA:
                 self._data(packet.ID, packet.data)
             elif packet.type == Packet.PACKET_FIN:
+                if not self._fin_sent:
+                    raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, "FIN before ours")
                 while await self.call.recv() is not None:
                     pass
-                self._finish_dirs()
                 return
             elif packet.type == Packet.PACKET_ERR:
                 raise GrpcError(
@@ -202,6 +203,9 @@ class TreeReceiver:
                     "error from sender: " + packet.data.decode("utf-8", "replace"),
                 )
             if self._stats_done and not self._pending and not self._fin_sent:
+                # the sender is done once it has our FIN (the daemon may end the stream
+                # right after), so the tree must be complete before it goes
+                self._finish_dirs()
                 self._fin_sent = True
                 await self._send(Packet(type=Packet.PACKET_FIN))
 
