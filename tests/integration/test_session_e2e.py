@@ -18,11 +18,11 @@ from melange2.buildkit import llb
 from melange2.buildkit.client import (
     BuildkitClient,
     Progress,
-    Session,
     SolveResult,
     local_export,
     push_image,
 )
+from melange2.buildkit.session import Session
 from melange2.errors import SolveCancelled, SolveFailed
 from melange2.farm.local import FarmEnv
 from melange2.oci.registry import RegistryClient
@@ -181,9 +181,7 @@ def test_local_export_equals_the_registry_path(farm: FarmEnv, tmp_path: Path) ->
     assert local["usr/lib/pkg/deep/a"][1:3] == (1234, 5678)
     assert local["usr/lib/pkg/libx.so"][1:] == (42, 43, 22, "/usr/lib/pkg/libx.so.1")
     assert local["usr/lib/pkg/dangling"][4] == "../nowhere"
-    assert local["<hard links>"] == (
-        ("usr/bin/c", "usr/lib/pkg/deep/a", "usr/lib/pkg/deep/er/b"),
-    )
+    assert local["<hard links>"] == (("usr/bin/c", "usr/lib/pkg/deep/a", "usr/lib/pkg/deep/er/b"),)
     assert local["usr/lib/pkg/biggish"][3] == 70000
 
 

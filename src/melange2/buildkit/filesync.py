@@ -41,7 +41,7 @@ from pathlib import Path
 import grpc
 
 from melange2.buildkit._proto.fsutil.types import stat_pb2, wire_pb2
-from melange2.buildkit.h2grpc import GrpcError, Handler, ServerCall
+from melange2.buildkit.h2grpc import GrpcError, Handler, MessageStream, ServerCall
 
 FILE_SEND = "/moby.filesync.v1.FileSend/DiffCopy"
 FILE_SYNC = "/moby.filesync.v1.FileSync/DiffCopy"
@@ -138,7 +138,7 @@ class TreeReceiver:
     """Receives one fsutil transfer into ``dest`` (created if missing; entries already
     there are replaced by those received)."""
 
-    def __init__(self, call: ServerCall, dest: Path) -> None:
+    def __init__(self, call: MessageStream, dest: Path) -> None:
         self.call = call
         self.dest = dest
         self.chown = os.geteuid() == 0
@@ -392,40 +392,41 @@ class FileSyncSource:
         for key in ("include-patterns", "exclude-patterns", "followpaths"):
             if call.info.metadata.get(key):
                 raise GrpcError(grpc.StatusCode.UNIMPLEMENTED, f"local source option {key}")
-        files: dict[int, Path] = {}
-        for index, entry in enumerate(_walk(root)):
-            if entry.stat.mode & GO_TYPE == 0:
-                files[index] = entry.full
-            await call.send(Packet(type=Packet.PACKET_STAT, stat=entry.stat).SerializeToString())
-        await call.send(Packet(type=Packet.PACKET_STAT).SerializeToString())
-        while True:
-            raw = await call.recv()
-            if raw is None:
-                raise GrpcError(grpc.StatusCode.DATA_LOSS, "transfer ended before FIN")
-            packet = Packet.FromString(raw)
-            if packet.type == Packet.PACKET_REQ:
-                full = files.pop(packet.ID, None)
-                if full is None:
-                    raise GrpcError(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"invalid file id {packet.ID}"
-                    )
-                await self._send_file(call, packet.ID, full)
-            elif packet.type == Packet.PACKET_FIN:
-                await call.send(Packet(type=Packet.PACKET_FIN).SerializeToString())
-                return
-            elif packet.type == Packet.PACKET_ERR:
-                raise GrpcError(
-                    grpc.StatusCode.ABORTED,
-                    "error from receiver: " + packet.data.decode("utf-8", "replace"),
-                )
-
-    @staticmethod
-    async def _send_file(call: ServerCall, file_id: int, full: Path) -> None:
-        for chunk in _chunks(full):
-            await call.send(
-                Packet(type=Packet.PACKET_DATA, ID=file_id, data=chunk).SerializeToString()
-            )
-        await call.send(Packet(type=Packet.PACKET_DATA, ID=file_id).SerializeToString())
+        await send_tree(call, root)
 
     def handlers(self) -> dict[str, Handler]:
         return {FILE_SYNC: self.diff_copy}
+
+
+async def send_tree(call: MessageStream, root: Path) -> None:
+    """Send ``root`` as fsutil's sender does (the other side of :class:`TreeReceiver`)."""
+    files: dict[int, Path] = {}
+    for index, entry in enumerate(_walk(root)):
+        if entry.stat.mode & GO_TYPE == 0:
+            files[index] = entry.full
+        await call.send(Packet(type=Packet.PACKET_STAT, stat=entry.stat).SerializeToString())
+    await call.send(Packet(type=Packet.PACKET_STAT).SerializeToString())
+    while True:
+        raw = await call.recv()
+        if raw is None:
+            raise GrpcError(grpc.StatusCode.DATA_LOSS, "transfer ended before FIN")
+        packet = Packet.FromString(raw)
+        if packet.type == Packet.PACKET_REQ:
+            full = files.pop(packet.ID, None)
+            if full is None:
+                raise GrpcError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid file id {packet.ID}")
+            await _send_file(call, packet.ID, full)
+        elif packet.type == Packet.PACKET_FIN:
+            await call.send(Packet(type=Packet.PACKET_FIN).SerializeToString())
+            return
+        elif packet.type == Packet.PACKET_ERR:
+            raise GrpcError(
+                grpc.StatusCode.ABORTED,
+                "error from receiver: " + packet.data.decode("utf-8", "replace"),
+            )
+
+
+async def _send_file(call: MessageStream, file_id: int, full: Path) -> None:
+    for chunk in _chunks(full):
+        await call.send(Packet(type=Packet.PACKET_DATA, ID=file_id, data=chunk).SerializeToString())
+    await call.send(Packet(type=Packet.PACKET_DATA, ID=file_id).SerializeToString())

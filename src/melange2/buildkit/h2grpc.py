@@ -19,7 +19,8 @@ Handlers work in bytes (the callers parse their protos), one coroutine per call,
 unary and streaming methods alike; :func:`unary` adapts a request-to-response function.
 Flow control gives backpressure: received data is acknowledged to the peer only when a
 handler has taken the message out (so a slow disk slows the sender instead of filling
-memory), and sending waits for the peer's window.
+memory; the rest of a message that is only partly in is always let in), and sending waits
+for the peer's window.
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ class ByteStream(Protocol):
 
     async def write(self, data: bytes) -> None:
         """Send ``data`` to the peer, in order."""
+        ...
+
+
+class MessageStream(Protocol):
+    """One call's messages as a handler sees them (:class:`ServerCall` is one)."""
+
+    async def recv(self) -> bytes | None:
+        """The peer's next message, or None when it has finished sending."""
+        ...
+
+    async def send(self, message: bytes) -> None:
+        """Send one message to the peer."""
         ...
 
 
@@ -128,7 +141,17 @@ class ServerCall:
     def _on_data(self, data: bytes, flow_controlled: int) -> None:
         self._buffer += data
         self._unacked += flow_controlled
+        if not self._has_message():
+            # the handler cannot go on without the rest of this message: let it come
+            # (a message may be larger than the window; memory is bounded by _MAX_MESSAGE)
+            self._conn.acknowledge_now(self._stream_id, self._unacked)
+            self._unacked = 0
         self._readable.set()
+
+    def _has_message(self) -> bool:
+        if len(self._buffer) < _HEADER:
+            return False
+        return len(self._buffer) >= _HEADER + int.from_bytes(self._buffer[1:_HEADER], "big")
 
     def _on_end(self) -> None:
         self._ended = True
@@ -232,12 +255,16 @@ class _Connection:
             for start in range(0, len(data), MAX_WRITE):
                 await self.stream.write(data[start : start + MAX_WRITE])
 
+    def acknowledge_now(self, stream_id: int, size: int) -> None:
+        """Give ``size`` bytes of window back (sent with the next flush)."""
+        if size > 0:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, KeyError):
+                self.h2.acknowledge_received_data(size, stream_id)
+
     async def acknowledge(self, stream_id: int, size: int) -> None:
-        if size <= 0:
-            return
-        with contextlib.suppress(h2.exceptions.StreamClosedError, KeyError):
-            self.h2.acknowledge_received_data(size, stream_id)
-        await self.flush()
+        if size > 0:
+            self.acknowledge_now(stream_id, size)
+            await self.flush()
 
     async def send_data(self, stream_id: int, data: bytes) -> None:
         view = memoryview(data)
