@@ -54,11 +54,9 @@ def cpu_seconds(pid: int | str = "self", *, children: bool = False) -> float:
 
 
 def trivial(nonce: str, payload_mb: int = 0) -> str:
-    payload = (
-        f"      head -c {payload_mb}M /dev/urandom > ${{{{targets.destdir}}}}/usr/share/doc/blob\n"
-        if payload_mb
-        else ""
-    )
+    dest = "${{targets.destdir}}/usr/share/doc"
+    size = payload_mb * 1024 * 1024
+    payload = f"      head -c {size} /dev/urandom > {dest}/blob\n" if payload_mb else ""
     return (
         "package:\n  name: trivial\n  version: 1.0.0\n  description: trivial\n"
         "environment:\n  contents:\n    packages:\n      - busybox\n"

@@ -306,3 +306,17 @@ def test_local_source_reaches_a_step(farm: FarmEnv, tmp_path: Path) -> None:
     assert (out / "ran").read_text() == "ran\n"
     expected = hashlib.sha256((src / "big").read_bytes()).hexdigest()
     assert (out / "big.sha256").read_text().strip() == expected
+
+
+def test_a_session_outlives_the_daemons_health_checks(farm: FarmEnv, tmp_path: Path) -> None:
+    """buildkitd checks the session's health every 5 s and drops it after two failures:
+    an export after 12 s of work only arrives if our health service answered."""
+    step = llb.run(
+        llb.image(farm.base_image, platform=X86),
+        ["/bin/sh", "-c", "sleep 12; echo late > /out/late"],
+        mounts=[llb.Mount(dest="/out")],
+        name="outlast the health checks",
+        ignore_cache=True,
+    )
+    asyncio.run(_solve(farm, step.output("/out"), tmp_path))
+    assert (tmp_path / "late").read_text() == "late\n"

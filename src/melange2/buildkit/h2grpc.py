@@ -127,6 +127,7 @@ class ServerCall:
         self._conn = conn
         self._stream_id = stream_id
         self._buffer = bytearray()
+        self._pos = 0  # where the next message starts in _buffer
         self._unacked = 0
         self._ended = False
         self._reset = False
@@ -149,9 +150,10 @@ class ServerCall:
         self._readable.set()
 
     def _has_message(self) -> bool:
-        if len(self._buffer) < _HEADER:
+        pos, have = self._pos, len(self._buffer) - self._pos
+        if have < _HEADER:
             return False
-        return len(self._buffer) >= _HEADER + int.from_bytes(self._buffer[1:_HEADER], "big")
+        return have >= _HEADER + int.from_bytes(self._buffer[pos + 1 : pos + _HEADER], "big")
 
     def _on_end(self) -> None:
         self._ended = True
@@ -174,24 +176,28 @@ class ServerCall:
             if self._ended:
                 if self._reset:
                     raise GrpcError(grpc.StatusCode.CANCELLED, "stream reset by the peer")
-                if self._buffer:
+                if len(self._buffer) > self._pos:
                     raise GrpcError(grpc.StatusCode.INTERNAL, "truncated message at end of stream")
                 return None
             self._readable.clear()
             await self._readable.wait()
 
     def _take(self) -> bytes | None:
-        if len(self._buffer) < _HEADER:
+        pos, have = self._pos, len(self._buffer) - self._pos
+        if have < _HEADER:
             return None
-        if self._buffer[0] != 0:
+        if self._buffer[pos] != 0:
             raise GrpcError(grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not accepted")
-        length = int.from_bytes(self._buffer[1:_HEADER], "big")
+        length = int.from_bytes(self._buffer[pos + 1 : pos + _HEADER], "big")
         if length > _MAX_MESSAGE:
             raise GrpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"message of {length} bytes")
-        if len(self._buffer) < _HEADER + length:
+        if have < _HEADER + length:
             return None
-        message = bytes(self._buffer[_HEADER : _HEADER + length])
-        del self._buffer[: _HEADER + length]
+        message = bytes(self._buffer[pos + _HEADER : pos + _HEADER + length])
+        self._pos = pos + _HEADER + length
+        if self._pos * 2 >= len(self._buffer):  # compact: amortised, not per message
+            del self._buffer[: self._pos]
+            self._pos = 0
         return message
 
     async def send(self, message: bytes) -> None:
