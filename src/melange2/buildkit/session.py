@@ -102,7 +102,7 @@ class Session:
     Local exporters (``local_export(dest)``) bring their own target directory.
     """
 
-    secrets: Mapping[str, bytes] = field(default_factory=dict)
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     local_dirs: Mapping[str, Path] = field(default_factory=dict)
     name: str = "melange2"
     shared_key: str = ""
@@ -197,8 +197,11 @@ class SessionRunner:
         return self
 
     async def _serve(self, call: grpc.aio.StreamStreamCall) -> None:
-        with map_grpc_errors(self.addr):
-            await self.server.serve(_SessionStream(call))
+        try:
+            with map_grpc_errors(self.addr):
+                await self.server.serve(_SessionStream(call))
+        finally:  # however serving ends, the daemon learns at once that the session is gone
+            call.cancel()
 
     async def __aexit__(
         self,
