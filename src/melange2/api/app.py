@@ -114,12 +114,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
                             arch=stored.arch,
                             labels=stored.labels,
                             max_jobs=stored.max_jobs,
+                            tls=stored.tls,
                         ),
                         dynamic=True,
                     )
             async with RegistryClient(settings.registry) as registry:
                 builder = Builder(registry, settings.data_dir / "cache")
-                runner = BuildkitRunner(settings, builder, signer, storage, hub)
+                runner = BuildkitRunner(
+                    settings, builder, signer, storage, hub, daemon_tls=pool.tls_for
+                )
                 scheduler = Scheduler(
                     store,
                     pool,
