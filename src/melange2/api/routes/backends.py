@@ -60,7 +60,10 @@ def _tls(request: AddBackendRequest) -> ClientTLS | None:
             server_name=request.tls.serverName,
         )
     except TLSMaterialError as exc:
-        raise RequestError(f"tls.{exc.field}: {exc.problem} (backend {request.addr})") from exc
+        hint = "; give the PEM text itself, not a path" if "not PEM" in exc.problem else ""
+        raise RequestError(
+            f"tls.{exc.field}: {exc.problem}{hint} (backend {request.addr})"
+        ) from exc
 
 
 @router.post("/backends", status_code=201, response_model=PoolBackendOut, responses=_ERRORS)
