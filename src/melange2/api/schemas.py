@@ -274,7 +274,7 @@ class BackendTLS(_Strict):
     ``--tlskey`` and ``--tlsservername`` name them, but given as PEM text: the API takes
     certificate contents, never paths on the server. Never shown back."""
 
-    #: PEM of the CA the daemon's certificate must chain to (absent: system roots)
+    #: PEM of the CA the daemon's certificate must chain to (absent: gRPC's default roots)
     caCert: str | None = Field(default=None, max_length=_PEM_MAX)
     #: PEM of the client certificate the daemon requires
     cert: str | None = Field(default=None, max_length=_PEM_MAX)

@@ -83,14 +83,6 @@ class ClientTLS:
             return []
         return [("grpc.ssl_target_name_override", self.server_name)]
 
-    def describe(self) -> str:
-        """What is configured, without any material: for logs and listings."""
-        parts = ["CA " + ("given" if self.ca_cert else "system roots")]
-        parts.append("client certificate" if self.cert else "no client certificate")
-        if self.server_name:
-            parts.append(f"server name {self.server_name}")
-        return ", ".join(parts)
-
 
 def _read(path: Path | None, name: TLSField) -> bytes | None:
     if path is None:

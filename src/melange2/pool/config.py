@@ -7,7 +7,7 @@ server's filesystem, read and checked at start-up)::
       - addr: tcp://buildkit-x86:1234
         arch: x86_64
         tls:
-          caCert: /etc/melange/buildkit/ca.pem      # --tlscacert (absent: system roots)
+          caCert: /etc/melange/buildkit/ca.pem      # --tlscacert (absent: gRPC's default roots)
           cert: /etc/melange/buildkit/client.pem    # --tlscert
           key: /etc/melange/buildkit/client-key.pem # --tlskey
           serverName: buildkit-x86                  # --tlsservername (absent: addr's host)

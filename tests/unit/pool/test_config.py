@@ -68,7 +68,7 @@ def test_relative_paths_are_from_the_yaml_files_directory(tmp_path: Path, certs:
     assert tls is not None and tls.key == certs.client_key.read_bytes()
 
 
-def test_an_empty_tls_mapping_is_tls_with_the_system_roots(tmp_path: Path) -> None:
+def test_an_empty_tls_mapping_is_tls_with_grpcs_default_roots(tmp_path: Path) -> None:
     config = load_pool_config(
         write(tmp_path, "backends:\n  - addr: tcp://b:1\n    arch: x86_64\n    tls: {}\n")
     )
