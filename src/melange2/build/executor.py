@@ -33,6 +33,7 @@ from melange2.build.sources import push_sources
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
 from melange2.buildkit.client import BuildkitClient, SolveResult, push_image
+from melange2.buildkit.tls import ClientTLS
 from melange2.errors import ConfigError
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
@@ -82,6 +83,8 @@ class BuildOptions:
     cache_mode: str = "min"
     #: trace every command of every step in the log (``set -x``, as melange's --debug)
     debug: bool = False
+    #: reach the daemon over TLS (--tlscacert, --tlscert, --tlskey, --tlsservername)
+    buildkit_tls: ClientTLS | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,7 +368,7 @@ class Builder:
         self, planned: PlannedBuild, tag: str, tracker: ProgressTracker
     ) -> SolveResult:
         opts = planned.opts
-        async with BuildkitClient(opts.buildkit_addr) as bk:
+        async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
             return await bk.solve(
                 planned.definition,
                 exporters=[push_image(f"{self.registry.host}/{OUT_REPO}:{tag}")],
@@ -416,6 +419,6 @@ class Builder:
                     name=f"test {plan.package}: {step.name}",
                     ignore_cache=True,
                 ).root
-            async with BuildkitClient(opts.buildkit_addr) as bk:
+            async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
                 await bk.solve(llb.marshal(root), on_progress=ProgressTracker(sinks=sinks))
         return len(plans)

@@ -18,6 +18,7 @@ from melange2.build.executor import Builder, BuildOptions, BuildResult, prepare
 from melange2.build.progress import LiveSink, LogFileSink, PlainSink, StepSink, open_log
 from melange2.buildkit.client import StepFailed
 from melange2.cli.context import CliContext, pass_cli
+from melange2.cli.tls import tls_from_flags, tls_options
 from melange2.errors import ConfigError
 from melange2.oci.registry import RegistryClient
 
@@ -146,7 +147,7 @@ def build_options(f: Any) -> Any:
     ]
     for option in reversed(options):
         f = option(f)
-    return f
+    return tls_options()(f)
 
 
 def _options(kw: dict[str, Any], *, with_test: bool) -> BuildOptions:
@@ -155,6 +156,7 @@ def _options(kw: dict[str, Any], *, with_test: bool) -> BuildOptions:
         config=config,
         arch=kw["arch"],
         buildkit_addr=kw["buildkit_addr"],
+        buildkit_tls=tls_from_flags(kw),
         registry=kw["registry"],
         out_dir=kw["out_dir"],
         cache_dir=kw["cache_dir"].expanduser(),
