@@ -21,7 +21,14 @@ from tests.differential.cases import Case, discover, needs_order
 from tests.differential.oracle import Inputs, Outcome, file_digest, run_melange, run_ours, stage
 
 MELANGE = TOOLS / "bin" / "melange"
-CACHE = Path(os.environ.get("MELANGE2_DIFFERENTIAL_CACHE", ROOT / ".cache" / "differential"))
+#: outside any git repository (melange records the commit of the repository holding a
+#: config, and a cached output must not depend on where HEAD is)
+CACHE = Path(
+    os.environ.get(
+        "MELANGE2_DIFFERENTIAL_CACHE",
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "melange2-differential",
+    )
+)
 #: the SOURCE_DATE_EPOCH of every local build of the suite
 SDE = 1700000000
 
@@ -110,7 +117,9 @@ class Builds:
                 sde=sde,
                 needs=needs,
                 out_dir=self.work / "ours" / f"{case.name}-{sde}",
-                buildkit_addr=self.farm.buildkit_addrs[len(self.done) % len(self.farm.buildkit_addrs)],
+                buildkit_addr=self.farm.buildkit_addrs[
+                    len(self.done) % len(self.farm.buildkit_addrs)
+                ],
                 registry=self.farm.registry,
                 cache_dir=self.work / "cache",
             )

@@ -176,9 +176,7 @@ def run_melange(case: Case, inputs: Inputs, *, sde: int, needs: list[Outcome]) -
             text=True,
             timeout=MELANGE_TIMEOUT,
         )
-        (work / "melange.log").write_text(
-            "$ " + " ".join(argv) + "\n" + proc.stdout + proc.stderr
-        )
+        (work / "melange.log").write_text("$ " + " ".join(argv) + "\n" + proc.stdout + proc.stderr)
         out.mkdir(exist_ok=True)
         (work / "result.json").write_text(json.dumps({"returncode": proc.returncode}))
         shutil.rmtree(work / "cache", ignore_errors=True)
@@ -227,7 +225,12 @@ def run_ours(
     if case.pipeline_dir is not None:
         argv += ["--pipeline-dir", str(case.pipeline_dir)]
     for need in needs:
-        argv += ["--repository-append", str(need.out_dir), "--keyring-append", str(inputs.signing_pub)]
+        argv += [
+            "--repository-append",
+            str(need.out_dir),
+            "--keyring-append",
+            str(inputs.signing_pub),
+        ]
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(sde)}
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=MELANGE_TIMEOUT)
     return Outcome(

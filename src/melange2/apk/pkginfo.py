@@ -111,7 +111,8 @@ class PackageInfo:
     #: ``commit``: the recipe repository commit
     commit: str = ""
     maintainer: str = ""
-    #: the license expression (APKINDEX ``L:``); see :attr:`licenses` for the lines
+    #: the license for APKINDEX ``L:`` (the first ``license`` line, as apko's index
+    #: writer takes it); see :attr:`licenses` for all the lines
     license: str = ""
     #: one ``license =`` line each, as melange writes one per copyright entry; when
     #: empty, ``license`` is the single line
@@ -270,7 +271,8 @@ def _parse_fields(data: bytes | str) -> dict[str, Any]:
             pkgver = value
         elif key == "license":
             licenses.append(value)
-            values["license"] = value  # apk-tools keeps the last one
+            # the index takes the first (apko's parser, melange's index writer)
+            values.setdefault("license", value)
         elif key in _SCALARS:
             values[_SCALARS[key]] = value
         elif key in _INTEGERS:

@@ -23,7 +23,7 @@ What is compared:
 
 Each :class:`Difference` names the package, *where* (``.PKGINFO depend``, ``data
 usr/bin/hello mode``, ``sbom $.packages[1].name``) and both values. A :class:`Noise`
-entry excuses differences whose *where* matches its pattern (``fnmatch``), with the
+entry excuses differences whose *where* matches its pattern (``*`` wildcards), with the
 reason it is not a difference a user could see.
 
 The reader here is deliberately independent of :mod:`melange2.apk.reader` (plain
@@ -32,10 +32,10 @@ The reader here is deliberately independent of :mod:`melange2.apk.reader` (plain
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import io
 import json
+import re
 import stat
 import tarfile
 import zlib
@@ -86,7 +86,8 @@ class Difference:
 class Noise:
     """A difference allowed because it is build-time noise, with the reason."""
 
-    #: ``fnmatch`` pattern over :attr:`Difference.where`
+    #: pattern over :attr:`Difference.where`: ``*`` matches anything, every other
+    #: character itself (so ``$.packages[2]`` needs no escaping)
     where: str
     reason: str
     #: only for these packages (file names or package names); empty: every package
@@ -95,7 +96,8 @@ class Noise:
     def excuses(self, difference: Difference) -> bool:
         if self.packages and difference.package not in self.packages:
             return False
-        return fnmatch.fnmatchcase(difference.where, self.where)
+        pattern = ".*".join(re.escape(part) for part in self.where.split("*"))
+        return re.fullmatch(pattern, difference.where, flags=re.DOTALL) is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -390,7 +392,9 @@ def compare_trees(
                 )
         if a.sha256 != b.sha256:
             if sbom and a.content is not None and b.content is not None:
-                found += _document_differences(package, f"sbom {path}", a.content, b.content, "json")
+                found += _document_differences(
+                    package, f"sbom {path}", a.content, b.content, "json"
+                )
             else:
                 found.append(
                     Difference(
@@ -403,7 +407,10 @@ def compare_trees(
         elif a.size != b.size:
             found.append(
                 Difference(
-                    package=package, where=f"data {path} size", melange=str(a.size), ours=str(b.size)
+                    package=package,
+                    where=f"data {path} size",
+                    melange=str(a.size),
+                    ours=str(b.size),
                 )
             )
     return found

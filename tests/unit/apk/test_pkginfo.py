@@ -79,15 +79,15 @@ def test_one_license_line_per_copyright_entry_and_vendored_comments() -> None:
         name="a",
         version="1",
         arch="noarch",
-        license="MIT AND Apache-2.0",
+        license="MIT",
         licenses=("MIT", "Apache-2.0"),
         vendored=("so:libz.so.1",),
     )
     text = info.render().decode()
     assert "license = MIT\nlicense = Apache-2.0\n# vendored = so:libz.so.1\n" in text
     parsed = parse_pkginfo(text)
-    # apk-tools keeps the last license line
-    assert parsed.licenses == ("MIT", "Apache-2.0") and parsed.license == "Apache-2.0"
+    # the index takes the first license line (apko's parser)
+    assert parsed.licenses == ("MIT", "Apache-2.0") and parsed.license == "MIT"
     assert parsed.vendored == ("so:libz.so.1",)
     assert info.filename == "a-1-r0.apk"
 
@@ -99,7 +99,7 @@ def test_parse_like_apk_tools() -> None:
         "pkgver = 1.0_rc1-r12\n"
         "arch = x86_64\n"
         "license = GPL-2.0\n"
-        "license = MIT\n"  # last one wins, as in apk-tools
+        "license = MIT\n"  # the first one is the license (apko, melange's index writer)
         "nonsense line without separator\n"
         "pkgdesc = has = inside\n"
         "depend = a\n"
@@ -113,7 +113,7 @@ def test_parse_like_apk_tools() -> None:
         12,
         "1.0_rc1-r12",
     )
-    assert info.license == "MIT"
+    assert info.license == "GPL-2.0" and info.licenses == ("GPL-2.0", "MIT")
     assert info.description == "has = inside"
     assert info.depends == ("a", "b>=2")
     assert info.installed_size == 12
