@@ -13,7 +13,7 @@ import pytest
 
 from tests.differential.cases import Case, discover
 from tests.differential.conftest import Builds
-from tests.differential.judge import assert_same
+from tests.differential.judge import NEEDS_NOISE, NOISE, assert_same
 
 pytestmark = [pytest.mark.differential, pytest.mark.e2e]
 
@@ -24,4 +24,4 @@ CASES = discover()
 def test_melange2_builds_what_melange_builds(case: Case, builds: Builds) -> None:
     melange = builds.melange(case)
     ours = builds.ours(case)
-    assert_same(case, melange, ours)
+    assert_same(case, melange, ours, noise=NOISE + (NEEDS_NOISE if case.needs else ()))

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ruamel.yaml import YAML
+
 import melange2
 from melange2.apk.pkginfo import PackageInfo
 from melange2.apk.signing import Signer
@@ -29,6 +31,7 @@ from melange2.apk.writer import write_apk
 from melange2.build.emit import META_DIR, detect_git_commit, package_extras
 from melange2.build.environment_resolve import EnvironmentBuilder, EnvironmentRequest
 from melange2.build.inputs import input_digest
+from melange2.build.melange_yaml import BuildFacts, render_melange_yaml
 from melange2.build.outputs import unpack_image
 from melange2.build.progress import ProgressTracker, StepSink
 from melange2.build.sbom import SbomContext
@@ -124,6 +127,8 @@ class PlannedBuild:
     #: the environment image's key (:func:`~melange2.build.environment.environment_key`);
     #: "" when the build runs on a ``--base-image``
     environment_key: str = ""
+    #: the environment's packages, ``name=version`` (melange's locked configuration)
+    locked: tuple[str, ...] = ()
 
 
 def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
@@ -306,12 +311,26 @@ def write_packages(
     opts: BuildOptions,
     signer: Signer | None,
     owners: Mapping[str, tuple[int, int]] | None = None,
+    locked: Sequence[str] = (),
 ) -> tuple[list[BuiltPackage], Path]:
     """One APK per package dir of the melange-out ``tree``; then the index."""
     arch_dir = opts.out_dir / opts.arch
     arch_dir.mkdir(parents=True, exist_ok=True)
     config = as_built(config)
     commit = config_commit(opts)
+    dirs = [*opts.pipeline_dirs, opts.config.parent / "pipelines"]
+    melange_yaml = render_melange_yaml(
+        config,
+        YAML(typ="safe", pure=True).load(opts.config.read_text()) or {},
+        BuildFacts(
+            arch=opts.arch,
+            commit=commit,
+            repositories=[str(r) for r in opts.repositories],
+            keyring=list(opts.keyrings),
+            locked=locked,
+        ),
+        PipelineResolver([d for d in dirs if d.is_dir()]),
+    )
     extras = package_extras(
         config,
         tree,
@@ -326,6 +345,7 @@ def write_packages(
             tool_version=f"v{melange2.__version__}",
         ),
         owners=owners,
+        melange_yaml=melange_yaml,
     )
     built = []
     infos = package_infos(config, opts.arch, namespace=opts.namespace, commit=commit)
@@ -375,13 +395,27 @@ class Builder:
         untrusted: Sequence[str] = (),
     ) -> tuple[str, str]:
         """The environment image and its key ("" for a ``--base-image``)."""
+        image, key, _ = await self.locked_environment(
+            opts, packages, repositories, keyring, untrusted
+        )
+        return image, key
+
+    async def locked_environment(
+        self,
+        opts: BuildOptions,
+        packages: Sequence[str],
+        repositories: Sequence[str | Repository],
+        keyring: Sequence[str],
+        untrusted: Sequence[str] = (),
+    ) -> tuple[str, str, tuple[str, ...]]:
+        """The environment image, its key and its packages (``name=version``)."""
         if not packages:
             if opts.base_image is None:
                 raise ConfigError(
                     f"{opts.config}: environment.contents.packages is empty and no --base-image "
                     "was given: nothing to build in"
                 )
-            return opts.base_image, ""
+            return opts.base_image, "", ()
         prepared = await self.environments.prepare(
             EnvironmentRequest(
                 arch=opts.arch,
@@ -391,7 +425,10 @@ class Builder:
                 untrusted_repositories=untrusted,
             )
         )
-        return str(prepared.image), prepared.key
+        locked = tuple(
+            sorted(f"{p.record.name}={p.record.version}" for p in prepared.resolution.packages)
+        )
+        return str(prepared.image), prepared.key, locked
 
     async def plan(self, opts: BuildOptions) -> PlannedBuild:
         """Everything before the solve: parse and compile, compose the environment, push
@@ -401,7 +438,7 @@ class Builder:
             await asyncio.to_thread(self._signer, opts.signing_key) if opts.signing_key else None
         )
         contents = config.environment.contents
-        env_image, env_key = await self.environment(
+        env_image, env_key, locked = await self.locked_environment(
             opts,
             environment_packages(config, plan),
             contents.repositories,
@@ -436,6 +473,7 @@ class Builder:
             definition=definition,
             input_digest=digest,
             environment_key=env_key,
+            locked=locked,
         )
 
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:
@@ -461,7 +499,7 @@ class Builder:
                 owners = await unpack_image(self.registry, OUT_REPO, digest, tree)
             with timer.phase("package"):
                 built, index = await asyncio.to_thread(
-                    write_packages, config, tree, opts, signer, owners
+                    write_packages, config, tree, opts, signer, owners, planned.locked
                 )
         if opts.with_test:
             with timer.phase("test"):
