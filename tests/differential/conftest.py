@@ -16,7 +16,7 @@ import pytest
 from melange2.apk.signing import generate_key
 from melange2.farm.bootstrap import build_bootstrap_repo
 from melange2.farm.local import FarmEnv
-from tests.conftest import ROOT, TOOLS, require_real_parts
+from tests.conftest import TOOLS, require_real_parts
 from tests.differential.cases import Case, discover, needs_order
 from tests.differential.oracle import Inputs, Outcome, file_digest, run_melange, run_ours, stage
 

@@ -83,6 +83,26 @@ SERVER_NOISE: tuple[Noise, ...] = (
 )
 
 
+_SCA_PENDING = (
+    "SCA (cmd:/so:/pc: provides and depends) is item 3 of issue 13, another helper's: "
+    "melange adds cmd:<name>=<version> for executables in bin directories"
+)
+
+#: Differences known and not fixed yet, by case: each must still occur (a fixed one
+#: fails the test until its entry is removed here), and nothing else may differ.
+PENDING: dict[str, tuple[Noise, ...]] = {
+    case: (
+        Noise(where=".PKGINFO provides", reason=_SCA_PENDING),
+        Noise(
+            where=".PKGINFO key order", reason=_SCA_PENDING + " (provides comes before datahash)"
+        ),
+        Noise(where="APKINDEX p:", reason=_SCA_PENDING),
+        Noise(where="APKINDEX field order", reason=_SCA_PENDING + " (p: is then written)"),
+    )
+    for case in ("hello", "greet-app")
+}
+
+
 def check_outcomes(case: Case, melange: Outcome, ours: Outcome) -> None:
     """Both succeeded (or, for ``expect=failure``, both failed and ours wrote nothing)."""
     if case.expect_failure:
@@ -143,6 +163,15 @@ def assert_same(
     if case.expect_failure:
         return
     found = differences(case, melange, ours, noise=noise)
+    pending = PENDING.get(case.name, ())
+    gone = [p for p in pending if not any(p.excuses(d) for d in found)]
+    found = [d for d in found if not any(p.excuses(d) for p in pending)]
+    if gone:
+        pytest.fail(
+            f"{case.name}: pending difference(s) no longer occur, remove them from "
+            f"judge.PENDING: {[p.where for p in gone]}",
+            pytrace=False,
+        )
     if found:
         pytest.fail(
             f"{case.name}: {len(found)} difference(s) between melange's packages and "

@@ -103,6 +103,7 @@ class ApkResult:
 @dataclass
 class _DataStats:
     installed_size: int = 0
+    keep_hardlinks: bool = False
     entries: int = 0
     hardlinks: dict[tuple[int, int], str] = field(default_factory=dict)
 
@@ -122,6 +123,7 @@ def write_apk(
     gid_map: Mapping[int, int] | None = None,
     user_names: Mapping[int, str] = ROOT_NAMES,
     group_names: Mapping[int, str] = ROOT_NAMES,
+    keep_hardlinks: bool = False,
     compresslevel: int = 9,
 ) -> ApkResult:
     """Package the tree under ``rootdir`` as an APK v2 written to ``out``.
@@ -136,6 +138,9 @@ def write_apk(
     ``user_names``/``group_names`` (melange takes them from the build environment's
     ``/etc/passwd`` and ``/etc/group``); an id without a name gets none.
     ``control_files`` are extra control-stream files (``.melange.yaml``), mode 0644.
+    Hard-linked files are written whole at each path, as melange v0.34.0 writes them
+    (its in-memory filesystem hides link counts); ``keep_hardlinks`` writes tar hard
+    links instead.
     With ``signer`` ``None`` the package is unsigned (``apk add --allow-untrusted``
     territory).
 
@@ -169,7 +174,7 @@ def write_apk(
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
         datahash = hashlib.sha256()
         member = GzipMemberWriter(tee(spool.write, datahash.update), level=compresslevel)
-        stats = _DataStats(installed_size=rootdir.lstat().st_size)
+        stats = _DataStats(installed_size=rootdir.lstat().st_size, keep_hardlinks=keep_hardlinks)
         for rel, path, st in _walk(rootdir):
             owner = _owner(rel, st, owners or {}, preserve_owners, names)
             _write_entry(member, rel, path, st, owner, source_date_epoch, stats, names)
@@ -288,7 +293,7 @@ def _write_entry(
         member.write(tar_header(info))
     elif stat.S_ISREG(st.st_mode):
         inode = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and inode in stats.hardlinks:
+        if stats.keep_hardlinks and st.st_nlink > 1 and inode in stats.hardlinks:
             info.type = tarfile.LNKTYPE
             info.linkname = stats.hardlinks[inode]
             member.write(tar_header(info))

@@ -31,7 +31,7 @@ from melange2.apk.writer import write_apk
 from melange2.build.emit import META_DIR, detect_git_commit, package_extras
 from melange2.build.environment_resolve import EnvironmentBuilder, EnvironmentRequest
 from melange2.build.inputs import input_digest
-from melange2.build.melange_yaml import BuildFacts, render_melange_yaml
+from melange2.build.melange_yaml import BuildFacts, render_melange_yaml, step_inputs
 from melange2.build.outputs import unpack_image
 from melange2.build.progress import ProgressTracker, StepSink
 from melange2.build.sbom import SbomContext
@@ -42,7 +42,7 @@ from melange2.buildkit.client import BuildkitClient, SolveResult, push_image
 from melange2.errors import ConfigError
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
-from melange2.recipe import Config, Scriptlets, load_config
+from melange2.recipe import Config, Scriptlets, load_config, substitution_map
 from melange2.recipe.compile import (
     BuildPlan,
     ExecStep,
@@ -319,6 +319,8 @@ def write_packages(
     config = as_built(config)
     commit = config_commit(opts)
     dirs = [*opts.pipeline_dirs, opts.config.parent / "pipelines"]
+    resolver = PipelineResolver([d for d in dirs if d.is_dir()])
+    mapping = substitution_map(config)
     melange_yaml = render_melange_yaml(
         config,
         YAML(typ="safe", pure=True).load(opts.config.read_text()) or {},
@@ -329,7 +331,7 @@ def write_packages(
             keyring=list(opts.keyrings),
             locked=locked,
         ),
-        PipelineResolver([d for d in dirs if d.is_dir()]),
+        resolver,
     )
     extras = package_extras(
         config,
@@ -346,6 +348,7 @@ def write_packages(
         ),
         owners=owners,
         melange_yaml=melange_yaml,
+        inputs_of=lambda step: step_inputs(step, mapping, resolver),
     )
     built = []
     infos = package_infos(config, opts.arch, namespace=opts.namespace, commit=commit)

@@ -41,7 +41,20 @@ from melange2.recipe.subst import (
     with_inputs,
 )
 
-__all__ = ["BuildFacts", "render_melange_yaml"]
+__all__ = ["BuildFacts", "render_melange_yaml", "step_inputs"]
+
+
+def step_inputs(
+    step: Step, mapping: Mapping[str, str], resolver: PipelineResolver
+) -> dict[str, str]:
+    """A ``uses:`` step's inputs: its ``with:`` over the pipeline's defaults, substituted."""
+    if not step.uses:
+        return dict(step.with_)
+    definition = resolver.resolve(step.uses, location=step.where("uses"))
+    given = {**{k: v.default for k, v in definition.inputs.items()}, **step.with_}
+    scope = with_inputs(mapping, given)
+    return {k: scope.get(f"inputs.{k}", "") for k in given}
+
 
 _DEFAULT_ENV = {
     "HOME": "/home/build",
@@ -272,10 +285,12 @@ class _Compiler:
         _put(doc, "name", step.name)
         _put(doc, "uses", step.uses)
         if step.uses and top:
+            # melange keeps the inputs (given or defaulted) whose value, substituted,
+            # differs from the default as written
             cleaned = {
-                k: scope.get(f"inputs.{k}", v)
-                for k, v in step.with_.items()
-                if scope.get(f"inputs.{k}", v) != defaults.get(k, "")
+                k: scope.get(f"inputs.{k}", "")
+                for k in {**defaults, **step.with_}
+                if scope.get(f"inputs.{k}", "") != defaults.get(k, "")
             }
             _put(doc, "with", dict(sorted(cleaned.items())))
         _put(doc, "runs", _strip_comments(runs) if runs else "")
