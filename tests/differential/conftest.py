@@ -100,11 +100,13 @@ class Builds:
     def staged(self, case: Case) -> Case:
         return stage(case, self.inputs.root)
 
-    def melange(self, case: Case, *, sde: int = SDE) -> Outcome:
-        memo = (case.name, "melange", sde)
+    def melange(self, case: Case, *, sde: int = SDE, relative: bool = False) -> Outcome:
+        memo = (case.name, "melange-relative" if relative else "melange", sde)
         if memo not in self.done:
-            needs = [self.melange(self.cases[n], sde=sde) for n in case.needs]
-            self.done[memo] = run_melange(self.staged(case), self.inputs, sde=sde, needs=needs)
+            needs = [self.melange(self.cases[n], sde=sde, relative=relative) for n in case.needs]
+            self.done[memo] = run_melange(
+                self.staged(case), self.inputs, sde=sde, needs=needs, relative=relative
+            )
         return self.done[memo]
 
     def ours(self, case: Case, *, sde: int = SDE) -> Outcome:

@@ -104,8 +104,11 @@ def _source_dir(case: Case) -> Path:
     return case.source_dir or case.directory / ".no-sources"
 
 
-def oracle_key(case: Case, inputs: Inputs, *, sde: int, needs: list[Outcome]) -> str:
+def oracle_key(
+    case: Case, inputs: Inputs, *, sde: int, needs: list[Outcome], relative: bool = False
+) -> str:
     doc = {
+        "relative": relative,
         "inputs": inputs.fingerprint(),
         "case": case.name,
         "files": case.digest(),
@@ -116,9 +119,13 @@ def oracle_key(case: Case, inputs: Inputs, *, sde: int, needs: list[Outcome]) ->
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def run_melange(case: Case, inputs: Inputs, *, sde: int, needs: list[Outcome]) -> Outcome:
-    """melange's build of a staged ``case`` (from the cache when there)."""
-    key = oracle_key(case, inputs, sde=sde, needs=needs)
+def run_melange(
+    case: Case, inputs: Inputs, *, sde: int, needs: list[Outcome], relative: bool = False
+) -> Outcome:
+    """melange's build of a staged ``case`` (from the cache when there). With
+    ``relative`` the config is given by its file name from its directory, as a server
+    build records it (``<name>.yaml``)."""
+    key = oracle_key(case, inputs, sde=sde, needs=needs, relative=relative)
     done = inputs.root / "oracle" / key
     result = done / "result.json"
     if result.exists():
@@ -138,7 +145,7 @@ def run_melange(case: Case, inputs: Inputs, *, sde: int, needs: list[Outcome]) -
         argv = [
             str(inputs.melange),
             "build",
-            str(case.config),
+            case.config.name if relative else str(case.config),
             "--runner",
             "bubblewrap",
             "--arch",
@@ -170,7 +177,7 @@ def run_melange(case: Case, inputs: Inputs, *, sde: int, needs: list[Outcome]) -
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(sde)}
         proc = subprocess.run(
             argv,
-            cwd=work,
+            cwd=case.directory if relative else work,
             env=env,
             capture_output=True,
             text=True,
@@ -181,7 +188,7 @@ def run_melange(case: Case, inputs: Inputs, *, sde: int, needs: list[Outcome]) -
         (work / "result.json").write_text(json.dumps({"returncode": proc.returncode}))
         shutil.rmtree(work / "cache", ignore_errors=True)
         work.rename(done)
-    return run_melange(case, inputs, sde=sde, needs=needs)
+    return run_melange(case, inputs, sde=sde, needs=needs, relative=relative)
 
 
 def run_ours(

@@ -3,7 +3,7 @@
 ``APKINDEX`` is text, one record per package, records separated by a blank line.
 Each line is ``<letter>:<value>``; the letters and their order are those of the
 index writer melange v0.34.0 uses (apko's ``apkIndexTemplate``), empty fields left out
-except ``T:``::
+except ``T:`` and ``t:``::
 
     C:Q1<base64 SHA-1 of the package's control gzip stream>
     P:name            V:version-rN     A:arch
@@ -153,16 +153,15 @@ class IndexRecord:
             if value:
                 lines.append(f"{letter}:{value}")
         lines.append(f"T:{self.description}")
-        for letter, value in (
-            ("U", self.url),
-            ("L", self.license),
-            ("o", self.origin),
-            ("m", self.maintainer),
-            ("t", self.build_time),
-            ("c", self.commit),
-        ):
+        for letter, value in (("U", self.url), ("L", self.license), ("o", self.origin)):
             if value:
                 lines.append(f"{letter}:{value}")
+        if self.maintainer:
+            lines.append(f"m:{self.maintainer}")
+        # apko writes t: unless the time is Go's zero time: a build date of 0 is 1970
+        lines.append(f"t:{self.build_time}")
+        if self.commit:
+            lines.append(f"c:{self.commit}")
         for letter, items in (("D", self.depends), ("i", self.install_if), ("p", self.provides)):
             if items:
                 lines.append(f"{letter}:{' '.join(items)}")

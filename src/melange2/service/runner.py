@@ -242,6 +242,8 @@ class BuildkitRunner:
             debug=bool(build.spec.get("debug")),
             cache_ref=s.cache_registry,
             cache_mode=s.cache_mode,
+            # the SBOM names the config as submitted, not the server's work directory
+            config_name=f"{job.name}.yaml",
         )
 
     async def _attempt(
