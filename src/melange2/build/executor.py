@@ -323,7 +323,7 @@ def write_packages(
     mapping = substitution_map(config)
     melange_yaml = render_melange_yaml(
         config,
-        YAML(typ="safe", pure=True).load(opts.config.read_text()) or {},
+        YAML(typ="safe").load(opts.config.read_text()) or {},
         BuildFacts(
             arch=opts.arch,
             commit=commit,

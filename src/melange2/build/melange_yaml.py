@@ -22,14 +22,11 @@ comment lines dropped. Sections this project does not model (``update``,
 
 from __future__ import annotations
 
-import io
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from ruamel.yaml import YAML
-from ruamel.yaml.representer import RoundTripRepresenter
 
 from melange2.recipe.arch import parse_arch
 from melange2.recipe.compile import PipelineResolver
@@ -94,32 +91,95 @@ _NOT_PLAIN = re.compile(
 )
 
 
-def _represent_str(representer: RoundTripRepresenter, value: str) -> Any:
+_INDICATORS = set("-?:,[]{}#&*!|>'\"%@`")
+
+
+def _plain_allowed(value: str) -> bool:
+    """libyaml's analysis (yaml.v3 is its port) for a one-line plain scalar, in short."""
+    if not value or value != value.strip() or value[0] in _INDICATORS:
+        return (
+            value[:1] in ("-", "?", ":")
+            and len(value) > 1
+            and value[1] != " "
+            and (value == value.strip() and _plain_allowed("x" + value[1:]))
+        )
+    if ": " in value or " #" in value or value.endswith(":"):
+        return False
+    return all(ch.isprintable() and ch not in "\t" for ch in value)
+
+
+def _scalar(value: str, indent: int) -> str:
+    """A string as yaml.v3 writes it: literal blocks for several lines, double quotes
+    where plain would read as another type, else plain or single-quoted."""
     if "\n" in value:
-        style: str | None = "|"
-    elif value == "" or _NOT_PLAIN.match(value):
-        style = '"'
+        lines = value.split("\n")
+        body_lines = lines[:-1] if value.endswith("\n") else lines
+        block_ok = not (body_lines and body_lines[0].startswith(" ")) and all(
+            line == line.rstrip(" ") and line.isprintable() for line in body_lines
+        )
+        if block_ok:
+            if value.endswith("\n\n"):
+                head = "|+"
+            elif value.endswith("\n"):
+                head = "|"
+            else:
+                head = "|-"
+            trimmed = value.rstrip("\n") if head != "|+" else value[:-1]
+            pad = " " * indent
+            return head + "".join(
+                "\n" + (pad + line if line else "") for line in trimmed.split("\n")
+            )
+        return json.dumps(value, ensure_ascii=False)
+    if value == "" or _NOT_PLAIN.match(value):
+        return json.dumps(value, ensure_ascii=False)
+    if _plain_allowed(value):
+        return value
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _emit(value: Any, indent: int, out: list[str]) -> None:
+    """Block mappings and sequences with yaml.v3's ``SetIndent(2)`` layout."""
+    pad = " " * indent
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _emit_entry(f"{pad}{key}:", item, indent, out)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, Mapping) and item:
+                first = True
+                for key, sub in item.items():
+                    lead = f"{pad}- {key}:" if first else f"{pad}  {key}:"
+                    _emit_entry(lead, sub, indent + 2, out)
+                    first = False
+            else:
+                _emit_entry(f"{pad}-", item, indent, out)
+
+
+def _emit_entry(lead: str, item: Any, indent: int, out: list[str]) -> None:
+    if isinstance(item, Mapping):
+        if not item:
+            out.append(f"{lead} {{}}")
+        else:
+            out.append(lead)
+            _emit(item, indent + 2, out)
+    elif isinstance(item, list):
+        if not item:
+            out.append(f"{lead} []")
+        else:
+            out.append(lead)
+            _emit(item, indent + 2, out)
+    elif isinstance(item, bool):
+        out.append(f"{lead} {'true' if item else 'false'}")
+    elif isinstance(item, int):
+        out.append(f"{lead} {item}")
     else:
-        style = None  # plain, or single-quoted where plain is not allowed (as libyaml)
-    return representer.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+        out.append(f"{lead} {_scalar(str(item), indent + 2)}")
 
 
 def _dump(doc: Mapping[str, Any]) -> bytes:
-    yaml = YAML(typ="rt", pure=True)
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    yaml.width = 1 << 30
-    yaml.representer.add_representer(str, _represent_str)
-    out = io.StringIO()
-    yaml.dump(_plain(doc), out)
-    return out.getvalue().encode()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    out: list[str] = []
+    _emit(doc, 0, out)
+    return ("\n".join(out) + "\n").encode()
 
 
 def _put(doc: dict[str, Any], key: str, value: Any) -> None:
