@@ -126,7 +126,11 @@ def main() -> None:
             facts = BuildFacts(arch="x86_64", locked=("busybox=1.35.0-r0",))
             context = SbomContext(arch="x86_64", config_file=str(config_path))
 
-            def additions() -> None:
+            def additions(
+                context: SbomContext = context,
+                facts: BuildFacts = facts,
+                resolver: PipelineResolver = resolver,
+            ) -> None:
                 package_sboms(config, context)
                 render_melange_yaml(config, {}, facts, resolver)
 

@@ -99,6 +99,11 @@ class BuildOptions:
     config_license: str = "NOASSERTION"
     #: the config's path as the SBOM records it (default: ``config`` as given)
     config_name: str = ""
+    #: the repositories and keys ``.melange.yaml`` records (default: ``repositories`` and
+    #: ``keyrings``); a server leaves out its per-build staging repository, which would
+    #: make every build's package differ
+    recorded_repositories: Sequence[str] | None = None
+    recorded_keyrings: Sequence[str] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -327,8 +332,17 @@ def write_packages(
         BuildFacts(
             arch=opts.arch,
             commit=commit,
-            repositories=[str(r) for r in opts.repositories],
-            keyring=list(opts.keyrings),
+            repositories=[
+                str(r)
+                for r in (
+                    opts.repositories
+                    if opts.recorded_repositories is None
+                    else opts.recorded_repositories
+                )
+            ],
+            keyring=list(
+                opts.keyrings if opts.recorded_keyrings is None else opts.recorded_keyrings
+            ),
             locked=locked,
         ),
         resolver,
