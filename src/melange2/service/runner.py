@@ -248,6 +248,12 @@ class BuildkitRunner:
             debug=bool(build.spec.get("debug")),
             cache_ref=s.cache_registry,
             cache_mode=s.cache_mode,
+            # the SBOM names the config as submitted, not the server's work directory, and
+            # .melange.yaml the farm's repositories, not this build's staging one (else
+            # every build's package would differ and nothing could be reused)
+            config_name=f"{job.name}.yaml",
+            recorded_repositories=[str(r) for r in s.repositories],
+            recorded_keyrings=list(s.keyrings),
         )
 
     async def _attempt(
