@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
-from melange2.errors import InvalidTransition, NotFound, StoreError
+from melange2.errors import InvalidTransition, NotFound, StoreConflict, StoreError
 from melange2.ids import BuildId
 from melange2.jobs import (
     Attempt,
@@ -65,6 +65,9 @@ class MemoryStore:
     ``backends`` maps addresses to runtime backends in the order they were added.
     """
 
+    #: one process only: nothing to wake elsewhere
+    supports_listen_notify: ClassVar[bool] = False
+
     def __init__(self) -> None:
         self.builds: dict[BuildId, Build] = {}
         self.backends: dict[str, StoredBackend] = {}
@@ -99,10 +102,10 @@ class MemoryStore:
         self._check_open()
         stored = _copy_build(build)
         if stored.id in self.builds:
-            raise StoreError(f"build {build.id} already exists")
+            raise StoreConflict(f"build {build.id} already exists")
         names = [job.name for job in stored.packages]
         if len(set(names)) != len(names):
-            raise StoreError(f"build {build.id} names a package twice")
+            raise StoreConflict(f"build {build.id} names a package twice")
         for job in stored.packages:
             if job.build_id != stored.id:
                 raise ValueError(f"package {job.name!r} belongs to {job.build_id}, not {build.id}")
