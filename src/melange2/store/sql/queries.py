@@ -2,8 +2,9 @@
 
 Functions take an open :class:`~sqlalchemy.Connection` inside a
 transaction the caller owns, and convert rows to domain values here, at the boundary.
-They are dialect-neutral (SQLAlchemy Core with ``RETURNING``); dialect set-up lives in
-:mod:`melange2.store.sql.sqlite`.
+They are dialect-neutral (SQLAlchemy Core with ``RETURNING``; ``FOR UPDATE SKIP LOCKED``
+where rows are claimed, which SQLite, with its single writer, leaves out); dialect
+set-up lives in :mod:`melange2.store.sql.sqlite` and :mod:`melange2.store.sql.postgres`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    RowMapping,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Backend, Build, BuildStatus, PackageJob, PackageStatus
@@ -349,14 +361,22 @@ def renew_leases(conn: Connection, owner: str, expires: datetime) -> int:
 
 def expire_leases(conn: Connection, now: datetime) -> list[PackageJob]:
     """Running packages whose lease ran out before ``now`` go back to pending, in one
-    guarded UPDATE; returns them by build and ``seq``."""
+    guarded UPDATE; returns them by build and ``seq``. The rows are claimed ``FOR UPDATE
+    SKIP LOCKED``: a row another transaction holds (its owner finishing it, another
+    replica requeueing it) is left to that one."""
+    expired = (
+        packages.c.status == PackageStatus.RUNNING.value,
+        packages.c.lease_expires.is_not(None),
+        packages.c.lease_expires < now,
+    )
+    claimed = (
+        select(packages.c.build_id, packages.c.name)
+        .where(*expired)
+        .with_for_update(skip_locked=True)
+    )
     query = (
         update(packages)
-        .where(
-            packages.c.status == PackageStatus.RUNNING.value,
-            packages.c.lease_expires.is_not(None),
-            packages.c.lease_expires < now,
-        )
+        .where(tuple_(packages.c.build_id, packages.c.name).in_(claimed), *expired)
         .values(
             status=PackageStatus.PENDING.value,
             lease_owner="",
