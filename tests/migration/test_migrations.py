@@ -1,8 +1,10 @@
-"""Alembic's head equals the tables in ``melange2.store.sql.tables`` (style.md item 29)."""
+"""Alembic's head equals the tables in ``melange2.store.sql.tables`` (style.md item 29),
+on SQLite and on PostgreSQL (a real server: ``tests/postgres_fixtures.py``): one history
+for both dialects."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +12,50 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, inspect
+from sqlalchemy.pool import NullPool
 
 from melange2.store.migrations import downgrade, upgrade
+from melange2.store.sql.postgres import postgres_url
 from melange2.store.sql.tables import metadata
+from melange2.testenv.postgres import PostgresCluster
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[str], Engine]]:
+    """Makes sync engines on new, empty databases of one dialect (each test runs on both)."""
+    engines: list[Engine] = []
+    dropped: list[str] = []
+
+    def make(name: str) -> Engine:
+        if request.param == "sqlite":
+            engine = create_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
+        else:
+            cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+            database = f"migration_{name}"
+            cluster.drop_database(database)
+            dropped.append(database)
+            dsn = cluster.create_database(database)
+            engine = create_engine(postgres_url(dsn), poolclass=NullPool)
+        engines.append(engine)
+        return engine
+
+    try:
+        yield make
+    finally:
+        for engine in engines:
+            engine.dispose()
+        if dropped:
+            cluster = request.getfixturevalue("postgres_cluster")
+            for database in dropped:
+                cluster.drop_database(database)
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = create_engine(f"sqlite:///{tmp_path / 'migrated.db'}")
-    try:
-        yield engine
-    finally:
-        engine.dispose()
+def engine(empty_database: Callable[[str], Engine]) -> Engine:
+    """An empty database to migrate."""
+    return empty_database("migrated")
 
 
 def _schema(conn: Connection) -> dict[str, Any]:
@@ -72,17 +106,16 @@ def _migrate(engine: Engine, *, to: str = "head") -> None:
         upgrade(conn, to)
 
 
-def test_upgrade_head_matches_metadata(engine: Engine, tmp_path: Path) -> None:
+def test_upgrade_head_matches_metadata(
+    engine: Engine, empty_database: Callable[[str], Engine]
+) -> None:
     _migrate(engine)
-    models = create_engine(f"sqlite:///{tmp_path / 'models.db'}")
-    try:
-        metadata.create_all(models)
-        with engine.connect() as migrated, models.connect() as created:
-            assert _schema(migrated) == _schema(created)
-            assert set(_schema(migrated)) == {"builds", "packages", "attempts", "backends"}
-            assert compare_metadata(MigrationContext.configure(migrated), metadata) == []
-    finally:
-        models.dispose()
+    models = empty_database("models")
+    metadata.create_all(models)
+    with engine.connect() as migrated, models.connect() as created:
+        assert _schema(migrated) == _schema(created)
+        assert set(_schema(migrated)) == {"builds", "packages", "attempts", "backends"}
+        assert compare_metadata(MigrationContext.configure(migrated), metadata) == []
 
 
 def test_downgrade_base_then_upgrade_head(engine: Engine) -> None:

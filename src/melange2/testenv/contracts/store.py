@@ -9,6 +9,9 @@ yielding an empty, open store, closed afterwards)::
             async with await SqliteStore.open(tmp_path / "store.db") as store:
                 yield store
 
+What a store may or may not do is a capability fixture the subclass overrides where
+its store has it: ``supports_listen_notify`` (``False`` here).
+
 The tests are async and run on anyio's pytest plugin (asyncio backend). Helpers to make
 builds (:func:`make_build`, :func:`make_job`) are public so other suites can share them.
 """
@@ -23,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from melange2.errors import InvalidTransition, NotFound, RequestError, StoreError
+from melange2.errors import InvalidTransition, NotFound, RequestError, StoreConflict, StoreError
 from melange2.ids import BuildId
 from melange2.jobs import (
     ALLOWED_TRANSITIONS,
@@ -111,6 +114,18 @@ class StoreContract:
         raise NotImplementedError("override the `store` fixture")
         yield  # pragma: no cover
 
+    @pytest.fixture
+    def supports_listen_notify(self) -> bool:
+        """Whether the store wakes other processes on its database; override where so."""
+        return False
+
+    # capabilities
+
+    async def test_declares_its_capabilities(
+        self, store: JobStore, supports_listen_notify: bool
+    ) -> None:
+        assert store.supports_listen_notify is supports_listen_notify
+
     # create and get
 
     async def test_get_returns_every_field_as_created(self, store: JobStore) -> None:
@@ -195,7 +210,7 @@ class StoreContract:
         await store.create_build(first)
         second = make_build(names=("b", "c"), status=BuildStatus.RUNNING)
 
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreConflict):
             await store.create_build(second)
 
         assert await store.get_build(first.id) == first
@@ -204,7 +219,7 @@ class StoreContract:
         build = make_build(names=("a", "b"))
         doubled = build.evolve(packages=(*build.packages, make_job(build.id, "a", 2)))
 
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreConflict):
             await store.create_build(doubled)
 
         with pytest.raises(NotFound):
