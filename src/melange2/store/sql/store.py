@@ -186,9 +186,8 @@ class SqlStore:
 
     async def add_attempt(self, build_id: BuildId, name: str, attempt: Attempt) -> None:
         def add(conn: Connection) -> None:
-            if queries.package_status(conn, build_id, name) is None:
+            if not queries.put_attempt(conn, build_id, name, attempt):
                 raise NotFound(f"no package {name!r} in build {build_id}")
-            queries.put_attempt(conn, build_id, name, attempt)
 
         await self._write(f"recording attempt {attempt.number} of {build_id}/{name}", add)
 
