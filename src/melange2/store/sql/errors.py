@@ -6,6 +6,7 @@ For both dialects (the drivers' errors reach us wrapped by SQLAlchemy)::
     OperationalError, InterfaceError, a disconnect,
       the connection pool's timeout                  -> StoreUnavailable
     any other driver error                           -> StoreError
+    a value our column types refuse (a naive datetime) -> ValueError, as the memory store
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StatementError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from melange2.errors import StoreConflict, StoreError, StoreUnavailable
@@ -42,6 +49,10 @@ def map_sql_errors(action: str) -> Iterator[None]:
         raise StoreError(f"{action}: database error ({_said(exc)})") from exc
     except PoolTimeout as exc:
         raise StoreUnavailable(f"{action}: no database connection free ({exc})") from exc
+    except StatementError as exc:
+        if isinstance(exc.orig, ValueError):  # a bind processor refused the value
+            raise ValueError(f"{action}: {exc.orig}") from exc
+        raise StoreError(f"{action}: {exc.orig or exc}") from exc
 
 
 def _said(exc: DBAPIError) -> str:

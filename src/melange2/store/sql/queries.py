@@ -9,6 +9,7 @@ set-up lives in :mod:`melange2.store.sql.sqlite` and :mod:`melange2.store.sql.po
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,9 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     RowMapping,
+    Update,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -158,6 +161,10 @@ def fetch_builds_page(
     return with_packages(conn, rows)
 
 
+def build_exists(conn: Connection, build_id: BuildId) -> bool:
+    return conn.scalar(select(builds.c.id).where(builds.c.id == build_id)) is not None
+
+
 def package_counts(conn: Connection, ids: Sequence[str]) -> dict[str, dict[PackageStatus, int]]:
     """How many packages each build has in each status (one grouped query)."""
     counts: dict[str, dict[PackageStatus, int]] = {i: {} for i in ids}
@@ -227,18 +234,57 @@ def transition_package(
 ) -> PackageJob | None:
     """The compare-and-set: move the package to ``to`` and set ``fields`` in one guarded
     UPDATE, only if its status is in ``allowed``. ``None`` when no row matched."""
-    query = (
+    rows = _move_packages(conn, build_id, (name,), to, allowed, fields)
+    return rows[0] if rows else None
+
+
+def transition_packages(
+    conn: Connection,
+    build_id: BuildId,
+    names: Sequence[str],
+    to: PackageStatus,
+    allowed: Iterable[PackageStatus],
+    fields: Mapping[str, Any],
+) -> list[PackageJob]:
+    """:func:`transition_package` for several packages of one build in one UPDATE: those
+    whose status is in ``allowed`` move (in ``seq`` order in the result), the rest stay."""
+    if not names:
+        return []
+    moved = _move_packages(conn, build_id, names, to, allowed, fields)
+    return sorted(moved, key=lambda j: (j.seq, j.name))
+
+
+def _move_packages(
+    conn: Connection,
+    build_id: BuildId,
+    names: Sequence[str],
+    to: PackageStatus,
+    allowed: Iterable[PackageStatus],
+    fields: Mapping[str, Any],
+) -> list[PackageJob]:
+    values = package_values({**fields, "status": to})
+    params = {f"v_{column}": value for column, value in values.items()}
+    params["w_build_id"] = build_id
+    params["w_names"] = list(names)
+    params["w_allowed"] = [PackageStatus(s).value for s in allowed]
+    rows = conn.execute(_guarded_update(tuple(sorted(values))), params).mappings()
+    return [package_from_row(row) for row in rows]
+
+
+@functools.lru_cache(maxsize=128)
+def _guarded_update(columns: tuple[str, ...]) -> Update:
+    """The guarded UPDATE setting ``columns``, made once per set of columns (the scheduler
+    uses a handful): building a statement costs more than running it."""
+    return (
         update(packages)
         .where(
-            packages.c.build_id == build_id,
-            packages.c.name == name,
-            packages.c.status.in_([PackageStatus(s).value for s in allowed]),
+            packages.c.build_id == bindparam("w_build_id"),
+            packages.c.name.in_(bindparam("w_names", expanding=True)),
+            packages.c.status.in_(bindparam("w_allowed", expanding=True)),
         )
-        .values(package_values({**fields, "status": to}))
+        .values({c: bindparam(f"v_{c}", type_=packages.c[c].type) for c in columns})
         .returning(packages)
     )
-    row = (conn.execute(query)).mappings().first()
-    return None if row is None else package_from_row(row)
 
 
 def update_package_fields(
