@@ -84,6 +84,21 @@ class JobStore(Protocol):
         ``build_id``, ``name``) in the same UPDATE. Returns the updated job. Raises
         ``InvalidTransition`` (current state wrong) or ``NotFound``."""
 
+    async def transition_many(
+        self,
+        build_id: BuildId,
+        names: Sequence[str],
+        to: PackageStatus,
+        *,
+        expect: frozenset[PackageStatus] | None = None,
+        **fields: Any,
+    ) -> Sequence[PackageJob]:
+        """:meth:`transition` for several packages of one build at once (one statement
+        where the database allows): each package whose current state allows the move
+        moves, with the same ``fields``; the others (and names not in the build) stay as
+        they are. Returns the packages that moved, in ``seq`` order. Raises ``NotFound``
+        for an unknown build."""
+
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         """Set non-state fields (``reason``, ``log_path``, ``priority``...). ``NotFound``."""
 

@@ -179,6 +179,34 @@ class MemoryStore:
             )
         return self._put(replace(job, status=to, **fields))
 
+    async def transition_many(
+        self,
+        build_id: BuildId,
+        names: Sequence[str],
+        to: PackageStatus,
+        *,
+        expect: frozenset[PackageStatus] | None = None,
+        **fields: Any,
+    ) -> Sequence[PackageJob]:
+        self._check_open()
+        check_fields(fields, PACKAGE_FIELDS, "package")
+        to = PackageStatus(to)
+        allowed = sources_of(to) if expect is None else sources_of(to) & expect
+        build = self._build(build_id)
+        positions = self._positions[build_id]
+        moved = []
+        for name in dict.fromkeys(names):
+            if name in positions:
+                job = build.packages[positions[name]]
+                if job.status in allowed:
+                    moved.append(replace(job, status=to, **fields))
+        stored = [_copy_package(job) for job in moved]  # all valid, or none is written
+        packages = list(build.packages)
+        for job in stored:
+            packages[positions[job.name]] = job
+        self.builds[build_id] = replace(build, packages=tuple(packages))
+        return sorted(stored, key=lambda j: (j.seq, j.name))
+
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         self._check_open()
         check_fields(fields, PACKAGE_FIELDS, "package")

@@ -83,6 +83,13 @@ class SqlStore:
         it raises. Guarded updates in it are compare-and-sets."""
         raise NotImplementedError
 
+    async def _write_one(self, action: str, work: Callable[[Connection], _T]) -> _T:
+        """``work`` whose one write is its first statement (what follows only reads, say
+        why a guarded UPDATE matched nothing). Where the database makes each statement
+        atomic this may run without a transaction around it (one round trip, not three);
+        by default it is :meth:`_write`."""
+        return await self._write(action, work)
+
     async def _close(self) -> None:
         """Release the connections (called once)."""
         raise NotImplementedError
@@ -164,7 +171,7 @@ class SqlStore:
                 return job
             return queries.package_status(conn, build_id, name)
 
-        found = await self._write(f"moving {build_id}/{name} to {to}", move)
+        found = await self._write_one(f"moving {build_id}/{name} to {to}", move)
         if isinstance(found, PackageJob):
             return found
         if found is None:
@@ -174,9 +181,34 @@ class SqlStore:
             + ("" if expect is None else f" (expected {', '.join(sorted(expect))})")
         )
 
+    async def transition_many(
+        self,
+        build_id: BuildId,
+        names: Sequence[str],
+        to: PackageStatus,
+        *,
+        expect: frozenset[PackageStatus] | None = None,
+        **fields: Any,
+    ) -> Sequence[PackageJob]:
+        check_fields(fields, PACKAGE_FIELDS, "package")
+        to = PackageStatus(to)
+        allowed = sources_of(to) if expect is None else sources_of(to) & expect
+        wanted = list(dict.fromkeys(names))
+
+        def move(conn: Connection) -> list[PackageJob] | None:
+            moved = queries.transition_packages(conn, build_id, wanted, to, allowed, fields)
+            if moved or queries.build_exists(conn, build_id):
+                return moved
+            return None
+
+        found = await self._write_one(f"moving {len(wanted)} packages of {build_id}", move)
+        if found is None:
+            raise NotFound(f"no build {build_id}")
+        return found
+
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         check_fields(fields, PACKAGE_FIELDS, "package")
-        job = await self._write(
+        job = await self._write_one(
             f"updating {build_id}/{name}",
             lambda c: queries.update_package_fields(c, build_id, name, fields),
         )
@@ -197,13 +229,13 @@ class SqlStore:
         check_aware(expires, "expires")
         if not owner:
             return 0
-        return await self._write(
+        return await self._write_one(
             f"renewing leases of {owner}", lambda c: queries.renew_leases(c, owner, expires)
         )
 
     async def expire_leases(self, now: datetime) -> Sequence[PackageJob]:
         check_aware(now, "now")
-        return await self._write("expiring leases", lambda c: queries.expire_leases(c, now))
+        return await self._write_one("expiring leases", lambda c: queries.expire_leases(c, now))
 
     async def durations(self, names: Sequence[str]) -> Mapping[str, float]:
         return await self._read("reading durations", lambda c: queries.latest_durations(c, names))
@@ -216,7 +248,7 @@ class SqlStore:
         )
 
     async def delete_backend(self, addr: str) -> None:
-        await self._write(f"deleting backend {addr}", lambda c: queries.delete_backend(c, addr))
+        await self._write_one(f"deleting backend {addr}", lambda c: queries.delete_backend(c, addr))
 
     async def list_backends(self) -> Sequence[StoredBackend]:
         return await self._read("listing backends", queries.list_backends)

@@ -447,6 +447,54 @@ class StoreContract:
         job = (await store.get_build(build.id)).packages[0]
         assert (job.status, job.lease_owner) == (PackageStatus.RUNNING, winners[0])
 
+    # transition_many
+
+    async def test_transition_many_moves_those_allowed_and_leaves_the_rest(
+        self, store: JobStore
+    ) -> None:
+        build = make_build(names=())
+        jobs = (
+            make_job(build.id, "b1", 0, PackageStatus.BLOCKED),
+            make_job(build.id, "run", 1, PackageStatus.RUNNING),
+            make_job(build.id, "b2", 2, PackageStatus.BLOCKED),
+            make_job(build.id, "done", 3, PackageStatus.SUCCESS),
+            make_job(build.id, "b3", 4, PackageStatus.BLOCKED),
+        )
+        await store.create_build(build.evolve(packages=jobs))
+        only_blocked = frozenset({PackageStatus.BLOCKED})
+
+        moved = await store.transition_many(
+            build.id,
+            ["b2", "done", "run", "b1", "nope", "b1"],
+            PackageStatus.PENDING,
+            expect=only_blocked,
+            reason="ready",
+        )
+
+        ready = {"status": PackageStatus.PENDING, "reason": "ready"}
+        assert list(moved) == [jobs[0].evolve(**ready), jobs[2].evolve(**ready)]
+        got = (await store.get_build(build.id)).packages
+        assert got == (moved[0], jobs[1], moved[1], jobs[3], jobs[4])
+        # the table still rules: running cannot go back to pending unless expected so
+        assert await store.transition_many(build.id, ["run"], PackageStatus.BLOCKED) == []
+        assert await store.transition_many(build.id, [], PackageStatus.PENDING) == []
+
+    async def test_transition_many_refuses_bad_fields_and_unknown_builds(
+        self, store: JobStore
+    ) -> None:
+        build = make_build(names=("a", "b"), package_status=PackageStatus.BLOCKED)
+        await store.create_build(build)
+        with pytest.raises(TypeError):
+            await store.transition_many(build.id, ["a"], PackageStatus.PENDING, colour="red")
+        with pytest.raises(ValueError):
+            naive = datetime(2025, 1, 1)
+            await store.transition_many(
+                build.id, ["a", "b"], PackageStatus.PENDING, finished_at=naive
+            )
+        assert await store.get_build(build.id) == build
+        with pytest.raises(NotFound):
+            await store.transition_many(BuildId("bld-nope"), ["a"], PackageStatus.PENDING)
+
     # update_package and add_attempt
 
     async def test_update_package_sets_fields(self, store: JobStore) -> None:
