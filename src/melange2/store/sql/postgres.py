@@ -11,6 +11,9 @@ Transactions and what makes them safe with several processes on one database:
   RETURNING`` is a compare-and-set there: a concurrent update of the same row waits
   for the first to commit and then re-checks the ``WHERE`` against the new row, so of
   two claims one wins and the other matches nothing (``InvalidTransition``);
+* a write that is one statement (a transition, renewing or expiring leases) runs in
+  autocommit: the statement is atomic by itself, and it costs one round trip instead
+  of ``BEGIN``, the statement and ``COMMIT``;
 * reads run in ``REPEATABLE READ, READ ONLY``: one snapshot for the several queries of
   a build and its packages (read-only transactions never fail to serialize);
 * claims of many rows take them ``FOR UPDATE SKIP LOCKED`` (``expire_leases``): two
@@ -90,35 +93,42 @@ class PostgresStore(SqlStore):
 
     supports_listen_notify: ClassVar[bool] = True
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        """Wrap an engine on a database whose schema is at head; prefer :meth:`open`."""
+    def __init__(self, engine: AsyncEngine, autocommit: AsyncEngine) -> None:
+        """Wrap engines on a database whose schema is at head (``autocommit`` with
+        ``isolation_level="AUTOCOMMIT"``); prefer :meth:`open`."""
         super().__init__()
         self._engine = engine
         self._reader = engine.execution_options(
             isolation_level="REPEATABLE READ", postgresql_readonly=True
         )
+        self._autocommit = autocommit
 
     @classmethod
     async def open(
         cls,
         dsn: str,
         *,
-        pool_size: int = 10,
+        pool_size: int = 5,
         max_overflow: int = 10,
         migrate_schema: bool = True,
     ) -> PostgresStore:
         """Connect to ``dsn`` and migrate the database to head (``migrate_schema``).
 
-        ``pool_size`` connections are kept open, up to ``max_overflow`` more while busy.
-        Raises ``ConfigError`` for a bad DSN, ``StoreUnavailable`` when the server
-        cannot be reached."""
+        Two pools, one for transactions and one for single statements in autocommit
+        (switching a connection between the two costs more than the statement): each
+        keeps ``pool_size`` connections open, up to ``max_overflow`` more while busy
+        (at most 30 connections by default). Raises ``ConfigError`` for a bad DSN,
+        ``StoreUnavailable`` when the server cannot be reached."""
         url = postgres_url(dsn)
         connect_args = {k: v for k, v in _DEFAULT_CONNECT_ARGS.items() if k not in url.query}
-        engine = create_async_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            connect_args=connect_args,
+        options: dict[str, Any] = {
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "connect_args": connect_args,
+        }
+        engine = create_async_engine(url, **options)
+        autocommit = create_async_engine(
+            url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, **options
         )
         try:
             if migrate_schema:
@@ -128,11 +138,13 @@ class PostgresStore(SqlStore):
                         await conn.run_sync(migrate)
         except BaseException:
             await engine.dispose()
+            await autocommit.dispose()
             raise
-        return cls(engine)
+        return cls(engine, autocommit)
 
     async def _close(self) -> None:
         await self._engine.dispose()
+        await self._autocommit.dispose()
 
     # transactions
 
@@ -144,6 +156,10 @@ class PostgresStore(SqlStore):
         """``work`` in ``READ COMMITTED``: committed when it returns, rolled back when it
         raises."""
         return await self._run(self._engine, action, work)
+
+    async def _write_one(self, action: str, work: Callable[[Connection], _T]) -> _T:
+        """``work`` in autocommit: its first statement is the one write, atomic alone."""
+        return await self._run(self._autocommit, action, work)
 
     async def _run(self, engine: AsyncEngine, action: str, work: Callable[[Connection], _T]) -> _T:
         self._check_open()
