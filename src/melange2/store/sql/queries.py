@@ -265,21 +265,26 @@ def _move_packages(
     values = package_values({**fields, "status": to})
     params = {f"v_{column}": value for column, value in values.items()}
     params["w_build_id"] = build_id
-    params["w_names"] = list(names)
+    params["w_names"] = names[0] if len(names) == 1 else list(names)
     params["w_allowed"] = [PackageStatus(s).value for s in allowed]
-    rows = conn.execute(_guarded_update(tuple(sorted(values))), params).mappings()
-    return [package_from_row(row) for row in rows]
+    query = _guarded_update(tuple(sorted(values)), one=len(names) == 1)
+    return [package_from_row(row) for row in conn.execute(query, params).mappings()]
 
 
 @functools.lru_cache(maxsize=128)
-def _guarded_update(columns: tuple[str, ...]) -> Update:
-    """The guarded UPDATE setting ``columns``, made once per set of columns (the scheduler
-    uses a handful): building a statement costs more than running it."""
+def _guarded_update(columns: tuple[str, ...], *, one: bool) -> Update:
+    """The guarded UPDATE setting ``columns`` of one package or of several, made once
+    per shape (the scheduler uses a handful): building a statement costs more than
+    running it."""
+    if one:
+        named = packages.c.name == bindparam("w_names")
+    else:
+        named = packages.c.name.in_(bindparam("w_names", expanding=True))
     return (
         update(packages)
         .where(
             packages.c.build_id == bindparam("w_build_id"),
-            packages.c.name.in_(bindparam("w_names", expanding=True)),
+            named,
             packages.c.status.in_(bindparam("w_allowed", expanding=True)),
         )
         .values({c: bindparam(f"v_{c}", type_=packages.c[c].type) for c in columns})
