@@ -22,6 +22,9 @@ and removed at the end; ``--durable`` keeps PostgreSQL's default ``fsync`` and
 
     .venv/bin/python bench/scheduler_bench.py --store sqlite
     .venv/bin/python bench/scheduler_bench.py --store postgres --durable
+
+Wall times suffer from whatever else runs on the machine: ``schedule_all_cpu_s`` (this
+process's CPU time while scheduling) and the load average at the end say how much.
 """
 
 from __future__ import annotations
@@ -199,10 +202,10 @@ async def bench_wolfi(choice: StoreChoice, slots: int, data: Any) -> dict[str, A
     recorder = Recorder(expect=len(deps))
     async with scheduler(choice, slots, recorder) as (sched, store):
         await store.create_build(build)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         await sched.submit(build)
         done = await wait_done(store, build.id, recorder)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
     assert done.status is BuildStatus.SUCCESS, done.status
     started = [e for e in recorder.events if e.kind == "started"]
     assert len(started) == len(deps)
@@ -213,6 +216,8 @@ async def bench_wolfi(choice: StoreChoice, slots: int, data: Any) -> dict[str, A
         "graph_s": round(t1 - t0, 3),
         "store_create_s": round(t2 - t1, 3),
         "schedule_all_s": round(t3 - t2, 3),
+        #: this process's CPU time over the same span (not the database server's)
+        "schedule_all_cpu_s": round(c3 - c2, 3),
         "total_s": round(t3 - t0, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -273,6 +278,7 @@ def main() -> None:
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "store": store,
         "wolfi": {k: statistics.median(r[k] for r in wolfi) for k in wolfi[0]},
         "chain": {k: statistics.median(r[k] for r in chain) for k in chain[0]},
