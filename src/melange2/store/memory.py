@@ -201,10 +201,11 @@ class MemoryStore:
                 if job.status in allowed:
                     moved.append(replace(job, status=to, **fields))
         stored = [_copy_package(job) for job in moved]  # all valid, or none is written
-        packages = list(build.packages)
-        for job in stored:
-            packages[positions[job.name]] = job
-        self.builds[build_id] = replace(build, packages=tuple(packages))
+        if stored:
+            packages = list(build.packages)
+            for job in stored:
+                packages[positions[job.name]] = job
+            self.builds[build_id] = replace(build, packages=tuple(packages))
         return sorted(stored, key=lambda j: (j.seq, j.name))
 
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:

@@ -2,11 +2,11 @@
 
 For both dialects (the drivers' errors reach us wrapped by SQLAlchemy)::
 
-    IntegrityError (a key or constraint)             -> StoreConflict
+    IntegrityError (a key or constraint)              -> StoreConflict
     OperationalError, InterfaceError, a disconnect,
-      the connection pool's timeout                  -> StoreUnavailable
-    any other driver error                           -> StoreError
-    a value our column types refuse (a naive datetime) -> ValueError, as the memory store
+      the connection pool's timeout                   -> StoreUnavailable
+    any other driver error                            -> StoreError
+    a value a column type refuses (a naive datetime)  -> ValueError (as the memory store)
 """
 
 from __future__ import annotations

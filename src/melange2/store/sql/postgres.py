@@ -1,9 +1,9 @@
 """The PostgreSQL store: SQLAlchemy's async engine on psycopg 3, Alembic-migrated at open.
 
 The queries are :mod:`~melange2.store.sql.queries`, shared with SQLite. Each store call
-is one transaction: the same synchronous query functions run inside
-``AsyncConnection.run_sync``, so every statement's round trip yields to the event loop
-while SQLAlchemy's work stays one plain function per call.
+is one transaction (or one statement in autocommit): the same synchronous query functions
+run inside ``AsyncConnection.run_sync``, so every statement's round trip yields to the
+event loop while SQLAlchemy's work stays one plain function per call.
 
 Transactions and what makes them safe with several processes on one database:
 
@@ -30,6 +30,13 @@ Transactions and what makes them safe with several processes on one database:
 The DSN is a libpq URI (``postgresql://user:password@host:port/database?options``;
 ``host=/run/postgresql`` as a query parameter for a unix socket), or SQLAlchemy's
 ``postgresql+psycopg://`` form.
+
+Where several replicas on one database will take hold (not built yet): a package's lease
+is its row (``lease_owner``, ``lease_expires``; ``renew_leases`` is an owner's heartbeat,
+``expire_leases`` requeues a dead owner's packages, ``SKIP LOCKED``); a replica's own
+heartbeat and backend slots would be rows beside them (a migration); one publisher per
+arch an advisory lock from :data:`ADVISORY_LOCKS`; events ``LISTEN/NOTIFY`` on a
+connection of psycopg's own (:attr:`PostgresStore.supports_listen_notify`).
 """
 
 from __future__ import annotations
