@@ -57,8 +57,9 @@ What it reports (per run; the top-level fields are the critical-path run's)
 
 ``--virtual [VIRTUAL.json]`` adds schedule quality on a virtual clock
 (``bench/virtual_bench.py``: a saved report, or a fresh run): the ``virtual`` field, one
-``{schedule, slots, seed, ratio, ...}`` per run, beside ``virtual_summary`` and
-``virtual_checks``; with ``--replot``, it is merged into the saved report (``--out``).
+``{schedule, slots, seed, ratio, ...}`` per run, beside ``virtual_reference``,
+``virtual_summary`` and ``virtual_checks``; with ``--replot``, it is merged into the saved
+report (``--out``).
 
 Output: a table on stdout, ``--out FILE`` (JSON, with every package's timeline),
 ``--plot FILE.svg`` (slots busy and packages ready over time, one panel per schedule);
@@ -782,9 +783,11 @@ def json_report(report: Mapping[str, Any]) -> dict[str, Any]:
 def merge_virtual(report: dict[str, Any], virtual: Mapping[str, Any]) -> None:
     """Add a ``bench/virtual_bench.py`` report (schedule quality on a virtual clock) to
     ``report``: ``virtual`` (one ``{schedule, slots, seed, ratio, ...}`` per run),
-    ``virtual_summary`` (median ratio per schedule and slot count) and ``virtual_checks``.
+    ``virtual_reference`` (the reference's loop, simulated), ``virtual_summary`` (median
+    ratio per schedule and slot count) and ``virtual_checks``.
     The replay's own fields are left as they are."""
     report["virtual"] = list(virtual["virtual"])
+    report["virtual_reference"] = list(virtual.get("virtual_reference", []))
     report["virtual_summary"] = list(virtual.get("summary", []))
     report["virtual_checks"] = dict(virtual.get("checks", {}))
     report["virtual_command"] = virtual.get("command", "")

@@ -56,8 +56,13 @@ def test_every_arm_runs_the_real_scheduler_and_respects_the_bound(
     argv = ["--data", str(graph_file), "--seeds", "2", "--slots", "2,6", "--jobs", "1"]
     assert virtual_bench.main([*argv, "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    rows = report["virtual"]
-    assert {r["schedule"] for r in rows} == set(virtual_bench.SCHEDULES)
+    rows = report["virtual"] + report["virtual_reference"]
+    assert {r["schedule"] for r in report["virtual"]} == {
+        "fifo",
+        "critical-path",
+        "critical-path-learned",
+    }
+    assert {r["schedule"] for r in report["virtual_reference"]} == {"reference"}
     assert len(rows) == 2 * 2 * len(virtual_bench.SCHEDULES)
     for row in rows:
         assert {"schedule", "slots", "seed", "ratio", "makespan_s", "bound_s"} <= set(row)
@@ -108,9 +113,10 @@ def test_replay_merges_a_virtual_report_and_keeps_its_own_fields(
     for key, value in saved.items():
         assert report[key] == value
     assert report["virtual"] == json.loads(virtual.read_text())["virtual"]
-    assert {r["schedule"] for r in report["virtual"]} >= {
+    assert {r["schedule"] for r in report["virtual"]} == {
         "fifo",
         "critical-path",
         "critical-path-learned",
     }
+    assert report["virtual_reference"][0]["schedule"] == "reference"
     assert report["virtual_checks"]["first_wave_as_scheduled"] is True
