@@ -13,10 +13,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import uvicorn
 
+from melange2.cli.tls import tls_from_flags, tls_options
 from melange2.errors import FarmError
 from melange2.service.settings import ServerSettings
 from melange2.storage import StorageSpec, open_storage
@@ -47,6 +49,7 @@ def _host_port(listen: str) -> tuple[str, int]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--listen-addr", default=":8080", show_default=True, help="HTTP listen address.")
 @click.option("--buildkit-addr", help="One BuildKit backend (single-backend mode).")
+@tls_options(envvars=False, what="the --buildkit-addr daemon")
 @click.option(
     "--backends-config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -177,6 +180,7 @@ def cli(
     probe_interval: float,
     log_level: str,
     log_format: str,
+    **tls_flags: Any,
 ) -> None:
     """Run the melange2 build service."""
     chosen = [n for n, v in (("--gcs-bucket", gcs_bucket), ("--s3-bucket", s3_bucket)) if v]
@@ -208,9 +212,16 @@ def cli(
         raise click.BadParameter("at least 1024", param_hint="--max-log-bytes")
     if not buildkit_addr and backends_config is None:
         raise click.UsageError("give --buildkit-addr or --backends-config")
+    buildkit_tls = tls_from_flags(tls_flags)
+    if buildkit_tls is not None and not buildkit_addr:
+        raise click.UsageError(
+            "the TLS flags are for --buildkit-addr; give a backend's TLS settings under its "
+            "`tls:` in the backends config"
+        )
     settings = ServerSettings(
         listen_addr=listen_addr,
         buildkit_addr=buildkit_addr,
+        buildkit_tls=buildkit_tls,
         backends_config=backends_config,
         default_arch=default_arch,
         output_dir=output_dir.resolve(),
@@ -230,7 +241,9 @@ def cli(
         max_log_bytes=max_log_bytes,
     )
     asyncio.run(_check_storage(storage))  # a missing bucket or bad credentials: refuse now
-    from melange2.api.app import create_app
+    from melange2.api.app import create_app, pool_config
+
+    pool = pool_config(settings)  # a bad backends config or TLS file: refuse now, naming it
 
     handler = logging.StreamHandler()
     if log_format == "json":
@@ -240,7 +253,7 @@ def cli(
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     host, port = _host_port(listen_addr)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, pool=pool),
         host=host,
         port=port,
         log_level=log_level,
