@@ -19,6 +19,8 @@ from melange2.errors import (
     InvalidTransition,
     NotFound,
     RequestError,
+    StoreConflict,
+    StoreUnavailable,
 )
 from melange2.storage import StorageError, StorageNotFound
 
@@ -27,6 +29,8 @@ _STATUS: list[tuple[type[FarmError], int]] = [
     (StorageNotFound, 404),
     (StorageError, 503),
     (InvalidTransition, 409),
+    (StoreConflict, 409),
+    (StoreUnavailable, 503),
     (RequestError, 400),
     (ConfigError, 400),
 ]

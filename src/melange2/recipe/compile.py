@@ -350,6 +350,12 @@ def compile_build(
     return BuildPlan(steps=tuple(out), needs_packages=needs.packages(), environment=environment)
 
 
+def subpackage_enabled(config: Config, subpackage: Subpackage) -> bool:
+    """Whether ``subpackage`` is built: its ``if:`` holds (melange skips it otherwise), as
+    melange v0.34.0 evaluates it (:func:`subpackage_builds`)."""
+    return subpackage_builds(subpackage)
+
+
 def compile_tests(
     config: Config, resolver: PipelineResolver | None = None, *, steps: bool = True
 ) -> tuple[TestPlan, ...]:

@@ -48,6 +48,7 @@ from melange2.scheduler.graph import (
     build_graph,
     plan,
     priorities,
+    typical_duration,
 )
 from melange2.scheduler.loop import Scheduler
 from melange2.service.configs import (
@@ -198,10 +199,11 @@ class Submitter:
                 )
         graph = self._graph(nodes, request)
         durations = await self.store.durations(names)
-        prio = priorities(graph, durations)
+        unknown = typical_duration(durations)  # for packages with no past duration
+        prio = priorities(graph, durations, unknown)
         if request.dry_run:
             slots = max(1, self.pool.capacity(arch, request.backend_selector))
-            p = plan(graph, durations, slots=slots)
+            p = plan(graph, durations, slots=slots, default=unknown)
             return PlanOut(
                 packages=[
                     PlannedPackage(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from melange2.build.executor import package_infos
+from melange2.build.executor import as_built, package_infos
 from melange2.recipe import load_config
 
 
@@ -22,7 +22,7 @@ subpackages:
 """,
         arch="aarch64",
     )
-    infos = package_infos(config, "aarch64")
+    infos = package_infos(as_built(config), "aarch64")
     # p-arm: melange v0.34.0 sees only package/vars/range in a subpackage's if
     assert list(infos) == ["p", "p-full", "p-doc"]
     assert infos["p-full"].version == "1.0" and infos["p-full"].epoch == 2

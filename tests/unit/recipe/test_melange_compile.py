@@ -15,7 +15,9 @@ have the same
 * ``if`` outcomes (a step or subpackage whose condition is false is absent on both sides);
 
 A case whose YAML says ``# differential: melange=refuses`` uses what v0.34.0 lacks
-(substitution expressions): melange must refuse it, and we must compile it.
+(substitution expressions): melange must refuse it, and we must compile it. One that says
+``# differential: expect=failure`` and that ``melange compile`` refuses must be refused by
+ours too.
 
 and the build and test environments must hold the same packages (``needs`` included).
 Named exceptions (:data:`KNOWN`) are the only differences allowed.
@@ -307,9 +309,24 @@ def _compare(ours: Compiled, theirs: Compiled) -> list[str]:
     return problems
 
 
+def _options(config: Path) -> str:
+    """The ``# differential: ...`` option lines of a case (the suites' shared syntax)."""
+    return " ".join(
+        line.split(":", 1)[1]
+        for line in config.read_text().splitlines()
+        if line.startswith("# differential:")
+    )
+
+
 def _refused_by_melange(config: Path) -> bool:
     """``# differential: melange=refuses``: the config uses what v0.34.0 lacks."""
-    return "# differential: melange=refuses" in config.read_text()
+    return "melange=refuses" in _options(config).split()
+
+
+def _must_fail(config: Path) -> bool:
+    """``# differential: expect=failure``: both sides refuse it (here: if melange's
+    compile refuses it, ours must too; a build failure is the build suite's)."""
+    return "expect=failure" in _options(config).split()
 
 
 @pytest.mark.parametrize("arch", ARCHES)
@@ -324,7 +341,14 @@ def test_compiles_as_melange_does(case: Path, arch: str, tmp_path: Path) -> None
         assert ours.build
         assert all("${{" not in run.runs for run in ours.build)
         return
-    theirs_raw = _melange_compile(config_path, arch, _pipeline_dir(case, tmp_path))
+    try:
+        theirs_raw = _melange_compile(config_path, arch, _pipeline_dir(case, tmp_path))
+    except MelangeRefused:
+        if not _must_fail(config_path):
+            raise
+        with pytest.raises(RecipeError):
+            _ours(config_path, case, arch, tmp_path)
+        return
     ours, _ = _ours(config_path, case, arch, tmp_path)
     theirs = _melange_side(theirs_raw)
     problems = _compare(ours, theirs)
