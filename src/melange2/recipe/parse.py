@@ -43,6 +43,7 @@ from melange2.recipe.arch import parse_arch
 from melange2.recipe.cond import parse_condition
 from melange2.recipe.errors import RecipeFieldError
 from melange2.recipe.model import (
+    Checks,
     Config,
     Contents,
     Copyright,
@@ -296,6 +297,16 @@ def _options(value: Value | None) -> PackageOptions:
     )
 
 
+def _checks(value: Value | None, locs: dict[str, Location]) -> Checks:
+    if value is None or value.is_null:
+        return Checks()
+    fields = value.mapping()
+    sub: dict[str, Location] = {}
+    checks = Checks(disabled=_str_list(fields.get("disabled"), sub, "disabled"))
+    locs.update({f"checks.{k}": v for k, v in sub.items()})
+    return checks
+
+
 def _copyright(value: Value, depth: int = 0) -> Copyright:
     if depth > _MAX_DEPTH:
         raise value.error(f"licenses nested more than {_MAX_DEPTH} deep")
@@ -346,6 +357,7 @@ def _package(value: Value) -> Package:
         copyright=tuple(_copyright(item) for item in _items(fields.get("copyright"))),
         dependencies=_dependencies(fields.get("dependencies"), locs),
         options=_options(fields.get("options")),
+        checks=_checks(fields.get("checks"), locs),
         target_architecture=_str_list(
             fields.get("target-architecture"), locs, "target-architecture"
         ),
@@ -399,6 +411,7 @@ def _subpackage(value: Value) -> Subpackage:
         if_=_text(fields, "if", locs),
         range=_text(fields, "range", locs),
         options=_options(fields.get("options")),
+        checks=_checks(fields.get("checks"), locs),
         test=_test(fields.get("test")),
         loc=value.loc,
         field_locs=frozen_map({"name": fields["name"].loc, **locs}),

@@ -143,11 +143,12 @@ class ScaOptions:
 class ScaWarning:
     """Something worth a line in the build log, about one path of the package."""
 
+    #: the path in the package, or "" for the package as a whole
     path: str
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 def remove_self_provided(depends: Iterable[str], provided: Iterable[str]) -> list[str]:
@@ -489,9 +490,9 @@ def _python(pkg: _Package, entries: Sequence[Entry], gen: _Generated) -> None:
     for dep in pkg.declared_runtime:
         if dep.startswith("python"):
             gen.warn(
-                ".",
-                f"{pkg.name}: Python dependency {dep!r} already specified, consider removing "
-                "it in favor of SCA-generated dependency",
+                "",
+                f"Python dependency {dep!r} already specified, consider removing it in favor "
+                "of SCA-generated dependency",
             )
             return
     gen.runtime.append(f"python-{version}-base")
@@ -519,7 +520,7 @@ def _ruby(pkg: _Package, gen: _Generated) -> None:
             return
         for dep in pkg.declared_runtime:
             if dep.startswith("ruby-") or dep == "ruby":
-                gen.warn(".", f"{pkg.name}: Ruby dependency {dep!r} already specified")
+                gen.warn("", f"Ruby dependency {dep!r} already specified")
                 return
         gen.runtime.append(f"ruby-{version}")
         return

@@ -137,6 +137,11 @@ def read_elf(path: Path) -> ElfInfo | ElfUnreadable | None:
 def _read(stream: BinaryIO, data: mmap.mmap) -> ElfInfo:
     if len(data) < 16:
         raise _Refused("truncated: shorter than the ELF identification")
+    # Go's order of checks: class, data encoding, version
+    if data[4] not in (1, 2):
+        raise _Refused(f"unknown ELF class {data[4]}")
+    if data[5] not in (1, 2):
+        raise _Refused(f"unknown ELF data encoding {data[5]}")
     if data[6] != 1:
         raise _Refused(f"unknown ELF version {data[6]}")
     elf = ELFFile(stream)
