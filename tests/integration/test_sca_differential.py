@@ -210,8 +210,8 @@ class Outcome:
     ok: bool
     output: str
     packages: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
-    #: (package, linter) of every warning or failure logged
-    findings: set[tuple[str, str]]
+    #: (package, linter) of every warning or failure logged, as often as logged
+    findings: list[tuple[str, str]]
 
 
 @pytest.fixture(scope="module")
@@ -292,15 +292,15 @@ _OUR_FINDING = re.compile(r"^  \[([a-z/]+)\] ")
 
 def _findings(
     text: str, linting: re.Pattern[str], finding: re.Pattern[str]
-) -> set[tuple[str, str]]:
+) -> list[tuple[str, str]]:
     current = ""
-    out = set()
+    out = []
     for line in text.splitlines():
         if m := linting.search(line):
             current = m[1]
         elif (m := finding.search(line)) and current:
-            out.add((current, m[1]))
-    return out
+            out.append((current, m[1]))
+    return sorted(out)
 
 
 def build_with_melange(config: Path, src: Path, out: Path, farm: FarmEnv, key: Path) -> Outcome:
@@ -423,7 +423,7 @@ def test_a_required_linter_fails_both(
     assert 'linter "varempty" failed' in theirs.output
     assert 'linter "varempty" failed for lintfail' in ours.output
     assert "var/empty/leftover" in ours.output
-    assert ours.findings == theirs.findings == {("lintfail", "varempty")}
+    assert ours.findings == theirs.findings == [("lintfail", "varempty")]
     assert not list((tmp_path / "melange2" / "x86_64").glob("*.apk"))
 
 

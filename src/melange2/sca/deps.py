@@ -89,6 +89,7 @@ PKGCONFIG_DIRS: Final = (
 )
 _SHEBANG_DIRS: Final = ("usr/bin/", "usr/local/bin/", "usr/local/sbin/")
 _FIPS_EXPERIMENTS: Final = ("boringcrypto", "systemcrypto", "opensslcrypto")
+_WORD: Final = re.compile(r"\S+")
 _RUBY_VERSION_DIR: Final = re.compile(r"[0-9][^/]*\.[0-9][^/]*\.[0.9][^/]*", re.DOTALL)
 
 #: ``isHostProvidedLibrary``: NVIDIA driver libraries the host injects
@@ -217,6 +218,31 @@ class _Generated:
     def warn(self, path: str, message: str) -> None:
         self.warnings.append(ScaWarning(path=path, message=message))
 
+    def _usable(self, path: str, item: str) -> bool:
+        """An entry ``.PKGINFO`` can hold: one word of UTF-8. melange writes whatever the
+        file says; a name with a space or undecodable bytes (a corrupt ELF file) would
+        make a package apk cannot read, so it is left out, with a warning."""
+        if _WORD.fullmatch(item) and item.isprintable():
+            try:
+                item.encode()
+                return True
+            except UnicodeEncodeError:
+                pass
+        self.warn(path, f"left out {item!r}: not a name a package can list")
+        return False
+
+    def depend(self, path: str, item: str) -> None:
+        if self._usable(path, item):
+            self.runtime.append(item)
+
+    def provide(self, path: str, item: str) -> None:
+        if self._usable(path, item):
+            self.provides.append(item)
+
+    def vendor(self, path: str, item: str) -> None:
+        if self._usable(path, item):
+            self.vendored.append(item)
+
 
 @dataclass(frozen=True, kw_only=True)
 class _Package:
@@ -341,7 +367,7 @@ def _elf_of(
 ) -> ElfInfo | None:
     """The ELF facts of ``path`` (links followed); a warning, once per file, when it is
     an ELF file melange cannot read or (``check_arch``) one for another machine."""
-    real = tree.resolve(path)
+    real = tree.real_path(path)
     if real is None:
         return None
     info = tree.elf(real)
@@ -376,7 +402,7 @@ def _shared_objects(pkg: _Package, entries: Sequence[Entry], gen: _Generated) ->
             continue
         if info.interpreter:
             interp = f"so:{go_base(info.interpreter)}".replace("so:ld-musl", "so:libc.musl")
-            gen.runtime.append(interp)
+            gen.depend(entry.path, interp)
         if info.dynamic_error:
             gen.warn(entry.path, f"cannot read its dynamic section ({info.dynamic_error})")
             continue
@@ -384,18 +410,16 @@ def _shared_objects(pkg: _Package, entries: Sequence[Entry], gen: _Generated) ->
             if lib in HOST_LIBRARIES:
                 continue
             if ".so." in lib:
-                gen.runtime.append(f"so:{lib}")
+                gen.depend(entry.path, f"so:{lib}")
         basename = entry.name
         if not info.interpreter or ".so." in basename or basename.endswith(".so"):
             for soname in info.sonames:
                 if soname in HOST_LIBRARIES:
                     continue
                 libver = _libver(soname)
-                found = [f"so:{soname}={libver}", f"so-ver:{soname}={pkg.version}"]
-                if is_in_dir(entry.path, pkg.lib_dirs):
-                    gen.provides.extend(found)
-                else:
-                    gen.vendored.extend(found)
+                add = gen.provide if is_in_dir(entry.path, pkg.lib_dirs) else gen.vendor
+                add(entry.path, f"so:{soname}={libver}")
+                add(entry.path, f"so-ver:{soname}={pkg.version}")
         settings = info.go_settings
         if settings is not None:
             cgo = settings.get("CGO_ENABLED") == "1"
@@ -404,7 +428,8 @@ def _shared_objects(pkg: _Package, entries: Sequence[Entry], gen: _Generated) ->
                 or settings.get("microsoft_systemcrypto") == "1"
             )
             if cgo and fips:
-                gen.runtime.extend(["openssl-config-fipshardened", "so:libcrypto.so.3"])
+                gen.depend(entry.path, "openssl-config-fipshardened")
+                gen.depend(entry.path, "so:libcrypto.so.3")
 
 
 def _linked_library(pkg: _Package, path: str, gen: _Generated) -> None:
@@ -426,7 +451,8 @@ def _linked_library(pkg: _Package, path: str, gen: _Generated) -> None:
                 if info.dynamic_error:
                     gen.warn(path, "library lacks SONAME")
                     return
-                gen.runtime.extend(f"so:{soname}" for soname in info.sonames)
+                for soname in info.sonames:
+                    gen.depend(path, f"so:{soname}")
                 return
 
 
@@ -438,7 +464,7 @@ def _join(directory: str, name: str) -> str:
 def _commands(pkg: _Package, entries: Sequence[Entry], gen: _Generated) -> None:
     for entry in entries:
         if entry.is_regular and entry.perm & 0o555 == 0o555 and is_in_dir(entry.path, BIN_DIRS):
-            gen.provides.append(f"cmd:{entry.name}={pkg.version}")
+            gen.provide(entry.path, f"cmd:{entry.name}={pkg.version}")
 
 
 def _doc_deps(pkg: _Package, entries: Sequence[Entry], gen: _Generated) -> None:
@@ -470,21 +496,21 @@ def _pkgconfig(pkg: _Package, entries: Sequence[Entry], gen: _Generated) -> None
             continue
         pc_name = entry.name.removesuffix(".pc")
         if is_in_dir(entry.path, PKGCONFIG_DIRS):
-            gen.provides.append(f"pc:{pc_name}={pkg.version}")
+            gen.provide(entry.path, f"pc:{pc_name}={pkg.version}")
             for dep in (*pc.requires, *pc.requires_private, *pc.requires_internal):
-                gen.runtime.append(f"pc:{dep.identifier}")
+                gen.depend(entry.path, f"pc:{dep.identifier}")
         else:
-            gen.vendored.append(f"pc:{pc_name}={pkg.version}")
+            gen.vendor(entry.path, f"pc:{pc_name}={pkg.version}")
 
 
 def _python(pkg: _Package, entries: Sequence[Entry], gen: _Generated) -> None:
-    version = ""
+    version = where = ""
     for entry in entries:
         if entry.name != "site-packages":
             continue
         parent = go_base(go_dir(entry.path))
         if parent.startswith("python") and entry.is_dir:
-            version = parent[len("python") :]
+            version, where = parent[len("python") :], entry.path
     if not version:
         return
     for dep in pkg.declared_runtime:
@@ -495,7 +521,7 @@ def _python(pkg: _Package, entries: Sequence[Entry], gen: _Generated) -> None:
                 "of SCA-generated dependency",
             )
             return
-    gen.runtime.append(f"python-{version}-base")
+    gen.depend(where, f"python-{version}-base")
 
 
 def _ruby(pkg: _Package, gen: _Generated) -> None:
@@ -522,7 +548,7 @@ def _ruby(pkg: _Package, gen: _Generated) -> None:
             if dep.startswith("ruby-") or dep == "ruby":
                 gen.warn("", f"Ruby dependency {dep!r} already specified")
                 return
-        gen.runtime.append(f"ruby-{version}")
+        gen.depend(f"usr/lib/ruby/gems/{name}", f"ruby-{version}")
         return
 
 
@@ -545,4 +571,5 @@ def _shebangs(pkg: _Package, entries: Sequence[Entry], gen: _Generated) -> None:
             continue
         if command:
             commands[go_base(command)] = entry.path
-    gen.runtime.extend(f"cmd:{name}" for name in commands)
+    for name, path in commands.items():
+        gen.depend(path, f"cmd:{name}")

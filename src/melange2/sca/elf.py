@@ -17,6 +17,7 @@ names the file.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import mmap
@@ -29,8 +30,8 @@ from typing import Any, BinaryIO, Final
 from elftools.common.exceptions import ELFError
 from elftools.common.utils import struct_parse
 from elftools.construct import ConstructError
-from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
+from elftools.elf.structs import ELFStructs
 
 __all__ = [
     "ELF_MAGIC",
@@ -102,6 +103,46 @@ class _Refused(Exception):
     pass
 
 
+@functools.lru_cache(maxsize=8)
+def _basic_structs(little_endian: bool, elfclass: int) -> ELFStructs:
+    structs = ELFStructs(little_endian=little_endian, elfclass=elfclass)
+    structs.create_basic_structs()
+    return structs
+
+
+@functools.lru_cache(maxsize=64)
+def _structs(
+    little_endian: bool, elfclass: int, e_type: Any, e_machine: Any, osabi: Any
+) -> ELFStructs:
+    """pyelftools' structure definitions for one kind of ELF file: building them is most
+    of what opening a file with ``ELFFile`` costs, and they depend only on the header."""
+    structs = ELFStructs(little_endian=little_endian, elfclass=elfclass)
+    structs.create_basic_structs()
+    structs.create_advanced_structs(e_type, e_machine, osabi)
+    return structs
+
+
+@dataclass(frozen=True, slots=True)
+class _Elf:
+    """An open ELF file: its stream, header, and pyelftools' structures for it."""
+
+    stream: BinaryIO
+    header: Any
+    structs: ELFStructs
+
+    @classmethod
+    def open(cls, stream: BinaryIO, *, little_endian: bool, elfclass: int) -> _Elf:
+        header = struct_parse(_basic_structs(little_endian, elfclass).Elf_Ehdr, stream, 0)
+        structs = _structs(
+            little_endian,
+            elfclass,
+            header["e_type"],
+            header["e_machine"],
+            header["e_ident"]["EI_OSABI"],
+        )
+        return cls(stream, header, structs)
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -144,7 +185,7 @@ def _read(stream: BinaryIO, data: mmap.mmap) -> ElfInfo:
         raise _Refused(f"unknown ELF data encoding {data[5]}")
     if data[6] != 1:
         raise _Refused(f"unknown ELF version {data[6]}")
-    elf = ELFFile(stream)
+    elf = _Elf.open(stream, little_endian=data[5] == 1, elfclass=32 if data[4] == 1 else 64)
     header = elf.header
     if header["e_version"] not in ("EV_CURRENT", 1):
         raise _Refused(f"mismatched ELF version {header['e_version']}")
@@ -180,7 +221,7 @@ def _read(stream: BinaryIO, data: mmap.mmap) -> ElfInfo:
     )
 
 
-def _program_headers(elf: ELFFile, data: mmap.mmap) -> list[Any]:
+def _program_headers(elf: _Elf, data: mmap.mmap) -> list[Any]:
     header = elf.header
     phnum, phoff, phentsize = header["e_phnum"], header["e_phoff"], header["e_phentsize"]
     if phnum == 0:
@@ -198,7 +239,7 @@ def _program_headers(elf: ELFFile, data: mmap.mmap) -> list[Any]:
     return out
 
 
-def _section_headers(elf: ELFFile, data: mmap.mmap, shstrndx: int) -> tuple[list[Any], list[str]]:
+def _section_headers(elf: _Elf, data: mmap.mmap, shstrndx: int) -> tuple[list[Any], list[str]]:
     header = elf.header
     shoff, shnum, shentsize = header["e_shoff"], header["e_shnum"], header["e_shentsize"]
     if shoff == 0 and shnum != 0:
@@ -260,7 +301,7 @@ def _section_data(data: mmap.mmap, sh: Any) -> bytes:
 
 
 def _dynamic_strings(
-    elf: ELFFile, data: mmap.mmap, shdrs: list[Any], index: int
+    elf: _Elf, data: mmap.mmap, shdrs: list[Any], index: int
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``DynString(DT_NEEDED)`` and ``DynString(DT_SONAME)``."""
     dyn = _section_data(data, shdrs[index])

@@ -107,6 +107,7 @@ class PackageTree:
     _elves: dict[Path, ElfInfo | ElfUnreadable | None] = field(
         default_factory=dict, init=False, compare=False, repr=False
     )
+    _by_path: dict[str, Entry] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def entries(self) -> list[Entry]:
         """Every entry in ``fs.WalkDir`` order (walked once, then kept)."""
@@ -157,6 +158,19 @@ class PackageTree:
                 continue
             done.append(part)
         return self.root.joinpath(*done)
+
+    def real_path(self, rel: str) -> Path | None:
+        """:meth:`resolve`, quick for a walked entry that is not a link (the walk never
+        goes through a link, so its path has none)."""
+        entry = self._index().get(rel)
+        if entry is not None and not entry.is_symlink:
+            return self.host_path(rel)
+        return self.resolve(rel)
+
+    def _index(self) -> dict[str, Entry]:
+        if not self._by_path:
+            self._by_path.update((e.path, e) for e in self.entries())
+        return self._by_path
 
     def exists(self, rel: str) -> bool:
         """Whether ``rel`` exists with links followed (Go's ``Stat`` succeeding)."""

@@ -337,3 +337,18 @@ def test_a_go_binary_without_cgo_needs_no_fips_packages() -> None:
     assert info.go_settings is not None
     assert info.go_settings["CGO_ENABLED"] == "0"
     assert info.go_settings["GOOS"] == "linux"
+
+
+def test_a_name_a_package_cannot_list_is_left_out_with_a_warning(
+    tmp_path: Path, libz: Path
+) -> None:
+    data = libz.read_bytes()
+    assert b"libz.so.1\x00" in data
+    tree = make_tree(
+        tmp_path / "t", {"usr/lib/libz.so.1": data.replace(b"libz.so.1\x00", b"libz so.1\x00")}
+    )
+    found = analyze(tree, name="t", version=V, arch="x86_64")
+    assert not any("libz" in p for p in found.provides)
+    assert found.depends == ("so:libc.so.6",)
+    assert [w.path for w in found.warnings] == ["usr/lib/libz.so.1", "usr/lib/libz.so.1"]
+    assert "'so:libz so.1=0'" in found.warnings[0].message
