@@ -83,7 +83,8 @@ def lint_packages(config: Config, trees: Mapping[str, PackageTree], log: Log) ->
         for line in finding.log_lines():
             log(f"  {line}")
     if report.failed:
-        raise LintFailed(report.error)
+        # a file name need not be UTF-8; the message goes to terminals and the store
+        raise LintFailed(report.error.encode("utf-8", "backslashreplace").decode())
     return report
 
 

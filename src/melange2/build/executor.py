@@ -411,7 +411,8 @@ class Builder:
             error = str(exc)
             raise
         finally:
-            output = "".join(f"{line}\n" for line in lines).encode()
+            # file names need not be UTF-8: their bytes show escaped
+            output = "".join(f"{line}\n" for line in lines).encode("utf-8", "backslashreplace")
             for sink in tracker.sinks:
                 if output:
                     sink.output(step, output)

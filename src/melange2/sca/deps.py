@@ -52,6 +52,7 @@ and neither does this module.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -529,7 +530,7 @@ def _ruby(pkg: _Package, gen: _Generated) -> None:
     if gems_root is None or not gems_root.is_dir():
         return
     try:
-        names = sorted((p.name for p in gems_root.iterdir()), key=lambda n: n.encode())
+        names = sorted((p.name for p in gems_root.iterdir()), key=os.fsencode)
     except OSError:
         return
     for name in names:

@@ -315,7 +315,10 @@ def _dynamic_strings(
     needed: list[str] = []
     sonames: list[str] = []
     view = io.BytesIO(dyn)
+    null = bytes(entry)
     for pos in range(0, len(dyn), entry):
+        if dyn[pos : pos + entry] == null:
+            continue  # DT_NULL padding: neither DT_NEEDED nor DT_SONAME
         tag = struct_parse(elf.structs.Elf_Dyn, view, stream_pos=pos)
         kind = tag["d_tag"]
         if kind in ("DT_NEEDED", "DT_SONAME"):

@@ -536,21 +536,27 @@ def _humanize_bytes(size: int) -> str:
 
 
 def _duplicate(ctx: _Context) -> _Problem | None:
+    # melange hashes every regular file of 1 KiB or more and groups by (hash, name); only
+    # files sharing a name and a size can share both, so only those are hashed here
+    candidates: dict[tuple[str, int], list[Entry]] = {}
+    for e in ctx.entries:
+        if not e.is_regular or e.size < 1024 or _is_license_file(e.path):
+            continue
+        candidates.setdefault((e.name, e.size), []).append(e)
     groups: dict[tuple[str, str], list[str]] = {}
     sizes: dict[tuple[str, str], int] = {}
-    for e in ctx.entries:
-        if not e.is_regular or _is_license_file(e.path) or e.size < 1024:
+    for same in candidates.values():
+        if len(same) < 2:
             continue
-        digest = hashlib.sha256()
-        try:
-            with ctx.tree.host_path(e.path).open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-        except OSError as exc:
-            return _Problem(f"opening file {e.path}: {exc}")
-        key = (digest.hexdigest(), e.name)
-        groups.setdefault(key, []).append(e.path)
-        sizes.setdefault(key, e.size)
+        for e in same:
+            try:
+                with ctx.tree.host_path(e.path).open("rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+            except OSError as exc:
+                return _Problem(f"opening file {e.path}: {exc}")
+            key = (digest, e.name)
+            groups.setdefault(key, []).append(e.path)
+            sizes.setdefault(key, e.size)
     sets = [
         (len(paths), sizes[key], (len(paths) - 1) * sizes[key], sorted(paths), key[1])
         for key, paths in groups.items()

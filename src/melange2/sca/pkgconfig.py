@@ -184,6 +184,7 @@ def _many(parser: _Parser, sep: _Parser | None = None) -> _Parser:
         node.children = []
         start = s.pos
         while True:
+            before = s.pos
             child = _Result()
             node.children.append(child)
             parser(s, child)
@@ -199,6 +200,10 @@ def _many(parser: _Parser, sep: _Parser | None = None) -> _Parser:
                 if s.errored():
                     s.recover()
                     return
+            if s.pos == before:
+                # goparsify would repeat this forever (and melange hang): refuse instead
+                s.error_here("progress")
+                return
 
     return parse
 

@@ -54,18 +54,16 @@ class Entry:
     #: ``st_mode`` from ``lstat`` (a link is a link)
     mode: int
     size: int
+    is_dir: bool
+    is_regular: bool
+    is_symlink: bool
 
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_regular(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_symlink(self) -> bool:
-        return stat.S_ISLNK(self.mode)
+    @classmethod
+    def of(cls, path: str, st: os.stat_result) -> Entry:
+        mode = st.st_mode
+        return cls(
+            path, mode, st.st_size, stat.S_ISDIR(mode), stat.S_ISREG(mode), stat.S_ISLNK(mode)
+        )
 
     @property
     def perm(self) -> int:
@@ -93,7 +91,7 @@ def _walk_dir(real: str, rel: str) -> Iterator[Entry]:
             st = child.stat(follow_symlinks=False)
         except OSError:
             continue
-        yield Entry(path, st.st_mode, st.st_size)
+        yield Entry.of(path, st)
         if stat.S_ISDIR(st.st_mode):
             yield from _walk_dir(child.path, f"{path}/")
 
@@ -117,7 +115,7 @@ class PackageTree:
 
     def _walk(self) -> Iterator[Entry]:
         top = os.lstat(self.root)
-        yield Entry(".", top.st_mode, top.st_size)
+        yield Entry.of(".", top)
         yield from _walk_dir(os.fspath(self.root), "")
 
     def host_path(self, rel: str) -> Path:
