@@ -184,6 +184,9 @@ def main() -> None:
         help="runs of the (slow, context only) packaging of elf-1000",
     )
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--trees", default="trivial,files-1000,elf-1000", help="which trees, comma-separated"
+    )
     args = parser.parse_args()
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -197,11 +200,14 @@ def main() -> None:
         key = work / "bench.rsa"
         generate_key(key, key_size=2048)
         signer = Signer.from_files(key)
+        wanted = args.trees.split(",")
         for name, make in (
             ("trivial", trivial_tree),
             ("files-1000", files_1000_tree),
             ("elf-1000", elf_1000_tree),
         ):
+            if name not in wanted:
+                continue
             out = work / name
             out.mkdir()
             config = make(out)

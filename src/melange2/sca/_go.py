@@ -43,8 +43,13 @@ def go_clean(path: str) -> str:
 
 def go_dir(path: str) -> str:
     """``filepath.Dir``: everything before the last element, cleaned; ``"."`` if none."""
-    head = path[: path.rfind("/") + 1]
-    return go_clean(head) if head else "."
+    cut = path.rfind("/")
+    if cut < 0:
+        return "."
+    head = path[:cut]
+    if head and "//" not in head and "." not in head and not head.endswith("/"):
+        return head  # already clean (the paths of a walk are)
+    return go_clean(path[: cut + 1])
 
 
 def go_ext(path: str) -> str:
