@@ -32,6 +32,7 @@ __all__ = [
     "PipelineDef",
     "PipelineInput",
     "RangeData",
+    "Scriptlets",
     "Step",
     "Subpackage",
     "Test",
@@ -162,6 +163,21 @@ class Checks:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Scriptlets:
+    """``scriptlets`` of a package or subpackage: install scripts (control-stream files)."""
+
+    #: ``trigger.script``: run when a path in ``trigger_paths`` changes
+    trigger: str = ""
+    trigger_paths: tuple[str, ...] = ()
+    pre_install: str = ""
+    post_install: str = ""
+    pre_deinstall: str = ""
+    post_deinstall: str = ""
+    pre_upgrade: str = ""
+    post_upgrade: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Package(_Located):
     """The ``package`` section."""
 
@@ -175,6 +191,7 @@ class Package(_Located):
     dependencies: Dependencies = Dependencies()
     options: PackageOptions = PackageOptions()
     checks: Checks = Checks()
+    scriptlets: Scriptlets | None = None
     #: As written; empty means "all". See :meth:`builds_for`.
     target_architecture: tuple[str, ...] = ()
 
@@ -276,6 +293,7 @@ class Subpackage(_Located):
     options: PackageOptions = PackageOptions()
     checks: Checks = Checks()
     test: Test | None = None
+    scriptlets: Scriptlets | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -30,7 +30,7 @@ the first *k* warning linters become required for them; when the append no longe
 the array (a package that disables a required linter and three or more other names), the
 freed slots stay empty and the next package fails with ``unknown linter: ""``. This is
 melange's behaviour on the same config, measured against it
-(tests/integration/test_sca_differential.py), so a config builds here exactly when it
+(tests/differential: the lint-carryover case), so a config builds here exactly when it
 builds there.
 """
 

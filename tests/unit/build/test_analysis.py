@@ -70,7 +70,7 @@ def test_packages_carry_what_sca_found(tmp_path: Path) -> None:
     )
     make_tree(tree / "demo-dev", {"usr/lib/libz.so": ("link", "libz.so.1.2.13")})
     lines: list[str] = []
-    built, _ = write_packages(config, tree, opts, None, lines.append)
+    built, _ = write_packages(config, tree, opts, None, log=lines.append)
     infos = {b.name: read_apk(b.path).info for b in built}
     main = infos["demo"]
     assert "so:libz.so.1" not in main.depends  # declared, but the package provides it
@@ -97,7 +97,7 @@ def test_a_required_linter_stops_packaging(tmp_path: Path) -> None:
     make_tree(tree / "demo-dev", {"tmp/leftover": "x"})
     lines: list[str] = []
     with pytest.raises(LintFailed) as caught:
-        write_packages(config, tree, opts, None, lines.append)
+        write_packages(config, tree, opts, None, log=lines.append)
     assert str(caught.value) == (
         'unable to lint package demo-dev: linter "tempdir" failed for demo-dev: '
         "demo-dev writes to a temp dir (tmp/leftover)"

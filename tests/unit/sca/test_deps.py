@@ -1,6 +1,6 @@
 """melange2.sca.analyze on real ELF files and hand-made trees; the expected values are
 what melange v0.34.0 writes for the same trees (checked against it in
-tests/integration/test_sca_differential.py for the ELF cases)."""
+tests/differential/, the sca and sca-host cases)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """melange v0.34.0's linters on hand-made trees (the carry-over cases are also checked
-against melange itself in tests/integration/test_sca_differential.py)."""
+against melange itself by tests/differential/test_sca.py)."""
 
 from __future__ import annotations
 
