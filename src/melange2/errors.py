@@ -12,6 +12,7 @@
     ├── RegistryError               talking to an OCI registry
     │   └── ManifestNotFound
     ├── ApkError                    reading or writing APK packages and indexes
+    ├── LintFailed                  a required linter found something in a built package
     ├── FarmProcessError            starting or stopping the local farm's processes
     ├── StoreError                  the build store failed
     │   ├── NotFound                no such build or package
@@ -100,6 +101,12 @@ class ApkError(FarmError):
     """Invalid APK package or index."""
 
     code = "apk_error"
+
+
+class LintFailed(FarmError):
+    """A required linter found something in a built package."""
+
+    code = "lint_failed"
 
 
 class FarmProcessError(FarmError):

@@ -43,6 +43,7 @@ from melange2.recipe.arch import parse_arch
 from melange2.recipe.cond import parse_condition
 from melange2.recipe.errors import RecipeFieldError
 from melange2.recipe.model import (
+    Checks,
     Config,
     Contents,
     Copyright,
@@ -297,6 +298,16 @@ def _options(value: Value | None) -> PackageOptions:
     )
 
 
+def _checks(value: Value | None, locs: dict[str, Location]) -> Checks:
+    if value is None or value.is_null:
+        return Checks()
+    fields = value.mapping()
+    sub: dict[str, Location] = {}
+    checks = Checks(disabled=_str_list(fields.get("disabled"), sub, "disabled"))
+    locs.update({f"checks.{k}": v for k, v in sub.items()})
+    return checks
+
+
 def _scriptlets(value: Value | None, locs: dict[str, Location]) -> Scriptlets | None:
     if value is None:
         return None
@@ -388,6 +399,7 @@ def _package(value: Value) -> Package:
         copyright=tuple(_copyright(item) for item in _items(fields.get("copyright"))),
         dependencies=_dependencies(fields.get("dependencies"), locs),
         options=_options(fields.get("options")),
+        checks=_checks(fields.get("checks"), locs),
         scriptlets=_scriptlets(fields.get("scriptlets"), locs),
         target_architecture=_str_list(
             fields.get("target-architecture"), locs, "target-architecture"
@@ -442,6 +454,7 @@ def _subpackage(value: Value) -> Subpackage:
         if_=_text(fields, "if", locs),
         range=_text(fields, "range", locs),
         options=_options(fields.get("options")),
+        checks=_checks(fields.get("checks"), locs),
         test=_test(fields.get("test")),
         scriptlets=_scriptlets(fields.get("scriptlets"), locs),
         loc=value.loc,
