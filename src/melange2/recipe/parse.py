@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
+from melange2 import names
 from melange2.errors import RecipeError
 from melange2.recipe._yaml import Value, compose
 from melange2.recipe.arch import parse_arch
@@ -74,7 +75,6 @@ __all__ = ["Source", "load_config", "load_pipeline"]
 Source = str | bytes | os.PathLike[str]
 
 _MAX_DEPTH: Final = 32
-_NAME_RE: Final = re.compile(r"[a-zA-Z\d][a-zA-Z\d+_.-]*")
 _LEAVE_INPUTS: Final = ("inputs.",)
 _PARSE_TIME_KEYS: Final = frozenset(
     {"package.name", "package.version", "package.epoch", "package.full-version"}
@@ -585,8 +585,10 @@ def _check_steps(steps: tuple[Step, ...]) -> None:
 
 
 def _check_priority(value: str, where: Location) -> None:
-    if value and not re.fullmatch(r"[+-]?\d+", value):
-        raise RecipeFieldError(f"priority must be an integer, got {value!r}", location=where)
+    if value and not re.fullmatch(r"[+-]?[0-9]+", value):
+        raise RecipeFieldError(
+            f"priority must be an integer, got {names.excerpt(value)}", location=where
+        )
 
 
 class _ConfigLoader:
@@ -761,11 +763,14 @@ class _ConfigLoader:
     @staticmethod
     def _validate(config: Config) -> None:
         package = config.package
-        if not _NAME_RE.fullmatch(package.name):
-            raise RecipeFieldError(
-                f"package name {package.name!r} must match {_NAME_RE.pattern!r}",
-                location=package.where("name"),
-            )
+        try:
+            names.check_package_name(package.name)
+        except ValueError as exc:
+            raise RecipeFieldError(str(exc), location=package.where("name")) from None
+        try:
+            names.check_version(package.version, "package version")
+        except ValueError as exc:
+            raise RecipeFieldError(str(exc), location=package.where("version")) from None
         for key in ("provider-priority", "replaces-priority"):
             _check_priority(
                 getattr(package.dependencies, key.replace("-", "_")),
@@ -779,14 +784,14 @@ class _ConfigLoader:
                 other = seen[sp.name]
                 what = "the main package" if other < 0 else f"subpackage #{other}"
                 raise RecipeFieldError(
-                    f"subpackage name {sp.name!r} is already used by {what}", location=where
-                )
-            seen[sp.name] = index
-            if not _NAME_RE.fullmatch(sp.name):
-                raise RecipeFieldError(
-                    f"subpackage name {sp.name!r} must match {_NAME_RE.pattern!r}",
+                    f"subpackage name {names.excerpt(sp.name)} is already used by {what}",
                     location=where,
                 )
+            seen[sp.name] = index
+            try:
+                names.check_package_name(sp.name, "subpackage name")
+            except ValueError as exc:
+                raise RecipeFieldError(str(exc), location=where) from None
             for key in ("provider-priority", "replaces-priority"):
                 _check_priority(
                     getattr(sp.dependencies, key.replace("-", "_")),
