@@ -183,12 +183,25 @@ class PipelineResolver:
     'Split development files'
     """
 
-    def __init__(self, search_dirs: Sequence[Path] = (), *, builtins: bool = True) -> None:
+    def __init__(
+        self,
+        search_dirs: Sequence[Path] = (),
+        *,
+        builtins: bool = True,
+        labels: Mapping[Path, str] | None = None,
+    ) -> None:
         dirs = [Path(d) for d in search_dirs]
         if builtins:
             dirs.append(BUILTIN_PIPELINE_DIR)
         self._dirs: tuple[Path, ...] = tuple(dirs)
         self._cache: dict[Path, PipelineDef] = {}
+        #: what errors call a directory instead of its path (a server's scratch
+        #: directory means nothing to its client): ``<label>/<file>``
+        self._labels = {Path(d): label for d, label in (labels or {}).items()}
+
+    def _shown(self, directory: Path, relative: str) -> str:
+        label = self._labels.get(directory)
+        return f"{label}/{relative}" if label is not None else str(directory / relative)
 
     @property
     def search_dirs(self) -> tuple[Path, ...]:
@@ -212,13 +225,14 @@ class PipelineResolver:
         except ValueError as exc:
             raise RecipeFieldError(str(exc), location=location) from None
         if path is None:
-            looked = ", ".join(str(d / f"{uses}.yaml") for d in self._dirs)
+            looked = ", ".join(self._shown(d, f"{uses}.yaml") for d in self._dirs)
             raise RecipeFieldError(
                 f"unknown pipeline {uses!r} (looked for {looked})", location=location
             )
         loaded = self._cache.get(path)
         if loaded is None:
-            loaded = self._cache[path] = load_pipeline(path)
+            shown = self._shown(path.parents[uses.count("/")], f"{uses}.yaml")
+            loaded = self._cache[path] = load_pipeline(path, filename=shown)
         return loaded
 
 
