@@ -16,6 +16,10 @@
     ├── StoreError                  the build store failed
     │   ├── NotFound                no such build or package
     │   └── InvalidTransition       a state change the store refused (wrong current state)
+    ├── PackageFailed               a package's attempt failed (the reason, for the client)
+    ├── PublishConflict             the farm's repository already holds other bytes under
+    │                               that package's file name
+    ├── Unavailable                 the server cannot take work now (HTTP 503)
     └── RequestError                a client's request is invalid (HTTP 4xx)
 
 Each class has a ``code`` (a stable string for JSON error bodies) and an ``exit_code``
@@ -122,6 +126,24 @@ class InvalidTransition(StoreError):
     """The package is not in a state that allows this change."""
 
     code = "invalid_transition"
+
+
+class PackageFailed(FarmError):
+    """The package failed."""
+
+    code = "package_failed"
+
+
+class PublishConflict(FarmError):
+    """The repository already holds a different package of that name, version and epoch."""
+
+    code = "publish_conflict"
+
+
+class Unavailable(FarmError):
+    """The server cannot take work now."""
+
+    code = "unavailable"
 
 
 class RequestError(FarmError):
