@@ -22,9 +22,10 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import TypedDict
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from melange2 import __version__
 from melange2.api import errors
@@ -104,24 +105,43 @@ async def publish_key(settings: ServerSettings, storage: Storage) -> None:
         await storage.put_bytes(key, data)
 
 
-class BodyLimit(BaseHTTPMiddleware):
-    """Refuse bodies over the configured size with 413, before reading them."""
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with a JSON 413: by ``Content-Length``
+    before anything is read, and by counting the bytes as they arrive (a chunked body
+    has no length): past the limit, reading the body raises :class:`errors.BodyTooLarge`
+    (a 413 through the app's error mapper) and nothing more is read."""
 
-    def __init__(self, app: object, limit: int) -> None:
-        super().__init__(app)  # type: ignore[arg-type]
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
         self.limit = limit
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        length = request.headers.get("content-length")
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return JSONResponse(
+            response = JSONResponse(
                 errors.error_body(
                     f"request body of {length} bytes is over the limit of {self.limit}",
                     {"limit": self.limit},
                 ),
                 status_code=413,
             )
-        return await call_next(request)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise errors.BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def create_app(
@@ -211,7 +231,6 @@ def create_app(
         version=__version__,
         lifespan=lifespan,
         description="Build melange configs on a pool of BuildKit daemons.",
-        max_body_size=settings.max_body_bytes,  # counted as it arrives: chunked too
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     errors.install(

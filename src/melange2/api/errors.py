@@ -15,7 +15,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from melange2.errors import (
     ConfigError,
@@ -43,6 +42,16 @@ _STATUS: list[tuple[type[FarmError], int]] = [
     (ConfigError, 400),
 ]
 _IDENTIFIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body (chunked, or longer than it said) went past the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            status_code=413, detail=f"the request body is over the limit of {limit} bytes"
+        )
+        self.limit = limit
 
 
 def _clean(value: Any, depth: int = 0) -> Any:
@@ -113,11 +122,7 @@ def install(app: FastAPI, redactor: Redactor | None = None) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
-        details = None
-        if exc.status_code == 413:
-            limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
-            message = f"the request body is over the limit of {limit} bytes"
-            details = {"limit": limit}
+        details = {"limit": exc.limit} if isinstance(exc, BodyTooLarge) else None
         return JSONResponse(
             error_body(redact.text(message), details),
             status_code=exc.status_code,

@@ -518,9 +518,11 @@ class Scheduler:
             except _STORE_FAILURES:  # written with the build's next change
                 _log.exception("recording build %s as running", state.build.id)
         key = (state.build.id, job.name)
-        self._tasks[key] = asyncio.create_task(
+        task = asyncio.create_task(
             self._run(state, running, slot, attempt), name=f"build {job.build_id}/{job.name}"
         )
+        task.add_done_callback(_log_crash)
+        self._tasks[key] = task
 
     async def _run(
         self, state: _BuildState, job: PackageJob, slot: BackendSlot, attempt: int
@@ -868,6 +870,12 @@ class Scheduler:
                 else:
                     self._push(state, job)
         self.wake()
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A package's task that died of a bug (its package is failed by the lease loop)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _log.error("%s crashed", task.get_name(), exc_info=exc)
 
 
 def _closed(

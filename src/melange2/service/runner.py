@@ -231,12 +231,13 @@ class BuildkitRunner:
             input_digest=outcome.input_digest,
         )
 
-    def _reason(self, exc: BaseException, what: str = "internal error") -> str:
-        """Why the package failed, for its client: the error's own message for ours,
-        ``<what>: <type>: <message>`` otherwise; server paths redacted."""
+    def _reason(self, exc: BaseException, what: str = "") -> str:
+        """Why the package failed, for its client: ``[<what>: ]<message>`` for our
+        errors, ``<what or "internal error">: <type>: <message>`` for others; server
+        paths redacted."""
         if isinstance(exc, FarmError):
-            return self.redact.text(str(exc))
-        return self.redact.text(f"{what}: {type(exc).__name__}: {exc}")
+            return self.redact.text(f"{what}: {exc}" if what else str(exc))
+        return self.redact.text(f"{what or 'internal error'}: {type(exc).__name__}: {exc}")
 
     async def _logged_attempt(
         self, job: PackageJob, build: Build, backend: Backend, live: Path, hub_key: str
