@@ -5,8 +5,9 @@ come from the environment. SIGINT/SIGTERM: stop accepting requests, finish in-fl
 ones (up to 10 s), stop the scheduler, exit; running packages resume at the next start.
 
 If the scheduler's loop or the health probes stop (the store failing as a whole, a
-bug), the server shuts down the same way and exits with status 3, for its service
-manager to restart it.
+bug), ``/healthz`` answers 503 with the reason, submissions are refused, and two
+seconds later the server shuts down the same way and exits with status 3, for its
+service manager to restart it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class JsonFormatter(logging.Formatter):
 
 #: the exit status when a side task (the scheduler, the health probes) stopped
 FATAL_EXIT = 3
+#: seconds /healthz answers 503 before the server shuts down after such a stop
+FATAL_GRACE_S = 2.0
 
 
 def _host_port(listen: str) -> tuple[str, int]:
@@ -138,6 +141,13 @@ def _host_port(listen: str) -> tuple[str, int]:
     "--max-attempts", default=3, show_default=True, help="Tries per package on backend faults."
 )
 @click.option(
+    "--lease-ttl",
+    default=15.0,
+    show_default=True,
+    help="Seconds a running package's lease lasts (renewed every third of it); a server "
+    "that cannot renew its leases for that long stops.",
+)
+@click.option(
     "--max-body-bytes",
     default=64 * 1024 * 1024,
     show_default=True,
@@ -221,6 +231,7 @@ def cli(
     keyrings: tuple[str, ...],
     schedule: str,
     max_attempts: int,
+    lease_ttl: float,
     max_body_bytes: int,
     probe_interval: float,
     fetch_allow: tuple[str, ...],
@@ -266,6 +277,7 @@ def cli(
     if git_jobs < 1:
         raise click.BadParameter("at least 1", param_hint="--git-jobs")
     for value, flag in (
+        (lease_ttl, "--lease-ttl"),
         (fetch_timeout, "--fetch-timeout"),
         (git_timeout, "--git-timeout"),
         (git_connect_timeout, "--git-connect-timeout"),
@@ -286,6 +298,7 @@ def cli(
         keyrings=keyrings,
         schedule="fifo" if schedule == "fifo" else "critical-path",
         max_attempts=max_attempts,
+        lease_ttl=lease_ttl,
         max_body_bytes=max_body_bytes,
         probe_interval=probe_interval,
         cache_registry=os.environ.get("CACHE_REGISTRY", ""),
@@ -315,8 +328,13 @@ def cli(
 
     def on_fatal(reason: str) -> None:
         fatal.append(reason)
-        if server is not None:
-            server.should_exit = True  # the same graceful shutdown as SIGTERM
+
+        def stop() -> None:
+            if server is not None:
+                server.should_exit = True  # the same graceful shutdown as SIGTERM
+
+        # /healthz answers 503 (with the reason) a moment before the server goes
+        asyncio.get_running_loop().call_later(FATAL_GRACE_S, stop)
 
     config = uvicorn.Config(
         create_app(settings, on_fatal=on_fatal),

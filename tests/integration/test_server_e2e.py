@@ -86,7 +86,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(farm: FarmEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(farm, tmp_path_factory.mktemp("server"))
+    # the git_source test clones a repository on this disk
+    srv = Server(farm, tmp_path_factory.mktemp("server"), ["--git-allow-local"])
     srv.start()
     try:
         yield srv
