@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from melange2.names import excerpt
 from melange2.recipe.cond import evaluate_condition
 from melange2.recipe.errors import RecipeFieldError
 from melange2.recipe.model import (
@@ -211,7 +212,7 @@ class PipelineResolver:
     def find(self, uses: str) -> Path | None:
         """The file ``uses`` refers to, or ``None``. Raises ``ValueError`` for a bad name."""
         if not _USES_RE.fullmatch(uses) or ".." in uses.split("/"):
-            raise ValueError(f"invalid pipeline name {uses!r}")
+            raise ValueError(f"invalid pipeline name {excerpt(uses)}")
         for directory in self._dirs:
             candidate = directory / f"{uses}.yaml"
             if candidate.is_file():
@@ -227,7 +228,7 @@ class PipelineResolver:
         if path is None:
             looked = ", ".join(self._shown(d, f"{uses}.yaml") for d in self._dirs)
             raise RecipeFieldError(
-                f"unknown pipeline {uses!r} (looked for {looked})", location=location
+                f"unknown pipeline {excerpt(uses)} (looked for {looked})", location=location
             )
         loaded = self._cache.get(path)
         if loaded is None:
@@ -431,7 +432,9 @@ class _Walker:
         where = step.where("uses")
         if uses in frame.chain:
             cycle = " -> ".join((*frame.chain, uses))
-            raise RecipeFieldError(f"pipeline {uses!r} uses itself ({cycle})", location=where)
+            raise RecipeFieldError(
+                f"pipeline {excerpt(uses)} uses itself ({cycle})", location=where
+            )
         if len(frame.chain) >= _MAX_DEPTH:
             raise RecipeFieldError(f"'uses' nested more than {_MAX_DEPTH} deep", location=where)
         definition = self.resolver.resolve(uses, location=where)
@@ -455,7 +458,7 @@ class _Walker:
             self.walk(definition.pipeline, body)
         except RecipeFieldError as exc:
             # The pipeline file is at fault only through this step's use of it: blame both.
-            raise RecipeFieldError(f"in pipeline {uses!r}: {exc}", location=where) from exc
+            raise RecipeFieldError(f"in pipeline {excerpt(uses)}: {exc}", location=where) from exc
 
     def emit(
         self,
@@ -491,7 +494,8 @@ def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> d
         if key not in definition.inputs:
             declared = ", ".join(sorted(definition.inputs)) or "none"
             raise RecipeFieldError(
-                f"pipeline {step.uses!r} has no input {key!r} (it declares: {declared})",
+                f"pipeline {excerpt(step.uses)} has no input {excerpt(key)} "
+                f"(it declares: {declared})",
                 location=step.where(f"with.{key}"),
             )
     given = {
@@ -507,7 +511,7 @@ def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> d
             value = substitute(spec.default, scope, location=definition.where(f"inputs.{key}"))
         if spec.required and not value:
             raise RecipeFieldError(
-                f"pipeline {step.uses!r} requires input {key!r}",
+                f"pipeline {excerpt(step.uses)} requires input {excerpt(key)}",
                 location=step.where(f"with.{key}") if key in step.with_ else step.where("with"),
             )
         out[key] = value

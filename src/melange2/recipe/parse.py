@@ -39,6 +39,7 @@ from typing import Final
 
 from melange2 import names
 from melange2.errors import RecipeError
+from melange2.names import excerpt
 from melange2.recipe._yaml import Value, compose
 from melange2.recipe.arch import parse_arch
 from melange2.recipe.cond import parse_condition
@@ -316,7 +317,9 @@ def _copyright(value: Value, depth: int = 0) -> Copyright:
     if not grouping and not entry.license:
         raise value.error("must specify either 'license' or 'operator'/'licenses'")
     if entry.operator and entry.operator not in ("AND", "OR"):
-        raise fields["operator"].error(f"operator must be 'AND' or 'OR', got {entry.operator!r}")
+        raise fields["operator"].error(
+            f"operator must be 'AND' or 'OR', got {excerpt(entry.operator)}"
+        )
     if grouping and not entry.licenses:
         raise value.error("a license group needs at least one entry in 'licenses'")
     return entry
@@ -578,7 +581,7 @@ def _check_steps(steps: tuple[Step, ...]) -> None:
             )
         if step.uses and step.runs:
             raise RecipeFieldError(
-                f"a step cannot have both 'uses' ({step.uses!r}) and 'runs'",
+                f"a step cannot have both 'uses' ({excerpt(step.uses)}) and 'runs'",
                 location=step.where("runs"),
             )
         _check_steps(step.pipeline)
@@ -624,7 +627,7 @@ class _ConfigLoader:
         vars = _str_map(top.get("vars"), locs, "vars")
         for key, value in self.extra_vars.items():
             if not isinstance(key, str) or not isinstance(value, str):
-                raise RecipeError(f"extra_vars must map strings to strings, got {key!r}")
+                raise RecipeError(f"extra_vars must map strings to strings, got {excerpt(key)}")
             vars[key] = value
             locs.setdefault(
                 f"vars.{key}", Location(file="<extra_vars>", line=0, column=0, path=f"vars.{key}")
@@ -737,7 +740,7 @@ class _ConfigLoader:
             source = ranges.get(sp.range)
             if source is None:
                 raise RecipeFieldError(
-                    f"undefined range {sp.range!r} (no 'data' entry has that name)",
+                    f"undefined range {excerpt(sp.range)} (no 'data' entry has that name)",
                     location=sp.where("range"),
                 )
             for key in sorted(source.items):
