@@ -109,7 +109,7 @@ class CreateBuildRequest(_Strict):
     pipelines: dict[str, str] = Field(default_factory=dict)
     #: ``{"pkgname": {"relative/path": content}}`` placed in that package's /home/build
     source_files: dict[str, dict[str, SourceContent]] = Field(default_factory=dict)
-    arch: str | None = None
+    arch: str | None = Field(default=None, max_length=64)
     backend_selector: dict[str, str] = Field(default_factory=dict)
     mode: Literal["flat", "dag"] = "flat"
     with_test: bool = False
