@@ -445,12 +445,30 @@ def test_env_values_never_come_back(server: Server) -> None:
         assert "hunter2-secret" not in client.get(f"/api/v1/builds/{build_id}").text
 
 
-def test_package_errors_name_no_server_path(server: Server) -> None:
+def test_errors_name_no_server_path(server: Server) -> None:
+    install_dir = str(Path(__file__).resolve().parents[2] / "src")
     with server.client() as client:
-        build = wait(client, submit(client, config_yaml=config("unresolvable", needs=("no-such",))))
-        job = by_name(build)["unresolvable"]
-        assert job["status"] == "failed" and job["error"]
-        assert str(server.root) not in job["error"] and "/tmp/melange2-" not in job["error"]
+        # at submission: a pipeline looked for in the scratch directory and the install
+        refused = client.post(
+            "/api/v1/builds",
+            json={
+                "config_yaml": "package: {name: p-missing, version: 1.0.0}\n"
+                "pipeline:\n  - uses: nope/x\n",
+                "pipelines": {"mine.yaml": "pipeline: []\n"},
+            },
+        )
+        error = _clear_4xx(refused, 400, "unknown pipeline", "pipelines/nope/x.yaml")
+        assert "/tmp/" not in error and install_dir not in error
+        # at run time: a package whose config is read from the server's data directory
+        empty = "package:\n  name: nothing-in\n  version: 1.0.0\npipeline:\n  - runs: 'true'\n"
+        build = wait(client, submit(client, config_yaml=empty))
+        job = by_name(build)["nothing-in"]
+        assert (
+            job["status"] == "failed" and "environment.contents.packages is empty" in job["error"]
+        )
+        assert str(server.root) not in job["error"] and "<data-dir>" in job["error"]
+        log = client.get(f"/api/v1/builds/{build['id']}/packages/nothing-in/logs").text
+        assert str(server.root) not in log
 
 
 def test_afterwards_the_server_still_dispatches_and_its_memory_is_near_baseline(
