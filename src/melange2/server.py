@@ -18,10 +18,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import uvicorn
 
+from melange2.cli.tls import tls_from_flags, tls_options
 from melange2.errors import FarmError
 from melange2.service.settings import ServerSettings
 from melange2.storage import StorageSpec, open_storage
@@ -58,6 +60,7 @@ def _host_port(listen: str) -> tuple[str, int]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--listen-addr", default=":8080", show_default=True, help="HTTP listen address.")
 @click.option("--buildkit-addr", help="One BuildKit backend (single-backend mode).")
+@tls_options(envvars=False, what="the --buildkit-addr daemon")
 @click.option(
     "--backends-config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -243,6 +246,7 @@ def cli(
     parse_cache_bytes: int,
     log_level: str,
     log_format: str,
+    **tls_flags: Any,
 ) -> None:
     """Run the melange2 build service."""
     chosen = [n for n, v in (("--gcs-bucket", gcs_bucket), ("--s3-bucket", s3_bucket)) if v]
@@ -284,9 +288,16 @@ def cli(
     ):
         if value <= 0:
             raise click.BadParameter("must be positive", param_hint=flag)
+    buildkit_tls = tls_from_flags(tls_flags)
+    if buildkit_tls is not None and not buildkit_addr:
+        raise click.UsageError(
+            "the TLS flags are for --buildkit-addr; give a backend's TLS settings under its "
+            "`tls:` in the backends config"
+        )
     settings = ServerSettings(
         listen_addr=listen_addr,
         buildkit_addr=buildkit_addr,
+        buildkit_tls=buildkit_tls,
         backends_config=backends_config,
         default_arch=default_arch,
         output_dir=output_dir.resolve(),
@@ -314,7 +325,9 @@ def cli(
         parse_cache_bytes=parse_cache_bytes,
     )
     asyncio.run(_check_storage(storage))  # a missing bucket or bad credentials: refuse now
-    from melange2.api.app import create_app
+    from melange2.api.app import create_app, pool_config
+
+    pool = pool_config(settings)  # a bad backends config or TLS file: refuse now, naming it
 
     handler = logging.StreamHandler()
     if log_format == "json":
@@ -337,7 +350,7 @@ def cli(
         asyncio.get_running_loop().call_later(FATAL_GRACE_S, stop)
 
     config = uvicorn.Config(
-        create_app(settings, on_fatal=on_fatal),
+        create_app(settings, pool=pool, on_fatal=on_fatal),
         host=host,
         port=port,
         log_level=log_level,

@@ -61,7 +61,13 @@ def pool_config(settings: ServerSettings) -> PoolConfig:
         return load_pool_config(settings.backends_config)
     if settings.buildkit_addr:
         return PoolConfig(
-            backends=(BackendSpec(addr=settings.buildkit_addr, arch=settings.default_arch),)
+            backends=(
+                BackendSpec(
+                    addr=settings.buildkit_addr,
+                    arch=settings.default_arch,
+                    tls=settings.buildkit_tls,
+                ),
+            )
         )
     return PoolConfig(backends=())
 
@@ -145,13 +151,18 @@ class BodyLimit:
 
 
 def create_app(
-    settings: ServerSettings, *, on_fatal: Callable[[str], None] | None = None
+    settings: ServerSettings,
+    *,
+    pool: PoolConfig | None = None,
+    on_fatal: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """The app. ``on_fatal(reason)`` is called once if a side task (the scheduler, the
-    health probes) ends: the caller should stop the server (``melange-server`` does,
-    and exits non-zero)."""
+    """The app; ``pool``: the backends, when already loaded (else from ``settings``).
+    ``on_fatal(reason)`` is called once if a side task (the scheduler, the health
+    probes) ends: the caller should stop the server (``melange-server`` does, and exits
+    non-zero)."""
     metrics = Metrics()
     supervisor = Supervisor(on_failure=on_fatal)
+    config = pool
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[_State]:
@@ -162,7 +173,7 @@ def create_app(
         await storage.check()
         await publish_key(settings, storage)
         hub = LogHub()
-        pool = BackendPool.from_config(pool_config(settings))
+        pool = BackendPool.from_config(config or pool_config(settings))
         pool.on_breaker_change = metrics.breaker_changed
         async with open_store(settings.store, data_dir=settings.data_dir) as store:
             for stored in await store.list_backends():
@@ -173,13 +184,16 @@ def create_app(
                             arch=stored.arch,
                             labels=stored.labels,
                             max_jobs=stored.max_jobs,
+                            tls=stored.tls,
                         ),
                         dynamic=True,
                     )
             async with RegistryClient(settings.registry) as registry:
                 policy = fetch_policy(settings)
                 builder = Builder(registry, settings.data_dir / "cache", policy)
-                runner = BuildkitRunner(settings, builder, signer, storage, hub)
+                runner = BuildkitRunner(
+                    settings, builder, signer, storage, hub, daemon_tls=pool.tls_for
+                )
                 scheduler = Scheduler(
                     store,
                     pool,

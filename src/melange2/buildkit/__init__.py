@@ -12,18 +12,27 @@ from melange2.buildkit.client import (
     StepFailed,
     VertexUpdate,
     WorkerInfo,
+    local_export,
     push_image,
 )
+from melange2.buildkit.session import Session
+from melange2.buildkit.tls import ClientTLS, TLSMaterialError, client_tls_from_pem, load_client_tls
 
 __all__ = [
     "BuildkitClient",
+    "ClientTLS",
     "DaemonInfo",
     "Exporter",
     "LogChunk",
     "Progress",
+    "Session",
     "SolveResult",
     "StepFailed",
+    "TLSMaterialError",
     "VertexUpdate",
     "WorkerInfo",
+    "client_tls_from_pem",
+    "load_client_tls",
+    "local_export",
     "push_image",
 ]

@@ -9,6 +9,15 @@ Example::
 
 Cancelling the task that awaits :meth:`BuildkitClient.solve` cancels the solve on the
 daemon (BuildKit stops a build when its ``Solve`` call goes away).
+
+A solve that needs the client while it runs (secrets, a ``local://`` source, a local
+exporter) gets a session for its length (:mod:`melange2.buildkit.session`)::
+
+    await bk.solve(marshal(state), exporters=[local_export(Path("out"))],
+                   session=Session(secrets={"token": b"..."}))
+
+A daemon that serves TLS (``buildkitd --tlscert --tlskey --tlscacert``) is reached with
+``BuildkitClient(addr, tls=load_client_tls(...))`` (:mod:`melange2.buildkit.tls`).
 """
 
 from __future__ import annotations
@@ -16,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -27,6 +38,8 @@ from melange2.buildkit._proto.api.services.control import control_pb2, control_p
 from melange2.buildkit._proto.solver.pb import ops_pb2
 from melange2.buildkit.errors import exit_code_of, map_grpc_errors
 from melange2.buildkit.llb.platform import Platform
+from melange2.buildkit.session import Session, SessionRunner
+from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitError, SolveFailed
 
 _MAX_MESSAGE = 64 * 1024 * 1024
@@ -66,10 +79,14 @@ class WorkerInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class Exporter:
-    """An exporter for the solve's result (``image`` with ``name``/``push`` attrs, ...)."""
+    """An exporter for the solve's result (``image`` with ``name``/``push`` attrs, ...).
+
+    ``output_dir`` is for the client only: where a ``local`` exporter's tree is written
+    (it comes back through the solve's session)."""
 
     type: str
     attrs: Mapping[str, str] = field(default_factory=dict)
+    output_dir: Path | None = None
 
 
 def push_image(name: str, *, insecure: bool = True) -> Exporter:
@@ -78,6 +95,13 @@ def push_image(name: str, *, insecure: bool = True) -> Exporter:
     if insecure:
         attrs["registry.insecure"] = "true"
     return Exporter(type="image", attrs=attrs)
+
+
+def local_export(dest: Path) -> Exporter:
+    """Export the result as a directory tree into ``dest`` on this machine, through the
+    session's file-send target: modes, owners (as numbers, when running as root), symlinks
+    and hard links as the daemon has them. No registry is involved."""
+    return Exporter(type="local", output_dir=dest)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,10 +173,14 @@ def _progress(resp: control_pb2.StatusResponse) -> Progress:
 
 
 class BuildkitClient:
-    """A connection to one BuildKit daemon. Use it as an async context manager, once."""
+    """A connection to one BuildKit daemon. Use it as an async context manager, once.
+    With ``tls`` the channel is TLS (and shows the client certificate, if any)."""
 
-    def __init__(self, addr: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, addr: str, *, tls: ClientTLS | None = None, connect_timeout: float = 10.0
+    ) -> None:
         self.addr = addr
+        self.tls = tls
         self._target = grpc_target(addr)
         self._connect_timeout = connect_timeout
         self._state = _State.UNOPENED
@@ -162,13 +190,18 @@ class BuildkitClient:
     async def __aenter__(self) -> BuildkitClient:
         if self._state is not _State.UNOPENED:
             raise RuntimeError("a BuildkitClient can be opened only once")
-        self._channel = grpc.aio.insecure_channel(
-            self._target,
-            options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ],
-        )
+        options: list[tuple[str, str | int]] = [
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        ]
+        if self.tls is None:
+            self._channel = grpc.aio.insecure_channel(self._target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                self._target,
+                self.tls.credentials(),
+                options=[*options, *self.tls.channel_options()],
+            )
         self._stub = control_pb2_grpc.ControlStub(self._channel)
         self._state = _State.OPENED
         return self
@@ -194,14 +227,14 @@ class BuildkitClient:
 
     async def info(self) -> DaemonInfo:
         """The daemon's BuildKit version."""
-        with map_grpc_errors(self.addr):
+        with map_grpc_errors(self.addr, tls=self.tls is not None):
             resp = await self.stub.Info(control_pb2.InfoRequest(), timeout=self._connect_timeout)
         v = resp.buildkitVersion
         return DaemonInfo(package=v.package, version=v.version, revision=v.revision)
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The daemon's workers and their platforms."""
-        with map_grpc_errors(self.addr):
+        with map_grpc_errors(self.addr, tls=self.tls is not None):
             resp = await self.stub.ListWorkers(
                 control_pb2.ListWorkersRequest(), timeout=self._connect_timeout
             )
@@ -220,7 +253,7 @@ class BuildkitClient:
     async def status(self, ref: str) -> AsyncIterator[Progress]:
         """The progress of the solve ``ref``: vertexes and step logs, as they happen."""
         call = self.stub.Status(control_pb2.StatusRequest(Ref=ref))
-        with map_grpc_errors(self.addr):
+        with map_grpc_errors(self.addr, tls=self.tls is not None):
             async for resp in call:
                 yield _progress(resp)
 
@@ -233,8 +266,12 @@ class BuildkitClient:
         on_progress: Callable[[Progress], None] | None = None,
         cache_imports: Sequence[Mapping[str, str]] = (),
         cache_exports: Sequence[Mapping[str, str]] = (),
+        session: Session | None = None,
     ) -> SolveResult:
         """Solve ``definition`` and run its exporters. Progress goes to ``on_progress``.
+
+        A session (secrets, local directories) is opened for the solve when ``session`` is
+        given or an exporter writes locally, and torn down when the solve ends.
 
         Raises :class:`SolveFailed` naming the failing step, its exit code and the tail
         of its output; :class:`BuildkitUnavailable` when the daemon is the problem.
@@ -264,9 +301,24 @@ class BuildkitClient:
             Exporters=[control_pb2.Exporter(Type=e.type, Attrs=dict(e.attrs)) for e in exporters],
             Cache=cache,
         )
+        local = {i: e.output_dir for i, e in enumerate(exporters) if e.output_dir is not None}
+        if session is None and not local:
+            return await self._solve(request, follow, vertexes, logs)
+        runner = SessionRunner(self.stub, self.addr, session or Session(), exports=local)
+        async with runner:
+            request.Session = runner.id
+            return await self._solve(request, follow, vertexes, logs)
+
+    async def _solve(
+        self,
+        request: control_pb2.SolveRequest,
+        follow: Callable[[], Coroutine[Any, Any, None]],
+        vertexes: dict[str, VertexUpdate],
+        logs: dict[str, bytearray],
+    ) -> SolveResult:
         follower = asyncio.create_task(follow())
         try:
-            with map_grpc_errors(self.addr):
+            with map_grpc_errors(self.addr, tls=self.tls is not None):
                 resp = await self.stub.Solve(request)
         except SolveFailed as exc:
             await _settle(follower)
@@ -277,7 +329,7 @@ class BuildkitClient:
             raise
         await _settle(follower)
         return SolveResult(
-            ref=ref, exporter_response=dict(resp.ExporterResponse), vertexes=vertexes
+            ref=request.Ref, exporter_response=dict(resp.ExporterResponse), vertexes=vertexes
         )
 
 
@@ -313,6 +365,8 @@ def _describe_failure(
     message = f"step {step.name!r} failed"
     if code is not None:
         message += f" with exit code {code}"
+    elif step.error:  # it never ran (a missing secret, a mount that failed): say why
+        message += f": {step.error}"
     last_lines = tail.rstrip("\n").splitlines()[-_MESSAGE_TAIL_LINES:]
     if last_lines:
         message += ":\n" + "\n".join(f"  {line}" for line in last_lines)

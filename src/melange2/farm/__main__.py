@@ -16,8 +16,10 @@ from melange2.farm.local import FarmEnv, LocalFarm
 from melange2.farm.smoke import run_smoke
 
 
-def _farm(root: str, tools: str, daemons: int = 2, server: bool = True) -> LocalFarm:
-    return LocalFarm(Path(root), tools_dir=Path(tools), daemons=daemons, server=server)
+def _farm(
+    root: str, tools: str, daemons: int = 2, server: bool = True, tls: bool = False
+) -> LocalFarm:
+    return LocalFarm(Path(root), tools_dir=Path(tools), daemons=daemons, server=server, tls=tls)
 
 
 @click.group()
@@ -37,11 +39,18 @@ def cli(ctx: click.Context, root: str, tools: str) -> None:
     show_default=True,
     help="Also start melange-server (first daemon x86_64, second aarch64).",
 )
+@click.option(
+    "--tls/--no-tls",
+    default=False,
+    show_default=True,
+    help="Daemons serve TLS and require a client certificate (made into <root>/tls/; "
+    "the server and .farm/env use it). `make farm-up FARM_TLS=1`.",
+)
 @click.pass_obj
-def up(obj: tuple[str, str], daemons: int, server: bool) -> None:
+def up(obj: tuple[str, str], daemons: int, server: bool, tls: bool) -> None:
     """Start the registry, push the base image, start the buildkitd daemons and the
     server."""
-    farm = _farm(*obj, daemons=daemons, server=server)
+    farm = _farm(*obj, daemons=daemons, server=server, tls=tls)
     running = farm.running_services()
     if running:
         click.echo(
@@ -51,6 +60,11 @@ def up(obj: tuple[str, str], daemons: int, server: bool) -> None:
     env = asyncio.run(farm.up())
     click.echo(f"farm up: registry {env.registry}, buildkitd {' '.join(env.buildkit_addrs)}")
     click.echo(f"base image {env.base_image}")
+    if env.tls_ca_cert:
+        click.echo(
+            f"daemons serve TLS; client certificate {env.tls_cert}, key {env.tls_key}, "
+            f"CA {env.tls_ca_cert}"
+        )
     if env.melange_server:
         click.echo(
             f"melange-server {env.melange_server} (log: {farm.root}/logs/melange-server.log)"

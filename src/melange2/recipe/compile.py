@@ -62,6 +62,7 @@ from melange2.recipe.model import (
     Location,
     PipelineDef,
     Step,
+    Subpackage,
     Test,
     frozen_map,
 )
@@ -262,6 +263,12 @@ def compile_build(config: Config, resolver: PipelineResolver | None = None) -> B
         walker.walk(pipeline, _Frame(mapping=mapping))
         steps.extend(walker.steps)
     return BuildPlan(steps=tuple(steps), needs_packages=needs.packages(), environment=environment)
+
+
+def subpackage_enabled(config: Config, subpackage: Subpackage) -> bool:
+    """Whether ``subpackage`` is built: its ``if:`` holds (melange skips it otherwise)."""
+    mapping = substitution_map(config, subpackage=subpackage.name)
+    return _condition_holds(subpackage.if_, mapping, subpackage.where("if"))
 
 
 def compile_tests(config: Config, resolver: PipelineResolver | None = None) -> tuple[TestPlan, ...]:

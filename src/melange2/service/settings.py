@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from melange2.buildkit.tls import ClientTLS
 from melange2.scheduler.loop import Schedule
 from melange2.storage import StorageSpec
 
@@ -15,6 +16,8 @@ from melange2.storage import StorageSpec
 class ServerSettings:
     listen_addr: str = ":8080"
     buildkit_addr: str | None = None
+    #: TLS for ``buildkit_addr`` (single-backend mode)
+    buildkit_tls: ClientTLS | None = None
     backends_config: Path | None = None
     default_arch: str = "x86_64"
     output_dir: Path = Path("/var/lib/melange/output")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from melange2.buildkit.tls import ClientTLS
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Build, BuildStatus, PackageJob, PackageStatus
 
@@ -41,6 +42,8 @@ class StoredBackend:
     arch: str
     labels: Mapping[str, str]
     max_jobs: int
+    #: its client TLS settings, key included (the store keeps them as the API gave them)
+    tls: ClientTLS | None = None
 
 
 class JobStore(Protocol):

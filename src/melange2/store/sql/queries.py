@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
 
+from melange2.buildkit.tls import ClientTLS
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Backend, Build, BuildStatus, PackageJob, PackageStatus
 from melange2.store.base import StoredBackend
@@ -408,9 +409,36 @@ def latest_durations(conn: Connection, names: Sequence[str]) -> dict[str, float]
 # runtime backends
 
 
+def _tls_json(tls: ClientTLS | None) -> dict[str, str] | None:
+    if tls is None:
+        return None
+    return {
+        "caCert": (tls.ca_cert or b"").decode(),
+        "cert": (tls.cert or b"").decode(),
+        "key": (tls.key or b"").decode(),
+        "serverName": tls.server_name,
+    }
+
+
+def _tls_of(value: Any) -> ClientTLS | None:
+    if not isinstance(value, dict):
+        return None
+    return ClientTLS(
+        ca_cert=value.get("caCert", "").encode() or None,
+        cert=value.get("cert", "").encode() or None,
+        key=value.get("key", "").encode() or None,
+        server_name=value.get("serverName", ""),
+    )
+
+
 def save_backend(conn: Connection, backend: StoredBackend) -> None:
     """Replace the backend with this address in place, or add it at the end."""
-    values = {"arch": backend.arch, "labels": dict(backend.labels), "max_jobs": backend.max_jobs}
+    values = {
+        "arch": backend.arch,
+        "labels": dict(backend.labels),
+        "max_jobs": backend.max_jobs,
+        "tls": _tls_json(backend.tls),
+    }
     result = conn.execute(update(backends).where(backends.c.addr == backend.addr).values(values))
     if result.rowcount:
         return
@@ -426,7 +454,11 @@ def list_backends(conn: Connection) -> list[StoredBackend]:
     rows = conn.execute(select(backends).order_by(backends.c.position))
     return [
         StoredBackend(
-            addr=row["addr"], arch=row["arch"], labels=row["labels"], max_jobs=row["max_jobs"]
+            addr=row["addr"],
+            arch=row["arch"],
+            labels=row["labels"],
+            max_jobs=row["max_jobs"],
+            tls=_tls_of(row["tls"]),
         )
         for row in rows.mappings()
     ]

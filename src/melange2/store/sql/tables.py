@@ -164,4 +164,6 @@ backends = Table(
     Column("max_jobs", Integer, nullable=False),
     #: when it was first added (list order); replacing a backend keeps its place
     Column("position", Integer, nullable=False),
+    #: client TLS as JSON ``{"caCert", "cert", "key", "serverName"}`` (PEM text); NULL: plain
+    Column("tls", JSON, nullable=True),
 )

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from melange2.buildkit.tls import ClientTLS
 from melange2.errors import InvalidTransition, NotFound, RequestError, StoreError
 from melange2.ids import BuildId
 from melange2.jobs import (
@@ -699,6 +700,27 @@ class StoreContract:
 
         await store.save_backend(two)
         assert list(await store.list_backends()) == [replaced, three, two]
+
+    async def test_a_backends_tls_settings_are_kept_whole(self, store: JobStore) -> None:
+        tls = ClientTLS(
+            ca_cert=b"-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n",
+            cert=b"-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n",
+            key=b"-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n",
+            server_name="buildkit.internal",
+        )
+        ca_only = ClientTLS(ca_cert=tls.ca_cert)
+        backends = [
+            StoredBackend(addr="tcp://tls:1", arch="x86_64", labels={}, max_jobs=2, tls=tls),
+            StoredBackend(addr="tcp://ca:1", arch="x86_64", labels={}, max_jobs=2, tls=ca_only),
+            StoredBackend(addr="tcp://plain:1", arch="x86_64", labels={}, max_jobs=2),
+        ]
+        for backend in backends:
+            await store.save_backend(backend)
+        assert list(await store.list_backends()) == backends
+
+        plain_again = StoredBackend(addr="tcp://tls:1", arch="x86_64", labels={}, max_jobs=2)
+        await store.save_backend(plain_again)
+        assert (await store.list_backends())[0].tls is None
 
     # lifecycle
 
