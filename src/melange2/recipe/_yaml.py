@@ -72,9 +72,24 @@ def _composer() -> YAML:
     return YAML(typ="safe", pure=False)
 
 
+def depth_bound(text: str) -> int:
+    """An upper bound of ``text``'s nesting depth, without parsing it. A block
+    collection nested in another starts further right, except a sequence that is a
+    mapping's value (``key:`` then ``- item`` at the key's column), at most once per
+    level: so block levels are at most twice the widest leading indentation (spaces,
+    ``-``, ``?``) plus one; each flow level needs a ``[`` or ``{``."""
+    prefix = max((len(line) - len(line.lstrip(" -?")) for line in text.splitlines()), default=0)
+    return 2 * (prefix + 1) + text.count("[") + text.count("{") + 2
+
+
 def _check_shape(text: str, file: str) -> None:
     """Refuse a document too large or nested too deeply, from the parser's events (no
-    recursion, nothing composed yet)."""
+    recursion, nothing composed yet). Skipped when the document cannot exceed the
+    limits: at most :data:`MAX_EVENTS` characters (a node takes one at least) and a
+    :func:`depth_bound` within :data:`MAX_DEPTH` (most configs: the pass costs a third
+    of a parse)."""
+    if len(text) <= MAX_EVENTS and depth_bound(text) <= MAX_DEPTH:
+        return
     depth = 0
     for events, event in enumerate(_composer().parse(text), 1):
         kind = type(event)

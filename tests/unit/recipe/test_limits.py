@@ -7,10 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from melange2.errors import RecipeError
 from melange2.recipe import load_config
-from melange2.recipe._yaml import MAX_DEPTH, MAX_EVENTS, MAX_TEXT
+from melange2.recipe._yaml import MAX_DEPTH, MAX_EVENTS, MAX_TEXT, depth_bound
 
 HEAD = "package: {name: a, version: 1.0.0}\n"
 
@@ -90,3 +92,66 @@ def test_names_follow_the_one_rule_and_versions_name_files() -> None:
         load_config("package: {name: a, version: ../../x}\n")
     with pytest.raises(RecipeError, match="subpackage name"):
         load_config(HEAD + "subpackages:\n  - name: a..dev\n")
+
+
+def _true_depth(text: str) -> int | None:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.events import (
+        MappingEndEvent,
+        MappingStartEvent,
+        SequenceEndEvent,
+        SequenceStartEvent,
+    )
+
+    depth = deepest = 0
+    try:
+        for event in YAML(typ="safe", pure=False).parse(text):
+            if isinstance(event, MappingStartEvent | SequenceStartEvent):
+                depth += 1
+                deepest = max(deepest, depth)
+            elif isinstance(event, MappingEndEvent | SequenceEndEvent):
+                depth -= 1
+    except Exception:
+        return None  # not YAML: nothing is composed
+    return deepest
+
+
+_NESTED = st.recursive(
+    st.one_of(st.none(), st.integers(), st.text(max_size=8)),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@given(
+    value=_NESTED,
+    flow=st.sampled_from([None, True, False]),
+    indent=st.sampled_from([(2, 0), (2, 2), (4, 2)]),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_cheap_depth_bound_never_underestimates(
+    value: object, flow: bool | None, indent: tuple[int, int]
+) -> None:
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = flow
+    yaml.indent(mapping=indent[0], sequence=indent[0] + indent[1], offset=indent[1])
+    out = io.StringIO()
+    yaml.dump({"vars": value}, out)
+    text = out.getvalue()
+    depth = _true_depth(text)
+    assume(depth is not None)  # (ruamel's pure dumper writes a few that libyaml refuses)
+    assert depth is not None and depth_bound(text) >= depth, text
+
+
+@given(text=st.text(st.sampled_from("[]{}-?: ,\n\"'|>a&*!#"), max_size=200))
+@settings(max_examples=500, deadline=None)
+def test_the_cheap_depth_bound_holds_for_any_text(text: str) -> None:
+    depth = _true_depth(text)
+    if depth is not None:
+        assert depth_bound(text) >= depth, repr(text)
