@@ -15,7 +15,9 @@
     ├── FarmProcessError            starting or stopping the local farm's processes
     ├── StoreError                  the build store failed
     │   ├── NotFound                no such build or package
-    │   └── InvalidTransition       a state change the store refused (wrong current state)
+    │   ├── InvalidTransition       a state change the store refused (wrong current state)
+    │   ├── StoreConflict           a write that conflicts with stored data (a taken id)
+    │   └── StoreUnavailable        the database cannot be reached or gave up for now
     ├── PackageFailed               a package's attempt failed (the reason, for the client)
     ├── PublishConflict             the farm's repository already holds other bytes under
     │                               that package's file name
@@ -126,6 +128,18 @@ class InvalidTransition(StoreError):
     """The package is not in a state that allows this change."""
 
     code = "invalid_transition"
+
+
+class StoreConflict(StoreError):
+    """The write conflicts with stored data."""
+
+    code = "store_conflict"
+
+
+class StoreUnavailable(StoreError):
+    """The build store's database is unavailable."""
+
+    code = "store_unavailable"
 
 
 class PackageFailed(FarmError):

@@ -22,6 +22,8 @@ from melange2.errors import (
     InvalidTransition,
     NotFound,
     RequestError,
+    StoreConflict,
+    StoreUnavailable,
     Unavailable,
 )
 from melange2.names import excerpt
@@ -36,6 +38,8 @@ _STATUS: list[tuple[type[FarmError], int]] = [
     (StorageNotFound, 404),
     (StorageError, 503),
     (InvalidTransition, 409),
+    (StoreConflict, 409),
+    (StoreUnavailable, 503),
     (GitBusy, 429),
     (Unavailable, 503),
     (RequestError, 400),

@@ -22,6 +22,10 @@ package whose runner ended without a result fails ("lost its runner"); a cancell
 build's packages are cancelled whatever state they are in, also those no task of this
 process runs. Only the store failing as a whole ends :meth:`Scheduler.run`: when leases
 cannot be renewed for a whole ``lease_ttl`` (:class:`LeasesLost`), or recovery fails.
+
+Time comes from the event loop (timers) and from a :class:`Clock` (timestamps, leases,
+event times): :class:`SystemClock` unless given, so a simulation can run the real
+scheduler on a virtual clock (``bench/virtual_bench.py``).
 """
 
 from __future__ import annotations
@@ -84,6 +88,30 @@ class LeasesLost(StoreError):
     code = "leases_lost"
 
 
+class Clock(Protocol):
+    """Where the scheduler reads the time: the one seam a simulation needs (see
+    ``melange2.testenv.virtualtime``). Its timers (retry backoff, lease renewal) are
+    the event loop's, so a loop with a virtual ``time()`` moves them too."""
+
+    def now(self) -> datetime:
+        """Aware UTC wall time: package and build timestamps, lease expiry."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic scale: :attr:`SchedulerEvent.at`."""
+        ...
+
+
+class SystemClock:
+    """The real clock (the server's): ``datetime.now(UTC)`` and ``time.monotonic()``."""
+
+    def now(self) -> datetime:
+        return utcnow()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunOutcome:
     """What a runner reports for a package it built."""
@@ -144,7 +172,7 @@ class SchedulerEvent:
     kind: Literal["ready", "started", "finished"]
     build_id: BuildId
     name: str
-    at: float  #: time.monotonic()
+    at: float  #: the scheduler's ``Clock.monotonic()`` (``time.monotonic()`` by default)
     status: PackageStatus
 
 
@@ -164,6 +192,7 @@ class Scheduler:
         retry_backoff: float = 1.0,
         observer: Callable[[SchedulerEvent], None] | None = None,
         before_build_end: Callable[[Build, BuildStatus], Awaitable[None]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -176,6 +205,7 @@ class Scheduler:
         self.observer = observer
         #: runs before a build's final status is written (publication on success)
         self.before_build_end = before_build_end
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self._builds: dict[BuildId, _BuildState] = {}
         #: ready packages, one priority queue per (arch, backend selector): when the head
         #: of a queue finds every matching backend busy, the rest of it waits too, and
@@ -244,7 +274,7 @@ class Scheduler:
                             build_id,
                             job.name,
                             PackageStatus.CANCELLED,
-                            finished_at=utcnow(),
+                            finished_at=self.clock.now(),
                             reason="",
                             error="build cancelled",
                         )
@@ -260,7 +290,7 @@ class Scheduler:
                             job.name,
                             PackageStatus.CANCELLED,
                             expect=frozenset({PackageStatus.RUNNING}),
-                            finished_at=utcnow(),
+                            finished_at=self.clock.now(),
                             error="build cancelled",
                             lease_owner="",
                             lease_expires=None,
@@ -332,7 +362,7 @@ class Scheduler:
                     kind=kind,  # type: ignore[arg-type]
                     build_id=build_id,
                     name=name,
-                    at=time.monotonic(),
+                    at=self.clock.monotonic(),
                     status=status,
                 )
             )
@@ -401,7 +431,7 @@ class Scheduler:
                     state.build.id,
                     job.name,
                     PackageStatus.CANCELLED,
-                    finished_at=utcnow(),
+                    finished_at=self.clock.now(),
                     reason="",
                     error="build cancelled",
                 )
@@ -422,26 +452,31 @@ class Scheduler:
     async def _record_waiting(self) -> None:
         """Packages whose dependencies all succeeded but found no free slot: write them
         ``pending`` now (those that found one went straight to ``running``, one write
-        instead of two on the path from a dependency's success to its dependent's start)."""
-        for build_id, name in list(self._promoted):
-            self._promoted.discard((build_id, name))
+        instead of two on the path from a dependency's success to its dependent's start).
+        One store call per build for all of them."""
+        waiting: dict[BuildId, list[str]] = {}
+        for build_id, name in self._promoted:
             state = self._builds.get(build_id)
-            if state is None or state.jobs[name].status is not PackageStatus.BLOCKED:
-                continue
+            if state is not None and state.jobs[name].status is PackageStatus.BLOCKED:
+                waiting.setdefault(build_id, []).append(name)
+        self._promoted.clear()
+        for build_id, names in waiting.items():
             try:
-                state.set(
-                    await self.store.transition(
-                        build_id,
-                        name,
-                        PackageStatus.PENDING,
-                        expect=frozenset({PackageStatus.BLOCKED}),
-                        reason="",
-                    )
+                moved = await self.store.transition_many(
+                    build_id,
+                    names,
+                    PackageStatus.PENDING,
+                    expect=frozenset({PackageStatus.BLOCKED}),
+                    reason="",
                 )
-            except InvalidTransition:
+            except _STORE_FAILURES:  # they stay queued; the store says blocked meanwhile
+                _log.exception("recording %d packages of %s as pending", len(names), build_id)
                 continue
-            except _STORE_FAILURES:  # it stays queued; the store says blocked meanwhile
-                _log.exception("recording %s/%s as pending", build_id, name)
+            state = self._builds.get(build_id)
+            if state is None:
+                continue
+            for job in moved:
+                state.set(job)
 
     async def _no_backend(
         self, state: _BuildState, job: PackageJob, selector: Mapping[str, str]
@@ -464,7 +499,7 @@ class Scheduler:
                 PackageStatus.FAILED,
                 error=message,
                 reason="",
-                finished_at=utcnow(),
+                finished_at=self.clock.now(),
             )
         except InvalidTransition:
             pass
@@ -480,7 +515,7 @@ class Scheduler:
         backend = Backend(
             addr=slot.backend.addr, arch=slot.backend.arch, labels=dict(slot.backend.labels)
         )
-        now = utcnow()
+        now = self.clock.now()
         attempt = len(job.attempts) + 1
         try:
             running = await self.store.transition(
@@ -604,7 +639,7 @@ class Scheduler:
         error: str,
         **fields: Any,
     ) -> None:
-        now = utcnow()
+        now = self.clock.now()
         error = storable(error)
         async with self._lock:
             try:
@@ -650,7 +685,7 @@ class Scheduler:
                 f"backend failed {attempt} time(s); last: {exc}",
             )
             return
-        closed = _closed(job, attempt, utcnow(), storable(str(exc)), "")
+        closed = _closed(job, attempt, self.clock.now(), storable(str(exc)), "")
         await asyncio.sleep(self.retry_backoff * (2 ** (attempt - 1)))
         if state.build.cancel_requested:  # cancelled while backing off: cancel wins
             await self._finish(state, job, attempt, PackageStatus.CANCELLED, "build cancelled")
@@ -712,7 +747,7 @@ class Scheduler:
                     PackageStatus.SKIPPED,
                     error=f"dependency {cause} failed",
                     reason="",
-                    finished_at=utcnow(),
+                    finished_at=self.clock.now(),
                 )
             except InvalidTransition:
                 continue
@@ -739,7 +774,7 @@ class Scheduler:
                         await self.before_build_end(current, status)
                     except Exception:
                         _log.exception("finishing build %s", state.build.id)
-                fields["finished_at"] = utcnow()
+                fields["finished_at"] = self.clock.now()
             try:
                 state.build = await self.store.update_build(state.build.id, **fields)
             except _STORE_FAILURES:
@@ -754,7 +789,7 @@ class Scheduler:
 
     async def _lease_loop(self) -> None:
         period = self.lease_ttl / 3
-        renewed = time.monotonic()
+        renewed = self.clock.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), period)
@@ -762,13 +797,13 @@ class Scheduler:
                 return
             try:
                 await self.store.renew_leases(
-                    self.owner, utcnow() + timedelta(seconds=self.lease_ttl)
+                    self.owner, self.clock.now() + timedelta(seconds=self.lease_ttl)
                 )
-                renewed = time.monotonic()
+                renewed = self.clock.monotonic()
                 await self._expire_leases()
             except _STORE_FAILURES as exc:
                 _log.exception("renewing leases")
-                if time.monotonic() - renewed >= self.lease_ttl:
+                if self.clock.monotonic() - renewed >= self.lease_ttl:
                     raise LeasesLost(
                         f"the store refused to renew leases for {self.lease_ttl:g} s: {exc}"
                     ) from exc
@@ -801,7 +836,7 @@ class Scheduler:
                     job.name,
                     PackageStatus.CANCELLED,
                     expect=frozenset({PackageStatus.RUNNING}),
-                    finished_at=utcnow(),
+                    finished_at=self.clock.now(),
                     error="build cancelled",
                     lease_owner="",
                     lease_expires=None,
@@ -827,7 +862,7 @@ class Scheduler:
                 PackageStatus.FAILED,
                 error=storable(reason),
                 reason="",
-                finished_at=utcnow(),
+                finished_at=self.clock.now(),
                 lease_owner="",
                 lease_expires=None,
             )
@@ -853,7 +888,7 @@ class Scheduler:
             )
 
     async def _expire_leases(self) -> None:
-        expired = await self.store.expire_leases(utcnow())
+        expired = await self.store.expire_leases(self.clock.now())
         if not expired:
             return
         async with self._lock:

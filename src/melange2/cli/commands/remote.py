@@ -21,8 +21,6 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from melange2.api.schemas import (
     AddBackendRequest,
@@ -386,6 +384,9 @@ def _tree_files(root: Path) -> dict[str, bytes]:
 
 
 def _package_name(path: Path, text: str) -> str:
+    from ruamel.yaml import YAML  # submit only: not loaded for status, list ...
+    from ruamel.yaml.error import YAMLError
+
     try:
         data: Any = YAML(typ="safe").load(text)
     except YAMLError as exc:
