@@ -62,6 +62,7 @@ from melange2.recipe.compile import (
     subpackage_enabled,
 )
 from melange2.repo.directory import index_directory
+from melange2.repo.policy import FetchPolicy
 from melange2.repo.repository import Repository
 from melange2.timing import PhaseTimer
 
@@ -422,22 +423,28 @@ def write_packages(
 
 
 class Builder:
-    """Builds configs on one daemon; keeps the environment cache between builds."""
+    """Builds configs on one daemon; keeps the environment cache between builds.
+    ``policy``: which repositories and keys configs may name (:mod:`melange2.repo.policy`)."""
 
-    def __init__(self, registry: RegistryClient, cache_dir: Path) -> None:
+    def __init__(
+        self, registry: RegistryClient, cache_dir: Path, policy: FetchPolicy | None = None
+    ) -> None:
         self.registry = registry
-        self.environments = EnvironmentBuilder(registry, cache_dir)
-        self._signers: dict[tuple[Path, float], Signer] = {}
+        self.environments = EnvironmentBuilder(registry, cache_dir, policy)
+        #: by key file: (its mtime, the signer); one entry per key
+        self._signers: dict[Path, tuple[float, Signer]] = {}
 
     async def aclose(self) -> None:
         await self.environments.aclose()
 
     def _signer(self, key: Path) -> Signer:
         """Loading (and checking) an RSA key costs tens of milliseconds: once per key."""
-        stamp = (key.resolve(), key.stat().st_mtime)
-        signer = self._signers.get(stamp)
-        if signer is None:
-            signer = self._signers[stamp] = Signer.from_files(key)
+        path, mtime = key.resolve(), key.stat().st_mtime
+        held = self._signers.get(path)
+        if held is not None and held[0] == mtime:
+            return held[1]
+        signer = Signer.from_files(key)
+        self._signers[path] = (mtime, signer)
         return signer
 
     async def environment(
@@ -446,7 +453,7 @@ class Builder:
         packages: Sequence[str],
         repositories: Sequence[str | Repository],
         keyring: Sequence[str],
-        untrusted: Sequence[str] = (),
+        untrusted: Sequence[str | Repository] = (),
     ) -> tuple[str, str]:
         """The environment image and its key ("" for a ``--base-image``)."""
         image, key, _ = await self.locked_environment(
@@ -460,7 +467,7 @@ class Builder:
         packages: Sequence[str],
         repositories: Sequence[str | Repository],
         keyring: Sequence[str],
-        untrusted: Sequence[str] = (),
+        untrusted: Sequence[str | Repository] = (),
     ) -> tuple[str, str, tuple[str, ...]]:
         """The environment image, its key and its packages (``name=version``)."""
         if not packages:
@@ -628,16 +635,16 @@ class Builder:
         signed = opts.signing_key is not None
         for plan in plans:
             keyring = [*plan.contents.keyring]
-            repos = [*plan.contents.repositories]
+            repos: list[str | Repository] = [*plan.contents.repositories]
             if signed and opts.signing_key is not None:
                 keyring.append(str(opts.signing_key.with_name(opts.signing_key.name + ".pub")))
-                repos.insert(0, str(repo))
+                repos.insert(0, Repository.parse(repo))  # our own output: not a config's
             image, _ = await self.environment(
                 opts,
                 plan.contents.packages,
                 repos,
                 keyring,
-                untrusted=() if signed else (str(repo),),
+                untrusted=() if signed else (Repository.parse(repo),),
             )
             root = llb.image(image, platform=platform, name=f"test environment: {plan.package}")
             for step in plan.steps:
