@@ -41,6 +41,7 @@ from melange2.recipe.cond import (
 )
 from melange2.recipe.errors import ConditionError, RecipeFieldError, UndefinedVariable
 from melange2.recipe.model import (
+    Checks,
     Config,
     Contents,
     Copyright,
@@ -84,6 +85,7 @@ __all__ = [
     "OUT_DIR",
     "Arch",
     "BuildPlan",
+    "Checks",
     "Condition",
     "ConditionError",
     "Config",

@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from melange2.names import excerpt
 from melange2.recipe.cond import evaluate_condition
 from melange2.recipe.errors import RecipeFieldError
 from melange2.recipe.model import (
@@ -242,18 +243,22 @@ class PipelineResolver:
         search_dirs: Sequence[Path] = (),
         *,
         builtins: bool = True,
-        labels: Sequence[str] = (),
+        labels: Mapping[Path, str] | None = None,
     ) -> None:
         dirs = [Path(d) for d in search_dirs]
-        #: how errors name each of ``search_dirs`` (default: its path); a server names
-        #: the request's ``pipelines`` so, not the temporary directory they are in
-        self._labels = {d: label for d, label in zip(dirs, labels, strict=False)}
         if builtins:
             dirs += [BUILTIN_PIPELINE_DIR, MELANGE_PIPELINE_DIR]
         self._dirs: tuple[Path, ...] = tuple(dirs)
         self._builtins = builtins
         self._cache: dict[Path, PipelineDef] = {}
         self._found: dict[str, Path | None] = {}
+        #: what errors call a directory instead of its path (a server's scratch
+        #: directory means nothing to its client): ``<label>/<file>``
+        self._labels = {Path(d): label for d, label in (labels or {}).items()}
+
+    def _shown(self, directory: Path, relative: str) -> str:
+        label = self._labels.get(directory)
+        return f"{label}/{relative}" if label is not None else str(directory / relative)
 
     @property
     def search_dirs(self) -> tuple[Path, ...]:
@@ -265,7 +270,7 @@ class PipelineResolver:
         if uses in self._found:
             return self._found[uses]
         if not _USES_RE.fullmatch(uses) or ".." in uses.split("/"):
-            raise ValueError(f"invalid pipeline name {uses!r}")
+            raise ValueError(f"invalid pipeline name {excerpt(uses)}")
         found = next(
             (d / f"{uses}.yaml" for d in self._dirs if (d / f"{uses}.yaml").is_file()), None
         )
@@ -289,10 +294,7 @@ class PipelineResolver:
         except ValueError as exc:
             raise RecipeFieldError(str(exc), location=location) from None
         if path is None:
-            looked = ", ".join(
-                f"{self._labels[d]}/{uses}.yaml" if d in self._labels else str(d / f"{uses}.yaml")
-                for d in self._dirs
-            )
+            looked = ", ".join(self._shown(d, f"{uses}.yaml") for d in self._dirs)
             hint = ""
             if self._builtins and not (MELANGE_PIPELINE_DIR / "SOURCE").is_file():
                 hint = (
@@ -300,18 +302,19 @@ class PipelineResolver:
                     "(scripts/gen_pipelines.py)"
                 )
             raise RecipeFieldError(
-                f"unknown pipeline {uses!r}: no such file in any pipeline directory "
+                f"unknown pipeline {excerpt(uses)}: no such file in any pipeline directory "
                 f"(looked for {looked}){hint}",
                 location=location,
             )
         loaded = self._cache.get(path)
         if loaded is None:
+            shown = self._shown(path.parents[uses.count("/")], f"{uses}.yaml")
             try:
-                loaded = self._cache[path] = load_pipeline(path)
+                loaded = self._cache[path] = load_pipeline(path, filename=shown)
             except RecipeFieldError as exc:
                 # the file is at fault, through this use of it: name both
                 raise RecipeFieldError(
-                    f"pipeline {uses!r} is invalid: {exc}", location=location
+                    f"pipeline {excerpt(uses)} is invalid: {exc}", location=location
                 ) from exc
         return loaded
 
@@ -568,7 +571,7 @@ class _Walker:
         if uses in frame.chain:
             cycle = " -> ".join((*frame.chain, uses))
             raise RecipeFieldError(
-                f"pipeline {uses!r} uses itself ({cycle})", location=step.where("uses")
+                f"pipeline {excerpt(uses)} uses itself ({cycle})", location=step.where("uses")
             )
         if len(frame.chain) >= _MAX_DEPTH:
             raise RecipeFieldError(
@@ -602,7 +605,7 @@ class _Walker:
         except RecipeFieldError as exc:
             # The pipeline file is at fault only through this step's use of it: blame both.
             raise RecipeFieldError(
-                f"in pipeline {uses!r}: {exc}", location=step.where("uses")
+                f"in pipeline {excerpt(uses)}: {exc}", location=step.where("uses")
             ) from exc
         _check_required_steps(step, ran, len(definition.pipeline))
 
@@ -651,7 +654,8 @@ def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> d
         if key not in definition.inputs:
             declared = ", ".join(sorted(definition.inputs)) or "none"
             raise RecipeFieldError(
-                f"pipeline {step.uses!r} has no input {key!r} (it declares: {declared})",
+                f"pipeline {excerpt(step.uses)} has no input {excerpt(key)} "
+                f"(it declares: {declared})",
                 location=step.where(f"with.{key}"),
             )
     given = {
@@ -669,16 +673,17 @@ def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> d
         elif not value:
             value = spec.default
         if spec.required and not value:
-            described = f" ({spec.description.strip().splitlines()[0]})" if spec.description else ""
+            first = next(iter(spec.description.strip().splitlines()), "")[:100]
+            described = f" ({first})" if first else ""
             raise RecipeFieldError(
-                f"pipeline {step.uses!r} requires input {key!r}{described}",
+                f"pipeline {excerpt(step.uses)} requires input {excerpt(key)}{described}",
                 location=_with_where(step, key),
             )
         length = _HEX_INPUTS.get(key)
         if length and value and (len(value) != length or not _HEX.issuperset(value)):
             raise RecipeFieldError(
-                f"input {key!r} of pipeline {step.uses!r} must be {length} hexadecimal "
-                f"digits, got {value!r}",
+                f"input {excerpt(key)} of pipeline {excerpt(step.uses)} must be {length} "
+                f"hexadecimal digits, got {excerpt(value)}",
                 location=_with_where(step, key),
             )
         out[key] = value

@@ -46,6 +46,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
+from melange2.names import excerpt
 from melange2.recipe import expr as _expr
 from melange2.recipe.arch import parse_arch
 from melange2.recipe.cond import quote
@@ -305,7 +306,7 @@ def resolve_vars(
             value = go_regex_replace_all(match, source, replace)
         except ValueError as exc:
             raise RecipeFieldError(
-                f"match {match!r} is not a valid regular expression: {exc}",
+                f"match {excerpt(match)} is not a valid regular expression: {exc}",
                 location=locations(f"{prefix}.match"),
             ) from None
         resolved[to] = current[f"vars.{to}"] = value

@@ -2,8 +2,10 @@
 
 :func:`parse_config` is the one way a submitted config is read: loaded, its build and its
 tests compiled (every ``uses:`` resolved), the packages its build and tests install
-gathered. A config that is not valid gives a :class:`~melange2.errors.ConfigProblem`
-instead of an exception, so a submission can answer with all of them at once.
+gathered, and every repository and key it names checked against the server's
+``--fetch-allow`` (:class:`~melange2.repo.policy.FetchPolicy`). A config that is not
+valid gives a :class:`~melange2.errors.ConfigProblem` instead of an exception, so a
+submission can answer with all of them at once.
 
 A dry run needs no more of each config than its node of the dependency graph; those are
 small, so :class:`PlanWorkers` computes them in worker processes (``python -m
@@ -37,6 +39,8 @@ from melange2.recipe import (
     load_config,
 )
 from melange2.recipe._yaml import compose
+from melange2.recipe.compile import BUILTIN_PIPELINE_DIR, MELANGE_PIPELINE_DIR
+from melange2.repo.policy import FetchPolicy
 from melange2.scheduler.graph import PackageNode, node_from_config
 
 __all__ = [
@@ -45,7 +49,9 @@ __all__ = [
     "PlanWorkers",
     "WorkerError",
     "bulk_allocation",
+    "check_fetches",
     "parse_config",
+    "request_resolver",
 ]
 
 #: How errors name the request's ``pipelines`` (written to a temporary directory).
@@ -72,18 +78,41 @@ class ParsedConfig:
         return node_from_config(self.config, self.needs, self.test_needs)
 
 
+def request_resolver(pipeline_dir: Path) -> PipelineResolver:
+    """The resolver of a request's configs: its ``pipelines`` (in ``pipeline_dir``, if
+    it brought any), then the built-in ones; errors name none of them by server path."""
+    return PipelineResolver(
+        [pipeline_dir] if pipeline_dir.is_dir() else [],
+        labels={
+            pipeline_dir: REQUEST_PIPELINES,
+            BUILTIN_PIPELINE_DIR: "<built-in>",
+            MELANGE_PIPELINE_DIR: "<melange>",
+        },
+    )
+
+
 def parse_config(
-    text: str, *, index: int, label: str, arch: str, resolver: PipelineResolver
+    text: str,
+    *,
+    index: int,
+    label: str,
+    arch: str,
+    resolver: PipelineResolver,
+    policy: FetchPolicy | None = None,
 ) -> ParsedConfig | ConfigProblem:
-    """Load and compile one config (build and tests); what is wrong, if anything."""
+    """Load and compile one config (build and tests); what is wrong, if anything. With
+    ``policy``, each repository and key it names must be one the server may fetch."""
     config: Config | None = None
     try:
         config = load_config(text, filename=label, arch=arch)
         compiled = compile_build(config, resolver, steps=False)
         tests = compile_tests(config, resolver, steps=False)
-    except RecipeError as exc:
+        if policy is not None:
+            check_fetches(config, policy)
+    except (RecipeError, RecursionError) as exc:
         name = config.package.name if config is not None else _package_name(text)
-        return ConfigProblem(index=index, config=label, package=name, error=f"{label}: {exc}")
+        error = f"{exc}" if isinstance(exc, RecipeError) else "nested too deeply to be read"
+        return ConfigProblem(index=index, config=label, package=name, error=f"{label}: {error}")
     return ParsedConfig(
         text=text,
         config=config,
@@ -91,6 +120,22 @@ def parse_config(
         world=tuple(environment_packages(config, compiled)),
         test_needs=tuple(dict.fromkeys(p for t in tests for p in t.contents.packages)),
     )
+
+
+def check_fetches(config: Config, policy: FetchPolicy) -> None:
+    """Every repository and key ``config`` names, its build's and its tests', is one
+    ``policy`` allows; a :class:`~melange2.repo.policy.FetchRefused` naming the field
+    otherwise."""
+    sections = [("environment", config.environment)]
+    if config.test is not None:
+        sections.append(("test.environment", config.test.environment))
+    for n, sp in enumerate(config.subpackages):
+        if sp.test is not None:
+            sections.append((f"subpackages[{n}].test.environment", sp.test.environment))
+    for where, env in sections:
+        for field_name in ("repositories", "keyring"):
+            for i, entry in enumerate(getattr(env.contents, field_name)):
+                policy.check(entry, f"{where}.contents.{field_name}[{i}]")
 
 
 def _package_name(text: str) -> str:
@@ -128,17 +173,16 @@ _Item = tuple[int, str, str]
 
 
 def _plan_chunk(
-    items: Sequence[_Item], arch: str, pipeline_dir: str
+    items: Sequence[_Item], arch: str, pipeline_dir: str, policy: FetchPolicy | None
 ) -> list[PackageNode | ConfigProblem]:
     """In a worker: the graph node (or the problem) of each config of a chunk."""
-    directory = Path(pipeline_dir)
-    resolver = PipelineResolver(
-        [directory] if directory.is_dir() else [], labels=[REQUEST_PIPELINES]
-    )
+    resolver = request_resolver(Path(pipeline_dir))
     out: list[PackageNode | ConfigProblem] = []
     with bulk_allocation():
         for index, label, text in items:
-            parsed = parse_config(text, index=index, label=label, arch=arch, resolver=resolver)
+            parsed = parse_config(
+                text, index=index, label=label, arch=arch, resolver=resolver, policy=policy
+            )
             out.append(parsed if isinstance(parsed, ConfigProblem) else parsed.node())
     return out
 
@@ -187,11 +231,11 @@ class _Worker:
         return cls(process)
 
     async def plan(
-        self, chunk: Sequence[_Item], arch: str, pipeline_dir: str
+        self, chunk: Sequence[_Item], arch: str, pipeline_dir: str, policy: FetchPolicy | None
     ) -> list[PackageNode | ConfigProblem]:
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
-            await _send(self.process.stdin, (list(chunk), arch, pipeline_dir))
+            await _send(self.process.stdin, (list(chunk), arch, pipeline_dir, policy))
             answer = await _receive(self.process.stdout)
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise WorkerError(f"plan worker {self.process.pid} died: {exc}") from exc
@@ -217,10 +261,10 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     stdout.flush()
     while header := stdin.read(_LENGTH.size):
         (length,) = _LENGTH.unpack(header)
-        chunk, arch, pipeline_dir = pickle.loads(stdin.read(length))
+        chunk, arch, pipeline_dir, policy = pickle.loads(stdin.read(length))
         answer: object
         try:
-            answer = _plan_chunk(chunk, arch, pipeline_dir)
+            answer = _plan_chunk(chunk, arch, pipeline_dir, policy)
         except Exception as exc:  # reported to the server, which fails the request
             answer = f"{type(exc).__name__}: {exc}"
         data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
@@ -258,12 +302,17 @@ class PlanWorkers:
                 self._running += await asyncio.gather(*(_Worker.spawn() for _ in range(missing)))
 
     async def nodes(
-        self, items: Sequence[_Item], arch: str, pipeline_dir: Path
+        self,
+        items: Sequence[_Item],
+        arch: str,
+        pipeline_dir: Path,
+        policy: FetchPolicy | None = None,
     ) -> list[PackageNode | ConfigProblem]:
-        """The node (or the problem) of every config of ``items``, in order."""
+        """The node (or the problem) of every config of ``items``, in order (``policy``:
+        see :func:`parse_config`)."""
         self.parsed += len(items)
         if self.workers <= 1 or len(items) < _PARALLEL_FROM:
-            return await asyncio.to_thread(_plan_chunk, items, arch, str(pipeline_dir))
+            return await asyncio.to_thread(_plan_chunk, items, arch, str(pipeline_dir), policy)
         await self.start()
         # a few chunks per worker, so that one slow chunk does not hold the others up
         size = -(-len(items) // (self.workers * 4))
@@ -275,7 +324,7 @@ class PlanWorkers:
         async def drain(worker: _Worker) -> None:
             while not chunks.empty():
                 n, chunk = chunks.get_nowait()
-                results[n] = await worker.plan(chunk, arch, str(pipeline_dir))
+                results[n] = await worker.plan(chunk, arch, str(pipeline_dir), policy)
 
         async with self._lock:  # one dry run at a time on the workers
             try:

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fnmatch
 import hashlib
 import logging
 import shutil
-import subprocess
 import tempfile
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Generic, TypeVar
 
 from melange2.api.schemas import (
     CreateBuildRequest,
@@ -30,6 +26,7 @@ from melange2.api.schemas import (
 )
 from melange2.build.inputs import tree_digest
 from melange2.buildkit.llb.platform import Platform
+from melange2.cache import SizedCache
 from melange2.errors import (
     ConfigError,
     ConfigProblem,
@@ -39,8 +36,9 @@ from melange2.errors import (
 )
 from melange2.ids import BuildId, new_build_id
 from melange2.jobs import Build, BuildStatus, JSONValue, PackageJob, PackageStatus
+from melange2.names import check_paths, check_relative_path, excerpt
 from melange2.pool.pool import BackendPool
-from melange2.recipe import PipelineResolver
+from melange2.repo.policy import FetchPolicy
 from melange2.scheduler.graph import (
     Graph,
     GraphError,
@@ -52,12 +50,13 @@ from melange2.scheduler.graph import (
 )
 from melange2.scheduler.loop import Scheduler
 from melange2.service.configs import (
-    REQUEST_PIPELINES,
     ParsedConfig,
     PlanWorkers,
     bulk_allocation,
     parse_config,
+    request_resolver,
 )
+from melange2.service.gitsource import GitFetcher
 from melange2.service.reuse import settle_reuse
 from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
@@ -65,38 +64,31 @@ from melange2.storage import StorageError
 from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
+
+#: What was made of one config: all of it (a build's), or its graph node (a dry run's).
+_Made = ParsedConfig | PackageNode
 
 
-def _safe_relative(path: str, where: str) -> PurePosixPath:
-    """A relative path that stays inside its directory, or a RequestError."""
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts or "\0" in path:
-        raise RequestError(
-            f"{where}: path {path!r} must be relative and must not climb out with '..'"
-        )
-    return p
+def _relative_paths(files: Mapping[str, object], where: str) -> dict[str, PurePosixPath]:
+    """Each given path, checked and normalised; a 400 for a path that climbs out, two
+    that name the same file, or one that is a file and a directory at once."""
+    try:
+        checked = {
+            given: check_relative_path(given, f"{where}[{excerpt(given)}]") for given in files
+        }
+        check_paths(checked.items(), where)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    return checked
 
 
-class _ParseCache(Generic[_T]):
-    """What was made of configs, by (text, arch, pipelines): a farm is sent the same
-    thousands of configs again and again, and parsing is most of a submission's time.
-    Configs are immutable, so one parse serves every build that sends the same text."""
-
-    def __init__(self, size: int = 20_000) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple[str, str, str], _T] = OrderedDict()
-
-    def get(self, key: tuple[str, str, str]) -> _T | None:
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-        return found
-
-    def put(self, key: tuple[str, str, str], value: _T) -> None:
-        self._entries[key] = value
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+def _made_size(made: _Made) -> int:
+    """The estimated memory of what the parse cache keeps for one config: a parsed
+    config's text and about ten times that for the model (measured over examples/ with
+    tracemalloc); a graph node's names."""
+    if isinstance(made, PackageNode):
+        return 200 + sum(60 + len(s) for s in (made.name, *made.provides, *made.needs))
+    return 12 * len(made.text) + 2048
 
 
 def _check_arch(arch: str) -> None:
@@ -104,32 +96,6 @@ def _check_arch(arch: str) -> None:
         Platform.from_arch(arch)
     except ConfigError as exc:
         raise RequestError(f"arch: {exc}") from exc
-
-
-def _git_configs(request: CreateBuildRequest, workdir: Path) -> list[str]:
-    """Clone ``git_source`` (shallow) and read the configs matching its pattern."""
-    src = request.git_source
-    assert src is not None
-    dest = workdir / "git"
-    argv = ["git", "clone", "--quiet", "--depth", "1"]
-    if src.ref:
-        argv += ["--branch", src.ref]
-    try:
-        subprocess.run(
-            [*argv, src.repository, str(dest)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        raise RequestError(f"git_source: cannot clone {src.repository}: {detail.strip()}") from exc
-    base = dest / _safe_relative(src.path, "git_source.path") if src.path else dest
-    configs = sorted(p for p in base.glob("*") if fnmatch.fnmatch(p.name, src.pattern))
-    if not configs:
-        raise RequestError(f"git_source: no file matching {src.pattern!r} in {src.path or '/'}")
-    return [p.read_text() for p in configs if p.is_file()]
 
 
 class Submitter:
@@ -141,6 +107,10 @@ class Submitter:
         pool: BackendPool,
         runner: BuildkitRunner | None = None,
         workers: PlanWorkers | None = None,
+        *,
+        git: GitFetcher | None = None,
+        policy: FetchPolicy | None = None,
+        parse_cache_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -150,9 +120,18 @@ class Submitter:
         self.runner = runner
         #: where a dry run's configs are parsed (worker processes for large ones)
         self.workers = workers or PlanWorkers(settings.plan_workers if settings else 0)
-        self._parsed: _ParseCache[ParsedConfig] = _ParseCache()
-        #: graph nodes of configs a dry run parsed (workers send back no more)
-        self._planned: _ParseCache[PackageNode] = _ParseCache()
+        self.git = git or GitFetcher()
+        #: which repositories and keys configs may name (``--fetch-allow``)
+        self.policy = policy or FetchPolicy()
+        #: what was made of configs by (text, arch, pipelines): a farm is sent the same
+        #: thousands of configs again and again, and parsing is most of a submission's
+        #: time; configs are immutable, so one parse serves every build that sends the
+        #: same text. A build keeps the parsed config, a dry run the graph node its
+        #: workers sent back (a parsed config replaces it). Bounded by estimated size
+        #: (``--parse-cache-bytes``).
+        self._parsed: SizedCache[tuple[str, str, str], _Made] = SizedCache(
+            parse_cache_bytes, _made_size
+        )
 
     async def aclose(self) -> None:
         """Stop the worker processes, if any were started."""
@@ -161,31 +140,23 @@ class Submitter:
     async def submit(self, request: CreateBuildRequest) -> CreateBuildResponse | PlanOut:
         arch = request.arch or self.settings.default_arch
         _check_arch(arch)
-        pipelines = {
-            _safe_relative(path, f"pipelines[{path!r}]"): text
-            for path, text in request.pipelines.items()
-        }
-        sources = {
-            pkg: {
-                _safe_relative(path, f"source_files[{pkg!r}][{path!r}]"): content_bytes(content)
-                for path, content in files.items()
-            }
-            for pkg, files in request.source_files.items()
-        }
+        checked = _relative_paths(request.pipelines, "pipelines")
+        pipelines = {checked[path]: text for path, text in request.pipelines.items()}
+        sources = {}
+        for pkg, files in request.source_files.items():
+            where = f"source_files[{excerpt(pkg)}]"
+            checked = _relative_paths(files, where)
+            sources[pkg] = {checked[path]: content_bytes(c) for path, c in files.items()}
+        if request.git_source is not None:
+            self.git.check(request.git_source.repository)  # before any work
         with tempfile.TemporaryDirectory(prefix="melange2-submit-") as tmp:
             work = Path(tmp)
-            texts = (
-                await asyncio.to_thread(_git_configs, request, work)
-                if request.git_source is not None
-                else request.config_texts()
-            )
+            texts = await self._texts(request, work)
             _write_tree(work / "pipelines", pipelines)
             pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
             parsed: list[ParsedConfig] = []
             if request.dry_run:
-                nodes = await self._nodes(
-                    texts, arch, work / "pipelines", request, pipelines_digest
-                )
+                nodes = await self._nodes(texts, arch, work / "pipelines", pipelines_digest)
             else:
                 parsed = await asyncio.to_thread(
                     self._parse, texts, arch, work / "pipelines", request, pipelines_digest
@@ -195,7 +166,7 @@ class Submitter:
         for pkg in sources:
             if pkg not in names:
                 raise RequestError(
-                    f"source_files[{pkg!r}]: no config in this build has that package name"
+                    f"source_files[{excerpt(pkg)}]: no config in this build has that package name"
                 )
         graph = self._graph(nodes, request)
         durations = await self.store.durations(names)
@@ -244,66 +215,75 @@ class Submitter:
             cut_edges=[(a, b) for a, b in graph.cut_edges],
         )
 
-    def _label(self, request: CreateBuildRequest, index: int) -> str:
-        return "config_yaml" if request.config_yaml is not None else f"configs[{index}]"
+    async def _texts(self, request: CreateBuildRequest, work: Path) -> list[tuple[str, str]]:
+        """The configs to parse, each with the name errors call it by."""
+        if request.config_yaml is not None:
+            return [("config_yaml", request.config_yaml)]
+        if request.configs is not None:
+            return [(f"configs[{i}]", text) for i, text in enumerate(request.configs)]
+        src = request.git_source
+        assert src is not None
+        found = await self.git.configs(
+            src.repository, ref=src.ref, path=src.path, pattern=src.pattern, workdir=work
+        )
+        return [(f"git_source:{f.path}", f.text) for f in found]
 
     def _parse(
         self,
-        texts: Sequence[str],
+        texts: Sequence[tuple[str, str]],
         arch: str,
         pipeline_dir: Path,
-        request: CreateBuildRequest,
+        request: CreateBuildRequest | None,
         pipelines_digest: str,
     ) -> list[ParsedConfig]:
         """Every config parsed and compiled (build and tests); all the invalid ones are
         reported together, in one :class:`InvalidConfigs`."""
-        resolver = PipelineResolver(
-            [pipeline_dir] if pipeline_dir.is_dir() else [], labels=[REQUEST_PIPELINES]
-        )
+        resolver = request_resolver(pipeline_dir)
         results: list[ParsedConfig | ConfigProblem] = []
         with bulk_allocation():
-            for i, text in enumerate(texts):
+            for i, (label, text) in enumerate(texts):
                 key = _cache_key(text, arch, pipelines_digest)
                 one = self._parsed.get(key)
-                if one is None:
-                    label = self._label(request, i)
-                    found = parse_config(text, index=i, label=label, arch=arch, resolver=resolver)
-                    if isinstance(found, ParsedConfig):
-                        self._parsed.put(key, found)
-                    results.append(found)
-                else:
+                if isinstance(one, ParsedConfig):
                     results.append(one)
+                    continue
+                found = parse_config(
+                    text, index=i, label=label, arch=arch, resolver=resolver, policy=self.policy
+                )
+                if isinstance(found, ParsedConfig):
+                    self._parsed.put(key, found)
+                results.append(found)
         names = [r.config.package.name if isinstance(r, ParsedConfig) else None for r in results]
-        _refuse_invalid(request, results, names)
+        _refuse_invalid([label for label, _ in texts], results, names)
         return [r for r in results if isinstance(r, ParsedConfig)]
 
     async def _nodes(
         self,
-        texts: Sequence[str],
+        texts: Sequence[tuple[str, str]],
         arch: str,
         pipeline_dir: Path,
-        request: CreateBuildRequest,
         pipelines_digest: str,
     ) -> list[PackageNode]:
         """A dry run's graph nodes: from configs parsed before, else from the workers."""
         results: list[PackageNode | ConfigProblem | None] = []
         todo: list[tuple[int, str, str]] = []
-        keys = [_cache_key(text, arch, pipelines_digest) for text in texts]
-        for i, (text, key) in enumerate(zip(texts, keys, strict=True)):
+        keys = [_cache_key(text, arch, pipelines_digest) for _, text in texts]
+        for i, ((label, text), key) in enumerate(zip(texts, keys, strict=True)):
             one = self._parsed.get(key)
-            node = one.node() if one is not None else self._planned.get(key)
+            node = one.node() if isinstance(one, ParsedConfig) else one
             results.append(node)
             if node is None:
-                todo.append((i, self._label(request, i), text))
-        for (i, _, _), answer in zip(
-            todo, await self.workers.nodes(todo, arch, pipeline_dir), strict=True
-        ):
+                todo.append((i, label, text))
+        answers = await self.workers.nodes(todo, arch, pipeline_dir, self.policy)
+        for (i, _, _), answer in zip(todo, answers, strict=True):
             results[i] = answer
             if isinstance(answer, PackageNode):
-                self._planned.put(keys[i], answer)
+                self._parsed.put(keys[i], answer)
         found = [r for r in results if r is not None]
         _refuse_invalid(
-            request, found, [r.name if isinstance(r, PackageNode) else None for r in found]
+            [label for label, _ in texts],
+            found,
+            [r.name if isinstance(r, PackageNode) else None for r in found],
         )
         return [r for r in found if isinstance(r, PackageNode)]
 
@@ -454,12 +434,13 @@ def _cache_key(text: str, arch: str, pipelines_digest: str) -> tuple[str, str, s
 
 
 def _refuse_invalid(
-    request: CreateBuildRequest,
+    labels: Sequence[str],
     results: Sequence[object],
     names: Sequence[str | None],
 ) -> None:
     """Raise one :class:`InvalidConfigs` naming every problem of ``results`` (parse
-    errors, and package names given twice) in submission order."""
+    errors, and package names given twice) in submission order; ``labels``: how the
+    request names each config."""
     problems: list[ConfigProblem] = []
     seen: dict[str, int] = {}
     for i, (result, name) in enumerate(zip(results, names, strict=True)):
@@ -468,14 +449,14 @@ def _refuse_invalid(
             continue
         assert name is not None
         if name in seen:
-            label = "config_yaml" if request.config_yaml is not None else f"configs[{i}]"
+            label = labels[i]
             problems.append(
                 ConfigProblem(
                     index=i,
                     config=label,
                     package=name,
                     error=f"{label}: duplicate package name {name!r} "
-                    f"(also in configs[{seen[name]}])",
+                    f"(also in {labels[seen[name]]})",
                 )
             )
             continue
