@@ -123,6 +123,8 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
                             labels=stored.labels,
                             max_jobs=stored.max_jobs,
                             tls=stored.tls,
+                            cpu=stored.cpu_millis,
+                            memory=stored.memory_bytes,
                         ),
                         dynamic=True,
                     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -127,6 +128,9 @@ packages = Table(
     # r0002
     Column("cached", Boolean, nullable=False, server_default=false()),
     Column("input_digest", Text, nullable=False, server_default=""),
+    # r0004: what it asks (package.resources): millicores and bytes, 0: nothing
+    Column("cpu_millis", Integer, nullable=False, server_default="0"),
+    Column("memory_bytes", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("build_id", "name"),
     CheckConstraint(status_check(PackageStatus), name="status"),
     # expire_leases: running packages by lease deadline
@@ -166,4 +170,7 @@ backends = Table(
     Column("position", Integer, nullable=False),
     #: client TLS as JSON ``{"caCert", "cert", "key", "serverName"}`` (PEM text); NULL: plain
     Column("tls", JSON, nullable=True),
+    #: r0004: what its machine has (millicores, bytes); NULL: not declared, unlimited
+    Column("cpu_millis", Integer, nullable=True),
+    Column("memory_bytes", BigInteger, nullable=True),
 )
