@@ -200,9 +200,12 @@ class Scheduler:
         here."""
         async with self._lock:
             state = self._track(build)
-            for job in list(state.jobs.values()):
-                if job.status.terminal:  # reused at submission
-                    self._emit("finished", build.id, job.name, job.status)
+            reused = [j for j in state.jobs.values() if j.status.terminal]
+            for job in reused:
+                self._emit("finished", build.id, job.name, job.status)
+            for name in list(state.jobs):
+                job = state.jobs[name]  # as of now: a refusal may have skipped it
+                if job.status.terminal:
                     continue
                 never = self._never(state, job)
                 if never is not None:  # at once, not when its dependencies are done
@@ -245,7 +248,8 @@ class Scheduler:
         queue once, not once per package."""
         positions: dict[tuple[str, str], tuple[int, int]] = {}
         for shapes in self._queues.values():
-            waiting = sorted(entry for queue in shapes.values() for entry in queue)
+            unique = {(e.build_id, e.name): e for queue in shapes.values() for e in queue}
+            waiting = sorted(unique.values())
             for n, entry in enumerate(waiting, 1):
                 positions[(entry.build_id, entry.name)] = (n, len(waiting))
         return positions
