@@ -16,7 +16,14 @@ Two measurements, both against the issue's goals:
 Both run on ``--store sqlite`` (a file in a temporary directory, WAL, as the server
 runs) or ``memory``.
 
+With ``--resources`` the wolfi packages ask what their configs ask (the ``cpu`` hint of
+``wolfi-dag.json``: ``package.resources.cpu``, 1 when absent; clipped to 16 cores) and
+the pool is 4 backends of 16 cores with ``--slots`` jobs each, so placement by
+resources (fits, backfill, kept backends) is what decides; without it, one backend
+with ``--slots`` jobs and packages that ask nothing.
+
     .venv/bin/python bench/scheduler_bench.py --store sqlite
+    .venv/bin/python bench/scheduler_bench.py --store sqlite --resources
 """
 
 from __future__ import annotations
@@ -84,7 +91,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def make_build(build_id: str, deps: dict[str, tuple[str, ...]], prio: dict[str, float]) -> Build:
+def make_build(
+    build_id: str,
+    deps: dict[str, tuple[str, ...]],
+    prio: dict[str, float],
+    cpu: dict[str, int] | None = None,
+) -> Build:
     jobs = [
         PackageJob(
             build_id=BuildId(build_id),
@@ -95,6 +107,7 @@ def make_build(build_id: str, deps: dict[str, tuple[str, ...]], prio: dict[str, 
             arch="x86_64",
             dependencies=d,
             priority=prio.get(name, 1.0),
+            cpu_millis=(cpu or {}).get(name, 0),
         )
         for i, (name, d) in enumerate(deps.items())
     ]
@@ -107,17 +120,30 @@ def make_build(build_id: str, deps: dict[str, tuple[str, ...]], prio: dict[str, 
     )
 
 
+#: ``--resources``: backends of this many cores (and requests clipped to it)
+CORES = 16
+
+
 @contextlib.asynccontextmanager
 async def scheduler(
-    kind: str, slots: int, recorder: Recorder
+    kind: str, slots: int, recorder: Recorder, *, resources: bool = False
 ) -> AsyncIterator[tuple[Scheduler, JobStore]]:
     with tempfile.TemporaryDirectory() as tmp:
         async with open_store(kind, data_dir=Path(tmp)) as store:  # type: ignore[arg-type]
-            pool = BackendPool.from_config(
-                PoolConfig(
-                    backends=(BackendSpec(addr="tcp://noop:1", arch="x86_64", max_jobs=slots),)
+            backends = (
+                tuple(
+                    BackendSpec(
+                        addr=f"tcp://noop-{i}:1",
+                        arch="x86_64",
+                        max_jobs=slots,
+                        cpu=CORES * 1000,
+                    )
+                    for i in range(4)
                 )
+                if resources
+                else (BackendSpec(addr="tcp://noop:1", arch="x86_64", max_jobs=slots),)
             )
+            pool = BackendPool.from_config(PoolConfig(backends=backends))
             sched = Scheduler(store, pool, NoopRunner(), owner="bench", observer=recorder)
             task = asyncio.create_task(sched.run())
             try:
@@ -138,7 +164,7 @@ async def wait_done(store: JobStore, build_id: BuildId, recorder: Recorder) -> B
         await asyncio.sleep(0.01)
 
 
-async def bench_wolfi(kind: str, slots: int) -> dict[str, Any]:
+async def bench_wolfi(kind: str, slots: int, resources: bool = False) -> dict[str, Any]:
     data = json.loads(DATA.read_text())
     t0 = time.perf_counter()
     nodes = [
@@ -148,10 +174,15 @@ async def bench_wolfi(kind: str, slots: int) -> dict[str, Any]:
     graph = build_graph(nodes, cycle_policy="break")
     prio = priorities(graph, {})
     deps = {name: tuple(graph.deps.get(name, ())) for name in graph.names}
-    build = make_build("bld-00000000000000aa", deps, prio)
+    cpu = (
+        {p["name"]: int(min(float(p.get("cpu", 1) or 1), CORES) * 1000) for p in data["packages"]}
+        if resources
+        else None
+    )
+    build = make_build("bld-00000000000000aa", deps, prio, cpu)
     t1 = time.perf_counter()
     recorder = Recorder(expect=len(deps))
-    async with scheduler(kind, slots, recorder) as (sched, store):
+    async with scheduler(kind, slots, recorder, resources=resources) as (sched, store):
         await store.create_build(build)
         t2 = time.perf_counter()
         await sched.submit(build)
@@ -201,13 +232,21 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--chain", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--resources",
+        action="store_true",
+        help="packages ask their cpu hint; 4 backends of 16 cores (see the docstring)",
+    )
     args = parser.parse_args()
-    wolfi = [asyncio.run(bench_wolfi(args.store, args.slots)) for _ in range(args.runs)]
+    wolfi = [
+        asyncio.run(bench_wolfi(args.store, args.slots, args.resources)) for _ in range(args.runs)
+    ]
     chain = [asyncio.run(bench_chain(args.store, args.chain)) for _ in range(args.runs)]
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "store": args.store,
+        "resources": args.resources,
         "wolfi": {k: statistics.median(r[k] for r in wolfi) for k in wolfi[0]},
         "chain": {k: statistics.median(r[k] for r in chain) for k in chain[0]},
     }

@@ -77,6 +77,7 @@ class PoolBackend:
     memory_used: int = 0
     #: the waiting package (``build/name``) this backend is kept for; ``""``: none
     reserved_for: str = ""
+    _capacity: Capacity | None = field(default=None, repr=False, compare=False)
 
     @property
     def capacity(self) -> Capacity:
@@ -87,10 +88,14 @@ class PoolBackend:
         return Usage(jobs=self.active, cpu=self.cpu_used, memory=self.memory_used)
 
     def candidate(self) -> Candidate:
+        """This backend as placement sees it now (a snapshot)."""
+        capacity = self._capacity
+        if capacity is None or capacity.max_jobs != self.max_jobs:
+            capacity = self._capacity = self.capacity
         return Candidate(
             addr=self.addr,
-            capacity=self.capacity,
-            used=self.usage,
+            capacity=capacity,
+            used=Usage(jobs=self.active, cpu=self.cpu_used, memory=self.memory_used),
             accepting=self.accepting(),
             reserved_for=self.reserved_for,
         )
