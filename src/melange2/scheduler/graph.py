@@ -68,6 +68,7 @@ from melange2.scheduler.placement import (
     Chosen,
     Request,
     Usage,
+    Wait,
     choose,
     never_message,
     reservation,
@@ -645,7 +646,7 @@ def plan(
     start, by the scheduler's placement rules (:mod:`melange2.scheduler.placement`):
     a ready package starts on the least-loaded backend where it fits, the first one of
     a kind that does not fit waits and lets lower-priority ones backfill, and the first
-    waiting package that asks resources keeps a backend until it fits. Packages no
+    package waiting for cpu or memory keeps a backend until it fits. Packages no
     backend could ever run (and their dependents) are left out, in ``unplaceable``
     (``where`` names the backends in the messages).
     """
@@ -773,10 +774,12 @@ def _plan_on_backends(
         nonlocal holder
         found = choose(asks[v], candidates(), where=where, holder=str(v))
         if not isinstance(found, Chosen):
-            if not asks[v].empty and holder in (-1, v):
+            waits_for_resources = isinstance(found, Wait) and found.blocked_by == "resources"
+            if holder == v or (holder == -1 and waits_for_resources):
                 kept_on = reservation(asks[v], candidates(), holder=str(v))
+                reserved[:] = ["" if r == str(v) else r for r in reserved]
+                holder = -1
                 if kept_on is not None:
-                    reserved[:] = ["" if r == str(v) else r for r in reserved]
                     reserved[int(kept_on)] = str(v)
                     holder = v
             return False

@@ -9,8 +9,8 @@ then submission order; ``fifo`` keeps plain submission order. A package goes whe
 what it asks (``package.resources``: cpu, memory) fits what is free
 (:mod:`melange2.scheduler.placement`; the pool keeps the books). A package that fits
 nowhere now stays ``pending``, saying what it waits for, and is reconsidered when a
-slot frees; the first such package of a queue that asks resources keeps one backend
-for itself until it fits there (so smaller ones cannot starve it), while the others
+slot frees; the first such package of a queue that waits for cpu or memory keeps one
+backend for itself until it fits there (so smaller ones cannot starve it), while the others
 backfill the rest. One that no backend could ever run (no backend of its arch and
 labels, or none that large) fails at once with that error, at submission already. A
 failure skips the dependents, each naming the failed dependency.
@@ -347,6 +347,8 @@ class Scheduler:
 
     async def _dispatch(self) -> None:
         async with self._lock:
+            for queue_key in [k for k in self._holders if k not in self._queues]:
+                self._drop_holder(queue_key)  # its package no longer waits
             for queue_key, shapes in list(self._queues.items()):
                 await self._dispatch_queue(queue_key, shapes)
                 if not shapes:
@@ -408,22 +410,25 @@ class Scheduler:
         self, queue_key: QueueKey, selector: Mapping[str, str], state: _BuildState, job: PackageJob
     ) -> bool:
         """Start ``job`` where it fits, or fail it if it never can; ``False``: it waits
-        (and, asking resources as the first of its queue to wait, gets a backend kept)."""
+        (and, the first of its queue to wait for cpu or memory, gets a backend kept)."""
         request = _request(job)
         key = f"{job.build_id}/{job.name}"
         tried = {a.backend for a in job.attempts if a.error}
         found = self.pool.place(job.arch, selector, request, holder=key, avoid=tried)
         if isinstance(found, Wait):
-            reason = found.reason
-            if not request.empty and self._holders.get(queue_key, key) == key:
+            holder = self._holders.get(queue_key)
+            if holder == key or (holder is None and found.blocked_by == "resources"):
                 kept = self.pool.reserve(key, job.arch, selector, request)
                 if kept is not None:
                     self._holders[queue_key] = key
+                    reason = found.reason
                     if "is kept for it" not in reason:
                         reason += f"; {kept} is kept for it"
                     self._holder_reasons[key] = reason
                     return False
-            self._reasons[(queue_key, request)] = reason
+                if holder == key:  # nothing to keep now (e.g. every circuit is open)
+                    self._drop_holder(queue_key)
+            self._reasons[(queue_key, request)] = found.reason
             return False
         if self._holders.get(queue_key) == key:
             self._drop_holder(queue_key)

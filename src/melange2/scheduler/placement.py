@@ -25,13 +25,15 @@ running packages asked). Given the backends of the package's arch and labels
 
 Starvation: a package asking 4 cpus would wait forever on a busy farm if packages
 asking 1 took every cpu as it freed. So the scheduler lets the first package of a queue
-(the highest priority) that asks resources and does not fit *reserve* one backend
+(the highest priority) that waits for resources (a job slot is free somewhere, but not
+the cpu or memory it asks: ``Wait.blocked_by == "resources"``) *reserve* one backend
 (:func:`reservation`): that backend takes no other package until the holder starts
 there. Its running packages end, and it then fits (the backend is one that could fit it
 idle). The others backfill the remaining backends meanwhile. One reservation per queue
 (arch and backend selector) at a time, and it stays with its holder until the holder
-starts, so a stream of later arrivals never takes it away. A package that asks nothing
-reserves nothing: any free job slot fits it, and slots are taken in priority order.
+starts, so a stream of later arrivals never takes it away. A package waiting only for a job slot
+reserves nothing (a farm that declares no cpu or memory never reserves): any free slot
+fits it, and slots are taken in priority order.
 """
 
 from __future__ import annotations

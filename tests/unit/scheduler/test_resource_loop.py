@@ -375,3 +375,46 @@ def test_random_farms_never_overcommit_and_run_everything_that_fits(
             assert runner.peak_cpu.get(addr, 0) <= cores(cpu_cap)
         if memory_cap is not None:
             assert runner.peak_memory.get(addr, 0) <= memory_cap * GI
+
+
+async def test_a_cancelled_holder_gives_its_kept_backend_back() -> None:
+    gate = asyncio.Event()
+    runner = RecordingRunner(gates={"first": gate})
+    pool = farm(("tcp://a:1", 4, 4, None))
+    store = MemoryStore()
+    early = build_of({"first": (1, 0)}, build_id="bld-0000000000000001")
+    holder = build_of({"big": (4, 0)}, build_id="bld-0000000000000002")
+    later = build_of({"small": (1, 0)}, build_id="bld-0000000000000003")
+    async with running(store, pool, runner) as scheduler:
+        for b in (early, holder):
+            await store.create_build(b)
+            await scheduler.submit(b)
+            await asyncio.sleep(0.02)
+        assert pool.backends["tcp://a:1"].reserved_for == f"{holder.id}/big"
+        await scheduler.cancel(holder.id)
+        await store.create_build(later)
+        await scheduler.submit(later)
+        done = await wait_done(store, later.id)  # while "first" still runs
+        assert done.status is BuildStatus.SUCCESS
+        assert pool.backends["tcp://a:1"].reserved_for == ""
+        gate.set()
+        assert (await wait_done(store, early.id)).status is BuildStatus.SUCCESS
+
+
+async def test_a_farm_that_declares_nothing_never_keeps_a_backend() -> None:
+    gate = asyncio.Event()
+    runner = RecordingRunner(gates={"p0": gate})
+    pool = farm(("tcp://a:1", 1, None, None))
+    store = MemoryStore()
+    build = build_of({"p0": (4, GI), "p1": (4, GI)})
+    async with running(store, pool, runner) as scheduler:
+        await store.create_build(build)
+        await scheduler.submit(build)
+        await asyncio.sleep(0.05)
+        assert runner.started == ["p0"]
+        assert pool.backends["tcp://a:1"].reserved_for == ""
+        assert scheduler.queue_reason(build.id, "p1") == (
+            "waiting for a backend slot: 1 of 1 in the queue"
+        )
+        gate.set()
+        assert (await wait_done(store, build.id)).status is BuildStatus.SUCCESS
