@@ -13,15 +13,18 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import uvicorn
+from click.core import ParameterSource
 
 from melange2.cli.tls import tls_from_flags, tls_options
-from melange2.errors import FarmError
+from melange2.errors import ConfigError, FarmError
 from melange2.service.settings import ServerSettings
 from melange2.storage import StorageSpec, open_storage
+from melange2.store import StoreKind
+from melange2.store.sql.postgres import postgres_url
 
 
 class JsonFormatter(logging.Formatter):
@@ -99,10 +102,18 @@ def _host_port(listen: str) -> tuple[str, int]:
 )
 @click.option(
     "--store",
-    type=click.Choice(["sqlite", "memory"]),
+    type=click.Choice(["sqlite", "postgres", "memory"]),
     default="sqlite",
     show_default=True,
-    help="Where builds are kept: SQLite in --data-dir, or memory (lost on exit).",
+    help="Where builds are kept: SQLite in --data-dir, PostgreSQL at --postgres-dsn, "
+    "or memory (lost on exit).",
+)
+@click.option(
+    "--postgres-dsn",
+    envvar="POSTGRES_DSN",
+    default="",
+    help="The database of --store postgres: postgresql://user[:password]@host[:port]/db "
+    "(a unix socket: ?host=/run/postgresql). Migrated at start. (env POSTGRES_DSN)",
 )
 @click.option(
     "--registry",
@@ -170,6 +181,7 @@ def cli(
     max_log_bytes: int,
     data_dir: Path,
     store: str,
+    postgres_dsn: str,
     registry: str,
     signing_key: Path | None,
     repositories: tuple[str, ...],
@@ -218,6 +230,7 @@ def cli(
             "the TLS flags are for --buildkit-addr; give a backend's TLS settings under its "
             "`tls:` in the backends config"
         )
+    _check_store(store, postgres_dsn)
     settings = ServerSettings(
         listen_addr=listen_addr,
         buildkit_addr=buildkit_addr,
@@ -226,7 +239,8 @@ def cli(
         default_arch=default_arch,
         output_dir=output_dir.resolve(),
         data_dir=data_dir.resolve(),
-        store="memory" if store == "memory" else "sqlite",
+        store=cast(StoreKind, store),  # one of click.Choice's
+        postgres_dsn=postgres_dsn if store == "postgres" else "",
         registry=registry,
         signing_key=signing_key,
         repositories=repositories,
@@ -260,6 +274,21 @@ def cli(
         log_config=None,  # uvicorn's loggers go through the handler above
         timeout_graceful_shutdown=10,
     )
+
+
+def _check_store(store: str, dsn: str) -> None:
+    """``--store postgres`` needs a valid DSN; a DSN on the command line needs it too
+    (POSTGRES_DSN in the environment is read only by ``--store postgres``)."""
+    ctx = click.get_current_context()
+    if store == "postgres":
+        if not dsn:
+            raise click.UsageError("--store postgres needs --postgres-dsn (or POSTGRES_DSN)")
+        try:
+            postgres_url(dsn)
+        except ConfigError as exc:
+            raise click.BadParameter(exc.message, param_hint="--postgres-dsn") from None
+    elif dsn and ctx.get_parameter_source("postgres_dsn") is ParameterSource.COMMANDLINE:
+        raise click.UsageError(f"--postgres-dsn needs --store postgres (not --store {store})")
 
 
 async def _check_storage(spec: StorageSpec) -> None:

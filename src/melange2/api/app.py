@@ -113,7 +113,9 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
         hub = LogHub()
         pool = BackendPool.from_config(config or pool_config(settings))
         pool.on_breaker_change = metrics.breaker_changed
-        async with open_store(settings.store, data_dir=settings.data_dir) as store:
+        async with open_store(
+            settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn
+        ) as store:
             for stored in await store.list_backends():
                 if stored.addr not in pool.backends:
                     pool.add(

@@ -459,22 +459,25 @@ class Scheduler:
     async def _record_waiting(self) -> None:
         """Packages whose dependencies all succeeded but found no free slot: write them
         ``pending`` now (those that found one went straight to ``running``, one write
-        instead of two on the path from a dependency's success to its dependent's start)."""
-        for build_id, name in list(self._promoted):
-            self._promoted.discard((build_id, name))
+        instead of two on the path from a dependency's success to its dependent's start).
+        One store call per build for all of them."""
+        waiting: dict[BuildId, list[str]] = {}
+        for build_id, name in self._promoted:
             state = self._builds.get(build_id)
-            if state is None or state.jobs[name].status is not PackageStatus.BLOCKED:
-                continue
-            with contextlib.suppress(InvalidTransition):
-                state.set(
-                    await self.store.transition(
-                        build_id,
-                        name,
-                        PackageStatus.PENDING,
-                        expect=frozenset({PackageStatus.BLOCKED}),
-                        reason="",
-                    )
-                )
+            if state is not None and state.jobs[name].status is PackageStatus.BLOCKED:
+                waiting.setdefault(build_id, []).append(name)
+        self._promoted.clear()
+        for build_id, names in waiting.items():
+            moved = await self.store.transition_many(
+                build_id,
+                names,
+                PackageStatus.PENDING,
+                expect=frozenset({PackageStatus.BLOCKED}),
+                reason="",
+            )
+            state = self._builds[build_id]
+            for job in moved:
+                state.set(job)
 
     async def _no_backend(
         self,
