@@ -722,7 +722,6 @@ def _plan_on_backends(
     n = len(names)
     deps, dependents, order = _indexed(graph)
     costs = _costs(names, durations, default)
-    levels = _bottom_levels(order, dependents, costs)
     asks = [requests.get(name, NOTHING) for name in names]
 
     idle = [Candidate(addr=str(i), capacity=c) for i, c in enumerate(backends)]
@@ -738,6 +737,9 @@ def _plan_on_backends(
             unplaceable[names[v]] = f"dependency {names[gone]} can never be placed"
             out[v] = True
     kept = [v for v in range(n) if not out[v]]
+    # priorities and the critical path over what is built: the dependents of a package
+    # left out are left out too, so a left-out package simply costs nothing
+    levels = _bottom_levels(order, dependents, [0.0 if out[v] else costs[v] for v in range(n)])
 
     critical: list[int] = []
     if kept:

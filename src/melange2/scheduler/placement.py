@@ -209,7 +209,7 @@ def never_message(request: Request, candidates: Sequence[Candidate], where: str)
     names the candidates (``arch x86_64``, ``arch x86_64 and labels tier=big``)."""
     if not candidates:
         return f"no backend for {where}"
-    if any(could_fit(request, c.capacity) for c in candidates):
+    if request.empty or any(could_fit(request, c.capacity) for c in candidates):
         return None
     largest = []
     fits_apart = True

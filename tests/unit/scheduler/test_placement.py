@@ -320,6 +320,8 @@ def test_the_dry_run_on_backends_never_overcommits_and_runs_what_fits(
             doomed.add(node.name)
     assert set(result.unplaceable) == doomed
     assert set(result.order) == {n.name for n in nodes} - doomed
+    assert result.lower_bound_s <= result.estimated_makespan_s + 1e-9
+    assert set(result.critical_path) <= set(result.order)
     for name in result.order:  # after its dependencies, on a backend it fits
         start = result.start_s[name]
         for dep in graph.deps[name]:
