@@ -107,10 +107,6 @@ class PoolBackend:
     def matches(self, arch: str, selector: Mapping[str, str]) -> bool:
         return self.arch == arch and all(self.labels.get(k) == v for k, v in selector.items())
 
-    @property
-    def load(self) -> float:
-        return self.active / self.max_jobs
-
     def available(self) -> bool:
         """Accepting jobs and a job slot free (whatever a package asks)."""
         return self.accepting() and self.active < self.max_jobs

@@ -207,9 +207,11 @@ class Scheduler:
                 job = state.jobs[name]  # as of now: a refusal may have skipped it
                 if job.status.terminal:
                     continue
-                never = self._never(state, job)
-                if never is not None:  # at once, not when its dependencies are done
-                    await self._no_backend(state, job, _selector(build), never)
+                selector = _selector(build)
+                if not self.pool.matching(job.arch, selector):  # at once, not when ready
+                    await self._no_backend(state, job, selector)
+                elif (never := self.pool.never(job.arch, selector, _request(job))) is not None:
+                    await self._no_backend(state, job, selector, never)
                 elif job.status is PackageStatus.PENDING:
                     self._push(state, job)
             await self._update_status(state)
@@ -443,13 +445,6 @@ class Scheduler:
         if holder is not None:
             self.pool.unreserve(holder)
             self._holder_reasons.pop(holder, None)
-
-    def _never(self, state: _BuildState, job: PackageJob) -> str | None:
-        """Why no serving backend could ever run ``job`` (``None``: one could)."""
-        selector = _selector(state.build)
-        if not self.pool.matching(job.arch, selector):
-            return None  # _no_backend says so, naming every backend
-        return self.pool.never(job.arch, selector, _request(job))
 
     def _dispatchable(self, job: PackageJob) -> bool:
         return job.status is PackageStatus.PENDING or (
