@@ -32,7 +32,7 @@ $(UV):
 	@.tools/uv/bin/pip install -q "uv==$(UV_VERSION)"
 
 venv: $(UV)
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --quiet --compile-bytecode
 
 protos: venv
 	@$(PY) scripts/gen_protos.py

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from melange2.buildkit.tls import FLAGS, ClientTLS, TLSMaterialError, load_client_tls
+if TYPE_CHECKING:  # melange2.buildkit loads gRPC and cryptography: only when TLS is given
+    from melange2.buildkit.tls import ClientTLS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,6 +77,8 @@ def tls_from_flags(kw: dict[str, Any]) -> ClientTLS | None:
     server_name = kw.get("tlsservername") or ""
     if ca is None and cert is None and key is None and not server_name:
         return None
+    from melange2.buildkit.tls import FLAGS, TLSMaterialError, load_client_tls
+
     try:
         return load_client_tls(ca_cert=ca, cert=cert, key=key, server_name=server_name)
     except TLSMaterialError as exc:

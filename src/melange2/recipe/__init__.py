@@ -35,6 +35,7 @@ from melange2.recipe.cond import (
 )
 from melange2.recipe.errors import ConditionError, RecipeFieldError, UndefinedVariable
 from melange2.recipe.model import (
+    Checks,
     Config,
     Contents,
     Copyright,
@@ -78,6 +79,7 @@ __all__ = [
     "OUT_DIR",
     "Arch",
     "BuildPlan",
+    "Checks",
     "Condition",
     "ConditionError",
     "Config",

@@ -21,8 +21,6 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from melange2.api.schemas import (
     AddBackendRequest,
@@ -393,6 +391,9 @@ def _tree_files(root: Path) -> dict[str, bytes]:
 
 
 def _package_name(path: Path, text: str) -> str:
+    from ruamel.yaml import YAML  # submit only: not loaded for status, list ...
+    from ruamel.yaml.error import YAMLError
+
     try:
         data: Any = YAML(typ="safe").load(text)
     except YAMLError as exc:
@@ -507,6 +508,13 @@ def collect_upload(paths: Sequence[Path]) -> Upload:
     show_default=True,
     help="Into the farm's repository as each package succeeds, or once the whole build has.",
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Let this build replace packages the farm's repository holds under the same "
+    "name, version and epoch with other content (refused otherwise; each replacement is "
+    "logged).",
+)
 @output_option
 @pass_remote
 def submit(
@@ -530,6 +538,7 @@ def submit(
     schedule: str | None,
     force: bool,
     publish: str,
+    replace: bool,
     output: str,
 ) -> None:
     """Submit melange configs (or a git repository's) to the build server.
@@ -577,6 +586,7 @@ def submit(
                 "schedule": schedule,
                 "force": force,
                 "publish": publish,
+                "replace": replace,
             }
         )
     except ValidationError as exc:
