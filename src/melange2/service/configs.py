@@ -7,8 +7,9 @@ gathered, and every repository and key it names checked against the server's
 valid gives a :class:`~melange2.errors.ConfigProblem` instead of an exception, so a
 submission can answer with all of them at once.
 
-A dry run needs no more of each config than its node of the dependency graph; those are
-small, so :class:`PlanWorkers` computes them in worker processes (``python -m
+A dry run needs no more of each config than its node of the dependency graph and what
+its package asks (``package.resources``): a :class:`PlannedConfig`; those are small, so
+:class:`PlanWorkers` computes them in worker processes (``python -m
 melange2.service.configs``, one per core, fed chunks of configs), and a distribution's
 thousands of configs are planned on every core at once. The workers run
 :func:`parse_config` too: a dry run and a build refuse the same configs with the same
@@ -41,15 +42,19 @@ from melange2.recipe import (
 from melange2.recipe._yaml import compose
 from melange2.recipe.compile import BUILTIN_PIPELINE_DIR, MELANGE_PIPELINE_DIR
 from melange2.repo.policy import FetchPolicy
+from melange2.resources import cpu_millis, memory_bytes
 from melange2.scheduler.graph import PackageNode, node_from_config
+from melange2.scheduler.placement import NOTHING, Request
 
 __all__ = [
     "REQUEST_PIPELINES",
     "ParsedConfig",
     "PlanWorkers",
+    "PlannedConfig",
     "WorkerError",
     "bulk_allocation",
     "check_fetches",
+    "package_request",
     "parse_config",
     "request_resolver",
 ]
@@ -58,6 +63,27 @@ __all__ = [
 REQUEST_PIPELINES: Final = "pipelines"
 #: Fewer configs than this are planned in this process (workers would cost more).
 _PARALLEL_FROM: Final = 256
+
+
+def package_request(config: Config) -> Request:
+    """What a config's package asks (``package.resources``; the parser checked them)."""
+    resources = config.package.resources
+    if resources is None:
+        return NOTHING
+    return Request(
+        cpu=cpu_millis(resources.cpu) if resources.cpu else 0,
+        memory=memory_bytes(resources.memory) if resources.memory else 0,
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlannedConfig:
+    """What a dry run needs of one config."""
+
+    #: its node of the submission's dependency graph
+    node: PackageNode
+    #: what its package asks (``package.resources``)
+    request: Request = NOTHING
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +102,10 @@ class ParsedConfig:
     def node(self) -> PackageNode:
         """Its node of the submission's dependency graph."""
         return node_from_config(self.config, self.needs, self.test_needs)
+
+    def planned(self) -> PlannedConfig:
+        """What a dry run needs of it."""
+        return PlannedConfig(node=self.node(), request=package_request(self.config))
 
 
 def request_resolver(pipeline_dir: Path) -> PipelineResolver:
@@ -174,16 +204,16 @@ _Item = tuple[int, str, str]
 
 def _plan_chunk(
     items: Sequence[_Item], arch: str, pipeline_dir: str, policy: FetchPolicy | None
-) -> list[PackageNode | ConfigProblem]:
-    """In a worker: the graph node (or the problem) of each config of a chunk."""
+) -> list[PlannedConfig | ConfigProblem]:
+    """In a worker: what a dry run needs (or the problem) of each config of a chunk."""
     resolver = request_resolver(Path(pipeline_dir))
-    out: list[PackageNode | ConfigProblem] = []
+    out: list[PlannedConfig | ConfigProblem] = []
     with bulk_allocation():
         for index, label, text in items:
             parsed = parse_config(
                 text, index=index, label=label, arch=arch, resolver=resolver, policy=policy
             )
-            out.append(parsed if isinstance(parsed, ConfigProblem) else parsed.node())
+            out.append(parsed if isinstance(parsed, ConfigProblem) else parsed.planned())
     return out
 
 
@@ -232,7 +262,7 @@ class _Worker:
 
     async def plan(
         self, chunk: Sequence[_Item], arch: str, pipeline_dir: str, policy: FetchPolicy | None
-    ) -> list[PackageNode | ConfigProblem]:
+    ) -> list[PlannedConfig | ConfigProblem]:
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
             await _send(self.process.stdin, (list(chunk), arch, pipeline_dir, policy))
@@ -273,7 +303,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 
 class PlanWorkers:
-    """Worker processes that compute the graph nodes of a dry run's configs.
+    """Worker processes that plan a dry run's configs (:class:`PlannedConfig`).
 
     Each is ``python -m melange2.service.configs``, started on first use (or by
     :meth:`start`) and stopped by :meth:`aclose`; a chunk of configs goes to whichever is
@@ -307,7 +337,7 @@ class PlanWorkers:
         arch: str,
         pipeline_dir: Path,
         policy: FetchPolicy | None = None,
-    ) -> list[PackageNode | ConfigProblem]:
+    ) -> list[PlannedConfig | ConfigProblem]:
         """The node (or the problem) of every config of ``items``, in order (``policy``:
         see :func:`parse_config`)."""
         self.parsed += len(items)
@@ -319,7 +349,7 @@ class PlanWorkers:
         chunks: asyncio.Queue[tuple[int, Sequence[_Item]]] = asyncio.Queue()
         for n, start in enumerate(range(0, len(items), size)):
             chunks.put_nowait((n, items[start : start + size]))
-        results: dict[int, list[PackageNode | ConfigProblem]] = {}
+        results: dict[int, list[PlannedConfig | ConfigProblem]] = {}
 
         async def drain(worker: _Worker) -> None:
             while not chunks.empty():
@@ -345,4 +375,8 @@ class PlanWorkers:
 
 
 if __name__ == "__main__":
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
+    # run as this module's importable copy, so that what it pickles (PlannedConfig) is
+    # named melange2.service.configs.PlannedConfig, not __main__.PlannedConfig
+    from melange2.service import configs
+
+    configs._serve(sys.stdin.buffer, sys.stdout.buffer)

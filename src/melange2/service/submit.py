@@ -23,6 +23,7 @@ from melange2.api.schemas import (
     PlannedPackage,
     PlanOut,
     content_bytes,
+    resources_out,
 )
 from melange2.build.inputs import tree_digest
 from melange2.buildkit.llb.platform import Platform
@@ -51,8 +52,10 @@ from melange2.scheduler.graph import (
 from melange2.scheduler.loop import Scheduler
 from melange2.service.configs import (
     ParsedConfig,
+    PlannedConfig,
     PlanWorkers,
     bulk_allocation,
+    package_request,
     parse_config,
     request_resolver,
 )
@@ -65,8 +68,8 @@ from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
 
-#: What was made of one config: all of it (a build's), or its graph node (a dry run's).
-_Made = ParsedConfig | PackageNode
+#: What was made of one config: all of it (a build's), or what a dry run needs of it.
+_Made = ParsedConfig | PlannedConfig
 
 
 def _relative_paths(files: Mapping[str, object], where: str) -> dict[str, PurePosixPath]:
@@ -86,8 +89,9 @@ def _made_size(made: _Made) -> int:
     """The estimated memory of what the parse cache keeps for one config: a parsed
     config's text and about ten times that for the model (measured over examples/ with
     tracemalloc); a graph node's names."""
-    if isinstance(made, PackageNode):
-        return 200 + sum(60 + len(s) for s in (made.name, *made.provides, *made.needs))
+    if isinstance(made, PlannedConfig):
+        node = made.node
+        return 250 + sum(60 + len(s) for s in (node.name, *node.provides, *node.needs))
     return 12 * len(made.text) + 2048
 
 
@@ -156,12 +160,13 @@ class Submitter:
             pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
             parsed: list[ParsedConfig] = []
             if request.dry_run:
-                nodes = await self._nodes(texts, arch, work / "pipelines", pipelines_digest)
+                planned = await self._planned(texts, arch, work / "pipelines", pipelines_digest)
             else:
                 parsed = await asyncio.to_thread(
                     self._parse, texts, arch, work / "pipelines", request, pipelines_digest
                 )
-                nodes = [p.node() for p in parsed]
+                planned = [p.planned() for p in parsed]
+        nodes = [p.node for p in planned]
         names = [n.name for n in nodes]
         for pkg in sources:
             if pkg not in names:
@@ -174,14 +179,27 @@ class Submitter:
         prio = priorities(graph, durations, unknown)
         if request.dry_run:
             slots = max(1, self.pool.capacity(arch, request.backend_selector))
-            p = plan(graph, durations, slots=slots, default=unknown)
+            asks = {p.node.name: p.request for p in planned}
+            p = plan(
+                graph,
+                durations,
+                slots=slots,
+                default=unknown,
+                backends=[c.capacity for c in self.pool.candidates(arch, request.backend_selector)],
+                requests=asks,
+                where=self.pool.describe(arch, request.backend_selector),
+            )
             return PlanOut(
                 packages=[
                     PlannedPackage(
-                        name=n, dependencies=list(graph.deps.get(n, ())), priority=prio[n]
+                        name=n,
+                        dependencies=list(graph.deps.get(n, ())),
+                        priority=prio[n],
+                        resources=resources_out(asks[n]),
                     )
                     for n in p.order
                 ],
+                unplaceable=dict(p.unplaceable),
                 cut_edges=list(p.cut_edges),
                 critical_path=list(p.critical_path),
                 critical_path_s=p.critical_path_s,
@@ -257,35 +275,36 @@ class Submitter:
         _refuse_invalid([label for label, _ in texts], results, names)
         return [r for r in results if isinstance(r, ParsedConfig)]
 
-    async def _nodes(
+    async def _planned(
         self,
         texts: Sequence[tuple[str, str]],
         arch: str,
         pipeline_dir: Path,
         pipelines_digest: str,
-    ) -> list[PackageNode]:
-        """A dry run's graph nodes: from configs parsed before, else from the workers."""
-        results: list[PackageNode | ConfigProblem | None] = []
+    ) -> list[PlannedConfig]:
+        """What a dry run needs of each config: from configs parsed or planned before,
+        else from the workers."""
+        results: list[PlannedConfig | ConfigProblem | None] = []
         todo: list[tuple[int, str, str]] = []
         keys = [_cache_key(text, arch, pipelines_digest) for _, text in texts]
         for i, ((label, text), key) in enumerate(zip(texts, keys, strict=True)):
             one = self._parsed.get(key)
-            node = one.node() if isinstance(one, ParsedConfig) else one
-            results.append(node)
-            if node is None:
+            known = one.planned() if isinstance(one, ParsedConfig) else one
+            results.append(known)
+            if known is None:
                 todo.append((i, label, text))
         answers = await self.workers.nodes(todo, arch, pipeline_dir, self.policy)
         for (i, _, _), answer in zip(todo, answers, strict=True):
             results[i] = answer
-            if isinstance(answer, PackageNode):
+            if isinstance(answer, PlannedConfig):
                 self._parsed.put(keys[i], answer)
         found = [r for r in results if r is not None]
         _refuse_invalid(
             [label for label, _ in texts],
             found,
-            [r.name if isinstance(r, PackageNode) else None for r in found],
+            [r.node.name if isinstance(r, PlannedConfig) else None for r in found],
         )
-        return [r for r in found if isinstance(r, PackageNode)]
+        return [r for r in found if isinstance(r, PlannedConfig)]
 
     async def _adopt(self, build_id: BuildId, reusable: Mapping[str, Reusable]) -> dict[str, str]:
         """Link the reused packages' artifacts into this build; ``{}`` (build them all
@@ -399,6 +418,7 @@ class Submitter:
             deps = tuple(graph.deps.get(name, ()))
             hit = reusable.get(name)
             waits = any(d not in reusable for d in deps)
+            asks = package_request(by_name[name].config)
             job = PackageJob(
                 build_id=build_id,
                 name=name,
@@ -408,6 +428,8 @@ class Submitter:
                 arch=arch,
                 dependencies=deps,
                 priority=prio.get(name, 1.0),
+                cpu_millis=asks.cpu,
+                memory_bytes=asks.memory,
             )
             if hit is not None:
                 job = job.evolve(
