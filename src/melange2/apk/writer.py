@@ -45,7 +45,16 @@ from melange2.apk.index import IndexRecord
 from melange2.apk.pkginfo import PackageInfo
 from melange2.apk.signing import Signer, signature_stream
 
-__all__ = ["ApkResult", "Owner", "Scriptlet", "write_apk"]
+__all__ = [
+    "ApkResult",
+    "DataStream",
+    "Owner",
+    "Scriptlet",
+    "control_stream",
+    "finish_info",
+    "write_apk",
+    "write_data",
+]
 
 CHECKSUM_PAX_KEY = "APK-TOOLS.checksum.SHA1"
 _SPOOL_IN_MEMORY = 16 << 20
@@ -140,43 +149,27 @@ def write_apk(
         raise ApkFormatError("a .trigger script needs the paths it watches in info.triggers")
 
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
-        datahash = hashlib.sha256()
-        member = GzipMemberWriter(tee(spool.write, datahash.update), level=compresslevel)
-        stats = _DataStats()
-        for rel, path, st in _walk(rootdir):
-            owner = _owner(rel, st, owners or {}, preserve_owners)
-            _write_entry(member, rel, path, st, owner, min(_mtime(st), source_date_epoch), stats)
-        member.write(END_OF_ARCHIVE)
-        member.close()
-
-        installed_size = stats.installed_size
-        if installed_size == 0 and (stats.entries or scripts):
-            # apk-tools 2 treats size 0 as virtual and extracts nothing (abuild does this too)
-            installed_size = 1
-        final = info.evolve(
-            installed_size=installed_size,
-            datahash=datahash.hexdigest(),
-            build_date=info.build_date or source_date_epoch,
+        data = write_data(
+            rootdir,
+            spool,  # type: ignore[arg-type]
+            source_date_epoch=source_date_epoch,
+            owners=owners,
+            preserve_owners=preserve_owners,
+            compresslevel=compresslevel,
         )
-
-        control_tar = tar_small_file(
-            ".PKGINFO", final.render(), mode=0o644, mtime=source_date_epoch
+        final = finish_info(info, data, source_date_epoch=source_date_epoch, scripts=scripts)
+        control = control_stream(
+            final, source_date_epoch=source_date_epoch, scripts=scripts, compresslevel=compresslevel
         )
-        for scriptlet in Scriptlet:
-            if scriptlet in scripts:
-                control_tar += tar_small_file(
-                    scriptlet.value, scripts[scriptlet], mode=0o755, mtime=source_date_epoch
-                )
-        control = gzip_member(control_tar, level=compresslevel)
 
         whole = hashlib.sha256()
         size = 0
 
-        def emit(data: bytes) -> None:
+        def emit(chunk: bytes) -> None:
             nonlocal size
-            out.write(data)
-            whole.update(data)
-            size += len(data)
+            out.write(chunk)
+            whole.update(chunk)
+            size += len(chunk)
 
         if signer is not None:
             emit(signature_stream(signer, control, mtime=source_date_epoch))
@@ -192,6 +185,81 @@ def write_apk(
         sha256=whole.hexdigest(),
         signature_name=signer.signature_name if signer is not None else None,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataStream:
+    """What :func:`write_data` wrote: the facts ``.PKGINFO`` needs about the data."""
+
+    installed_size: int
+    datahash: str  #: hex sha256 of the data gzip stream
+    entries: int
+
+
+def write_data(
+    rootdir: Path,
+    out: BinaryIO,
+    *,
+    source_date_epoch: int,
+    owners: Mapping[str, Owner] | None = None,
+    preserve_owners: bool = False,
+    compresslevel: int = 9,
+) -> DataStream:
+    """Write the data stream of an APK (the tree under ``rootdir`` as a gzipped tar) to
+    ``out``: the part of a package that does not depend on its metadata, so it can be
+    kept and given a control stream (and signature) later (:func:`control_stream`)."""
+    if not rootdir.is_dir():
+        raise ApkFormatError(f"{rootdir} is not a directory")
+    datahash = hashlib.sha256()
+    member = GzipMemberWriter(tee(out.write, datahash.update), level=compresslevel)
+    stats = _DataStats()
+    for rel, path, st in _walk(rootdir):
+        owner = _owner(rel, st, owners or {}, preserve_owners)
+        _write_entry(member, rel, path, st, owner, min(_mtime(st), source_date_epoch), stats)
+    member.write(END_OF_ARCHIVE)
+    member.close()
+    return DataStream(
+        installed_size=stats.installed_size, datahash=datahash.hexdigest(), entries=stats.entries
+    )
+
+
+def finish_info(
+    info: PackageInfo,
+    data: DataStream,
+    *,
+    source_date_epoch: int,
+    scripts: Mapping[Scriptlet, bytes] | None = None,
+) -> PackageInfo:
+    """``info`` with what the data stream decides: installed size, datahash and (when
+    ``info`` has none) the build date."""
+    installed_size = data.installed_size
+    if installed_size == 0 and (data.entries or scripts):
+        # apk-tools 2 treats size 0 as virtual and extracts nothing (abuild does this too)
+        installed_size = 1
+    return info.evolve(
+        installed_size=installed_size,
+        datahash=data.datahash,
+        build_date=info.build_date or source_date_epoch,
+    )
+
+
+def control_stream(
+    info: PackageInfo,
+    *,
+    source_date_epoch: int,
+    scripts: Mapping[Scriptlet, bytes] | None = None,
+    compresslevel: int = 9,
+) -> bytes:
+    """The control gzip stream: ``.PKGINFO`` (``info`` as :func:`finish_info` left it),
+    then the scriptlets. Its SHA-1 is the package's identity; a signature signs it."""
+    scripts = dict(scripts or {})
+    control_tar = tar_small_file(".PKGINFO", info.render(), mode=0o644, mtime=source_date_epoch)
+    for scriptlet in Scriptlet:
+        if scriptlet in scripts:
+            control_tar += tar_small_file(
+                scriptlet.value, scripts[scriptlet], mode=0o755, mtime=source_date_epoch
+            )
+    return gzip_member(control_tar, level=compresslevel)
 
 
 def _mtime(st: os.stat_result) -> int:

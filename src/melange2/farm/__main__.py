@@ -14,10 +14,19 @@ from rich.table import Table
 from melange2.errors import FarmError
 from melange2.farm.local import FarmEnv, LocalFarm
 from melange2.farm.smoke import run_smoke
+from melange2.farm.toolchain import default_cache_dir
 
 
-def _farm(root: str, tools: str, daemons: int = 2, server: bool = True) -> LocalFarm:
-    return LocalFarm(Path(root), tools_dir=Path(tools), daemons=daemons, server=server)
+def _farm(
+    root: str, tools: str, daemons: int = 2, server: bool = True, toolchain: bool = True
+) -> LocalFarm:
+    return LocalFarm(
+        Path(root),
+        tools_dir=Path(tools),
+        daemons=daemons,
+        server=server,
+        toolchain_cache=default_cache_dir() if toolchain else None,
+    )
 
 
 @click.group()
@@ -37,11 +46,19 @@ def cli(ctx: click.Context, root: str, tools: str) -> None:
     show_default=True,
     help="Also start melange-server (first daemon x86_64, second aarch64).",
 )
+@click.option(
+    "--toolchain/--no-toolchain",
+    default=True,
+    show_default=True,
+    help="Publish the toolchain converted from Debian (gcc, make, autoconf, ...) beside "
+    "busybox in the bootstrap repository (cached in $MELANGE2_TOOLCHAIN_CACHE, default "
+    "~/.cache/melange2/toolchain).",
+)
 @click.pass_obj
-def up(obj: tuple[str, str], daemons: int, server: bool) -> None:
-    """Start the registry, push the base image, start the buildkitd daemons and the
-    server."""
-    farm = _farm(*obj, daemons=daemons, server=server)
+def up(obj: tuple[str, str], daemons: int, server: bool, toolchain: bool) -> None:
+    """Start the registry, push the base image, build the bootstrap repository, start
+    the buildkitd daemons and the server."""
+    farm = _farm(*obj, daemons=daemons, server=server, toolchain=toolchain)
     running = farm.running_services()
     if running:
         click.echo(
@@ -49,6 +66,11 @@ def up(obj: tuple[str, str], daemons: int, server: bool) -> None:
         )
         return
     env = asyncio.run(farm.up())
+    for tc in farm.bootstrap.toolchains if farm.bootstrap else ():
+        click.echo(
+            f"toolchain {tc.arch}: {len(tc.packages)} packages "
+            f"({tc.converted} converted now, the rest cached) in {tc.seconds:.1f}s"
+        )
     click.echo(f"farm up: registry {env.registry}, buildkitd {' '.join(env.buildkit_addrs)}")
     click.echo(f"base image {env.base_image}")
     if env.melange_server:

@@ -37,7 +37,7 @@ from melange2.buildkit.client import BuildkitClient
 from melange2.errors import BuildkitError, FarmProcessError
 from melange2.farm import processes
 from melange2.farm.baseimage import push_base_image
-from melange2.farm.bootstrap import build_bootstrap_repo
+from melange2.farm.bootstrap import BootstrapRepo, build_bootstrap_repo
 from melange2.oci.registry import RegistryClient
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -156,12 +156,21 @@ class LocalFarm:
     """Start and stop the farm's processes under ``root``."""
 
     def __init__(
-        self, root: Path, *, tools_dir: Path, daemons: int = 2, server: bool = False
+        self,
+        root: Path,
+        *,
+        tools_dir: Path,
+        daemons: int = 2,
+        server: bool = False,
+        toolchain_cache: Path | None = None,
     ) -> None:
         self.root = root.resolve()
         self.tools_dir = tools_dir.resolve()
         self.daemons = daemons
         self.server = server
+        #: where converted Debian packages are kept (None: busybox alone, no toolchain)
+        self.toolchain_cache = toolchain_cache
+        self.bootstrap: BootstrapRepo | None = None
 
     @property
     def env_file(self) -> Path:
@@ -202,7 +211,13 @@ class LocalFarm:
             }
             present = {a: p for a, p in debs.items() if p.exists()}
             base = await push_base_image(registry, present)
-            bootstrap = build_bootstrap_repo(self.root / "bootstrap", present)
+            bootstrap = await asyncio.to_thread(
+                build_bootstrap_repo,
+                self.root / "bootstrap",
+                present,
+                toolchain_cache=self.toolchain_cache,
+            )
+            self.bootstrap = bootstrap
             addrs = [self._start_buildkitd(n, registry) for n in range(self.daemons)]
             await asyncio.gather(*(self._wait_buildkitd(n, a) for n, a in enumerate(addrs)))
             env = FarmEnv(
