@@ -20,10 +20,11 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 
 from melange2 import __version__
 from melange2.api import errors
-from melange2.api.routes import artifacts, backends, builds
+from melange2.api.routes import artifacts, backends, builds, sources
 from melange2.api.services import Services
 from melange2.apk.signing import Signer, generate_key
 from melange2.build.executor import Builder
+from melange2.build.source_cache import SourceCache
 from melange2.oci.registry import RegistryClient
 from melange2.pool.config import BackendSpec, PoolConfig, load_pool_config
 from melange2.pool.health import HealthProber
@@ -71,6 +72,9 @@ async def publish_key(settings: ServerSettings, storage: Storage) -> None:
         await storage.put_bytes(key, data)
 
 
+SOURCES_PREFIX = "/api/v1/sources/"
+
+
 class BodyLimit(BaseHTTPMiddleware):
     """Refuse bodies over the configured size with 413, before reading them."""
 
@@ -79,6 +83,8 @@ class BodyLimit(BaseHTTPMiddleware):
         self.limit = limit
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if request.url.path.startswith(SOURCES_PREFIX):
+            return await call_next(request)  # limited by --max-source-bytes, as it streams
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return JSONResponse(
@@ -102,6 +108,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         storage = open_storage(settings.storage_spec)
         await storage.check()
         await publish_key(settings, storage)
+        source_cache = SourceCache.open(
+            settings.source_cache_location,
+            work_dir=settings.data_dir / "tmp" / "sources",
+            spec=settings.source_cache_spec,
+        )
+        await source_cache.storage.check()
         hub = LogHub()
         pool = BackendPool.from_config(pool_config(settings))
         pool.on_breaker_change = metrics.breaker_changed
@@ -119,7 +131,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     )
             async with RegistryClient(settings.registry) as registry:
                 builder = Builder(registry, settings.data_dir / "cache")
-                runner = BuildkitRunner(settings, builder, signer, storage, hub)
+                runner = BuildkitRunner(
+                    settings, builder, signer, storage, hub, source_cache=source_cache
+                )
                 scheduler = Scheduler(
                     store,
                     pool,
@@ -140,6 +154,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                     runner=runner,
                     storage=storage,
                     hub=hub,
+                    source_cache=source_cache,
                 )
                 app.state.services = svc
                 metrics.attach(pool)
@@ -160,6 +175,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                         await task
                     await builder.aclose()
                     await storage.aclose()
+                    await source_cache.aclose()
 
     app = FastAPI(
         title="melange2 remote builds",
@@ -172,6 +188,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(builds.router)
     app.include_router(backends.router)
     app.include_router(artifacts.router)
+    app.include_router(sources.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

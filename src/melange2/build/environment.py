@@ -44,7 +44,7 @@ from melange2.oci.registry import RegistryClient
 
 ENV_REPO = "melange2/env"
 #: bump when the layout of composed images changes, so old tags are not reused
-COMPOSER_VERSION = "1"
+COMPOSER_VERSION = "2"
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\nbuild:x:1000:1000:build:/home/build:/bin/sh\n"
 GROUP = b"root:x:0:\nbuild:x:1000:\n"
 ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -85,6 +85,8 @@ class PackageLayer:
     size: int
     diff_id: str
     db_fragment: str
+    #: the packages whose files this one's replace (``.PKGINFO`` ``replaces``)
+    replaces: tuple[str, ...] = ()
 
 
 class LayerCache:
@@ -107,19 +109,22 @@ class LayerCache:
             return known
         meta = self._meta(pkg.record)
         if meta.exists():
-            layer = PackageLayer(**json.loads(meta.read_text()))
-            if self.blob_path(layer.digest).exists():
-                self._memo[pkg.record.checksum] = layer
-                return layer
+            doc = json.loads(meta.read_text())
+            if "replaces" in doc:  # older entries did not record it: made again
+                layer = PackageLayer(**{**doc, "replaces": tuple(doc["replaces"])})
+                if self.blob_path(layer.digest).exists():
+                    self._memo[pkg.record.checksum] = layer
+                    return layer
         data = pkg.apk.read_bytes()
         stream = split_streams(data)[-1]  # signature?, control, data: the data is last
-        entries = read_apk(pkg.apk, verify_checksums=False).entries
+        package = read_apk(pkg.apk, verify_checksums=False)
         digest = "sha256:" + hashlib.sha256(stream).hexdigest()
         layer = PackageLayer(
             digest=digest,
             size=len(stream),
             diff_id="sha256:" + hashlib.sha256(gzip.decompress(stream)).hexdigest(),
-            db_fragment=fragment(pkg.record, entries),
+            db_fragment=fragment(pkg.record, package.entries),
+            replaces=tuple(package.info.replaces),
         )
         write_atomic(self.blob_path(digest), stream, durable=False)
         write_atomic(meta, json.dumps(layer.__dict__).encode(), durable=False)
@@ -208,9 +213,12 @@ class EnvironmentComposer:
         return ref
 
     async def _build(self, spec: EnvironmentSpec, tag: str) -> ImageRef:
-        layers = [
-            await asyncio.to_thread(self.cache.get, pkg, self.fragment) for pkg in spec.packages
-        ]
+        layers = layer_order(
+            [
+                (pkg.record.name, await asyncio.to_thread(self.cache.get, pkg, self.fragment))
+                for pkg in spec.packages
+            ]
+        )
         for layer in layers:
             await self._push_layer(layer.digest)
         own = await asyncio.to_thread(_own_layer, spec, layers)
@@ -237,6 +245,16 @@ class EnvironmentComposer:
         if not await self.registry.has_blob(ENV_REPO, digest):
             data = await asyncio.to_thread(self.cache.blob_path(digest).read_bytes)
             await self.registry.push_blob(ENV_REPO, Blob(media_type=LAYER_MEDIA_TYPE, data=data))
+
+
+def layer_order(layers: Sequence[tuple[str, PackageLayer]]) -> list[PackageLayer]:
+    """Layers in install order, except that a package another one ``replaces`` goes
+    below it: where both ship a path (busybox's ``/usr/bin/ar`` applet and binutils'
+    ``ar``), the replacing package's file is the one installed, as apk does."""
+    replaced = {name for _, layer in layers for name in layer.replaces}
+    below = [layer for name, layer in layers if name in replaced]
+    above = [layer for name, layer in layers if name not in replaced]
+    return [*below, *above]
 
 
 def _own_layer(spec: EnvironmentSpec, layers: Sequence[PackageLayer]) -> BuiltLayer:

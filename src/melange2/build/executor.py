@@ -29,6 +29,7 @@ from melange2.build.environment_resolve import EnvironmentBuilder, EnvironmentRe
 from melange2.build.inputs import input_digest
 from melange2.build.outputs import unpack_image
 from melange2.build.progress import ProgressTracker, StepSink
+from melange2.build.source_cache import CACHE_MOUNT, SourceCache, cache_image
 from melange2.build.sources import push_sources
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
@@ -82,6 +83,8 @@ class BuildOptions:
     cache_mode: str = "min"
     #: trace every command of every step in the log (``set -x``, as melange's --debug)
     debug: bool = False
+    #: melange's source cache (``--cache-dir``): what ``fetch`` finds in /var/cache/melange
+    source_cache: SourceCache | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,10 +151,23 @@ def build_graph(
     *,
     environment: str,
     sources: ImageRef | None,
+    source_cache: ImageRef | None = None,
 ) -> llb.State:
-    """The LLB of the build: the environment, the sources, one exec per step, and the
+    """The LLB of the build: the environment, the sources, one exec per step (with the
+    source cache's files the build expects read-only at /var/cache/melange), and the
     melange-out tree alone as the result."""
     platform = llb.Platform.from_arch(opts.arch)
+    mounts = (
+        [
+            llb.Mount(
+                dest=CACHE_MOUNT,
+                source=llb.image(str(source_cache), platform=platform, name="source cache"),
+                readonly=True,
+            )
+        ]
+        if source_cache is not None
+        else []
+    )
     root = llb.image(environment, platform=platform, name="build environment")
     for name in config.package_names:
         root = llb.mkdir(root, f"{WORKSPACE}/melange-out/{name}", name=f"mkdir melange-out/{name}")
@@ -171,6 +187,7 @@ def build_graph(
             env=step_env(plan.environment, step, opts),
             cwd=step.workdir,
             network=opts.network,
+            mounts=mounts,
             name=step.name,
         ).root
     return llb.copy(
@@ -304,7 +321,14 @@ class Builder:
         sources = None
         if opts.source_dir is not None and opts.source_dir.is_dir():
             sources = await push_sources(opts.source_dir, platform, self.registry)
-        state = build_graph(config, plan, opts, environment=env_image, sources=sources)
+        cached = None
+        if opts.source_cache is not None and plan.source_digests:
+            cached = await cache_image(
+                opts.source_cache, plan.source_digests, platform, self.registry
+            )
+        state = build_graph(
+            config, plan, opts, environment=env_image, sources=sources, source_cache=cached
+        )
         definition = llb.marshal(state)
         raw = definition.SerializeToString(deterministic=True)
         base_digest = ""

@@ -66,6 +66,8 @@ def up(obj: tuple[str, str], daemons: int, server: bool, toolchain: bool) -> Non
         )
         return
     env = asyncio.run(farm.up())
+    for tarball, problem in farm.source_problems:
+        click.echo(f"warning: {tarball.filename} is not in the source cache: {problem}", err=True)
     for tc in farm.bootstrap.toolchains if farm.bootstrap else ():
         click.echo(
             f"toolchain {tc.arch}: {len(tc.packages)} packages "

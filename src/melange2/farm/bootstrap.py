@@ -2,11 +2,13 @@
 the farm makes one, signed with a key of its own:
 
 * ``busybox``: Debian's busybox-static packaged with our APK writer, for x86_64 and
-  aarch64 (its applets as ``cmd:`` provides);
+  aarch64 (its applets as ``cmd:`` provides), when there is no toolchain;
 * the toolchain (:mod:`melange2.farm.toolchain`): Debian bookworm's compilers and
   tools converted to APKs named as Wolfi names them (``build-base``, ``gcc``,
   ``glibc-dev``, ``autoconf``, ``python-3.11`` ...), all of them for x86_64 and the C
-  toolchain for aarch64.
+  toolchain for aarch64, and a ``busybox`` of its own: Debian's dynamically linked build,
+  whose shell runs what PATH finds (the static build's prefers its own applets: ``tar``
+  in a script would be busybox's even with GNU tar installed).
 
 Configs then list these in ``environment.contents.packages`` exactly as real ones do.
 Layout::
@@ -112,17 +114,20 @@ def build_bootstrap_repo(
     if not private.exists():
         generate_key(private, key_size=key_size)
     signer = Signer.from_files(private)
-    host_busybox = busybox_binary(debs["amd64"] if "amd64" in debs else next(iter(debs.values())))
-    applet_paths = applets(host_busybox)
-    busyboxes = {
-        deb_arch: _busybox_apk(deb, DEB_ARCHES[deb_arch], applet_paths, signer)
-        for deb_arch, deb in sorted(debs.items())
-    }
+    busyboxes: dict[str, bytes] = {}
     toolchains: dict[str, Toolchain] = {}
-    if toolchain_cache is not None:
+    if toolchain_cache is None:
+        host = debs["amd64"] if "amd64" in debs else next(iter(debs.values()))
+        applet_paths = applets(busybox_binary(host))
+        busyboxes = {
+            deb_arch: _busybox_apk(deb, DEB_ARCHES[deb_arch], applet_paths, signer)
+            for deb_arch, deb in sorted(debs.items())
+        }
+    else:
+        # the toolchain has its own busybox (Debian's dynamic build, on its glibc)
         cache = ConversionCache(toolchain_cache)
         for deb_arch in sorted(debs):
-            toolchains[deb_arch] = make_toolchain(deb_arch, cache, busybox_paths=applet_paths)
+            toolchains[deb_arch] = make_toolchain(deb_arch, cache)
             tc = toolchains[deb_arch]
             _log.info(
                 "toolchain %s: %d packages, %d converted now, %.1fs",
@@ -132,12 +137,14 @@ def build_bootstrap_repo(
                 tc.seconds,
             )
     # everything is made: now write
-    for deb_arch, busybox in busyboxes.items():
+    for deb_arch in sorted(debs):
         arch_dir = root / "repo" / DEB_ARCHES[deb_arch]
         arch_dir.mkdir(parents=True, exist_ok=True)
-        record = IndexRecord.from_apk(io.BytesIO(busybox))
-        write_atomic(arch_dir / record.filename, busybox, durable=False)
-        records = [record]
+        records = []
+        if deb_arch in busyboxes:
+            record = IndexRecord.from_apk(io.BytesIO(busyboxes[deb_arch]))
+            write_atomic(arch_dir / record.filename, busyboxes[deb_arch], durable=False)
+            records.append(record)
         if deb_arch in toolchains:
             records += publish(toolchains[deb_arch].packages, signer, arch_dir)
         keep = {r.filename for r in records}

@@ -6,9 +6,11 @@ test suite's session fixtures, so tests run on exactly what users run.
 Layout under the farm's root (``.farm/`` for ``make farm-up``)::
 
     env                        shell-sourceable: MELANGE_SERVER, BUILDKIT_ADDRS, BASE_IMAGE,
-                               REGISTRY, BOOTSTRAP_REPO, BOOTSTRAP_KEY
-    bootstrap/repo/<arch>/     the signed bootstrap APK repository (busybox)
+                               REGISTRY, BOOTSTRAP_REPO, BOOTSTRAP_KEY, SOURCE_CACHE
+    bootstrap/repo/<arch>/     the signed bootstrap APK repository (busybox, the toolchain)
     bootstrap/keys/            its signing key
+    sources/                   the source cache (melange's layout: sha256:<hex>), with the
+                               upstream tarballs of examples/; the server's --source-cache
     logs/<service>.log         each process's output
     pids/<service>.pid
     registry/config.yml, registry/data/
@@ -38,6 +40,7 @@ from melange2.errors import BuildkitError, FarmProcessError
 from melange2.farm import processes
 from melange2.farm.baseimage import push_base_image
 from melange2.farm.bootstrap import BootstrapRepo, build_bootstrap_repo
+from melange2.farm.upstream import UpstreamTarball, fill_source_cache
 from melange2.oci.registry import RegistryClient
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -133,6 +136,8 @@ async def start_server(
         env.extra["BOOTSTRAP_KEY"],
         *extra_args,
     ]
+    if env.extra.get("SOURCE_CACHE"):
+        argv += ["--source-cache", env.extra["SOURCE_CACHE"]]
     if backends_config is not None:
         argv += ["--backends-config", str(backends_config)]
     else:
@@ -171,6 +176,8 @@ class LocalFarm:
         #: where converted Debian packages are kept (None: busybox alone, no toolchain)
         self.toolchain_cache = toolchain_cache
         self.bootstrap: BootstrapRepo | None = None
+        #: upstream tarballs that could not be put into the source cache, and why
+        self.source_problems: list[tuple[UpstreamTarball, str]] = []
 
     @property
     def env_file(self) -> Path:
@@ -218,6 +225,12 @@ class LocalFarm:
                 toolchain_cache=self.toolchain_cache,
             )
             self.bootstrap = bootstrap
+            sources = self.root / "sources"
+            sources.mkdir(parents=True, exist_ok=True)
+            if self.toolchain_cache is not None:
+                self.source_problems = await asyncio.to_thread(
+                    fill_source_cache, sources, self.toolchain_cache / "sources"
+                )
             addrs = [self._start_buildkitd(n, registry) for n in range(self.daemons)]
             await asyncio.gather(*(self._wait_buildkitd(n, a) for n, a in enumerate(addrs)))
             env = FarmEnv(
@@ -227,6 +240,7 @@ class LocalFarm:
                 extra={
                     "BOOTSTRAP_REPO": str(bootstrap.repo),
                     "BOOTSTRAP_KEY": str(bootstrap.public_key),
+                    "SOURCE_CACHE": str(sources),
                 },
             )
             if self.server:

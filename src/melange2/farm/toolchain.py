@@ -31,8 +31,10 @@ How a ``.deb`` becomes an APK:
   SCA (:func:`automatic_relations`).
 * ``replaces = busybox`` where a package ships a path busybox's applets take
   (``/bin/ls``), as apk needs to let both be installed.
-* the version: Debian's upstream version's leading dotted number, Debian's revision as
-  ``-rN`` (``1:1.2.13.dfsg-1`` is ``1.2.13-r1``).
+* the version: Debian's upstream version's leading dotted number, and ``-r0``
+  (``1:1.2.13.dfsg-1`` is ``1.2.13-r0``): a package the farm builds at the same version
+  wins over the converted one, as the farm's repositories are listed before the
+  bootstrap one. Debian's own version is in the description.
 
 Conversion is cached by the ``.deb``'s sha256 (:class:`ConversionCache`): the data
 stream (the part of an APK that is the package's files) and what was learnt from the
@@ -51,6 +53,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -77,7 +80,7 @@ from melange2.farm.debian import (
 _log = logging.getLogger(__name__)
 
 #: bump when the conversion of a tree changes (invalidates every cached data stream)
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
 #: gzip level of converted data streams: they are environment layers, made once
 COMPRESS_LEVEL = 6
 
@@ -151,6 +154,9 @@ PACKAGES: tuple[ApkSpec, ...] = (
     _spec("zlib", "zlib1g"),
     _spec("zlib-dev", "zlib1g-dev"),
     _spec("pax-utils", provides=("scanelf",)),
+    # Debian's dynamically linked busybox (a shell that runs what PATH finds, unlike the
+    # static build's, which prefers its own applets), with a link per applet
+    _spec("busybox"),
 )
 
 #: what aarch64 gets: the C toolchain and what the autoconf, fetch and strip pipelines
@@ -186,6 +192,7 @@ C_TOOLCHAIN: tuple[str, ...] = (
     "zlib",
     "zlib-dev",
     "pax-utils",
+    "busybox",
 )
 
 #: Debian packages that serve dpkg itself (its database, configuration questions, the
@@ -293,8 +300,10 @@ def plan_packages(
     records: Sequence[DebRecord],
     apk_arch: str,
     alternatives: Mapping[str, Sequence[Alternative]] | None = None,
+    applets: Sequence[str] = (),
 ) -> list[PlannedApk]:
-    """Group the closure's records into APKs and map their dependencies."""
+    """Group the closure's records into APKs and map their dependencies; ``applets``
+    are busybox's (``bin/sh``, ``usr/bin/awk``...), linked and provided by ``busybox``."""
     alternatives = alternatives or {}
     by_name = {r.name: r for r in records}
     owner: dict[str, str] = {}  # deb name -> APK name
@@ -369,29 +378,39 @@ def plan_packages(
                 depends.append(extra)
         version, epoch = versions[name]
         first = recs[0] if recs else None
+        provides = [f"{p}={version}-r{epoch}" for p in spec.provides]
+        own_links = list(links.get(name, []))
+        if name == "busybox" and applets:
+            provides = [
+                "/bin/sh",
+                *sorted({f"cmd:{Path(a).name}={version}-r{epoch}" for a in applets}),
+            ]
+            own_links += [(f"/{a}", "/bin/busybox") for a in applets if a != "bin/busybox"]
         info = PackageInfo(
             name=name,
             version=version,
             epoch=epoch,
             arch=apk_arch,
-            description=spec.description or (first.description if first else name),
+            description=spec.description
+            or (f"{first.description} (Debian {first.version})" if first else name),
             url=first.homepage if first else "",
             license="NOASSERTION",
             origin=first.source if first else name,
             packager="melange2 (converted from Debian)",
             depends=tuple(depends),
-            provides=tuple(f"{p}={version}-r{epoch}" for p in spec.provides),
+            provides=tuple(provides),
         )
-        planned.append(
-            PlannedApk(info=info, debs=tuple(recs), links=tuple(sorted(links.get(name, []))))
-        )
+        planned.append(PlannedApk(info=info, debs=tuple(recs), links=tuple(sorted(own_links))))
     return sorted(planned, key=lambda p: p.info.name)
 
 
 def _apk_version_of(spec: ApkSpec, recs: Sequence[DebRecord]) -> tuple[str, int]:
+    """Debian's upstream version, always ``-r0``: a package the farm builds at the
+    same version then takes precedence (its repositories are listed first), and
+    Debian's full version is in the description."""
     if spec.version or not recs:
         return spec.version or "1", 0
-    return apk_version(recs[0].version)
+    return apk_version(recs[0].version)[0], 0
 
 
 def closure(records: Sequence[DebRecord], roots: Iterable[str]) -> list[DebRecord]:
@@ -517,10 +536,11 @@ def convert(
         tree.mkdir()
         for r in planned.debs:
             extract(debs[r.name], tree)
+        # when Debian built it (reproducible): what is added below is clamped to it
+        build_date = _newest_mtime(tree)
         _emulate(planned, tree)
         for link, target in planned.links:
             _add_link(tree, link, target)
-        build_date = _newest_mtime(tree)
         provides, depends = automatic_relations(tree, planned.info)
         files = tuple(_files(tree))
         out = Path(tmp) / "data.gz"
@@ -599,10 +619,15 @@ def _add_link(tree: Path, link: str, target: str) -> None:
 
 
 def _newest_mtime(tree: Path) -> int:
+    """The newest mtime of the files and links (directories made while extracting
+    carry the time of extraction)."""
     newest = 0
     for root, dirs, files in os.walk(tree):
         for name in (*dirs, *files):
-            newest = max(newest, int(os.lstat(os.path.join(root, name)).st_mtime))
+            path = os.path.join(root, name)
+            if name in dirs and not os.path.islink(path):
+                continue
+            newest = max(newest, int(os.lstat(path).st_mtime))
     return newest
 
 
@@ -652,7 +677,6 @@ def make_toolchain(
     deb_arch: str,
     cache: ConversionCache,
     *,
-    busybox_paths: Iterable[str] = (),
     workers: int | None = None,
 ) -> Toolchain:
     """Resolve, download and convert the toolchain for ``deb_arch`` (``amd64``,
@@ -668,7 +692,8 @@ def make_toolchain(
     finally:
         archive.close()
     alternatives = {r.name: _alternatives(debs[r.name], cache) for r in records}
-    planned = plan_packages(specs, records, apk_arch, alternatives)
+    applet_paths = busybox_applets(cache)
+    planned = plan_packages(specs, records, apk_arch, alternatives, applet_paths)
     work = cache.root / "work"
     work.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
@@ -691,7 +716,7 @@ def make_toolchain(
             f"{len(errors)} Debian package(s) failed to convert for {apk_arch}; "
             "the repository was left as it was:\n  " + "\n  ".join(sorted(errors))
         )
-    applets = set(busybox_paths)
+    applets = set(applet_paths)
     provided = {p.split("=", 1)[0] for c in results for p in c.sca_provides} | {
         c.planned.info.name for c in results
     }
@@ -703,7 +728,7 @@ def make_toolchain(
         missing = tuple(d for d in c.sca_depends if d not in sca_depends)
         if missing:
             dropped[info.name] = missing
-        replaces = ("busybox",) if applets.intersection(c.files) else ()
+        replaces = ("busybox",) if info.name != "busybox" and applets.intersection(c.files) else ()
         info = info.evolve(
             depends=tuple(dict.fromkeys([*info.depends, *sca_depends])),
             provides=tuple(dict.fromkeys([*info.provides, *c.sca_provides])),
@@ -720,6 +745,38 @@ def make_toolchain(
         seconds=time.monotonic() - start,
         dropped_depends=dropped,
     )
+
+
+def busybox_applets(cache: ConversionCache) -> list[str]:
+    """Every applet path of Debian's (dynamic) busybox, ``bin/sh``, ``usr/bin/awk``...:
+    asked of the amd64 build, which this host runs (its arm64 build has the same
+    configuration); kept in the cache."""
+    path = cache.root / "busybox-applets.json"
+    if path.is_file():
+        with contextlib.suppress(ValueError):
+            found = json.loads(path.read_text())
+            if isinstance(found, list) and found:
+                return [str(x) for x in found]
+    archive = AptArchive("amd64")
+    try:
+        records = archive.records((n, v) for n, v in archive.resolve(["busybox"]) if n == "busybox")
+        deb = archive.download(records, cache.debs / "amd64")["busybox"]
+    finally:
+        archive.close()
+    with tempfile.TemporaryDirectory(prefix="busybox-", dir=cache.root) as tmp:
+        extract(deb, Path(tmp))
+        try:
+            out = subprocess.run(
+                [str(Path(tmp) / "bin" / "busybox"), "--list-full"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise ConversionError(f"{deb.name}: cannot list its applets: {exc}") from exc
+    found = sorted(line.strip() for line in out.splitlines() if line.strip())
+    path.write_text(json.dumps(found))
+    return found
 
 
 def _resolved_records(

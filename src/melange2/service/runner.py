@@ -28,6 +28,7 @@ from melange2.build.environment_resolve import ResolvedEnvironment, Resolver
 from melange2.build.executor import Builder, BuildOptions
 from melange2.build.inputs import quick_digest, read_tree
 from melange2.build.progress import LogFileSink, open_log
+from melange2.build.source_cache import SourceCache
 from melange2.errors import FarmError
 from melange2.jobs import Backend, Build, BuildStatus, JSONValue, PackageJob, PackageStatus
 from melange2.recipe import Config
@@ -109,8 +110,11 @@ class BuildkitRunner:
         signer: Signer,
         storage: Storage,
         hub: LogHub | None = None,
+        *,
+        source_cache: SourceCache | None = None,
     ) -> None:
         self.settings = settings
+        self.source_cache = source_cache
         self.builder = builder
         self.signer = signer
         self.storage = storage
@@ -242,6 +246,7 @@ class BuildkitRunner:
             debug=bool(build.spec.get("debug")),
             cache_ref=s.cache_registry,
             cache_mode=s.cache_mode,
+            source_cache=self.source_cache,
         )
 
     async def _attempt(
