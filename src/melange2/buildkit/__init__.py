@@ -12,8 +12,10 @@ from melange2.buildkit.client import (
     StepFailed,
     VertexUpdate,
     WorkerInfo,
+    local_export,
     push_image,
 )
+from melange2.buildkit.session import Session
 
 __all__ = [
     "BuildkitClient",
@@ -21,9 +23,11 @@ __all__ = [
     "Exporter",
     "LogChunk",
     "Progress",
+    "Session",
     "SolveResult",
     "StepFailed",
     "VertexUpdate",
     "WorkerInfo",
+    "local_export",
     "push_image",
 ]

@@ -9,6 +9,12 @@ Example::
 
 Cancelling the task that awaits :meth:`BuildkitClient.solve` cancels the solve on the
 daemon (BuildKit stops a build when its ``Solve`` call goes away).
+
+A solve that needs the client while it runs (secrets, a ``local://`` source, a local
+exporter) gets a session for its length (:mod:`melange2.buildkit.session`)::
+
+    await bk.solve(marshal(state), exporters=[local_export(Path("out"))],
+                   session=Session(secrets={"token": b"..."}))
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -27,6 +35,7 @@ from melange2.buildkit._proto.api.services.control import control_pb2, control_p
 from melange2.buildkit._proto.solver.pb import ops_pb2
 from melange2.buildkit.errors import exit_code_of, map_grpc_errors
 from melange2.buildkit.llb.platform import Platform
+from melange2.buildkit.session import Session, SessionRunner
 from melange2.errors import BuildkitError, SolveFailed
 
 _MAX_MESSAGE = 64 * 1024 * 1024
@@ -66,10 +75,14 @@ class WorkerInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class Exporter:
-    """An exporter for the solve's result (``image`` with ``name``/``push`` attrs, ...)."""
+    """An exporter for the solve's result (``image`` with ``name``/``push`` attrs, ...).
+
+    ``output_dir`` is for the client only: where a ``local`` exporter's tree is written
+    (it comes back through the solve's session)."""
 
     type: str
     attrs: Mapping[str, str] = field(default_factory=dict)
+    output_dir: Path | None = None
 
 
 def push_image(name: str, *, insecure: bool = True) -> Exporter:
@@ -78,6 +91,13 @@ def push_image(name: str, *, insecure: bool = True) -> Exporter:
     if insecure:
         attrs["registry.insecure"] = "true"
     return Exporter(type="image", attrs=attrs)
+
+
+def local_export(dest: Path) -> Exporter:
+    """Export the result as a directory tree into ``dest`` on this machine, through the
+    session's file-send target: modes, owners (as numbers, when running as root), symlinks
+    and hard links as the daemon has them. No registry is involved."""
+    return Exporter(type="local", output_dir=dest)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,8 +253,12 @@ class BuildkitClient:
         on_progress: Callable[[Progress], None] | None = None,
         cache_imports: Sequence[Mapping[str, str]] = (),
         cache_exports: Sequence[Mapping[str, str]] = (),
+        session: Session | None = None,
     ) -> SolveResult:
         """Solve ``definition`` and run its exporters. Progress goes to ``on_progress``.
+
+        A session (secrets, local directories) is opened for the solve when ``session`` is
+        given or an exporter writes locally, and torn down when the solve ends.
 
         Raises :class:`SolveFailed` naming the failing step, its exit code and the tail
         of its output; :class:`BuildkitUnavailable` when the daemon is the problem.
@@ -264,6 +288,21 @@ class BuildkitClient:
             Exporters=[control_pb2.Exporter(Type=e.type, Attrs=dict(e.attrs)) for e in exporters],
             Cache=cache,
         )
+        local = {i: e.output_dir for i, e in enumerate(exporters) if e.output_dir is not None}
+        if session is None and not local:
+            return await self._solve(request, follow, vertexes, logs)
+        runner = SessionRunner(self.stub, self.addr, session or Session(), exports=local)
+        async with runner:
+            request.Session = runner.id
+            return await self._solve(request, follow, vertexes, logs)
+
+    async def _solve(
+        self,
+        request: control_pb2.SolveRequest,
+        follow: Callable[[], Coroutine[Any, Any, None]],
+        vertexes: dict[str, VertexUpdate],
+        logs: dict[str, bytearray],
+    ) -> SolveResult:
         follower = asyncio.create_task(follow())
         try:
             with map_grpc_errors(self.addr):
@@ -277,7 +316,7 @@ class BuildkitClient:
             raise
         await _settle(follower)
         return SolveResult(
-            ref=ref, exporter_response=dict(resp.ExporterResponse), vertexes=vertexes
+            ref=request.Ref, exporter_response=dict(resp.ExporterResponse), vertexes=vertexes
         )
 
 
@@ -313,6 +352,8 @@ def _describe_failure(
     message = f"step {step.name!r} failed"
     if code is not None:
         message += f" with exit code {code}"
+    elif step.error:  # it never ran (a missing secret, a mount that failed): say why
+        message += f": {step.error}"
     last_lines = tail.rstrip("\n").splitlines()[-_MESSAGE_TAIL_LINES:]
     if last_lines:
         message += ":\n" + "\n".join(f"  {line}" for line in last_lines)

@@ -158,3 +158,37 @@ def test_any_chain_of_steps_marshals_to_a_well_formed_graph(
     ops = _check_well_formed(llb.marshal(state))
     execs = [op for _, op in ops if op.WhichOneof("op") == "exec"]
     assert len(execs) == len(steps)
+
+
+def test_secret_env_and_mounts_carry_ids_only() -> None:
+    step = llb.run(
+        llb.image(BASE, platform=X86),
+        ["/bin/sh", "-c", "true"],
+        mounts=[llb.secret_mount("/run/secrets/k", "key-id", uid=7, gid=8, mode=0o440)],
+        secret_env={"TOKEN": "token-id", "A": "a-id"},
+    )
+    ops = _check_well_formed(llb.marshal(step.root))
+    exec_op = next(op.exec for _, op in ops if op.HasField("exec"))
+    assert [(e.name, e.ID) for e in exec_op.secretenv] == [("A", "a-id"), ("TOKEN", "token-id")]
+    assert not any(e.startswith(("TOKEN=", "A=")) for e in exec_op.meta.env)
+    secret = next(m for m in exec_op.mounts if m.dest == "/run/secrets/k")
+    assert secret.mountType == pb.MountType.SECRET
+    assert (secret.input, secret.output) == (-1, -1)  # no input, never an output
+    assert (secret.secretOpt.ID, secret.secretOpt.uid, secret.secretOpt.gid) == ("key-id", 7, 8)
+    assert secret.secretOpt.mode == 0o440 and not secret.secretOpt.optional
+    # the same ids give the same digest, whatever values a session will serve
+    again = llb.run(
+        llb.image(BASE, platform=X86),
+        ["/bin/sh", "-c", "true"],
+        mounts=[llb.secret_mount("/run/secrets/k", "key-id", uid=7, gid=8, mode=0o440)],
+        secret_env={"A": "a-id", "TOKEN": "token-id"},
+    )
+    assert llb.digest_of(step.root) == llb.digest_of(again.root)
+
+
+def test_local_source_names_the_directory() -> None:
+    src = llb.local("src", shared_key_hint="pkg-x")
+    ops = _check_well_formed(llb.marshal(src))
+    source = next(op.source for _, op in ops if op.HasField("source"))
+    assert source.identifier == "local://src"
+    assert dict(source.attrs) == {"local.unique": "src", "local.sharedkeyhint": "pkg-x"}

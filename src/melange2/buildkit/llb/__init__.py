@@ -12,12 +12,14 @@ from melange2.buildkit.llb.state import (
     copy,
     digest_of,
     image,
+    local,
     marshal,
     mkdir,
     mkfile,
     rm,
     run,
     scratch,
+    secret_mount,
     symlink,
 )
 
@@ -31,11 +33,13 @@ __all__ = [
     "copy",
     "digest_of",
     "image",
+    "local",
     "marshal",
     "mkdir",
     "mkfile",
     "rm",
     "run",
     "scratch",
+    "secret_mount",
     "symlink",
 ]

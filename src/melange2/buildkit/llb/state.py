@@ -25,10 +25,15 @@ from melange2.buildkit._proto.solver.pb import ops_pb2 as pb
 from melange2.buildkit.llb.platform import Platform
 
 Network = Literal["unset", "host", "none"]
-MountKind = Literal["bind", "cache", "tmpfs"]
+MountKind = Literal["bind", "cache", "tmpfs", "secret"]
 
 _NETWORK = {"unset": pb.NetMode.UNSET, "host": pb.NetMode.HOST, "none": pb.NetMode.NONE}
-_MOUNT_KIND = {"bind": pb.MountType.BIND, "cache": pb.MountType.CACHE, "tmpfs": pb.MountType.TMPFS}
+_MOUNT_KIND = {
+    "bind": pb.MountType.BIND,
+    "cache": pb.MountType.CACHE,
+    "tmpfs": pb.MountType.TMPFS,
+    "secret": pb.MountType.SECRET,
+}
 _UNSET_TIME = -1  # BuildKit's "no timestamp given"
 _EMPTY_INPUT = -1  # an input index meaning "scratch"
 _SKIP_OUTPUT = -1  # an output index meaning "not an output"
@@ -78,9 +83,30 @@ def image(ref: str, *, platform: Platform | None = None, name: str | None = None
     return State(op=_Op(proto=op, inputs=(), name=name or f"image {ref}"), platform=platform)
 
 
+def local(
+    name: str,
+    *,
+    unique_id: str = "",
+    shared_key_hint: str = "",
+    platform: Platform | None = None,
+) -> State:
+    """The client's directory ``name`` (a ``Session(local_dirs={name: path})`` serves it),
+    sent through the session's file sync. The digest names the directory, not its
+    contents: BuildKit keys the steps that read it by a checksum of what arrived.
+    ``unique_id`` keeps two clients' directories of one name apart (default: the name)."""
+    attrs = {"local.unique": unique_id or name}
+    if shared_key_hint:
+        attrs["local.sharedkeyhint"] = shared_key_hint
+    op = pb.Op(source=pb.SourceOp(identifier=f"local://{name}", attrs=attrs))
+    return State(op=_Op(proto=op, inputs=(), name=f"local {name}"), platform=platform)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Mount:
-    """A mount of an exec step. ``source`` None mounts scratch (an empty directory)."""
+    """A mount of an exec step. ``source`` None mounts scratch (an empty directory).
+
+    A ``secret`` mount (see :func:`secret_mount`) is a file holding the session's secret
+    ``secret_id``, owned ``uid``:``gid`` with ``mode``; only its id is in the LLB."""
 
     dest: str
     source: State | None = None
@@ -88,6 +114,33 @@ class Mount:
     readonly: bool = False
     kind: MountKind = "bind"
     cache_id: str = ""
+    secret_id: str = ""
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o400
+    optional: bool = False
+
+
+def secret_mount(
+    dest: str,
+    secret_id: str,
+    *,
+    uid: int = 0,
+    gid: int = 0,
+    mode: int = 0o400,
+    optional: bool = False,
+) -> Mount:
+    """A file at ``dest`` with the session's secret ``secret_id`` (read-only, in tmpfs,
+    never part of the step's output). ``optional``: an unknown id gives an empty file."""
+    return Mount(
+        dest=dest,
+        kind="secret",
+        secret_id=secret_id,
+        uid=uid,
+        gid=gid,
+        mode=mode,
+        optional=optional,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,9 +184,13 @@ def run(
     platform: Platform | None = None,
     valid_exit_codes: Sequence[int] = (),
     ignore_cache: bool = False,
+    secret_env: Mapping[str, str] | None = None,
 ) -> ExecState:
     """Run ``args`` on ``root`` with the given environment, directory, user, network and
-    mounts. Returns the new root and every writable bind mount's output."""
+    mounts. Returns the new root and every writable bind mount's output.
+
+    ``secret_env`` maps environment variable names to secret ids: the step sees the
+    session's secret values there, while the LLB holds only the ids."""
     if not args:
         raise ValueError("run: args must not be empty")
     plat = platform or root.platform
@@ -159,6 +216,14 @@ def run(
                 mount.cacheOpt.CopyFrom(
                     pb.CacheOpt(ID=m.cache_id or m.dest, sharing=pb.CacheSharingOpt.SHARED)
                 )
+            elif m.kind == "secret":
+                if not m.secret_id:
+                    raise ValueError(f"run: secret mount at {m.dest} needs a secret_id")
+                mount.secretOpt.CopyFrom(
+                    pb.SecretOpt(
+                        ID=m.secret_id, uid=m.uid, gid=m.gid, mode=m.mode, optional=m.optional
+                    )
+                )
         pb_mounts.append(mount)
     meta = pb.Meta(
         args=list(args),
@@ -167,7 +232,15 @@ def run(
         user=user,
         validExitCodes=list(valid_exit_codes),
     )
-    exec_op = pb.ExecOp(meta=meta, mounts=pb_mounts, network=_NETWORK[network])
+    exec_op = pb.ExecOp(
+        meta=meta,
+        mounts=pb_mounts,
+        network=_NETWORK[network],
+        secretenv=[
+            pb.SecretEnv(ID=secret_id, name=var)
+            for var, secret_id in sorted((secret_env or {}).items())
+        ],
+    )
     op = pb.Op(exec=exec_op)
     _set_platform(op, plat)
     vertex = _Op(
