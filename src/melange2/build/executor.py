@@ -113,6 +113,8 @@ class PlannedBuild:
     #: the environment image's key (:func:`~melange2.build.environment.environment_key`);
     #: "" when the build runs on a ``--base-image``
     environment_key: str = ""
+    #: what the environment installs, ``name-version (repository)``, in install order
+    environment_installs: tuple[str, ...] = ()
 
 
 def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
@@ -285,13 +287,25 @@ class Builder:
         untrusted: Sequence[str] = (),
     ) -> tuple[str, str]:
         """The environment image and its key ("" for a ``--base-image``)."""
+        image, key, _ = await self._environment(opts, packages, repositories, keyring, untrusted)
+        return image, key
+
+    async def _environment(
+        self,
+        opts: BuildOptions,
+        packages: Sequence[str],
+        repositories: Sequence[str | Repository],
+        keyring: Sequence[str],
+        untrusted: Sequence[str] = (),
+    ) -> tuple[str, str, tuple[str, ...]]:
+        """:meth:`environment`, and what it installs: ``name-version (repository)``."""
         if not packages:
             if opts.base_image is None:
                 raise ConfigError(
                     f"{opts.config}: environment.contents.packages is empty and no --base-image "
                     "was given: nothing to build in"
                 )
-            return opts.base_image, ""
+            return opts.base_image, "", ()
         prepared = await self.environments.prepare(
             EnvironmentRequest(
                 arch=opts.arch,
@@ -301,7 +315,11 @@ class Builder:
                 untrusted_repositories=untrusted,
             )
         )
-        return str(prepared.image), prepared.key
+        installs = tuple(
+            f"{p.record.name}-{p.record.version} ({p.repository.location})"
+            for p in prepared.resolution.packages
+        )
+        return str(prepared.image), prepared.key, installs
 
     async def plan(self, opts: BuildOptions) -> PlannedBuild:
         """Everything before the solve: parse and compile, compose the environment, push
@@ -311,7 +329,7 @@ class Builder:
             await asyncio.to_thread(self._signer, opts.signing_key) if opts.signing_key else None
         )
         contents = config.environment.contents
-        env_image, env_key = await self.environment(
+        env_image, env_key, installs = await self._environment(
             opts,
             environment_packages(config, plan),
             contents.repositories,
@@ -353,6 +371,7 @@ class Builder:
             definition=definition,
             input_digest=digest,
             environment_key=env_key,
+            environment_installs=installs,
         )
 
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:

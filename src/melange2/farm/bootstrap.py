@@ -28,7 +28,7 @@ import logging
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,9 +105,11 @@ def build_bootstrap_repo(
     *,
     key_size: int = 4096,
     toolchain_cache: Path | None = None,
+    make: Callable[[str, ConversionCache], Toolchain] = make_toolchain,
 ) -> BootstrapRepo:
     """Write (or reuse) the signing key; package busybox per architecture and, with a
-    ``toolchain_cache``, the toolchain; then write the packages and the indexes."""
+    ``toolchain_cache``, the toolchain (``make`` makes one architecture's); then write
+    the packages and the indexes. Nothing is written until everything is made."""
     keys = root / "keys"
     keys.mkdir(parents=True, exist_ok=True)
     private = keys / KEY_NAME
@@ -127,7 +129,7 @@ def build_bootstrap_repo(
         # the toolchain has its own busybox (Debian's dynamic build, on its glibc)
         cache = ConversionCache(toolchain_cache)
         for deb_arch in sorted(debs):
-            toolchains[deb_arch] = make_toolchain(deb_arch, cache)
+            toolchains[deb_arch] = make(deb_arch, cache)
             tc = toolchains[deb_arch]
             _log.info(
                 "toolchain %s: %d packages, %d converted now, %.1fs",

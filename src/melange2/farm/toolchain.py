@@ -371,8 +371,14 @@ def plan_packages(
                 if rel.op == "=" and rel.name.split(":", 1)[0] == chosen:
                     version, epoch = versions[dep]
                     dep = f"{dep}={version}-r{epoch}"
-                if dep not in depends and owner[chosen] != name:
+                if owner[chosen] == name:
+                    continue
+                # one entry per package: an exact version wins over none
+                same = [d for d in depends if d.split("=", 1)[0] == owner[chosen]]
+                if not same:
                     depends.append(dep)
+                elif "=" in dep and "=" not in same[0]:
+                    depends[depends.index(same[0])] = dep
         for extra in spec.depends:
             if extra not in depends:
                 depends.append(extra)
@@ -641,6 +647,38 @@ def _files(tree: Path) -> Iterable[str]:
                 yield os.path.relpath(p, tree)
 
 
+def convert_all(
+    planned: Sequence[PlannedApk],
+    debs: Mapping[str, Path],
+    cache: ConversionCache,
+    apk_arch: str,
+    *,
+    workers: int | None = None,
+) -> list[Converted]:
+    """:func:`convert` every planned package (in parallel); when any fails, one
+    :class:`ConversionError` naming each failed ``.deb`` and why."""
+    work = cache.root / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+
+    def one(p: PlannedApk) -> Converted | None:
+        try:
+            return convert(p, debs, cache, work)
+        except (FarmProcessError, OSError, ValueError) as exc:
+            names = ", ".join(debs[r.name].name for r in p.debs) or p.info.name
+            errors.append(f"{names}: {exc}")
+            return None
+
+    with ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2)) as pool:
+        results = [r for r in pool.map(one, planned) if r is not None]
+    if errors:
+        raise ConversionError(
+            f"{len(errors)} Debian package(s) failed to convert for {apk_arch}; "
+            "the repository was left as it was:\n  " + "\n  ".join(sorted(errors))
+        )
+    return results
+
+
 # --- the whole: resolve, download, convert, sign ----------------------------------------------
 
 
@@ -694,28 +732,7 @@ def make_toolchain(
     alternatives = {r.name: _alternatives(debs[r.name], cache) for r in records}
     applet_paths = busybox_applets(cache)
     planned = plan_packages(specs, records, apk_arch, alternatives, applet_paths)
-    work = cache.root / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
-    results: list[Converted] = []
-
-    def one(p: PlannedApk) -> Converted | None:
-        try:
-            return convert(p, debs, cache, work)
-        except (FarmProcessError, OSError, ValueError) as exc:
-            names = ", ".join(debs[r.name].name for r in p.debs) or p.info.name
-            errors.append(f"{names}: {exc}")
-            return None
-
-    with ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2)) as pool:
-        for result in pool.map(one, planned):
-            if result is not None:
-                results.append(result)
-    if errors:
-        raise ConversionError(
-            f"{len(errors)} Debian package(s) failed to convert for {apk_arch}; "
-            "the repository was left as it was:\n  " + "\n  ".join(sorted(errors))
-        )
+    results = convert_all(planned, debs, cache, apk_arch, workers=workers)
     applets = set(applet_paths)
     provided = {p.split("=", 1)[0] for c in results for p in c.sca_provides} | {
         c.planned.info.name for c in results

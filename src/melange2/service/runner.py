@@ -269,6 +269,9 @@ class BuildkitRunner:
             planned = await self.builder.plan(opts)
             digest = planned.input_digest
             log.write(f"input digest {digest}\n".encode())
+            if planned.environment_installs:
+                listed = "".join(f"\n  {line}" for line in planned.environment_installs)
+                log.write(f"environment installs:{listed}\n".encode())
             quick = (
                 await asyncio.to_thread(self._quick_of, job, build, planned.environment_key, opts)
                 if planned.environment_key
