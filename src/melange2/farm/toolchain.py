@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from melange2.apk.index import IndexRecord
 from melange2.apk.pkginfo import PackageInfo
@@ -494,17 +496,39 @@ class ConversionCache:
         return data
 
 
+#: the library directories of Debian's multiarch layout, as libc6's ld.so.conf.d lists them
+_MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
+
+
+def _sca() -> Any | None:
+    """:mod:`melange2.sca`, once it is there (imported by name: this branch predates it)."""
+    try:
+        return importlib.import_module("melange2.sca")
+    except ImportError:
+        return None
+
+
 def automatic_relations(tree: Path, info: PackageInfo) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The SCA's automatic ``(provides, depends)`` of a package tree (``so:``, ``cmd:``,
-    ``pc:``), as melange generates them for the packages it builds.
+    ``pc:``), as melange generates them for the packages it builds: the one place
+    converted packages get them. Libraries in Debian's multiarch directories count as
+    installed in a library directory, as glibc's ``ld.so.conf.d`` entry says.
 
-    The one place converted packages get them: until :mod:`melange2.sca` is on main,
-    converted packages carry Debian's dependencies only."""
-    try:
-        from melange2 import sca  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
+    Without :mod:`melange2.sca` (not on main yet) converted packages carry Debian's
+    dependencies only."""
+    sca = _sca()
+    if sca is None:
         return (), ()
-    return (), ()  # pragma: no cover - replaced when the SCA lands
+    triplet = _MULTIARCH.get(info.arch, f"{info.arch}-linux-gnu")
+    with tempfile.TemporaryDirectory(prefix="ldconf-") as tmp:
+        conf = Path(tmp) / "etc" / "ld.so.conf.d" / f"{triplet}.conf"
+        conf.parent.mkdir(parents=True)
+        conf.write_text(f"/lib/{triplet}\n/usr/lib/{triplet}\n")
+        found = sca.analyze(
+            tree, name=info.name, version=info.pkgver, arch=info.arch, siblings=[tree, Path(tmp)]
+        )
+        merged = found.merged()
+    return tuple(merged.provides), tuple(merged.depends)
 
 
 def conversion_key(planned: PlannedApk, deb_digests: Sequence[str]) -> str:
@@ -515,6 +539,7 @@ def conversion_key(planned: PlannedApk, deb_digests: Sequence[str]) -> str:
         "debs": list(deb_digests),
         "links": [list(x) for x in planned.links],
         "emulate": _emulations(planned),
+        "sca": _sca() is not None,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -734,6 +759,16 @@ def make_toolchain(
     planned = plan_packages(specs, records, apk_arch, alternatives, applet_paths)
     results = convert_all(planned, debs, cache, apk_arch, workers=workers)
     applets = set(applet_paths)
+    others = [c for c in results if c.planned.info.name != "busybox"]
+    real_cmds = {
+        f"cmd:{Path(f).name}"
+        for c in others
+        for f in c.files
+        if Path(f).parent.as_posix() in ("bin", "sbin", "usr/bin", "usr/sbin")
+    }
+    real_cmds |= {
+        p.split("=", 1)[0] for c in others for p in c.sca_provides if p.startswith("cmd:")
+    }
     provided = {p.split("=", 1)[0] for c in results for p in c.sca_provides} | {
         c.planned.info.name for c in results
     }
@@ -746,6 +781,11 @@ def make_toolchain(
         if missing:
             dropped[info.name] = missing
         replaces = ("busybox",) if info.name != "busybox" and applets.intersection(c.files) else ()
+        if info.name == "busybox":
+            # a versioned provide is owned: busybox's cmd: names give way to real tools
+            info = info.evolve(
+                provides=tuple(p for p in info.provides if p.split("=", 1)[0] not in real_cmds)
+            )
         info = info.evolve(
             depends=tuple(dict.fromkeys([*info.depends, *sca_depends])),
             provides=tuple(dict.fromkeys([*info.provides, *c.sca_provides])),
