@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -146,7 +147,14 @@ def host_build(env: FarmEnv, digest: str, configure: str, work: Path) -> float:
     type=click.Choice(sorted(PACKAGES)),
     help="Only these (default: all).",
 )
-def main(farm_root: str, out: Path | None, packages: tuple[str, ...]) -> None:
+@click.option(
+    "--runs",
+    default=1,
+    show_default=True,
+    help="Rounds; each round runs farm, melange and host once, one after the other, so "
+    "the three share whatever else loads the machine. Medians are reported.",
+)
+def main(farm_root: str, out: Path | None, packages: tuple[str, ...], runs: int) -> None:
     """Wall time of zlib and GNU hello: farm vs upstream melange vs the host."""
     env_file = Path(farm_root) / "env"
     if not env_file.exists():
@@ -159,19 +167,26 @@ def main(farm_root: str, out: Path | None, packages: tuple[str, ...]) -> None:
         work = Path(tmp)
         for name in packages or sorted(PACKAGES):
             config, digest, configure = PACKAGES[name]
-            row: dict[str, Any] = {"package": name}
-            row["farm_s"] = round(farm_build(env.melange_server, config), 2)
-            row["melange_s"] = round(melange_build(env, config, work), 2)
-            row["host_s"] = round(host_build(env, digest, configure, work), 2)
+            times: dict[str, list[float]] = {"farm": [], "melange": [], "host": []}
+            for _ in range(runs):
+                times["farm"].append(farm_build(env.melange_server, config))
+                times["melange"].append(melange_build(env, config, work))
+                times["host"].append(host_build(env, digest, configure, work))
+            row: dict[str, Any] = {"package": name, "runs": runs}
+            for arm, values in times.items():
+                row[f"{arm}_s"] = round(statistics.median(values), 2)
+                row[f"{arm}_all_s"] = [round(v, 2) for v in values]
             row["farm_over_melange"] = round(row["farm_s"] / row["melange_s"], 2)
             rows.append(row)
             click.echo(
                 f"{name:10} farm {row['farm_s']:7.2f}s  melange {row['melange_s']:7.2f}s  "
                 f"host {row['host_s']:6.2f}s  farm/melange {row['farm_over_melange']:.2f}"
+                f"  (medians of {runs})"
             )
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cpus, {os.uname().machine}, {os.uname().sysname}",
+        "load_average": os.getloadavg(),
         "goal": "farm_over_melange <= 1.2",
         "results": rows,
     }

@@ -39,7 +39,7 @@ async def put_source(digest: str, request: Request, svc: Svc, response: Response
     return SourceOut(digest=wanted, size=size, created=not existed)
 
 
-@router.head("/{digest}", responses=_ERRORS)
+@router.head("/{digest}", include_in_schema=False)  # no body to document
 async def head_source(digest: str, svc: Svc) -> Response:
     """200 with the size when the cache holds ``digest``, else 404."""
     wanted = parse_digest(digest)
