@@ -8,13 +8,14 @@ PY := .venv/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 export UV_PYTHON := python3.11
 
-.PHONY: help setup system-deps tools venv protos lint test test-unit test-e2e demo farm-up farm-down farm-status bench clean
+.PHONY: help setup system-deps tools venv protos lint test test-unit test-e2e test-differential demo farm-up farm-down farm-status bench clean
 
 help:
 	@echo "make demo       install everything, start the local farm, build the examples on it"
 	@echo "make test       install what tests need, run lint and every test"
 	@echo "make setup      install system packages, .venv, buildkitd/buildctl, gRPC stubs"
-	@echo "make farm-up    start two buildkitd daemons and the registry (writes .farm/env)"
+	@echo "make farm-up    start two buildkitd daemons and the registry (writes .farm/env);"
+	@echo "                FARM_TLS=1: the daemons serve TLS and require a client certificate"
 	@echo "make farm-down  stop the local farm"
 	@echo "make bench      replay wolfi's graph on the local farm (BENCH_FLAGS='--limit 400 --out r.json')"
 
@@ -31,7 +32,7 @@ $(UV):
 	@.tools/uv/bin/pip install -q "uv==$(UV_VERSION)"
 
 venv: $(UV)
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --quiet --compile-bytecode
 
 protos: venv
 	@$(PY) scripts/gen_protos.py
@@ -50,8 +51,11 @@ test-unit: setup
 test-e2e: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
+test-differential: setup
+	$(PY) -m pytest tests/differential $(PYTEST_ARGS)
+
 farm-up: setup
-	@$(PY) -m melange2.farm up
+	@$(PY) -m melange2.farm up $(if $(filter 1 yes true,$(FARM_TLS)),--tls)
 
 farm-down:
 	@if [ -x $(PY) ]; then $(PY) -m melange2.farm down; fi

@@ -55,6 +55,12 @@ What it reports (per run; the top-level fields are the critical-path run's)
     * ``packages_per_s``, ``utilisation`` (busy slot-seconds / (slots * makespan));
     * the server process's peak CPU (100 % = one core) and peak RSS, sampled with psutil.
 
+``--virtual [VIRTUAL.json]`` adds schedule quality on a virtual clock
+(``bench/virtual_bench.py``: a saved report, or a fresh run): the ``virtual`` field, one
+``{schedule, slots, seed, ratio, ...}`` per run, beside ``virtual_reference``,
+``virtual_summary`` and ``virtual_checks``; with ``--replot``, it is merged into the saved
+report (``--out``).
+
 Output: a table on stdout, ``--out FILE`` (JSON, with every package's timeline),
 ``--plot FILE.svg`` (slots busy and packages ready over time, one panel per schedule);
 ``--replot FILE.json`` prints and plots a saved report again without running anything.
@@ -85,6 +91,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -773,6 +780,43 @@ def json_report(report: Mapping[str, Any]) -> dict[str, Any]:
     return {**report, "timelines": {k: tl.to_json() for k, tl in timelines.items()}}
 
 
+def merge_virtual(report: dict[str, Any], virtual: Mapping[str, Any]) -> None:
+    """Add a ``bench/virtual_bench.py`` report (schedule quality on a virtual clock) to
+    ``report``: ``virtual`` (one ``{schedule, slots, seed, ratio, ...}`` per run),
+    ``virtual_reference`` (the reference's loop, simulated), ``virtual_summary`` (median
+    ratio per schedule and slot count) and ``virtual_checks``.
+    The replay's own fields are left as they are."""
+    report["virtual"] = list(virtual["virtual"])
+    report["virtual_reference"] = list(virtual.get("virtual_reference", []))
+    report["virtual_summary"] = list(virtual.get("summary", []))
+    report["virtual_checks"] = dict(virtual.get("checks", {}))
+    report["virtual_command"] = virtual.get("command", "")
+
+
+def run_virtual(spec: str) -> dict[str, Any]:
+    """``--virtual``: a saved virtual-clock report, or ``run`` for a fresh one (the
+    default seeds, slot counts and schedules)."""
+    if spec != "run":
+        loaded: dict[str, Any] = json.loads(Path(spec).read_text())
+        return loaded
+    vb = _virtual_bench()
+    fresh: dict[str, Any] = vb.run(vb.parse_args([]))
+    return fresh
+
+
+def virtual_table(report: Mapping[str, Any]) -> str:
+    slots = sorted({row["slots"] for row in report.get("virtual_summary", [])})
+    return str(_virtual_bench().table(report.get("virtual_summary", []), slots))
+
+
+def _virtual_bench() -> ModuleType:
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    import virtual_bench
+
+    return virtual_bench
+
+
 def load_report(path: Path) -> dict[str, Any]:
     """A report written by ``--out``, its timelines as :class:`Timeline` again."""
     report: dict[str, Any] = json.loads(path.read_text())
@@ -940,6 +984,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, help="keep the server's data and log here")
     parser.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds per build")
     parser.add_argument(
+        "--virtual",
+        nargs="?",
+        const="run",
+        metavar="VIRTUAL.json",
+        help="add schedule quality on a virtual clock (bench/virtual_bench.py): its --out "
+        "report, or with no file a fresh run (about a minute)",
+    )
+    parser.add_argument(
         "--replot",
         type=Path,
         metavar="REPORT.json",
@@ -961,7 +1013,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     if args.replot:
         report = load_report(args.replot)
+        if args.virtual:
+            merge_virtual(report, run_virtual(args.virtual))
         console.print(table(report))
+        if report.get("virtual_summary"):
+            console.print(virtual_table(report))
+        if args.out:  # with --virtual: the saved report and the virtual one, merged
+            args.out.write_text(json.dumps(json_report(report), indent=2) + "\n")
         if args.plot:
             write_plot(report, args.plot)
         return 0
@@ -989,7 +1047,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print("[red]interrupted (the replay's servers are stopped)")
         return 130
     report["command"] = shlex.join(["bench/replay.py", *(argv or sys.argv[1:])])
+    if args.virtual:
+        merge_virtual(report, run_virtual(args.virtual))
     console.print(table(report))
+    if report.get("virtual_summary"):
+        console.print(virtual_table(report))
     if args.out:
         args.out.write_text(json.dumps(json_report(report), indent=2) + "\n")
     if args.plot:

@@ -14,9 +14,17 @@ Two measurements, both against the issue's goals:
   50 ms.
 
 Both run on ``--store sqlite`` (a file in a temporary directory, WAL, as the server
-runs) or ``memory``.
+runs), ``memory``, or ``postgres``: the database at ``--postgres-dsn`` (env
+``POSTGRES_DSN``; every run's build gets a new id there), or else a throwaway cluster
+this program starts (:mod:`melange2.testenv.postgres`, a fresh database per run, stopped
+and removed at the end; ``--durable`` keeps PostgreSQL's default ``fsync`` and
+``synchronous_commit`` on, as a production server runs; without it they are off).
 
     .venv/bin/python bench/scheduler_bench.py --store sqlite
+    .venv/bin/python bench/scheduler_bench.py --store postgres --durable
+
+Wall times suffer from whatever else runs on the machine: ``schedule_all_cpu_s`` (this
+process's CPU time while scheduling) and the load average at the end say how much.
 """
 
 from __future__ import annotations
@@ -28,10 +36,11 @@ import json
 import os
 import platform
 import resource
+import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,8 +52,9 @@ from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.graph import PackageNode, build_graph, priorities
 from melange2.scheduler.loop import RunOutcome, Scheduler, SchedulerEvent
-from melange2.store import open_store
+from melange2.store import StoreKind, open_store
 from melange2.store.base import JobStore
+from melange2.testenv.postgres import PostgresCluster, migrated_template
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "wolfi-dag.json"
 
@@ -107,12 +117,52 @@ def make_build(build_id: str, deps: dict[str, tuple[str, ...]], prio: dict[str, 
     )
 
 
+@dataclass(frozen=True)
+class StoreChoice:
+    """Which store each run opens: ``kind``, and for postgres where."""
+
+    kind: StoreKind
+    #: a fixed database (the user's), else each run gets its own from ``cluster``
+    dsn: str = ""
+    cluster: PostgresCluster | None = None
+    template: str = ""
+
+    @contextlib.contextmanager
+    def database(self) -> Iterator[str]:
+        """The DSN for one run ("" for memory and sqlite)."""
+        if self.cluster is None:
+            yield self.dsn
+            return
+        name = f"bench_{secrets.token_hex(4)}"
+        try:
+            yield self.cluster.create_database(name, template=self.template)
+        finally:
+            self.cluster.drop_database(name)
+
+
+@contextlib.contextmanager
+def store_choice(args: argparse.Namespace) -> Iterator[StoreChoice]:
+    if args.store != "postgres":
+        yield StoreChoice(kind=args.store)
+    elif args.postgres_dsn:
+        yield StoreChoice(kind="postgres", dsn=args.postgres_dsn)
+    else:
+        with PostgresCluster.create(durable=args.durable) as cluster:
+            template = migrated_template(cluster)
+            yield StoreChoice(kind="postgres", cluster=cluster, template=template)
+
+
+def new_build_id(tag: str) -> str:
+    """Unique per run, so runs can share a database."""
+    return f"bld-{tag}{secrets.token_hex(7)}"
+
+
 @contextlib.asynccontextmanager
 async def scheduler(
-    kind: str, slots: int, recorder: Recorder
+    choice: StoreChoice, slots: int, recorder: Recorder
 ) -> AsyncIterator[tuple[Scheduler, JobStore]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        async with open_store(kind, data_dir=Path(tmp)) as store:  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory() as tmp, choice.database() as dsn:
+        async with open_store(choice.kind, data_dir=Path(tmp), dsn=dsn) as store:
             pool = BackendPool.from_config(
                 PoolConfig(
                     backends=(BackendSpec(addr="tcp://noop:1", arch="x86_64", max_jobs=slots),)
@@ -138,8 +188,7 @@ async def wait_done(store: JobStore, build_id: BuildId, recorder: Recorder) -> B
         await asyncio.sleep(0.01)
 
 
-async def bench_wolfi(kind: str, slots: int) -> dict[str, Any]:
-    data = json.loads(DATA.read_text())
+async def bench_wolfi(choice: StoreChoice, slots: int, data: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     nodes = [
         PackageNode(name=p["name"], needs=(*p["deps"], *p.get("cycle_deps", ())))
@@ -148,15 +197,15 @@ async def bench_wolfi(kind: str, slots: int) -> dict[str, Any]:
     graph = build_graph(nodes, cycle_policy="break")
     prio = priorities(graph, {})
     deps = {name: tuple(graph.deps.get(name, ())) for name in graph.names}
-    build = make_build("bld-00000000000000aa", deps, prio)
+    build = make_build(new_build_id("aa"), deps, prio)
     t1 = time.perf_counter()
     recorder = Recorder(expect=len(deps))
-    async with scheduler(kind, slots, recorder) as (sched, store):
+    async with scheduler(choice, slots, recorder) as (sched, store):
         await store.create_build(build)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         await sched.submit(build)
         done = await wait_done(store, build.id, recorder)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
     assert done.status is BuildStatus.SUCCESS, done.status
     started = [e for e in recorder.events if e.kind == "started"]
     assert len(started) == len(deps)
@@ -167,19 +216,21 @@ async def bench_wolfi(kind: str, slots: int) -> dict[str, Any]:
         "graph_s": round(t1 - t0, 3),
         "store_create_s": round(t2 - t1, 3),
         "schedule_all_s": round(t3 - t2, 3),
+        #: this process's CPU time over the same span (not the database server's)
+        "schedule_all_cpu_s": round(c3 - c2, 3),
         "total_s": round(t3 - t0, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
 
-async def bench_chain(kind: str, length: int) -> dict[str, Any]:
+async def bench_chain(choice: StoreChoice, length: int) -> dict[str, Any]:
     names = [f"link-{i:04d}" for i in range(length)]
     deps: dict[str, tuple[str, ...]] = {
         n: ((names[i - 1],) if i else ()) for i, n in enumerate(names)
     }
     recorder = Recorder(expect=length)
-    async with scheduler(kind, 4, recorder) as (sched, store):
-        build = make_build("bld-00000000000000bb", deps, {})
+    async with scheduler(choice, 4, recorder) as (sched, store):
+        build = make_build(new_build_id("bb"), deps, {})
         await store.create_build(build)
         await sched.submit(build)
         await wait_done(store, build.id, recorder)
@@ -197,17 +248,38 @@ async def bench_chain(kind: str, length: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
+    parser.add_argument("--store", choices=["sqlite", "memory", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--postgres-dsn",
+        default=os.environ.get("POSTGRES_DSN", ""),
+        help="with --store postgres: this database (env POSTGRES_DSN); "
+        "default: a throwaway cluster",
+    )
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="the throwaway cluster keeps fsync and synchronous_commit on",
+    )
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--chain", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--data", type=Path, default=DATA, help="wolfi-dag.json")
     args = parser.parse_args()
-    wolfi = [asyncio.run(bench_wolfi(args.store, args.slots)) for _ in range(args.runs)]
-    chain = [asyncio.run(bench_chain(args.store, args.chain)) for _ in range(args.runs)]
+    data = json.loads(args.data.read_text())
+    with store_choice(args) as choice:
+        wolfi = [asyncio.run(bench_wolfi(choice, args.slots, data)) for _ in range(args.runs)]
+        chain = [asyncio.run(bench_chain(choice, args.chain)) for _ in range(args.runs)]
+    if args.store != "postgres":
+        store = args.store
+    elif args.postgres_dsn:
+        store = "postgres (--postgres-dsn)"
+    else:
+        store = f"postgres (throwaway cluster, {'durable' if args.durable else 'fsync off'})"
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
-        "store": args.store,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "store": store,
         "wolfi": {k: statistics.median(r[k] for r in wolfi) for k in wolfi[0]},
         "chain": {k: statistics.median(r[k] for r in chain) for k in chain[0]},
     }

@@ -1,8 +1,10 @@
 """Session fixtures: a real local farm (loopback registry with the base image, buildkitd
-daemons) for end-to-end tests, torn down at the end even when tests fail.
+daemons) for end-to-end tests, torn down at the end even when tests fail; the storage
+emulators (``storage_fixtures``) and a PostgreSQL cluster (``postgres_fixtures``).
 
-Where this host cannot run BuildKit the end-to-end tests skip with the reason, unless
-``REQUIRE_BUILDKIT=1`` (as ``.ci/run`` sets): then they fail.
+Where this host cannot run a real part the tests that need it skip with the reason,
+unless ``REQUIRE_REAL_PARTS=1`` or ``REQUIRE_BUILDKIT=1`` (as ``.ci/run`` sets): then
+they fail (:mod:`melange2.testenv.require`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import pytest
 
 from melange2.farm.local import REGISTRY_BINARY, FarmEnv, LocalFarm
 from melange2.farm.toolchain import default_cache_dir
+from melange2.testenv.require import require_real_part
 
-pytest_plugins = ["tests.storage_fixtures"]
+pytest_plugins = ["tests.storage_fixtures", "tests.postgres_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".tools"
@@ -41,14 +44,11 @@ def _missing_parts() -> list[str]:
 
 
 def require_real_parts() -> None:
-    """Skip (or fail under REQUIRE_BUILDKIT=1) when the host lacks what the farm needs."""
+    """Skip (or fail under REQUIRE_REAL_PARTS=1 / REQUIRE_BUILDKIT=1) when the host lacks
+    what the farm needs."""
     missing = _missing_parts()
-    if not missing:
-        return
-    message = "cannot run BuildKit here: missing " + "; ".join(missing)
-    if os.environ.get("REQUIRE_BUILDKIT") == "1":
-        pytest.fail(message + " (REQUIRE_BUILDKIT=1)", pytrace=False)
-    pytest.skip(message)  # only without REQUIRE_BUILDKIT=1 (CI sets it: then it fails)
+    if missing:
+        require_real_part("run BuildKit", missing)
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,11 @@
 
 GCS runs on fake-gcs-server (``.tools/bin``, built by ``make setup``), S3 on moto's
 server. A missing emulator skips the tests that need it, with the reason, unless
-``REQUIRE_BUILDKIT=1`` (as CI sets): then they fail.
+``REQUIRE_REAL_PARTS=1`` or ``REQUIRE_BUILDKIT=1`` (as CI sets): then they fail.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from melange2.testenv.emulators import (
     find_fake_gcs_server,
     find_moto_server,
 )
+from melange2.testenv.require import require_real_part
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".tools"
@@ -33,10 +33,7 @@ BUCKET_PREFIX = "farm/t"
 
 
 def _missing(what: str) -> NoReturn:
-    message = f"cannot test storage here: missing {what}"
-    if os.environ.get("REQUIRE_BUILDKIT") == "1":
-        pytest.fail(message + " (REQUIRE_BUILDKIT=1)", pytrace=False)
-    pytest.skip(message)
+    require_real_part("test storage", [what])
 
 
 def new_bucket_name() -> str:

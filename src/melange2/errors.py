@@ -15,7 +15,9 @@
     ├── FarmProcessError            starting or stopping the local farm's processes
     ├── StoreError                  the build store failed
     │   ├── NotFound                no such build or package
-    │   └── InvalidTransition       a state change the store refused (wrong current state)
+    │   ├── InvalidTransition       a state change the store refused (wrong current state)
+    │   ├── StoreConflict           a write that conflicts with stored data (a taken id)
+    │   └── StoreUnavailable        the database cannot be reached or gave up for now
     └── RequestError                a client's request is invalid (HTTP 4xx)
 
 Each class has a ``code`` (a stable string for JSON error bodies) and an ``exit_code``
@@ -122,6 +124,18 @@ class InvalidTransition(StoreError):
     """The package is not in a state that allows this change."""
 
     code = "invalid_transition"
+
+
+class StoreConflict(StoreError):
+    """The write conflicts with stored data."""
+
+    code = "store_conflict"
+
+
+class StoreUnavailable(StoreError):
+    """The build store's database is unavailable."""
+
+    code = "store_unavailable"
 
 
 class RequestError(FarmError):

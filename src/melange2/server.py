@@ -13,13 +13,18 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import click
 import uvicorn
+from click.core import ParameterSource
 
-from melange2.errors import FarmError
+from melange2.cli.tls import tls_from_flags, tls_options
+from melange2.errors import ConfigError, FarmError
 from melange2.service.settings import ServerSettings
 from melange2.storage import StorageSpec, open_storage
+from melange2.store import StoreKind
+from melange2.store.sql.postgres import postgres_url
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,6 +52,7 @@ def _host_port(listen: str) -> tuple[str, int]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--listen-addr", default=":8080", show_default=True, help="HTTP listen address.")
 @click.option("--buildkit-addr", help="One BuildKit backend (single-backend mode).")
+@tls_options(envvars=False, what="the --buildkit-addr daemon")
 @click.option(
     "--backends-config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -110,10 +116,18 @@ def _host_port(listen: str) -> tuple[str, int]:
 )
 @click.option(
     "--store",
-    type=click.Choice(["sqlite", "memory"]),
+    type=click.Choice(["sqlite", "postgres", "memory"]),
     default="sqlite",
     show_default=True,
-    help="Where builds are kept: SQLite in --data-dir, or memory (lost on exit).",
+    help="Where builds are kept: SQLite in --data-dir, PostgreSQL at --postgres-dsn, "
+    "or memory (lost on exit).",
+)
+@click.option(
+    "--postgres-dsn",
+    envvar="POSTGRES_DSN",
+    default="",
+    help="The database of --store postgres: postgresql://user[:password]@host[:port]/db "
+    "(a unix socket: ?host=/run/postgresql). Migrated at start. (env POSTGRES_DSN)",
 )
 @click.option(
     "--registry",
@@ -183,6 +197,7 @@ def cli(
     max_source_bytes: int,
     data_dir: Path,
     store: str,
+    postgres_dsn: str,
     registry: str,
     signing_key: Path | None,
     repositories: tuple[str, ...],
@@ -193,6 +208,7 @@ def cli(
     probe_interval: float,
     log_level: str,
     log_format: str,
+    **tls_flags: Any,
 ) -> None:
     """Run the melange2 build service."""
     chosen = [n for n, v in (("--gcs-bucket", gcs_bucket), ("--s3-bucket", s3_bucket)) if v]
@@ -224,14 +240,23 @@ def cli(
         raise click.BadParameter("at least 1024", param_hint="--max-log-bytes")
     if not buildkit_addr and backends_config is None:
         raise click.UsageError("give --buildkit-addr or --backends-config")
+    buildkit_tls = tls_from_flags(tls_flags)
+    if buildkit_tls is not None and not buildkit_addr:
+        raise click.UsageError(
+            "the TLS flags are for --buildkit-addr; give a backend's TLS settings under its "
+            "`tls:` in the backends config"
+        )
+    _check_store(store, postgres_dsn)
     settings = ServerSettings(
         listen_addr=listen_addr,
         buildkit_addr=buildkit_addr,
+        buildkit_tls=buildkit_tls,
         backends_config=backends_config,
         default_arch=default_arch,
         output_dir=output_dir.resolve(),
         data_dir=data_dir.resolve(),
-        store="memory" if store == "memory" else "sqlite",
+        store=cast(StoreKind, store),  # one of click.Choice's
+        postgres_dsn=postgres_dsn if store == "postgres" else "",
         registry=registry,
         signing_key=signing_key,
         repositories=repositories,
@@ -256,7 +281,9 @@ def cli(
         max_source_bytes=max_source_bytes,
     )
     asyncio.run(_check_storage(storage))  # a missing bucket or bad credentials: refuse now
-    from melange2.api.app import create_app
+    from melange2.api.app import create_app, pool_config
+
+    pool = pool_config(settings)  # a bad backends config or TLS file: refuse now, naming it
 
     handler = logging.StreamHandler()
     if log_format == "json":
@@ -266,7 +293,7 @@ def cli(
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     host, port = _host_port(listen_addr)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, pool=pool),
         host=host,
         port=port,
         log_level=log_level,
@@ -297,6 +324,21 @@ def _source_cache_spec(
             param_hint="--source-cache",
         )
     return None
+
+
+def _check_store(store: str, dsn: str) -> None:
+    """``--store postgres`` needs a valid DSN; a DSN on the command line needs it too
+    (POSTGRES_DSN in the environment is read only by ``--store postgres``)."""
+    ctx = click.get_current_context()
+    if store == "postgres":
+        if not dsn:
+            raise click.UsageError("--store postgres needs --postgres-dsn (or POSTGRES_DSN)")
+        try:
+            postgres_url(dsn)
+        except ConfigError as exc:
+            raise click.BadParameter(exc.message, param_hint="--postgres-dsn") from None
+    elif dsn and ctx.get_parameter_source("postgres_dsn") is ParameterSource.COMMANDLINE:
+        raise click.UsageError(f"--postgres-dsn needs --store postgres (not --store {store})")
 
 
 async def _check_storage(spec: StorageSpec) -> None:

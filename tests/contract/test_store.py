@@ -1,8 +1,10 @@
-"""The store contract against every implementation, and a random-walk check that the
-memory fake and SQLite agree with a model built from ``ALLOWED_TRANSITIONS``."""
+"""The store contract against every implementation (memory, SQLite, PostgreSQL on a real
+server: ``tests/postgres_fixtures.py``), and a random-walk check that the memory fake
+and each SQL store agree with a model built from ``ALLOWED_TRANSITIONS``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from itertools import count
 from pathlib import Path
@@ -10,13 +12,15 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import make_url
 
-from melange2.errors import ConfigError, InvalidTransition, StoreError
+from melange2.errors import ConfigError, InvalidTransition, StoreError, StoreUnavailable
 from melange2.ids import BuildId
 from melange2.jobs import ALLOWED_TRANSITIONS, PackageStatus
-from melange2.store import JobStore, MemoryStore, SqliteStore, open_store
+from melange2.store import JobStore, MemoryStore, PostgresStore, SqliteStore, open_store
 from melange2.testenv.contracts import StoreContract
 from melange2.testenv.contracts.store import make_build
+from melange2.testenv.postgres import PostgresCluster
 
 
 class TestMemoryStore(StoreContract):
@@ -44,6 +48,21 @@ class TestOpenStore(StoreContract):
             yield store
 
 
+class TestPostgresStore(StoreContract):
+    """A clone of the migrated template per test, opened (and so migrated: a no-op at head)
+    through the factory, as the server opens it."""
+
+    @pytest.fixture
+    async def store(self, postgres_dsn: str) -> AsyncIterator[JobStore]:
+        async with open_store("postgres", dsn=postgres_dsn) as store:
+            assert isinstance(store, PostgresStore)
+            yield store
+
+    @pytest.fixture
+    def supports_listen_notify(self) -> bool:
+        return True
+
+
 @pytest.mark.anyio
 async def test_open_store_memory_and_config_errors(tmp_path: Path) -> None:
     async with open_store("memory", data_dir=None) as store:
@@ -53,9 +72,60 @@ async def test_open_store_memory_and_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         async with open_store("sqlite", data_dir=None):
             pass
-    with pytest.raises(ConfigError):
-        async with open_store("postgres", data_dir=tmp_path):  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="needs a DSN"):
+        async with open_store("postgres", data_dir=tmp_path):
             pass
+    for dsn in ("not a url", "mysql://db/x", "postgresql://db"):
+        with pytest.raises(ConfigError, match="DSN"):
+            async with open_store("postgres", dsn=dsn):
+                pass
+    with pytest.raises(ConfigError):
+        async with open_store("oracle", data_dir=tmp_path):  # type: ignore[arg-type]
+            pass
+
+
+@pytest.mark.anyio
+async def test_postgres_migrates_an_empty_database_at_open(postgres_empty_dsn: str) -> None:
+    async with await PostgresStore.open(postgres_empty_dsn) as store:
+        await store.create_build(make_build("bld-fresh"))
+    async with await PostgresStore.open(postgres_empty_dsn) as store:  # at head: no-op
+        assert (await store.get_build(BuildId("bld-fresh"))).id == "bld-fresh"
+
+
+@pytest.mark.anyio
+async def test_postgres_replicas_opening_together_migrate_once(postgres_empty_dsn: str) -> None:
+    opened = await asyncio.gather(*(PostgresStore.open(postgres_empty_dsn) for _ in range(4)))
+    try:
+        await opened[0].create_build(make_build("bld-shared"))
+        for store in opened:
+            assert (await store.get_build(BuildId("bld-shared"))).id == "bld-shared"
+    finally:
+        for store in opened:
+            await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_postgres_unreachable_and_lost_connections_are_store_unavailable(
+    postgres_cluster: PostgresCluster, postgres_dsn: str, tmp_path: Path
+) -> None:
+    nowhere = f"postgresql://melange2@/nothing?host={tmp_path}&connect_timeout=1"
+    with pytest.raises(StoreUnavailable) as caught:
+        await PostgresStore.open(nowhere)
+    assert caught.value.__cause__ is not None  # the driver's error, kept
+    assert "password" not in str(caught.value)
+
+    async with await PostgresStore.open(postgres_dsn) as store:
+        await store.create_build(make_build("bld-cut"))
+        database = make_url(postgres_dsn).database
+        postgres_cluster.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        )
+        with pytest.raises(StoreUnavailable) as lost:
+            await store.get_build(BuildId("bld-cut"))
+        assert lost.value.__cause__ is not None
+        # the pool dropped the dead connections: the next call reconnects
+        assert (await store.get_build(BuildId("bld-cut"))).id == "bld-cut"
 
 
 @pytest.fixture
@@ -63,14 +133,21 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[tuple[JobStore, JobStore]]:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[JobStore, JobStore]]:
+    """The memory fake beside one SQL store."""
     memory = MemoryStore()
-    sqlite = await SqliteStore.open(tmp_path / "walk.db")
+    sql: JobStore
+    if request.param == "sqlite":
+        sql = await SqliteStore.open(tmp_path / "walk.db")
+    else:
+        sql = await PostgresStore.open(request.getfixturevalue("postgres_dsn"))
     try:
-        yield memory, sqlite
+        yield memory, sql
     finally:
-        await sqlite.aclose()
+        await sql.aclose()
         await memory.aclose()
 
 
@@ -120,8 +197,8 @@ async def test_random_transitions_agree_with_the_model(
         if allowed:
             model[name] = to
 
-    memory, sqlite = stores
+    memory, sql = stores
     got_memory = await memory.get_build(build_id)
-    got_sqlite = await sqlite.get_build(build_id)
+    got_sql = await sql.get_build(build_id)
     assert {j.name: j.status for j in got_memory.packages} == model
-    assert got_sqlite == got_memory
+    assert got_sql == got_memory

@@ -101,7 +101,7 @@ def test_hello_builds_signed_packages_and_passes_its_test(
 
     # independent checks: tar lists all three streams; gzip -t; openssl verifies the signature
     listing = tar_list(main)
-    assert listing[0] == ".SIGN.RSA.e2e.rsa.pub" and ".PKGINFO" in listing
+    assert listing[0] == ".SIGN.RSA256.e2e.rsa.pub" and ".PKGINFO" in listing
     assert "usr/bin/hello" in listing
     subprocess.run(["gzip", "-t", str(main)], check=True)
     hello = subprocess.run(
@@ -133,7 +133,7 @@ def test_signature_verifies_with_openssl(farm: FarmEnv, signing_key: Path, tmp_p
 
     signature_stream, control, _data = split_streams(apk)
     sig = subprocess.run(
-        ["tar", "-xzOf", "-", ".SIGN.RSA.e2e.rsa.pub"],
+        ["tar", "-xzOf", "-", ".SIGN.RSA256.e2e.rsa.pub"],
         input=signature_stream,
         capture_output=True,
         check=True,
@@ -144,7 +144,7 @@ def test_signature_verifies_with_openssl(farm: FarmEnv, signing_key: Path, tmp_p
         [
             "openssl",
             "dgst",
-            "-sha1",
+            "-sha256",
             "-verify",
             f"{signing_key}.pub",
             "-signature",

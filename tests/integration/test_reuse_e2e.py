@@ -33,8 +33,14 @@ _NEW_FILE = (
 )
 
 
-def _source(text: str) -> dict[str, dict[str, Any]]:
-    return {"r-app": {"data.txt": {"base64": base64.b64encode(text.encode()).decode()}}}
+def _source(text: str, lib_unused: str = "") -> dict[str, dict[str, Any]]:
+    files: dict[str, dict[str, Any]] = {
+        "r-app": {"data.txt": {"base64": base64.b64encode(text.encode()).decode()}}
+    }
+    if lib_unused:
+        # a source file r-lib's build never reads: its inputs change, its package does not
+        files["r-lib"] = {"unused.txt": lib_unused}
+    return files
 
 
 def _configs(lib_script: str = "true") -> list[str]:
@@ -100,10 +106,11 @@ def test_unchanged_packages_are_reused_and_changes_rebuild_only_what_they_touch(
         assert changed_src["r-app"]["input_digest"] != digests["r-app"]
         assert changed_src["r-lib"]["cached"] and changed_src["r-other"]["cached"]
 
-        # a dependency whose build changed but whose package did not (our APKs are
-        # reproducible): it is rebuilt, its dependent still installs the same bytes
+        # a dependency whose inputs changed but whose package did not (our APKs are
+        # reproducible; a changed script would change the package, whose .melange.yaml
+        # holds the config): it is rebuilt, its dependent still installs the same bytes
         same_output = _build(
-            client, configs=_configs(lib_script="echo changed"), source_files=_source("v2")
+            client, configs=_configs(), source_files=_source("v2", lib_unused="changed")
         )
         assert same_output["r-lib"]["cached"] is False
         assert same_output["r-app"]["cached"] is True

@@ -49,7 +49,13 @@ def pool_config(settings: ServerSettings) -> PoolConfig:
         return load_pool_config(settings.backends_config)
     if settings.buildkit_addr:
         return PoolConfig(
-            backends=(BackendSpec(addr=settings.buildkit_addr, arch=settings.default_arch),)
+            backends=(
+                BackendSpec(
+                    addr=settings.buildkit_addr,
+                    arch=settings.default_arch,
+                    tls=settings.buildkit_tls,
+                ),
+            )
         )
     return PoolConfig(backends=())
 
@@ -97,8 +103,10 @@ class BodyLimit(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
+def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> FastAPI:
+    """The app; ``pool``: the backends, when already loaded (else from ``settings``)."""
     metrics = Metrics()
+    config = pool
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[_State]:
@@ -115,9 +123,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         )
         await source_cache.storage.check()
         hub = LogHub()
-        pool = BackendPool.from_config(pool_config(settings))
+        pool = BackendPool.from_config(config or pool_config(settings))
         pool.on_breaker_change = metrics.breaker_changed
-        async with open_store(settings.store, data_dir=settings.data_dir) as store:
+        async with open_store(
+            settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn
+        ) as store:
             for stored in await store.list_backends():
                 if stored.addr not in pool.backends:
                     pool.add(
@@ -126,13 +136,20 @@ def create_app(settings: ServerSettings) -> FastAPI:
                             arch=stored.arch,
                             labels=stored.labels,
                             max_jobs=stored.max_jobs,
+                            tls=stored.tls,
                         ),
                         dynamic=True,
                     )
             async with RegistryClient(settings.registry) as registry:
                 builder = Builder(registry, settings.data_dir / "cache")
                 runner = BuildkitRunner(
-                    settings, builder, signer, storage, hub, source_cache=source_cache
+                    settings,
+                    builder,
+                    signer,
+                    storage,
+                    hub,
+                    daemon_tls=pool.tls_for,
+                    source_cache=source_cache,
                 )
                 scheduler = Scheduler(
                     store,

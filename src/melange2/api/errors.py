@@ -13,7 +13,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from melange2.build.source_cache import SourceTooLarge
-from melange2.errors import ConfigError, FarmError, InvalidTransition, NotFound, RequestError
+from melange2.errors import (
+    ConfigError,
+    FarmError,
+    InvalidTransition,
+    NotFound,
+    RequestError,
+    StoreConflict,
+    StoreUnavailable,
+)
 from melange2.storage import StorageError, StorageNotFound
 
 _STATUS: list[tuple[type[FarmError], int]] = [
@@ -22,6 +30,8 @@ _STATUS: list[tuple[type[FarmError], int]] = [
     (StorageNotFound, 404),
     (StorageError, 503),
     (InvalidTransition, 409),
+    (StoreConflict, 409),
+    (StoreUnavailable, 503),
     (RequestError, 400),
     (ConfigError, 400),
 ]

@@ -275,19 +275,46 @@ class ErrorOut(BaseModel):
     details: Annotated[Any, Field(default=None)]
 
 
+_PEM_MAX = 64 * 1024
+
+
+class BackendTLS(_Strict):
+    """A backend's client TLS settings, as buildctl's ``--tlscacert``, ``--tlscert``,
+    ``--tlskey`` and ``--tlsservername`` name them, but given as PEM text: the API takes
+    certificate contents, never paths on the server. Never shown back."""
+
+    #: PEM of the CA the daemon's certificate must chain to (absent: gRPC's default roots)
+    caCert: str | None = Field(default=None, max_length=_PEM_MAX)
+    #: PEM of the client certificate the daemon requires
+    cert: str | None = Field(default=None, max_length=_PEM_MAX)
+    #: PEM of its private key (unencrypted)
+    key: str | None = Field(default=None, max_length=_PEM_MAX)
+    #: the name the daemon's certificate is checked for (absent: addr's host)
+    serverName: str = Field(default="", max_length=253)
+
+
 class AddBackendRequest(_Strict):
     addr: str = Field(min_length=1)
     arch: str = Field(min_length=1)
     labels: dict[str, str] = Field(default_factory=dict)
     maxJobs: int = Field(default=0, ge=0)
+    #: reach the daemon over TLS (absent: plain TCP)
+    tls: BackendTLS | None = None
 
 
 class RemoveBackendRequest(_Strict):
     addr: str = Field(min_length=1)
 
 
+class PoolBackendOut(BackendOut):
+    """A backend of the pool (``GET``/``POST /api/v1/backends``)."""
+
+    #: reached over TLS (the settings themselves are never shown)
+    tls: bool = False
+
+
 class BackendList(BaseModel):
-    backends: list[BackendOut]
+    backends: list[PoolBackendOut]
     architectures: list[str]
 
 
@@ -306,6 +333,8 @@ class BackendStatusOut(BaseModel):
     buildkitVersion: str
     platforms: list[str]
     draining: bool
+    #: reached over TLS
+    tls: bool = False
 
 
 class BackendStatusList(BaseModel):

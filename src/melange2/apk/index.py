@@ -1,21 +1,22 @@
 """APKINDEX: the repository index apk-tools and apko download.
 
 ``APKINDEX`` is text, one record per package, records separated by a blank line.
-Each line is ``<letter>:<value>``; the letters and their order are those of
-apk-tools ``apk_pkg_write_index_header``::
+Each line is ``<letter>:<value>``; the letters and their order are those of the
+index writer melange v0.34.0 uses (apko's ``apkIndexTemplate``), empty fields left out
+except ``T:`` and ``t:``::
 
     C:Q1<base64 SHA-1 of the package's control gzip stream>
     P:name            V:version-rN     A:arch
     S:apk file size   I:installed size
     T:description     U:url            L:license
     o:origin          m:maintainer     t:build time    c:commit
+    D:depends (space separated)        i:install_if    p:provides
     k:provider priority
-    D:depends (space separated)        p:provides      i:install_if
 
-``APKINDEX.tar.gz`` is a gzip stream holding a tar archive (``DESCRIPTION``
-then ``APKINDEX``, with the end-of-archive blocks), as ``apk index`` writes it;
-signing (``abuild-sign``) puts a signature gzip stream in front, signing the
-index stream's compressed bytes.
+``APKINDEX.tar.gz`` is a gzip stream holding a tar archive (``APKINDEX`` then
+``DESCRIPTION``, with the end-of-archive blocks), as melange writes it; signing puts a
+signature gzip stream in front, signing the index stream's compressed bytes
+(``.SIGN.RSA256.<key>``, as melange's ``SignIndex``).
 """
 
 from __future__ import annotations
@@ -143,30 +144,29 @@ class IndexRecord:
 
     def render(self) -> str:
         """The record's lines, each ending in a newline (no blank separator line)."""
-        lines = [
-            f"C:{self.checksum_field}",
-            f"P:{self.name}",
-            f"V:{self.version}",
-            f"A:{self.arch}",
-            f"S:{self.size}",
-            f"I:{self.installed_size}",
-            f"T:{self.description}",
-            f"U:{self.url}",
-            f"L:{self.license}",
-        ]
-        if self.origin:
-            lines.append(f"o:{self.origin}")
+        lines = [f"C:{self.checksum_field}", f"P:{self.name}", f"V:{self.version}"]
+        for letter, value in (
+            ("A", self.arch),
+            ("S", self.size),
+            ("I", self.installed_size),
+        ):
+            if value:
+                lines.append(f"{letter}:{value}")
+        lines.append(f"T:{self.description}")
+        for letter, value in (("U", self.url), ("L", self.license), ("o", self.origin)):
+            if value:
+                lines.append(f"{letter}:{value}")
         if self.maintainer:
             lines.append(f"m:{self.maintainer}")
-        if self.build_time:
-            lines.append(f"t:{self.build_time}")
+        # apko writes t: unless the time is Go's zero time: a build date of 0 is 1970
+        lines.append(f"t:{self.build_time}")
         if self.commit:
             lines.append(f"c:{self.commit}")
-        if self.provider_priority is not None:
-            lines.append(f"k:{self.provider_priority}")
-        for letter, items in (("D", self.depends), ("p", self.provides), ("i", self.install_if)):
+        for letter, items in (("D", self.depends), ("i", self.install_if), ("p", self.provides)):
             if items:
                 lines.append(f"{letter}:{' '.join(items)}")
+        if self.provider_priority:
+            lines.append(f"k:{self.provider_priority}")
         lines.extend(f"{letter}:{value}" for letter, value in self.extra)
         return "".join(line + "\n" for line in lines)
 
@@ -270,18 +270,17 @@ def write_index_tar_gz(
 ) -> int:
     """Write ``APKINDEX.tar.gz`` for ``records`` to ``out``; return the bytes written.
 
-    The index stream is a tar of ``DESCRIPTION`` (when given) and ``APKINDEX``, mode 0644,
-    root-owned, mtime ``source_date_epoch``; with a ``signer`` a signature stream over
-    its compressed bytes goes first. Deterministic, like :func:`melange2.apk.write_apk`.
+    The index stream is a tar of ``APKINDEX`` and ``DESCRIPTION`` (empty when not given),
+    mode 0644, root-owned, mtime ``source_date_epoch``, as melange writes it; with a
+    ``signer`` a signature stream over its compressed bytes goes first. Deterministic,
+    like :func:`melange2.apk.write_apk`.
     """
     if "\n" in description:
         raise ApkFormatError("the index description must be a single line")
-    archive = b""
-    if description:
-        archive += tar_small_file(
-            "DESCRIPTION", description.encode(), mode=0o644, mtime=source_date_epoch
-        )
-    archive += tar_small_file("APKINDEX", build_index(records), mode=0o644, mtime=source_date_epoch)
+    archive = tar_small_file("APKINDEX", build_index(records), mode=0o644, mtime=source_date_epoch)
+    archive += tar_small_file(
+        "DESCRIPTION", description.encode(), mode=0o644, mtime=source_date_epoch
+    )
     index_stream = gzip_member(archive + END_OF_ARCHIVE, level=9)
     signature = b""
     if signer is not None:

@@ -11,8 +11,10 @@ is the public key's file name (the name apk-tools looks up in ``/etc/apk/keys``)
     signature = signer.sign(control_stream)
     verify(signature, control_stream, load_public_key(pair.public_key))
 
-``RSA`` signs a SHA-1 digest (what abuild-sign and melange write by default and what
-apko accepts); ``RSA256`` signs SHA-256 and is understood by newer apk-tools.
+``RSA256`` signs a SHA-256 digest: what melange v0.34.0 writes for packages and for
+``APKINDEX.tar.gz`` (``.SIGN.RSA256.<key>.pub``), and the default here. ``RSA`` (SHA-1,
+what abuild-sign and older melange wrote) is still verified, so repositories signed
+that way stay readable; :class:`Signer` writes it only when asked.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class Signer:
     #: the public key's file name, e.g. ``melange.rsa.pub``
     key_name: str
     private_key: rsa.RSAPrivateKey = field(repr=False, compare=False)
-    algorithm: SignatureAlgorithm = SignatureAlgorithm.RSA
+    algorithm: SignatureAlgorithm = SignatureAlgorithm.RSA256
 
     def __post_init__(self) -> None:
         if not self.key_name or "/" in self.key_name or "\0" in self.key_name:
@@ -131,7 +133,7 @@ class Signer:
         pem: bytes,
         *,
         key_name: str,
-        algorithm: SignatureAlgorithm = SignatureAlgorithm.RSA,
+        algorithm: SignatureAlgorithm = SignatureAlgorithm.RSA256,
         passphrase: bytes | None = None,
     ) -> Signer:
         try:
@@ -148,7 +150,7 @@ class Signer:
         private_key: Path,
         public_key: Path | None = None,
         *,
-        algorithm: SignatureAlgorithm = SignatureAlgorithm.RSA,
+        algorithm: SignatureAlgorithm = SignatureAlgorithm.RSA256,
         passphrase: bytes | None = None,
     ) -> Signer:
         """Load ``private_key``; the key name is ``public_key``'s file name
@@ -160,7 +162,7 @@ class Signer:
 
     @property
     def signature_name(self) -> str:
-        """The tar entry name, e.g. ``.SIGN.RSA.melange.rsa.pub``."""
+        """The tar entry name, e.g. ``.SIGN.RSA256.melange.rsa.pub``."""
         return self.algorithm.entry_name(self.key_name)
 
     def public_key(self) -> rsa.RSAPublicKey:
@@ -179,7 +181,7 @@ def verify(
     data: bytes,
     pubkey: rsa.RSAPublicKey | bytes,
     *,
-    algorithm: SignatureAlgorithm = SignatureAlgorithm.RSA,
+    algorithm: SignatureAlgorithm = SignatureAlgorithm.RSA256,
 ) -> None:
     """Check ``signature`` over ``data``; raise :class:`ApkSignatureError` if it does not hold.
 

@@ -2,8 +2,9 @@
 
 The file is three gzip streams, written in this order but computed back to front::
 
-    signature  tar segment: .SIGN.RSA.<key>.rsa.pub = RSA(SHA-1(control stream))
-    control    tar segment: .PKGINFO (with datahash), then any scriptlets
+    signature  tar segment: .SIGN.RSA256.<key>.rsa.pub = RSA(SHA-256(control stream))
+    control    tar segment: .PKGINFO (with datahash), then the other control files
+               (.melange.yaml, scriptlets) in byte order of their names, as melange
     data       tar archive of the tree, ending in two zero blocks; every regular file
                and symlink carries a PAX record APK-TOOLS.checksum.SHA1
 
@@ -13,8 +14,12 @@ read in chunks, never whole.
 
 Same tree, same :class:`PackageInfo`, same key and same ``source_date_epoch`` give
 byte-identical output: entries are sorted by name, gzip headers carry no name or
-time, mtimes are clamped to ``source_date_epoch``, owners default to root and no
-user database is consulted.
+time, every mtime is ``source_date_epoch`` (as melange's tar writer sets them), owners
+default to root and owner names come from the maps the caller passes.
+
+The installed size (``size``) is computed as melange computes it: the sum of the
+``lstat`` sizes of every path of the tree, the tree's root and its directories
+included (so it depends on the filesystem the tree is on, as melange's does).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from melange2.apk._stream import (
     CHUNK_SIZE,
@@ -61,7 +66,7 @@ _SPOOL_IN_MEMORY = 16 << 20
 
 
 class Scriptlet(StrEnum):
-    """Install scripts, by their control-stream file name (in the order they are written)."""
+    """Install scripts, by their control-stream file name."""
 
     TRIGGER = ".trigger"
     PRE_INSTALL = ".pre-install"
@@ -70,6 +75,10 @@ class Scriptlet(StrEnum):
     POST_DEINSTALL = ".post-deinstall"
     PRE_UPGRADE = ".pre-upgrade"
     POST_UPGRADE = ".post-upgrade"
+
+
+#: owner names apk sees when the caller gives none: root's
+ROOT_NAMES: Mapping[int, str] = {0: "root"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +112,7 @@ class ApkResult:
 @dataclass
 class _DataStats:
     installed_size: int = 0
+    keep_hardlinks: bool = False
     entries: int = 0
     hardlinks: dict[tuple[int, int], str] = field(default_factory=dict)
 
@@ -115,8 +125,14 @@ def write_apk(
     *,
     source_date_epoch: int,
     scripts: Mapping[Scriptlet, bytes] | None = None,
+    control_files: Mapping[str, bytes] | None = None,
     owners: Mapping[str, Owner] | None = None,
     preserve_owners: bool = False,
+    uid_map: Mapping[int, int] | None = None,
+    gid_map: Mapping[int, int] | None = None,
+    user_names: Mapping[int, str] = ROOT_NAMES,
+    group_names: Mapping[int, str] = ROOT_NAMES,
+    keep_hardlinks: bool = False,
     compresslevel: int = 9,
 ) -> ApkResult:
     """Package the tree under ``rootdir`` as an APK v2 written to ``out``.
@@ -125,9 +141,17 @@ def write_apk(
     here, and a ``build_date`` of 0 becomes ``source_date_epoch``. Regular files,
     directories and symlinks are packaged (hard links as tar hard links); anything
     else is an :class:`ApkFormatError`. Every path is owned by root:root unless
-    ``preserve_owners`` takes the owners from the tree or ``owners`` names one for a
-    relative path such as ``"var/lib/app"``. With ``signer`` ``None`` the package is
-    unsigned (``apk add --allow-untrusted`` territory).
+    ``preserve_owners`` takes the owners from the tree (ids first mapped through
+    ``uid_map``/``gid_map``, as melange maps its build user to root) or ``owners`` names
+    one for a relative path such as ``"var/lib/app"``. Owner names are looked up in
+    ``user_names``/``group_names`` (melange takes them from the build environment's
+    ``/etc/passwd`` and ``/etc/group``); an id without a name gets none.
+    ``control_files`` are extra control-stream files (``.melange.yaml``), mode 0644.
+    Hard-linked files are written whole at each path, as melange v0.34.0 writes them
+    (its in-memory filesystem hides link counts); ``keep_hardlinks`` writes tar hard
+    links instead.
+    With ``signer`` ``None`` the package is unsigned (``apk add --allow-untrusted``
+    territory).
 
     Example::
 
@@ -147,33 +171,41 @@ def write_apk(
     scripts = dict(scripts or {})
     if Scriptlet.TRIGGER in scripts and not info.triggers:
         raise ApkFormatError("a .trigger script needs the paths it watches in info.triggers")
+    control = {name.value: (data, 0o755) for name, data in scripts.items()}
+    for name, data in (control_files or {}).items():
+        if not name.startswith(".") or "/" in name or name == ".PKGINFO" or name in control:
+            raise ApkFormatError(f"invalid control file name {name!r}")
+        control[name] = (data, 0o644)
+    names = _Names(
+        uid_map=uid_map or {}, gid_map=gid_map or {}, users=user_names, groups=group_names
+    )
 
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
-        data = write_data(
+        written = _write_data(
             rootdir,
-            spool,  # type: ignore[arg-type]
-            source_date_epoch=source_date_epoch,
-            owners=owners,
-            preserve_owners=preserve_owners,
-            compresslevel=compresslevel,
+            spool,
+            source_date_epoch,
+            owners,
+            preserve_owners,
+            names,
+            keep_hardlinks,
+            compresslevel,
         )
-        final = finish_info(info, data, source_date_epoch=source_date_epoch, scripts=scripts)
-        control = control_stream(
-            final, source_date_epoch=source_date_epoch, scripts=scripts, compresslevel=compresslevel
-        )
+        final = finish_info(info, written, source_date_epoch=source_date_epoch)
+        control_gz = _control(final, control, source_date_epoch, compresslevel)
 
         whole = hashlib.sha256()
         size = 0
 
-        def emit(chunk: bytes) -> None:
+        def emit(data: bytes) -> None:
             nonlocal size
-            out.write(chunk)
-            whole.update(chunk)
-            size += len(chunk)
+            out.write(data)
+            whole.update(data)
+            size += len(data)
 
         if signer is not None:
-            emit(signature_stream(signer, control, mtime=source_date_epoch))
-        emit(control)
+            emit(signature_stream(signer, control_gz, mtime=source_date_epoch))
+        emit(control_gz)
         spool.seek(0)
         while chunk := spool.read(CHUNK_SIZE):
             emit(chunk)
@@ -181,7 +213,7 @@ def write_apk(
     return ApkResult(
         info=final,
         size=size,
-        checksum=hashlib.sha1(control).digest(),
+        checksum=hashlib.sha1(control_gz).digest(),
         sha256=whole.hexdigest(),
         signature_name=signer.signature_name if signer is not None else None,
     )
@@ -193,7 +225,6 @@ class DataStream:
 
     installed_size: int
     datahash: str  #: hex sha256 of the data gzip stream
-    entries: int
 
 
 def write_data(
@@ -203,67 +234,85 @@ def write_data(
     source_date_epoch: int,
     owners: Mapping[str, Owner] | None = None,
     preserve_owners: bool = False,
+    keep_hardlinks: bool = False,
     compresslevel: int = 9,
 ) -> DataStream:
-    """Write the data stream of an APK (the tree under ``rootdir`` as a gzipped tar) to
-    ``out``: the part of a package that does not depend on its metadata, so it can be
-    kept and given a control stream (and signature) later (:func:`control_stream`)."""
+    """Write only the data stream of an APK (the tree under ``rootdir``, as
+    :func:`write_apk` writes it) to ``out``: the part of a package that does not depend
+    on its metadata, so it can be kept and given a control stream and a signature later
+    (:func:`finish_info`, :func:`control_stream`)."""
     if not rootdir.is_dir():
         raise ApkFormatError(f"{rootdir} is not a directory")
-    datahash = hashlib.sha256()
-    member = GzipMemberWriter(tee(out.write, datahash.update), level=compresslevel)
-    stats = _DataStats()
-    for rel, path, st in _walk(rootdir):
-        owner = _owner(rel, st, owners or {}, preserve_owners)
-        _write_entry(member, rel, path, st, owner, min(_mtime(st), source_date_epoch), stats)
-    member.write(END_OF_ARCHIVE)
-    member.close()
-    return DataStream(
-        installed_size=stats.installed_size, datahash=datahash.hexdigest(), entries=stats.entries
+    names = _Names(uid_map={}, gid_map={}, users=ROOT_NAMES, groups=ROOT_NAMES)
+    return _write_data(
+        rootdir,
+        out,
+        source_date_epoch,
+        owners,
+        preserve_owners,
+        names,
+        keep_hardlinks,
+        compresslevel,
     )
 
 
-def finish_info(
-    info: PackageInfo,
-    data: DataStream,
-    *,
-    source_date_epoch: int,
-    scripts: Mapping[Scriptlet, bytes] | None = None,
-) -> PackageInfo:
+def finish_info(info: PackageInfo, data: DataStream, *, source_date_epoch: int) -> PackageInfo:
     """``info`` with what the data stream decides: installed size, datahash and (when
     ``info`` has none) the build date."""
-    installed_size = data.installed_size
-    if installed_size == 0 and (data.entries or scripts):
-        # apk-tools 2 treats size 0 as virtual and extracts nothing (abuild does this too)
-        installed_size = 1
     return info.evolve(
-        installed_size=installed_size,
+        installed_size=data.installed_size,
         datahash=data.datahash,
         build_date=info.build_date or source_date_epoch,
     )
 
 
-def control_stream(
-    info: PackageInfo,
-    *,
+def control_stream(info: PackageInfo, *, source_date_epoch: int, compresslevel: int = 9) -> bytes:
+    """The control gzip stream of a package with no scriptlets: its ``.PKGINFO``
+    (``info`` as :func:`finish_info` left it). Its SHA-1 is the package's identity; a
+    signature signs it."""
+    return _control(info, {}, source_date_epoch, compresslevel)
+
+
+def _write_data(
+    rootdir: Path,
+    out: Any,
     source_date_epoch: int,
-    scripts: Mapping[Scriptlet, bytes] | None = None,
-    compresslevel: int = 9,
+    owners: Mapping[str, Owner] | None,
+    preserve_owners: bool,
+    names: _Names,
+    keep_hardlinks: bool,
+    compresslevel: int,
+) -> DataStream:
+    datahash = hashlib.sha256()
+    member = GzipMemberWriter(tee(out.write, datahash.update), level=compresslevel)
+    stats = _DataStats(installed_size=rootdir.lstat().st_size, keep_hardlinks=keep_hardlinks)
+    for rel, path, st in _walk(rootdir):
+        owner = _owner(rel, st, owners or {}, preserve_owners, names)
+        _write_entry(member, rel, path, st, owner, source_date_epoch, stats, names)
+    member.write(END_OF_ARCHIVE)
+    member.close()
+    return DataStream(installed_size=stats.installed_size, datahash=datahash.hexdigest())
+
+
+def _control(
+    final: PackageInfo,
+    control: Mapping[str, tuple[bytes, int]],
+    source_date_epoch: int,
+    compresslevel: int,
 ) -> bytes:
-    """The control gzip stream: ``.PKGINFO`` (``info`` as :func:`finish_info` left it),
-    then the scriptlets. Its SHA-1 is the package's identity; a signature signs it."""
-    scripts = dict(scripts or {})
-    control_tar = tar_small_file(".PKGINFO", info.render(), mode=0o644, mtime=source_date_epoch)
-    for scriptlet in Scriptlet:
-        if scriptlet in scripts:
-            control_tar += tar_small_file(
-                scriptlet.value, scripts[scriptlet], mode=0o755, mtime=source_date_epoch
-            )
+    control_tar = tar_small_file(".PKGINFO", final.render(), mode=0o644, mtime=source_date_epoch)
+    for name in sorted(control, key=os.fsencode):
+        data, mode = control[name]
+        control_tar += tar_small_file(name, data, mode=mode, mtime=source_date_epoch)
     return gzip_member(control_tar, level=compresslevel)
 
 
-def _mtime(st: os.stat_result) -> int:
-    return max(0, int(st.st_mtime))
+@dataclass(frozen=True, kw_only=True)
+class _Names:
+    uid_map: Mapping[int, int]
+    gid_map: Mapping[int, int]
+    users: Mapping[int, str]
+    groups: Mapping[int, str]
 
 
 def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
@@ -283,12 +332,18 @@ def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
 
 
 def _owner(
-    rel: str, st: os.stat_result, owners: Mapping[str, Owner], preserve_owners: bool
+    rel: str,
+    st: os.stat_result,
+    owners: Mapping[str, Owner],
+    preserve_owners: bool,
+    names: _Names,
 ) -> Owner:
     if rel in owners:
         return owners[rel]
     if preserve_owners:
-        return Owner(uid=st.st_uid, gid=st.st_gid)
+        return Owner(
+            uid=names.uid_map.get(st.st_uid, st.st_uid), gid=names.gid_map.get(st.st_gid, st.st_gid)
+        )
     return Owner()
 
 
@@ -300,15 +355,18 @@ def _write_entry(
     owner: Owner,
     mtime: int,
     stats: _DataStats,
+    names: _Names,
 ) -> None:
     info = tarfile.TarInfo(rel)
     info.mode = stat.S_IMODE(st.st_mode)
     info.mtime = mtime
     info.uid, info.gid = owner.uid, owner.gid
-    # apk-tools resolves owners by name first, so only root gets one: other ids stay numeric.
-    info.uname = "root" if owner.uid == 0 else ""
-    info.gname = "root" if owner.gid == 0 else ""
+    # apk-tools resolves owners by name first: a name only where the user database has one
+    info.uname = names.users.get(owner.uid, "")
+    info.gname = names.groups.get(owner.gid, "")
     stats.entries += 1
+    # melange's installed size: every path's lstat size (directories and links included)
+    stats.installed_size += st.st_size
 
     if stat.S_ISDIR(st.st_mode):
         info.type = tarfile.DIRTYPE
@@ -322,7 +380,7 @@ def _write_entry(
         member.write(tar_header(info))
     elif stat.S_ISREG(st.st_mode):
         inode = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and inode in stats.hardlinks:
+        if stats.keep_hardlinks and st.st_nlink > 1 and inode in stats.hardlinks:
             info.type = tarfile.LNKTYPE
             info.linkname = stats.hardlinks[inode]
             member.write(tar_header(info))
@@ -335,7 +393,6 @@ def _write_entry(
         info.pax_headers = {CHECKSUM_PAX_KEY: digest}
         member.write(tar_header(info))
         _copy_file(member, rel, path, st.st_size, digest)
-        stats.installed_size += st.st_size
     else:
         raise ApkFormatError(
             f"{rel}: unsupported file type (only files, directories and symlinks are packaged)"

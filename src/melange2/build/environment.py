@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import io
 import json
+import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,22 +46,31 @@ from melange2.oci.registry import RegistryClient
 
 ENV_REPO = "melange2/env"
 #: bump when the layout of composed images changes, so old tags are not reused
-COMPOSER_VERSION = "2"
-PASSWD = b"root:x:0:0:root:/root:/bin/sh\nbuild:x:1000:1000:build:/home/build:/bin/sh\n"
-GROUP = b"root:x:0:\nbuild:x:1000:\n"
+COMPOSER_VERSION = "3"
+#: the build account melange's environments get (apko appends it to the packages' own
+#: /etc/passwd and /etc/group, or writes files holding it alone)
+BUILD_USER = b"build:x:1000:1000:Account created by apko:/home/build:/bin/sh\n"
+BUILD_GROUP = b"build:x:1000:build\n"
+#: an environment whose packages ship no account files
+PASSWD = BUILD_USER
+GROUP = BUILD_GROUP
 ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 #: renders one package's part of /lib/apk/db/installed from its record and file list
 DbFragment = Callable[[IndexRecord, Sequence[DataEntry]], str]
 
 
-def skeleton_entries() -> list[Entry]:
+def skeleton_entries(passwd: bytes = b"", group: bytes = b"") -> list[Entry]:
     """What every build environment has whatever its packages: accounts, /tmp, the
-    workspace (apko makes the same from an image config's accounts and paths)."""
+    workspace (apko makes the same from an image config's accounts and paths).
+
+    ``passwd`` and ``group`` are the packages' own account files (the last package
+    shipping one wins, as when installed); the build account is appended, as apko does.
+    """
     return [
         Entry(path="etc", kind="dir", mode=0o755),
-        Entry(path="etc/passwd", kind="file", data=PASSWD),
-        Entry(path="etc/group", kind="file", data=GROUP),
+        Entry(path="etc/passwd", kind="file", data=_append_line(passwd, BUILD_USER)),
+        Entry(path="etc/group", kind="file", data=_append_line(group, BUILD_GROUP)),
         Entry(path="tmp", kind="dir", mode=0o1777),
         Entry(path="var", kind="dir", mode=0o755),
         Entry(path="var/tmp", kind="dir", mode=0o1777),
@@ -67,6 +78,12 @@ def skeleton_entries() -> list[Entry]:
         Entry(path="home", kind="dir", mode=0o755),
         Entry(path="home/build", kind="dir", mode=0o755),
     ]
+
+
+def _append_line(existing: bytes, line: bytes) -> bytes:
+    if existing and not existing.endswith(b"\n"):
+        existing += b"\n"
+    return existing + line
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +102,9 @@ class PackageLayer:
     size: int
     diff_id: str
     db_fragment: str
+    #: the package's own /etc/passwd and /etc/group ("" when it ships none)
+    passwd: str = ""
+    group: str = ""
     #: the packages whose files this one's replace (``.PKGINFO`` ``replaces``)
     replaces: tuple[str, ...] = ()
 
@@ -97,7 +117,7 @@ class LayerCache:
         self._memo: dict[bytes, PackageLayer] = {}
 
     def _meta(self, record: IndexRecord) -> Path:
-        return self.root / "layers" / f"{record.checksum.hex()}.json"
+        return self.root / "layers" / f"{record.checksum.hex()}.v2.json"
 
     def blob_path(self, digest: str) -> Path:
         return self.root / "blobs" / digest.replace(":", "-")
@@ -118,12 +138,17 @@ class LayerCache:
         data = pkg.apk.read_bytes()
         stream = split_streams(data)[-1]  # signature?, control, data: the data is last
         package = read_apk(pkg.apk, verify_checksums=False)
+        entries = package.entries
         digest = "sha256:" + hashlib.sha256(stream).hexdigest()
+        plain = gzip.decompress(stream)
+        accounts = _account_files(plain, entries)
         layer = PackageLayer(
             digest=digest,
             size=len(stream),
-            diff_id="sha256:" + hashlib.sha256(gzip.decompress(stream)).hexdigest(),
-            db_fragment=fragment(pkg.record, package.entries),
+            diff_id="sha256:" + hashlib.sha256(plain).hexdigest(),
+            db_fragment=fragment(pkg.record, entries),
+            passwd=accounts.get("etc/passwd", ""),
+            group=accounts.get("etc/group", ""),
             replaces=tuple(package.info.replaces),
         )
         write_atomic(self.blob_path(digest), stream, durable=False)
@@ -257,10 +282,27 @@ def layer_order(layers: Sequence[tuple[str, PackageLayer]]) -> list[PackageLayer
     return [*below, *above]
 
 
+def _account_files(data_tar: bytes, entries: Sequence[DataEntry]) -> dict[str, str]:
+    """The package's /etc/passwd and /etc/group, when it ships them."""
+    wanted = {"etc/passwd", "etc/group"}
+    if not any(e.path in wanted and e.kind == "file" for e in entries):
+        return {}
+    found: dict[str, str] = {}
+    with tarfile.open(fileobj=io.BytesIO(data_tar), mode="r:") as archive:
+        for member in archive:
+            if member.name in wanted and member.isreg():
+                extracted = archive.extractfile(member)
+                if extracted is not None:
+                    found[member.name] = extracted.read().decode(errors="replace")
+    return found
+
+
 def _own_layer(spec: EnvironmentSpec, layers: Sequence[PackageLayer]) -> BuiltLayer:
     installed = "".join(layer.db_fragment for layer in layers).encode()
+    passwd = next((x.passwd for x in reversed(layers) if x.passwd), "")
+    group = next((x.group for x in reversed(layers) if x.group), "")
     entries = [
-        *skeleton_entries(),
+        *skeleton_entries(passwd.encode(), group.encode()),
         Entry(path="etc/apk", kind="dir", mode=0o755),
         Entry(path="etc/apk/keys", kind="dir", mode=0o755),
         Entry(

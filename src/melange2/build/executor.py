@@ -19,31 +19,39 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ruamel.yaml import YAML
+
+import melange2
 from melange2.apk.pkginfo import PackageInfo
 from melange2.apk.signing import Signer
 from melange2.apk.writer import write_apk
+from melange2.build.emit import META_DIR, detect_git_commit, package_extras
 from melange2.build.environment_resolve import EnvironmentBuilder, EnvironmentRequest
 from melange2.build.inputs import input_digest
+from melange2.build.melange_yaml import BuildFacts, render_melange_yaml, step_inputs
 from melange2.build.outputs import unpack_image
 from melange2.build.progress import ProgressTracker, StepSink
+from melange2.build.sbom import SbomContext
 from melange2.build.source_cache import CACHE_MOUNT, SourceCache, cache_image
 from melange2.build.sources import push_sources
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
 from melange2.buildkit.client import BuildkitClient, SolveResult, push_image
+from melange2.buildkit.tls import ClientTLS
 from melange2.errors import ConfigError
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
-from melange2.recipe import Config, load_config
+from melange2.recipe import Config, Scriptlets, load_config, substitution_map
 from melange2.recipe.compile import (
     BuildPlan,
     ExecStep,
     PipelineResolver,
     compile_build,
     compile_tests,
+    subpackage_enabled,
 )
 from melange2.repo.directory import index_directory
 from melange2.repo.repository import Repository
@@ -83,6 +91,23 @@ class BuildOptions:
     cache_mode: str = "min"
     #: trace every command of every step in the log (``set -x``, as melange's --debug)
     debug: bool = False
+    #: reach the daemon over TLS (--tlscacert, --tlscert, --tlskey, --tlsservername)
+    buildkit_tls: ClientTLS | None = None
+    #: ``--namespace``: the packages' ``maintainer`` and the SBOM's supplier (melange's
+    #: default ``unknown``)
+    namespace: str = "unknown"
+    #: ``--git-commit`` / ``--git-repo-url`` / ``--license`` of the config file (the
+    #: commit defaults to the HEAD of the repository holding the config, or ``unknown``)
+    git_commit: str = ""
+    git_repo_url: str = ""
+    config_license: str = "NOASSERTION"
+    #: the config's path as the SBOM records it (default: ``config`` as given)
+    config_name: str = ""
+    #: the repositories and keys ``.melange.yaml`` records (default: ``repositories`` and
+    #: ``keyrings``); a server leaves out its per-build staging repository, which would
+    #: make every build's package differ
+    recorded_repositories: Sequence[str] | None = None
+    recorded_keyrings: Sequence[str] | None = None
     #: melange's source cache (``--cache-dir``): what ``fetch`` finds in /var/cache/melange
     source_cache: SourceCache | None = None
 
@@ -113,6 +138,8 @@ class PlannedBuild:
     #: the environment image's key (:func:`~melange2.build.environment.environment_key`);
     #: "" when the build runs on a ``--base-image``
     environment_key: str = ""
+    #: the environment's packages, ``name=version`` (melange's locked configuration)
+    locked: tuple[str, ...] = ()
     #: what the environment installs, ``name-version (repository)``, in install order
     environment_installs: tuple[str, ...] = ()
 
@@ -170,7 +197,7 @@ def build_graph(
         if source_cache is not None
         else []
     )
-    root = llb.image(environment, platform=platform, name="build environment")
+    env_root = root = llb.image(environment, platform=platform, name="build environment")
     for name in config.package_names:
         root = llb.mkdir(root, f"{WORKSPACE}/melange-out/{name}", name=f"mkdir melange-out/{name}")
     if sources is not None:
@@ -192,15 +219,54 @@ def build_graph(
             mounts=mounts,
             name=step.name,
         ).root
-    return llb.copy(
+    out = llb.copy(
         root, f"{WORKSPACE}/melange-out", llb.scratch(platform), "/", name="collect melange-out"
     )
+    return _collect_meta(config, env_root, root, out)
 
 
-def package_infos(config: Config, arch: str) -> dict[str, PackageInfo]:
-    """``.PKGINFO`` of the package and each subpackage, from the config."""
+def _collect_meta(
+    config: Config, env_root: llb.State, root: llb.State, out: llb.State
+) -> llb.State:
+    """Beside melange-out, what packaging reads as melange does (:mod:`.emit`): the
+    environment's account files and os-release, the workspace's license-path files."""
+    for name in ("passwd", "group", "os-release"):
+        # a wildcard of one name: copied when present, nothing when absent
+        out = llb.copy(
+            env_root,
+            f"/etc/{name[:-1]}[{name[-1]}]",
+            out,
+            f"/{META_DIR}/etc/",
+            allow_wildcard=True,
+            allow_empty_wildcard=True,
+            contents_only=False,
+            name=f"collect /etc/{name}",
+        )
+    for entry in config.package.copyright:
+        if entry.license_path:
+            out = llb.copy(
+                root,
+                f"{WORKSPACE}/{entry.license_path}",
+                out,
+                f"/{META_DIR}/workspace/{entry.license_path}",
+                contents_only=False,
+                name=f"collect license {entry.license_path}",
+            )
+    return out
+
+
+def package_infos(
+    config: Config, arch: str, *, namespace: str = "unknown", commit: str = "unknown"
+) -> dict[str, PackageInfo]:
+    """``.PKGINFO`` of the package and each subpackage, from the config, as melange
+    writes it: ``maintainer`` is the namespace, ``commit`` the config's (or the repository's
+    commit), one ``license`` line per copyright entry, a subpackage's own ``url``."""
     pkg = config.package
-    license_expr = " AND ".join(pkg.licenses)
+    licenses = tuple(c.license for c in pkg.copyright)
+
+    def triggers(scriptlets: Scriptlets | None) -> tuple[str, ...]:
+        return scriptlets.trigger_paths if scriptlets is not None and scriptlets.trigger else ()
+
     infos = {
         pkg.name: PackageInfo(
             name=pkg.name,
@@ -209,15 +275,21 @@ def package_infos(config: Config, arch: str) -> dict[str, PackageInfo]:
             arch=arch,
             description=pkg.description,
             url=pkg.url,
-            license=license_expr,
+            license=licenses[0] if licenses else "",
+            licenses=licenses if len(licenses) > 1 else (),
             origin=pkg.name,
-            commit=pkg.commit,
+            commit=pkg.commit or commit,
+            maintainer=namespace,
             depends=tuple(pkg.dependencies.runtime),
             provides=tuple(pkg.dependencies.provides),
             replaces=tuple(pkg.dependencies.replaces),
             provider_priority=int(pkg.dependencies.provider_priority)
             if pkg.dependencies.provider_priority
             else None,
+            replaces_priority=int(pkg.dependencies.replaces_priority)
+            if pkg.dependencies.replaces_priority
+            else None,
+            triggers=triggers(pkg.scriptlets),
         )
     }
     for sub in config.subpackages:
@@ -227,32 +299,107 @@ def package_infos(config: Config, arch: str) -> dict[str, PackageInfo]:
             epoch=pkg.epoch,
             arch=arch,
             description=sub.description,
-            url=sub.url or pkg.url,
-            license=license_expr,
+            url=sub.url,
+            license=licenses[0] if licenses else "",
+            licenses=licenses if len(licenses) > 1 else (),
             origin=pkg.name,
-            commit=sub.commit or pkg.commit,
+            commit=sub.commit or pkg.commit or commit,
+            maintainer=namespace,
             depends=tuple(sub.dependencies.runtime),
             provides=tuple(sub.dependencies.provides),
             replaces=tuple(sub.dependencies.replaces),
             provider_priority=int(sub.dependencies.provider_priority)
             if sub.dependencies.provider_priority
             else None,
+            replaces_priority=int(sub.dependencies.replaces_priority)
+            if sub.dependencies.replaces_priority
+            else None,
+            triggers=triggers(sub.scriptlets),
         )
     return infos
 
 
+def as_built(config: Config) -> Config:
+    """``config`` without the subpackages whose ``if`` is false (melange skips them)."""
+    enabled = tuple(sp for sp in config.subpackages if subpackage_enabled(config, sp))
+    return (
+        config if len(enabled) == len(config.subpackages) else replace(config, subpackages=enabled)
+    )
+
+
+def config_commit(opts: BuildOptions) -> str:
+    """The config's commit: ``--git-commit``, else its repository's HEAD, else ``unknown``."""
+    return opts.git_commit or detect_git_commit(opts.config) or "unknown"
+
+
 def write_packages(
-    config: Config, tree: Path, opts: BuildOptions, signer: Signer | None
+    config: Config,
+    tree: Path,
+    opts: BuildOptions,
+    signer: Signer | None,
+    owners: Mapping[str, tuple[int, int]] | None = None,
+    locked: Sequence[str] = (),
 ) -> tuple[list[BuiltPackage], Path]:
     """One APK per package dir of the melange-out ``tree``; then the index."""
     arch_dir = opts.out_dir / opts.arch
     arch_dir.mkdir(parents=True, exist_ok=True)
+    config = as_built(config)
+    commit = config_commit(opts)
+    dirs = [*opts.pipeline_dirs, opts.config.parent / "pipelines"]
+    resolver = PipelineResolver([d for d in dirs if d.is_dir()])
+    mapping = substitution_map(config)
+    melange_yaml = render_melange_yaml(
+        config,
+        YAML(typ="safe").load(opts.config.read_text()) or {},
+        BuildFacts(
+            arch=opts.arch,
+            commit=commit,
+            repositories=[
+                str(r)
+                for r in (
+                    opts.repositories
+                    if opts.recorded_repositories is None
+                    else opts.recorded_repositories
+                )
+            ],
+            keyring=list(
+                opts.keyrings if opts.recorded_keyrings is None else opts.recorded_keyrings
+            ),
+            locked=locked,
+        ),
+        resolver,
+    )
+    extras = package_extras(
+        config,
+        tree,
+        context=SbomContext(
+            arch=opts.arch,
+            namespace=opts.namespace,
+            config_file=opts.config_name or str(opts.config),
+            config_commit=commit,
+            config_repo_url=opts.git_repo_url or "https://unknown/unknown/unknown",
+            config_license=opts.config_license,
+            created=opts.source_date_epoch,
+            tool_version=f"v{melange2.__version__}",
+        ),
+        owners=owners,
+        melange_yaml=melange_yaml,
+        inputs_of=lambda step: step_inputs(step, mapping, resolver),
+    )
     built = []
-    for name, info in package_infos(config, opts.arch).items():
+    infos = package_infos(config, opts.arch, namespace=opts.namespace, commit=commit)
+    for name, info in infos.items():
         target = arch_dir / info.filename
         tmp = target.with_name(f".{target.name}.tmp")
         with tmp.open("wb") as out:
-            write_apk(tree / name, info, signer, out, source_date_epoch=opts.source_date_epoch)
+            write_apk(
+                tree / name,
+                info,
+                signer,
+                out,
+                source_date_epoch=opts.source_date_epoch,
+                **extras.apk_options(name),
+            )
         tmp.replace(target)
         built.append(BuiltPackage(name=name, path=target))
     index_directory(arch_dir, signer, source_date_epoch=opts.source_date_epoch)
@@ -265,6 +412,8 @@ class Builder:
     def __init__(self, registry: RegistryClient, cache_dir: Path) -> None:
         self.registry = registry
         self.environments = EnvironmentBuilder(registry, cache_dir)
+        #: what the last environment resolved installs (set and read without an await between)
+        self.last_installs: tuple[str, ...] = ()
         self._signers: dict[tuple[Path, float], Signer] = {}
 
     async def aclose(self) -> None:
@@ -287,10 +436,12 @@ class Builder:
         untrusted: Sequence[str] = (),
     ) -> tuple[str, str]:
         """The environment image and its key ("" for a ``--base-image``)."""
-        image, key, _ = await self._environment(opts, packages, repositories, keyring, untrusted)
+        image, key, _ = await self.locked_environment(
+            opts, packages, repositories, keyring, untrusted
+        )
         return image, key
 
-    async def _environment(
+    async def locked_environment(
         self,
         opts: BuildOptions,
         packages: Sequence[str],
@@ -298,7 +449,7 @@ class Builder:
         keyring: Sequence[str],
         untrusted: Sequence[str] = (),
     ) -> tuple[str, str, tuple[str, ...]]:
-        """:meth:`environment`, and what it installs: ``name-version (repository)``."""
+        """The environment image, its key and its packages (``name=version``)."""
         if not packages:
             if opts.base_image is None:
                 raise ConfigError(
@@ -315,11 +466,14 @@ class Builder:
                 untrusted_repositories=untrusted,
             )
         )
-        installs = tuple(
+        locked = tuple(
+            sorted(f"{p.record.name}={p.record.version}" for p in prepared.resolution.packages)
+        )
+        self.last_installs = tuple(
             f"{p.record.name}-{p.record.version} ({p.repository.location})"
             for p in prepared.resolution.packages
         )
-        return str(prepared.image), prepared.key, installs
+        return str(prepared.image), prepared.key, locked
 
     async def plan(self, opts: BuildOptions) -> PlannedBuild:
         """Everything before the solve: parse and compile, compose the environment, push
@@ -329,12 +483,13 @@ class Builder:
             await asyncio.to_thread(self._signer, opts.signing_key) if opts.signing_key else None
         )
         contents = config.environment.contents
-        env_image, env_key, installs = await self._environment(
+        env_image, env_key, locked = await self.locked_environment(
             opts,
             environment_packages(config, plan),
             contents.repositories,
             contents.keyring,
         )
+        installs = self.last_installs if env_key else ()
         platform = llb.Platform.from_arch(opts.arch)
         sources = None
         if opts.source_dir is not None and opts.source_dir.is_dir():
@@ -371,6 +526,7 @@ class Builder:
             definition=definition,
             input_digest=digest,
             environment_key=env_key,
+            locked=locked,
             environment_installs=installs,
         )
 
@@ -394,9 +550,11 @@ class Builder:
         with tempfile.TemporaryDirectory(prefix="melange2-out-") as tmp:
             tree = Path(tmp)
             with timer.phase("fetch output"):
-                await unpack_image(self.registry, OUT_REPO, digest, tree)
+                owners = await unpack_image(self.registry, OUT_REPO, digest, tree)
             with timer.phase("package"):
-                built, index = await asyncio.to_thread(write_packages, config, tree, opts, signer)
+                built, index = await asyncio.to_thread(
+                    write_packages, config, tree, opts, signer, owners, planned.locked
+                )
         if opts.with_test:
             with timer.phase("test"):
                 await self.test(opts, config, sinks, built_repo=opts.out_dir)
@@ -408,7 +566,7 @@ class Builder:
         self, planned: PlannedBuild, tag: str, tracker: ProgressTracker
     ) -> SolveResult:
         opts = planned.opts
-        async with BuildkitClient(opts.buildkit_addr) as bk:
+        async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
             return await bk.solve(
                 planned.definition,
                 exporters=[push_image(f"{self.registry.host}/{OUT_REPO}:{tag}")],
@@ -459,6 +617,6 @@ class Builder:
                     name=f"test {plan.package}: {step.name}",
                     ignore_cache=True,
                 ).root
-            async with BuildkitClient(opts.buildkit_addr) as bk:
+            async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
                 await bk.solve(llb.marshal(root), on_progress=ProgressTracker(sinks=sinks))
         return len(plans)

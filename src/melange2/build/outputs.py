@@ -1,5 +1,7 @@
 """Results come back through the registry: the image the build exported is pulled and
-its layers unpacked into a local directory, refusing paths that leave it."""
+its layers unpacked into a local directory, refusing paths that leave it. The owners
+the layers record are returned too: extracting as a non-root user cannot keep them on
+disk, and packages must carry them."""
 
 from __future__ import annotations
 
@@ -37,17 +39,25 @@ def _apply_whiteouts(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
     return members
 
 
-async def unpack_image(registry: RegistryClient, repo: str, digest: str, dest: Path) -> None:
-    """Unpack every layer of the image ``repo@digest`` into ``dest``, in order."""
+#: relative path -> (uid, gid), as the image's layers record them
+Owners = dict[str, tuple[int, int]]
+
+
+async def unpack_image(registry: RegistryClient, repo: str, digest: str, dest: Path) -> Owners:
+    """Unpack every layer of the image ``repo@digest`` into ``dest``, in order; return
+    the owner of every path the layers hold (a later layer's entry wins)."""
     manifest = await registry.image_manifest(repo, digest)
+    owners: Owners = {}
     for layer in manifest["layers"]:
         data = await registry.get_blob(repo, layer["digest"])
-        await asyncio.to_thread(_unpack_layer, data, dest)
+        owners.update(await asyncio.to_thread(_unpack_layer, data, dest))
+    return owners
 
 
-def _unpack_layer(data: bytes, dest: Path) -> None:
+def _unpack_layer(data: bytes, dest: Path) -> Owners:
     dest.mkdir(parents=True, exist_ok=True)
     raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
         members = _apply_whiteouts(tar, dest)
         tar.extractall(dest, members=members, numeric_owner=True, filter=_keep_modes)
+    return {m.name.removeprefix("./").rstrip("/"): (m.uid, m.gid) for m in members}

@@ -16,9 +16,11 @@ from melange2.buildkit.client import (
     push_image,
 )
 from melange2.buildkit.session import Session
+from melange2.buildkit.tls import ClientTLS, TLSMaterialError, client_tls_from_pem, load_client_tls
 
 __all__ = [
     "BuildkitClient",
+    "ClientTLS",
     "DaemonInfo",
     "Exporter",
     "LogChunk",
@@ -26,8 +28,11 @@ __all__ = [
     "Session",
     "SolveResult",
     "StepFailed",
+    "TLSMaterialError",
     "VertexUpdate",
     "WorkerInfo",
+    "client_tls_from_pem",
+    "load_client_tls",
     "local_export",
     "push_image",
 ]

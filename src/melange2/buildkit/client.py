@@ -15,6 +15,9 @@ exporter) gets a session for its length (:mod:`melange2.buildkit.session`)::
 
     await bk.solve(marshal(state), exporters=[local_export(Path("out"))],
                    session=Session(secrets={"token": b"..."}))
+
+A daemon that serves TLS (``buildkitd --tlscert --tlskey --tlscacert``) is reached with
+``BuildkitClient(addr, tls=load_client_tls(...))`` (:mod:`melange2.buildkit.tls`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from melange2.buildkit._proto.solver.pb import ops_pb2
 from melange2.buildkit.errors import exit_code_of, map_grpc_errors
 from melange2.buildkit.llb.platform import Platform
 from melange2.buildkit.session import Session, SessionRunner
+from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitError, SolveFailed
 
 _MAX_MESSAGE = 64 * 1024 * 1024
@@ -169,10 +173,14 @@ def _progress(resp: control_pb2.StatusResponse) -> Progress:
 
 
 class BuildkitClient:
-    """A connection to one BuildKit daemon. Use it as an async context manager, once."""
+    """A connection to one BuildKit daemon. Use it as an async context manager, once.
+    With ``tls`` the channel is TLS (and shows the client certificate, if any)."""
 
-    def __init__(self, addr: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, addr: str, *, tls: ClientTLS | None = None, connect_timeout: float = 10.0
+    ) -> None:
         self.addr = addr
+        self.tls = tls
         self._target = grpc_target(addr)
         self._connect_timeout = connect_timeout
         self._state = _State.UNOPENED
@@ -182,13 +190,18 @@ class BuildkitClient:
     async def __aenter__(self) -> BuildkitClient:
         if self._state is not _State.UNOPENED:
             raise RuntimeError("a BuildkitClient can be opened only once")
-        self._channel = grpc.aio.insecure_channel(
-            self._target,
-            options=[
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ],
-        )
+        options: list[tuple[str, str | int]] = [
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        ]
+        if self.tls is None:
+            self._channel = grpc.aio.insecure_channel(self._target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                self._target,
+                self.tls.credentials(),
+                options=[*options, *self.tls.channel_options()],
+            )
         self._stub = control_pb2_grpc.ControlStub(self._channel)
         self._state = _State.OPENED
         return self
@@ -214,14 +227,14 @@ class BuildkitClient:
 
     async def info(self) -> DaemonInfo:
         """The daemon's BuildKit version."""
-        with map_grpc_errors(self.addr):
+        with map_grpc_errors(self.addr, tls=self.tls is not None):
             resp = await self.stub.Info(control_pb2.InfoRequest(), timeout=self._connect_timeout)
         v = resp.buildkitVersion
         return DaemonInfo(package=v.package, version=v.version, revision=v.revision)
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The daemon's workers and their platforms."""
-        with map_grpc_errors(self.addr):
+        with map_grpc_errors(self.addr, tls=self.tls is not None):
             resp = await self.stub.ListWorkers(
                 control_pb2.ListWorkersRequest(), timeout=self._connect_timeout
             )
@@ -240,7 +253,7 @@ class BuildkitClient:
     async def status(self, ref: str) -> AsyncIterator[Progress]:
         """The progress of the solve ``ref``: vertexes and step logs, as they happen."""
         call = self.stub.Status(control_pb2.StatusRequest(Ref=ref))
-        with map_grpc_errors(self.addr):
+        with map_grpc_errors(self.addr, tls=self.tls is not None):
             async for resp in call:
                 yield _progress(resp)
 
@@ -305,7 +318,7 @@ class BuildkitClient:
     ) -> SolveResult:
         follower = asyncio.create_task(follow())
         try:
-            with map_grpc_errors(self.addr):
+            with map_grpc_errors(self.addr, tls=self.tls is not None):
                 resp = await self.stub.Solve(request)
         except SolveFailed as exc:
             await _settle(follower)

@@ -32,16 +32,40 @@ def exit_code_of(message: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _tls_hint(detail: str, tls: bool) -> str:
+    """What a failed connection's cryptic gRPC detail most likely means for TLS."""
+    if "failed to connect" not in detail:
+        return ""
+    if not tls:
+        if "Socket closed" in detail:
+            return " (if the daemon serves TLS, give its CA and a client certificate and key)"
+        return ""
+    if "Hostname Verification" in detail:
+        return " (the daemon's certificate is not for this name: set the TLS server name)"
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        return " (the daemon's certificate is not signed by the given CA)"
+    if "TSI_DATA_CORRUPTED" in detail or "CERTIFICATE_REQUIRED" in detail:
+        return (
+            " (the daemon refused the client certificate: none given, or not signed by the "
+            "CA the daemon trusts)"
+        )
+    if "TSI_" in detail or "handshake" in detail.lower():
+        return " (the TLS handshake failed: does the daemon serve TLS?)"
+    return ""
+
+
 @contextmanager
-def map_grpc_errors(addr: str) -> Iterator[None]:
-    """Translate ``grpc.aio.AioRpcError`` raised inside into the farm's error tree."""
+def map_grpc_errors(addr: str, *, tls: bool = False) -> Iterator[None]:
+    """Translate ``grpc.aio.AioRpcError`` raised inside into the farm's error tree.
+    ``tls``: whether the channel is TLS (a failed handshake gets a hint)."""
     try:
         yield
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         detail = exc.details() or str(code)
         if code in _BACKEND_FAULTS:
-            raise BuildkitUnavailable(f"buildkitd at {addr}: {detail}") from exc
+            hint = _tls_hint(detail, tls) if code is grpc.StatusCode.UNAVAILABLE else ""
+            raise BuildkitUnavailable(f"buildkitd at {addr}: {detail}{hint}") from exc
         if code == grpc.StatusCode.CANCELLED:
             raise SolveCancelled(f"buildkitd at {addr}: solve cancelled") from exc
         if code in (

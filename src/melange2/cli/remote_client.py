@@ -33,7 +33,6 @@ from melange2.api.schemas import (
     AddBackendRequest,
     ArtifactList,
     BackendList,
-    BackendOut,
     BackendStatusList,
     BuildList,
     BuildOut,
@@ -43,6 +42,7 @@ from melange2.api.schemas import (
     ErrorOut,
     PackageOut,
     PlanOut,
+    PoolBackendOut,
     RemoveBackendRequest,
     SourceOut,
 )
@@ -253,9 +253,9 @@ class RemoteClient:
         params = {"arch": arch} if arch else {}
         return _parse(BackendList, self._request("GET", "/backends", params=params))
 
-    def add_backend(self, request: AddBackendRequest) -> BackendOut:
-        body = request.model_dump(mode="json")
-        return _parse(BackendOut, self._request("POST", "/backends", json=body))
+    def add_backend(self, request: AddBackendRequest) -> PoolBackendOut:
+        body = request.model_dump(mode="json", exclude_none=True)
+        return _parse(PoolBackendOut, self._request("POST", "/backends", json=body))
 
     def remove_backend(self, addr: str) -> None:
         body = RemoveBackendRequest(addr=addr).model_dump(mode="json")

@@ -18,13 +18,19 @@ from melange2.farm.toolchain import default_cache_dir
 
 
 def _farm(
-    root: str, tools: str, daemons: int = 2, server: bool = True, toolchain: bool = True
+    root: str,
+    tools: str,
+    daemons: int = 2,
+    server: bool = True,
+    tls: bool = False,
+    toolchain: bool = True,
 ) -> LocalFarm:
     return LocalFarm(
         Path(root),
         tools_dir=Path(tools),
         daemons=daemons,
         server=server,
+        tls=tls,
         toolchain_cache=default_cache_dir() if toolchain else None,
     )
 
@@ -47,6 +53,13 @@ def cli(ctx: click.Context, root: str, tools: str) -> None:
     help="Also start melange-server (first daemon x86_64, second aarch64).",
 )
 @click.option(
+    "--tls/--no-tls",
+    default=False,
+    show_default=True,
+    help="Daemons serve TLS and require a client certificate (made into <root>/tls/; "
+    "the server and .farm/env use it). `make farm-up FARM_TLS=1`.",
+)
+@click.option(
     "--toolchain/--no-toolchain",
     default=True,
     show_default=True,
@@ -55,10 +68,10 @@ def cli(ctx: click.Context, root: str, tools: str) -> None:
     "~/.cache/melange2/toolchain).",
 )
 @click.pass_obj
-def up(obj: tuple[str, str], daemons: int, server: bool, toolchain: bool) -> None:
+def up(obj: tuple[str, str], daemons: int, server: bool, tls: bool, toolchain: bool) -> None:
     """Start the registry, push the base image, build the bootstrap repository, start
     the buildkitd daemons and the server."""
-    farm = _farm(*obj, daemons=daemons, server=server, toolchain=toolchain)
+    farm = _farm(*obj, daemons=daemons, server=server, tls=tls, toolchain=toolchain)
     running = farm.running_services()
     if running:
         click.echo(
@@ -75,6 +88,11 @@ def up(obj: tuple[str, str], daemons: int, server: bool, toolchain: bool) -> Non
         )
     click.echo(f"farm up: registry {env.registry}, buildkitd {' '.join(env.buildkit_addrs)}")
     click.echo(f"base image {env.base_image}")
+    if env.tls_ca_cert:
+        click.echo(
+            f"daemons serve TLS; client certificate {env.tls_cert}, key {env.tls_key}, "
+            f"CA {env.tls_ca_cert}"
+        )
     if env.melange_server:
         click.echo(
             f"melange-server {env.melange_server} (log: {farm.root}/logs/melange-server.log)"

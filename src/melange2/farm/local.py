@@ -6,7 +6,10 @@ test suite's session fixtures, so tests run on exactly what users run.
 Layout under the farm's root (``.farm/`` for ``make farm-up``)::
 
     env                        shell-sourceable: MELANGE_SERVER, BUILDKIT_ADDRS, BASE_IMAGE,
-                               REGISTRY, BOOTSTRAP_REPO, BOOTSTRAP_KEY, SOURCE_CACHE
+                               REGISTRY, BOOTSTRAP_REPO, BOOTSTRAP_KEY, SOURCE_CACHE (and with
+                               TLS: BUILDKIT_TLS_CACERT, BUILDKIT_TLS_CERT, BUILDKIT_TLS_KEY)
+    tls/                       with TLS: ca.pem, server.pem + server-key.pem (what the
+                               daemons serve), client.pem + client-key.pem (farm.certs)
     bootstrap/repo/<arch>/     the signed bootstrap APK repository (busybox, the toolchain)
     bootstrap/keys/            its signing key
     sources/                   the source cache (melange's layout: sha256:<hex>), with the
@@ -36,10 +39,12 @@ from pathlib import Path
 import httpx
 
 from melange2.buildkit.client import BuildkitClient
+from melange2.buildkit.tls import ClientTLS, load_client_tls
 from melange2.errors import BuildkitError, FarmProcessError
 from melange2.farm import processes
 from melange2.farm.baseimage import push_base_image
 from melange2.farm.bootstrap import BootstrapRepo, build_bootstrap_repo
+from melange2.farm.certs import FarmCerts, farm_certs, make_certs
 from melange2.farm.upstream import UpstreamTarball, fill_source_cache
 from melange2.oci.registry import RegistryClient
 
@@ -57,6 +62,10 @@ class FarmEnv:
     buildkit_addrs: tuple[str, ...]
     base_image: str  #: registry reference pinned by digest
     melange_server: str = ""
+    #: the daemons serve TLS: the client's CA, certificate and key files ("" when plain)
+    tls_ca_cert: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     def render(self) -> str:
@@ -65,9 +74,23 @@ class FarmEnv:
             "BUILDKIT_ADDRS": " ".join(self.buildkit_addrs),
             "BASE_IMAGE": self.base_image,
             "REGISTRY": self.registry,
-            **self.extra,
         }
+        if self.tls_ca_cert:
+            values |= {
+                "BUILDKIT_TLS_CACERT": self.tls_ca_cert,
+                "BUILDKIT_TLS_CERT": self.tls_cert,
+                "BUILDKIT_TLS_KEY": self.tls_key,
+            }
+        values |= self.extra
         return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
+
+    def client_tls(self) -> ClientTLS | None:
+        """How to reach the daemons (``None``: plain)."""
+        if not self.tls_ca_cert:
+            return None
+        return load_client_tls(
+            ca_cert=Path(self.tls_ca_cert), cert=Path(self.tls_cert), key=Path(self.tls_key)
+        )
 
     @classmethod
     def load(cls, path: Path) -> FarmEnv:
@@ -82,6 +105,9 @@ class FarmEnv:
             buildkit_addrs=tuple(values.pop("BUILDKIT_ADDRS").split()),
             base_image=values.pop("BASE_IMAGE"),
             melange_server=values.pop("MELANGE_SERVER", ""),
+            tls_ca_cert=values.pop("BUILDKIT_TLS_CACERT", ""),
+            tls_cert=values.pop("BUILDKIT_TLS_CERT", ""),
+            tls_key=values.pop("BUILDKIT_TLS_KEY", ""),
             extra=values,
         )
 
@@ -142,6 +168,9 @@ async def start_server(
         argv += ["--backends-config", str(backends_config)]
     else:
         argv += ["--buildkit-addr", env.buildkit_addrs[0]]
+        if env.tls_ca_cert:
+            argv += ["--tlscacert", env.tls_ca_cert, "--tlscert", env.tls_cert]
+            argv += ["--tlskey", env.tls_key]
     processes.start(argv, pid_file=pid_file, log_file=log_file)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + _READY_SECONDS
@@ -158,7 +187,8 @@ async def start_server(
 
 
 class LocalFarm:
-    """Start and stop the farm's processes under ``root``."""
+    """Start and stop the farm's processes under ``root``. With ``tls`` the daemons
+    serve TLS and require a client certificate (made into ``<root>/tls/``)."""
 
     def __init__(
         self,
@@ -168,6 +198,7 @@ class LocalFarm:
         daemons: int = 2,
         server: bool = False,
         toolchain_cache: Path | None = None,
+        tls: bool = False,
     ) -> None:
         self.root = root.resolve()
         self.tools_dir = tools_dir.resolve()
@@ -178,6 +209,15 @@ class LocalFarm:
         self.bootstrap: BootstrapRepo | None = None
         #: upstream tarballs that could not be put into the source cache, and why
         self.source_problems: list[tuple[UpstreamTarball, str]] = []
+        self.tls = tls
+
+    @property
+    def certs(self) -> FarmCerts | None:
+        return farm_certs(self.root / "tls") if self.tls else None
+
+    def client_tls(self) -> ClientTLS | None:
+        certs = self.certs
+        return certs.client_tls() if certs is not None else None
 
     @property
     def env_file(self) -> Path:
@@ -231,12 +271,16 @@ class LocalFarm:
                 self.source_problems = await asyncio.to_thread(
                     fill_source_cache, sources, self.toolchain_cache / "sources"
                 )
+            certs = make_certs(self.root / "tls") if self.tls else None
             addrs = [self._start_buildkitd(n, registry) for n in range(self.daemons)]
             await asyncio.gather(*(self._wait_buildkitd(n, a) for n, a in enumerate(addrs)))
             env = FarmEnv(
                 registry=registry,
                 buildkit_addrs=tuple(addrs),
                 base_image=str(base),
+                tls_ca_cert=str(certs.ca_cert) if certs else "",
+                tls_cert=str(certs.client_cert) if certs else "",
+                tls_key=str(certs.client_key) if certs else "",
                 extra={
                     "BOOTSTRAP_REPO": str(bootstrap.repo),
                     "BOOTSTRAP_KEY": str(bootstrap.public_key),
@@ -288,19 +332,24 @@ class LocalFarm:
 
     async def restart_buildkitd(self, n: int, addr: str) -> None:
         """Start daemon ``n`` again on its old address and config."""
-        home = self.root / f"buildkitd-{n}"
         processes.start(
-            [
-                str(self.tools_dir / "bin" / "buildkitd"),
-                "--config",
-                str(home / "buildkitd.toml"),
-                "--root",
-                str(home / "root"),
-            ],
+            self._buildkitd_argv(n),
             pid_file=self._pid(f"buildkitd-{n}"),
             log_file=self._log(f"buildkitd-{n}"),
         )
         await self._wait_buildkitd(n, addr)
+
+    def _buildkitd_argv(self, n: int) -> list[str]:
+        home = self.root / f"buildkitd-{n}"
+        certs = self.certs
+        return [
+            str(self.tools_dir / "bin" / "buildkitd"),
+            "--config",
+            str(home / "buildkitd.toml"),
+            "--root",
+            str(home / "root"),
+            *(certs.buildkitd_flags() if certs is not None else []),
+        ]
 
     def _backends_config(self, env: FarmEnv) -> Path:
         """The farm's pool: the first daemon serves x86_64, the second aarch64 (through
@@ -309,6 +358,13 @@ class LocalFarm:
         lines = ["backends:"]
         for n, addr in enumerate(env.buildkit_addrs):
             lines += [f"  - addr: {addr}", f"    arch: {arches[n % 2]}", "    maxJobs: 4"]
+            if env.tls_ca_cert:
+                lines += [
+                    "    tls:",
+                    f"      caCert: {env.tls_ca_cert}",
+                    f"      cert: {env.tls_cert}",
+                    f"      key: {env.tls_key}",
+                ]
         lines += ["defaultMaxJobs: 4", "failureThreshold: 3", "recoveryTimeout: 30s"]
         path = self.root / "server" / "backends.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -376,13 +432,7 @@ class LocalFarm:
             "  insecure = true\n"
         )
         processes.start(
-            [
-                str(self.tools_dir / "bin" / "buildkitd"),
-                "--config",
-                str(config),
-                "--root",
-                str(home / "root"),
-            ],
+            self._buildkitd_argv(n),
             pid_file=self._pid(f"buildkitd-{n}"),
             log_file=self._log(f"buildkitd-{n}"),
         )
@@ -391,12 +441,13 @@ class LocalFarm:
     async def _wait_buildkitd(self, n: int, addr: str) -> None:
         deadline = time.monotonic() + _READY_SECONDS
         last: Exception | None = None
+        tls = self.client_tls()
         while time.monotonic() < deadline:
             pid = processes.read_pid(self._pid(f"buildkitd-{n}"))
             if pid is None or not processes.pid_alive(pid):
                 break
             try:
-                async with BuildkitClient(addr, connect_timeout=2.0) as bk:
+                async with BuildkitClient(addr, tls=tls, connect_timeout=2.0) as bk:
                     workers = await bk.list_workers()
                 if workers:
                     return

@@ -35,9 +35,10 @@ def smoke_definition(base_image: str, arch: str) -> llb.State:
 
 async def run_smoke(env: FarmEnv) -> list[SmokeResult]:
     results = []
+    tls = env.client_tls()
     async with RegistryClient(env.registry) as reg:
         for n, addr in enumerate(env.buildkit_addrs):
-            async with BuildkitClient(addr) as bk:
+            async with BuildkitClient(addr, tls=tls) as bk:
                 for arch in ARCHES:
                     repo = f"smoke/daemon-{n}"
                     solved = await bk.solve(

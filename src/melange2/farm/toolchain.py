@@ -82,7 +82,7 @@ from melange2.farm.debian import (
 _log = logging.getLogger(__name__)
 
 #: bump when the conversion of a tree changes (invalidates every cached data stream)
-CONVERTER_VERSION = "2"
+CONVERTER_VERSION = "3"
 #: gzip level of converted data streams: they are environment layers, made once
 COMPRESS_LEVEL = 6
 
@@ -586,7 +586,6 @@ def convert(
         doc: dict[str, object] = {
             "installed_size": data.installed_size,
             "datahash": data.datahash,
-            "entries": data.entries,
             "files": list(files),
             "build_date": build_date,
             "sca_provides": list(provides),
@@ -610,11 +609,7 @@ def _from_doc(
     return Converted(
         planned=planned,
         data_path=path,
-        data=DataStream(
-            installed_size=num("installed_size"),
-            datahash=str(doc["datahash"]),
-            entries=num("entries"),
-        ),
+        data=DataStream(installed_size=num("installed_size"), datahash=str(doc["datahash"])),
         files=strs("files"),
         build_date=num("build_date"),
         sca_provides=strs("sca_provides"),

@@ -1,4 +1,19 @@
-"""The backends YAML (api.md) and single-backend mode."""
+"""The backends YAML (api.md) and single-backend mode.
+
+A backend reached over TLS names its files as buildctl's flags do (paths on the
+server's filesystem, read and checked at start-up)::
+
+    backends:
+      - addr: tcp://buildkit-x86:1234
+        arch: x86_64
+        tls:
+          caCert: /etc/melange/buildkit/ca.pem      # --tlscacert (absent: gRPC's default roots)
+          cert: /etc/melange/buildkit/client.pem    # --tlscert
+          key: /etc/melange/buildkit/client-key.pem # --tlskey
+          serverName: buildkit-x86                  # --tlsservername (absent: addr's host)
+
+Relative paths are taken from the YAML file's directory.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +26,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from melange2.buildkit.tls import ClientTLS, TLSMaterialError, load_client_tls
 from melange2.errors import ConfigError
 
 
@@ -20,6 +36,8 @@ class BackendSpec:
     arch: str
     max_jobs: int = 0  #: 0: the pool's default
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: reach the daemon over TLS with these settings; ``None``: plain TCP (or a socket)
+    tls: ClientTLS | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +68,37 @@ def _int(value: Any, where: str) -> int:
     return value
 
 
+_TLS_KEYS = ("caCert", "cert", "key", "serverName")
+
+
+def _tls(raw: Any, where: str, base: Path) -> ClientTLS | None:
+    """A backend's ``tls`` mapping: files read and checked now."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of {', '.join(_TLS_KEYS)}")
+    unknown = sorted(str(k) for k in raw if k not in _TLS_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown field (expected {', '.join(_TLS_KEYS)})")
+    for key, value in raw.items():
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{where}.{key}: expected a non-empty string")
+
+    def path(key: str) -> Path | None:
+        value = raw.get(key)
+        return None if value is None else base / Path(value).expanduser()
+
+    try:
+        return load_client_tls(
+            ca_cert=path("caCert"),
+            cert=path("cert"),
+            key=path("key"),
+            server_name=raw.get("serverName") or "",
+        )
+    except TLSMaterialError as exc:
+        raise ConfigError(f"{where}.{exc.field}: {exc.problem}") from exc
+
+
 def load_pool_config(path: Path) -> PoolConfig:
     """Read a backends YAML file; errors name the file and the field."""
     try:
@@ -75,6 +124,7 @@ def load_pool_config(path: Path) -> PoolConfig:
                 arch=raw["arch"],
                 max_jobs=_int(raw.get("maxJobs", 0) or 0, f"{where}.maxJobs"),
                 labels={str(k): str(v) for k, v in labels.items()},
+                tls=_tls(raw.get("tls"), f"{where} ({raw['addr']}).tls", path.parent),
             )
         )
     if not specs:

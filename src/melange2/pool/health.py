@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from melange2.buildkit.client import BuildkitClient
 from melange2.buildkit.llb.platform import Platform
+from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitError, ConfigError
 from melange2.pool.breaker import BreakerState
 from melange2.pool.pool import BackendPool, PoolBackend
@@ -28,12 +29,13 @@ class ProbeResult:
     platforms: tuple[str, ...]
 
 
-Probe = Callable[[str], Awaitable[ProbeResult]]
+#: asks the daemon at an address (over TLS with the settings, when given)
+Probe = Callable[[str, ClientTLS | None], Awaitable[ProbeResult]]
 
 
-async def buildkit_probe(addr: str) -> ProbeResult:
+async def buildkit_probe(addr: str, tls: ClientTLS | None = None) -> ProbeResult:
     """Ask a real daemon what it is and what it runs (3 s timeout)."""
-    async with BuildkitClient(addr, connect_timeout=3.0) as bk:
+    async with BuildkitClient(addr, tls=tls, connect_timeout=3.0) as bk:
         info = await bk.info()
         workers = await bk.list_workers()
     platforms = sorted({str(p) for w in workers for p in w.platforms})
@@ -72,7 +74,7 @@ class HealthProber:
     async def _probe(self, backend: PoolBackend) -> None:
         started = time.monotonic()
         try:
-            result = await self.probe(backend.addr)
+            result = await self.probe(backend.addr, backend.tls)
         except (BuildkitError, OSError) as exc:
             backend.last_probe_result = f"error: {exc}"
             backend.breaker.record_failure()

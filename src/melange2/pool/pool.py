@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from melange2.buildkit.tls import ClientTLS
 from melange2.errors import ConfigError, RequestError
 from melange2.pool.breaker import BreakerState, CircuitBreaker
 from melange2.pool.config import BackendSpec, PoolConfig
@@ -45,6 +46,8 @@ class PoolBackend:
     platforms: tuple[str, ...] = ()
     #: declared arch not among the daemon's platforms: shown in error, gets no jobs
     platform_error: bool = False
+    #: how to reach it over TLS (``None``: plain)
+    tls: ClientTLS | None = None
 
     def matches(self, arch: str, selector: Mapping[str, str]) -> bool:
         return self.arch == arch and all(self.labels.get(k) == v for k, v in selector.items())
@@ -104,6 +107,7 @@ class BackendPool:
             max_jobs=spec.max_jobs or self.default_max_jobs,
             breaker=breaker,
             dynamic=dynamic,
+            tls=spec.tls,
         )
         if self.on_breaker_change is not None:
             hook = self.on_breaker_change
@@ -128,6 +132,11 @@ class BackendPool:
         if backend.active == 0:
             del self.backends[addr]
         return backend
+
+    def tls_for(self, addr: str) -> ClientTLS | None:
+        """How to dial ``addr`` (a backend keeps its entry while its jobs drain)."""
+        backend = self.backends.get(addr)
+        return backend.tls if backend is not None else None
 
     def serving(self) -> list[PoolBackend]:
         return [b for b in self.backends.values() if not b.draining]

@@ -61,6 +61,7 @@ from melange2.recipe.model import (
     Location,
     PipelineDef,
     Step,
+    Subpackage,
     Test,
     frozen_map,
 )
@@ -257,6 +258,12 @@ def compile_build(config: Config, resolver: PipelineResolver | None = None) -> B
         environment=environment,
         source_digests=tuple(dict.fromkeys(digests)),
     )
+
+
+def subpackage_enabled(config: Config, subpackage: Subpackage) -> bool:
+    """Whether ``subpackage`` is built: its ``if:`` holds (melange skips it otherwise)."""
+    mapping = substitution_map(config, subpackage=subpackage.name)
+    return _condition_holds(subpackage.if_, mapping, subpackage.where("if"))
 
 
 def compile_tests(config: Config, resolver: PipelineResolver | None = None) -> tuple[TestPlan, ...]:

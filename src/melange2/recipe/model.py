@@ -31,6 +31,7 @@ __all__ = [
     "PipelineDef",
     "PipelineInput",
     "RangeData",
+    "Scriptlets",
     "Step",
     "Subpackage",
     "Test",
@@ -153,6 +154,21 @@ class PackageOptions:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Scriptlets:
+    """``scriptlets`` of a package or subpackage: install scripts (control-stream files)."""
+
+    #: ``trigger.script``: run when a path in ``trigger_paths`` changes
+    trigger: str = ""
+    trigger_paths: tuple[str, ...] = ()
+    pre_install: str = ""
+    post_install: str = ""
+    pre_deinstall: str = ""
+    post_deinstall: str = ""
+    pre_upgrade: str = ""
+    post_upgrade: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Package(_Located):
     """The ``package`` section."""
 
@@ -165,6 +181,7 @@ class Package(_Located):
     copyright: tuple[Copyright, ...] = ()
     dependencies: Dependencies = Dependencies()
     options: PackageOptions = PackageOptions()
+    scriptlets: Scriptlets | None = None
     #: As written; empty means "all". See :meth:`builds_for`.
     target_architecture: tuple[str, ...] = ()
 
@@ -265,6 +282,7 @@ class Subpackage(_Located):
     range_value: str = ""
     options: PackageOptions = PackageOptions()
     test: Test | None = None
+    scriptlets: Scriptlets | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

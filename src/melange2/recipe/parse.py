@@ -54,6 +54,7 @@ from melange2.recipe.model import (
     PipelineDef,
     PipelineInput,
     RangeData,
+    Scriptlets,
     Step,
     Subpackage,
     Test,
@@ -296,6 +297,47 @@ def _options(value: Value | None) -> PackageOptions:
     )
 
 
+def _scriptlets(value: Value | None, locs: dict[str, Location]) -> Scriptlets | None:
+    if value is None:
+        return None
+    fields = value.mapping()
+    sub: dict[str, Location] = {}
+    trigger = fields.get("trigger")
+    trigger_fields = trigger.mapping() if trigger is not None else {}
+    scriptlets = Scriptlets(
+        trigger=_text(trigger_fields, "script", sub),
+        trigger_paths=_str_list(trigger_fields.get("paths"), sub, "trigger.paths"),
+        pre_install=_text(fields, "pre-install", sub),
+        post_install=_text(fields, "post-install", sub),
+        pre_deinstall=_text(fields, "pre-deinstall", sub),
+        post_deinstall=_text(fields, "post-deinstall", sub),
+        pre_upgrade=_text(fields, "pre-upgrade", sub),
+        post_upgrade=_text(fields, "post-upgrade", sub),
+    )
+    locs.update({f"scriptlets.{k}": v for k, v in sub.items()})
+    return scriptlets
+
+
+def _map_scriptlets(
+    scriptlets: Scriptlets | None, where: Callable[[str], Location], text: _TextFn
+) -> Scriptlets | None:
+    if scriptlets is None:
+        return None
+    return Scriptlets(
+        trigger=text(scriptlets.trigger, where("scriptlets.script")),
+        trigger_paths=tuple(
+            text(p, where(f"scriptlets.trigger.paths[{i}]"))
+            for i, p in enumerate(scriptlets.trigger_paths)
+        ),
+        pre_install=text(scriptlets.pre_install, where("scriptlets.pre-install")),
+        post_install=text(scriptlets.post_install, where("scriptlets.post-install")),
+        pre_deinstall=text(scriptlets.pre_deinstall, where("scriptlets.pre-deinstall")),
+        post_deinstall=text(scriptlets.post_deinstall, where("scriptlets.post-deinstall")),
+        pre_upgrade=text(scriptlets.pre_upgrade, where("scriptlets.pre-upgrade")),
+        post_upgrade=text(scriptlets.post_upgrade, where("scriptlets.post-upgrade")),
+    )
+
+
 def _copyright(value: Value, depth: int = 0) -> Copyright:
     if depth > _MAX_DEPTH:
         raise value.error(f"licenses nested more than {_MAX_DEPTH} deep")
@@ -346,6 +388,7 @@ def _package(value: Value) -> Package:
         copyright=tuple(_copyright(item) for item in _items(fields.get("copyright"))),
         dependencies=_dependencies(fields.get("dependencies"), locs),
         options=_options(fields.get("options")),
+        scriptlets=_scriptlets(fields.get("scriptlets"), locs),
         target_architecture=_str_list(
             fields.get("target-architecture"), locs, "target-architecture"
         ),
@@ -400,6 +443,7 @@ def _subpackage(value: Value) -> Subpackage:
         range=_text(fields, "range", locs),
         options=_options(fields.get("options")),
         test=_test(fields.get("test")),
+        scriptlets=_scriptlets(fields.get("scriptlets"), locs),
         loc=value.loc,
         field_locs=frozen_map({"name": fields["name"].loc, **locs}),
     )
@@ -518,6 +562,7 @@ def _map_subpackage(sp: Subpackage, text: _TextFn, cond: _TextFn) -> Subpackage:
         pipeline=_map_steps(sp.pipeline, text, cond),
         if_=cond(sp.if_, sp.where("if")),
         test=_map_test(sp.test, text, cond),
+        scriptlets=_map_scriptlets(sp.scriptlets, sp.where, text),
     )
 
 
@@ -668,6 +713,7 @@ class _ConfigLoader:
             description=text(package.description, package.where("description")),
             url=text(package.url, package.where("url")),
             dependencies=_map_dependencies(package.dependencies, package.where, text),
+            scriptlets=_map_scriptlets(package.scriptlets, package.where, text),
             copyright=tuple(
                 dataclasses.replace(
                     c,

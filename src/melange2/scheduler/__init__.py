@@ -3,7 +3,8 @@
 * :func:`build_graph` turns one :class:`PackageNode` per config (see
   :func:`node_from_config`) into an acyclic :class:`Graph`, cutting bootstrap cycles on
   request.
-* :func:`priorities` ranks packages for the scheduler: longest remaining path first.
+* :func:`priorities` ranks packages for the scheduler: longest remaining path first;
+  :func:`typical_duration` is what to expect of a package never built before.
 * :func:`plan` is a dry run: build order, cut edges, critical path, estimated makespan.
 
 Every error is a :class:`GraphError` (a :class:`~melange2.errors.FarmError`).
@@ -24,6 +25,7 @@ from melange2.scheduler.graph import (
     node_from_config,
     plan,
     priorities,
+    typical_duration,
 )
 
 __all__ = [
@@ -39,4 +41,5 @@ __all__ = [
     "node_from_config",
     "plan",
     "priorities",
+    "typical_duration",
 ]

@@ -7,8 +7,9 @@ Input is one :class:`PackageNode` per config (:func:`node_from_config` makes one
 parsed :class:`~melange2.recipe.Config`). :func:`build_graph` resolves what each node
 needs against what the submission's nodes are called or provide, and returns a
 :class:`Graph`. :func:`priorities` ranks packages for the scheduler (longest remaining
-path first), and :func:`plan` answers a dry run: build order, cut edges, critical path and
-an estimated makespan on ``slots`` parallel build slots.
+path first; :func:`typical_duration` stands in for a package with no past duration),
+and :func:`plan` answers a dry run: build order, cut edges, critical path and an
+estimated makespan on ``slots`` parallel build slots.
 
 Edges
 -----
@@ -78,6 +79,7 @@ __all__ = [
     "node_from_config",
     "plan",
     "priorities",
+    "typical_duration",
 ]
 
 #: What :func:`build_graph` does with a dependency cycle.
@@ -564,6 +566,23 @@ def _indexed(graph: Graph) -> tuple[list[list[int]], list[list[int]], list[int]]
     deps = [[index[d] for d in graph.deps[name]] for name in graph.names]
     dependents = [[index[d] for d in graph.dependents[name]] for name in graph.names]
     return deps, dependents, [index[name] for name in graph.order]
+
+
+def typical_duration(durations: Mapping[str, float]) -> float:
+    """The duration to expect of a package with none on record: the median of the known
+    ones (finite, ``>= 0``), or ``1.0`` (a unit weight) when none is known.
+
+    Pass it as ``default`` to :func:`priorities` and :func:`plan` when only some packages
+    have a past duration (new packages, ones that never succeeded): with ``1.0`` s beside
+    durations of minutes, a new package and every chain through it would rank below
+    everything known, and start last. On Wolfi with 10 % of the packages new, 32 slots,
+    that costs 4-9 % of the makespan (``bench/virtual_bench.py --new-fraction 0.1``).
+    """
+    known = sorted(v for v in durations.values() if math.isfinite(v) and v >= 0)
+    if not known:
+        return 1.0
+    middle = len(known) // 2
+    return known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
 
 
 def priorities(

@@ -13,6 +13,10 @@ error. A failure skips the dependents, each naming the failed dependency.
 The store is the truth: every move is a compare-and-set there first; the in-memory
 graph only makes dispatch fast. Running packages hold a lease renewed every few
 seconds; an expired lease (the server died) puts the package back in the queue.
+
+Time comes from the event loop (timers) and from a :class:`Clock` (timestamps, leases,
+event times): :class:`SystemClock` unless given, so a simulation can run the real
+scheduler on a virtual clock (``bench/virtual_bench.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,30 @@ Schedule = Literal["critical-path", "fifo"]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class Clock(Protocol):
+    """Where the scheduler reads the time: the one seam a simulation needs (see
+    ``melange2.testenv.virtualtime``). Its timers (retry backoff, lease renewal) are
+    the event loop's, so a loop with a virtual ``time()`` moves them too."""
+
+    def now(self) -> datetime:
+        """Aware UTC wall time: package and build timestamps, lease expiry."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic scale: :attr:`SchedulerEvent.at`."""
+        ...
+
+
+class SystemClock:
+    """The real clock (the server's): ``datetime.now(UTC)`` and ``time.monotonic()``."""
+
+    def now(self) -> datetime:
+        return utcnow()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +138,7 @@ class SchedulerEvent:
     kind: Literal["ready", "started", "finished"]
     build_id: BuildId
     name: str
-    at: float  #: time.monotonic()
+    at: float  #: the scheduler's ``Clock.monotonic()`` (``time.monotonic()`` by default)
     status: PackageStatus
 
 
@@ -130,6 +158,7 @@ class Scheduler:
         retry_backoff: float = 1.0,
         observer: Callable[[SchedulerEvent], None] | None = None,
         before_build_end: Callable[[Build, BuildStatus], Awaitable[None]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -142,6 +171,7 @@ class Scheduler:
         self.observer = observer
         #: runs before a build's final status is written (publication on success)
         self.before_build_end = before_build_end
+        self.clock: Clock = clock if clock is not None else SystemClock()
         self._builds: dict[BuildId, _BuildState] = {}
         #: ready packages, one priority queue per (arch, backend selector): when the head
         #: of a queue finds every matching backend busy, the rest of it waits too, and
@@ -208,7 +238,7 @@ class Scheduler:
                             build_id,
                             job.name,
                             PackageStatus.CANCELLED,
-                            finished_at=utcnow(),
+                            finished_at=self.clock.now(),
                             reason="",
                             error="build cancelled",
                         )
@@ -279,7 +309,7 @@ class Scheduler:
                     kind=kind,  # type: ignore[arg-type]
                     build_id=build_id,
                     name=name,
-                    at=time.monotonic(),
+                    at=self.clock.monotonic(),
                     status=status,
                 )
             )
@@ -343,22 +373,25 @@ class Scheduler:
     async def _record_waiting(self) -> None:
         """Packages whose dependencies all succeeded but found no free slot: write them
         ``pending`` now (those that found one went straight to ``running``, one write
-        instead of two on the path from a dependency's success to its dependent's start)."""
-        for build_id, name in list(self._promoted):
-            self._promoted.discard((build_id, name))
+        instead of two on the path from a dependency's success to its dependent's start).
+        One store call per build for all of them."""
+        waiting: dict[BuildId, list[str]] = {}
+        for build_id, name in self._promoted:
             state = self._builds.get(build_id)
-            if state is None or state.jobs[name].status is not PackageStatus.BLOCKED:
-                continue
-            with contextlib.suppress(InvalidTransition):
-                state.set(
-                    await self.store.transition(
-                        build_id,
-                        name,
-                        PackageStatus.PENDING,
-                        expect=frozenset({PackageStatus.BLOCKED}),
-                        reason="",
-                    )
-                )
+            if state is not None and state.jobs[name].status is PackageStatus.BLOCKED:
+                waiting.setdefault(build_id, []).append(name)
+        self._promoted.clear()
+        for build_id, names in waiting.items():
+            moved = await self.store.transition_many(
+                build_id,
+                names,
+                PackageStatus.PENDING,
+                expect=frozenset({PackageStatus.BLOCKED}),
+                reason="",
+            )
+            state = self._builds[build_id]
+            for job in moved:
+                state.set(job)
 
     async def _no_backend(
         self, state: _BuildState, job: PackageJob, selector: Mapping[str, str]
@@ -381,7 +414,7 @@ class Scheduler:
                 PackageStatus.FAILED,
                 error=message,
                 reason="",
-                finished_at=utcnow(),
+                finished_at=self.clock.now(),
             )
             state.set(failed)
             await self._cascade_failure(state, job.name)
@@ -391,7 +424,7 @@ class Scheduler:
         backend = Backend(
             addr=slot.backend.addr, arch=slot.backend.arch, labels=dict(slot.backend.labels)
         )
-        now = utcnow()
+        now = self.clock.now()
         attempt = len(job.attempts) + 1
         try:
             running = await self.store.transition(
@@ -499,7 +532,7 @@ class Scheduler:
         error: str,
         **fields: Any,
     ) -> None:
-        now = utcnow()
+        now = self.clock.now()
         async with self._lock:
             try:
                 done = await self.store.transition(
@@ -539,7 +572,7 @@ class Scheduler:
                 f"backend failed {attempt} time(s); last: {exc}",
             )
             return
-        closed = _closed(job, attempt, utcnow(), str(exc), "")
+        closed = _closed(job, attempt, self.clock.now(), str(exc), "")
         await asyncio.sleep(self.retry_backoff * (2 ** (attempt - 1)))
         async with self._lock:
             try:
@@ -595,7 +628,7 @@ class Scheduler:
                     PackageStatus.SKIPPED,
                     error=f"dependency {cause} failed",
                     reason="",
-                    finished_at=utcnow(),
+                    finished_at=self.clock.now(),
                 )
                 state.set(skipped)
                 todo.extend((name, d) for d in state.dependents.get(name, []))
@@ -616,7 +649,7 @@ class Scheduler:
                         await self.before_build_end(current, status)
                     except Exception:
                         _log.exception("finishing build %s", state.build.id)
-                fields["finished_at"] = utcnow()
+                fields["finished_at"] = self.clock.now()
             state.build = await self.store.update_build(state.build.id, **fields)
             state.status = status
         if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
@@ -631,11 +664,13 @@ class Scheduler:
                 await asyncio.wait_for(self._stop.wait(), period)
             if self._stop.is_set():
                 return
-            await self.store.renew_leases(self.owner, utcnow() + timedelta(seconds=self.lease_ttl))
+            await self.store.renew_leases(
+                self.owner, self.clock.now() + timedelta(seconds=self.lease_ttl)
+            )
             await self._expire_leases()
 
     async def _expire_leases(self) -> None:
-        expired = await self.store.expire_leases(utcnow())
+        expired = await self.store.expire_leases(self.clock.now())
         if not expired:
             return
         async with self._lock:

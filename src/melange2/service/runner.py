@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from melange2.build.executor import Builder, BuildOptions
 from melange2.build.inputs import quick_digest, read_tree
 from melange2.build.progress import LogFileSink, open_log
 from melange2.build.source_cache import SourceCache
+from melange2.buildkit.tls import ClientTLS
 from melange2.errors import FarmError
 from melange2.jobs import Backend, Build, BuildStatus, JSONValue, PackageJob, PackageStatus
 from melange2.recipe import Config
@@ -111,10 +112,13 @@ class BuildkitRunner:
         storage: Storage,
         hub: LogHub | None = None,
         *,
+        daemon_tls: Callable[[str], ClientTLS | None] = lambda addr: None,
         source_cache: SourceCache | None = None,
     ) -> None:
         self.settings = settings
         self.source_cache = source_cache
+        #: how to reach a backend's daemon over TLS, by its address (the pool knows)
+        self.daemon_tls = daemon_tls
         self.builder = builder
         self.signer = signer
         self.storage = storage
@@ -230,6 +234,7 @@ class BuildkitRunner:
             config=workdir / f"{job.name}.yaml",
             arch=job.arch,
             buildkit_addr=backend.addr,
+            buildkit_tls=self.daemon_tls(backend.addr),
             registry=s.registry,
             out_dir=out_dir,
             cache_dir=s.data_dir / "cache",
@@ -247,6 +252,12 @@ class BuildkitRunner:
             cache_ref=s.cache_registry,
             cache_mode=s.cache_mode,
             source_cache=self.source_cache,
+            # the SBOM names the config as submitted, not the server's work directory, and
+            # .melange.yaml the farm's repositories, not this build's staging one (else
+            # every build's package would differ and nothing could be reused)
+            config_name=f"{job.name}.yaml",
+            recorded_repositories=[str(r) for r in s.repositories],
+            recorded_keyrings=list(s.keyrings),
         )
 
     async def _attempt(

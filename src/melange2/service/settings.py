@@ -5,21 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
+from melange2.buildkit.tls import ClientTLS
 from melange2.scheduler.loop import Schedule
 from melange2.storage import StorageSpec
+from melange2.store import StoreKind
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerSettings:
     listen_addr: str = ":8080"
     buildkit_addr: str | None = None
+    #: TLS for ``buildkit_addr`` (single-backend mode)
+    buildkit_tls: ClientTLS | None = None
     backends_config: Path | None = None
     default_arch: str = "x86_64"
     output_dir: Path = Path("/var/lib/melange/output")
     data_dir: Path = Path("/var/lib/melange/data")
-    store: Literal["sqlite", "memory"] = "sqlite"
+    store: StoreKind = "sqlite"
+    #: the database of ``store="postgres"`` (a ``postgresql://`` URL; POSTGRES_DSN)
+    postgres_dsn: str = ""
     registry: str = "127.0.0.1:5000"
     signing_key: Path | None = None  #: default: <data-dir>/melange2.rsa, made on first start
     repositories: Sequence[str] = ()  #: appended to every build environment

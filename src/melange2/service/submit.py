@@ -43,6 +43,7 @@ from melange2.scheduler.graph import (
     node_from_config,
     plan,
     priorities,
+    typical_duration,
 )
 from melange2.scheduler.loop import Scheduler
 from melange2.service.reuse import settle_reuse
@@ -177,10 +178,11 @@ class Submitter:
                 )
         graph = self._graph(parsed, request)
         durations = await self.store.durations(names)
-        prio = priorities(graph, durations)
+        unknown = typical_duration(durations)  # for packages with no past duration
+        prio = priorities(graph, durations, unknown)
         if request.dry_run:
             slots = max(1, self.pool.capacity(arch, request.backend_selector))
-            p = plan(graph, durations, slots=slots)
+            p = plan(graph, durations, slots=slots, default=unknown)
             return PlanOut(
                 packages=[
                     PlannedPackage(

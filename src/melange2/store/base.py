@@ -1,8 +1,9 @@
 """The build store seam: everything the API and the scheduler keep, behind one Protocol.
 
 Implementations: :mod:`melange2.store.memory` (tests, ``--store memory``) and
-:mod:`melange2.store.sql` (SQLite by default, WAL mode; Alembic migrations). One
-contract suite (``melange2.testenv.contracts.store``) runs against every one of them.
+:mod:`melange2.store.sql` (SQLite by default, WAL mode; PostgreSQL for several
+processes on one database; the same Alembic migrations). One contract suite
+(``melange2.testenv.contracts.store``) runs against every one of them.
 
 Every state change is a compare-and-set: :meth:`JobStore.transition` updates a package
 only if its current state may move to the new one (``ALLOWED_TRANSITIONS`` in
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from melange2.buildkit.tls import ClientTLS
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Build, BuildStatus, PackageJob, PackageStatus
 
@@ -41,10 +43,17 @@ class StoredBackend:
     arch: str
     labels: Mapping[str, str]
     max_jobs: int
+    #: its client TLS settings, key included (the store keeps them as the API gave them)
+    tls: ClientTLS | None = None
 
 
 class JobStore(Protocol):
     """Persistent builds, package jobs, leases and runtime backends."""
+
+    @property
+    def supports_listen_notify(self) -> bool:
+        """Whether the store's database can wake other processes that share it
+        (PostgreSQL's LISTEN/NOTIFY); without it, only this process sees its events."""
 
     async def create_build(self, build: Build) -> None:
         """Insert ``build`` and all of ``build.packages`` atomically (all or nothing)."""
@@ -77,6 +86,21 @@ class JobStore(Protocol):
         when given), setting ``fields`` (any :class:`PackageJob` field but ``status``,
         ``build_id``, ``name``) in the same UPDATE. Returns the updated job. Raises
         ``InvalidTransition`` (current state wrong) or ``NotFound``."""
+
+    async def transition_many(
+        self,
+        build_id: BuildId,
+        names: Sequence[str],
+        to: PackageStatus,
+        *,
+        expect: frozenset[PackageStatus] | None = None,
+        **fields: Any,
+    ) -> Sequence[PackageJob]:
+        """:meth:`transition` for several packages of one build at once (one statement
+        where the database allows): each package whose current state allows the move
+        moves, with the same ``fields``; the others (and names not in the build) stay as
+        they are. Returns the packages that moved, in ``seq`` order. Raises ``NotFound``
+        for an unknown build."""
 
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         """Set non-state fields (``reason``, ``log_path``, ``priority``...). ``NotFound``."""

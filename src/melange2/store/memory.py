@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
-from melange2.errors import InvalidTransition, NotFound, StoreError
+from melange2.errors import InvalidTransition, NotFound, StoreConflict, StoreError
 from melange2.ids import BuildId
 from melange2.jobs import (
     Attempt,
@@ -65,6 +65,9 @@ class MemoryStore:
     ``backends`` maps addresses to runtime backends in the order they were added.
     """
 
+    #: one process only: nothing to wake elsewhere
+    supports_listen_notify: ClassVar[bool] = False
+
     def __init__(self) -> None:
         self.builds: dict[BuildId, Build] = {}
         self.backends: dict[str, StoredBackend] = {}
@@ -99,10 +102,10 @@ class MemoryStore:
         self._check_open()
         stored = _copy_build(build)
         if stored.id in self.builds:
-            raise StoreError(f"build {build.id} already exists")
+            raise StoreConflict(f"build {build.id} already exists")
         names = [job.name for job in stored.packages]
         if len(set(names)) != len(names):
-            raise StoreError(f"build {build.id} names a package twice")
+            raise StoreConflict(f"build {build.id} names a package twice")
         for job in stored.packages:
             if job.build_id != stored.id:
                 raise ValueError(f"package {job.name!r} belongs to {job.build_id}, not {build.id}")
@@ -175,6 +178,35 @@ class MemoryStore:
                 + ("" if expect is None else f" (expected {_names(expect)})")
             )
         return self._put(replace(job, status=to, **fields))
+
+    async def transition_many(
+        self,
+        build_id: BuildId,
+        names: Sequence[str],
+        to: PackageStatus,
+        *,
+        expect: frozenset[PackageStatus] | None = None,
+        **fields: Any,
+    ) -> Sequence[PackageJob]:
+        self._check_open()
+        check_fields(fields, PACKAGE_FIELDS, "package")
+        to = PackageStatus(to)
+        allowed = sources_of(to) if expect is None else sources_of(to) & expect
+        build = self._build(build_id)
+        positions = self._positions[build_id]
+        moved = []
+        for name in dict.fromkeys(names):
+            if name in positions:
+                job = build.packages[positions[name]]
+                if job.status in allowed:
+                    moved.append(replace(job, status=to, **fields))
+        stored = [_copy_package(job) for job in moved]  # all valid, or none is written
+        if stored:
+            packages = list(build.packages)
+            for job in stored:
+                packages[positions[job.name]] = job
+            self.builds[build_id] = replace(build, packages=tuple(packages))
+        return sorted(stored, key=lambda j: (j.seq, j.name))
 
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         self._check_open()

@@ -54,7 +54,7 @@ def record(**changes: object) -> IndexRecord:
     return base.evolve(**changes)
 
 
-def test_render_in_apk_tools_order() -> None:
+def test_render_in_melange_order() -> None:
     q1 = "Q1" + base64.b64encode(DIGEST).decode()
     assert record().render() == (
         f"C:{q1}\n"
@@ -70,11 +70,15 @@ def test_render_in_apk_tools_order() -> None:
         "m:Jane <jane@example.org>\n"
         "t:1700000000\n"
         "c:abc123\n"
-        "k:100\n"
         "D:so:libc.musl-x86_64.so.1 busybox\n"
-        "p:cmd:hello=2.12-r0\n"
         "i:hello=2.12-r0 docs\n"
+        "p:cmd:hello=2.12-r0\n"
+        "k:100\n"
     )
+    # empty fields are left out, except T: and t: (apko writes t:0 for a build date of 0)
+    bare = record(url="", license="", origin="", maintainer="", commit="", build_time=0)
+    text = bare.render()
+    assert "U:" not in text and "L:" not in text and "T:" in text and "t:0\n" in text
     assert record().filename == "hello-2.12-r0.apk"
 
 
@@ -138,7 +142,9 @@ words = st.text(
 lines = st.text(
     alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\n"), max_size=30
 )
-numbers = st.integers(min_value=0, max_value=2**40)
+# melange's index writer leaves zero sizes, times and priorities out: a round trip reads
+# them back as absent, so the property is over values it writes
+numbers = st.integers(min_value=1, max_value=2**40)
 records = st.builds(
     IndexRecord,
     checksum=st.binary(min_size=20, max_size=20),
@@ -185,11 +191,11 @@ def test_signed_index_tar_gz(keys: Keys, tmp_path: Path) -> None:
 
     signature, index_stream = split_streams(blob)
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(signature)), mode="r:") as archive:
-        assert archive.getnames() == [".SIGN.RSA.test.rsa.pub"]
+        assert archive.getnames() == [".SIGN.RSA256.test.rsa.pub"]
     plain = gzip.decompress(index_stream)
     assert plain.endswith(b"\0" * 1024)  # a complete tar archive
     with tarfile.open(fileobj=io.BytesIO(plain), mode="r:") as archive:
-        assert archive.getnames() == ["DESCRIPTION", "APKINDEX"]
+        assert archive.getnames() == ["APKINDEX", "DESCRIPTION"]  # as melange writes it
         apkindex = archive.extractfile("APKINDEX")
         assert apkindex is not None
         assert apkindex.read() == build_index(items)
@@ -218,7 +224,7 @@ def test_signed_index_tar_gz(keys: Keys, tmp_path: Path) -> None:
         listing = subprocess.run(
             ["tar", "-tzf", str(path)], capture_output=True, text=True, check=True
         ).stdout.split()
-        assert listing == [".SIGN.RSA.test.rsa.pub", "DESCRIPTION", "APKINDEX"]
+        assert listing == [".SIGN.RSA256.test.rsa.pub", "APKINDEX", "DESCRIPTION"]
 
 
 def test_unsigned_index(keys: Keys) -> None:

@@ -31,11 +31,12 @@ def test_generate_key_writes_melange_style_pem_files(keys: Keys) -> None:
 
 def test_signer_key_name_is_public_key_file_name(keys: Keys, tmp_path: Path) -> None:
     assert keys.signer.key_name == "test.rsa.pub"
-    assert keys.signer.signature_name == ".SIGN.RSA.test.rsa.pub"
+    # SHA-256 by default, as melange v0.34.0 signs
+    assert keys.signer.signature_name == ".SIGN.RSA256.test.rsa.pub"
     renamed = tmp_path / "alpine-devel@example.org-1234.rsa.pub"
     renamed.write_bytes(keys.pair.public_key.read_bytes())
     signer = Signer.from_files(keys.pair.private_key, renamed)
-    assert signer.signature_name == ".SIGN.RSA.alpine-devel@example.org-1234.rsa.pub"
+    assert signer.signature_name == ".SIGN.RSA256.alpine-devel@example.org-1234.rsa.pub"
     assert signer.public_key_pem() == keys.pair.public_key.read_bytes()
     assert "private_key" not in repr(signer)
 
@@ -54,7 +55,7 @@ def test_sign_and_verify(keys: Keys) -> None:
             signature,
             b"control stream",
             keys.trusted["test.rsa.pub"],
-            algorithm=SignatureAlgorithm.RSA256,
+            algorithm=SignatureAlgorithm.RSA,
         )
 
 

@@ -32,6 +32,11 @@ from .conftest import SOURCE_DATE_EPOCH, Build, Keys, make_tree
 CHECKSUM = "APK-TOOLS.checksum.SHA1"
 
 
+def lstat_size(root: Path) -> int:
+    """melange's installed size: every path's lstat size, the root included."""
+    return root.lstat().st_size + sum(p.lstat().st_size for p in root.rglob("*"))
+
+
 def tar_entries(stream: bytes) -> list[tarfile.TarInfo]:
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(stream)), mode="r:") as archive:
         return archive.getmembers()
@@ -55,16 +60,17 @@ def test_three_gzip_streams_with_tar_segments(tree: Path, build: Build, keys: Ke
     assert data_tar.endswith(b"\0" * 1024)
 
     (sig_entry,) = tar_entries(signature)
-    assert sig_entry.name == ".SIGN.RSA.test.rsa.pub" == result.signature_name
+    assert sig_entry.name == ".SIGN.RSA256.test.rsa.pub" == result.signature_name
     assert (sig_entry.uid, sig_entry.gid, sig_entry.uname, sig_entry.mode) == (0, 0, "root", 0o644)
     assert [e.name for e in tar_entries(control)] == [".PKGINFO"]
 
     # ustar magic on every header (apk-tools refuses headers without it)
     assert sig_tar[257:262] == b"ustar" and control_tar[257:262] == b"ustar"
 
-    # .PKGINFO's datahash is the sha256 of the data stream, size is the sum of file sizes
+    # .PKGINFO's datahash is the sha256 of the data stream; size is melange's: the lstat
+    # sizes of every path, directories and the root included
     assert result.info.datahash == hashlib.sha256(data).hexdigest()
-    assert result.info.installed_size == len(b"#!/bin/sh\necho hello\n") + 1400
+    assert result.info.installed_size == lstat_size(tree)
     assert result.checksum == hashlib.sha1(control).digest()
     assert result.size == len(apk)
     assert result.sha256 == hashlib.sha256(apk).hexdigest()
@@ -75,7 +81,7 @@ def test_whole_file_is_one_tar_for_python(tree: Path, build: Build) -> None:
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(apk)), mode="r:") as archive:
         names = archive.getnames()
     assert names == [
-        ".SIGN.RSA.test.rsa.pub",
+        ".SIGN.RSA256.test.rsa.pub",
         ".PKGINFO",
         "etc",
         "etc/hello.conf",
@@ -137,21 +143,21 @@ def test_deterministic(tree: Path, build: Build, tmp_path: Path) -> None:
     first, _ = build(tree)
     second, _ = build(tree)
     assert first == second
-    # a copy made later (newer mtimes, clamped to SOURCE_DATE_EPOCH) packs identically
+    # a copy made later (other mtimes, all set to SOURCE_DATE_EPOCH) packs identically
     copy = tmp_path / "copy"
     shutil.copytree(tree, copy, symlinks=True)
     os.utime(copy / "usr/bin/hello", (SOURCE_DATE_EPOCH + 10**6, SOURCE_DATE_EPOCH + 10**6))
+    os.utime(copy / "etc/hello.conf", (1, 1))
     third, _ = build(copy)
     assert third == first
 
 
-def test_mtimes_are_clamped_not_overwritten(tree: Path, build: Build) -> None:
+def test_every_mtime_is_source_date_epoch(tree: Path, build: Build) -> None:
+    # melange's tar writer sets every entry's mtime to SOURCE_DATE_EPOCH
     old = SOURCE_DATE_EPOCH - 86400
     os.utime(tree / "etc/hello.conf", (old, old))
     apk, _ = build(tree)
-    mtimes = {e.path: e.mtime for e in read_apk(io.BytesIO(apk)).entries}
-    assert mtimes["etc/hello.conf"] == old
-    assert mtimes["usr/bin/hello"] == SOURCE_DATE_EPOCH  # the tree was made just now
+    assert {e.mtime for e in read_apk(io.BytesIO(apk)).entries} == {SOURCE_DATE_EPOCH}
 
 
 def test_signature_checks_out_with_openssl(
@@ -169,7 +175,7 @@ def test_signature_checks_out_with_openssl(
     (tmp_path / "control.tar.gz").write_bytes(control)
     run = subprocess.run(
         [
-            openssl, "dgst", "-sha1", "-verify", str(keys.pair.public_key),
+            openssl, "dgst", "-sha256", "-verify", str(keys.pair.public_key),
             "-signature", str(tmp_path / "sig"), str(tmp_path / "control.tar.gz"),
         ],
         capture_output=True,
@@ -191,7 +197,7 @@ def test_gnu_tar_and_gzip_decode_the_concatenation(
         ["tar", "-tzvf", str(path)], capture_output=True, text=True, check=True
     )
     lines = listing.stdout.splitlines()
-    assert lines[0].split()[-1] == ".SIGN.RSA.test.rsa.pub"
+    assert lines[0].split()[-1] == ".SIGN.RSA256.test.rsa.pub"
     assert lines[1].split()[-1] == ".PKGINFO"
     assert any(line.endswith("usr/bin/hi -> hello") for line in lines)
     assert any(
@@ -320,13 +326,17 @@ def test_special_modes_are_kept(tree: Path, build: Build) -> None:
 
 def test_hardlinks(tree: Path, build: Build) -> None:
     os.link(tree / "usr/bin/hello", tree / "usr/bin/hello2")
-    apk, result = build(tree)
+    # by default each path is a whole file, as melange writes them
+    whole, _ = build(tree)
+    copies = {e.path: e for e in read_apk(io.BytesIO(whole)).entries}
+    assert copies["usr/bin/hello2"].kind is EntryKind.FILE and copies["usr/bin/hello2"].size == 21
+    apk, result = build(tree, keep_hardlinks=True)
     by_path = {e.path: e for e in read_apk(io.BytesIO(apk)).entries}
     assert by_path["usr/bin/hello"].kind is EntryKind.FILE
     link = by_path["usr/bin/hello2"]
     assert (link.kind, link.linkname, link.size) == (EntryKind.HARDLINK, "usr/bin/hello", 0)
-    # counted once, as abuild does
-    assert result.info.installed_size == 21 + 1400
+    # counted at each path, as melange does
+    assert result.info.installed_size == lstat_size(tree)
 
 
 def test_scriptlets(tree: Path, build: Build, info: PackageInfo) -> None:
@@ -339,11 +349,12 @@ def test_scriptlets(tree: Path, build: Build, info: PackageInfo) -> None:
     apk, _ = build(tree, package=package_info, scripts=scripts)
     control = split_streams(apk)[1]
     members = tar_entries(control)
+    # .PKGINFO first, then by name, as melange's control tar
     assert [(m.name, m.mode) for m in members] == [
         (".PKGINFO", 0o644),
-        (".trigger", 0o755),
         (".post-install", 0o755),
         (".pre-deinstall", 0o755),
+        (".trigger", 0o755),
     ]
     package = read_apk(io.BytesIO(apk))
     assert package.scripts == {k.value: v for k, v in scripts.items()}
@@ -352,16 +363,31 @@ def test_scriptlets(tree: Path, build: Build, info: PackageInfo) -> None:
         build(tree, scripts={Scriptlet.TRIGGER: b"x"})
 
 
-def test_empty_tree_and_size_floor(tmp_path: Path, build: Build) -> None:
+def test_empty_tree_and_size(tmp_path: Path, build: Build) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     apk, result = build(empty)
-    assert result.info.installed_size == 0
+    # the root directory counts, as in melange: never 0 (apk-tools 2 treats 0 as virtual)
+    assert result.info.installed_size == empty.lstat().st_size > 0
     assert read_apk(io.BytesIO(apk)).entries == ()
-    (empty / "etc").mkdir()
-    (empty / "etc/empty").write_bytes(b"")
-    _, result = build(empty)
-    assert result.info.installed_size == 1  # apk-tools 2 would treat size 0 as virtual
+
+
+def test_control_files_and_owner_names(tree: Path, build: Build) -> None:
+    os.chown(tree / "usr/share/hello/greeting.txt", 1234, 5678)
+    apk, _ = build(
+        tree,
+        control_files={".melange.yaml": b"package: {}\n"},
+        user_names={},
+        group_names={5678: "staff"},
+        preserve_owners=True,
+        uid_map={1234: 0},
+    )
+    assert [m.name for m in tar_entries(split_streams(apk)[1])] == [".PKGINFO", ".melange.yaml"]
+    by_path = {e.path: e for e in read_apk(io.BytesIO(apk)).entries}
+    greeting = by_path["usr/share/hello/greeting.txt"]
+    assert (greeting.uid, greeting.gid, greeting.uname, greeting.gname) == (0, 5678, "", "staff")
+    with pytest.raises(ApkFormatError, match="control file"):
+        build(tree, control_files={"x/.y": b""})
 
 
 def test_large_file_is_streamed(tmp_path: Path, build: Build, keys: Keys) -> None:
@@ -375,7 +401,7 @@ def test_large_file_is_streamed(tmp_path: Path, build: Build, keys: Keys) -> Non
     (blob,) = [e for e in package.entries if e.path == "data/blob"]
     assert blob.size == len(payload)
     assert blob.checksum == hashlib.sha1(payload).hexdigest()
-    assert result.info.installed_size == len(payload)
+    assert result.info.installed_size == lstat_size(root)
 
 
 def test_unsupported_file_type(tree: Path, build: Build) -> None:

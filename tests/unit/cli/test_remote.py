@@ -38,11 +38,13 @@ from melange2.api.schemas import (
     PackageOut,
     PlannedPackage,
     PlanOut,
+    PoolBackendOut,
     RemoveBackendRequest,
     content_bytes,
 )
 from melange2.cli.commands.remote import RemoteContext, _packages_table, _status_line
 from melange2.cli.main import cli
+from melange2.farm.certs import make_certs
 from melange2.jobs import PackageStatus, derive_build_status
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -143,7 +145,12 @@ class FakeServer:
                 arch = request.url.params.get("arch")
                 found = [b for b in self.backends.values() if arch in (None, b.arch)]
                 listing = BackendList(
-                    backends=[BackendOut(addr=b.addr, arch=b.arch, labels=b.labels) for b in found],
+                    backends=[
+                        PoolBackendOut(
+                            addr=b.addr, arch=b.arch, labels=b.labels, tls=b.tls is not None
+                        )
+                        for b in found
+                    ],
                     architectures=sorted({b.arch for b in self.backends.values()}),
                 )
                 return _json(200, listing)
@@ -152,7 +159,10 @@ class FakeServer:
                 if add.addr in self.backends:
                     return _error(409, f"backend {add.addr} already exists")
                 self.backends[add.addr] = add
-                return _json(201, BackendOut(addr=add.addr, arch=add.arch, labels=add.labels))
+                added = PoolBackendOut(
+                    addr=add.addr, arch=add.arch, labels=add.labels, tls=add.tls is not None
+                )
+                return _json(201, added)
             case ["backends"] if method == "DELETE":
                 remove = RemoveBackendRequest.model_validate_json(request.content)
                 if remove.addr not in self.backends:
@@ -719,6 +729,55 @@ def test_backends_add_list_status_remove() -> None:
     assert res.code == 2
     assert "cannot remove the last backend" in res.err
     assert list(fake.backends) == ["tcp://bk-1:1234"]
+
+
+def test_backends_add_with_tls_sends_the_files_contents(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "tls")
+    fake = FakeServer()
+    res = run(
+        fake,
+        "backends",
+        "add",
+        "--addr",
+        "tcp://bk-tls:1234",
+        "--arch",
+        "x86_64",
+        "--tlscacert",
+        str(certs.ca_cert),
+        "--tlscert",
+        str(certs.client_cert),
+        "--tlskey",
+        str(certs.client_key),
+        "--tlsservername",
+        "localhost",
+    )
+    assert res.code == 0, res
+    sent = fake.backends["tcp://bk-tls:1234"].tls
+    assert sent is not None
+    assert sent.caCert == certs.ca_cert.read_text()
+    assert sent.cert == certs.client_cert.read_text()
+    assert sent.key == certs.client_key.read_text()
+    assert sent.serverName == "localhost"
+    listing = json.loads(run(fake, "backends", "list", "-o", "json").out)
+    assert listing["backends"][0]["tls"] is True
+    assert "PRIVATE KEY" not in run(fake, "backends", "list", "-o", "json").out
+
+    # without TLS flags, no tls member at all (an older server refuses unknown fields)
+    assert run(fake, "backends", "add", "--addr", "tcp://plain:1", "--arch", "x86_64").code == 0
+    assert fake.backends["tcp://plain:1"].tls is None
+
+
+def test_backends_add_with_a_bad_key_names_the_flag(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "tls")
+    fake = FakeServer()
+    args = ("backends", "add", "--addr", "tcp://bk:1", "--arch", "x86_64")
+    res = run(fake, *args, "--tlscert", str(certs.client_cert), "--tlskey", str(certs.ca_cert))
+    assert res.code == 2
+    assert "--tlskey" in res.err and "not a PEM private key" in res.err
+    res = run(fake, *args, "--tlscacert", str(tmp_path / "missing.pem"))
+    assert res.code == 2
+    assert "--tlscacert" in res.err and "No such file" in res.err
+    assert fake.backends == {}
 
 
 def test_backends_add_duplicate_is_refused_with_exit_2() -> None:

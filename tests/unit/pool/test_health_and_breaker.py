@@ -12,6 +12,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitUnavailable
 from melange2.pool.breaker import BreakerState, CircuitBreaker
 from melange2.pool.config import BackendSpec, PoolConfig
@@ -34,7 +35,7 @@ class FakeProbe:
     alive: bool = True
     platforms: tuple[str, ...] = ("linux/amd64", "linux/arm64")
 
-    async def __call__(self, addr: str) -> ProbeResult:
+    async def __call__(self, addr: str, tls: ClientTLS | None) -> ProbeResult:
         if not self.alive:
             raise BuildkitUnavailable(f"buildkitd at {addr}: connection refused")
         return ProbeResult(version="v0.34.2", platforms=self.platforms)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from melange2.scheduler import build_graph, plan, priorities
+from melange2.scheduler import build_graph, plan, priorities, typical_duration
 
 from .helpers import is_topological, nodes
 
@@ -31,6 +31,28 @@ def test_priorities_default_and_bad_durations() -> None:
     assert priorities(graph, {}) == {"app": 1.0, "left": 2.0, "right": 2.0, "base": 3.0}
     with pytest.raises(ValueError, match="default duration"):
         priorities(graph, {}, -1.0)
+
+
+def test_typical_duration_is_the_median_of_the_known_ones() -> None:
+    assert typical_duration({}) == 1.0  # nothing known: unit weights
+    assert typical_duration({"a": 30.0, "b": 90.0, "c": 60.0}) == 60.0
+    assert typical_duration({"a": 30.0, "b": 90.0}) == 60.0
+    # the durations priorities() would not use are not counted either
+    assert typical_duration({"a": math.nan, "b": -1.0, "c": math.inf, "d": 8.0}) == 8.0
+    assert typical_duration({"a": math.nan}) == 1.0
+
+
+def test_a_package_never_built_ranks_as_a_typical_one() -> None:
+    # "new" has no past duration; "old" took 60 s; each heads a chain of 60 s of known work
+    graph = build_graph(nodes({"new": [], "old": [], "after-new": ["new"], "after-old": ["old"]}))
+    known = {"old": 60.0, "after-new": 60.0, "after-old": 60.0}
+    levels = priorities(graph, known, typical_duration(known))
+    assert levels["new"] == levels["old"] == 120.0
+    # with the unit default its chain would rank below every known one and start last
+    assert priorities(graph, known)["new"] == 61.0
+    one_slot = plan(graph, known, slots=1, default=typical_duration(known))
+    assert one_slot.order[0] == "new"  # the tie goes to submission order
+    assert one_slot.estimated_makespan_s == 240.0
 
 
 def test_plan_diamond_on_two_slots() -> None:

@@ -9,17 +9,19 @@ from fastapi import APIRouter, Depends, Response
 from melange2.api.schemas import (
     AddBackendRequest,
     BackendList,
-    BackendOut,
     BackendStatusList,
     BackendStatusOut,
     ErrorOut,
+    PoolBackendOut,
     RemoveBackendRequest,
 )
 from melange2.api.services import Services, services
 from melange2.buildkit.llb.platform import Platform
+from melange2.buildkit.tls import ClientTLS, TLSMaterialError, client_tls_from_pem
 from melange2.errors import ConfigError, NotFound, RequestError
 from melange2.pool.breaker import BreakerState
 from melange2.pool.config import BackendSpec
+from melange2.pool.pool import PoolBackend
 from melange2.store.base import StoredBackend
 
 router = APIRouter(prefix="/api/v1", tags=["backends"])
@@ -37,37 +39,65 @@ class Conflict(RequestError):
     code = "conflict"
 
 
+def _out(b: PoolBackend) -> PoolBackendOut:
+    return PoolBackendOut(addr=b.addr, arch=b.arch, labels=dict(b.labels), tls=b.tls is not None)
+
+
 @router.get("/backends", response_model=BackendList)
 async def list_backends(svc: Svc, arch: str | None = None) -> BackendList:
     backends = [b for b in svc.pool.serving() if arch is None or b.arch == arch]
-    return BackendList(
-        backends=[BackendOut(addr=b.addr, arch=b.arch, labels=dict(b.labels)) for b in backends],
-        architectures=svc.pool.architectures(),
-    )
+    return BackendList(backends=[_out(b) for b in backends], architectures=svc.pool.architectures())
 
 
-@router.post("/backends", status_code=201, response_model=BackendOut, responses=_ERRORS)
-async def add_backend(request: AddBackendRequest, svc: Svc) -> BackendOut:
-    """Add a backend; it is kept in the store and comes back after a restart."""
+def _tls(request: AddBackendRequest) -> ClientTLS | None:
+    if request.tls is None:
+        return None
+    try:
+        return client_tls_from_pem(
+            ca_cert=request.tls.caCert,
+            cert=request.tls.cert,
+            key=request.tls.key,
+            server_name=request.tls.serverName,
+        )
+    except TLSMaterialError as exc:
+        hint = "; give the PEM text itself, not a path" if "not PEM" in exc.problem else ""
+        raise RequestError(
+            f"tls.{exc.field}: {exc.problem}{hint} (backend {request.addr})"
+        ) from exc
+
+
+@router.post("/backends", status_code=201, response_model=PoolBackendOut, responses=_ERRORS)
+async def add_backend(request: AddBackendRequest, svc: Svc) -> PoolBackendOut:
+    """Add a backend; it is kept in the store and comes back after a restart. With
+    ``tls`` (PEM text, checked now) it is reached over TLS."""
     try:
         Platform.from_arch(request.arch)
     except ConfigError as exc:
         raise RequestError(f"arch: {exc}") from exc
     if not request.addr.startswith(("tcp://", "unix://")):
         raise RequestError("addr: use tcp://host:port or unix:///path")
+    tls = _tls(request)
     existing = svc.pool.backends.get(request.addr)
     if existing is not None and not existing.draining:
         raise Conflict(f"backend {request.addr} already exists")
     spec = BackendSpec(
-        addr=request.addr, arch=request.arch, max_jobs=request.maxJobs, labels=request.labels
+        addr=request.addr,
+        arch=request.arch,
+        max_jobs=request.maxJobs,
+        labels=request.labels,
+        tls=tls,
     )
     backend = svc.pool.add(spec, dynamic=True)
     await svc.store.save_backend(
         StoredBackend(
-            addr=backend.addr, arch=backend.arch, labels=backend.labels, max_jobs=backend.max_jobs
+            addr=backend.addr,
+            arch=backend.arch,
+            labels=backend.labels,
+            max_jobs=backend.max_jobs,
+            tls=backend.tls,
         )
     )
-    return BackendOut(addr=backend.addr, arch=backend.arch, labels=dict(backend.labels))
+    return _out(backend)
 
 
 @router.delete("/backends", status_code=204, responses=_ERRORS)
@@ -105,6 +135,7 @@ async def backends_status(svc: Svc) -> BackendStatusList:
                 buildkitVersion=b.buildkit_version,
                 platforms=list(b.platforms),
                 draining=b.draining,
+                tls=b.tls is not None,
             )
         )
     return BackendStatusList(backends=out)

@@ -311,10 +311,13 @@ def copy(
     contents_only: bool = True,
     create_parents: bool = True,
     allow_wildcard: bool = False,
+    allow_empty_wildcard: bool = False,
     name: str | None = None,
 ) -> State:
     """``dest`` with ``src_path`` of ``src`` copied to ``dest_path``. A directory's
-    contents are copied into ``dest_path`` (``contents_only``), as ``COPY dir/ dest/``."""
+    contents are copied into ``dest_path`` (``contents_only``), as ``COPY dir/ dest/``.
+    With ``allow_empty_wildcard`` a wildcard matching nothing copies nothing (a path that
+    may be absent: ``/etc/os-releas[e]``)."""
     action = pb.FileAction(
         copy=pb.FileActionCopy(
             src=src_path,
@@ -324,6 +327,7 @@ def copy(
             dirCopyContents=contents_only,
             createDestPath=create_parents,
             allowWildcard=allow_wildcard,
+            allowEmptyWildcard=allow_empty_wildcard,
             timestamp=_UNSET_TIME,
         )
     )

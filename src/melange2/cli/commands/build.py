@@ -19,6 +19,7 @@ from melange2.build.progress import LiveSink, LogFileSink, PlainSink, StepSink, 
 from melange2.build.source_cache import SourceCache
 from melange2.buildkit.client import StepFailed
 from melange2.cli.context import CliContext, pass_cli
+from melange2.cli.tls import tls_from_flags, tls_options
 from melange2.errors import ConfigError
 from melange2.oci.registry import RegistryClient
 
@@ -148,6 +149,31 @@ def build_options(f: Any) -> Any:
             type=click.Path(dir_okay=False, path_type=Path),
             help="The full build log  [default: <out-dir>/logs/<name>-<arch>.log].",
         ),
+        click.option(
+            "--namespace",
+            default="unknown",
+            show_default=True,
+            help="Distribution namespace: the packages' maintainer and the SBOM's supplier "
+            "and package URLs (melange's flag).",
+        ),
+        click.option(
+            "--git-commit",
+            default="",
+            help="Commit of the repository holding the config  [default: its HEAD, else "
+            "'unknown'].",
+        ),
+        click.option(
+            "--git-repo-url",
+            default="",
+            help="URL of the repository holding the config, for the SBOM.",
+        ),
+        click.option(
+            "--license",
+            "config_license",
+            default="NOASSERTION",
+            show_default=True,
+            help="License of the config file itself, for the SBOM.",
+        ),
         click.option("--plain", is_flag=True, help="Plain progress lines, even on a terminal."),
         click.option(
             "--debug", is_flag=True, help="Trace every command of every step (set -x) in the log."
@@ -155,7 +181,7 @@ def build_options(f: Any) -> Any:
     ]
     for option in reversed(options):
         f = option(f)
-    return f
+    return tls_options()(f)
 
 
 def _options(kw: dict[str, Any], *, with_test: bool) -> BuildOptions:
@@ -164,6 +190,7 @@ def _options(kw: dict[str, Any], *, with_test: bool) -> BuildOptions:
         config=config,
         arch=kw["arch"],
         buildkit_addr=kw["buildkit_addr"],
+        buildkit_tls=tls_from_flags(kw),
         registry=kw["registry"],
         out_dir=kw["out_dir"],
         cache_dir=kw["apk_cache_dir"].expanduser(),
@@ -180,6 +207,10 @@ def _options(kw: dict[str, Any], *, with_test: bool) -> BuildOptions:
         with_test=with_test,
         source_date_epoch=int(os.environ.get("SOURCE_DATE_EPOCH", "0")),
         debug=bool(kw["debug"]),
+        namespace=kw["namespace"],
+        git_commit=kw["git_commit"],
+        git_repo_url=kw["git_repo_url"],
+        config_license=kw["config_license"],
     )
 
 

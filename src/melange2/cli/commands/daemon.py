@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import click
 from rich.table import Table
 
 from melange2.buildkit.client import BuildkitClient, DaemonInfo, WorkerInfo
+from melange2.buildkit.tls import ClientTLS
 from melange2.cli.context import CliContext, pass_cli
+from melange2.cli.tls import tls_from_flags, tls_options
 
 
 @click.group()
@@ -16,8 +19,8 @@ def daemon() -> None:
     """Inspect BuildKit daemons."""
 
 
-async def _query(addr: str) -> tuple[DaemonInfo, list[WorkerInfo]]:
-    async with BuildkitClient(addr) as bk:
+async def _query(addr: str, tls: ClientTLS | None) -> tuple[DaemonInfo, list[WorkerInfo]]:
+    async with BuildkitClient(addr, tls=tls) as bk:
         return await bk.info(), await bk.list_workers()
 
 
@@ -28,10 +31,11 @@ async def _query(addr: str) -> tuple[DaemonInfo, list[WorkerInfo]]:
     required=True,
     help="tcp://host:port or unix:///path of the daemon (env BUILDKIT_ADDR).",
 )
+@tls_options()
 @pass_cli
-def info(ctx: CliContext, buildkit_addr: str) -> None:
+def info(ctx: CliContext, /, buildkit_addr: str, **tls: Any) -> None:
     """Show the daemon's BuildKit version and its workers' platforms."""
-    version, workers = asyncio.run(_query(buildkit_addr))
+    version, workers = asyncio.run(_query(buildkit_addr, tls_from_flags(tls)))
     ctx.console.print(f"{buildkit_addr}: {version.package} {version.version}")
     table = Table("worker", "platforms")
     for w in workers:

@@ -22,11 +22,10 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 from melange2.api.schemas import (
     AddBackendRequest,
+    BackendTLS,
     Base64Content,
     BuildList,
     BuildOut,
@@ -39,6 +38,7 @@ from melange2.api.schemas import (
 )
 from melange2.cli.context import CliContext
 from melange2.cli.remote_client import DEFAULT_SERVER, RemoteClient, RemoteError, RequestRejected
+from melange2.cli.tls import tls_from_flags, tls_options
 from melange2.errors import ConfigError, FarmError
 from melange2.jobs import BuildStatus, PackageStatus
 
@@ -385,6 +385,9 @@ def _tree_files(root: Path) -> dict[str, bytes]:
 
 
 def _package_name(path: Path, text: str) -> str:
+    from ruamel.yaml import YAML  # submit only: not loaded for status, list ...
+    from ruamel.yaml.error import YAMLError
+
     try:
         data: Any = YAML(typ="safe").load(text)
     except YAMLError as exc:
@@ -807,20 +810,39 @@ def list_backends(ctx: RemoteContext, server: str, arch: str | None, output: str
     show_default=True,
     help="Concurrent jobs (0: the server's default).",
 )
+@tls_options(envvars=False, what="the backend")
 @output_option
 @pass_remote
 def add_backend(
     ctx: RemoteContext,
+    /,
     server: str,
     addr: str,
     arch: str,
     label: dict[str, str],
     max_jobs: int,
     output: str,
+    **tls_flags: Any,
 ) -> None:
-    """Add a backend; the server refuses an address it already has."""
+    """Add a backend; the server refuses an address it already has. With the TLS
+    flags the server reaches it over TLS: the files are read here and their contents
+    sent to the server, which keeps them (and never shows them back)."""
+    tls = tls_from_flags(tls_flags)
     try:
-        request = AddBackendRequest(addr=addr, arch=arch, labels=label, maxJobs=max_jobs)
+        request = AddBackendRequest(
+            addr=addr,
+            arch=arch,
+            labels=label,
+            maxJobs=max_jobs,
+            tls=None
+            if tls is None
+            else BackendTLS(
+                caCert=tls.ca_cert.decode() if tls.ca_cert else None,
+                cert=tls.cert.decode() if tls.cert else None,
+                key=tls.key.decode() if tls.key else None,
+                serverName=tls.server_name,
+            ),
+        )
     except ValidationError as exc:
         raise click.BadParameter(str(exc)) from exc
     with ctx.client(server) as client:

@@ -1,7 +1,10 @@
-"""The SQL store: Core tables, one function per query, dialect set-up per database."""
+"""The SQL stores: Core tables, one function per query, one transaction runner per
+database (:class:`SqliteStore`, :class:`PostgresStore`)."""
 
 from __future__ import annotations
 
+from melange2.store.sql.postgres import PostgresStore
 from melange2.store.sql.sqlite import SqliteStore
+from melange2.store.sql.store import SqlStore
 
-__all__ = ["SqliteStore"]
+__all__ = ["PostgresStore", "SqlStore", "SqliteStore"]

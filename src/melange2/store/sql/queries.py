@@ -2,23 +2,39 @@
 
 Functions take an open :class:`~sqlalchemy.Connection` inside a
 transaction the caller owns, and convert rows to domain values here, at the boundary.
-They are dialect-neutral (SQLAlchemy Core with ``RETURNING``); dialect set-up lives in
-:mod:`melange2.store.sql.sqlite`.
+They are dialect-neutral (SQLAlchemy Core with ``RETURNING``; ``FOR UPDATE SKIP LOCKED``
+where rows are claimed, which SQLite, with its single writer, leaves out); dialect
+set-up lives in :mod:`melange2.store.sql.sqlite` and :mod:`melange2.store.sql.postgres`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    RowMapping,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
+from melange2.buildkit.tls import ClientTLS
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Backend, Build, BuildStatus, PackageJob, PackageStatus
 from melange2.store.base import StoredBackend
 from melange2.store.rules import LEASE_EXPIRED_REASON, UNFINISHED_BUILD_STATES
-from melange2.store.sql.tables import attempts, backends, builds, packages
+from melange2.store.sql.tables import backends, builds, packages
 
 # rows <-> values
 
@@ -64,15 +80,13 @@ _PACKAGE_COLUMN_VALUE: Mapping[str, Any] = {
 
 
 def package_values(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Column values for PackageJob fields (``attempts`` live in their own table)."""
+    """Column values for PackageJob fields."""
     return {
-        key: _PACKAGE_COLUMN_VALUE.get(key, lambda v: v)(value)
-        for key, value in fields.items()
-        if key != "attempts"
+        key: _PACKAGE_COLUMN_VALUE.get(key, lambda v: v)(value) for key, value in fields.items()
     }
 
 
-def package_from_row(row: RowMapping, tries: Sequence[Attempt]) -> PackageJob:
+def package_from_row(row: RowMapping) -> PackageJob:
     backend = row["backend"]
     return PackageJob(
         build_id=BuildId(row["build_id"]),
@@ -85,7 +99,7 @@ def package_from_row(row: RowMapping, tries: Sequence[Attempt]) -> PackageJob:
         priority=float(row["priority"]),
         reason=row["reason"],
         error=row["error"],
-        attempts=tuple(tries),
+        attempts=row["attempts"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         log_path=row["log_path"],
@@ -100,48 +114,19 @@ def package_from_row(row: RowMapping, tries: Sequence[Attempt]) -> PackageJob:
     )
 
 
-def attempt_from_row(row: RowMapping) -> Attempt:
-    return Attempt(
-        number=row["number"],
-        backend=row["backend"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        error=row["error"],
-        log_path=row["log_path"],
-    )
-
-
-def _attempt_values(build_id: BuildId, name: str, attempt: Attempt) -> dict[str, Any]:
-    return {
-        "build_id": build_id,
-        "name": name,
-        "number": attempt.number,
-        "backend": attempt.backend,
-        "started_at": attempt.started_at,
-        "finished_at": attempt.finished_at,
-        "error": attempt.error,
-        "log_path": attempt.log_path,
-    }
-
-
 # builds
 
 
 def insert_build(conn: Connection, build: Build) -> None:
-    """The build, its packages and their attempts (the caller's transaction makes it atomic)."""
+    """The build and its packages (the caller's transaction makes it atomic)."""
     conn.execute(insert(builds), [build_values(build)])
     rows: list[dict[str, Any]] = []
-    tries: list[dict[str, Any]] = []
     for job in build.packages:
         if job.build_id != build.id:
             raise ValueError(f"package {job.name!r} belongs to {job.build_id}, not {build.id}")
-        values = package_values({c.name: getattr(job, c.name) for c in packages.c})
-        rows.append(values)
-        tries.extend(_attempt_values(build.id, job.name, a) for a in job.attempts)
+        rows.append(package_values({c.name: getattr(job, c.name) for c in packages.c}))
     if rows:
         conn.execute(insert(packages), rows)
-    if tries:
-        conn.execute(insert(attempts), tries)
 
 
 def fetch_build(conn: Connection, build_id: BuildId) -> Build | None:
@@ -177,6 +162,10 @@ def fetch_builds_page(
     return with_packages(conn, rows)
 
 
+def build_exists(conn: Connection, build_id: BuildId) -> bool:
+    return conn.scalar(select(builds.c.id).where(builds.c.id == build_id)) is not None
+
+
 def package_counts(conn: Connection, ids: Sequence[str]) -> dict[str, dict[PackageStatus, int]]:
     """How many packages each build has in each status (one grouped query)."""
     counts: dict[str, dict[PackageStatus, int]] = {i: {} for i in ids}
@@ -203,18 +192,10 @@ def fetch_unfinished_builds(conn: Connection) -> list[Build]:
 
 
 def with_packages(conn: Connection, rows: Sequence[RowMapping]) -> list[Build]:
-    """Builds from build rows, loading all their packages and attempts in two queries."""
+    """Builds from build rows, loading all their packages in one query."""
     ids = [row["id"] for row in rows]
     if not ids:
         return []
-    tries: dict[tuple[str, str], list[Attempt]] = {}
-    attempt_rows = conn.execute(
-        select(attempts)
-        .where(attempts.c.build_id.in_(ids))
-        .order_by(attempts.c.build_id, attempts.c.name, attempts.c.number)
-    )
-    for row in attempt_rows.mappings():
-        tries.setdefault((row["build_id"], row["name"]), []).append(attempt_from_row(row))
     jobs: dict[str, list[PackageJob]] = {}
     package_rows = conn.execute(
         select(packages)
@@ -222,7 +203,7 @@ def with_packages(conn: Connection, rows: Sequence[RowMapping]) -> list[Build]:
         .order_by(packages.c.build_id, packages.c.seq, packages.c.name)
     )
     for row in package_rows.mappings():
-        job = package_from_row(row, tries.get((row["build_id"], row["name"]), ()))
+        job = package_from_row(row)
         jobs.setdefault(row["build_id"], []).append(job)
     return [build_from_row(row, jobs.get(row["id"], ())) for row in rows]
 
@@ -254,20 +235,62 @@ def transition_package(
 ) -> PackageJob | None:
     """The compare-and-set: move the package to ``to`` and set ``fields`` in one guarded
     UPDATE, only if its status is in ``allowed``. ``None`` when no row matched."""
-    query = (
+    rows = _move_packages(conn, build_id, (name,), to, allowed, fields)
+    return rows[0] if rows else None
+
+
+def transition_packages(
+    conn: Connection,
+    build_id: BuildId,
+    names: Sequence[str],
+    to: PackageStatus,
+    allowed: Iterable[PackageStatus],
+    fields: Mapping[str, Any],
+) -> list[PackageJob]:
+    """:func:`transition_package` for several packages of one build in one UPDATE: those
+    whose status is in ``allowed`` move (in ``seq`` order in the result), the rest stay."""
+    if not names:
+        return []
+    moved = _move_packages(conn, build_id, names, to, allowed, fields)
+    return sorted(moved, key=lambda j: (j.seq, j.name))
+
+
+def _move_packages(
+    conn: Connection,
+    build_id: BuildId,
+    names: Sequence[str],
+    to: PackageStatus,
+    allowed: Iterable[PackageStatus],
+    fields: Mapping[str, Any],
+) -> list[PackageJob]:
+    values = package_values({**fields, "status": to})
+    params = {f"v_{column}": value for column, value in values.items()}
+    params["w_build_id"] = build_id
+    params["w_names"] = names[0] if len(names) == 1 else list(names)
+    params["w_allowed"] = [PackageStatus(s).value for s in allowed]
+    query = _guarded_update(tuple(sorted(values)), one=len(names) == 1)
+    return [package_from_row(row) for row in conn.execute(query, params).mappings()]
+
+
+@functools.lru_cache(maxsize=128)
+def _guarded_update(columns: tuple[str, ...], *, one: bool) -> Update:
+    """The guarded UPDATE setting ``columns`` of one package or of several, made once
+    per shape (the scheduler uses a handful): building a statement costs more than
+    running it."""
+    if one:
+        named = packages.c.name == bindparam("w_names")
+    else:
+        named = packages.c.name.in_(bindparam("w_names", expanding=True))
+    return (
         update(packages)
         .where(
-            packages.c.build_id == build_id,
-            packages.c.name == name,
-            packages.c.status.in_([PackageStatus(s).value for s in allowed]),
+            packages.c.build_id == bindparam("w_build_id"),
+            named,
+            packages.c.status.in_(bindparam("w_allowed", expanding=True)),
         )
-        .values(package_values({**fields, "status": to}))
+        .values({c: bindparam(f"v_{c}", type_=packages.c[c].type) for c in columns})
         .returning(packages)
     )
-    row = (conn.execute(query)).mappings().first()
-    if row is None:
-        return None
-    return _finish_package_update(conn, row, fields)
 
 
 def update_package_fields(
@@ -281,25 +304,7 @@ def update_package_fields(
         row = (conn.execute(query)).mappings().first()
     else:
         row = (conn.execute(select(packages).where(*where))).mappings().first()
-    if row is None:
-        return None
-    return _finish_package_update(conn, row, fields)
-
-
-def _finish_package_update(
-    conn: Connection, row: RowMapping, fields: Mapping[str, Any]
-) -> PackageJob:
-    build_id, name = BuildId(row["build_id"]), row["name"]
-    if "attempts" in fields:
-        conn.execute(
-            delete(attempts).where(attempts.c.build_id == build_id, attempts.c.name == name)
-        )
-        rows = [_attempt_values(build_id, name, a) for a in fields["attempts"]]
-        if rows:
-            conn.execute(insert(attempts), rows)
-        # what was just written, in number order: no need to read it back
-        return package_from_row(row, sorted(fields["attempts"], key=lambda a: a.number))
-    return package_from_row(row, fetch_attempts(conn, build_id, name))
+    return None if row is None else package_from_row(row)
 
 
 def package_status(conn: Connection, build_id: BuildId, name: str) -> PackageStatus | None:
@@ -310,25 +315,17 @@ def package_status(conn: Connection, build_id: BuildId, name: str) -> PackageSta
     return None if status is None else PackageStatus(status)
 
 
-def fetch_attempts(conn: Connection, build_id: BuildId, name: str) -> list[Attempt]:
-    rows = conn.execute(
-        select(attempts)
-        .where(attempts.c.build_id == build_id, attempts.c.name == name)
-        .order_by(attempts.c.number)
-    )
-    return [attempt_from_row(row) for row in rows.mappings()]
-
-
-def put_attempt(conn: Connection, build_id: BuildId, name: str, attempt: Attempt) -> None:
-    """Insert an attempt, replacing one with the same number."""
-    conn.execute(
-        delete(attempts).where(
-            attempts.c.build_id == build_id,
-            attempts.c.name == name,
-            attempts.c.number == attempt.number,
-        )
-    )
-    conn.execute(insert(attempts), [_attempt_values(build_id, name, attempt)])
+def put_attempt(conn: Connection, build_id: BuildId, name: str, attempt: Attempt) -> bool:
+    """Add an attempt to a package, replacing one with the same number; ``False`` if
+    there is no such package. The row is read ``FOR UPDATE``: concurrent additions to
+    one package queue instead of overwriting each other."""
+    where = (packages.c.build_id == build_id, packages.c.name == name)
+    tries = conn.scalar(select(packages.c.attempts).where(*where).with_for_update())
+    if tries is None:
+        return False
+    kept = [a for a in tries if a.number != attempt.number]
+    conn.execute(update(packages).where(*where).values(attempts=[*kept, attempt]))
+    return True
 
 
 # leases
@@ -349,14 +346,22 @@ def renew_leases(conn: Connection, owner: str, expires: datetime) -> int:
 
 def expire_leases(conn: Connection, now: datetime) -> list[PackageJob]:
     """Running packages whose lease ran out before ``now`` go back to pending, in one
-    guarded UPDATE; returns them by build and ``seq``."""
+    guarded UPDATE; returns them by build and ``seq``. The rows are claimed ``FOR UPDATE
+    SKIP LOCKED``: a row another transaction holds (its owner finishing it, another
+    replica requeueing it) is left to that one."""
+    expired = (
+        packages.c.status == PackageStatus.RUNNING.value,
+        packages.c.lease_expires.is_not(None),
+        packages.c.lease_expires < now,
+    )
+    claimed = (
+        select(packages.c.build_id, packages.c.name)
+        .where(*expired)
+        .with_for_update(skip_locked=True)
+    )
     query = (
         update(packages)
-        .where(
-            packages.c.status == PackageStatus.RUNNING.value,
-            packages.c.lease_expires.is_not(None),
-            packages.c.lease_expires < now,
-        )
+        .where(tuple_(packages.c.build_id, packages.c.name).in_(claimed), *expired)
         .values(
             status=PackageStatus.PENDING.value,
             lease_owner="",
@@ -365,11 +370,7 @@ def expire_leases(conn: Connection, now: datetime) -> list[PackageJob]:
         )
         .returning(packages)
     )
-    rows = (conn.execute(query)).mappings().all()
-    jobs = [
-        package_from_row(row, fetch_attempts(conn, BuildId(row["build_id"]), row["name"]))
-        for row in rows
-    ]
+    jobs = [package_from_row(row) for row in conn.execute(query).mappings()]
     return sorted(jobs, key=lambda j: (j.build_id, j.seq, j.name))
 
 
@@ -408,9 +409,36 @@ def latest_durations(conn: Connection, names: Sequence[str]) -> dict[str, float]
 # runtime backends
 
 
+def _tls_json(tls: ClientTLS | None) -> dict[str, str] | None:
+    if tls is None:
+        return None
+    return {
+        "caCert": (tls.ca_cert or b"").decode(),
+        "cert": (tls.cert or b"").decode(),
+        "key": (tls.key or b"").decode(),
+        "serverName": tls.server_name,
+    }
+
+
+def _tls_of(value: Any) -> ClientTLS | None:
+    if not isinstance(value, dict):
+        return None
+    return ClientTLS(
+        ca_cert=value.get("caCert", "").encode() or None,
+        cert=value.get("cert", "").encode() or None,
+        key=value.get("key", "").encode() or None,
+        server_name=value.get("serverName", ""),
+    )
+
+
 def save_backend(conn: Connection, backend: StoredBackend) -> None:
     """Replace the backend with this address in place, or add it at the end."""
-    values = {"arch": backend.arch, "labels": dict(backend.labels), "max_jobs": backend.max_jobs}
+    values = {
+        "arch": backend.arch,
+        "labels": dict(backend.labels),
+        "max_jobs": backend.max_jobs,
+        "tls": _tls_json(backend.tls),
+    }
     result = conn.execute(update(backends).where(backends.c.addr == backend.addr).values(values))
     if result.rowcount:
         return
@@ -426,7 +454,11 @@ def list_backends(conn: Connection) -> list[StoredBackend]:
     rows = conn.execute(select(backends).order_by(backends.c.position))
     return [
         StoredBackend(
-            addr=row["addr"], arch=row["arch"], labels=row["labels"], max_jobs=row["max_jobs"]
+            addr=row["addr"],
+            arch=row["arch"],
+            labels=row["labels"],
+            max_jobs=row["max_jobs"],
+            tls=_tls_of(row["tls"]),
         )
         for row in rows.mappings()
     ]

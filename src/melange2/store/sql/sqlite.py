@@ -19,34 +19,18 @@ of failing when a read turns into a write. That single writer is what makes the 
 from __future__ import annotations
 
 import asyncio
-import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from melange2.errors import InvalidTransition, NotFound, StoreError
-from melange2.ids import BuildId
-from melange2.jobs import Attempt, Build, BuildStatus, PackageJob, PackageStatus, sources_of
-from melange2.store.base import BuildPage, StoredBackend
 from melange2.store.migrations import upgrade
-from melange2.store.rules import (
-    BUILD_FIELDS,
-    PACKAGE_FIELDS,
-    check_aware,
-    check_fields,
-    check_limit,
-    decode_cursor,
-    encode_cursor,
-)
-from melange2.store.sql import queries
 from melange2.store.sql.errors import map_sql_errors
+from melange2.store.sql.store import SqlStore
 
 __all__ = ["SqliteStore", "sqlite_engine"]
 
@@ -79,21 +63,16 @@ def sqlite_engine(path: Path) -> Engine:
     return engine
 
 
-class _State(enum.Enum):
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class SqliteStore:
+class SqliteStore(SqlStore):
     """A :class:`~melange2.store.base.JobStore` in one SQLite file."""
 
     def __init__(self, engine: Engine, executor: ThreadPoolExecutor) -> None:
         """Wrap an engine made by :func:`sqlite_engine` whose schema is at head, used only
         from ``executor``'s single thread; prefer :meth:`open`."""
+        super().__init__()
         self._engine = engine
         self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         self._executor = executor
-        self._state = _State.OPEN
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -116,168 +95,19 @@ class SqliteStore:
             raise
         return cls(engine, executor)
 
-    async def __aenter__(self) -> Self:
-        self._check_open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self._state is _State.OPEN:
-            self._state = _State.CLOSED
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.dispose)
-            self._executor.shutdown(wait=True)
-
-    # builds
-
-    async def create_build(self, build: Build) -> None:
-        await self._write(f"creating build {build.id}", lambda c: queries.insert_build(c, build))
-
-    async def get_build(self, build_id: BuildId) -> Build:
-        build = await self._read(
-            f"reading build {build_id}", lambda c: queries.fetch_build(c, build_id)
-        )
-        if build is None:
-            raise NotFound(f"no build {build_id}")
-        return build
-
-    async def list_builds(
-        self,
-        *,
-        limit: int,
-        cursor: str | None = None,
-        status: BuildStatus | None = None,
-        packages: bool = True,
-    ) -> BuildPage:
-        check_limit(limit)
-        after = None if cursor is None else decode_cursor(cursor)
-
-        def read(c: Connection) -> tuple[list[Build], dict[str, dict[PackageStatus, int]]]:
-            found = queries.fetch_builds_page(
-                c, limit=limit + 1, after=after, status=status, packages=packages
-            )
-            counts = {} if packages else queries.package_counts(c, [b.id for b in found[:limit]])
-            return found, counts
-
-        found, counts = await self._read("listing builds", read)
-        page = found[:limit]
-        more = len(found) > limit
-        next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
-        return BuildPage(builds=page, next_cursor=next_cursor, counts=counts)
-
-    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
-        check_fields(fields, BUILD_FIELDS, "build")
-
-        def update(conn: Connection) -> Build:
-            if not queries.update_build(conn, build_id, fields):
-                raise NotFound(f"no build {build_id}")
-            build = queries.fetch_build(conn, build_id)
-            assert build is not None
-            return build
-
-        return await self._write(f"updating build {build_id}", update)
-
-    async def unfinished_builds(self) -> Sequence[Build]:
-        return await self._read("listing unfinished builds", queries.fetch_unfinished_builds)
-
-    # packages
-
-    async def transition(
-        self,
-        build_id: BuildId,
-        name: str,
-        to: PackageStatus,
-        *,
-        expect: frozenset[PackageStatus] | None = None,
-        **fields: Any,
-    ) -> PackageJob:
-        check_fields(fields, PACKAGE_FIELDS, "package")
-        to = PackageStatus(to)
-        allowed = sources_of(to) if expect is None else sources_of(to) & expect
-
-        def move(conn: Connection) -> PackageJob | PackageStatus | None:
-            job = queries.transition_package(conn, build_id, name, to, allowed, fields)
-            if job is not None:
-                return job
-            return queries.package_status(conn, build_id, name)
-
-        found = await self._write(f"moving {build_id}/{name} to {to}", move)
-        if isinstance(found, PackageJob):
-            return found
-        if found is None:
-            raise NotFound(f"no package {name!r} in build {build_id}")
-        raise InvalidTransition(
-            f"package {name!r} of build {build_id} is {found}, cannot move to {to}"
-            + ("" if expect is None else f" (expected {', '.join(sorted(expect))})")
-        )
-
-    async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
-        check_fields(fields, PACKAGE_FIELDS, "package")
-        job = await self._write(
-            f"updating {build_id}/{name}",
-            lambda c: queries.update_package_fields(c, build_id, name, fields),
-        )
-        if job is None:
-            raise NotFound(f"no package {name!r} in build {build_id}")
-        return job
-
-    async def add_attempt(self, build_id: BuildId, name: str, attempt: Attempt) -> None:
-        def add(conn: Connection) -> None:
-            if queries.package_status(conn, build_id, name) is None:
-                raise NotFound(f"no package {name!r} in build {build_id}")
-            queries.put_attempt(conn, build_id, name, attempt)
-
-        await self._write(f"recording attempt {attempt.number} of {build_id}/{name}", add)
-
-    # leases
-
-    async def renew_leases(self, owner: str, expires: datetime) -> int:
-        check_aware(expires, "expires")
-        if not owner:
-            return 0
-        return await self._write(
-            f"renewing leases of {owner}", lambda c: queries.renew_leases(c, owner, expires)
-        )
-
-    async def expire_leases(self, now: datetime) -> Sequence[PackageJob]:
-        check_aware(now, "now")
-        return await self._write("expiring leases", lambda c: queries.expire_leases(c, now))
-
-    async def durations(self, names: Sequence[str]) -> Mapping[str, float]:
-        return await self._read("reading durations", lambda c: queries.latest_durations(c, names))
-
-    # runtime backends
-
-    async def save_backend(self, backend: StoredBackend) -> None:
-        await self._write(
-            f"saving backend {backend.addr}", lambda c: queries.save_backend(c, backend)
-        )
-
-    async def delete_backend(self, addr: str) -> None:
-        await self._write(f"deleting backend {addr}", lambda c: queries.delete_backend(c, addr))
-
-    async def list_backends(self) -> Sequence[StoredBackend]:
-        return await self._read("listing backends", queries.list_backends)
+    async def _close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.dispose)
+        self._executor.shutdown(wait=True)
 
     # transactions
 
-    def _check_open(self) -> None:
-        if self._state is _State.CLOSED:
-            raise StoreError("the store is closed")
-
     async def _read(self, action: str, work: Callable[[Connection], _T]) -> _T:
-        """``work`` in a read transaction: one consistent snapshot."""
+        """``work`` in a deferred transaction: a consistent snapshot under WAL."""
         return await self._run(self._engine, action, work)
 
     async def _write(self, action: str, work: Callable[[Connection], _T]) -> _T:
-        """``work`` in a write transaction holding the database's write lock from its
-        first statement; committed when it returns, rolled back when it raises."""
+        """``work`` in ``BEGIN IMMEDIATE``: the database's write lock from its first
+        statement; committed when it returns, rolled back when it raises."""
         return await self._run(self._writer, action, work)
 
     async def _run(self, engine: Engine, action: str, work: Callable[[Connection], _T]) -> _T:

@@ -3,11 +3,13 @@
 
 States are text with a CHECK constraint listing the :class:`~melange2.jobs.PackageStatus`
 and :class:`~melange2.jobs.BuildStatus` values. Datetimes are stored in UTC and come back
-timezone-aware (:class:`UTCDateTime`).
+timezone-aware (:class:`UTCDateTime`). A package's attempts are a JSON list in its row
+(:class:`AttemptList`): they are always read and written whole, with the package.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +22,6 @@ from sqlalchemy import (
     Dialect,
     Float,
     ForeignKey,
-    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -29,12 +30,14 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     false,
+    text,
 )
 
-from melange2.jobs import BuildStatus, PackageStatus
+from melange2.jobs import Attempt, BuildStatus, PackageStatus
 
 __all__ = [
-    "attempts",
+    "AttemptList",
+    "UTCDateTime",
     "backends",
     "builds",
     "metadata",
@@ -78,6 +81,59 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_literal_param(self, value: Any, dialect: Dialect) -> str:
         raise NotImplementedError("bind datetimes as parameters")
+
+
+class AttemptList(TypeDecorator[tuple[Attempt, ...]]):
+    """A package's attempts as a JSON list sorted by ``number``; times as ISO 8601 UTC."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: Sequence[Attempt] | None, dialect: Dialect
+    ) -> list[dict[str, Any]] | None:
+        if value is None:
+            return None
+        return [_attempt_json(a) for a in sorted(value, key=lambda a: a.number)]
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> tuple[Attempt, ...] | None:
+        if value is None:
+            return None
+        return tuple(_attempt_from_json(a) for a in value)
+
+    def process_literal_param(self, value: Any, dialect: Dialect) -> str:
+        raise NotImplementedError("bind attempts as parameters")
+
+
+def _iso(value: datetime | None, what: str) -> str | None:
+    if value is None:
+        return None
+    if value.utcoffset() is None:
+        raise ValueError(f"naive {what} {value!r}: the store keeps aware UTC datetimes")
+    return value.astimezone(UTC).isoformat()
+
+
+def _attempt_json(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "backend": attempt.backend,
+        "started_at": _iso(attempt.started_at, "started_at"),
+        "finished_at": _iso(attempt.finished_at, "finished_at"),
+        "error": attempt.error,
+        "log_path": attempt.log_path,
+    }
+
+
+def _attempt_from_json(raw: Mapping[str, Any]) -> Attempt:
+    finished = raw["finished_at"]
+    return Attempt(
+        number=raw["number"],
+        backend=raw["backend"],
+        started_at=datetime.fromisoformat(raw["started_at"]),
+        finished_at=None if finished is None else datetime.fromisoformat(finished),
+        error=raw["error"],
+        log_path=raw["log_path"],
+    )
 
 
 def status_check(values: type[PackageStatus] | type[BuildStatus]) -> str:
@@ -127,6 +183,8 @@ packages = Table(
     # r0002
     Column("cached", Boolean, nullable=False, server_default=false()),
     Column("input_digest", Text, nullable=False, server_default=""),
+    #: r0004: the attempts, in ``number`` order
+    Column("attempts", AttemptList, nullable=False, server_default=text("'[]'")),
     PrimaryKeyConstraint("build_id", "name"),
     CheckConstraint(status_check(PackageStatus), name="status"),
     # expire_leases: running packages by lease deadline
@@ -135,23 +193,6 @@ packages = Table(
     Index(None, "lease_owner"),
     # durations: latest success per package name
     Index(None, "name", "status", "finished_at"),
-)
-
-attempts = Table(
-    "attempts",
-    metadata,
-    Column("build_id", Text, nullable=False),
-    Column("name", Text, nullable=False),
-    Column("number", Integer, nullable=False),
-    Column("backend", Text, nullable=False),
-    Column("started_at", UTCDateTime, nullable=False),
-    Column("finished_at", UTCDateTime),
-    Column("error", Text, nullable=False),
-    Column("log_path", Text, nullable=False),
-    PrimaryKeyConstraint("build_id", "name", "number"),
-    ForeignKeyConstraint(
-        ["build_id", "name"], ["packages.build_id", "packages.name"], ondelete="CASCADE"
-    ),
 )
 
 backends = Table(
@@ -164,4 +205,6 @@ backends = Table(
     Column("max_jobs", Integer, nullable=False),
     #: when it was first added (list order); replacing a backend keeps its place
     Column("position", Integer, nullable=False),
+    #: client TLS as JSON ``{"caCert", "cert", "key", "serverName"}`` (PEM text); NULL: plain
+    Column("tls", JSON, nullable=True),
 )

@@ -9,6 +9,9 @@ yielding an empty, open store, closed afterwards)::
             async with await SqliteStore.open(tmp_path / "store.db") as store:
                 yield store
 
+What a store may or may not do is a capability fixture the subclass overrides where
+its store has it: ``supports_listen_notify`` (``False`` here).
+
 The tests are async and run on anyio's pytest plugin (asyncio backend). Helpers to make
 builds (:func:`make_build`, :func:`make_job`) are public so other suites can share them.
 """
@@ -23,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from melange2.errors import InvalidTransition, NotFound, RequestError, StoreError
+from melange2.buildkit.tls import ClientTLS
+from melange2.errors import InvalidTransition, NotFound, RequestError, StoreConflict, StoreError
 from melange2.ids import BuildId
 from melange2.jobs import (
     ALLOWED_TRANSITIONS,
@@ -111,6 +115,18 @@ class StoreContract:
         raise NotImplementedError("override the `store` fixture")
         yield  # pragma: no cover
 
+    @pytest.fixture
+    def supports_listen_notify(self) -> bool:
+        """Whether the store wakes other processes on its database; override where so."""
+        return False
+
+    # capabilities
+
+    async def test_declares_its_capabilities(
+        self, store: JobStore, supports_listen_notify: bool
+    ) -> None:
+        assert store.supports_listen_notify is supports_listen_notify
+
     # create and get
 
     async def test_get_returns_every_field_as_created(self, store: JobStore) -> None:
@@ -195,7 +211,7 @@ class StoreContract:
         await store.create_build(first)
         second = make_build(names=("b", "c"), status=BuildStatus.RUNNING)
 
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreConflict):
             await store.create_build(second)
 
         assert await store.get_build(first.id) == first
@@ -204,7 +220,7 @@ class StoreContract:
         build = make_build(names=("a", "b"))
         doubled = build.evolve(packages=(*build.packages, make_job(build.id, "a", 2)))
 
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreConflict):
             await store.create_build(doubled)
 
         with pytest.raises(NotFound):
@@ -431,6 +447,54 @@ class StoreContract:
         assert len(winners) == 1
         job = (await store.get_build(build.id)).packages[0]
         assert (job.status, job.lease_owner) == (PackageStatus.RUNNING, winners[0])
+
+    # transition_many
+
+    async def test_transition_many_moves_those_allowed_and_leaves_the_rest(
+        self, store: JobStore
+    ) -> None:
+        build = make_build(names=())
+        jobs = (
+            make_job(build.id, "b1", 0, PackageStatus.BLOCKED),
+            make_job(build.id, "run", 1, PackageStatus.RUNNING),
+            make_job(build.id, "b2", 2, PackageStatus.BLOCKED),
+            make_job(build.id, "done", 3, PackageStatus.SUCCESS),
+            make_job(build.id, "b3", 4, PackageStatus.BLOCKED),
+        )
+        await store.create_build(build.evolve(packages=jobs))
+        only_blocked = frozenset({PackageStatus.BLOCKED})
+
+        moved = await store.transition_many(
+            build.id,
+            ["b2", "done", "run", "b1", "nope", "b1"],
+            PackageStatus.PENDING,
+            expect=only_blocked,
+            reason="ready",
+        )
+
+        ready = {"status": PackageStatus.PENDING, "reason": "ready"}
+        assert list(moved) == [jobs[0].evolve(**ready), jobs[2].evolve(**ready)]
+        got = (await store.get_build(build.id)).packages
+        assert got == (moved[0], jobs[1], moved[1], jobs[3], jobs[4])
+        # the table still rules: running cannot go back to pending unless expected so
+        assert await store.transition_many(build.id, ["run"], PackageStatus.BLOCKED) == []
+        assert await store.transition_many(build.id, [], PackageStatus.PENDING) == []
+
+    async def test_transition_many_refuses_bad_fields_and_unknown_builds(
+        self, store: JobStore
+    ) -> None:
+        build = make_build(names=("a", "b"), package_status=PackageStatus.BLOCKED)
+        await store.create_build(build)
+        with pytest.raises(TypeError):
+            await store.transition_many(build.id, ["a"], PackageStatus.PENDING, colour="red")
+        with pytest.raises(ValueError):
+            naive = datetime(2025, 1, 1)
+            await store.transition_many(
+                build.id, ["a", "b"], PackageStatus.PENDING, finished_at=naive
+            )
+        assert await store.get_build(build.id) == build
+        with pytest.raises(NotFound):
+            await store.transition_many(BuildId("bld-nope"), ["a"], PackageStatus.PENDING)
 
     # update_package and add_attempt
 
@@ -665,6 +729,27 @@ class StoreContract:
 
         await store.save_backend(two)
         assert list(await store.list_backends()) == [replaced, three, two]
+
+    async def test_a_backends_tls_settings_are_kept_whole(self, store: JobStore) -> None:
+        tls = ClientTLS(
+            ca_cert=b"-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n",
+            cert=b"-----BEGIN CERTIFICATE-----\nleaf\n-----END CERTIFICATE-----\n",
+            key=b"-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n",
+            server_name="buildkit.internal",
+        )
+        ca_only = ClientTLS(ca_cert=tls.ca_cert)
+        backends = [
+            StoredBackend(addr="tcp://tls:1", arch="x86_64", labels={}, max_jobs=2, tls=tls),
+            StoredBackend(addr="tcp://ca:1", arch="x86_64", labels={}, max_jobs=2, tls=ca_only),
+            StoredBackend(addr="tcp://plain:1", arch="x86_64", labels={}, max_jobs=2),
+        ]
+        for backend in backends:
+            await store.save_backend(backend)
+        assert list(await store.list_backends()) == backends
+
+        plain_again = StoredBackend(addr="tcp://tls:1", arch="x86_64", labels={}, max_jobs=2)
+        await store.save_backend(plain_again)
+        assert (await store.list_backends())[0].tls is None
 
     # lifecycle
 

@@ -1,0 +1,46 @@
+"""``melange-server``'s store flags are checked before anything starts: ``--store
+postgres`` needs a DSN that is a PostgreSQL URL, and a DSN on the command line needs
+``--store postgres``; the messages name the flag and never echo a password."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from melange2.server import cli
+
+BASE = ["--buildkit-addr", "tcp://127.0.0.1:1", "--registry", "127.0.0.1:1"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, [*BASE, *args], env=env or {})
+    return result.exit_code, result.output
+
+
+def test_help_lists_the_store_flags() -> None:
+    code, out = run("--help")
+    assert code == 0
+    assert "[sqlite|postgres|memory]" in out
+    assert "--postgres-dsn" in out and "POSTGRES_DSN" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--store", "postgres"], {}, "--store postgres needs --postgres-dsn"),
+        (["--store", "postgres", "--postgres-dsn", "mysql://u@h/db"], {}, "postgresql://"),
+        (["--store", "postgres"], {"POSTGRES_DSN": "not a url"}, "must be a URL"),
+        (["--store", "postgres", "--postgres-dsn", "postgresql://h"], {}, "names no database"),
+        (["--postgres-dsn", "postgresql://u@h/db"], {}, "needs --store postgres"),
+    ],
+)
+def test_bad_store_flags_are_usage_errors(args: list[str], env: dict[str, str], says: str) -> None:
+    code, out = run(*args, env=env)
+    assert code == 2, out
+    assert says in out
+
+
+def test_a_password_in_a_dsn_is_not_echoed() -> None:
+    code, out = run("--store", "postgres", "--postgres-dsn", "postgresql://u:s3cret@h")
+    assert code == 2
+    assert "s3cret" not in out and "***" in out
