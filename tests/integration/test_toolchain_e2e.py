@@ -1,8 +1,9 @@
 """Real software on the farm, offline: the toolchain repository converted from Debian,
 the source cache (uploads, and a fetch of an unreachable URL), examples/ (zlib, GNU
 hello, minizip) built from their upstream tarballs with their tests running the
-programs, apko installing them, GNU hello for aarch64 under qemu, and upstream melange
-building zlib from the same repository and source cache to the same files.
+programs, apko installing them, GNU hello for aarch64 under qemu (``slow``: ``make
+test-slow``). Upstream melange builds the same examples from the same repository and
+source cache in the differential suite (``tests/differential``).
 
 One build of the three examples serves most tests (module fixture): compiling them is
 what costs here."""
@@ -13,7 +14,6 @@ import asyncio
 import hashlib
 import importlib.util
 import io
-import shutil
 import subprocess
 import tarfile
 import zlib
@@ -61,12 +61,6 @@ def server(farm: FarmEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     srv.start()
     try:
-        # GNU hello for aarch64 compiles under qemu for many minutes: it starts first, on
-        # the aarch64 daemon, while the x86_64 tests use the other
-        with srv.client() as client:
-            srv.aarch64_build = submit(  # type: ignore[attr-defined]
-                client, configs=_configs("gnu-hello"), arch="aarch64", with_test=True
-            )
         yield srv
     finally:
         srv.stop()
@@ -303,57 +297,15 @@ def test_apko_installs_hello_and_minizip_with_their_libraries(
     assert "lib/x86_64-linux-gnu/libc.so.6" in names and "lib64/ld-linux-x86-64.so.2" in names
 
 
-def test_upstream_melange_builds_the_same_zlib(
-    server: Server, examples: dict[str, Any], tmp_path: Path
-) -> None:
-    """Until the differential suite covers examples/: melange (bubblewrap) with the same
-    toolchain repository and --cache-dir, against the farm's zlib, file by file."""
-    melange = TOOLS / "bin" / "melange"
-    assert melange.exists() and shutil.which("bwrap"), "make setup builds melange"
-    assert by_name(examples)["zlib"]["status"] == "success"
-    subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "melange2"), "keygen", str(tmp_path / "k.rsa")],
-        check=True,
-        capture_output=True,
-    )
-    done = subprocess.run(
-        [
-            str(melange),
-            "build",
-            str(EXAMPLES / "zlib" / "zlib.yaml"),
-            "--runner",
-            "bubblewrap",
-            "--arch",
-            "x86_64",
-            "--repository-append",
-            server.farm.extra["BOOTSTRAP_REPO"],
-            "--keyring-append",
-            server.farm.extra["BOOTSTRAP_KEY"],
-            "--cache-dir",
-            server.farm.extra["SOURCE_CACHE"],
-            "--signing-key",
-            str(tmp_path / "k.rsa"),
-            "--out-dir",
-            str(tmp_path / "packages"),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    for name in ("zlib-1.2.13-r0.apk", "zlib-dev-1.2.13-r0.apk"):
-        theirs = _entries((tmp_path / "packages" / "x86_64" / name).read_bytes())
-        ours = _entries(_repo_apk(server, name))
-        # melange adds its SBOM; everything else is the same, byte for byte
-        theirs = {p: c for p, c in theirs.items() if not p.startswith("var/lib/db/sbom/")}
-        assert ours == theirs, name
-
-
+@pytest.mark.slow
 @pytest.mark.timeout(2700)
 def test_gnu_hello_for_aarch64_is_an_aarch64_binary_tested_under_qemu(server: Server) -> None:
     with server.client() as client:
-        build = wait(client, server.aarch64_build, timeout=2400)  # type: ignore[attr-defined]
+        build = wait(
+            client,
+            submit(client, configs=_configs("gnu-hello"), arch="aarch64", with_test=True),
+            timeout=2400,
+        )
     hello = by_name(build)["gnu-hello"]
     assert hello["status"] == "success", _log(server, build, "gnu-hello")[-3000:]
     assert hello["backend"]["arch"] == "aarch64"
