@@ -195,6 +195,8 @@ C_TOOLCHAIN: tuple[str, ...] = (
     "zlib-dev",
     "pax-utils",
     "busybox",
+    # what pax-utils' lddtree pulls in: named as on x86_64
+    "python-3.11",
 )
 
 #: Debian packages that serve dpkg itself (its database, configuration questions, the
