@@ -138,6 +138,13 @@ def build_bootstrap_repo(
                 tc.converted,
                 tc.seconds,
             )
+            for name, dropped in sorted(tc.dropped_depends.items()):
+                _log.info(
+                    "toolchain %s: %s: nothing provides %s (left out)",
+                    tc.arch,
+                    name,
+                    " ".join(dropped),
+                )
     # everything is made: now write
     for deb_arch in sorted(debs):
         arch_dir = root / "repo" / DEB_ARCHES[deb_arch]

@@ -32,9 +32,12 @@ How a ``.deb`` becomes an APK:
 * ``replaces = busybox`` where a package ships a path busybox's applets take
   (``/bin/ls``), as apk needs to let both be installed.
 * the version: Debian's upstream version's leading dotted number, and ``-r0``
-  (``1:1.2.13.dfsg-1`` is ``1.2.13-r0``): a package the farm builds at the same version
-  wins over the converted one, as the farm's repositories are listed before the
-  bootstrap one. Debian's own version is in the description.
+  (``1:1.2.13.dfsg-1`` is ``1.2.13-r0``), Debian's own version in the description. A
+  package the farm builds at the same version should take epoch 1 or higher
+  (``examples/zlib``): melange2's resolver would prefer it anyway (the farm's
+  repositories are listed before the bootstrap one), but apko, offered two packages of
+  one name and version, takes the one of the index it loaded first, in an order of its
+  own.
 
 Conversion is cached by the ``.deb``'s sha256 (:class:`ConversionCache`): the data
 stream (the part of an APK that is the package's files) and what was learnt from the
@@ -46,8 +49,8 @@ before anything is written to the repository.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -61,7 +64,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from melange2.apk.index import IndexRecord
 from melange2.apk.pkginfo import PackageInfo
@@ -78,11 +80,13 @@ from melange2.farm.debian import (
     extract,
     file_sha256,
 )
+from melange2.sca import analyze
+from melange2.sca.pkgconfig import PcParseError, parse_pc
 
 _log = logging.getLogger(__name__)
 
 #: bump when the conversion of a tree changes (invalidates every cached data stream)
-CONVERTER_VERSION = "3"
+CONVERTER_VERSION = "4"
 #: gzip level of converted data streams: they are environment layers, made once
 COMPRESS_LEVEL = 6
 
@@ -502,35 +506,63 @@ class ConversionCache:
 _MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
 
 
-def _sca() -> Any | None:
-    """:mod:`melange2.sca`, once it is there (imported by name: this branch predates it)."""
-    try:
-        return importlib.import_module("melange2.sca")
-    except ImportError:
-        return None
-
-
 def automatic_relations(tree: Path, info: PackageInfo) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The SCA's automatic ``(provides, depends)`` of a package tree (``so:``, ``cmd:``,
-    ``pc:``), as melange generates them for the packages it builds: the one place
-    converted packages get them. Libraries in Debian's multiarch directories count as
-    installed in a library directory, as glibc's ``ld.so.conf.d`` entry says.
+    ``pc:``), as melange generates them for the packages it builds
+    (:func:`melange2.sca.analyze`, merged as melange merges them): the one place
+    converted packages get them.
 
-    Without :mod:`melange2.sca` (not on main yet) converted packages carry Debian's
-    dependencies only."""
-    sca = _sca()
-    if sca is None:
-        return (), ()
+    Debian's multiarch layout is what melange's SCA does not know, so it is told two
+    things: libraries in ``/lib/<triplet>`` and ``/usr/lib/<triplet>`` lie in a library
+    directory (what libc6's ``ld.so.conf.d`` entry says: an ``etc/ld.so.conf.d`` file
+    among the build's trees, as a package of melange's would ship it), and the
+    ``.pc`` files directly in ``/usr/lib/<triplet>/pkgconfig`` (pkgconf's default path
+    there) provide ``pc:<name>`` and depend on their ``Requires`` as those in
+    ``/usr/lib/pkgconfig`` do, instead of counting as vendored."""
     triplet = _MULTIARCH.get(info.arch, f"{info.arch}-linux-gnu")
     with tempfile.TemporaryDirectory(prefix="ldconf-") as tmp:
         conf = Path(tmp) / "etc" / "ld.so.conf.d" / f"{triplet}.conf"
         conf.parent.mkdir(parents=True)
         conf.write_text(f"/lib/{triplet}\n/usr/lib/{triplet}\n")
-        found = sca.analyze(
+        found = analyze(
             tree, name=info.name, version=info.pkgver, arch=info.arch, siblings=[tree, Path(tmp)]
         )
-        merged = found.merged()
+    pc_provides, pc_depends = _multiarch_pkgconfig(tree, triplet, info.pkgver, found.vendored)
+    if pc_provides:
+        found = dataclasses.replace(
+            found,
+            provides=tuple(sorted({*found.provides, *pc_provides})),
+            depends=tuple(sorted({*found.depends, *pc_depends})),
+            vendored=tuple(v for v in found.vendored if v not in pc_provides),
+        )
+    merged = found.merged()
     return tuple(merged.provides), tuple(merged.depends)
+
+
+def _multiarch_pkgconfig(
+    tree: Path, triplet: str, version: str, vendored: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """``pc:`` provides and depends of the ``.pc`` files directly in
+    ``usr/lib/<triplet>/pkgconfig`` that the SCA found (and called vendored)."""
+    provides: list[str] = []
+    depends: list[str] = []
+    directory = tree / "usr" / "lib" / triplet / "pkgconfig"
+    if not directory.is_dir():
+        return provides, depends
+    for pc_file in sorted(directory.glob("*.pc")):
+        provide = f"pc:{pc_file.stem}={version}"
+        if provide not in vendored or pc_file.is_symlink() or not pc_file.is_file():
+            continue
+        try:
+            pc = parse_pc(pc_file.read_bytes().decode("utf-8", "surrogateescape"))
+        except (OSError, PcParseError):  # the SCA read it: not expected
+            continue
+        provides.append(provide)
+        depends += [
+            f"pc:{dep.identifier}"
+            for dep in (*pc.requires, *pc.requires_private, *pc.requires_internal)
+        ]
+    return provides, depends
 
 
 def conversion_key(planned: PlannedApk, deb_digests: Sequence[str]) -> str:
@@ -541,7 +573,6 @@ def conversion_key(planned: PlannedApk, deb_digests: Sequence[str]) -> str:
         "debs": list(deb_digests),
         "links": [list(x) for x in planned.links],
         "emulate": _emulations(planned),
-        "sca": _sca() is not None,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 

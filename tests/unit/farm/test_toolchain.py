@@ -315,3 +315,49 @@ def test_a_failed_toolchain_leaves_the_repository_as_it_was(tmp_path: Path) -> N
     assert [
         r.name for r in read_index_tar_gz(io.BytesIO(index.read_bytes()), keys=keys).records
     ] == ["busybox"]
+
+
+def test_converted_packages_carry_the_scas_provides_and_depends(tmp_path: Path) -> None:
+    """The host's own ELF files in Debian's multiarch layout: libraries there are in a
+    library directory, .pc files in usr/lib/<triplet>/pkgconfig provide pc: names."""
+    libz = Path("/lib/x86_64-linux-gnu/libz.so.1.2.13")
+    if not libz.is_file():
+        pytest.skip("the host has no libz.so.1.2.13 (zlib1g)")
+    pc = b"prefix=/usr\nName: zlib\nDescription: z\nVersion: 1.2.13\nRequires: libfoo\nLibs: -lz\n"
+    zlib = make_deb(
+        tmp_path,
+        "zlib1g",
+        {
+            "lib/x86_64-linux-gnu/libz.so.1.2.13": libz.read_bytes(),
+            "usr/lib/x86_64-linux-gnu/pkgconfig/zlib.pc": pc,
+            "usr/bin/true-ish": Path("/usr/bin/true").read_bytes(),
+            "usr/bin/tool": b"#!/usr/bin/perl\nprint 1;\n",
+            "usr/lib/other/pkgconfig/vendored.pc": pc.replace(b"zlib", b"vendored"),
+        },
+        version="1:1.2.13.dfsg-1",
+    )
+    planned = plan_packages(
+        [ApkSpec(name="zlib", debs=("zlib1g",))],
+        [record("zlib1g", zlib, version="1:1.2.13.dfsg-1")],
+        ARCH,
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    cache = ConversionCache(tmp_path / "cache")
+    converted = convert(planned[0], {"zlib1g": zlib}, cache, work)
+    assert set(converted.sca_provides) == {
+        "so:libz.so.1=1",
+        "so-ver:libz.so.1=1.2.13-r0",
+        "pc:zlib=1.2.13-r0",
+        "cmd:true-ish=1.2.13-r0",
+        "cmd:tool=1.2.13-r0",
+    }
+    assert set(converted.sca_depends) == {
+        "so:libc.so.6",
+        "so:ld-linux-x86-64.so.2",
+        "pc:libfoo",
+        "cmd:perl",
+    }
+    # what was found is cached with the data stream
+    again = convert(planned[0], {"zlib1g": zlib}, cache, work)
+    assert again.cached and again.sca_provides == converted.sca_provides
