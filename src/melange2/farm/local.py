@@ -251,7 +251,7 @@ class LocalFarm:
         self._check_tools()
         self.root.mkdir(parents=True, exist_ok=True)
         try:
-            registry = await self._start_registry()
+            registry = await self.start_registry()
             debs = {
                 arch: self.tools_dir / "debs" / f"busybox-static_{arch}.deb"
                 for arch in ("amd64", "arm64")
@@ -382,7 +382,9 @@ class LocalFarm:
         if missing:
             raise FarmProcessError(f"missing {', '.join(missing)}: run `make setup` first")
 
-    async def _start_registry(self) -> str:
+    async def start_registry(self) -> str:
+        """Start the registry alone (``up`` starts it first); returns its address;
+        ``down`` stops it."""
         port = processes.free_port()
         host = f"127.0.0.1:{port}"
         home = self.root / "registry"
