@@ -216,11 +216,13 @@ def test_sources_are_uploaded_checked_and_refused(server: Server, tmp_path: Path
     out = subprocess.run(
         [*cli, server.url, str(new)], capture_output=True, text=True, timeout=60, check=True
     ).stdout
-    assert "added" in out and hashlib.sha256(new.read_bytes()).hexdigest() in out
+    # one line per file, whatever the path's length (no wrapping)
+    line = f"sha256:{hashlib.sha256(new.read_bytes()).hexdigest()}  {new}: added (16 bytes)"
+    assert out.splitlines() == [line]
     again = subprocess.run(
         [*cli, server.url, str(new)], capture_output=True, text=True, timeout=60, check=True
     ).stdout
-    assert "already in the source cache" in again
+    assert again.splitlines() == [line.replace("added (16 bytes)", "already in the source cache")]
 
 
 FETCH = """\

@@ -930,15 +930,19 @@ def add_sources(ctx: RemoteContext, files: tuple[Path, ...], server: str, output
             if client.has_source(digest):
                 results.append({"file": str(path), "digest": digest, "uploaded": False})
                 if output != "json":
-                    ctx.console.print(
-                        Text(f"{digest}  {path}: already in the source cache"), highlight=False
+                    ctx.console.print(  # one line per file, however long its path
+                        Text(f"{digest}  {path}: already in the source cache"),
+                        highlight=False,
+                        soft_wrap=True,
                     )
                 continue
             added = client.add_source(path, digest)
             results.append({"file": str(path), "digest": digest, "uploaded": True})
             if output != "json":
                 ctx.console.print(
-                    Text(f"{digest}  {path}: added ({added.size} bytes)"), highlight=False
+                    Text(f"{digest}  {path}: added ({added.size} bytes)"),
+                    highlight=False,
+                    soft_wrap=True,
                 )
     if output == "json":
         _print_json(ctx.console, {"sources": results})
