@@ -198,6 +198,8 @@ def create_app(
                             labels=stored.labels,
                             max_jobs=stored.max_jobs,
                             tls=stored.tls,
+                            cpu=stored.cpu_millis,
+                            memory=stored.memory_bytes,
                         ),
                         dynamic=True,
                     )
