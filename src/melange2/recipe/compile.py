@@ -178,6 +178,9 @@ class BuildPlan:
     needs_packages: tuple[str, ...]
     #: The config's ``environment.environment`` with melange's defaults.
     environment: Mapping[str, str]
+    #: What the ``expected-sha256``/``expected-sha512`` inputs of the pipelines that run
+    #: name (``sha256:<hex>``, in order): the downloads a source cache may already hold.
+    source_digests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -336,6 +339,7 @@ def compile_build(
     environment = _with_defaults(config.environment.environment)
     needs = _Needs()
     out: list[ExecStep] = []
+    digests: list[str] = []
     main = substitution_map(config)
     contexts: list[tuple[str, Mapping[str, str], tuple[Step, ...], bool]] = [
         (config.package.name, main, config.pipeline, True)
@@ -350,7 +354,13 @@ def compile_build(
         walker.walk(pipeline, _Frame(mapping=mapping))
         if builds:
             out.extend(walker.steps)
-    return BuildPlan(steps=tuple(out), needs_packages=needs.packages(), environment=environment)
+            digests.extend(walker.digests)
+    return BuildPlan(
+        steps=tuple(out),
+        needs_packages=needs.packages(),
+        environment=environment,
+        source_digests=tuple(dict.fromkeys(digests)),
+    )
 
 
 def subpackage_enabled(config: Config, subpackage: Subpackage) -> bool:
@@ -506,6 +516,7 @@ class _Walker:
         self.needs = needs
         self.emitting = emit
         self.steps: list[ExecStep] = []
+        self.digests: list[str] = []
 
     def walk(self, steps: Sequence[Step], frame: _Frame) -> int:
         """Walk ``steps``; returns how many of them run (their ``if`` holds)."""
@@ -579,6 +590,10 @@ class _Walker:
             )
         definition = self.resolver.resolve(uses, step=step)
         inputs = _inputs(step, definition, frame.mapping)
+        for algorithm in ("sha256", "sha512"):
+            value = inputs.get(f"expected-{algorithm}", "").strip().lower()
+            if value:
+                self.digests.append(f"{algorithm}:{value}")
         # melange: the enclosing pipelines' inputs stay visible; this one's win.
         mapping = {**frame.mapping, **{f"inputs.{k}": v for k, v in inputs.items()}}
         if definition.needs_packages:
