@@ -155,6 +155,8 @@ class PlannedBuild:
     locked: tuple[str, ...] = ()
     #: what the environment installs, ``name-version (repository)``, in install order
     environment_installs: tuple[str, ...] = ()
+    #: the downloads the plan expects (``sha256:<hex>``) that the source cache lacks
+    source_cache_missing: tuple[str, ...] = ()
 
 
 def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
@@ -531,10 +533,12 @@ class Builder:
         if opts.source_dir is not None and opts.source_dir.is_dir():
             sources = await push_sources(opts.source_dir, platform, self.registry)
         cached = None
+        cache_missing: tuple[str, ...] = ()
         if opts.source_cache is not None and plan.source_digests:
-            cached = await cache_image(
+            found = await cache_image(
                 opts.source_cache, plan.source_digests, platform, self.registry
             )
+            cached, cache_missing = found.image, found.missing
         state = build_graph(
             config, plan, opts, environment=env_image, sources=sources, source_cache=cached
         )
@@ -564,6 +568,7 @@ class Builder:
             environment_key=env_key,
             locked=locked,
             environment_installs=installs,
+            source_cache_missing=cache_missing,
         )
 
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:
