@@ -337,7 +337,11 @@ class _Compiler:
             defaults = {k: v.default for k, v in definition.inputs.items()}
             given = {**defaults, **step.with_}
             scope = with_inputs(mapping, given)
-        workdir = step.working_directory or parent_workdir
+        workdir = step.working_directory
+        if workdir and not top:
+            # melange substitutes a pipeline's working-directory with its inputs
+            workdir = substitute(workdir, scope)
+        workdir = workdir or parent_workdir
         if_ = step.if_ if top else substitute_condition(step.if_, scope) if step.if_ else ""
         runs = step.runs if top else substitute(step.runs, scope)
         doc: dict[str, Any] = {}
@@ -346,12 +350,15 @@ class _Compiler:
         _put(doc, "uses", step.uses)
         if step.uses and top:
             # melange keeps the inputs (given or defaulted) whose value, substituted,
-            # differs from the default as written
+            # differs from the default as written; a step without with: keeps none
+            # (melange fills the defaults into the step's own with map, when it has one)
             cleaned = {
                 k: scope.get(f"inputs.{k}", "")
                 for k in {**defaults, **step.with_}
                 if scope.get(f"inputs.{k}", "") != defaults.get(k, "")
             }
+            if not step.with_:
+                cleaned = {}
             _put(doc, "with", dict(sorted(cleaned.items())))
         _put(doc, "runs", _strip_comments(runs) if runs else "")
         _put(
