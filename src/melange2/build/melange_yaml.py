@@ -192,14 +192,29 @@ def _put(doc: dict[str, Any], key: str, value: Any) -> None:
 # ------------------------------------------------------------------------- sections
 
 
+#: a here-document's start: ``<<WORD``, ``<<-'WORD'``, ``<< "WORD"`` (not ``<<<``)
+_HEREDOC = re.compile(r"(?<!<)<<(?!<)(-?)[ \t]*(['\"]?)([A-Za-z_][A-Za-z0-9_.-]*)\2")
+#: an arithmetic expansion, where ``<<`` is a shift
+_ARITHMETIC = re.compile(r"\$\(\(.*?\)\)")
+
+
 def _strip_comments(script: str) -> str:
-    """Comment lines dropped (the shebang kept), as melange's re-printing drops them."""
-    lines = script.split("\n")
-    kept = [
-        line
-        for i, line in enumerate(lines)
-        if not line.lstrip().startswith("#") or (i == 0 and line.startswith("#!"))
-    ]
+    """Comment lines dropped (the shebang kept), as melange's re-printing drops them; a
+    here-document's lines are text, not comments, and kept."""
+    kept: list[str] = []
+    pending: list[tuple[bool, str]] = []  # here-documents whose body comes next
+    for i, line in enumerate(script.split("\n")):
+        if pending:
+            kept.append(line)
+            tabs, word = pending[0]
+            if (line.lstrip("\t") if tabs else line) == word:
+                pending.pop(0)
+            continue
+        if line.lstrip().startswith("#") and not (i == 0 and line.startswith("#!")):
+            continue
+        kept.append(line)
+        shell = _ARITHMETIC.sub("", line)
+        pending = [(m.group(1) == "-", m.group(3)) for m in _HEREDOC.finditer(shell)]
     return "\n".join(kept)
 
 
