@@ -16,7 +16,7 @@ yaml.v3 (indent 2), so the file is not the config as written but the config as b
 
 Not reproduced: melange re-prints every ``runs`` script with mvdan.cc/sh's printer
 (dropping comments, respacing redirections); scripts here are as substituted, with
-comment lines dropped. Sections this project does not model (``update``,
+comment lines dropped (here-documents kept). Sections this project does not model (``update``,
 ``capabilities``, ``package.cpe`` ...) are carried over from the file as written.
 """
 
