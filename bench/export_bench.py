@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from melange2.apk.signing import generate_key
-from melange2.build.executor import OUT_REPO, Builder, BuildOptions
+from melange2.build.executor import Builder, BuildOptions
 from melange2.build.outputs import unpack_image
 from melange2.buildkit._proto.solver.pb import ops_pb2
 from melange2.buildkit.client import BuildkitClient, local_export, push_image
@@ -40,6 +40,7 @@ from melange2.farm.local import FarmEnv, LocalFarm
 from melange2.oci.registry import RegistryClient
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT_REPO = "melange2/out"  #: where the registry path pushes the result (as Builder did)
 _TICK = os.sysconf("SC_CLK_TCK")
 
 

@@ -8,9 +8,10 @@ The steps, in order:
    use a plain base image when the config installs nothing;
 3. push the source directory as an image (:mod:`.sources`);
 4. solve: environment -> sources into /home/build -> one exec per step -> the
-   melange-out tree alone, exported to the registry;
-5. pull that tree back (:mod:`.outputs`) and write one APK per package and subpackage
-   into ``<out-dir>/<arch>/``, then the signed ``APKINDEX.tar.gz``;
+   melange-out tree alone, sent back to this process by the ``local`` exporter through
+   the solve's session (:mod:`melange2.buildkit.filesync`; no registry round trip);
+5. write one APK per package and subpackage of that tree into ``<out-dir>/<arch>/``,
+   then the signed ``APKINDEX.tar.gz``;
 6. optionally run the config's tests in fresh environments with the new packages.
 """
 
@@ -32,15 +33,14 @@ from melange2.build.emit import META_DIR, detect_git_commit, package_extras
 from melange2.build.environment_resolve import EnvironmentBuilder, EnvironmentRequest
 from melange2.build.inputs import input_digest
 from melange2.build.melange_yaml import BuildFacts, render_melange_yaml, step_inputs
-from melange2.build.outputs import unpack_image
 from melange2.build.progress import ProgressTracker, StepSink
 from melange2.build.sbom import SbomContext
 from melange2.build.sources import push_sources
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
-from melange2.buildkit.client import BuildkitClient, SolveResult, push_image
+from melange2.buildkit.client import BuildkitClient, local_export
 from melange2.buildkit.tls import ClientTLS
-from melange2.errors import ConfigError
+from melange2.errors import BuildkitError, ConfigError
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
 from melange2.recipe import Config, Scriptlets, load_config, substitution_map
@@ -57,7 +57,6 @@ from melange2.repo.repository import Repository
 from melange2.timing import PhaseTimer
 
 WORKSPACE = "/home/build"
-OUT_REPO = "melange2/out"
 DEFAULT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": WORKSPACE,
@@ -107,6 +106,11 @@ class BuildOptions:
     #: make every build's package differ
     recorded_repositories: Sequence[str] | None = None
     recorded_keyrings: Sequence[str] | None = None
+    #: rebuild for real: the build's steps, and the copies of their result that follow,
+    #: bypass BuildKit's cache (``ignore_cache``); the environment, the sources and the
+    #: workspace's set-up are not invalidated. Not an input: the input digest is the
+    #: same with or without it
+    force: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,18 +203,26 @@ def build_graph(
             cwd=step.workdir,
             network=opts.network,
             name=step.name,
+            ignore_cache=opts.force,
         ).root
     out = llb.copy(
-        root, f"{WORKSPACE}/melange-out", llb.scratch(platform), "/", name="collect melange-out"
+        root,
+        f"{WORKSPACE}/melange-out",
+        llb.scratch(platform),
+        "/",
+        name="collect melange-out",
+        ignore_cache=opts.force,
     )
-    return _collect_meta(config, env_root, root, out)
+    return _collect_meta(config, env_root, root, out, force=opts.force)
 
 
 def _collect_meta(
-    config: Config, env_root: llb.State, root: llb.State, out: llb.State
+    config: Config, env_root: llb.State, root: llb.State, out: llb.State, *, force: bool
 ) -> llb.State:
     """Beside melange-out, what packaging reads as melange does (:mod:`.emit`): the
-    environment's account files and os-release, the workspace's license-path files."""
+    environment's account files and os-release, the workspace's license-path files.
+    With ``force`` these copies bypass BuildKit's cache too: they build on the steps'
+    result, and BuildKit would otherwise answer for them with the earlier tree."""
     for name in ("passwd", "group", "os-release"):
         # a wildcard of one name: copied when present, nothing when absent
         out = llb.copy(
@@ -222,6 +234,7 @@ def _collect_meta(
             allow_empty_wildcard=True,
             contents_only=False,
             name=f"collect /etc/{name}",
+            ignore_cache=force,
         )
     for entry in config.package.copyright:
         if entry.license_path:
@@ -232,6 +245,7 @@ def _collect_meta(
                 f"/{META_DIR}/workspace/{entry.license_path}",
                 contents_only=False,
                 name=f"collect license {entry.license_path}",
+                ignore_cache=force,
             )
     return out
 
@@ -470,7 +484,9 @@ class Builder:
             sources = await push_sources(opts.source_dir, platform, self.registry)
         state = build_graph(config, plan, opts, environment=env_image, sources=sources)
         definition = llb.marshal(state)
-        raw = definition.SerializeToString(deterministic=True)
+        # ``force`` is not an input: what it changes (the ops' ``ignore_cache``) is
+        # left out of the digest, so a forced build is reused as any other
+        raw = llb.without_ignore_cache(definition).SerializeToString(deterministic=True)
         base_digest = ""
         if env_image == opts.base_image and "@sha256:" not in env_image:
             # a tag can move: the digest it names now is the input
@@ -508,15 +524,11 @@ class Builder:
         """Solve a planned build, write its packages (and run its tests if asked)."""
         opts, config, signer = planned.opts, planned.config, planned.signer
         timer = timer or PhaseTimer()
-        tag = planned.input_digest.removeprefix("sha256:")[:48]
         tracker = ProgressTracker(sinks=sinks)
-        with timer.phase("solve"):
-            result = await self._solve(planned, tag, tracker)
-        digest = result.exporter_response["containerimage.digest"]
         with tempfile.TemporaryDirectory(prefix="melange2-out-") as tmp:
             tree = Path(tmp)
-            with timer.phase("fetch output"):
-                owners = await unpack_image(self.registry, OUT_REPO, digest, tree)
+            with timer.phase("solve"):
+                owners = await self._solve(planned, tree, tracker)
             with timer.phase("package"):
                 built, index = await asyncio.to_thread(
                     write_packages, config, tree, opts, signer, owners, planned.locked
@@ -529,13 +541,16 @@ class Builder:
         )
 
     async def _solve(
-        self, planned: PlannedBuild, tag: str, tracker: ProgressTracker
-    ) -> SolveResult:
+        self, planned: PlannedBuild, tree: Path, tracker: ProgressTracker
+    ) -> Mapping[str, tuple[int, int]]:
+        """Solve; the result (``melange-out`` and :data:`~.emit.META_DIR`) comes back into
+        ``tree`` through the solve's session (the ``local`` exporter), no registry
+        between. Returns the owner of every path of it, as the daemon had them."""
         opts = planned.opts
         async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
-            return await bk.solve(
+            result = await bk.solve(
                 planned.definition,
-                exporters=[push_image(f"{self.registry.host}/{OUT_REPO}:{tag}")],
+                exporters=[local_export(tree)],
                 on_progress=tracker,
                 cache_imports=[{"type": "registry", "ref": opts.cache_ref}]
                 if opts.cache_ref
@@ -544,6 +559,10 @@ class Builder:
                 if opts.cache_ref
                 else (),
             )
+        received = result.local_trees.get(0)
+        if received is None:
+            raise BuildkitError(f"buildkitd at {opts.buildkit_addr} sent no output tree")
+        return received.owners
 
     async def test(
         self,

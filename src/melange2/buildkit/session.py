@@ -149,8 +149,10 @@ class SessionRunner:
         handlers: dict[str, Handler] = {HEALTH_CHECK: unary(_health_check)}
         if session.secrets:
             handlers.update(SecretsProvider(session.secrets).handlers())
+        #: where the solve's local exporters write (what each received, once done)
+        self.file_send = FileSendTarget(exports or {})
         if exports:
-            handlers.update(FileSendTarget(exports).handlers())
+            handlers.update(self.file_send.handlers())
         if session.local_dirs:
             handlers.update(FileSyncSource(session.local_dirs).handlers())
         self.server = H2GrpcServer(handlers)
