@@ -76,24 +76,9 @@ SERVER_NOISE: tuple[Noise, ...] = (
 )
 
 
-_SCA_PENDING = (
-    "SCA (cmd:/so:/pc: provides and depends) is item 3 of issue 13, another helper's: "
-    "melange adds cmd:<name>=<version> for executables in bin directories"
-)
-
 #: Differences known and not fixed yet, by case: each must still occur (a fixed one
 #: fails the test until its entry is removed here), and nothing else may differ.
-PENDING: dict[str, tuple[Noise, ...]] = {
-    case: (
-        Noise(where=".PKGINFO provides", reason=_SCA_PENDING),
-        Noise(
-            where=".PKGINFO key order", reason=_SCA_PENDING + " (provides comes before datahash)"
-        ),
-        Noise(where="APKINDEX p:", reason=_SCA_PENDING),
-        Noise(where="APKINDEX field order", reason=_SCA_PENDING + " (p: is then written)"),
-    )
-    for case in ("hello", "greet-app")
-}
+PENDING: dict[str, tuple[Noise, ...]] = {}
 
 
 def check_outcomes(case: Case, melange: Outcome, ours: Outcome) -> None:

@@ -8,25 +8,70 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from melange2.jobs import Backend, Build, PackageJob
+from melange2.names import excerpt, text_problem
 
 ARCHES = ("x86_64", "aarch64")
+#: what ``GET`` shows instead of each ``env`` value (the names stay)
+HIDDEN = "***"
+
+
+def check_request_text(data: object) -> None:
+    """The one text rule for requests: every string, dict keys included, at any depth,
+    is valid Unicode without NUL (:func:`melange2.names.text_problem`). Raises
+    ``ValueError`` naming where (``env['K']``, ``configs[2]``). Iterative: a body
+    nested as deep as JSON allows is walked without recursion."""
+    stack: list[tuple[object, str]] = [(data, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem is not None:
+                raise ValueError(f"{where or 'body'}: the text {problem}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str):
+                    problem = text_problem(key)
+                    if problem is not None:
+                        raise ValueError(f"{where or 'body'}: the key {excerpt(key)} {problem}")
+                    here = f"{where}[{excerpt(key)}]" if where else key
+                else:
+                    here = f"{where}[{key!r}]"
+                stack.append((item, here))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        check_request_text(data)
+        return data
+
 
 class GitSource(_Strict):
-    repository: str = Field(min_length=1)
-    ref: str = ""
-    pattern: str = "*.yaml"
-    path: str = ""
+    #: an http(s), ssh or git URL (``user@host:path`` too); a local path or ``file://``
+    #: only on a server started with ``--git-allow-local``
+    repository: str = Field(min_length=1, max_length=4096)
+    ref: str = Field(default="", max_length=256)
+    pattern: str = Field(default="*.yaml", min_length=1, max_length=256)
+    path: str = Field(default="", max_length=1024)
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        if value.startswith("-") or any(c.isspace() or ord(c) < 0x20 for c in value):
+            raise ValueError(f"{excerpt(value)} is not a branch or tag name")
+        return value
 
 
 class Base64Content(_Strict):
@@ -64,7 +109,7 @@ class CreateBuildRequest(_Strict):
     pipelines: dict[str, str] = Field(default_factory=dict)
     #: ``{"pkgname": {"relative/path": content}}`` placed in that package's /home/build
     source_files: dict[str, dict[str, SourceContent]] = Field(default_factory=dict)
-    arch: str | None = None
+    arch: str | None = Field(default=None, max_length=64)
     backend_selector: dict[str, str] = Field(default_factory=dict)
     mode: Literal["flat", "dag"] = "flat"
     with_test: bool = False
@@ -78,6 +123,9 @@ class CreateBuildRequest(_Strict):
     #: into the farm's repository as each package succeeds (``package``), or only once
     #: the whole build has succeeded (``build``); always into the build's staging repository
     publish: Literal["package", "build"] = "package"
+    #: allow this build to replace packages (same name, version and epoch, other
+    #: content) the farm's repository already holds; each replacement is logged
+    replace: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateBuildRequest:
@@ -216,11 +264,21 @@ class BuildOut(BaseModel):
             id=build.id,
             status=build.status.value,
             packages=[PackageOut.of(p) for p in build.packages],
-            spec=dict(build.spec),
+            spec=public_spec(build.spec),
             created_at=build.created_at,
             started_at=build.started_at,
             finished_at=build.finished_at,
         )
+
+
+def public_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A build's request as ``GET`` shows it: ``env`` keeps its names, every value is
+    :data:`HIDDEN` (values may be secrets; nobody but the submitter should read them)."""
+    out = dict(spec)
+    env = out.get("env")
+    if isinstance(env, dict):
+        out["env"] = dict.fromkeys(env, HIDDEN)
+    return out
 
 
 class BuildSummary(BaseModel):

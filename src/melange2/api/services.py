@@ -12,6 +12,7 @@ from melange2.service.logs import LogHub
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
+from melange2.service.supervisor import Supervisor
 from melange2.storage import Storage
 from melange2.store.base import JobStore
 
@@ -26,6 +27,8 @@ class Services:
     runner: BuildkitRunner
     storage: Storage
     hub: LogHub
+    #: the side tasks; ``failure`` once one ended (the server is shutting down)
+    supervisor: Supervisor
 
 
 def services(request: Request) -> Services:

@@ -29,6 +29,7 @@ from pathlib import Path
 from melange2.apk.index import IndexRecord
 from melange2.apk.reader import DataEntry, read_apk, split_streams
 from melange2.buildkit.llb.platform import Platform
+from melange2.cache import SizedCache
 from melange2.errors import ManifestNotFound
 from melange2.fsutil import write_atomic
 from melange2.oci.image import (
@@ -112,7 +113,10 @@ class LayerCache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._memo: dict[bytes, PackageLayer] = {}
+        #: layers made or read this process, by control checksum (bounded by size)
+        self._memo: SizedCache[bytes, PackageLayer] = SizedCache(
+            64 * 1024 * 1024, lambda layer: 400 + len(layer.db_fragment)
+        )
 
     def _meta(self, record: IndexRecord) -> Path:
         return self.root / "layers" / f"{record.checksum.hex()}.v2.json"
@@ -129,7 +133,7 @@ class LayerCache:
         if meta.exists():
             layer = PackageLayer(**json.loads(meta.read_text()))
             if self.blob_path(layer.digest).exists():
-                self._memo[pkg.record.checksum] = layer
+                self._memo.put(pkg.record.checksum, layer)
                 return layer
         data = pkg.apk.read_bytes()
         stream = split_streams(data)[-1]  # signature?, control, data: the data is last
@@ -147,7 +151,7 @@ class LayerCache:
         )
         write_atomic(self.blob_path(digest), stream, durable=False)
         write_atomic(meta, json.dumps(layer.__dict__).encode(), durable=False)
-        self._memo[pkg.record.checksum] = layer
+        self._memo.put(pkg.record.checksum, layer)
         return layer
 
 
@@ -203,7 +207,8 @@ class EnvironmentComposer:
         self.registry = registry
         self.cache = cache
         self.fragment = fragment
-        self._known: dict[str, ImageRef] = {}
+        #: images known to be in the registry, by key (bounded: one per environment)
+        self._known: SizedCache[str, ImageRef] = SizedCache(8 * 1024 * 1024, lambda _: 400)
         self._composing: dict[str, asyncio.Task[ImageRef]] = {}
         self._pushing: dict[str, asyncio.Task[None]] = {}
 
@@ -228,7 +233,7 @@ class EnvironmentComposer:
             ref = await self._build(spec, tag)
         else:
             ref = ImageRef(host=self.registry.host, repo=ENV_REPO, tag=tag, digest=existing.digest)
-        self._known[key] = ref
+        self._known.put(key, ref)
         return ref
 
     async def _build(self, spec: EnvironmentSpec, tag: str) -> ImageRef:

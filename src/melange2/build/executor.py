@@ -10,8 +10,9 @@ The steps, in order:
 4. solve: environment -> sources into /home/build -> one exec per step -> the
    melange-out tree alone, sent back to this process by the ``local`` exporter through
    the solve's session (:mod:`melange2.buildkit.filesync`; no registry round trip);
-5. write one APK per package and subpackage of that tree into ``<out-dir>/<arch>/``,
-   then the signed ``APKINDEX.tar.gz``;
+5. lint that tree and find each package's automatic dependencies (:mod:`.analysis`,
+   melange's linters and SCA), and write one APK per package and subpackage into
+   ``<out-dir>/<arch>/``, then the signed ``APKINDEX.tar.gz``;
 6. optionally run the config's tests in fresh environments with the new packages.
 """
 
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +31,13 @@ import melange2
 from melange2.apk.pkginfo import PackageInfo
 from melange2.apk.signing import Signer
 from melange2.apk.writer import write_apk
+from melange2.build.analysis import (
+    AnalysedPackage,
+    analyse_packages,
+    check_linter_names,
+    lint_packages,
+    package_trees,
+)
 from melange2.build.emit import META_DIR, detect_git_commit, package_extras
 from melange2.build.environment_resolve import EnvironmentBuilder, EnvironmentRequest
 from melange2.build.inputs import input_digest
@@ -40,7 +49,7 @@ from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
 from melange2.buildkit.client import BuildkitClient, local_export
 from melange2.buildkit.tls import ClientTLS
-from melange2.errors import BuildkitError, ConfigError
+from melange2.errors import BuildkitError, ConfigError, LintFailed
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
 from melange2.recipe import Config, Scriptlets, load_config, substitution_map
@@ -53,10 +62,13 @@ from melange2.recipe.compile import (
     subpackage_enabled,
 )
 from melange2.repo.directory import index_directory
+from melange2.repo.policy import FetchPolicy
 from melange2.repo.repository import Repository
 from melange2.timing import PhaseTimer
 
 WORKSPACE = "/home/build"
+#: the step that lints the built trees, finds their dependencies and writes the APKs
+PACKAGE_STEP = "lint, find dependencies, write packages"
 DEFAULT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": WORKSPACE,
@@ -151,6 +163,7 @@ def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
             f"{opts.config}: package {config.package.name} does not build for {opts.arch} "
             f"(target-architecture: {', '.join(config.package.target_architecture)})"
         )
+    check_linter_names(as_built(config))
     dirs = [*opts.pipeline_dirs, opts.config.parent / "pipelines"]
     plan = compile_build(config, PipelineResolver([d for d in dirs if d.is_dir()]))
     return config, plan
@@ -251,11 +264,18 @@ def _collect_meta(
 
 
 def package_infos(
-    config: Config, arch: str, *, namespace: str = "unknown", commit: str = "unknown"
+    config: Config,
+    arch: str,
+    *,
+    namespace: str = "unknown",
+    commit: str = "unknown",
+    analysed: Mapping[str, AnalysedPackage] | None = None,
 ) -> dict[str, PackageInfo]:
     """``.PKGINFO`` of the package and each subpackage, from the config, as melange
     writes it: ``maintainer`` is the namespace, ``commit`` the config's (or the repository's
-    commit), one ``license`` line per copyright entry, a subpackage's own ``url``."""
+    commit), one ``license`` line per copyright entry, a subpackage's own ``url``; with
+    ``analysed`` (:func:`~melange2.build.analysis.analyse_packages`), ``depend`` and
+    ``provides`` are the config's merged with what SCA found."""
     pkg = config.package
     licenses = tuple(c.license for c in pkg.copyright)
 
@@ -311,6 +331,11 @@ def package_infos(
             else None,
             triggers=triggers(sub.scriptlets),
         )
+    for name, found in (analysed or {}).items():
+        deps = found.dependencies
+        infos[name] = infos[name].evolve(
+            depends=deps.depends, provides=deps.provides, vendored=deps.vendored
+        )
     return infos
 
 
@@ -334,11 +359,18 @@ def write_packages(
     signer: Signer | None,
     owners: Mapping[str, tuple[int, int]] | None = None,
     locked: Sequence[str] = (),
+    log: Callable[[str], None] = lambda line: None,
 ) -> tuple[list[BuiltPackage], Path]:
-    """One APK per package dir of the melange-out ``tree``; then the index."""
+    """Lint the package dirs of the melange-out ``tree`` (:class:`LintFailed` before any
+    APK is written), find their automatic dependencies, write one APK per package dir;
+    then the index. Linter warnings and what SCA found go to ``log``."""
+    config = as_built(config)
+    # as melange: lint before the SBOMs are written into the trees, SCA after (the
+    # trees' walk is shared; an SBOM is nothing SCA looks at)
+    trees = package_trees(config, tree)
+    lint_packages(config, trees, log)
     arch_dir = opts.out_dir / opts.arch
     arch_dir.mkdir(parents=True, exist_ok=True)
-    config = as_built(config)
     commit = config_commit(opts)
     dirs = [*opts.pipeline_dirs, opts.config.parent / "pipelines"]
     resolver = PipelineResolver([d for d in dirs if d.is_dir()])
@@ -381,8 +413,11 @@ def write_packages(
         melange_yaml=melange_yaml,
         inputs_of=lambda step: step_inputs(step, mapping, resolver),
     )
+    analysed = analyse_packages(config, trees, opts.arch, log)
     built = []
-    infos = package_infos(config, opts.arch, namespace=opts.namespace, commit=commit)
+    infos = package_infos(
+        config, opts.arch, namespace=opts.namespace, commit=commit, analysed=analysed
+    )
     for name, info in infos.items():
         target = arch_dir / info.filename
         tmp = target.with_name(f".{target.name}.tmp")
@@ -402,22 +437,28 @@ def write_packages(
 
 
 class Builder:
-    """Builds configs on one daemon; keeps the environment cache between builds."""
+    """Builds configs on one daemon; keeps the environment cache between builds.
+    ``policy``: which repositories and keys configs may name (:mod:`melange2.repo.policy`)."""
 
-    def __init__(self, registry: RegistryClient, cache_dir: Path) -> None:
+    def __init__(
+        self, registry: RegistryClient, cache_dir: Path, policy: FetchPolicy | None = None
+    ) -> None:
         self.registry = registry
-        self.environments = EnvironmentBuilder(registry, cache_dir)
-        self._signers: dict[tuple[Path, float], Signer] = {}
+        self.environments = EnvironmentBuilder(registry, cache_dir, policy)
+        #: by key file: (its mtime, the signer); one entry per key
+        self._signers: dict[Path, tuple[float, Signer]] = {}
 
     async def aclose(self) -> None:
         await self.environments.aclose()
 
     def _signer(self, key: Path) -> Signer:
         """Loading (and checking) an RSA key costs tens of milliseconds: once per key."""
-        stamp = (key.resolve(), key.stat().st_mtime)
-        signer = self._signers.get(stamp)
-        if signer is None:
-            signer = self._signers[stamp] = Signer.from_files(key)
+        path, mtime = key.resolve(), key.stat().st_mtime
+        held = self._signers.get(path)
+        if held is not None and held[0] == mtime:
+            return held[1]
+        signer = Signer.from_files(key)
+        self._signers[path] = (mtime, signer)
         return signer
 
     async def environment(
@@ -426,7 +467,7 @@ class Builder:
         packages: Sequence[str],
         repositories: Sequence[str | Repository],
         keyring: Sequence[str],
-        untrusted: Sequence[str] = (),
+        untrusted: Sequence[str | Repository] = (),
     ) -> tuple[str, str]:
         """The environment image and its key ("" for a ``--base-image``)."""
         image, key, _ = await self.locked_environment(
@@ -440,7 +481,7 @@ class Builder:
         packages: Sequence[str],
         repositories: Sequence[str | Repository],
         keyring: Sequence[str],
-        untrusted: Sequence[str] = (),
+        untrusted: Sequence[str | Repository] = (),
     ) -> tuple[str, str, tuple[str, ...]]:
         """The environment image, its key and its packages (``name=version``)."""
         if not packages:
@@ -531,8 +572,8 @@ class Builder:
             with timer.phase("solve"):
                 owners = await self._solve(planned, tree, tracker)
             with timer.phase("package"):
-                built, index = await asyncio.to_thread(
-                    write_packages, config, tree, opts, signer, owners, planned.locked
+                built, index = await self._package(
+                    config, tree, opts, signer, tracker, owners, planned.locked
                 )
         finally:
             # removing the tree is a few ms of rmdir per directory on some disks: not on
@@ -544,6 +585,39 @@ class Builder:
         return BuildResult(
             config=config, packages=tuple(built), index=index, input_digest=planned.input_digest
         )
+
+    async def _package(
+        self,
+        config: Config,
+        tree: Path,
+        opts: BuildOptions,
+        signer: Signer | None,
+        tracker: ProgressTracker,
+        owners: Mapping[str, tuple[int, int]],
+        locked: Sequence[str],
+    ) -> tuple[list[BuiltPackage], Path]:
+        """:func:`write_packages` in a thread, shown as a step of its own in the log: its
+        linter findings and automatic dependencies are the step's output."""
+        step = PACKAGE_STEP
+        lines: list[str] = []
+        for sink in tracker.sinks:
+            sink.started(step)
+        began = time.monotonic()
+        error = ""
+        try:
+            return await asyncio.to_thread(
+                write_packages, config, tree, opts, signer, owners, locked, lines.append
+            )
+        except LintFailed as exc:
+            error = str(exc)
+            raise
+        finally:
+            # file names need not be UTF-8: their bytes show escaped
+            output = "".join(f"{line}\n" for line in lines).encode("utf-8", "backslashreplace")
+            for sink in tracker.sinks:
+                if output:
+                    sink.output(step, output)
+                sink.finished(step, seconds=time.monotonic() - began, cached=False, error=error)
 
     async def _solve(
         self, planned: PlannedBuild, tree: Path, tracker: ProgressTracker
@@ -585,16 +659,16 @@ class Builder:
         signed = opts.signing_key is not None
         for plan in plans:
             keyring = [*plan.contents.keyring]
-            repos = [*plan.contents.repositories]
+            repos: list[str | Repository] = [*plan.contents.repositories]
             if signed and opts.signing_key is not None:
                 keyring.append(str(opts.signing_key.with_name(opts.signing_key.name + ".pub")))
-                repos.insert(0, str(repo))
+                repos.insert(0, Repository.parse(repo))  # our own output: not a config's
             image, _ = await self.environment(
                 opts,
                 plan.contents.packages,
                 repos,
                 keyring,
-                untrusted=() if signed else (str(repo),),
+                untrusted=() if signed else (Repository.parse(repo),),
             )
             root = llb.image(image, platform=platform, name=f"test environment: {plan.package}")
             for step in plan.steps:

@@ -27,8 +27,8 @@ import melange2
 from melange2.apk.signing import Signer
 from melange2.recipe import Config
 
-#: bump when the APK writer or the meaning of any input changes
-INPUTS_VERSION = "melange2-inputs/1"
+#: bump when the APK writer or the meaning of any input changes (2: SCA and linters)
+INPUTS_VERSION = "melange2-inputs/2"
 
 
 def input_digest(

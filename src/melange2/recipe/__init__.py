@@ -35,6 +35,7 @@ from melange2.recipe.cond import (
 )
 from melange2.recipe.errors import ConditionError, RecipeFieldError, UndefinedVariable
 from melange2.recipe.model import (
+    Checks,
     Config,
     Contents,
     Copyright,
@@ -77,6 +78,7 @@ __all__ = [
     "OUT_DIR",
     "Arch",
     "BuildPlan",
+    "Checks",
     "Condition",
     "ConditionError",
     "Config",

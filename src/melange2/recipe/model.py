@@ -20,6 +20,7 @@ from melange2.recipe.arch import parse_arch
 
 __all__ = [
     "EMPTY_MAP",
+    "Checks",
     "Config",
     "Contents",
     "Copyright",
@@ -154,6 +155,14 @@ class PackageOptions:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Checks:
+    """``checks`` of a package or subpackage (melange's linters)."""
+
+    #: linters turned from required to warnings (or, when off by default, on as warnings)
+    disabled: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Scriptlets:
     """``scriptlets`` of a package or subpackage: install scripts (control-stream files)."""
 
@@ -181,6 +190,7 @@ class Package(_Located):
     copyright: tuple[Copyright, ...] = ()
     dependencies: Dependencies = Dependencies()
     options: PackageOptions = PackageOptions()
+    checks: Checks = Checks()
     scriptlets: Scriptlets | None = None
     #: As written; empty means "all". See :meth:`builds_for`.
     target_architecture: tuple[str, ...] = ()
@@ -281,6 +291,7 @@ class Subpackage(_Located):
     range_key: str = ""
     range_value: str = ""
     options: PackageOptions = PackageOptions()
+    checks: Checks = Checks()
     test: Test | None = None
     scriptlets: Scriptlets | None = None
 

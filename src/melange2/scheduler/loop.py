@@ -14,6 +14,15 @@ The store is the truth: every move is a compare-and-set there first; the in-memo
 graph only makes dispatch fast. Running packages hold a lease renewed every few
 seconds; an expired lease (the server died) puts the package back in the queue.
 
+Nothing one build brings stops the loop: a store write that fails for a package
+(the store is down, or refuses a value) fails that package with the reason, and if the
+store refuses even that, the scheduler stops tracking that build (it stays unfinished
+in the store; the next start recovers it). Every error text is made storable first. A
+package whose runner ended without a result fails ("lost its runner"); a cancelled
+build's packages are cancelled whatever state they are in, also those no task of this
+process runs. Only the store failing as a whole ends :meth:`Scheduler.run`: when leases
+cannot be renewed for a whole ``lease_ttl`` (:class:`LeasesLost`), or recovery fails.
+
 Time comes from the event loop (timers) and from a :class:`Clock` (timestamps, leases,
 event times): :class:`SystemClock` unless given, so a simulation can run the real
 scheduler on a virtual clock (``bench/virtual_bench.py``).
@@ -32,7 +41,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from melange2.errors import BuildkitUnavailable, FarmError, InvalidTransition, SolveCancelled
+from melange2.errors import (
+    BuildkitUnavailable,
+    FarmError,
+    InvalidTransition,
+    NotFound,
+    SolveCancelled,
+    StoreError,
+)
 from melange2.ids import BuildId
 from melange2.jobs import (
     Attempt,
@@ -50,8 +66,26 @@ _log = logging.getLogger(__name__)
 Schedule = Literal["critical-path", "fifo"]
 
 
+#: what a failed store write raises: the store failed, or refused a value (ValueError)
+_STORE_FAILURES = (StoreError, ValueError)
+#: the longest error text kept for a package
+MAX_ERROR_CHARS = 16 * 1024
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def storable(text: str) -> str:
+    """``text`` as any store keeps it: no lone surrogate, no NUL, not too long."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\0")
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
+
+
+class LeasesLost(StoreError):
+    """The store refused to renew this server's leases for a whole lease period."""
+
+    code = "leases_lost"
 
 
 class Clock(Protocol):
@@ -227,8 +261,10 @@ class Scheduler:
     async def cancel(self, build_id: BuildId) -> Build:
         """Cancel waiting packages now and running solves on their daemons."""
         build = await self.store.update_build(build_id, cancel_requested=True)
-        state = self._builds.get(build_id)
         async with self._lock:
+            state = self._builds.get(build_id)
+            if state is None and build.status in (BuildStatus.PENDING, BuildStatus.RUNNING):
+                state = self._track(build)  # e.g. given up after a store failure
             if state is not None:
                 state.build = build
             for job in build.packages:
@@ -241,6 +277,23 @@ class Scheduler:
                             finished_at=self.clock.now(),
                             reason="",
                             error="build cancelled",
+                        )
+                        if state is not None:
+                            state.set(updated)
+            for job in build.packages:
+                if job.status is PackageStatus.RUNNING and (build_id, job.name) not in self._tasks:
+                    # no task of ours runs it (its runner died, or another server's
+                    # lease): cancel it here, or it would come back
+                    with contextlib.suppress(InvalidTransition):
+                        updated = await self.store.transition(
+                            build_id,
+                            job.name,
+                            PackageStatus.CANCELLED,
+                            expect=frozenset({PackageStatus.RUNNING}),
+                            finished_at=self.clock.now(),
+                            error="build cancelled",
+                            lease_owner="",
+                            lease_expires=None,
                         )
                         if state is not None:
                             state.set(updated)
@@ -351,6 +404,10 @@ class Scheduler:
                     if state is None or job is None or not self._dispatchable(job):
                         heapq.heappop(queue)  # cancelled, or taken care of meanwhile
                         continue
+                    if state.build.cancel_requested:
+                        heapq.heappop(queue)
+                        await self._cancel_waiting(state, job)
+                        continue
                     tried = {a.backend for a in job.attempts if a.error}
                     choice = self.pool.select(job.arch, dict(queue_key[1]), avoid=tried)
                     if choice is NoBackend.BUSY:
@@ -364,6 +421,28 @@ class Scheduler:
                 if not queue:
                     del self._queues[queue_key]
             await self._record_waiting()
+
+    async def _cancel_waiting(self, state: _BuildState, job: PackageJob) -> None:
+        """A package of a cancelled build that was about to start: cancelled instead."""
+        self._promoted.discard((job.build_id, job.name))
+        try:
+            state.set(
+                await self.store.transition(
+                    state.build.id,
+                    job.name,
+                    PackageStatus.CANCELLED,
+                    finished_at=self.clock.now(),
+                    reason="",
+                    error="build cancelled",
+                )
+            )
+        except InvalidTransition:
+            return
+        except _STORE_FAILURES:
+            _log.exception("cancelling %s/%s", job.build_id, job.name)
+            self._abandon(state)
+            return
+        await self._update_status(state)
 
     def _dispatchable(self, job: PackageJob) -> bool:
         return job.status is PackageStatus.PENDING or (
@@ -382,26 +461,32 @@ class Scheduler:
                 waiting.setdefault(build_id, []).append(name)
         self._promoted.clear()
         for build_id, names in waiting.items():
-            moved = await self.store.transition_many(
-                build_id,
-                names,
-                PackageStatus.PENDING,
-                expect=frozenset({PackageStatus.BLOCKED}),
-                reason="",
-            )
-            state = self._builds[build_id]
+            try:
+                moved = await self.store.transition_many(
+                    build_id,
+                    names,
+                    PackageStatus.PENDING,
+                    expect=frozenset({PackageStatus.BLOCKED}),
+                    reason="",
+                )
+            except _STORE_FAILURES:  # they stay queued; the store says blocked meanwhile
+                _log.exception("recording %d packages of %s as pending", len(names), build_id)
+                continue
+            state = self._builds.get(build_id)
+            if state is None:
+                continue
             for job in moved:
                 state.set(job)
 
     async def _no_backend(
         self, state: _BuildState, job: PackageJob, selector: Mapping[str, str]
     ) -> None:
-        message = (
+        message = storable(
             "no available backend: no backend for "
             f"{self.pool.describe(job.arch, selector)} (all backends: "
             f"{', '.join(f'{b.addr} {b.arch}' for b in self.pool.serving()) or 'none'})"
         )
-        with contextlib.suppress(InvalidTransition):
+        try:
             if job.status is PackageStatus.BLOCKED:
                 self._promoted.discard((job.build_id, job.name))
                 job = await self.store.transition(
@@ -416,6 +501,12 @@ class Scheduler:
                 reason="",
                 finished_at=self.clock.now(),
             )
+        except InvalidTransition:
+            pass
+        except _STORE_FAILURES as exc:
+            await self._fail_package(state, job, f"{message}; and the store refused it: {exc}")
+            return
+        else:
             state.set(failed)
             await self._cascade_failure(state, job.name)
         await self._update_status(state)
@@ -445,19 +536,28 @@ class Scheduler:
         except InvalidTransition:
             self.pool.release(slot, outcome="neutral")
             return
+        except _STORE_FAILURES as exc:
+            self.pool.release(slot, outcome="neutral")
+            await self._fail_package(state, job, f"the store refused its start: {exc}")
+            return
         finally:
             self._promoted.discard((job.build_id, job.name))
         state.set(running)
         self._emit("started", state.build.id, job.name, PackageStatus.RUNNING)
         if state.status is BuildStatus.PENDING:
             state.status = BuildStatus.RUNNING
-            state.build = await self.store.update_build(
-                state.build.id, status=BuildStatus.RUNNING, started_at=now
-            )
+            try:
+                state.build = await self.store.update_build(
+                    state.build.id, status=BuildStatus.RUNNING, started_at=now
+                )
+            except _STORE_FAILURES:  # written with the build's next change
+                _log.exception("recording build %s as running", state.build.id)
         key = (state.build.id, job.name)
-        self._tasks[key] = asyncio.create_task(
+        task = asyncio.create_task(
             self._run(state, running, slot, attempt), name=f"build {job.build_id}/{job.name}"
         )
+        task.add_done_callback(_log_crash)
+        self._tasks[key] = task
 
     async def _run(
         self, state: _BuildState, job: PackageJob, slot: BackendSlot, attempt: int
@@ -488,7 +588,7 @@ class Scheduler:
                     attempt,
                     PackageStatus.FAILED,
                     str(exc),
-                    log_path=self.runner.log_location(job, attempt),
+                    log_path=self._log_location(job, attempt),
                 )
             )
         except Exception as exc:  # a bug in a runner must not wedge the build
@@ -499,8 +599,8 @@ class Scheduler:
                     job,
                     attempt,
                     PackageStatus.FAILED,
-                    f"internal error: {exc}",
-                    log_path=self.runner.log_location(job, attempt),
+                    f"internal error: {type(exc).__name__}: {exc}",
+                    log_path=self._log_location(job, attempt),
                 )
             )
         else:
@@ -523,6 +623,13 @@ class Scheduler:
             if not released:
                 self.pool.release(slot, outcome=outcome)
 
+    def _log_location(self, job: PackageJob, attempt: int) -> str:
+        try:
+            return self.runner.log_location(job, attempt)
+        except Exception:  # where the log is matters less than recording the failure
+            _log.exception("log location of %s/%s", job.build_id, job.name)
+            return ""
+
     async def _finish(
         self,
         state: _BuildState,
@@ -533,6 +640,7 @@ class Scheduler:
         **fields: Any,
     ) -> None:
         now = self.clock.now()
+        error = storable(error)
         async with self._lock:
             try:
                 done = await self.store.transition(
@@ -548,6 +656,11 @@ class Scheduler:
                     **fields,
                 )
             except InvalidTransition:  # cancelled or taken over meanwhile
+                return
+            except _STORE_FAILURES as exc:
+                await self._fail_package(
+                    state, job, f"the store refused its result ({status.value}): {exc}"
+                )
                 return
             state.set(done)
             self._emit("finished", state.build.id, job.name, status)
@@ -572,8 +685,11 @@ class Scheduler:
                 f"backend failed {attempt} time(s); last: {exc}",
             )
             return
-        closed = _closed(job, attempt, self.clock.now(), str(exc), "")
+        closed = _closed(job, attempt, self.clock.now(), storable(str(exc)), "")
         await asyncio.sleep(self.retry_backoff * (2 ** (attempt - 1)))
+        if state.build.cancel_requested:  # cancelled while backing off: cancel wins
+            await self._finish(state, job, attempt, PackageStatus.CANCELLED, "build cancelled")
+            return
         async with self._lock:
             try:
                 retry = await self.store.transition(
@@ -583,10 +699,13 @@ class Scheduler:
                     expect=frozenset({PackageStatus.RUNNING}),
                     lease_owner="",
                     lease_expires=None,
-                    reason=f"retrying after a backend fault: {exc}",
+                    reason=storable(f"retrying after a backend fault: {exc}"),
                     attempts=closed,
                 )
             except InvalidTransition:
+                return
+            except _STORE_FAILURES as e:
+                await self._fail_package(state, job, f"the store refused its retry: {e}")
                 return
             state.set(retry)
             self._push(state, retry)
@@ -621,7 +740,7 @@ class Scheduler:
             job = state.jobs[name]
             if job.status is not PackageStatus.BLOCKED:
                 continue
-            with contextlib.suppress(InvalidTransition):
+            try:
                 skipped = await self.store.transition(
                     state.build.id,
                     name,
@@ -630,8 +749,14 @@ class Scheduler:
                     reason="",
                     finished_at=self.clock.now(),
                 )
-                state.set(skipped)
-                todo.extend((name, d) for d in state.dependents.get(name, []))
+            except InvalidTransition:
+                continue
+            except _STORE_FAILURES:
+                _log.exception("skipping %s/%s", state.build.id, name)
+                self._abandon(state)
+                return
+            state.set(skipped)
+            todo.extend((name, d) for d in state.dependents.get(name, []))
 
     async def _update_status(self, state: _BuildState) -> None:
         """Write the build's status when its packages' moves changed it (O(1))."""
@@ -650,7 +775,12 @@ class Scheduler:
                     except Exception:
                         _log.exception("finishing build %s", state.build.id)
                 fields["finished_at"] = self.clock.now()
-            state.build = await self.store.update_build(state.build.id, **fields)
+            try:
+                state.build = await self.store.update_build(state.build.id, **fields)
+            except _STORE_FAILURES:
+                _log.exception("recording build %s as %s", state.build.id, status.value)
+                self._abandon(state)
+                return
             state.status = status
         if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
             self._builds.pop(state.build.id, None)
@@ -659,15 +789,103 @@ class Scheduler:
 
     async def _lease_loop(self) -> None:
         period = self.lease_ttl / 3
+        renewed = self.clock.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), period)
             if self._stop.is_set():
                 return
-            await self.store.renew_leases(
-                self.owner, self.clock.now() + timedelta(seconds=self.lease_ttl)
+            try:
+                await self.store.renew_leases(
+                    self.owner, self.clock.now() + timedelta(seconds=self.lease_ttl)
+                )
+                renewed = self.clock.monotonic()
+                await self._expire_leases()
+            except _STORE_FAILURES as exc:
+                _log.exception("renewing leases")
+                if self.clock.monotonic() - renewed >= self.lease_ttl:
+                    raise LeasesLost(
+                        f"the store refused to renew leases for {self.lease_ttl:g} s: {exc}"
+                    ) from exc
+            await self._fail_orphans()
+
+    async def _fail_orphans(self) -> None:
+        """Packages running in memory with no task of ours: their runner ended without
+        a result (a bug). Failed (or cancelled, for a cancelled build), never left
+        running with a lease renewed forever."""
+        async with self._lock:
+            for state in list(self._builds.values()):
+                for job in list(state.jobs.values()):
+                    key = (state.build.id, job.name)
+                    if job.status is not PackageStatus.RUNNING or key in self._tasks:
+                        continue
+                    if job.lease_owner and job.lease_owner != self.owner:
+                        continue  # recovered from a dead server: its lease expires first
+                    if state.build.cancel_requested:
+                        await self._cancel_running(state, job)
+                    else:
+                        await self._fail_package(
+                            state, job, "internal error: its runner ended without a result"
+                        )
+
+    async def _cancel_running(self, state: _BuildState, job: PackageJob) -> None:
+        try:
+            state.set(
+                await self.store.transition(
+                    state.build.id,
+                    job.name,
+                    PackageStatus.CANCELLED,
+                    expect=frozenset({PackageStatus.RUNNING}),
+                    finished_at=self.clock.now(),
+                    error="build cancelled",
+                    lease_owner="",
+                    lease_expires=None,
+                )
             )
-            await self._expire_leases()
+        except InvalidTransition:
+            return
+        except _STORE_FAILURES:
+            _log.exception("cancelling %s/%s", state.build.id, job.name)
+            self._abandon(state)
+            return
+        await self._update_status(state)
+
+    async def _fail_package(self, state: _BuildState, job: PackageJob, reason: str) -> None:
+        """Fail ``job`` with ``reason`` after a store write for it failed (call with the
+        lock held). If the store refuses that too, stop tracking the build: it stays
+        unfinished in the store, and the next start recovers it."""
+        _log.error("%s/%s: %s", state.build.id, job.name, reason)
+        try:
+            failed = await self.store.transition(
+                state.build.id,
+                job.name,
+                PackageStatus.FAILED,
+                error=storable(reason),
+                reason="",
+                finished_at=self.clock.now(),
+                lease_owner="",
+                lease_expires=None,
+            )
+        except InvalidTransition:
+            return
+        except _STORE_FAILURES:
+            _log.exception("recording %s/%s as failed", state.build.id, job.name)
+            self._abandon(state)
+            return
+        state.set(failed)
+        self._emit("finished", state.build.id, job.name, PackageStatus.FAILED)
+        await self._cascade_failure(state, job.name)
+        await self._update_status(state)
+
+    def _abandon(self, state: _BuildState) -> None:
+        """Stop tracking a build the store refuses to record (logged): its queued
+        packages are dropped at the next dispatch, its tasks end on their own."""
+        if self._builds.pop(state.build.id, None) is not None:
+            _log.error(
+                "build %s is no longer scheduled by this server: the store refuses its "
+                "writes (it stays unfinished in the store; a restart recovers it)",
+                state.build.id,
+            )
 
     async def _expire_leases(self) -> None:
         expired = await self.store.expire_leases(self.clock.now())
@@ -677,10 +895,22 @@ class Scheduler:
             for job in expired:
                 state = self._builds.get(job.build_id)
                 if state is None:
-                    state = self._track(await self.store.get_build(job.build_id))
+                    try:
+                        state = self._track(await self.store.get_build(job.build_id))
+                    except NotFound:
+                        continue
                 state.set(job)
-                self._push(state, job)
+                if state.build.cancel_requested:
+                    await self._cancel_waiting(state, job)
+                else:
+                    self._push(state, job)
         self.wake()
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A package's task that died of a bug (its package is failed by the lease loop)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _log.error("%s crashed", task.get_name(), exc_info=exc)
 
 
 def _closed(

@@ -364,6 +364,15 @@ def test_submit_one_config_sends_config_yaml(tmp_path: Path) -> None:
     assert req.env == {"A": "1", "B": "x=y"}
     assert req.backend_selector == {"tier": "fast"}
     assert req.pipelines == {} and req.source_files == {}
+    assert req.replace is False
+
+
+def test_submit_replace_asks_the_server_to_replace_published_packages(tmp_path: Path) -> None:
+    fake = FakeServer()
+    res = run(fake, "submit", str(config(tmp_path, "again")), "--replace")
+    assert res.code == 0, res
+    (req,) = fake.received
+    assert req.replace is True
 
 
 def test_submit_several_configs_sends_configs(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from melange2.build.progress import LiveSink, LogFileSink, PlainSink, StepSink, 
 from melange2.buildkit.client import StepFailed
 from melange2.cli.context import CliContext, pass_cli
 from melange2.cli.tls import tls_from_flags, tls_options
-from melange2.errors import ConfigError
+from melange2.errors import ConfigError, LintFailed
 from melange2.oci.registry import RegistryClient
 
 
@@ -249,6 +249,11 @@ def _execute(ctx: CliContext, kw: dict[str, Any], *, with_test: bool, test_only:
         if exc.log_tail:
             ctx.err_console.print("last output:", highlight=False)
             ctx.err_console.print(exc.log_tail.rstrip(), markup=False, highlight=False)
+        ctx.err_console.print(f"full log: {log_path}", highlight=False)
+        raise SystemExit(1) from exc
+    except LintFailed as exc:
+        ctx.err_console.print("[red]error:[/] ", end="")
+        ctx.err_console.print(str(exc), markup=False, highlight=False)
         ctx.err_console.print(f"full log: {log_path}", highlight=False)
         raise SystemExit(1) from exc
     if isinstance(result, int):

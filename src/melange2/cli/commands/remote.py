@@ -506,6 +506,13 @@ def collect_upload(paths: Sequence[Path]) -> Upload:
     show_default=True,
     help="Into the farm's repository as each package succeeds, or once the whole build has.",
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Let this build replace packages the farm's repository holds under the same "
+    "name, version and epoch with other content (refused otherwise; each replacement is "
+    "logged).",
+)
 @output_option
 @pass_remote
 def submit(
@@ -529,6 +536,7 @@ def submit(
     schedule: str | None,
     force: bool,
     publish: str,
+    replace: bool,
     output: str,
 ) -> None:
     """Submit melange configs (or a git repository's) to the build server.
@@ -576,6 +584,7 @@ def submit(
                 "schedule": schedule,
                 "force": force,
                 "publish": publish,
+                "replace": replace,
             }
         )
     except ValidationError as exc:
