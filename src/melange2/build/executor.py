@@ -6,7 +6,8 @@ The steps, in order:
    config is raised here, before anything reaches BuildKit);
 2. resolve and compose the build environment image (:mod:`.environment_resolve`), or
    use a plain base image when the config installs nothing;
-3. push the source directory as an image (:mod:`.sources`);
+3. hash the source directory (:mod:`.sources`: the daemon reads it through the solve's
+   session, a ``local://`` source);
 4. solve: environment -> sources into /home/build -> one exec per step -> the
    melange-out tree alone, sent back to this process by the ``local`` exporter through
    the solve's session (:mod:`melange2.buildkit.filesync`; no registry round trip);
@@ -44,10 +45,11 @@ from melange2.build.inputs import input_digest
 from melange2.build.melange_yaml import BuildFacts, render_melange_yaml, step_inputs
 from melange2.build.progress import ProgressTracker, StepSink
 from melange2.build.sbom import SbomContext
-from melange2.build.sources import push_sources
+from melange2.build.sources import SOURCES_NAME, source_digest
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
 from melange2.buildkit.client import BuildkitClient, local_export
+from melange2.buildkit.session import Session
 from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitError, ConfigError, LintFailed
 from melange2.oci.image import ImageRef
@@ -153,6 +155,8 @@ class PlannedBuild:
     environment_key: str = ""
     #: the environment's packages, ``name=version`` (melange's locked configuration)
     locked: tuple[str, ...] = ()
+    #: the directory the solve's session serves as the sources (None: no sources)
+    sources: Path | None = None
 
 
 def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
@@ -191,21 +195,27 @@ def build_graph(
     opts: BuildOptions,
     *,
     environment: str,
-    sources: ImageRef | None,
+    sources: bool,
 ) -> llb.State:
-    """The LLB of the build: the environment, the sources, one exec per step, and the
-    melange-out tree alone as the result."""
+    """The LLB of the build: the environment, the sources (with ``sources``: the session's
+    ``local://`` :data:`~.sources.SOURCES_NAME`), one exec per step, and the melange-out
+    tree alone as the result."""
     platform = llb.Platform.from_arch(opts.arch)
     env_root = root = llb.image(environment, platform=platform, name="build environment")
     for name in config.package_names:
         root = llb.mkdir(root, f"{WORKSPACE}/melange-out/{name}", name=f"mkdir melange-out/{name}")
-    if sources is not None:
+    if sources:
+        # one name per package: BuildKit keeps its last transfer and asks only for what
+        # changed; owners and times are made fixed, as the input digest leaves them out
+        key = f"melange2-sources-{config.package.name}"
         root = llb.copy(
-            llb.image(str(sources), platform=platform, name="sources"),
+            llb.local(SOURCES_NAME, unique_id=key, shared_key_hint=key, platform=platform),
             "/",
             root,
             WORKSPACE,
             name="copy sources into /home/build",
+            owner=(0, 0),
+            timestamp=0,
         )
     for step in plan.steps:
         script = f"set -x\n{step.script}" if opts.debug else step.script
@@ -506,7 +516,7 @@ class Builder:
         return str(prepared.image), prepared.key, locked
 
     async def plan(self, opts: BuildOptions) -> PlannedBuild:
-        """Everything before the solve: parse and compile, compose the environment, push
+        """Everything before the solve: parse and compile, compose the environment, hash
         the sources, make the LLB; and the digest of all of it (:mod:`.inputs`)."""
         config, plan = await asyncio.to_thread(prepare, opts)
         signer = (
@@ -519,11 +529,11 @@ class Builder:
             contents.repositories,
             contents.keyring,
         )
-        platform = llb.Platform.from_arch(opts.arch)
-        sources = None
-        if opts.source_dir is not None and opts.source_dir.is_dir():
-            sources = await push_sources(opts.source_dir, platform, self.registry)
-        state = build_graph(config, plan, opts, environment=env_image, sources=sources)
+        sources = (
+            opts.source_dir if opts.source_dir is not None and opts.source_dir.is_dir() else None
+        )
+        sources_digest = await asyncio.to_thread(source_digest, sources) if sources else ""
+        state = build_graph(config, plan, opts, environment=env_image, sources=sources is not None)
         definition = llb.marshal(state)
         # ``force`` is not an input: what it changes (the ops' ``ignore_cache``) is
         # left out of the digest, so a forced build is reused as any other
@@ -542,6 +552,7 @@ class Builder:
             source_date_epoch=opts.source_date_epoch,
             with_test=opts.with_test,
             base_image_digest=base_digest,
+            sources_digest=sources_digest,
         )
         return PlannedBuild(
             opts=opts,
@@ -551,6 +562,7 @@ class Builder:
             input_digest=digest,
             environment_key=env_key,
             locked=locked,
+            sources=sources,
         )
 
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:
@@ -630,6 +642,9 @@ class Builder:
             result = await bk.solve(
                 planned.definition,
                 exporters=[local_export(tree)],
+                session=Session(local_dirs={SOURCES_NAME: planned.sources})
+                if planned.sources is not None
+                else None,
                 on_progress=tracker,
                 cache_imports=[{"type": "registry", "ref": opts.cache_ref}]
                 if opts.cache_ref

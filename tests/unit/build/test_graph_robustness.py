@@ -87,7 +87,7 @@ def test_config_text_gives_llb_or_a_clean_error(text: str) -> None:
         except (RecipeError, ConfigError):
             return
         state = build_graph(
-            config, plan, opts, environment="127.0.0.1:1/env@sha256:" + "0" * 64, sources=None
+            config, plan, opts, environment="127.0.0.1:1/env@sha256:" + "0" * 64, sources=False
         )
         definition = llb.marshal(state)
         ops = getattr(definition, "def")
@@ -122,7 +122,7 @@ def test_debug_traces_every_step(tmp_path: Path) -> None:
         config, plan = prepare(opts)
         definition = llb.marshal(
             build_graph(
-                config, plan, opts, environment="127.0.0.1:1/e@sha256:" + "0" * 64, sources=None
+                config, plan, opts, environment="127.0.0.1:1/e@sha256:" + "0" * 64, sources=False
             )
         )
         found = []
@@ -160,7 +160,7 @@ def test_force_bypasses_the_cache_of_the_steps_only_and_is_not_an_input(tmp_path
         config, plan = prepare(opts)
         return llb.marshal(
             build_graph(
-                config, plan, opts, environment="127.0.0.1:1/e@sha256:" + "0" * 64, sources=None
+                config, plan, opts, environment="127.0.0.1:1/e@sha256:" + "0" * 64, sources=False
             )
         )
 

@@ -319,25 +319,31 @@ def copy(
     allow_empty_wildcard: bool = False,
     name: str | None = None,
     ignore_cache: bool = False,
+    owner: tuple[int, int] | None = None,
+    timestamp: int | None = None,
 ) -> State:
     """``dest`` with ``src_path`` of ``src`` copied to ``dest_path``. A directory's
     contents are copied into ``dest_path`` (``contents_only``), as ``COPY dir/ dest/``.
     With ``allow_empty_wildcard`` a wildcard matching nothing copies nothing (a path that
     may be absent: ``/etc/os-releas[e]``). ``ignore_cache`` copies again even when
-    BuildKit's cache knows the result."""
-    action = pb.FileAction(
-        copy=pb.FileActionCopy(
-            src=src_path,
-            dest=dest_path,
-            mode=-1,
-            followSymlink=True,
-            dirCopyContents=contents_only,
-            createDestPath=create_parents,
-            allowWildcard=allow_wildcard,
-            allowEmptyWildcard=allow_empty_wildcard,
-            timestamp=_UNSET_TIME,
-        )
+    BuildKit's cache knows the result. ``owner`` (uid, gid) and ``timestamp`` (seconds)
+    are given to every copied entry instead of the source's."""
+    copy_action = pb.FileActionCopy(
+        src=src_path,
+        dest=dest_path,
+        mode=-1,
+        followSymlink=True,
+        dirCopyContents=contents_only,
+        createDestPath=create_parents,
+        allowWildcard=allow_wildcard,
+        allowEmptyWildcard=allow_empty_wildcard,
+        timestamp=_UNSET_TIME if timestamp is None else timestamp,
     )
+    if owner is not None:
+        copy_action.owner.CopyFrom(
+            pb.ChownOpt(user=pb.UserOpt(byID=owner[0]), group=pb.UserOpt(byID=owner[1]))
+        )
+    action = pb.FileAction(copy=copy_action)
     return _file_op(
         dest,
         action,
