@@ -318,7 +318,9 @@ class BuildkitClient:
         local = {i: e.output_dir for i, e in enumerate(exporters) if e.output_dir is not None}
         if session is None and not local:
             return await self._solve(request, follow, vertexes, logs)
-        runner = SessionRunner(self.stub, self.addr, session or Session(), exports=local)
+        runner = SessionRunner(
+            self.stub, self.addr, session or Session(), exports=local, tls=self.tls is not None
+        )
         async with runner:
             request.Session = runner.id
             result = await self._solve(request, follow, vertexes, logs)
