@@ -73,10 +73,10 @@ GOALS = {"wall_ratio": 1.25, "cpu_ratio": 1.5}
 ARMS = ("buildctl", "ours_lib", "ours_server", "ours_cli", "new_env")
 
 
-def trivial(name: str, nonce: str, packages: list[str]) -> str:
+def trivial(name: str, nonce: str, packages: list[str], version: str = "1.0.0") -> str:
     pkgs = "\n".join(f"      - {p}" for p in packages)
     return (
-        f"package:\n  name: {name}\n  version: 1.0.0\n  description: trivial\n"
+        f"package:\n  name: {name}\n  version: {version}\n  description: trivial\n"
         f"environment:\n  contents:\n    packages:\n{pkgs}\n"
         "pipeline:\n  - name: build\n    runs: |\n"
         "      mkdir -p ${{targets.destdir}}/usr/share/doc\n"
@@ -298,8 +298,11 @@ async def run(env: FarmEnv, args: argparse.Namespace) -> dict[str, Any]:
                     await builder.build(options(env, cfg, deps_repo, key, cache, []))
 
             def config(i: int, arm: str, packages: list[str] | None = None) -> Path:
+                # a new version each run: the farm's repository never takes other bytes
+                # under a name and version it holds
                 cfg = tmp / f"{arm}{i}.yaml"
-                cfg.write_text(trivial("trivial", uuid.uuid4().hex, packages or ["busybox"]))
+                text = trivial("trivial", uuid.uuid4().hex, packages or ["busybox"], f"1.0.{i}")
+                cfg.write_text(text)
                 return cfg
 
             for i in range(runs + 1):  # the first round warms up and is not counted
