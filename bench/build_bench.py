@@ -356,7 +356,7 @@ async def run(env: FarmEnv, args: argparse.Namespace) -> dict[str, Any]:
                         env.extra["BOOTSTRAP_KEY"],
                         "--signing-key",
                         str(key),
-                        "--cache-dir",
+                        "--apk-cache-dir",
                         str(cache),
                         "--plain",
                     ]

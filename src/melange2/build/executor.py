@@ -7,7 +7,8 @@ The steps, in order:
 2. resolve and compose the build environment image (:mod:`.environment_resolve`), or
    use a plain base image when the config installs nothing;
 3. hash the source directory (:mod:`.sources`: the daemon reads it through the solve's
-   session, a ``local://`` source);
+   session, a ``local://`` source); the source cache's files the pipelines expect go
+   as one small image (:mod:`.source_cache`), mounted read-only at /var/cache/melange;
 4. solve: environment -> sources into /home/build -> one exec per step -> the
    melange-out tree alone, sent back to this process by the ``local`` exporter through
    the solve's session (:mod:`melange2.buildkit.filesync`; no registry round trip);
@@ -45,6 +46,7 @@ from melange2.build.inputs import input_digest
 from melange2.build.melange_yaml import BuildFacts, render_melange_yaml, step_inputs
 from melange2.build.progress import ProgressTracker, StepSink
 from melange2.build.sbom import SbomContext
+from melange2.build.source_cache import CACHE_MOUNT, SourceCache, cache_image
 from melange2.build.sources import SOURCES_NAME, source_digest
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
@@ -125,6 +127,8 @@ class BuildOptions:
     #: workspace's set-up are not invalidated. Not an input: the input digest is the
     #: same with or without it
     force: bool = False
+    #: melange's source cache (``--cache-dir``): what ``fetch`` finds in /var/cache/melange
+    source_cache: SourceCache | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,6 +161,8 @@ class PlannedBuild:
     locked: tuple[str, ...] = ()
     #: the directory the solve's session serves as the sources (None: no sources)
     sources: Path | None = None
+    #: what the environment installs, ``name-version (repository)``, in install order
+    environment_installs: tuple[str, ...] = ()
 
 
 def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
@@ -196,11 +202,24 @@ def build_graph(
     *,
     environment: str,
     sources: bool,
+    source_cache: ImageRef | None = None,
 ) -> llb.State:
     """The LLB of the build: the environment, the sources (with ``sources``: the session's
-    ``local://`` :data:`~.sources.SOURCES_NAME`), one exec per step, and the melange-out
+    ``local://`` :data:`~.sources.SOURCES_NAME`), one exec per step (with the source
+    cache's files the build expects read-only at /var/cache/melange), and the melange-out
     tree alone as the result."""
     platform = llb.Platform.from_arch(opts.arch)
+    mounts = (
+        [
+            llb.Mount(
+                dest=CACHE_MOUNT,
+                source=llb.image(str(source_cache), platform=platform, name="source cache"),
+                readonly=True,
+            )
+        ]
+        if source_cache is not None
+        else []
+    )
     env_root = root = llb.image(environment, platform=platform, name="build environment")
     for name in config.package_names:
         root = llb.mkdir(root, f"{WORKSPACE}/melange-out/{name}", name=f"mkdir melange-out/{name}")
@@ -225,6 +244,7 @@ def build_graph(
             env=step_env(plan.environment, step, opts),
             cwd=step.workdir,
             network=opts.network,
+            mounts=mounts,
             name=step.name,
             ignore_cache=opts.force,
         ).root
@@ -455,6 +475,8 @@ class Builder:
     ) -> None:
         self.registry = registry
         self.environments = EnvironmentBuilder(registry, cache_dir, policy)
+        #: what the last environment resolved installs (set and read without an await between)
+        self.last_installs: tuple[str, ...] = ()
         #: by key file: (its mtime, the signer); one entry per key
         self._signers: dict[Path, tuple[float, Signer]] = {}
 
@@ -513,6 +535,10 @@ class Builder:
         locked = tuple(
             sorted(f"{p.record.name}={p.record.version}" for p in prepared.resolution.packages)
         )
+        self.last_installs = tuple(
+            f"{p.record.name}-{p.record.version} ({p.repository.location})"
+            for p in prepared.resolution.packages
+        )
         return str(prepared.image), prepared.key, locked
 
     async def plan(self, opts: BuildOptions) -> PlannedBuild:
@@ -529,11 +555,25 @@ class Builder:
             contents.repositories,
             contents.keyring,
         )
+        installs = self.last_installs if env_key else ()
+        platform = llb.Platform.from_arch(opts.arch)
         sources = (
             opts.source_dir if opts.source_dir is not None and opts.source_dir.is_dir() else None
         )
         sources_digest = await asyncio.to_thread(source_digest, sources) if sources else ""
-        state = build_graph(config, plan, opts, environment=env_image, sources=sources is not None)
+        cached = None
+        if opts.source_cache is not None and plan.source_digests:
+            cached = await cache_image(
+                opts.source_cache, plan.source_digests, platform, self.registry
+            )
+        state = build_graph(
+            config,
+            plan,
+            opts,
+            environment=env_image,
+            sources=sources is not None,
+            source_cache=cached,
+        )
         definition = llb.marshal(state)
         # ``force`` is not an input: what it changes (the ops' ``ignore_cache``) is
         # left out of the digest, so a forced build is reused as any other
@@ -563,6 +603,7 @@ class Builder:
             environment_key=env_key,
             locked=locked,
             sources=sources,
+            environment_installs=installs,
         )
 
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:

@@ -23,6 +23,7 @@ from melange2.api.schemas import (
     PlannedPackage,
     PlanOut,
     content_bytes,
+    resources_out,
 )
 from melange2.build.executor import environment_packages
 from melange2.build.inputs import tree_digest
@@ -36,6 +37,7 @@ from melange2.pool.pool import BackendPool
 from melange2.recipe import Config, load_config
 from melange2.recipe.compile import BUILTIN_PIPELINE_DIR, PipelineResolver, compile_build
 from melange2.repo.policy import FetchPolicy
+from melange2.resources import cpu_millis, memory_bytes
 from melange2.scheduler.graph import (
     Graph,
     GraphError,
@@ -46,6 +48,7 @@ from melange2.scheduler.graph import (
     typical_duration,
 )
 from melange2.scheduler.loop import Scheduler
+from melange2.scheduler.placement import NOTHING, Request
 from melange2.service.gitsource import GitFetcher
 from melange2.service.reuse import settle_reuse
 from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
@@ -152,14 +155,27 @@ class Submitter:
         prio = priorities(graph, durations, unknown)
         if request.dry_run:
             slots = max(1, self.pool.capacity(arch, request.backend_selector))
-            p = plan(graph, durations, slots=slots, default=unknown)
+            asks = {p.config.package.name: package_request(p.config) for p in parsed}
+            p = plan(
+                graph,
+                durations,
+                slots=slots,
+                default=unknown,
+                backends=[c.capacity for c in self.pool.candidates(arch, request.backend_selector)],
+                requests=asks,
+                where=self.pool.describe(arch, request.backend_selector),
+            )
             return PlanOut(
                 packages=[
                     PlannedPackage(
-                        name=n, dependencies=list(graph.deps.get(n, ())), priority=prio[n]
+                        name=n,
+                        dependencies=list(graph.deps.get(n, ())),
+                        priority=prio[n],
+                        resources=resources_out(asks[n]),
                     )
                     for n in p.order
                 ],
+                unplaceable=dict(p.unplaceable),
                 cut_edges=list(p.cut_edges),
                 critical_path=list(p.critical_path),
                 critical_path_s=p.critical_path_s,
@@ -378,6 +394,7 @@ class Submitter:
             deps = tuple(graph.deps.get(name, ()))
             hit = reusable.get(name)
             waits = any(d not in reusable for d in deps)
+            asks = package_request(by_name[name].config)
             job = PackageJob(
                 build_id=build_id,
                 name=name,
@@ -387,6 +404,8 @@ class Submitter:
                 arch=arch,
                 dependencies=deps,
                 priority=prio.get(name, 1.0),
+                cpu_millis=asks.cpu,
+                memory_bytes=asks.memory,
             )
             if hit is not None:
                 job = job.evolve(
@@ -406,6 +425,17 @@ class Submitter:
             started_at=now if reusable else None,
             packages=tuple(sorted(jobs, key=lambda j: j.seq)),
         )
+
+
+def package_request(config: Config) -> Request:
+    """What a config's package asks (``package.resources``; the parser checked them)."""
+    resources = config.package.resources
+    if resources is None:
+        return NOTHING
+    return Request(
+        cpu=cpu_millis(resources.cpu) if resources.cpu else 0,
+        memory=memory_bytes(resources.memory) if resources.memory else 0,
+    )
 
 
 def _write_tree(root: Path, files: Mapping[PurePosixPath, str | bytes]) -> None:

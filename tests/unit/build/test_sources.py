@@ -5,6 +5,7 @@ them as a ``local://`` source whose copy fixes owners and times."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from melange2.build.executor import BuildOptions, build_graph, prepare
@@ -31,10 +32,15 @@ def test_the_digest_follows_what_a_step_can_see(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         os.chown(root / "a.c", 1234, 5678)
     assert source_digest(root) == first
-    changes = [
+
+    def relink() -> None:
+        os.unlink(root / "link")
+        os.symlink("sub", root / "link")
+
+    changes: list[Callable[[], object]] = [
         lambda: (root / "a.c").write_text("int main();\n"),
         lambda: (root / "sub" / "run.sh").chmod(0o644),
-        lambda: (os.unlink(root / "link"), os.symlink("sub", root / "link")),
+        relink,
         lambda: (root / "sub" / "new").write_bytes(b""),
         lambda: (root / "empty").mkdir(),
     ]
