@@ -501,7 +501,12 @@ def collect_upload(paths: Sequence[Path]) -> Upload:
     type=click.Choice(["critical-path", "fifo"]),
     help="Order ready packages by critical path or by submission  [default: the server's].",
 )
-@click.option("--force", is_flag=True, help="Rebuild even packages whose inputs did not change.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rebuild even packages whose inputs did not change; their steps run again "
+    "(BuildKit's cache does not answer for them).",
+)
 @click.option(
     "--publish",
     type=click.Choice(["package", "build"]),
