@@ -174,12 +174,30 @@ class AuthPolicy:
             return self.public_read and action is Action.READ_BUILDS
         return principal.can(action, build)
 
+    def allows_some(self, principal: Principal | None, action: Action) -> bool:
+        """Whether ``principal`` may do ``action`` to some build (a build's own
+        submitter to theirs): checked before the build is looked up, so that who may
+        not learns nothing of which builds exist."""
+        if self.allows(principal, action):
+            return True
+        return (
+            self.enabled
+            and principal is not None
+            and action in _OWN
+            and principal.role.rank >= Role.SUBMIT.rank
+        )
+
     def check(
-        self, principal: Principal | None, action: Action, build: Owned | None = None
+        self,
+        principal: Principal | None,
+        action: Action,
+        build: Owned | None = None,
+        *,
+        some: bool = False,
     ) -> None:
         """``Unauthorized`` (no token) or ``Forbidden`` (a token without the right)
-        unless :meth:`allows`."""
-        if self.allows(principal, action, build):
+        unless :meth:`allows` (with ``some``: :meth:`allows_some`)."""
+        if self.allows_some(principal, action) if some else self.allows(principal, action, build):
             return
         if not self.enabled:
             raise Forbidden(
@@ -208,7 +226,9 @@ _WHAT = {
 def _refusal(principal: Principal, action: Action, build: Owned | None) -> str:
     who = f"token {excerpt(principal.name)} (role {principal.role})"
     if action in _OWN and principal.role is Role.SUBMIT:
-        return f"{who} may {_WHAT[action]} only of builds it submitted"
+        what = "cancel only" if action is Action.CANCEL else "see env values only of"
+        submitted = f" ({build.submitted_by or 'nobody'!r} submitted this one)" if build else ""
+        return f"{who} may {what} the builds it submitted{submitted}"
     return f"{who} may not {_WHAT[action]}: that needs the {NEEDS[action]} role"
 
 

@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from melange2.auth import Role
 from melange2.farm import processes
-from melange2.farm.local import FarmEnv, start_server
+from melange2.farm.local import FarmEnv, make_token, start_server, store_args_of
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -38,7 +39,10 @@ def config(name: str, *, needs: tuple[str, ...] = (), script: str = "true") -> s
 
 
 class Server:
-    """A melange-server process of our own, which a test may kill -9 and restart."""
+    """A melange-server process of our own, which a test may kill -9 and restart.
+
+    Authentication is on, as by default: an admin token (``token``) is made in its store
+    before the first start, and ``client()`` sends it (``client(token=None)``: none)."""
 
     def __init__(self, farm: FarmEnv, root: Path, extra_args: Sequence[str] = ()) -> None:
         self.farm = farm
@@ -46,6 +50,8 @@ class Server:
         self.extra_args = list(extra_args)
         self.port = processes.free_port()
         self.url = ""
+        #: an admin token ("" with --no-auth)
+        self.token = ""
         backends = root / "backends.yaml"
         backends.write_text(
             "backends:\n"
@@ -55,7 +61,20 @@ class Server:
         )
         self.backends = backends
 
+    def make_token(self, name: str, role: str = "admin") -> str:
+        """A token of ``role`` in this server's store (a running server sees it)."""
+        return asyncio.run(
+            make_token(
+                self.root / "data",
+                name=name,
+                role=Role(role),
+                store_args=store_args_of(self.extra_args),
+            )
+        )
+
     def start(self) -> None:
+        if not self.token and "--no-auth" not in self.extra_args:
+            self.token = self.make_token("e2e-admin")
         self.url = asyncio.run(
             start_server(
                 self.farm,
@@ -80,8 +99,12 @@ class Server:
     def stop(self) -> None:
         processes.stop(self.root / "server.pid")
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+    def client(self, token: str | None = "") -> httpx.Client:
+        """An HTTP client for the server with the admin token, or ``token`` (``None``:
+        anonymous)."""
+        secret = self.token if token == "" else token
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        return httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
 
 @pytest.fixture(scope="module")

@@ -128,7 +128,8 @@ def _parse(model: type[_M], response: httpx.Response) -> _M:
 
 class RemoteClient:
     """The build server's API, one method per endpoint. Use it as a context manager
-    (or ``close()`` it); pass ``transport`` or a ready ``client`` to talk to a fake."""
+    (or ``close()`` it); pass ``transport`` or a ready ``client`` to talk to a fake,
+    ``token`` (an API token) to authenticate."""
 
     def __init__(
         self,
@@ -137,10 +138,13 @@ class RemoteClient:
         transport: httpx.BaseTransport | None = None,
         client: httpx.Client | None = None,
         timeout: float = 30.0,
+        token: str | None = None,
     ) -> None:
         self.server = server.rstrip("/")
+        #: sent as ``Authorization: Bearer <token>`` (never printed)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = client or httpx.Client(
-            base_url=self.server + API, transport=transport, timeout=timeout
+            base_url=self.server + API, transport=transport, timeout=timeout, headers=headers
         )
 
     def __enter__(self) -> RemoteClient:
