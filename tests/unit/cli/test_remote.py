@@ -320,7 +320,7 @@ def run(
     fake: FakeServer | None,
     *args: str,
     transport: httpx.BaseTransport | None = None,
-    env: dict[str, str] | None = None,
+    env: dict[str, str | None] | None = None,
 ) -> Outcome:
     out, err = io.StringIO(), io.StringIO()
     ctx = RemoteContext(
