@@ -98,9 +98,9 @@ class Action(StrEnum):
 
     #: builds, their packages, logs and artifacts (anonymous with --public-read)
     READ_BUILDS = "read_builds"
-    #: the backends and their status, the metrics
+    #: the backends and their status, the metrics, the source cache
     READ_FARM = "read_farm"
-    #: create builds (dry runs too), upload sources
+    #: create builds (dry runs too), upload to the source cache
     SUBMIT = "submit"
     #: cancel a build: its submitter's, or an admin's
     CANCEL = "cancel"
@@ -214,7 +214,7 @@ class AuthPolicy:
 
 _WHAT = {
     Action.READ_BUILDS: "read builds",
-    Action.READ_FARM: "read the farm's backends and metrics",
+    Action.READ_FARM: "read the farm's backends, metrics and sources",
     Action.SUBMIT: "submit builds",
     Action.CANCEL: "cancel builds",
     Action.SEE_ENV: "see env values",

@@ -31,11 +31,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from melange2 import __version__
 from melange2.api import errors
 from melange2.api.auth import FarmReader
-from melange2.api.routes import artifacts, backends, builds, tokens
+from melange2.api.routes import artifacts, backends, builds, sources, tokens
 from melange2.api.services import Services
 from melange2.apk.signing import Signer, generate_key
 from melange2.auth import AuthPolicy
 from melange2.build.executor import Builder
+from melange2.build.source_cache import SourceCache
 from melange2.oci.registry import RegistryClient
 from melange2.pool.config import BackendSpec, PoolConfig, load_pool_config
 from melange2.pool.health import HealthProber
@@ -121,18 +122,22 @@ async def publish_key(settings: ServerSettings, storage: Storage) -> None:
         await storage.put_bytes(key, data)
 
 
+SOURCES_PREFIX = "/api/v1/sources/"
+
+
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with a JSON 413: by ``Content-Length``
     before anything is read, and by counting the bytes as they arrive (a chunked body
     has no length): past the limit, reading the body raises :class:`errors.BodyTooLarge`
-    (a 413 through the app's error mapper) and nothing more is read."""
+    (a 413 through the app's error mapper) and nothing more is read. Source uploads
+    (``/api/v1/sources/``) are left to ``--max-source-bytes``, checked as they stream."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(SOURCES_PREFIX):
             await self.app(scope, receive, send)
             return
         length = Headers(scope=scope).get("content-length")
@@ -187,6 +192,12 @@ def create_app(
         storage = open_storage(settings.storage_spec)
         await storage.check()
         await publish_key(settings, storage)
+        source_cache = SourceCache.open(
+            settings.source_cache_location,
+            work_dir=settings.data_dir / "tmp" / "sources",
+            spec=settings.source_cache_spec,
+        )
+        await source_cache.storage.check()
         hub = LogHub()
         pool = BackendPool.from_config(config or pool_config(settings))
         pool.on_breaker_change = metrics.breaker_changed
@@ -211,7 +222,13 @@ def create_app(
                 policy = fetch_policy(settings)
                 builder = Builder(registry, settings.data_dir / "cache", policy)
                 runner = BuildkitRunner(
-                    settings, builder, signer, storage, hub, daemon_tls=pool.tls_for
+                    settings,
+                    builder,
+                    signer,
+                    storage,
+                    hub,
+                    daemon_tls=pool.tls_for,
+                    source_cache=source_cache,
                 )
                 scheduler = Scheduler(
                     store,
@@ -242,6 +259,7 @@ def create_app(
                     runner=runner,
                     storage=storage,
                     hub=hub,
+                    source_cache=source_cache,
                     supervisor=supervisor,
                 )
                 app.state.services = svc
@@ -258,6 +276,7 @@ def create_app(
                     await supervisor.aclose(prober.stop, scheduler.shutdown)
                     await builder.aclose()
                     await storage.aclose()
+                    await source_cache.aclose()
 
     app = FastAPI(
         title="melange2 remote builds",
@@ -277,6 +296,7 @@ def create_app(
     app.include_router(backends.router)
     app.include_router(artifacts.router)
     app.include_router(tokens.router)
+    app.include_router(sources.router)
 
     @app.get(
         "/healthz",

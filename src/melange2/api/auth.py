@@ -107,9 +107,9 @@ def require(action: Action) -> Callable[..., Awaitable[Principal | None]]:
 Caller = Annotated[Principal | None, Depends(_credentials)]
 #: builds, packages, logs, artifacts (anonymous with --public-read)
 BuildReader = Annotated[Principal | None, Depends(require(Action.READ_BUILDS))]
-#: backends, metrics
+#: backends, metrics, the source cache (never anonymous: --public-read is for builds)
 FarmReader = Annotated[Principal | None, Depends(require(Action.READ_FARM))]
-#: create builds, upload sources
+#: create builds, upload to the source cache
 Submitter = Annotated[Principal | None, Depends(require(Action.SUBMIT))]
 BackendAdmin = Annotated[Principal | None, Depends(require(Action.MANAGE_BACKENDS))]
 TokenAdmin = Annotated[Principal | None, Depends(require(Action.MANAGE_TOKENS))]

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from melange2.auth import Forbidden, Unauthorized
+from melange2.build.source_cache import SourceTooLarge
 from melange2.errors import (
     ConfigError,
     FarmError,
@@ -37,6 +38,7 @@ _log = logging.getLogger(__name__)
 _STATUS: list[tuple[type[FarmError], int]] = [
     (Unauthorized, 401),
     (Forbidden, 403),
+    (SourceTooLarge, 413),
     (NotFound, 404),
     (StorageNotFound, 404),
     (StorageError, 503),

@@ -7,6 +7,7 @@ tests/integration/test_auth_e2e.py."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -140,6 +141,8 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/api/v1/tokens", None, "admin"),
     ("POST", "/api/v1/tokens", {"name": "new", "role": "read"}, "admin"),
     ("DELETE", "/api/v1/tokens/tok-nothing", None, "admin"),
+    ("GET", f"/api/v1/sources/sha256:{'0' * 64}", None, "read"),
+    ("PUT", f"/api/v1/sources/sha256:{'0' * 64}", "not these bytes", "submit"),
 ]
 RANK = {"read": 0, "submit": 1, "admin": 2}
 
@@ -157,6 +160,19 @@ async def test_every_route_needs_its_role(farm: Farm) -> None:
                 assert farm.tokens[role] not in error, where
             else:
                 assert resp.status_code not in (401, 403), (where, role, resp.text)
+
+
+async def test_the_source_cache_needs_read_to_look_and_submit_to_add(farm: Farm) -> None:
+    data = b"an upstream tarball\n"
+    path = f"/api/v1/sources/sha256:{hashlib.sha256(data).hexdigest()}"
+    assert (await farm.call(None, "HEAD", path)).status_code == 401
+    assert (await farm.call("read", "HEAD", path)).status_code == 404
+    _refused(await farm.call("read", "PUT", path, content=data), 403, "the submit role")
+    assert (await farm.call("read", "HEAD", path)).status_code == 404  # nothing was kept
+    assert (await farm.call("submit", "PUT", path, content=data)).status_code == 201
+    assert (await farm.call("read", "HEAD", path)).status_code == 200
+    assert (await farm.call("read", "GET", path)).content == data
+    _refused(await farm.call(None, "GET", path), 401, "authentication required")
 
 
 async def test_anyone_reads_healthz_and_the_repository(farm: Farm) -> None:
