@@ -20,6 +20,7 @@ import pytest
 from melange2.auth import Role
 from melange2.farm import processes
 from melange2.farm.local import FarmEnv, make_token, start_server, store_args_of
+from melange2.service.gitsource import is_commit
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -284,6 +285,72 @@ def test_git_source_builds_the_matching_configs(server: Server, tmp_path: Path) 
             "/api/v1/builds", json={"git_source": {"repository": str(tmp_path / "nope")}}
         )
         assert missing.status_code == 400 and "cannot clone" in missing.json()["error"]
+
+
+PINNED = """\
+package:
+  name: g-pinned
+  version: 1.0.0
+  description: built from one commit of a git repository
+environment:
+  contents:
+    packages: [busybox]
+pipeline:
+  - uses: local/mark
+  - runs: |
+      mkdir -p ${{targets.destdir}}/usr/share/g-pinned
+      cp data.txt ${{targets.destdir}}/usr/share/g-pinned/
+      echo "data: $(cat data.txt)"
+"""
+MARK = "pipeline:\n  - runs: echo marked-by-the-repository-pipeline\n"
+
+
+def test_git_source_at_a_commit_builds_that_commit(server: Server, tmp_path: Path) -> None:
+    """A ref that is a commit SHA builds exactly that commit (not the branch's tip),
+    records it, and brings the repository's pipelines/ and <package>/ along."""
+    repo = tmp_path / "distro"
+    (repo / "pkgs" / "pipelines" / "local").mkdir(parents=True)
+    (repo / "pkgs" / "g-pinned").mkdir()
+    (repo / "pkgs" / "g-pinned.yaml").write_text(PINNED)
+    (repo / "pkgs" / "pipelines" / "local" / "mark.yaml").write_text(MARK)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+
+    def commit(data: str) -> str:
+        (repo / "pkgs" / "g-pinned" / "data.txt").write_text(data)
+        for argv in (["add", "."], ["commit", "-qm", data]):
+            subprocess.run([*git, *argv], cwd=repo, check=True, capture_output=True)
+        out = subprocess.run([*git, "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=repo, check=True)
+    first = commit("first-commit")
+    commit("second-commit")  # the tip of main
+    with server.client() as client:
+        resp = client.post(
+            "/api/v1/builds",
+            json={"git_source": {"repository": str(repo), "ref": first, "path": "pkgs"}},
+        )
+        assert resp.status_code == 201, resp.text
+        build = wait(client, resp.json()["id"])
+        assert build["status"] == "success", build
+        assert build["source_commit"] == first
+        log = client.get(f"/api/v1/builds/{build['id']}/packages/g-pinned/logs").text
+        assert "data: first-commit" in log and "second-commit" not in log
+        assert "marked-by-the-repository-pipeline" in log
+        # the tip: other content under the same version, so it replaces what was published
+        tip = client.post(
+            "/api/v1/builds",
+            json={
+                "git_source": {"repository": str(repo), "ref": "main", "path": "pkgs"},
+                "replace": True,
+            },
+        )
+        assert tip.status_code == 201, tip.text
+        built = wait(client, tip.json()["id"])
+        assert built["status"] == "success", built
+        assert is_commit(built["source_commit"]) and built["source_commit"] != first
+        log = client.get(f"/api/v1/builds/{built['id']}/packages/g-pinned/logs").text
+        assert "data: second-commit" in log
 
 
 def test_waiting_packages_say_why(server: Server) -> None:
