@@ -49,7 +49,8 @@ def _run(api_schema: Any, headers: dict[str, str], examples: int) -> dict[str, s
                 body = response.json()
                 assert set(body) == {"error", "details"} and body["error"], where
             if response.status_code == 401:
-                assert response.headers["www-authenticate"].startswith("Bearer"), where
+                challenge = response.headers["www-authenticate"]  # schemathesis: a list
+                assert [c.split()[0] for c in challenge] == ["Bearer"], (where, challenge)
 
         check()
     return seen
