@@ -108,7 +108,7 @@ from rich.table import Table
 
 from melange2.errors import FarmError
 from melange2.farm import processes
-from melange2.farm.local import FarmEnv, start_server
+from melange2.farm.local import FarmEnv, make_token, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "bench" / "wolfi-dag.json"
@@ -249,6 +249,8 @@ class Server:
     pid: int
     pid_file: Path
     log_file: Path
+    #: an admin token for it
+    token: str = ""
 
 
 @contextlib.asynccontextmanager
@@ -264,6 +266,7 @@ async def replay_server(env: FarmEnv, work: Path, slots: int) -> AsyncIterator[S
     pid_file = work / "melange-server.pid"
     log_file = work / "melange-server.log"
     try:
+        token = await make_token(work / "data", name="replay")
         url = await start_server(
             env,
             data_dir=work / "data",
@@ -275,7 +278,7 @@ async def replay_server(env: FarmEnv, work: Path, slots: int) -> AsyncIterator[S
         )
         pid = processes.read_pid(pid_file)
         assert pid is not None
-        yield Server(url=url, pid=pid, pid_file=pid_file, log_file=log_file)
+        yield Server(url=url, pid=pid, pid_file=pid_file, log_file=log_file, token=token)
     finally:
         processes.stop(pid_file)
 
@@ -651,7 +654,11 @@ async def _session(
     await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
     async with (
         replay_server(env, work, slots) as server,
-        httpx.AsyncClient(base_url=server.url, timeout=600) as http,
+        httpx.AsyncClient(
+            base_url=server.url,
+            timeout=600,
+            headers={"Authorization": f"Bearer {server.token}"},
+        ) as http,
     ):
         yield server, http
 
