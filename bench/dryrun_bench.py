@@ -8,7 +8,8 @@ one ``dry_run`` request through the server's submission code:
 
 * in-process (default): the ``Submitter`` a server runs, with a memory store and a
   one-backend pool, its request built from the JSON a client would send;
-* ``--server URL``: POSTed to a running ``melange-server`` (``make farm-up``).
+* ``--server URL``: POSTed to a running ``melange-server`` (``make farm-up``), with
+  ``--token`` (default ``$MELANGE_TOKEN``, which ``.farm/env`` sets) when it requires one.
 
 The worker processes are started first and timed apart (a server starts them on its first
 large dry run). The first dry run is cold (nothing parsed yet); later runs of the same
@@ -98,14 +99,15 @@ async def _in_process(body: bytes, runs: int, workers: int) -> list[dict[str, fl
     return out
 
 
-def _over_http(body: bytes, runs: int, server: str) -> list[dict[str, float]]:
+def _over_http(body: bytes, runs: int, server: str, token: str) -> list[dict[str, float]]:
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     out = []
     with httpx.Client(base_url=server, timeout=600) as client:
         for _ in range(runs):
             t0 = time.perf_counter()
-            resp = client.post(
-                "/api/v1/builds", content=body, headers={"content-type": "application/json"}
-            )
+            resp = client.post("/api/v1/builds", content=body, headers=headers)
             elapsed = time.perf_counter() - t0
             resp.raise_for_status()
             plan = resp.json()
@@ -123,6 +125,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA, help="wolfi-dag.json")
     parser.add_argument("--server", help="POST to this melange-server instead")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MELANGE_TOKEN", ""),
+        help="with --server: an API token with the submit role (default: MELANGE_TOKEN)",
+    )
     parser.add_argument("--runs", type=int, default=5, help="dry runs (the first is cold)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N packages")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0: cores)")
@@ -143,7 +150,7 @@ def main() -> None:
         }
     ).encode()
     if args.server:
-        runs = _over_http(body, args.runs, args.server)
+        runs = _over_http(body, args.runs, args.server, args.token)
     else:
         runs = asyncio.run(_in_process(body, args.runs, args.workers))
     start = runs.pop(0)["workers_start_seconds"] if "workers_start_seconds" in runs[0] else None

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from melange2.auth import Forbidden, Unauthorized
 from melange2.build.source_cache import SourceTooLarge
 from melange2.errors import (
     ConfigError,
@@ -36,6 +37,8 @@ from melange2.storage import StorageError, StorageNotFound
 _log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[FarmError], int]] = [
+    (Unauthorized, 401),
+    (Forbidden, 403),
     (SourceTooLarge, 413),
     (NotFound, 404),
     (StorageNotFound, 404),
@@ -133,7 +136,13 @@ def install(app: FastAPI, redactor: Redactor | None = None) -> None:
                 }
                 for p in exc.problems
             ]
-        return JSONResponse(error_body(redact.text(exc.message), details), status_code=status)
+        # 401: how to authenticate (RFC 6750); the message never holds the token sent
+        challenge = {"WWW-Authenticate": 'Bearer realm="melange2"'} if status == 401 else None
+        return JSONResponse(
+            error_body(redact.text(exc.message), details),
+            status_code=status,
+            headers=challenge,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

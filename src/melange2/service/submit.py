@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from melange2.api.schemas import (
     CreateBuildRequest,
@@ -59,7 +60,7 @@ from melange2.service.configs import (
     parse_config,
     request_resolver,
 )
-from melange2.service.gitsource import GitFetcher
+from melange2.service.gitsource import GitCheckout, GitFetcher
 from melange2.service.reuse import settle_reuse
 from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
@@ -141,7 +142,10 @@ class Submitter:
         """Stop the worker processes, if any were started."""
         await self.workers.aclose()
 
-    async def submit(self, request: CreateBuildRequest) -> CreateBuildResponse | PlanOut:
+    async def submit(
+        self, request: CreateBuildRequest, *, submitted_by: str = ""
+    ) -> CreateBuildResponse | PlanOut:
+        """``submitted_by``: the name of the caller's token (recorded on the build)."""
         arch = request.arch or self.settings.default_arch
         _check_arch(arch)
         checked = _relative_paths(request.pipelines, "pipelines")
@@ -153,9 +157,12 @@ class Submitter:
             sources[pkg] = {checked[path]: content_bytes(c) for path, c in files.items()}
         if request.git_source is not None:
             self.git.check(request.git_source.repository)  # before any work
+        checkout: GitCheckout | None = None
         with tempfile.TemporaryDirectory(prefix="melange2-submit-") as tmp:
             work = Path(tmp)
-            texts = await self._texts(request, work)
+            texts, checkout = await self._texts(request, work)
+            if checkout is not None:
+                _merge_files(pipelines, checkout.pipelines, "pipelines")
             _write_tree(work / "pipelines", pipelines)
             pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
             parsed: list[ParsedConfig] = []
@@ -166,8 +173,14 @@ class Submitter:
                     self._parse, texts, arch, work / "pipelines", request, pipelines_digest
                 )
                 planned = [p.planned() for p in parsed]
+            names = [p.node.name for p in planned]
+            if checkout is not None:  # ./<package-name>/ beside the configs, from the clone
+                for name in names:
+                    found = await asyncio.to_thread(checkout.sources, name)
+                    if found:
+                        where = f"source_files[{excerpt(name)}]"
+                        _merge_files(sources.setdefault(name, {}), found, where)
         nodes = [p.node for p in planned]
-        names = [n.name for n in nodes]
         for pkg in sources:
             if pkg not in names:
                 raise RequestError(
@@ -220,6 +233,10 @@ class Submitter:
                 if not adopted:
                     reusable = {}
             build = self._build(build_id, parsed, graph, prio, spec, request, reusable, adopted)
+            build = build.evolve(
+                submitted_by=submitted_by,
+                source_commit=checkout.commit if checkout is not None else "",
+            )
             await self.store.create_build(build)
         except BaseException:
             shutil.rmtree(build_dir, ignore_errors=True)
@@ -233,18 +250,21 @@ class Submitter:
             cut_edges=[(a, b) for a, b in graph.cut_edges],
         )
 
-    async def _texts(self, request: CreateBuildRequest, work: Path) -> list[tuple[str, str]]:
-        """The configs to parse, each with the name errors call it by."""
+    async def _texts(
+        self, request: CreateBuildRequest, work: Path
+    ) -> tuple[list[tuple[str, str]], GitCheckout | None]:
+        """The configs to parse, each with the name errors call it by; and the clone
+        they came from, for a ``git_source``."""
         if request.config_yaml is not None:
-            return [("config_yaml", request.config_yaml)]
+            return [("config_yaml", request.config_yaml)], None
         if request.configs is not None:
-            return [(f"configs[{i}]", text) for i, text in enumerate(request.configs)]
+            return [(f"configs[{i}]", text) for i, text in enumerate(request.configs)], None
         src = request.git_source
         assert src is not None
-        found = await self.git.configs(
+        found = await self.git.checkout(
             src.repository, ref=src.ref, path=src.path, pattern=src.pattern, workdir=work
         )
-        return [(f"git_source:{f.path}", f.text) for f in found]
+        return [(f"git_source:{f.path}", f.text) for f in found.configs], found
 
     def _parse(
         self,
@@ -485,6 +505,26 @@ def _refuse_invalid(
         seen[name] = i
     if problems:
         raise InvalidConfigs(problems, total=len(results))
+
+
+_Content = TypeVar("_Content", str, bytes)
+
+
+def _merge_files(
+    into: dict[PurePosixPath, _Content], found: Mapping[str, _Content], where: str
+) -> None:
+    """Add the files a ``git_source`` brought to those the request sent: the same path
+    with other content in both is a 400 (neither is taken silently)."""
+    checked = _relative_paths(found, f"git_source {where}")
+    for given, content in found.items():
+        path = checked[given]
+        if into.get(path, content) != content:
+            raise RequestError(
+                f"{where}[{excerpt(str(path))}]: the request and the git_source repository "
+                "both give this file, with different content"
+            )
+        into[path] = content
+    _relative_paths({str(p): None for p in into}, where)
 
 
 def _write_tree(root: Path, files: Mapping[PurePosixPath, str | bytes]) -> None:
