@@ -18,6 +18,7 @@ from melange2.jobs import Backend, Build, PackageJob
 from melange2.names import excerpt, text_problem
 from melange2.resources import QuantityError, cpu_millis, format_cpu, format_memory, memory_bytes
 from melange2.scheduler.placement import Request
+from melange2.service.secrets import valid_name
 
 ARCHES = ("x86_64", "aarch64")
 #: what ``GET`` shows instead of each ``env`` value (the names stay)
@@ -117,6 +118,13 @@ class CreateBuildRequest(_Strict):
     with_test: bool = False
     debug: bool = False
     env: dict[str, str] = Field(default_factory=dict)
+    #: ``{"NAME": "value"}``: every step gets ``NAME`` as a BuildKit secret (not in the
+    #: LLB or any digest, masked as ``***`` in logs; ``GET`` shows the names only)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    #: seconds each package may run (wall clock) before it fails ``timed out``; default:
+    #: its config's ``package.timeout``, else the server's ``--package-timeout`` (also
+    #: the most this may be)
+    timeout_s: float | None = Field(default=None, gt=0)
     cycle_policy: Literal["error", "break"] = "error"
     dry_run: bool = False
     schedule: Literal["critical-path", "fifo"] | None = None
@@ -128,6 +136,17 @@ class CreateBuildRequest(_Strict):
     #: allow this build to replace packages (same name, version and epoch, other
     #: content) the farm's repository already holds; each replacement is logged
     replace: bool = False
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not valid_name(name):
+                raise ValueError(
+                    f"{excerpt(name)} is not an environment variable name "
+                    "(letters, digits and _, not starting with a digit)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateBuildRequest:
@@ -288,12 +307,14 @@ class BuildOut(BaseModel):
 
 
 def public_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A build's request as ``GET`` shows it: ``env`` keeps its names, every value is
-    :data:`HIDDEN` (values may be secrets; nobody but the submitter should read them)."""
+    """A build's request as ``GET`` shows it: ``env`` and ``secrets`` keep their names,
+    every value is :data:`HIDDEN` (values may be secrets; nobody but the submitter should
+    read them)."""
     out = dict(spec)
-    env = out.get("env")
-    if isinstance(env, dict):
-        out["env"] = dict.fromkeys(env, HIDDEN)
+    for key in ("env", "secrets"):
+        values = out.get(key)
+        if isinstance(values, dict):
+            out[key] = dict.fromkeys(values, HIDDEN)
     return out
 
 

@@ -49,6 +49,7 @@ from melange2.build.sources import push_sources
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
 from melange2.buildkit.client import BuildkitClient, SolveResult, push_image
+from melange2.buildkit.session import Session
 from melange2.buildkit.tls import ClientTLS
 from melange2.errors import ConfigError, LintFailed
 from melange2.oci.image import ImageRef
@@ -122,6 +123,9 @@ class BuildOptions:
     recorded_keyrings: Sequence[str] | None = None
     #: melange's source cache (``--cache-dir``): what ``fetch`` finds in /var/cache/melange
     source_cache: SourceCache | None = None
+    #: environment variables every step gets as BuildKit secrets (name -> value): the
+    #: LLB names only the variables, the values travel in the solve's session
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,13 +181,28 @@ def environment_packages(config: Config, plan: BuildPlan) -> list[str]:
 
 
 def step_env(plan_env: Mapping[str, str], step: ExecStep, opts: BuildOptions) -> dict[str, str]:
-    return {
+    env = {
         **DEFAULT_ENV,
         "SOURCE_DATE_EPOCH": str(opts.source_date_epoch),
         **plan_env,
         **step.env,
         **opts.env,
     }
+    for name in opts.secrets:  # a secret's name is the secret's, never a plain value
+        env.pop(name, None)
+    return env
+
+
+def secret_env(opts: BuildOptions) -> dict[str, str]:
+    """Each secret as the variable of its name (secret ids are the names)."""
+    return {name: name for name in opts.secrets}
+
+
+def secret_session(opts: BuildOptions) -> Session | None:
+    """The session that serves the build's secrets (``None``: there are none)."""
+    if not opts.secrets:
+        return None
+    return Session(secrets={k: v.encode() for k, v in opts.secrets.items()})
 
 
 def build_graph(
@@ -227,6 +246,7 @@ def build_graph(
             root,
             ["/bin/sh", "-c", script],
             env=step_env(plan.environment, step, opts),
+            secret_env=secret_env(opts),
             cwd=step.workdir,
             network=opts.network,
             mounts=mounts,
@@ -651,6 +671,7 @@ class Builder:
                 cache_exports=[{"type": "registry", "ref": opts.cache_ref, "mode": opts.cache_mode}]
                 if opts.cache_ref
                 else (),
+                session=secret_session(opts),
             )
 
     async def test(
@@ -686,11 +707,16 @@ class Builder:
                     root,
                     ["/bin/sh", "-c", step.script],
                     env=step_env(plan.environment, step, opts),
+                    secret_env=secret_env(opts),
                     cwd=step.workdir,
                     network=opts.network,
                     name=f"test {plan.package}: {step.name}",
                     ignore_cache=True,
                 ).root
             async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
-                await bk.solve(llb.marshal(root), on_progress=ProgressTracker(sinks=sinks))
+                await bk.solve(
+                    llb.marshal(root),
+                    on_progress=ProgressTracker(sinks=sinks),
+                    session=secret_session(opts),
+                )
         return len(plans)
