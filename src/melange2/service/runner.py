@@ -427,7 +427,11 @@ class BuildkitRunner:
             pipelines=pipelines,
             sources=sources,
             environment_key=environment_key,
-            options=build_options(spec),
+            options={
+                **build_options(spec),
+                # the names are in the LLB (the values are not): a new name is a new build
+                "secrets": sorted(build_secrets(self.settings.secret_env, spec)),
+            },
             signer=self.signer,
         )
 
