@@ -103,7 +103,7 @@ def _definition(tmp_path: Path, secrets: dict[str, str]) -> tuple[bytes, str]:
     config, plan = prepare(opts)
     definition = llb.marshal(
         build_graph(
-            config, plan, opts, environment="127.0.0.1:1/e@sha256:" + "0" * 64, sources=None
+            config, plan, opts, environment="127.0.0.1:1/e@sha256:" + "0" * 64, sources=False
         )
     )
     raw = definition.SerializeToString(deterministic=True)
