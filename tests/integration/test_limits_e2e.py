@@ -29,7 +29,8 @@ PRINT_SECRETS = (
     'echo "farm token: $FARM_TOKEN"\n'
     'echo "build token: $BUILD_TOKEN"\n'
     'printf %s "$FARM_TOKEN" | sha256sum\n'
-    'printf %s "$BUILD_TOKEN" | sha256sum'
+    'printf %s "$BUILD_TOKEN" | sha256sum\n'
+    "cat data.txt"
 )
 
 
@@ -53,7 +54,11 @@ def test_secrets_are_masked_hidden_and_change_no_digest(server: Server) -> None:
     first_value, second_value = "b1-" + uuid.uuid4().hex, "b2-" + uuid.uuid4().hex
     text = config("s-secret", script=PRINT_SECRETS)
     with server.client() as client:
-        build_id = submit(client, config_yaml=text, secrets={"BUILD_TOKEN": first_value})
+        # sources too: the solve's one session serves both
+        sources = {"s-secret": {"data.txt": "sources-arrived\n"}}
+        build_id = submit(
+            client, config_yaml=text, source_files=sources, secrets={"BUILD_TOKEN": first_value}
+        )
         build = wait(client, build_id)
         assert build["status"] == "success", build["packages"]
         shown = client.get(f"/api/v1/builds/{build_id}")
@@ -64,10 +69,13 @@ def test_secrets_are_masked_hidden_and_change_no_digest(server: Server) -> None:
         assert first_value not in log and FARM_SECRET not in log
         # the step had the real values
         assert _sha(FARM_SECRET) in log and _sha(first_value) in log
+        assert "sources-arrived" in log
         digest = by_name(build)["s-secret"]["input_digest"]
         assert digest
 
-        again_id = submit(client, config_yaml=text, secrets={"BUILD_TOKEN": second_value})
+        again_id = submit(
+            client, config_yaml=text, source_files=sources, secrets={"BUILD_TOKEN": second_value}
+        )
         again = by_name(wait(client, again_id))["s-secret"]
         assert again["status"] == "success"
         assert again["input_digest"] == digest
