@@ -432,11 +432,11 @@ def _resources(value: Value | None, locs: dict[str, Location | FieldMark]) -> Re
     return resources
 
 
-def _timeout(value: Value | None, locs: dict[str, Location]) -> float | None:
+def _timeout(value: Value | None, locs: dict[str, Location | FieldMark]) -> float | None:
     """``package.timeout``: a Go duration (melange's ``time.Duration``), in seconds."""
     if value is None or value.is_null:
         return None
-    locs["timeout"] = value.loc
+    locs["timeout"] = value.mark
     try:
         seconds = parse_duration(value.text())
     except ValueError as exc:
