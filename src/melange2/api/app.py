@@ -18,9 +18,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
-from melange2 import __version__
+from melange2 import __version__, web
 from melange2.api import errors
-from melange2.api.routes import artifacts, backends, builds
+from melange2.api.routes import artifacts, backends, builds, events
 from melange2.api.services import Services
 from melange2.apk.signing import Signer, generate_key
 from melange2.build.executor import Builder
@@ -28,7 +28,8 @@ from melange2.oci.registry import RegistryClient
 from melange2.pool.config import BackendSpec, PoolConfig, load_pool_config
 from melange2.pool.health import HealthProber
 from melange2.pool.pool import BackendPool
-from melange2.scheduler.loop import Scheduler
+from melange2.scheduler.loop import Scheduler, StateChange
+from melange2.service.events import LocalEvents, event_of
 from melange2.service.layout import Layout
 from melange2.service.logs import LogHub
 from melange2.service.metrics import Metrics
@@ -111,6 +112,13 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
         await storage.check()
         await publish_key(settings, storage)
         hub = LogHub()
+        live = LocalEvents()
+
+        def on_change(change: StateChange) -> None:
+            live.publish(event_of(change))
+            if change.job is not None:  # log followers learn that the package moved
+                hub.notify(f"{change.build_id}/{change.job.name}")
+
         pool = BackendPool.from_config(config or pool_config(settings))
         pool.on_breaker_change = metrics.breaker_changed
         async with open_store(
@@ -143,6 +151,7 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
                     max_attempts=settings.max_attempts,
                     observer=metrics.scheduler_event,
                     before_build_end=runner.build_ending,
+                    on_change=on_change,
                 )
                 svc = Services(
                     settings=settings,
@@ -153,6 +162,7 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
                     runner=runner,
                     storage=storage,
                     hub=hub,
+                    events=live,
                 )
                 app.state.services = svc
                 metrics.attach(pool)
@@ -165,6 +175,7 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
                 try:
                     yield {"services": svc}
                 finally:
+                    live.close()
                     prober.stop()
                     await probes
                     await scheduler.shutdown()
@@ -185,6 +196,8 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
     app.include_router(builds.router)
     app.include_router(backends.router)
     app.include_router(artifacts.router)
+    app.include_router(events.router)
+    web.mount(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

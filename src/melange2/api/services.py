@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import Scheduler
+from melange2.service.events import EventSource, LocalEvents
 from melange2.service.logs import LogHub
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
@@ -26,6 +27,8 @@ class Services:
     runner: BuildkitRunner
     storage: Storage
     hub: LogHub
+    #: live build and package state changes (``GET /api/v1/events``, the pages)
+    events: EventSource = field(default_factory=LocalEvents)
 
 
 def services(request: Request) -> Services:

@@ -112,6 +112,8 @@ class _BuildState:
     dependents: dict[str, list[str]]
     status: BuildStatus
     counts: Counter[PackageStatus] = field(default_factory=Counter)
+    #: told of every package whose status this state sees change (old job, new job)
+    moved: Callable[[_BuildState, PackageJob, PackageJob], None] | None = None
 
     def set(self, job: PackageJob) -> None:
         old = self.jobs.get(job.name)
@@ -119,6 +121,8 @@ class _BuildState:
             self.counts[old.status] -= 1
         self.counts[job.status] += 1
         self.jobs[job.name] = job
+        if old is not None and old.status is not job.status and self.moved is not None:
+            self.moved(self, old, job)
 
 
 QueueKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -142,6 +146,25 @@ class SchedulerEvent:
     status: PackageStatus
 
 
+@dataclass(frozen=True, kw_only=True)
+class StateChange:
+    """A package or a build moved, as the store answered the scheduler's own write: for
+    live displays (``GET /api/v1/events``). Given to ``on_change`` in the order of the
+    writes, every package move included (skips, cancels, retries, expired leases).
+
+    ``job`` is the package after its move; ``None`` for the build's own status (or, with
+    ``previous`` ``None``, a build just submitted)."""
+
+    build_id: BuildId
+    #: the build's status (for a package's move: as it stood before the move settled it)
+    build_status: BuildStatus
+    #: how many of the build's packages are in each status, after the move
+    counts: Mapping[PackageStatus, int]
+    at: datetime
+    job: PackageJob | None = None
+    previous: PackageStatus | BuildStatus | None = None
+
+
 class Scheduler:
     """Owns dispatch for one server process. Use ``async with`` or :meth:`run`."""
 
@@ -159,6 +182,7 @@ class Scheduler:
         observer: Callable[[SchedulerEvent], None] | None = None,
         before_build_end: Callable[[Build, BuildStatus], Awaitable[None]] | None = None,
         clock: Clock | None = None,
+        on_change: Callable[[StateChange], None] | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -172,6 +196,8 @@ class Scheduler:
         #: runs before a build's final status is written (publication on success)
         self.before_build_end = before_build_end
         self.clock: Clock = clock if clock is not None else SystemClock()
+        #: every state change, in the order written (see :class:`StateChange`)
+        self.on_change = on_change
         self._builds: dict[BuildId, _BuildState] = {}
         #: ready packages, one priority queue per (arch, backend selector): when the head
         #: of a queue finds every matching backend busy, the rest of it waits too, and
@@ -216,6 +242,7 @@ class Scheduler:
         here."""
         async with self._lock:
             state = self._track(build)
+            self._changed(state, None, None)
             for job in state.jobs.values():
                 if job.status is PackageStatus.PENDING:
                     self._push(state, job)
@@ -287,8 +314,35 @@ class Scheduler:
         state = _BuildState(build=build, jobs={}, dependents=dependents, status=build.status)
         for job in build.packages:
             state.set(job)
+        if self.on_change is not None:
+            state.moved = self._moved
         self._builds[build.id] = state
         return state
+
+    def _moved(self, state: _BuildState, old: PackageJob, job: PackageJob) -> None:
+        self._changed(state, job, old.status)
+
+    def _changed(
+        self,
+        state: _BuildState,
+        job: PackageJob | None,
+        previous: PackageStatus | BuildStatus | None,
+    ) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(
+                StateChange(
+                    build_id=state.build.id,
+                    build_status=state.status,
+                    counts={s: n for s, n in state.counts.items() if n},
+                    at=self.clock.now(),
+                    job=job,
+                    previous=previous,
+                )
+            )
+        except Exception:  # a display must not wedge the scheduler
+            _log.exception("on_change failed for build %s", state.build.id)
 
     def _key(self, state: _BuildState, job: PackageJob) -> tuple[float, ...]:
         created = state.build.created_at.timestamp()
@@ -454,6 +508,7 @@ class Scheduler:
             state.build = await self.store.update_build(
                 state.build.id, status=BuildStatus.RUNNING, started_at=now
             )
+            self._changed(state, None, BuildStatus.PENDING)
         key = (state.build.id, job.name)
         self._tasks[key] = asyncio.create_task(
             self._run(state, running, slot, attempt), name=f"build {job.build_id}/{job.name}"
@@ -651,7 +706,8 @@ class Scheduler:
                         _log.exception("finishing build %s", state.build.id)
                 fields["finished_at"] = self.clock.now()
             state.build = await self.store.update_build(state.build.id, **fields)
-            state.status = status
+            previous, state.status = state.status, status
+            self._changed(state, None, previous)
         if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
             self._builds.pop(state.build.id, None)
 
