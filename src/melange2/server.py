@@ -266,14 +266,20 @@ def cli(
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     host, port = _host_port(listen_addr)
-    uvicorn.run(
-        create_app(settings, pool=pool),
-        host=host,
-        port=port,
-        log_level=log_level,
-        log_config=None,  # uvicorn's loggers go through the handler above
-        timeout_graceful_shutdown=10,
-    )
+    from melange2 import tracing
+
+    tracing.configure_from_env()  # OTEL_* variables: traces exported with OTLP
+    try:
+        uvicorn.run(
+            create_app(settings, pool=pool),
+            host=host,
+            port=port,
+            log_level=log_level,
+            log_config=None,  # uvicorn's loggers go through the handler above
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        tracing.shutdown()
 
 
 def _check_store(store: str, dsn: str) -> None:

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
-from melange2 import __version__, web
+from melange2 import __version__, tracing, web
 from melange2.api import errors
 from melange2.api.routes import artifacts, backends, builds, events
 from melange2.api.services import Services
@@ -123,7 +123,8 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
         pool.on_breaker_change = metrics.breaker_changed
         async with open_store(
             settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn
-        ) as store:
+        ) as opened:
+            store = tracing.traced_store(opened)  # store.* spans when tracing is on
             for stored in await store.list_backends():
                 if stored.addr not in pool.backends:
                     pool.add(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from melange2 import tracing
 from melange2.api.schemas import (
     CreateBuildRequest,
     CreateBuildResponse,
@@ -176,10 +177,11 @@ class Submitter:
                 raise RequestError(
                     f"source_files[{pkg!r}]: no config in this build has that package name"
                 )
-        graph = self._graph(parsed, request)
-        durations = await self.store.durations(names)
-        unknown = typical_duration(durations)  # for packages with no past duration
-        prio = priorities(graph, durations, unknown)
+        with tracing.span("build.plan", {"melange2.packages": len(parsed)}):
+            graph = self._graph(parsed, request)
+            durations = await self.store.durations(names)
+            unknown = typical_duration(durations)  # for packages with no past duration
+            prio = priorities(graph, durations, unknown)
         if request.dry_run:
             slots = max(1, self.pool.capacity(arch, request.backend_selector))
             p = plan(graph, durations, slots=slots, default=unknown)

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
+from melange2 import tracing
 from melange2.api.schemas import (
     BuildList,
     BuildOut,
@@ -90,7 +91,11 @@ async def create_build(
     request: CreateBuildRequest, svc: Svc, response: Response
 ) -> CreateBuildResponse | PlanOut:
     """Submit configs. ``dry_run`` plans without building (200 with the plan)."""
-    result = await svc.submitter.submit(request)
+    with tracing.span("build.submit", {"melange2.dry_run": request.dry_run}) as current:
+        result = await svc.submitter.submit(request)
+        if isinstance(result, CreateBuildResponse):
+            tracing.set_attribute(current, "melange2.build.id", result.id)
+            tracing.set_attribute(current, "melange2.packages", len(result.packages))
     if isinstance(result, PlanOut):
         response.status_code = 200
     return result
