@@ -5,11 +5,13 @@ when they do not.
 What is traced:
 
 * ``build.submit`` (the request) with ``build.plan`` (graph and priorities) inside;
-* ``package.attempt``: one trace per attempt of a package, its phases as children
+* ``package.attempt``: one trace per attempt of a package, from its dispatch to its
+  final write (``Scheduler``), its phases as children
   (``plan`` with ``environment`` inside, ``reuse``, ``solve``, ``fetch output``,
   ``package``, ``store``, ``publish``, ``remember``: the ``timings:`` line of the log,
   :class:`melange2.timing.PhaseTimer`);
-* ``store.<method>``: every call to the build store (:func:`traced_store`);
+* ``store.<method>``: the build store's calls made for those (:func:`traced_store`:
+  the attempt's final write, the submission's inserts);
 * the daemon's own spans: the trace context goes to BuildKit with ``Solve`` (gRPC
   metadata ``traceparent``, :func:`grpc_metadata`), whose control API continues it.
 
@@ -159,9 +161,16 @@ def grpc_metadata() -> tuple[tuple[str, str], ...]:
     return tuple((k.lower(), v) for k, v in carrier.items())
 
 
+def _in_span() -> bool:
+    from opentelemetry import trace
+
+    return bool(trace.get_current_span().get_span_context().is_valid)
+
+
 def traced_store(store: _T) -> _T:
-    """``store`` with each of its coroutine methods in a ``store.<method>`` span (when
-    tracing is on; otherwise ``store`` itself)."""
+    """``store`` with each of its coroutine methods in a ``store.<method>`` span, child
+    of the work that called it (a submission, a package's attempt); calls made outside
+    any span are not traced. ``store`` itself when tracing is off."""
     if _tracer is None:
         return store
     return cast(_T, _TracedStore(store))
@@ -180,8 +189,12 @@ class _TracedStore:
         if not inspect.iscoroutinefunction(value):
             return value
 
+        method = cast(Callable[..., Awaitable[Any]], value)
+
         async def call(*args: Any, **kwargs: Any) -> Any:
+            if not _in_span():  # a store call outside any traced work: no trace of its own
+                return await method(*args, **kwargs)
             with span(f"store.{name}"):
-                return await cast(Callable[..., Awaitable[Any]], value)(*args, **kwargs)
+                return await method(*args, **kwargs)
 
         return call

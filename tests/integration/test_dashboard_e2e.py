@@ -59,6 +59,12 @@ def _status(client: httpx.Client, build_id: str, name: str) -> str:
     return status
 
 
+def _refuse(dialog: Any, seen: list[str]) -> None:
+    """A page must not open dialogs (an ``alert`` would be injected script)."""
+    seen.append(dialog.message)
+    dialog.dismiss()
+
+
 def _until(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -80,7 +86,7 @@ def test_pages_follow_a_running_build_to_the_end(server: Server, browser: Any) -
         _until(lambda: _status(client, build_id, "web-ticker") == "running", 120, "running")
         page = browser.new_page()
         dialogs: list[str] = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on("dialog", lambda d: _refuse(d, dialogs))
 
         # the builds page lists the running build
         page.goto(server.url + "/")
@@ -170,7 +176,7 @@ def test_html_in_logs_and_errors_stays_text(server: Server, browser: Any) -> Non
         assert wait(client, build_id)["status"] == "failed"
         page = browser.new_page()
         dialogs: list[str] = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on("dialog", lambda d: _refuse(d, dialogs))
         page.goto(f"{server.url}/builds/{build_id}/packages/web-evil")
         log = page.locator("#log")
         assert evil in log.inner_text()

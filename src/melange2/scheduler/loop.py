@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from melange2 import tracing
 from melange2.errors import BuildkitUnavailable, FarmError, InvalidTransition, SolveCancelled
 from melange2.ids import BuildId
 from melange2.jobs import (
@@ -521,6 +522,25 @@ class Scheduler:
             addr=slot.backend.addr, arch=slot.backend.arch, labels=dict(slot.backend.labels)
         )
         key = (state.build.id, job.name)
+        attributes: dict[str, str | int] = {
+            "melange2.build.id": job.build_id,
+            "melange2.package": job.name,
+            "melange2.attempt": attempt,
+            "melange2.arch": job.arch,
+            "melange2.backend": backend.addr,
+        }
+        with tracing.span("package.attempt", attributes):  # one trace per attempt
+            await self._attempt(state, job, slot, attempt, backend, key)
+
+    async def _attempt(
+        self,
+        state: _BuildState,
+        job: PackageJob,
+        slot: BackendSlot,
+        attempt: int,
+        backend: Backend,
+        key: tuple[BuildId, str],
+    ) -> None:
         outcome = "neutral"
         released = False
         try:

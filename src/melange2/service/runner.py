@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from melange2 import tracing
 from melange2.apk.index import IndexRecord
 from melange2.apk.signing import Signer
 from melange2.build.environment_resolve import ResolvedEnvironment, Resolver
@@ -191,15 +190,8 @@ class BuildkitRunner:
     ) -> RunOutcome:
         live = self.live_log(job, attempt)
         hub_key = f"{job.build_id}/{job.name}"
-        attributes: dict[str, str | int] = {
-            "melange2.build.id": job.build_id,
-            "melange2.package": job.name,
-            "melange2.attempt": attempt,
-            "melange2.arch": job.arch,
-            "melange2.backend": backend.addr,
-        }
         try:
-            with tracing.span("package.attempt", attributes), open_log(live) as raw:
+            with open_log(live) as raw:
                 log = CappedLog(
                     raw, self.settings.max_log_bytes, on_write=lambda: self.hub.notify(hub_key)
                 )
