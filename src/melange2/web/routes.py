@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,6 @@ from melange2.errors import NotFound, RequestError
 from melange2.ids import BuildId
 from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
 from melange2.service.layout import Layout
-from melange2.service.reuse import ReuseIndex
 from melange2.storage import StorageError, StorageNotFound
 from melange2.web import views
 from melange2.web.viewer import Viewer, submitted_by, viewer_of
@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 #: the package page shows this much of the end of a log (the rest: the raw log)
 LOG_TAIL_BYTES = 256 * 1024
 #: at most this many cached packages of a build get the build they reused looked up
-REUSED_LOOKUP_LIMIT = 500
+REUSED_LOOKUP_LIMIT = 300
 BUILDS_PER_PAGE = 25
 
 router = APIRouter(include_in_schema=False)
@@ -54,6 +54,7 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
     undefined=jinja2.StrictUndefined,
 )
+_env.filters["seg"] = views.path_segment
 _env.filters["seconds"] = views.seconds
 _env.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
 _env.filters["iso"] = lambda t: t.isoformat() if t else ""
@@ -169,9 +170,16 @@ async def _reused_from(svc: Services, jobs: Sequence[PackageJob]) -> dict[str, s
     it = iter(found)
     out = {}
     for job, key in zip(cached, keys, strict=True):
-        record = ReuseIndex.decode(next(it)) if key else None
-        if record is not None and record.build_id != job.build_id:
-            out[job.name] = f"{record.build_id}/{record.package}"
+        data = next(it) if key else None
+        if data is None:
+            continue
+        try:  # only where it came from: the record's index is not needed here
+            raw = json.loads(data)
+            origin = f"{raw['build_id']}/{raw['package']}"
+        except (ValueError, KeyError, TypeError):
+            continue
+        if raw["build_id"] != job.build_id:
+            out[job.name] = origin
     return out
 
 
@@ -189,29 +197,21 @@ async def build_page(build_id: str, request: Request, svc: Svc, viewer: Who) -> 
         {str(k): str(v) for k, v in selector.items()} if isinstance(selector, dict) else {},
     )
     counts = views.count_statuses(build.packages)
-    rows = [
-        (
-            job,
-            reasons.of(job) if job.status in views.WAITING else "",
-            views.duration(job.started_at, job.finished_at, now),
-        )
-        for job in build.packages
-    ]
+    reused = await _reused_from(svc, build.packages)
     return _page(
         request,
         "build.html",
         viewer,
         title=f"Build {build.id}",
         build=build,
-        rows=rows,
+        rows=views.package_rows(build, reasons.of, reused, now),
         progress=views.progress(counts),
         plan=plan,
         eta=views.eta_seconds(build, plan, slots, now),
         slots=slots,
         graph=views.graph_view(build),
         graph_limit=views.GRAPH_LIMIT,
-        reused=await _reused_from(svc, build.packages),
-        statuses={j.name: j.status.value for j in build.packages},
+        statuses={j.name: j.status for j in build.packages},
         by=submitted_by(build),
         duration=views.duration(build.started_at, build.finished_at, now),
         finished=build.status not in (BuildStatus.PENDING, BuildStatus.RUNNING),
