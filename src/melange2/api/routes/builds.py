@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +39,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 #: followers are woken by every write and every move of the package; this bounds a wait
 #: if a wake-up is lost (or the log is written by another process)
 _FOLLOW_WAKE_S = 5.0
+#: a follower reads at most this much at a time
+_CHUNK = 1 << 20
 
 
 class WaitReasons:
@@ -247,40 +251,74 @@ async def whole_log(svc: Services, job: PackageJob, attempt: int, offset: int = 
         parts.append(data)
 
 
+class _LiveReader:
+    """Reads one attempt's log for a follower: from the file the runner writes, kept
+    open (one ``pread`` per wake-up, no thread hop: it holds what was just written, in
+    the page cache; the runner writes it from the event loop too), else from storage."""
+
+    def __init__(self, svc: Services, job: PackageJob, attempt: int) -> None:
+        self.svc = svc
+        self.job = job
+        self.attempt = attempt
+        self.path = svc.runner.live_log(job, attempt)
+        self.fd: int | None = None
+
+    async def read(self, offset: int) -> bytes | None:
+        if self.fd is None and not (self.job.cached and not self.job.attempts):
+            with contextlib.suppress(FileNotFoundError):
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        if self.fd is not None:
+            return os.pread(self.fd, _CHUNK, offset)
+        return await read_log(self.svc, self.job, self.attempt, offset)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 async def _follow(
     svc: Services, build_id: str, name: str, attempt: int = 0, offset: int = 0
 ) -> AsyncIterator[tuple[int, int, bytes]]:
-    """``(attempt, offset after, data)`` as the log grows, until the package ends. The
-    store is asked for the package only when a wake-up brought no new bytes (the
-    package moved: the scheduler's changes wake followers too) or none came for a while:
-    a chatty step costs each follower a read of the file, not a read of the build."""
+    """``(attempt, offset after, data)`` as the log grows, until the package ends. Each
+    write wakes the follower for one read of the file; the store is asked for the
+    package only when a wake-up brought no new bytes (the package moved: the
+    scheduler's changes wake followers too, or none came for a while): a chatty step
+    costs each follower a ``pread``, not a read of the build."""
     hub_key = f"{build_id}/{name}"
     current = (await _package(svc, build_id, name))[1]
     if not attempt:
         attempt = _attempt(current)
     elif attempt != _attempt(current):  # the log moved on to a newer attempt
         attempt, offset = _attempt(current), 0
-    fresh = False  #: bytes came since the last wake-up
-    while True:
-        wake = svc.hub.event(hub_key)  # taken before reading: no write is missed
-        data = await read_log(svc, current, attempt, offset)
-        if data:
-            offset += len(data)
-            fresh = True
-            yield attempt, offset, data
-            continue
-        if not fresh:
-            current = (await _package(svc, build_id, name))[1]
-            if _attempt(current) != attempt:  # a retry started a new log
-                attempt, offset = _attempt(current), 0
-                continue
-            if current.status.terminal:
-                tail = await read_log(svc, current, attempt, offset)
-                if tail:
-                    yield attempt, offset + len(tail), tail
-                return
-        await svc.hub.wait(wake, _FOLLOW_WAKE_S)
-        fresh = False
+    reader = _LiveReader(svc, current, attempt)
+    refresh = False  #: the package may have moved since ``current`` was read
+    try:
+        while True:
+            wake = svc.hub.event(hub_key)  # taken before reading: no write is missed
+            data = await reader.read(offset)
+            if data:
+                offset += len(data)
+                yield attempt, offset, data
+                if len(data) >= _CHUNK:
+                    continue  # there may be more already
+            else:
+                if refresh:
+                    current = (await _package(svc, build_id, name))[1]
+                if _attempt(current) != attempt:  # a retry started a new log
+                    attempt, offset = _attempt(current), 0
+                    reader.close()
+                    reader = _LiveReader(svc, current, attempt)
+                    continue
+                if current.status.terminal:
+                    tail = await reader.read(offset)
+                    if tail:
+                        yield attempt, offset + len(tail), tail
+                    return
+            await svc.hub.wait(wake, _FOLLOW_WAKE_S)
+            refresh = True
+    finally:
+        reader.close()
 
 
 async def _as_events(

@@ -169,7 +169,8 @@ def poll_option(f: _F) -> _F:
         type=click.FloatRange(min=0),
         default=2.0,
         show_default=True,
-        help="Seconds between status polls while waiting.",
+        help="Seconds between status polls while waiting, when the server has no events "
+        "stream (an older server) or it dropped.",
     )(f)
 
 
