@@ -3,7 +3,8 @@
 # Debian's docker-registry, busybox-static (amd64 and arm64) for the base image,
 # qemu-user-static registered with binfmt_misc so linux/arm64 steps run here.
 # bubblewrap runs upstream melange (the differential suite), postgresql the PostgreSQL
-# store tests, chromium the dashboard tests (through Playwright).
+# store tests, chromium the dashboard tests (through Playwright, its executable_path;
+# fonts-dejavu-core so that its pages and screenshots have a font with --no-install-recommends).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,12 +15,30 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need=()
 for p in runc docker-registry busybox-static qemu-user-static binfmt-support ca-certificates \
-    bubblewrap postgresql chromium; do
+    bubblewrap postgresql chromium fonts-dejavu-core; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 arm64_added=1
 dpkg --print-foreign-architectures | grep -qx arm64 || arm64_added=0
-if [ ${#need[@]} -gt 0 ] || [ $arm64_added = 0 ] || [ ! -f "$debs/busybox-static_arm64.deb" ]; then
+# Debian's source archive (the upstream tarballs examples/ are built from, through
+# `apt-get source`): a deb-src entry beside every deb entry already configured, once.
+src_added=1
+if ! grep -rqs -e '^Types:.*deb-src' -e '^deb-src ' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  src_added=0
+  tmp=$(mktemp)
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] && grep -q '^Types: deb$' "$f" || continue
+    sed 's/^Types: deb$/Types: deb-src/' "$f" >> "$tmp" && echo >> "$tmp"
+  done
+  if [ -s "$tmp" ]; then $SUDO install -m 644 "$tmp" /etc/apt/sources.list.d/melange2-deb-src.sources; fi
+  if [ -f /etc/apt/sources.list ] && grep -q '^deb ' /etc/apt/sources.list; then
+    sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > "$tmp"
+    $SUDO install -m 644 "$tmp" /etc/apt/sources.list.d/melange2-deb-src.list
+  fi
+  rm -f "$tmp"
+fi
+if [ ${#need[@]} -gt 0 ] || [ $arm64_added = 0 ] || [ $src_added = 0 ] \
+    || [ ! -f "$debs/busybox-static_arm64.deb" ]; then
   if [ $arm64_added = 0 ]; then $SUDO dpkg --add-architecture arm64; fi
   $SUDO apt-get update -qq
 fi

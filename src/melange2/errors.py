@@ -19,6 +19,10 @@
     │   ├── InvalidTransition       a state change the store refused (wrong current state)
     │   ├── StoreConflict           a write that conflicts with stored data (a taken id)
     │   └── StoreUnavailable        the database cannot be reached or gave up for now
+    ├── PackageFailed               a package's attempt failed (the reason, for the client)
+    ├── PublishConflict             the farm's repository already holds other bytes under
+    │                               that package's file name
+    ├── Unavailable                 the server cannot take work now (HTTP 503)
     └── RequestError                a client's request is invalid (HTTP 4xx)
 
 Each class has a ``code`` (a stable string for JSON error bodies) and an ``exit_code``
@@ -143,6 +147,24 @@ class StoreUnavailable(StoreError):
     """The build store's database is unavailable."""
 
     code = "store_unavailable"
+
+
+class PackageFailed(FarmError):
+    """The package failed."""
+
+    code = "package_failed"
+
+
+class PublishConflict(FarmError):
+    """The repository already holds a different package of that name, version and epoch."""
+
+    code = "publish_conflict"
+
+
+class Unavailable(FarmError):
+    """The server cannot take work now."""
+
+    code = "unavailable"
 
 
 class RequestError(FarmError):

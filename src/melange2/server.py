@@ -3,6 +3,11 @@
 Flags are the reference's (api.md) plus ours; ``CACHE_REGISTRY`` and ``CACHE_MODE``
 come from the environment. SIGINT/SIGTERM: stop accepting requests, finish in-flight
 ones (up to 10 s), stop the scheduler, exit; running packages resume at the next start.
+
+If the scheduler's loop or the health probes stop (the store failing as a whole, a
+bug), ``/healthz`` answers 503 with the reason, submissions are refused, and two
+seconds later the server shuts down the same way and exits with status 3, for its
+service manager to restart it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+#: the exit status when a side task (the scheduler, the health probes) stopped
+FATAL_EXIT = 3
+#: seconds /healthz answers 503 before the server shuts down after such a stop
+FATAL_GRACE_S = 2.0
 
 
 def _host_port(listen: str) -> tuple[str, int]:
@@ -94,6 +105,20 @@ def _host_port(listen: str) -> tuple[str, int]:
     help="A package log stops growing here, with a marker where it was cut.",
 )
 @click.option(
+    "--source-cache",
+    default="",
+    help="melange's source cache, shared by every backend: a directory, gs://bucket[/prefix] "
+    "or s3://bucket[/prefix] (the --gcs-*/--s3-* endpoint flags apply). Files named "
+    "sha256:<hex>; a build's fetch uses the one its expected-sha256 names. Uploads: PUT "
+    "/api/v1/sources/sha256:<hex>.  [default: <data-dir>/sources]",
+)
+@click.option(
+    "--max-source-bytes",
+    default=4 * 1024 * 1024 * 1024,
+    show_default=True,
+    help="Largest upload to the source cache (413 above).",
+)
+@click.option(
     "--data-dir",
     default="/var/lib/melange/data",
     show_default=True,
@@ -144,6 +169,13 @@ def _host_port(listen: str) -> tuple[str, int]:
     "--max-attempts", default=3, show_default=True, help="Tries per package on backend faults."
 )
 @click.option(
+    "--lease-ttl",
+    default=15.0,
+    show_default=True,
+    help="Seconds a running package's lease lasts (renewed every third of it); a server "
+    "that cannot renew its leases for that long stops.",
+)
+@click.option(
     "--max-body-bytes",
     default=64 * 1024 * 1024,
     show_default=True,
@@ -154,6 +186,46 @@ def _host_port(listen: str) -> tuple[str, int]:
     default=5.0,
     show_default=True,
     help="Seconds between health probes of each backend.",
+)
+@click.option(
+    "--fetch-allow",
+    "fetch_allow",
+    multiple=True,
+    metavar="PATTERN",
+    help="Repository and keyring URLs configs may make the server fetch (repeatable): a "
+    "glob over the whole URL if it has '://' (https://packages.wolfi.dev/os*), else over "
+    "the host or host:port (packages.wolfi.dev, *.example.com). None by default; local "
+    "paths a config names are never read.",
+)
+@click.option(
+    "--fetch-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds for each connect, read and write of such a fetch.",
+)
+@click.option(
+    "--git-allow-local",
+    is_flag=True,
+    help="Let git_source clone local paths and file:// URLs (tests, trusted clients).",
+)
+@click.option("--git-jobs", default=2, show_default=True, help="git_source clones at once.")
+@click.option(
+    "--git-timeout",
+    default=120.0,
+    show_default=True,
+    help="Seconds a git_source clone may take, waiting for a free slot included.",
+)
+@click.option(
+    "--git-connect-timeout",
+    default=20.0,
+    show_default=True,
+    help="Seconds git may spend connecting (ssh) or receiving nothing (http).",
+)
+@click.option(
+    "--parse-cache-bytes",
+    default=256 * 1024 * 1024,
+    show_default=True,
+    help="Memory for parsed configs kept for resubmissions (estimated).",
 )
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
@@ -179,6 +251,8 @@ def cli(
     storage_prefix: str,
     memory_storage: bool,
     max_log_bytes: int,
+    source_cache: str,
+    max_source_bytes: int,
     data_dir: Path,
     store: str,
     postgres_dsn: str,
@@ -188,8 +262,16 @@ def cli(
     keyrings: tuple[str, ...],
     schedule: str,
     max_attempts: int,
+    lease_ttl: float,
     max_body_bytes: int,
     probe_interval: float,
+    fetch_allow: tuple[str, ...],
+    fetch_timeout: float,
+    git_allow_local: bool,
+    git_jobs: int,
+    git_timeout: float,
+    git_connect_timeout: float,
+    parse_cache_bytes: int,
     log_level: str,
     log_format: str,
     **tls_flags: Any,
@@ -224,6 +306,16 @@ def cli(
         raise click.BadParameter("at least 1024", param_hint="--max-log-bytes")
     if not buildkit_addr and backends_config is None:
         raise click.UsageError("give --buildkit-addr or --backends-config")
+    if git_jobs < 1:
+        raise click.BadParameter("at least 1", param_hint="--git-jobs")
+    for value, flag in (
+        (lease_ttl, "--lease-ttl"),
+        (fetch_timeout, "--fetch-timeout"),
+        (git_timeout, "--git-timeout"),
+        (git_connect_timeout, "--git-connect-timeout"),
+    ):
+        if value <= 0:
+            raise click.BadParameter("must be positive", param_hint=flag)
     buildkit_tls = tls_from_flags(tls_flags)
     if buildkit_tls is not None and not buildkit_addr:
         raise click.UsageError(
@@ -247,12 +339,30 @@ def cli(
         keyrings=keyrings,
         schedule="fifo" if schedule == "fifo" else "critical-path",
         max_attempts=max_attempts,
+        lease_ttl=lease_ttl,
         max_body_bytes=max_body_bytes,
         probe_interval=probe_interval,
         cache_registry=os.environ.get("CACHE_REGISTRY", ""),
         cache_mode=os.environ.get("CACHE_MODE", "min"),
         storage=storage,
         max_log_bytes=max_log_bytes,
+        source_cache=source_cache,
+        source_cache_spec=_source_cache_spec(
+            source_cache,
+            gcs_endpoint=gcs_endpoint or "",
+            gcs_project=gcs_project,
+            s3_endpoint=s3_endpoint or "",
+            s3_region=s3_region,
+            s3_path_style=s3_path_style,
+        ),
+        max_source_bytes=max_source_bytes,
+        fetch_allow=fetch_allow,
+        fetch_timeout=fetch_timeout,
+        git_allow_local=git_allow_local,
+        git_jobs=git_jobs,
+        git_timeout=git_timeout,
+        git_connect_timeout=git_connect_timeout,
+        parse_cache_bytes=parse_cache_bytes,
     )
     asyncio.run(_check_storage(storage))  # a missing bucket or bad credentials: refuse now
     from melange2.api.app import create_app, pool_config
@@ -269,17 +379,59 @@ def cli(
     from melange2 import tracing
 
     tracing.configure_from_env()  # OTEL_* variables: traces exported with OTLP
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+
+        def stop() -> None:
+            if server is not None:
+                server.should_exit = True  # the same graceful shutdown as SIGTERM
+
+        # /healthz answers 503 (with the reason) a moment before the server goes
+        asyncio.get_running_loop().call_later(FATAL_GRACE_S, stop)
+
+    config = uvicorn.Config(
+        create_app(settings, pool=pool, on_fatal=on_fatal),
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=None,  # uvicorn's loggers go through the handler above
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
     try:
-        uvicorn.run(
-            create_app(settings, pool=pool),
-            host=host,
-            port=port,
-            log_level=log_level,
-            log_config=None,  # uvicorn's loggers go through the handler above
-            timeout_graceful_shutdown=10,
-        )
+        server.run()
     finally:
         tracing.shutdown()
+    if fatal:
+        click.echo(f"melange-server: stopped: {fatal[0]}", err=True)
+        sys.exit(FATAL_EXIT)
+
+
+def _source_cache_spec(
+    location: str,
+    *,
+    gcs_endpoint: str,
+    gcs_project: str,
+    s3_endpoint: str,
+    s3_region: str,
+    s3_path_style: bool,
+) -> StorageSpec | None:
+    """The endpoint and credentials of a bucket source cache (from the storage flags)."""
+    if location.startswith("gs://"):
+        return StorageSpec(kind="gcs", endpoint_url=gcs_endpoint, project=gcs_project)
+    if location.startswith("s3://"):
+        return StorageSpec(
+            kind="s3", endpoint_url=s3_endpoint, region=s3_region, path_style=s3_path_style
+        )
+    if "://" in location:
+        raise click.BadParameter(
+            f"{location!r}: expected a directory, gs://bucket[/prefix] or s3://bucket[/prefix]",
+            param_hint="--source-cache",
+        )
+    return None
 
 
 def _check_store(store: str, dsn: str) -> None:

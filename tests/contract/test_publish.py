@@ -13,8 +13,9 @@ from melange2.apk.index import IndexRecord, read_index_tar_gz
 from melange2.apk.pkginfo import PackageInfo
 from melange2.apk.signing import PublicKeys, Signer, generate_key, load_public_keys
 from melange2.apk.writer import write_apk
+from melange2.errors import PublishConflict
 from melange2.repo.repository import Repository, load_indexes
-from melange2.service.publish import INDEX_NAME, RepoPublisher
+from melange2.service.publish import INDEX_NAME, Origin, RepoPublisher
 from melange2.storage import Storage
 
 pytestmark = pytest.mark.anyio
@@ -116,3 +117,60 @@ async def test_the_snapshot_is_the_stored_index_without_reading_it(
     assert [r.name for r in two.records] == ["alpha", "beta", "gamma"]
     loaded = await load_indexes([repo], "x86_64", keyring=public)
     assert loaded == [two]
+
+
+async def test_an_immutable_repository_refuses_other_bytes_under_a_published_name(
+    storage: Storage, keys: tuple[Signer, PublicKeys], tmp_path: Path
+) -> None:
+    signer, public = keys
+    publisher = RepoPublisher(storage, "repo", signer, immutable=True)
+    first = make_apks(tmp_path / "one", ["fixed"], signer)
+    await publisher.publish(first, "x86_64", origin=Origin(build_id="bld-1", package="fixed"))
+    stored = await storage.read_bytes("repo/x86_64/fixed-1.0.0-r0.apk")
+    # the same name, version and epoch, other content (one more file)
+    (tmp_path / "two" / "trees" / "fixed").mkdir(parents=True)
+    (tmp_path / "two" / "trees" / "fixed" / "extra").write_text("changed\n")
+    other = make_apks(tmp_path / "two", ["fixed"], signer)
+    with pytest.raises(PublishConflict, match=r"published by build bld-1 \(package fixed\)"):
+        await publisher.publish(other, "x86_64", origin=Origin(build_id="bld-2", package="fixed"))
+    assert await storage.read_bytes("repo/x86_64/fixed-1.0.0-r0.apk") == stored  # untouched
+    assert publisher.index_writes("x86_64") == 1
+    # after a restart too: who published it is kept beside the index
+    later = RepoPublisher(storage, "repo", signer, immutable=True)
+    with pytest.raises(PublishConflict, match="bld-1"):
+        await later.check("x86_64", [IndexRecord.from_apk(other[0])])
+    # the same bytes again: a no-op, not a conflict
+    assert await later.publish(first, "x86_64") == []
+    # replace: allowed, and reported with both checksums
+    replaced = await later.publish(
+        other, "x86_64", origin=Origin(build_id="bld-3", package="fixed"), replace=True
+    )
+    old, new = IndexRecord.from_apk(first[0]), IndexRecord.from_apk(other[0])
+    assert [(r.filename, r.old, r.new) for r in replaced] == [
+        ("fixed-1.0.0-r0.apk", old.checksum_field, new.checksum_field)
+    ]
+    assert replaced[0].old_origin == Origin(build_id="bld-1", package="fixed")
+    assert [r.checksum for r in await _index(storage, public)] == [new.checksum]
+    assert (await later.origins("x86_64"))["fixed-1.0.0-r0.apk"].build_id == "bld-3"
+
+
+async def test_two_publications_of_other_bytes_under_one_name_cannot_both_pass(
+    storage: Storage, keys: tuple[Signer, PublicKeys], tmp_path: Path
+) -> None:
+    signer, public = keys
+    publisher = RepoPublisher(storage, "repo", signer, immutable=True)
+    a = make_apks(tmp_path / "a", ["race"], signer)
+    (tmp_path / "b" / "trees" / "race").mkdir(parents=True)
+    (tmp_path / "b" / "trees" / "race" / "other").write_text("b\n")
+    b = make_apks(tmp_path / "b", ["race"], signer)
+    results = await asyncio.gather(
+        publisher.publish(a, "x86_64", origin=Origin(build_id="bld-a", package="race")),
+        publisher.publish(b, "x86_64", origin=Origin(build_id="bld-b", package="race")),
+        return_exceptions=True,
+    )
+    conflicts = [r for r in results if isinstance(r, PublishConflict)]
+    assert len(conflicts) == 1 and "being published now" in str(conflicts[0])
+    winner = a if results[0] == [] else b
+    (record,) = await _index(storage, public)
+    assert record.checksum == IndexRecord.from_apk(winner[0]).checksum
+    assert await storage.size("repo/x86_64/race-1.0.0-r0.apk") == winner[0].stat().st_size

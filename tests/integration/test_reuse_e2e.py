@@ -119,8 +119,13 @@ def test_unchanged_packages_are_reused_and_changes_rebuild_only_what_they_touch(
         assert same_output["r-other"]["attempts"] == []
 
         # a changed dependency: it and its dependent are rebuilt, the independent reused
+        # (r-lib 1.0.0-r0 gets other content: the farm's repository is immutable, so the
+        # build asks to replace it)
         changed_dep = _build(
-            client, configs=_configs(lib_script=_NEW_FILE), source_files=_source("v2")
+            client,
+            configs=_configs(lib_script=_NEW_FILE),
+            source_files=_source("v2"),
+            replace=True,
         )
         assert changed_dep["r-lib"]["cached"] is False
         assert changed_dep["r-app"]["cached"] is False

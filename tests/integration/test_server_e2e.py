@@ -86,7 +86,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(farm: FarmEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(farm, tmp_path_factory.mktemp("server"))
+    # the git_source test clones a repository on this disk
+    srv = Server(farm, tmp_path_factory.mktemp("server"), ["--git-allow-local"])
     srv.start()
     try:
         yield srv
@@ -214,8 +215,11 @@ def test_cycle_break_builds_against_the_published_repository(server: Server) -> 
         refused = client.post("/api/v1/builds", json={"configs": cyclic, "mode": "dag"})
         assert refused.status_code == 400
         assert "circular dependency detected: cyc-a -> cyc-b -> cyc-a" in refused.json()["error"]
+        # the same versions again, with other contents (each package records its config):
+        # the farm's repository is immutable, so this build asks to replace them
         resp = client.post(
-            "/api/v1/builds", json={"configs": cyclic, "mode": "dag", "cycle_policy": "break"}
+            "/api/v1/builds",
+            json={"configs": cyclic, "mode": "dag", "cycle_policy": "break", "replace": True},
         )
         assert resp.status_code == 201, resp.text
         body = resp.json()

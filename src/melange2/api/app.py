@@ -4,6 +4,14 @@ store, the pool, the registry client and the scheduler, and closes them again.
 Shutdown (SIGINT/SIGTERM through uvicorn): stop accepting requests, finish in-flight
 ones, stop the scheduler. Running packages are left ``running`` in the store; their
 leases expire and the next start resumes them.
+
+The scheduler's loop and the health probes run under a
+:class:`~melange2.service.supervisor.Supervisor`: if one ends, ``/healthz`` answers 503
+with the reason, submissions are refused (503), and ``on_fatal`` is called (the
+server process shuts down and exits non-zero).
+
+Request bodies are limited to ``--max-body-bytes``, by their ``Content-Length`` before
+anything is read and by counting what arrives (a chunked body has no length): 413.
 """
 
 from __future__ import annotations
@@ -11,31 +19,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypedDict
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from melange2 import __version__, tracing, web
 from melange2.api import errors
-from melange2.api.routes import artifacts, backends, builds, events
+from melange2.api.routes import artifacts, backends, builds, events, sources
 from melange2.api.services import Services
 from melange2.apk.signing import Signer, generate_key
 from melange2.build.executor import Builder
+from melange2.build.source_cache import SourceCache
 from melange2.oci.registry import RegistryClient
 from melange2.pool.config import BackendSpec, PoolConfig, load_pool_config
 from melange2.pool.health import HealthProber
 from melange2.pool.pool import BackendPool
+from melange2.repo.policy import FetchPolicy
 from melange2.scheduler.loop import Scheduler, StateChange
 from melange2.service.events import LocalEvents, event_of
+from melange2.service.gitsource import GitFetcher
 from melange2.service.layout import Layout
 from melange2.service.logs import LogHub
 from melange2.service.metrics import Metrics
+from melange2.service.redact import Redactor
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
+from melange2.service.supervisor import Supervisor
 from melange2.storage import Storage, open_storage
 from melange2.store import open_store
 
@@ -60,6 +74,27 @@ def pool_config(settings: ServerSettings) -> PoolConfig:
     return PoolConfig(backends=())
 
 
+def fetch_policy(settings: ServerSettings) -> FetchPolicy:
+    """What configs may make this server fetch: ``--fetch-allow``; the operator's own
+    repositories and keys are always allowed."""
+    own_key = str(settings.key_path) + ".pub"
+    return FetchPolicy.for_server(
+        settings.fetch_allow,
+        trusted=[*settings.repositories, *settings.keyrings, own_key],
+        timeout=settings.fetch_timeout,
+    )
+
+
+def git_fetcher(settings: ServerSettings) -> GitFetcher:
+    return GitFetcher(
+        jobs=settings.git_jobs,
+        timeout=settings.git_timeout,
+        connect_timeout=settings.git_connect_timeout,
+        allow_local=settings.git_allow_local,
+        max_bytes=settings.max_body_bytes,
+    )
+
+
 def signer_for(settings: ServerSettings) -> Signer:
     """The farm's signing key, made on first start."""
     key = settings.key_path
@@ -78,29 +113,61 @@ async def publish_key(settings: ServerSettings, storage: Storage) -> None:
         await storage.put_bytes(key, data)
 
 
-class BodyLimit(BaseHTTPMiddleware):
-    """Refuse bodies over the configured size with 413, before reading them."""
+SOURCES_PREFIX = "/api/v1/sources/"
 
-    def __init__(self, app: object, limit: int) -> None:
-        super().__init__(app)  # type: ignore[arg-type]
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with a JSON 413: by ``Content-Length``
+    before anything is read, and by counting the bytes as they arrive (a chunked body
+    has no length): past the limit, reading the body raises :class:`errors.BodyTooLarge`
+    (a 413 through the app's error mapper) and nothing more is read. Source uploads
+    (``/api/v1/sources/``) are left to ``--max-source-bytes``, checked as they stream."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
         self.limit = limit
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        length = request.headers.get("content-length")
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(SOURCES_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return JSONResponse(
+            response = JSONResponse(
                 errors.error_body(
                     f"request body of {length} bytes is over the limit of {self.limit}",
                     {"limit": self.limit},
                 ),
                 status_code=413,
             )
-        return await call_next(request)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise errors.BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, limited, send)
 
 
-def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> FastAPI:
-    """The app; ``pool``: the backends, when already loaded (else from ``settings``)."""
+def create_app(
+    settings: ServerSettings,
+    *,
+    pool: PoolConfig | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """The app; ``pool``: the backends, when already loaded (else from ``settings``).
+    ``on_fatal(reason)`` is called once if a side task (the scheduler, the health
+    probes) ends: the caller should stop the server (``melange-server`` does, and exits
+    non-zero)."""
     metrics = Metrics()
+    supervisor = Supervisor(on_failure=on_fatal)
     config = pool
 
     @contextlib.asynccontextmanager
@@ -111,6 +178,12 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
         storage = open_storage(settings.storage_spec)
         await storage.check()
         await publish_key(settings, storage)
+        source_cache = SourceCache.open(
+            settings.source_cache_location,
+            work_dir=settings.data_dir / "tmp" / "sources",
+            spec=settings.source_cache_spec,
+        )
+        await source_cache.storage.check()
         hub = LogHub()
         live = LocalEvents()
 
@@ -134,13 +207,22 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
                             labels=stored.labels,
                             max_jobs=stored.max_jobs,
                             tls=stored.tls,
+                            cpu=stored.cpu_millis,
+                            memory=stored.memory_bytes,
                         ),
                         dynamic=True,
                     )
             async with RegistryClient(settings.registry) as registry:
-                builder = Builder(registry, settings.data_dir / "cache")
+                policy = fetch_policy(settings)
+                builder = Builder(registry, settings.data_dir / "cache", policy)
                 runner = BuildkitRunner(
-                    settings, builder, signer, storage, hub, daemon_tls=pool.tls_for
+                    settings,
+                    builder,
+                    signer,
+                    storage,
+                    hub,
+                    daemon_tls=pool.tls_for,
+                    source_cache=source_cache,
                 )
                 scheduler = Scheduler(
                     store,
@@ -159,11 +241,22 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
                     store=store,
                     pool=pool,
                     scheduler=scheduler,
-                    submitter=Submitter(settings, store, scheduler, pool, runner),
+                    submitter=Submitter(
+                        settings,
+                        store,
+                        scheduler,
+                        pool,
+                        runner,
+                        git=git_fetcher(settings),
+                        policy=policy,
+                        parse_cache_bytes=settings.parse_cache_bytes,
+                    ),
                     runner=runner,
                     storage=storage,
                     hub=hub,
                     events=live,
+                    source_cache=source_cache,
+                    supervisor=supervisor,
                 )
                 app.state.services = svc
                 metrics.attach(pool)
@@ -171,20 +264,16 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
                     pool, interval=settings.probe_interval, on_latency=metrics.probe
                 )
                 await prober.probe_all()  # know the daemons before the first dispatch
-                task = asyncio.create_task(scheduler.run(), name="scheduler")
-                probes = asyncio.create_task(prober.run(), name="health probes")
+                supervisor.start("the scheduler", scheduler.run())
+                supervisor.start("the health probes", prober.run())
                 try:
                     yield {"services": svc}
                 finally:
                     live.close()
-                    prober.stop()
-                    await probes
-                    await scheduler.shutdown()
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+                    await supervisor.aclose(prober.stop, scheduler.shutdown)
                     await builder.aclose()
                     await storage.aclose()
+                    await source_cache.aclose()
 
     app = FastAPI(
         title="melange2 remote builds",
@@ -193,16 +282,36 @@ def create_app(settings: ServerSettings, *, pool: PoolConfig | None = None) -> F
         description="Build melange configs on a pool of BuildKit daemons.",
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    errors.install(app)
+    errors.install(
+        app,
+        Redactor.for_server(
+            data_dir=settings.data_dir, output_dir=settings.output_dir, key_path=settings.key_path
+        ),
+    )
     app.include_router(builds.router)
     app.include_router(backends.router)
     app.include_router(artifacts.router)
     app.include_router(events.router)
+    app.include_router(sources.router)
     web.mount(app)
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        responses={503: {"description": "a side task ended: the server is shutting down"}},
+    )
+    async def healthz() -> Response:
+        """``{"status":"ok"}``; 503 with the reason once the scheduler or the health
+        probes stopped (the server then exits)."""
+        if supervisor.failure is not None:
+            return JSONResponse(
+                {
+                    "status": "failed",
+                    **errors.error_body(supervisor.failure, {"code": "unhealthy"}),
+                },
+                status_code=503,
+            )
+        return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def prometheus() -> Response:

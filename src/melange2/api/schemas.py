@@ -8,25 +8,72 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from melange2.jobs import Backend, Build, PackageJob
+from melange2.names import excerpt, text_problem
+from melange2.resources import QuantityError, cpu_millis, format_cpu, format_memory, memory_bytes
+from melange2.scheduler.placement import Request
 
 ARCHES = ("x86_64", "aarch64")
+#: what ``GET`` shows instead of each ``env`` value (the names stay)
+HIDDEN = "***"
+
+
+def check_request_text(data: object) -> None:
+    """The one text rule for requests: every string, dict keys included, at any depth,
+    is valid Unicode without NUL (:func:`melange2.names.text_problem`). Raises
+    ``ValueError`` naming where (``env['K']``, ``configs[2]``). Iterative: a body
+    nested as deep as JSON allows is walked without recursion."""
+    stack: list[tuple[object, str]] = [(data, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem is not None:
+                raise ValueError(f"{where or 'body'}: the text {problem}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str):
+                    problem = text_problem(key)
+                    if problem is not None:
+                        raise ValueError(f"{where or 'body'}: the key {excerpt(key)} {problem}")
+                    here = f"{where}[{excerpt(key)}]" if where else key
+                else:
+                    here = f"{where}[{key!r}]"
+                stack.append((item, here))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        check_request_text(data)
+        return data
+
 
 class GitSource(_Strict):
-    repository: str = Field(min_length=1)
-    ref: str = ""
-    pattern: str = "*.yaml"
-    path: str = ""
+    #: an http(s), ssh or git URL (``user@host:path`` too); a local path or ``file://``
+    #: only on a server started with ``--git-allow-local``
+    repository: str = Field(min_length=1, max_length=4096)
+    ref: str = Field(default="", max_length=256)
+    pattern: str = Field(default="*.yaml", min_length=1, max_length=256)
+    path: str = Field(default="", max_length=1024)
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        if value.startswith("-") or any(c.isspace() or ord(c) < 0x20 for c in value):
+            raise ValueError(f"{excerpt(value)} is not a branch or tag name")
+        return value
 
 
 class Base64Content(_Strict):
@@ -64,7 +111,7 @@ class CreateBuildRequest(_Strict):
     pipelines: dict[str, str] = Field(default_factory=dict)
     #: ``{"pkgname": {"relative/path": content}}`` placed in that package's /home/build
     source_files: dict[str, dict[str, SourceContent]] = Field(default_factory=dict)
-    arch: str | None = None
+    arch: str | None = Field(default=None, max_length=64)
     backend_selector: dict[str, str] = Field(default_factory=dict)
     mode: Literal["flat", "dag"] = "flat"
     with_test: bool = False
@@ -78,6 +125,9 @@ class CreateBuildRequest(_Strict):
     #: into the farm's repository as each package succeeds (``package``), or only once
     #: the whole build has succeeded (``build``); always into the build's staging repository
     publish: Literal["package", "build"] = "package"
+    #: allow this build to replace packages (same name, version and epoch, other
+    #: content) the farm's repository already holds; each replacement is logged
+    replace: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateBuildRequest:
@@ -147,6 +197,16 @@ class AttemptOut(BaseModel):
     log_path: str
 
 
+def resources_out(request: Request) -> dict[str, str]:
+    """What a package asks, as quantities (``{"cpu": "4", "memory": "16Gi"}``)."""
+    out = {}
+    if request.cpu:
+        out["cpu"] = format_cpu(request.cpu)
+    if request.memory:
+        out["memory"] = format_memory(request.memory)
+    return out
+
+
 class PackageOut(BaseModel):
     name: str
     status: str
@@ -168,6 +228,9 @@ class PackageOut(BaseModel):
     cached: bool = False
     #: sha256 over the package's build inputs (empty until known)
     input_digest: str = ""
+    #: what it asks (``package.resources``) and is placed by: ``{"cpu": "4", "memory":
+    #: "16Gi"}``; empty: nothing
+    resources: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, job: PackageJob) -> PackageOut:
@@ -198,6 +261,7 @@ class PackageOut(BaseModel):
             arch=job.arch,
             cached=job.cached,
             input_digest=job.input_digest,
+            resources=resources_out(Request(cpu=job.cpu_millis, memory=job.memory_bytes)),
         )
 
 
@@ -216,11 +280,21 @@ class BuildOut(BaseModel):
             id=build.id,
             status=build.status.value,
             packages=[PackageOut.of(p) for p in build.packages],
-            spec=dict(build.spec),
+            spec=public_spec(build.spec),
             created_at=build.created_at,
             started_at=build.started_at,
             finished_at=build.finished_at,
         )
+
+
+def public_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A build's request as ``GET`` shows it: ``env`` keeps its names, every value is
+    :data:`HIDDEN` (values may be secrets; nobody but the submitter should read them)."""
+    out = dict(spec)
+    env = out.get("env")
+    if isinstance(env, dict):
+        out["env"] = dict.fromkeys(env, HIDDEN)
+    return out
 
 
 class BuildSummary(BaseModel):
@@ -244,6 +318,8 @@ class PlannedPackage(BaseModel):
     name: str
     dependencies: list[str]
     priority: float
+    #: what it asks (``package.resources``), as on a package
+    resources: dict[str, str] = Field(default_factory=dict)
 
 
 class PlanOut(BaseModel):
@@ -257,6 +333,18 @@ class PlanOut(BaseModel):
     lower_bound_s: float
     estimated_makespan_s: float
     slots: int
+    #: packages no backend could ever run (what they ask exceeds every backend of the
+    #: arch and selector) and their dependents, with why: a real build fails them
+    unplaceable: dict[str, str] = Field(default_factory=dict)
+
+
+class SourceOut(BaseModel):
+    """A file of the source cache (``PUT``/``GET /api/v1/sources/<digest>``)."""
+
+    digest: str  #: ``sha256:<hex>`` (or ``sha512:<hex>``)
+    size: int
+    #: False when the cache already held it
+    created: bool = False
 
 
 class ErrorOut(BaseModel):
@@ -284,6 +372,10 @@ class BackendTLS(_Strict):
     serverName: str = Field(default="", max_length=253)
 
 
+#: a cpu or memory amount: a Kubernetes quantity (``"4"``, ``"500m"``, ``"16Gi"``) or a number
+Quantity = Annotated[str | int | float, Field(union_mode="left_to_right")]
+
+
 class AddBackendRequest(_Strict):
     addr: str = Field(min_length=1)
     arch: str = Field(min_length=1)
@@ -291,6 +383,35 @@ class AddBackendRequest(_Strict):
     maxJobs: int = Field(default=0, ge=0)
     #: reach the daemon over TLS (absent: plain TCP)
     tls: BackendTLS | None = None
+    #: the machine's cores (``"8"``, ``"7500m"``); absent: not declared, unlimited
+    cpu: Quantity | None = None
+    #: the machine's memory (``"32Gi"``); absent: not declared, unlimited
+    memory: Quantity | None = None
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str | int | float | None) -> str | int | float | None:
+        return _positive(value, cpu_millis)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | int | float | None) -> str | int | float | None:
+        return _positive(value, memory_bytes)
+
+
+def _positive(
+    value: str | int | float | None, read: Callable[[object], int]
+) -> str | int | float | None:
+    """``value`` if it is a quantity above zero, else a validation error."""
+    if value is None:
+        return None
+    try:
+        amount = read(value)
+    except QuantityError as exc:
+        raise ValueError(str(exc)) from exc
+    if amount == 0:
+        raise ValueError("must be more than 0 (leave it out: unlimited)")
+    return value
 
 
 class RemoveBackendRequest(_Strict):
@@ -302,6 +423,9 @@ class PoolBackendOut(BackendOut):
 
     #: reached over TLS (the settings themselves are never shown)
     tls: bool = False
+    #: declared cores and memory as quantities; ``null``: not declared (unlimited)
+    cpu: str | None = None
+    memory: str | None = None
 
 
 class BackendList(BaseModel):
@@ -326,6 +450,15 @@ class BackendStatusOut(BaseModel):
     draining: bool
     #: reached over TLS
     tls: bool = False
+    #: declared cores and memory as quantities; ``null``: not declared (unlimited)
+    cpu: str | None = None
+    memory: str | None = None
+    #: what its running packages asked, as quantities
+    cpuInUse: str = "0"
+    memoryInUse: str = "0"
+    #: the waiting package (``build/name``) it is kept for: it takes no other until that
+    #: one starts there (so smaller packages cannot starve it); empty: none
+    reservedFor: str = ""
 
 
 class BackendStatusList(BaseModel):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from melange2.build.source_cache import SourceCache
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import Scheduler
 from melange2.service.events import EventSource, LocalEvents
@@ -13,6 +14,7 @@ from melange2.service.logs import LogHub
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
+from melange2.service.supervisor import Supervisor
 from melange2.storage import Storage
 from melange2.store.base import JobStore
 
@@ -27,6 +29,9 @@ class Services:
     runner: BuildkitRunner
     storage: Storage
     hub: LogHub
+    source_cache: SourceCache
+    #: the side tasks; ``failure`` once one ended (the server is shutting down)
+    supervisor: Supervisor
     #: live build and package state changes (``GET /api/v1/events``, the pages)
     events: EventSource = field(default_factory=LocalEvents)
 

@@ -2,8 +2,15 @@
 
 We compose (not construct) with ruamel.yaml: every node keeps its original text and its
 start mark, so ``version: 1.10`` stays ``"1.10"`` (as Go's yaml.v3 decodes it into a
-string) and every error can name a line. Aliases share nodes; a budget bounds how many
-nodes one parse may visit, so alias bombs and recursive anchors end in a ``RecipeError``.
+string) and every error can name a line.
+
+Limits that hold before anything recurses: libyaml's composer recurses once per level
+of nesting (100,000 ``[`` crash the process), so the text is first walked as the
+parser's event stream, which is iterative, and refused past :data:`MAX_DEPTH` levels,
+:data:`MAX_EVENTS` nodes or :data:`MAX_TEXT` characters. Aliases share nodes; a budget
+bounds how many nodes one parse may visit, so alias bombs and recursive anchors end in
+a ``RecipeError``, and merge (``<<``) chains are bounded too. Scalars are quoted back in
+errors as short, escaped excerpts only.
 """
 
 from __future__ import annotations
@@ -12,13 +19,28 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ruamel.yaml import YAML
+from ruamel.yaml.events import (
+    MappingEndEvent,
+    MappingStartEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+)
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from melange2.names import excerpt
 from melange2.recipe.errors import RecipeFieldError
 from melange2.recipe.model import Location
 
 _TAG_PREFIX: Final = "tag:yaml.org,2002:"
 _MAX_NODES: Final = 50_000
+#: deepest nesting of mappings and lists in one document
+MAX_DEPTH: Final = 100
+#: most nodes (scalars, aliases, mappings, lists) in one document
+MAX_EVENTS: Final = 200_000
+#: longest document, in characters
+MAX_TEXT: Final = 8 * 1024 * 1024
+#: longest chain of merges (``<<: *a`` where ``a`` merges another...)
+MAX_MERGE_DEPTH: Final = 32
 _TRUE: Final = frozenset({"true", "yes", "on"})
 _FALSE: Final = frozenset({"false", "no", "off"})
 
@@ -50,17 +72,69 @@ def _composer() -> YAML:
     return YAML(typ="safe", pure=False)
 
 
+def depth_bound(text: str) -> int:
+    """An upper bound of ``text``'s nesting depth, without parsing it. A block
+    collection nested in another starts further right, except a sequence that is a
+    mapping's value (``key:`` then ``- item`` at the key's column), at most once per
+    level: so block levels are at most twice the widest leading indentation (spaces,
+    ``-``, ``?``) plus one; each flow level needs a ``[`` or ``{``."""
+    prefix = max((len(line) - len(line.lstrip(" -?")) for line in text.splitlines()), default=0)
+    return 2 * (prefix + 1) + text.count("[") + text.count("{") + 2
+
+
+def _check_shape(text: str, file: str) -> None:
+    """Refuse a document too large or nested too deeply, from the parser's events (no
+    recursion, nothing composed yet). Skipped when the document cannot exceed the
+    limits: at most :data:`MAX_EVENTS` characters (a node takes one at least) and a
+    :func:`depth_bound` within :data:`MAX_DEPTH` (most configs: the pass costs a third
+    of a parse)."""
+    if len(text) <= MAX_EVENTS and depth_bound(text) <= MAX_DEPTH:
+        return
+    depth = 0
+    for events, event in enumerate(_composer().parse(text), 1):
+        kind = type(event)
+        if kind is MappingStartEvent or kind is SequenceStartEvent:
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _shape_error(event, file, f"nested more than {MAX_DEPTH} levels deep")
+        elif kind is MappingEndEvent or kind is SequenceEndEvent:
+            depth -= 1
+        if events > MAX_EVENTS:
+            raise _shape_error(event, file, f"more than {MAX_EVENTS} nodes")
+
+
+def _shape_error(event: object, file: str, problem: str) -> RecipeFieldError:
+    mark = getattr(event, "start_mark", None)
+    line, column = getattr(mark, "line", None), getattr(mark, "column", None)
+    return RecipeFieldError(
+        f"document too large: {problem}",
+        location=Location(
+            file=file,
+            line=line + 1 if isinstance(line, int) else 0,
+            column=column + 1 if isinstance(column, int) else 0,
+        ),
+    )
+
+
 def compose(text: str, file: str) -> tuple[Document, Value | None]:
     """Compose ``text``; ``None`` for an empty document. YAML errors become RecipeErrors."""
     doc = Document(file=file)
+    if len(text) > MAX_TEXT:
+        raise RecipeFieldError(
+            f"document too large: {len(text)} characters, more than {MAX_TEXT}",
+            location=Location(file=file, line=0, column=0),
+        )
     try:
+        _check_shape(text, file)
         node = _composer().compose(text)
+    except RecipeFieldError:
+        raise
     except Exception as exc:  # ruamel raises many unrelated types; keep the cause
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = getattr(mark, "line", None)
         column = getattr(mark, "column", None)
         problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
-        problem = str(problem).strip().splitlines()[0] if str(problem).strip() else ""
+        problem = str(problem).strip().splitlines()[0][:200] if str(problem).strip() else ""
         location = Location(
             file=file,
             line=line + 1 if isinstance(line, int) else 0,
@@ -113,7 +187,7 @@ class Value:
             return "a list"
         if self.is_null:
             return "null"
-        return f"{self.scalar_type} {self.node.value!r}"
+        return f"{self.scalar_type} {excerpt(self.node.value, 40)}"
 
     @property
     def scalar_type(self) -> str:
@@ -126,10 +200,12 @@ class Value:
 
     # -- mappings -------------------------------------------------------------------
 
-    def _pairs(self) -> dict[str, tuple[Node, Node]]:
+    def _pairs(self, merges: int = 0) -> dict[str, tuple[Node, Node]]:
         cached = self.doc._maps.get(id(self.node))
         if cached is not None:
             return cached
+        if merges > MAX_MERGE_DEPTH:
+            raise self.error(f"merges (<<) nested more than {MAX_MERGE_DEPTH} deep")
         if not isinstance(self.node, MappingNode):
             raise self.error(f"expected a mapping, got {self.kind}")
         explicit: dict[str, tuple[Node, Node]] = {}
@@ -152,14 +228,14 @@ class Value:
             if name in explicit:
                 first = explicit[name][0].start_mark.line + 1
                 raise Value(doc=self.doc, node=key, path=self.path).error(
-                    f"key {name!r} is already defined on line {first}"
+                    f"key {excerpt(name, 40)} is already defined on line {first}"
                 )
             explicit[name] = (key, value)
         for source in merged:
             source_value = Value(doc=self.doc, node=source, path=self.path)
             if not isinstance(source, MappingNode):
                 raise source_value.error(f"merge (<<) needs a mapping, got {source_value.kind}")
-            for name, pair in source_value._pairs().items():
+            for name, pair in source_value._pairs(merges + 1).items():
                 explicit.setdefault(name, pair)
         return explicit
 

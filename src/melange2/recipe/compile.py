@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from melange2.names import excerpt
 from melange2.recipe.cond import evaluate_condition
 from melange2.recipe.errors import RecipeFieldError
 from melange2.recipe.model import (
@@ -144,6 +145,9 @@ class BuildPlan:
     needs_packages: tuple[str, ...]
     #: The config's ``environment.environment`` with melange's defaults.
     environment: Mapping[str, str]
+    #: What the ``expected-sha256``/``expected-sha512`` inputs of the pipelines that run
+    #: name (``sha256:<hex>``, in order): the downloads a source cache may already hold.
+    source_digests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -184,12 +188,25 @@ class PipelineResolver:
     'Split development files'
     """
 
-    def __init__(self, search_dirs: Sequence[Path] = (), *, builtins: bool = True) -> None:
+    def __init__(
+        self,
+        search_dirs: Sequence[Path] = (),
+        *,
+        builtins: bool = True,
+        labels: Mapping[Path, str] | None = None,
+    ) -> None:
         dirs = [Path(d) for d in search_dirs]
         if builtins:
             dirs.append(BUILTIN_PIPELINE_DIR)
         self._dirs: tuple[Path, ...] = tuple(dirs)
         self._cache: dict[Path, PipelineDef] = {}
+        #: what errors call a directory instead of its path (a server's scratch
+        #: directory means nothing to its client): ``<label>/<file>``
+        self._labels = {Path(d): label for d, label in (labels or {}).items()}
+
+    def _shown(self, directory: Path, relative: str) -> str:
+        label = self._labels.get(directory)
+        return f"{label}/{relative}" if label is not None else str(directory / relative)
 
     @property
     def search_dirs(self) -> tuple[Path, ...]:
@@ -199,7 +216,7 @@ class PipelineResolver:
     def find(self, uses: str) -> Path | None:
         """The file ``uses`` refers to, or ``None``. Raises ``ValueError`` for a bad name."""
         if not _USES_RE.fullmatch(uses) or ".." in uses.split("/"):
-            raise ValueError(f"invalid pipeline name {uses!r}")
+            raise ValueError(f"invalid pipeline name {excerpt(uses)}")
         for directory in self._dirs:
             candidate = directory / f"{uses}.yaml"
             if candidate.is_file():
@@ -213,13 +230,14 @@ class PipelineResolver:
         except ValueError as exc:
             raise RecipeFieldError(str(exc), location=location) from None
         if path is None:
-            looked = ", ".join(str(d / f"{uses}.yaml") for d in self._dirs)
+            looked = ", ".join(self._shown(d, f"{uses}.yaml") for d in self._dirs)
             raise RecipeFieldError(
-                f"unknown pipeline {uses!r} (looked for {looked})", location=location
+                f"unknown pipeline {excerpt(uses)} (looked for {looked})", location=location
             )
         loaded = self._cache.get(path)
         if loaded is None:
-            loaded = self._cache[path] = load_pipeline(path)
+            shown = self._shown(path.parents[uses.count("/")], f"{uses}.yaml")
+            loaded = self._cache[path] = load_pipeline(path, filename=shown)
         return loaded
 
 
@@ -235,6 +253,7 @@ def compile_build(config: Config, resolver: PipelineResolver | None = None) -> B
     environment = _with_defaults(config.environment.environment)
     needs = _Needs()
     steps: list[ExecStep] = []
+    digests: list[str] = []
     contexts: list[tuple[str, Mapping[str, str], tuple[Step, ...]]] = [
         (config.package.name, substitution_map(config), config.pipeline)
     ]
@@ -247,7 +266,13 @@ def compile_build(config: Config, resolver: PipelineResolver | None = None) -> B
         walker = _Walker(resolver=resolver, package=package, base_env=environment, needs=needs)
         walker.walk(pipeline, _Frame(mapping=mapping))
         steps.extend(walker.steps)
-    return BuildPlan(steps=tuple(steps), needs_packages=needs.packages(), environment=environment)
+        digests.extend(walker.digests)
+    return BuildPlan(
+        steps=tuple(steps),
+        needs_packages=needs.packages(),
+        environment=environment,
+        source_digests=tuple(dict.fromkeys(digests)),
+    )
 
 
 def subpackage_enabled(config: Config, subpackage: Subpackage) -> bool:
@@ -365,6 +390,7 @@ class _Walker:
         self.base_env = base_env
         self.needs = needs
         self.steps: list[ExecStep] = []
+        self.digests: list[str] = []
 
     def walk(self, steps: Sequence[Step], frame: _Frame) -> None:
         for step in steps:
@@ -424,11 +450,17 @@ class _Walker:
         where = step.where("uses")
         if uses in frame.chain:
             cycle = " -> ".join((*frame.chain, uses))
-            raise RecipeFieldError(f"pipeline {uses!r} uses itself ({cycle})", location=where)
+            raise RecipeFieldError(
+                f"pipeline {excerpt(uses)} uses itself ({cycle})", location=where
+            )
         if len(frame.chain) >= _MAX_DEPTH:
             raise RecipeFieldError(f"'uses' nested more than {_MAX_DEPTH} deep", location=where)
         definition = self.resolver.resolve(uses, location=where)
         inputs = _inputs(step, definition, frame.mapping)
+        for algorithm in ("sha256", "sha512"):
+            value = inputs.get(f"expected-{algorithm}", "").strip().lower()
+            if value:
+                self.digests.append(f"{algorithm}:{value}")
         context = {k: v for k, v in frame.mapping.items() if not k.startswith("inputs.")}
         mapping = {**context, **{f"inputs.{k}": v for k, v in inputs.items()}}
         self.needs.add(
@@ -448,7 +480,7 @@ class _Walker:
             self.walk(definition.pipeline, body)
         except RecipeFieldError as exc:
             # The pipeline file is at fault only through this step's use of it: blame both.
-            raise RecipeFieldError(f"in pipeline {uses!r}: {exc}", location=where) from exc
+            raise RecipeFieldError(f"in pipeline {excerpt(uses)}: {exc}", location=where) from exc
 
     def emit(
         self,
@@ -484,7 +516,8 @@ def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> d
         if key not in definition.inputs:
             declared = ", ".join(sorted(definition.inputs)) or "none"
             raise RecipeFieldError(
-                f"pipeline {step.uses!r} has no input {key!r} (it declares: {declared})",
+                f"pipeline {excerpt(step.uses)} has no input {excerpt(key)} "
+                f"(it declares: {declared})",
                 location=step.where(f"with.{key}"),
             )
     given = {
@@ -500,7 +533,7 @@ def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> d
             value = substitute(spec.default, scope, location=definition.where(f"inputs.{key}"))
         if spec.required and not value:
             raise RecipeFieldError(
-                f"pipeline {step.uses!r} requires input {key!r}",
+                f"pipeline {excerpt(step.uses)} requires input {excerpt(key)}",
                 location=step.where(f"with.{key}") if key in step.with_ else step.where("with"),
             )
         out[key] = value

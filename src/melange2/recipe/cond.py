@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal as TypingLiteral
 
+from melange2.names import excerpt
 from melange2.recipe.errors import ConditionError, UndefinedVariable
 from melange2.recipe.model import Location
 
@@ -144,7 +145,7 @@ class _Parser:
             return Comparison(left=left, op="!=", right=self.value())
         if self.pos >= len(self.text):
             raise self.fail("expected '==' or '!=' but the condition ended")
-        raise self.fail(f"expected '==' or '!=', got {op!r}")
+        raise self.fail(f"expected '==' or '!=', got {excerpt(op)}")
 
     def value(self) -> Operand:
         self.skip()
@@ -199,9 +200,11 @@ def parse_condition(expr: str, *, location: Location | None = None) -> Condition
         tree = parser.expr()
         parser.skip()
         if parser.pos != len(expr):
-            raise parser.fail(f"unexpected trailing input {expr[parser.pos :]!r}")
+            raise parser.fail(f"unexpected trailing input {excerpt(expr[parser.pos :])}")
     except _SyntaxError as exc:
-        raise ConditionError(f"invalid condition {expr!r}: {exc}", location=location) from None
+        raise ConditionError(
+            f"invalid condition {excerpt(expr)}: {exc}", location=location
+        ) from None
     return tree
 
 

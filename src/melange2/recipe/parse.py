@@ -37,7 +37,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
+from melange2 import names
 from melange2.errors import RecipeError
+from melange2.names import excerpt
 from melange2.recipe._yaml import Value, compose
 from melange2.recipe.arch import parse_arch
 from melange2.recipe.cond import parse_condition
@@ -55,6 +57,7 @@ from melange2.recipe.model import (
     PipelineDef,
     PipelineInput,
     RangeData,
+    Resources,
     Scriptlets,
     Step,
     Subpackage,
@@ -69,6 +72,7 @@ from melange2.recipe.subst import (
     substitute,
     substitute_condition,
 )
+from melange2.resources import QuantityError, cpu_millis, memory_bytes
 
 __all__ = ["Source", "load_config", "load_pipeline"]
 
@@ -76,7 +80,6 @@ __all__ = ["Source", "load_config", "load_pipeline"]
 Source = str | bytes | os.PathLike[str]
 
 _MAX_DEPTH: Final = 32
-_NAME_RE: Final = re.compile(r"[a-zA-Z\d][a-zA-Z\d+_.-]*")
 _LEAVE_INPUTS: Final = ("inputs.",)
 _PARSE_TIME_KEYS: Final = frozenset(
     {"package.name", "package.version", "package.epoch", "package.full-version"}
@@ -369,7 +372,9 @@ def _copyright(value: Value, depth: int = 0) -> Copyright:
     if not grouping and not entry.license:
         raise value.error("must specify either 'license' or 'operator'/'licenses'")
     if entry.operator and entry.operator not in ("AND", "OR"):
-        raise fields["operator"].error(f"operator must be 'AND' or 'OR', got {entry.operator!r}")
+        raise fields["operator"].error(
+            f"operator must be 'AND' or 'OR', got {excerpt(entry.operator)}"
+        )
     if grouping and not entry.licenses:
         raise value.error("a license group needs at least one entry in 'licenses'")
     return entry
@@ -377,6 +382,30 @@ def _copyright(value: Value, depth: int = 0) -> Copyright:
 
 def _items(value: Value | None) -> list[Value]:
     return value.items() if value is not None else []
+
+
+def _resources(value: Value | None, locs: dict[str, Location]) -> Resources | None:
+    """``package.resources``: strings as melange keeps them; ``cpu``, ``memory`` and
+    ``disk`` must be Kubernetes quantities (the farm places packages by them)."""
+    if value is None or value.is_null:
+        return None
+    fields = value.mapping()
+    sub: dict[str, Location] = {}
+    resources = Resources(
+        cpu=_text(fields, "cpu", sub),
+        cpumodel=_text(fields, "cpumodel", sub),
+        memory=_text(fields, "memory", sub),
+        disk=_text(fields, "disk", sub),
+    )
+    for key, read in (("cpu", cpu_millis), ("memory", memory_bytes), ("disk", memory_bytes)):
+        text = getattr(resources, key)
+        if text:
+            try:
+                read(text)
+            except QuantityError as exc:
+                raise fields[key].error(str(exc)) from exc
+    locs.update({f"resources.{k}": v for k, v in sub.items()})
+    return resources
 
 
 def _package(value: Value) -> Package:
@@ -404,6 +433,7 @@ def _package(value: Value) -> Package:
         target_architecture=_str_list(
             fields.get("target-architecture"), locs, "target-architecture"
         ),
+        resources=_resources(fields.get("resources"), locs),
         loc=value.loc,
         field_locs=frozen_map(locs),
     )
@@ -636,15 +666,17 @@ def _check_steps(steps: tuple[Step, ...]) -> None:
             )
         if step.uses and step.runs:
             raise RecipeFieldError(
-                f"a step cannot have both 'uses' ({step.uses!r}) and 'runs'",
+                f"a step cannot have both 'uses' ({excerpt(step.uses)}) and 'runs'",
                 location=step.where("runs"),
             )
         _check_steps(step.pipeline)
 
 
 def _check_priority(value: str, where: Location) -> None:
-    if value and not re.fullmatch(r"[+-]?\d+", value):
-        raise RecipeFieldError(f"priority must be an integer, got {value!r}", location=where)
+    if value and not re.fullmatch(r"[+-]?[0-9]+", value):
+        raise RecipeFieldError(
+            f"priority must be an integer, got {names.excerpt(value)}", location=where
+        )
 
 
 class _ConfigLoader:
@@ -680,7 +712,7 @@ class _ConfigLoader:
         vars = _str_map(top.get("vars"), locs, "vars")
         for key, value in self.extra_vars.items():
             if not isinstance(key, str) or not isinstance(value, str):
-                raise RecipeError(f"extra_vars must map strings to strings, got {key!r}")
+                raise RecipeError(f"extra_vars must map strings to strings, got {excerpt(key)}")
             vars[key] = value
             locs.setdefault(
                 f"vars.{key}", Location(file="<extra_vars>", line=0, column=0, path=f"vars.{key}")
@@ -794,7 +826,7 @@ class _ConfigLoader:
             source = ranges.get(sp.range)
             if source is None:
                 raise RecipeFieldError(
-                    f"undefined range {sp.range!r} (no 'data' entry has that name)",
+                    f"undefined range {excerpt(sp.range)} (no 'data' entry has that name)",
                     location=sp.where("range"),
                 )
             for key in sorted(source.items):
@@ -820,11 +852,14 @@ class _ConfigLoader:
     @staticmethod
     def _validate(config: Config) -> None:
         package = config.package
-        if not _NAME_RE.fullmatch(package.name):
-            raise RecipeFieldError(
-                f"package name {package.name!r} must match {_NAME_RE.pattern!r}",
-                location=package.where("name"),
-            )
+        try:
+            names.check_package_name(package.name)
+        except ValueError as exc:
+            raise RecipeFieldError(str(exc), location=package.where("name")) from None
+        try:
+            names.check_version(package.version, "package version")
+        except ValueError as exc:
+            raise RecipeFieldError(str(exc), location=package.where("version")) from None
         for key in ("provider-priority", "replaces-priority"):
             _check_priority(
                 getattr(package.dependencies, key.replace("-", "_")),
@@ -838,14 +873,14 @@ class _ConfigLoader:
                 other = seen[sp.name]
                 what = "the main package" if other < 0 else f"subpackage #{other}"
                 raise RecipeFieldError(
-                    f"subpackage name {sp.name!r} is already used by {what}", location=where
-                )
-            seen[sp.name] = index
-            if not _NAME_RE.fullmatch(sp.name):
-                raise RecipeFieldError(
-                    f"subpackage name {sp.name!r} must match {_NAME_RE.pattern!r}",
+                    f"subpackage name {names.excerpt(sp.name)} is already used by {what}",
                     location=where,
                 )
+            seen[sp.name] = index
+            try:
+                names.check_package_name(sp.name, "subpackage name")
+            except ValueError as exc:
+                raise RecipeFieldError(str(exc), location=where) from None
             for key in ("provider-priority", "replaces-priority"):
                 _check_priority(
                     getattr(sp.dependencies, key.replace("-", "_")),

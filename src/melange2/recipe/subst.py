@@ -43,6 +43,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
+from melange2.names import excerpt
 from melange2.recipe.arch import parse_arch
 from melange2.recipe.cond import quote
 from melange2.recipe.errors import RecipeFieldError, UndefinedVariable
@@ -264,7 +265,7 @@ def resolve_vars(
             value = go_regex_replace_all(match, source, replace)
         except ValueError as exc:
             raise RecipeFieldError(
-                f"match {match!r} is not a valid regular expression: {exc}",
+                f"match {excerpt(match)} is not a valid regular expression: {exc}",
                 location=locations(f"{prefix}.match"),
             ) from None
         resolved[to] = current[f"vars.{to}"] = value

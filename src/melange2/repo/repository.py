@@ -42,7 +42,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from melange2.apk.errors import ApkFormatError, ApkIntegrityError, ApkSignatureE
 from melange2.apk.index import IndexRecord, read_index_tar_gz
 from melange2.apk.reader import read_apk
 from melange2.apk.signing import PublicKeys, load_public_keys
+from melange2.cache import SizedCache
 from melange2.errors import ApkError
 
 __all__ = [
@@ -261,7 +261,12 @@ class Repository:
     def _verify(self, record: IndexRecord, path: Path, arch: str) -> None:
         where = self.url(arch, record.filename)
         try:
-            package = read_apk(path)
+            # the datahash, in the control stream the signed index names, covers every
+            # byte of the data: no need to inflate it (only an APK without one is read
+            # whole, its files checked against their checksums)
+            package = read_apk(path, inflate_data=False)
+            if not package.info.datahash:
+                package = read_apk(path)
         except ApkError as exc:
             raise PackageVerificationError(f"{where}: {exc}") from exc
         if package.checksum != record.checksum:
@@ -308,25 +313,25 @@ class Repository:
                 yield chunk
 
 
+#: the estimated memory of one index record, parsed
+RECORD_BYTES = 1024
+
+
 class IndexCache:
     """Parsed, verified indexes by (location, arch, content digest, keys, trust): a
-    farm resolves thousands of environments against the same few indexes."""
+    farm resolves thousands of environments against the same few indexes. Bounded by
+    estimated size (:data:`RECORD_BYTES` per record), least recently used first out."""
 
-    def __init__(self, size: int = 64) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple[object, ...], LoadedIndex] = OrderedDict()
+    def __init__(self, max_bytes: int = 512 * 1024 * 1024) -> None:
+        self._entries: SizedCache[tuple[object, ...], LoadedIndex] = SizedCache(
+            max_bytes, lambda index: 512 + RECORD_BYTES * len(index.records)
+        )
 
     def get(self, key: tuple[object, ...]) -> LoadedIndex | None:
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-        return found
+        return self._entries.get(key)
 
     def put(self, key: tuple[object, ...], index: LoadedIndex) -> None:
-        self._entries[key] = index
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self._entries.put(key, index)
 
 
 @dataclass(frozen=True, kw_only=True)

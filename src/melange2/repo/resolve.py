@@ -42,8 +42,7 @@ from __future__ import annotations
 
 import base64
 import functools
-import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -51,8 +50,9 @@ from melange2.apk.errors import ApkFormatError
 from melange2.apk.index import IndexRecord
 from melange2.apk.reader import DataEntry, EntryKind
 from melange2.apk.version import Constraint, compare_versions
+from melange2.cache import SizedCache
 from melange2.errors import ApkError
-from melange2.repo.repository import LoadedIndex, Repository
+from melange2.repo.repository import RECORD_BYTES, LoadedIndex, Repository
 
 __all__ = [
     "Resolution",
@@ -142,27 +142,22 @@ class _Candidate:
 #: providers of the last few index sets: a farm resolves thousands of environments
 #: against the same indexes, and listing every record's names is the costly part
 ProviderMap = Mapping[str, Sequence[_Candidate]]
-_PROVIDERS: OrderedDict[tuple[object, ...], tuple[Sequence[LoadedIndex], ProviderMap]] = (
-    OrderedDict()
+#: (bounded by estimated size: the candidates and the indexes the entry keeps alive)
+_PROVIDERS: SizedCache[tuple[object, ...], tuple[Sequence[LoadedIndex], ProviderMap]] = SizedCache(
+    512 * 1024 * 1024,
+    lambda entry: sum((RECORD_BYTES + 256) * len(i.records) for i in entry[0]) + 512,
 )
-_PROVIDERS_SIZE = 8
-_PROVIDERS_LOCK = threading.Lock()
 
 
 def _providers(indexes: Sequence[LoadedIndex], arch: str) -> ProviderMap:
     """:func:`_candidates`, remembered per (indexes, arch). Indexes are immutable; the
     entry holds them, so the ids in its key cannot be reused while it lives."""
     key = (arch, *(id(index) for index in indexes))
-    with _PROVIDERS_LOCK:
-        found = _PROVIDERS.get(key)
-        if found is not None:
-            _PROVIDERS.move_to_end(key)
-            return found[1]
+    found = _PROVIDERS.get(key)
+    if found is not None:
+        return found[1]
     providers = _candidates(indexes, arch)
-    with _PROVIDERS_LOCK:
-        _PROVIDERS[key] = (tuple(indexes), providers)
-        while len(_PROVIDERS) > _PROVIDERS_SIZE:
-            _PROVIDERS.popitem(last=False)
+    _PROVIDERS.put(key, (tuple(indexes), providers))
     return providers
 
 

@@ -5,14 +5,28 @@ It wakes on events: a package became ready (submission, a dependency's success, 
 retry), a slot freed or a backend appeared, a cancel, the stop request. Among ready
 packages it takes the highest priority first (the longest remaining path to the end of
 the graph, weighted by expected durations; computed at submission), then older builds,
-then submission order; ``fifo`` keeps plain submission order. A package whose
-backends are all busy stays ``pending`` and is reconsidered when a slot frees; one
-that no backend could ever run (no backend of its arch and labels) fails with that
-error. A failure skips the dependents, each naming the failed dependency.
+then submission order; ``fifo`` keeps plain submission order. A package goes where
+what it asks (``package.resources``: cpu, memory) fits what is free
+(:mod:`melange2.scheduler.placement`; the pool keeps the books). A package that fits
+nowhere now stays ``pending``, saying what it waits for, and is reconsidered when a
+slot frees; the first such package of a queue that waits for cpu or memory keeps one
+backend for itself until it fits there (so smaller ones cannot starve it), while the others
+backfill the rest. One that no backend could ever run (no backend of its arch and
+labels, or none that large) fails at once with that error, at submission already. A
+failure skips the dependents, each naming the failed dependency.
 
 The store is the truth: every move is a compare-and-set there first; the in-memory
 graph only makes dispatch fast. Running packages hold a lease renewed every few
 seconds; an expired lease (the server died) puts the package back in the queue.
+
+Nothing one build brings stops the loop: a store write that fails for a package
+(the store is down, or refuses a value) fails that package with the reason, and if the
+store refuses even that, the scheduler stops tracking that build (it stays unfinished
+in the store; the next start recovers it). Every error text is made storable first. A
+package whose runner ended without a result fails ("lost its runner"); a cancelled
+build's packages are cancelled whatever state they are in, also those no task of this
+process runs. Only the store failing as a whole ends :meth:`Scheduler.run`: when leases
+cannot be renewed for a whole ``lease_ttl`` (:class:`LeasesLost`), or recovery fails.
 
 Time comes from the event loop (timers) and from a :class:`Clock` (timestamps, leases,
 event times): :class:`SystemClock` unless given, so a simulation can run the real
@@ -33,7 +47,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from melange2 import tracing
-from melange2.errors import BuildkitUnavailable, FarmError, InvalidTransition, SolveCancelled
+from melange2.errors import (
+    BuildkitUnavailable,
+    FarmError,
+    InvalidTransition,
+    NotFound,
+    SolveCancelled,
+    StoreError,
+)
 from melange2.ids import BuildId
 from melange2.jobs import (
     Attempt,
@@ -44,15 +65,34 @@ from melange2.jobs import (
     PackageStatus,
     status_from_counts,
 )
-from melange2.pool.pool import BackendPool, BackendSlot, NoBackend
+from melange2.pool.pool import BackendPool, BackendSlot
+from melange2.scheduler.placement import Never, Request, Wait
 from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
 Schedule = Literal["critical-path", "fifo"]
 
 
+#: what a failed store write raises: the store failed, or refused a value (ValueError)
+_STORE_FAILURES = (StoreError, ValueError)
+#: the longest error text kept for a package
+MAX_ERROR_CHARS = 16 * 1024
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def storable(text: str) -> str:
+    """``text`` as any store keeps it: no lone surrogate, no NUL, not too long."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\0")
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
+
+
+class LeasesLost(StoreError):
+    """The store refused to renew this server's leases for a whole lease period."""
+
+    code = "leases_lost"
 
 
 class Clock(Protocol):
@@ -126,7 +166,10 @@ class _BuildState:
             self.moved(self, old, job)
 
 
+#: (arch, backend selector): packages that compete for the same backends
 QueueKey = tuple[str, tuple[tuple[str, str], ...]]
+#: the reason shown for a package waiting for a slot of any size
+_SLOT_REASON = "waiting for a backend slot"
 
 
 @dataclass(order=True, frozen=True)
@@ -200,10 +243,15 @@ class Scheduler:
         #: every state change, in the order written (see :class:`StateChange`)
         self.on_change = on_change
         self._builds: dict[BuildId, _BuildState] = {}
-        #: ready packages, one priority queue per (arch, backend selector): when the head
-        #: of a queue finds every matching backend busy, the rest of it waits too, and
-        #: a dispatch round costs O(started log n), not O(waiting)
-        self._queues: dict[QueueKey, list[_Ready]] = {}
+        #: ready packages, per (arch, backend selector) one priority queue per request
+        #: (what they ask): when the head of one finds no room, the rest of it waits
+        #: too, and a dispatch round costs O((started + requests) log n), not O(waiting)
+        self._queues: dict[QueueKey, dict[Request, list[_Ready]]] = {}
+        #: per queue, the package (``build/name``) a backend is kept for, and why it waits
+        self._holders: dict[QueueKey, str] = {}
+        self._holder_reasons: dict[str, str] = {}
+        #: why the packages of one request of one queue wait, from the last round
+        self._reasons: dict[tuple[QueueKey, Request], str] = {}
         #: blocked packages whose dependencies all succeeded, queued but not yet written
         self._promoted: set[tuple[BuildId, str]] = set()
         self._tasks: dict[tuple[BuildId, str], asyncio.Task[None]] = {}
@@ -244,19 +292,30 @@ class Scheduler:
         async with self._lock:
             state = self._track(build)
             self._changed(state, None, None)
-            for job in state.jobs.values():
-                if job.status is PackageStatus.PENDING:
+            reused = [j for j in state.jobs.values() if j.status.terminal]
+            for job in reused:
+                self._emit("finished", build.id, job.name, job.status)
+            for name in list(state.jobs):
+                job = state.jobs[name]  # as of now: a refusal may have skipped it
+                if job.status.terminal:
+                    continue
+                selector = _selector(build)
+                if not self.pool.matching(job.arch, selector):  # at once, not when ready
+                    await self._no_backend(state, job, selector)
+                elif (never := self.pool.never(job.arch, selector, _request(job))) is not None:
+                    await self._no_backend(state, job, selector, never)
+                elif job.status is PackageStatus.PENDING:
                     self._push(state, job)
-                elif job.status.terminal:  # reused at submission
-                    self._emit("finished", build.id, job.name, job.status)
             await self._update_status(state)
         self.wake()
 
     async def cancel(self, build_id: BuildId) -> Build:
         """Cancel waiting packages now and running solves on their daemons."""
         build = await self.store.update_build(build_id, cancel_requested=True)
-        state = self._builds.get(build_id)
         async with self._lock:
+            state = self._builds.get(build_id)
+            if state is None and build.status in (BuildStatus.PENDING, BuildStatus.RUNNING):
+                state = self._track(build)  # e.g. given up after a store failure
             if state is not None:
                 state.build = build
             for job in build.packages:
@@ -272,6 +331,23 @@ class Scheduler:
                         )
                         if state is not None:
                             state.set(updated)
+            for job in build.packages:
+                if job.status is PackageStatus.RUNNING and (build_id, job.name) not in self._tasks:
+                    # no task of ours runs it (its runner died, or another server's
+                    # lease): cancel it here, or it would come back
+                    with contextlib.suppress(InvalidTransition):
+                        updated = await self.store.transition(
+                            build_id,
+                            job.name,
+                            PackageStatus.CANCELLED,
+                            expect=frozenset({PackageStatus.RUNNING}),
+                            finished_at=self.clock.now(),
+                            error="build cancelled",
+                            lease_owner="",
+                            lease_expires=None,
+                        )
+                        if state is not None:
+                            state.set(updated)
             if state is not None:
                 await self._update_status(state)
         for (bid, _name), task in list(self._tasks.items()):
@@ -284,8 +360,9 @@ class Scheduler:
         One pass over the queues, so a response listing thousands of packages sorts each
         queue once, not once per package."""
         positions: dict[tuple[str, str], tuple[int, int]] = {}
-        for queue in self._queues.values():
-            waiting = sorted(queue)
+        for shapes in self._queues.values():
+            unique = {(e.build_id, e.name): e for queue in shapes.values() for e in queue}
+            waiting = sorted(unique.values())
             for n, entry in enumerate(waiting, 1):
                 positions[(entry.build_id, entry.name)] = (n, len(waiting))
         return positions
@@ -296,13 +373,25 @@ class Scheduler:
         name: str,
         positions: Mapping[tuple[str, str], tuple[int, int]] | None = None,
     ) -> str:
-        """Why a pending package waits: its place among packages waiting for a slot."""
+        """Why a pending package waits: what it waits for (a slot; or cpu or memory,
+        how much it needs and the most free on one backend) and its place in the queue."""
+        reason = _SLOT_REASON
+        state = self._builds.get(build_id)
+        job = state.jobs.get(name) if state is not None else None
+        if state is not None and job is not None:
+            key = _queue_key(state.build, job)
+            holder = f"{build_id}/{name}"
+            if self._holders.get(key) == holder:
+                reason = self._holder_reasons.get(holder, reason)
+            else:
+                reason = self._reasons.get((key, _request(job)), reason)
         place = (positions if positions is not None else self.queue_positions()).get(
             (build_id, name)
         )
         if place is None:
-            return "waiting for a backend slot"
-        return f"waiting for a backend slot: {place[0]} of {place[1]} in the queue"
+            return reason
+        where = f"{place[0]} of {place[1]} in the queue"
+        return f"{reason}: {where}" if reason == _SLOT_REASON else f"{reason}; {where}"
 
     # -- tracking -------------------------------------------------------------------------
 
@@ -352,8 +441,8 @@ class Scheduler:
         return (-job.priority, created, float(job.seq))
 
     def _push(self, state: _BuildState, job: PackageJob) -> None:
-        queue_key: QueueKey = (job.arch, tuple(sorted(_selector(state.build).items())))
-        queue = self._queues.setdefault(queue_key, [])
+        shapes = self._queues.setdefault(_queue_key(state.build, job), {})
+        queue = shapes.setdefault(_request(job), [])
         heapq.heappush(queue, _Ready(self._key(state, job), state.build.id, job.name))
         self._emit("ready", state.build.id, job.name, job.status)
 
@@ -398,27 +487,133 @@ class Scheduler:
 
     async def _dispatch(self) -> None:
         async with self._lock:
-            for queue_key, queue in list(self._queues.items()):
-                while queue:
-                    entry = queue[0]
-                    state = self._builds.get(BuildId(entry.build_id))
-                    job = state.jobs.get(entry.name) if state is not None else None
-                    if state is None or job is None or not self._dispatchable(job):
-                        heapq.heappop(queue)  # cancelled, or taken care of meanwhile
-                        continue
-                    tried = {a.backend for a in job.attempts if a.error}
-                    choice = self.pool.select(job.arch, dict(queue_key[1]), avoid=tried)
-                    if choice is NoBackend.BUSY:
-                        break  # the rest of this queue needs the same busy backends
-                    heapq.heappop(queue)
-                    if choice is NoBackend.NEVER:
-                        await self._no_backend(state, job, dict(queue_key[1]))
-                    else:
-                        assert isinstance(choice, BackendSlot)
-                        await self._start(state, job, choice)
-                if not queue:
+            for queue_key in [k for k in self._holders if k not in self._queues]:
+                self._drop_holder(queue_key)  # its package no longer waits
+            for queue_key, shapes in list(self._queues.items()):
+                await self._dispatch_queue(queue_key, shapes)
+                if not shapes:
                     del self._queues[queue_key]
             await self._record_waiting()
+
+    async def _dispatch_queue(
+        self, queue_key: QueueKey, shapes: dict[Request, list[_Ready]]
+    ) -> None:
+        """Start what fits of one queue, highest priority first. A request that found no
+        room waits with the rest of its kind this round; the others go on (backfill).
+        The package a backend is kept for is tried first."""
+        selector = dict(queue_key[1])
+        holder = self._holders.get(queue_key)
+        if holder is not None:
+            build_id, _, name = holder.partition("/")
+            state = self._builds.get(BuildId(build_id))
+            job = state.jobs.get(name) if state is not None else None
+            if (
+                state is None
+                or job is None
+                or not self._dispatchable(job)
+                or state.build.cancel_requested
+            ):
+                self._drop_holder(queue_key)  # started, cancelled or failed meanwhile
+            else:
+                await self._try_place(queue_key, selector, state, job)
+        blocked: set[Request] = set()
+        while True:
+            head = self._head(queue_key, shapes, blocked)
+            if head is None:
+                return
+            request, state, job = head
+            if state.build.cancel_requested:  # cancelled while it waited: cancel it now
+                heapq.heappop(shapes[request])
+                await self._cancel_waiting(state, job)
+                continue
+            if await self._try_place(queue_key, selector, state, job):
+                heapq.heappop(shapes[request])
+            else:
+                blocked.add(request)
+
+    def _head(
+        self, queue_key: QueueKey, shapes: dict[Request, list[_Ready]], blocked: set[Request]
+    ) -> tuple[Request, _BuildState, PackageJob] | None:
+        """The highest-priority waiting package among requests not blocked this round
+        (entries that are no longer waiting are dropped on the way)."""
+        best: tuple[Request, _BuildState, PackageJob] | None = None
+        best_key: _Ready | None = None
+        for request, queue in list(shapes.items()):
+            if request in blocked:
+                continue
+            while queue:
+                entry = queue[0]
+                state = self._builds.get(BuildId(entry.build_id))
+                job = state.jobs.get(entry.name) if state is not None else None
+                if state is not None and job is not None and self._dispatchable(job):
+                    if best_key is None or entry < best_key:
+                        best, best_key = (request, state, job), entry
+                    break
+                heapq.heappop(queue)  # cancelled, or taken care of meanwhile
+            if not queue:
+                del shapes[request]
+                self._reasons.pop((queue_key, request), None)
+        return best
+
+    async def _try_place(
+        self, queue_key: QueueKey, selector: Mapping[str, str], state: _BuildState, job: PackageJob
+    ) -> bool:
+        """Start ``job`` where it fits, or fail it if it never can; ``False``: it waits
+        (and, the first of its queue to wait for cpu or memory, gets a backend kept)."""
+        request = _request(job)
+        key = f"{job.build_id}/{job.name}"
+        tried = {a.backend for a in job.attempts if a.error}
+        found = self.pool.place(job.arch, selector, request, holder=key, avoid=tried)
+        if isinstance(found, Wait):
+            holder = self._holders.get(queue_key)
+            if holder == key or (holder is None and found.blocked_by == "resources"):
+                kept = self.pool.reserve(key, job.arch, selector, request)
+                if kept is not None:
+                    self._holders[queue_key] = key
+                    reason = found.reason
+                    if "is kept for it" not in reason:
+                        reason += f"; {kept} is kept for it"
+                    self._holder_reasons[key] = reason
+                    return False
+                if holder == key:  # nothing to keep now (e.g. every circuit is open)
+                    self._drop_holder(queue_key)
+            self._reasons[(queue_key, request)] = found.reason
+            return False
+        if self._holders.get(queue_key) == key:
+            self._drop_holder(queue_key)
+        if isinstance(found, Never):
+            await self._no_backend(state, job, selector, found.message)
+        else:
+            await self._start(state, job, found)
+        return True
+
+    def _drop_holder(self, queue_key: QueueKey) -> None:
+        holder = self._holders.pop(queue_key, None)
+        if holder is not None:
+            self.pool.unreserve(holder)
+            self._holder_reasons.pop(holder, None)
+
+    async def _cancel_waiting(self, state: _BuildState, job: PackageJob) -> None:
+        """A package of a cancelled build that was about to start: cancelled instead."""
+        self._promoted.discard((job.build_id, job.name))
+        try:
+            state.set(
+                await self.store.transition(
+                    state.build.id,
+                    job.name,
+                    PackageStatus.CANCELLED,
+                    finished_at=self.clock.now(),
+                    reason="",
+                    error="build cancelled",
+                )
+            )
+        except InvalidTransition:
+            return
+        except _STORE_FAILURES:
+            _log.exception("cancelling %s/%s", job.build_id, job.name)
+            self._abandon(state)
+            return
+        await self._update_status(state)
 
     def _dispatchable(self, job: PackageJob) -> bool:
         return job.status is PackageStatus.PENDING or (
@@ -437,26 +632,40 @@ class Scheduler:
                 waiting.setdefault(build_id, []).append(name)
         self._promoted.clear()
         for build_id, names in waiting.items():
-            moved = await self.store.transition_many(
-                build_id,
-                names,
-                PackageStatus.PENDING,
-                expect=frozenset({PackageStatus.BLOCKED}),
-                reason="",
-            )
-            state = self._builds[build_id]
+            try:
+                moved = await self.store.transition_many(
+                    build_id,
+                    names,
+                    PackageStatus.PENDING,
+                    expect=frozenset({PackageStatus.BLOCKED}),
+                    reason="",
+                )
+            except _STORE_FAILURES:  # they stay queued; the store says blocked meanwhile
+                _log.exception("recording %d packages of %s as pending", len(names), build_id)
+                continue
+            state = self._builds.get(build_id)
+            if state is None:
+                continue
             for job in moved:
                 state.set(job)
 
     async def _no_backend(
-        self, state: _BuildState, job: PackageJob, selector: Mapping[str, str]
+        self,
+        state: _BuildState,
+        job: PackageJob,
+        selector: Mapping[str, str],
+        why: str | None = None,
     ) -> None:
-        message = (
-            "no available backend: no backend for "
+        """Fail a package no backend could ever run: ``why`` (placement's message), or
+        none of its arch and labels exists."""
+        message = storable(
+            f"no available backend: {why}"
+            if why is not None and self.pool.matching(job.arch, selector)
+            else "no available backend: no backend for "
             f"{self.pool.describe(job.arch, selector)} (all backends: "
             f"{', '.join(f'{b.addr} {b.arch}' for b in self.pool.serving()) or 'none'})"
         )
-        with contextlib.suppress(InvalidTransition):
+        try:
             if job.status is PackageStatus.BLOCKED:
                 self._promoted.discard((job.build_id, job.name))
                 job = await self.store.transition(
@@ -471,6 +680,12 @@ class Scheduler:
                 reason="",
                 finished_at=self.clock.now(),
             )
+        except InvalidTransition:
+            pass
+        except _STORE_FAILURES as exc:
+            await self._fail_package(state, job, f"{message}; and the store refused it: {exc}")
+            return
+        else:
             state.set(failed)
             await self._cascade_failure(state, job.name)
         await self._update_status(state)
@@ -500,20 +715,29 @@ class Scheduler:
         except InvalidTransition:
             self.pool.release(slot, outcome="neutral")
             return
+        except _STORE_FAILURES as exc:
+            self.pool.release(slot, outcome="neutral")
+            await self._fail_package(state, job, f"the store refused its start: {exc}")
+            return
         finally:
             self._promoted.discard((job.build_id, job.name))
         state.set(running)
         self._emit("started", state.build.id, job.name, PackageStatus.RUNNING)
         if state.status is BuildStatus.PENDING:
             state.status = BuildStatus.RUNNING
-            state.build = await self.store.update_build(
-                state.build.id, status=BuildStatus.RUNNING, started_at=now
-            )
+            try:
+                state.build = await self.store.update_build(
+                    state.build.id, status=BuildStatus.RUNNING, started_at=now
+                )
+            except _STORE_FAILURES:  # written with the build's next change
+                _log.exception("recording build %s as running", state.build.id)
             self._changed(state, None, BuildStatus.PENDING)
         key = (state.build.id, job.name)
-        self._tasks[key] = asyncio.create_task(
+        task = asyncio.create_task(
             self._run(state, running, slot, attempt), name=f"build {job.build_id}/{job.name}"
         )
+        task.add_done_callback(_log_crash)
+        self._tasks[key] = task
 
     async def _run(
         self, state: _BuildState, job: PackageJob, slot: BackendSlot, attempt: int
@@ -563,7 +787,7 @@ class Scheduler:
                     attempt,
                     PackageStatus.FAILED,
                     str(exc),
-                    log_path=self.runner.log_location(job, attempt),
+                    log_path=self._log_location(job, attempt),
                 )
             )
         except Exception as exc:  # a bug in a runner must not wedge the build
@@ -574,8 +798,8 @@ class Scheduler:
                     job,
                     attempt,
                     PackageStatus.FAILED,
-                    f"internal error: {exc}",
-                    log_path=self.runner.log_location(job, attempt),
+                    f"internal error: {type(exc).__name__}: {exc}",
+                    log_path=self._log_location(job, attempt),
                 )
             )
         else:
@@ -598,6 +822,13 @@ class Scheduler:
             if not released:
                 self.pool.release(slot, outcome=outcome)
 
+    def _log_location(self, job: PackageJob, attempt: int) -> str:
+        try:
+            return self.runner.log_location(job, attempt)
+        except Exception:  # where the log is matters less than recording the failure
+            _log.exception("log location of %s/%s", job.build_id, job.name)
+            return ""
+
     async def _finish(
         self,
         state: _BuildState,
@@ -608,6 +839,7 @@ class Scheduler:
         **fields: Any,
     ) -> None:
         now = self.clock.now()
+        error = storable(error)
         async with self._lock:
             try:
                 done = await self.store.transition(
@@ -623,6 +855,11 @@ class Scheduler:
                     **fields,
                 )
             except InvalidTransition:  # cancelled or taken over meanwhile
+                return
+            except _STORE_FAILURES as exc:
+                await self._fail_package(
+                    state, job, f"the store refused its result ({status.value}): {exc}"
+                )
                 return
             state.set(done)
             self._emit("finished", state.build.id, job.name, status)
@@ -647,8 +884,11 @@ class Scheduler:
                 f"backend failed {attempt} time(s); last: {exc}",
             )
             return
-        closed = _closed(job, attempt, self.clock.now(), str(exc), "")
+        closed = _closed(job, attempt, self.clock.now(), storable(str(exc)), "")
         await asyncio.sleep(self.retry_backoff * (2 ** (attempt - 1)))
+        if state.build.cancel_requested:  # cancelled while backing off: cancel wins
+            await self._finish(state, job, attempt, PackageStatus.CANCELLED, "build cancelled")
+            return
         async with self._lock:
             try:
                 retry = await self.store.transition(
@@ -658,10 +898,13 @@ class Scheduler:
                     expect=frozenset({PackageStatus.RUNNING}),
                     lease_owner="",
                     lease_expires=None,
-                    reason=f"retrying after a backend fault: {exc}",
+                    reason=storable(f"retrying after a backend fault: {exc}"),
                     attempts=closed,
                 )
             except InvalidTransition:
+                return
+            except _STORE_FAILURES as e:
+                await self._fail_package(state, job, f"the store refused its retry: {e}")
                 return
             state.set(retry)
             self._push(state, retry)
@@ -696,7 +939,7 @@ class Scheduler:
             job = state.jobs[name]
             if job.status is not PackageStatus.BLOCKED:
                 continue
-            with contextlib.suppress(InvalidTransition):
+            try:
                 skipped = await self.store.transition(
                     state.build.id,
                     name,
@@ -705,8 +948,14 @@ class Scheduler:
                     reason="",
                     finished_at=self.clock.now(),
                 )
-                state.set(skipped)
-                todo.extend((name, d) for d in state.dependents.get(name, []))
+            except InvalidTransition:
+                continue
+            except _STORE_FAILURES:
+                _log.exception("skipping %s/%s", state.build.id, name)
+                self._abandon(state)
+                return
+            state.set(skipped)
+            todo.extend((name, d) for d in state.dependents.get(name, []))
 
     async def _update_status(self, state: _BuildState) -> None:
         """Write the build's status when its packages' moves changed it (O(1))."""
@@ -725,7 +974,12 @@ class Scheduler:
                     except Exception:
                         _log.exception("finishing build %s", state.build.id)
                 fields["finished_at"] = self.clock.now()
-            state.build = await self.store.update_build(state.build.id, **fields)
+            try:
+                state.build = await self.store.update_build(state.build.id, **fields)
+            except _STORE_FAILURES:
+                _log.exception("recording build %s as %s", state.build.id, status.value)
+                self._abandon(state)
+                return
             previous, state.status = state.status, status
             self._changed(state, None, previous)
         if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
@@ -735,15 +989,103 @@ class Scheduler:
 
     async def _lease_loop(self) -> None:
         period = self.lease_ttl / 3
+        renewed = self.clock.monotonic()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), period)
             if self._stop.is_set():
                 return
-            await self.store.renew_leases(
-                self.owner, self.clock.now() + timedelta(seconds=self.lease_ttl)
+            try:
+                await self.store.renew_leases(
+                    self.owner, self.clock.now() + timedelta(seconds=self.lease_ttl)
+                )
+                renewed = self.clock.monotonic()
+                await self._expire_leases()
+            except _STORE_FAILURES as exc:
+                _log.exception("renewing leases")
+                if self.clock.monotonic() - renewed >= self.lease_ttl:
+                    raise LeasesLost(
+                        f"the store refused to renew leases for {self.lease_ttl:g} s: {exc}"
+                    ) from exc
+            await self._fail_orphans()
+
+    async def _fail_orphans(self) -> None:
+        """Packages running in memory with no task of ours: their runner ended without
+        a result (a bug). Failed (or cancelled, for a cancelled build), never left
+        running with a lease renewed forever."""
+        async with self._lock:
+            for state in list(self._builds.values()):
+                for job in list(state.jobs.values()):
+                    key = (state.build.id, job.name)
+                    if job.status is not PackageStatus.RUNNING or key in self._tasks:
+                        continue
+                    if job.lease_owner and job.lease_owner != self.owner:
+                        continue  # recovered from a dead server: its lease expires first
+                    if state.build.cancel_requested:
+                        await self._cancel_running(state, job)
+                    else:
+                        await self._fail_package(
+                            state, job, "internal error: its runner ended without a result"
+                        )
+
+    async def _cancel_running(self, state: _BuildState, job: PackageJob) -> None:
+        try:
+            state.set(
+                await self.store.transition(
+                    state.build.id,
+                    job.name,
+                    PackageStatus.CANCELLED,
+                    expect=frozenset({PackageStatus.RUNNING}),
+                    finished_at=self.clock.now(),
+                    error="build cancelled",
+                    lease_owner="",
+                    lease_expires=None,
+                )
             )
-            await self._expire_leases()
+        except InvalidTransition:
+            return
+        except _STORE_FAILURES:
+            _log.exception("cancelling %s/%s", state.build.id, job.name)
+            self._abandon(state)
+            return
+        await self._update_status(state)
+
+    async def _fail_package(self, state: _BuildState, job: PackageJob, reason: str) -> None:
+        """Fail ``job`` with ``reason`` after a store write for it failed (call with the
+        lock held). If the store refuses that too, stop tracking the build: it stays
+        unfinished in the store, and the next start recovers it."""
+        _log.error("%s/%s: %s", state.build.id, job.name, reason)
+        try:
+            failed = await self.store.transition(
+                state.build.id,
+                job.name,
+                PackageStatus.FAILED,
+                error=storable(reason),
+                reason="",
+                finished_at=self.clock.now(),
+                lease_owner="",
+                lease_expires=None,
+            )
+        except InvalidTransition:
+            return
+        except _STORE_FAILURES:
+            _log.exception("recording %s/%s as failed", state.build.id, job.name)
+            self._abandon(state)
+            return
+        state.set(failed)
+        self._emit("finished", state.build.id, job.name, PackageStatus.FAILED)
+        await self._cascade_failure(state, job.name)
+        await self._update_status(state)
+
+    def _abandon(self, state: _BuildState) -> None:
+        """Stop tracking a build the store refuses to record (logged): its queued
+        packages are dropped at the next dispatch, its tasks end on their own."""
+        if self._builds.pop(state.build.id, None) is not None:
+            _log.error(
+                "build %s is no longer scheduled by this server: the store refuses its "
+                "writes (it stays unfinished in the store; a restart recovers it)",
+                state.build.id,
+            )
 
     async def _expire_leases(self) -> None:
         expired = await self.store.expire_leases(self.clock.now())
@@ -753,10 +1095,22 @@ class Scheduler:
             for job in expired:
                 state = self._builds.get(job.build_id)
                 if state is None:
-                    state = self._track(await self.store.get_build(job.build_id))
+                    try:
+                        state = self._track(await self.store.get_build(job.build_id))
+                    except NotFound:
+                        continue
                 state.set(job)
-                self._push(state, job)
+                if state.build.cancel_requested:
+                    await self._cancel_waiting(state, job)
+                else:
+                    self._push(state, job)
         self.wake()
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A package's task that died of a bug (its package is failed by the lease loop)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _log.error("%s crashed", task.get_name(), exc_info=exc)
 
 
 def _closed(
@@ -776,6 +1130,14 @@ def _closed(
             )
         closed.append(a)
     return tuple(closed)
+
+
+def _request(job: PackageJob) -> Request:
+    return Request(cpu=job.cpu_millis, memory=job.memory_bytes)
+
+
+def _queue_key(build: Build, job: PackageJob) -> QueueKey:
+    return (job.arch, tuple(sorted(_selector(build).items())))
 
 
 def _selector(build: Build) -> Mapping[str, str]:

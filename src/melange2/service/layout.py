@@ -6,6 +6,7 @@ Local storage (``--output-dir``)::
     <build-id>-<package>/logs/build.log            (build.attempt-<n>.log for retries)
     <build-id>-<package>/<arch>/<name>-<version>-r<epoch>.apk, APKINDEX.tar.gz
     repo/<arch>/*.apk, repo/<arch>/APKINDEX.tar.gz, repo/keys/<key>.rsa.pub
+    origins/<arch>.json                             which build published each repo file
     cache/<arch>/<input digest>.json
     cache/<arch>/quick/<quick digest>.json
 
@@ -13,11 +14,13 @@ A bucket (``--gcs-bucket``, ``--s3-bucket``)::
 
     builds/<build-id>-<package>/logs/build.log
     builds/<build-id>-<package>/artifacts/<arch>/...
-    repo/..., cache/...  (as above)
+    repo/..., origins/..., cache/...  (as above)
 
-Keys are only ever made from checked names: build ids as the store makes them and
-package names and architectures as :func:`check_name` allows, so no key can escape its
-place (no ``..``, no ``/``).
+Keys are only ever made from checked names: build ids as the store makes them, package
+names as :func:`melange2.names.check_package_name` allows (the recipe parser's rule, so
+a name a config may have always makes a key), and architectures and file names as
+:func:`check_name` allows: no key can escape its place (no ``/``, no ``..``, ASCII
+only).
 """
 
 from __future__ import annotations
@@ -25,16 +28,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+from melange2.names import check_package_name
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", re.ASCII)
 _BUILD_ID = re.compile(r"^bld-[A-Za-z0-9]+$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 REPO = "repo"
 
 
 def check_name(what: str, value: str) -> str:
-    """A package name, version or arch fit to be part of a storage key."""
-    if not _NAME.match(value) or ".." in value or len(value) > 200:
-        raise ValueError(f"{what} {value!r} cannot name a file (letters, digits, . _ + - only)")
+    """An arch or file name fit to be part of a storage key (at most 255 characters)."""
+    if not _NAME.fullmatch(value) or ".." in value or len(value) > 255:
+        raise ValueError(
+            f"{what} {value[:80]!r} cannot name a file (ASCII letters, digits, . _ + - only)"
+        )
     return value
 
 
@@ -50,7 +57,7 @@ class Layout:
     def package(self, build_id: str, name: str) -> str:
         if not _BUILD_ID.match(build_id):
             raise ValueError(f"invalid build id {build_id!r}")
-        key = f"{build_id}-{check_name('package name', name)}"
+        key = f"{build_id}-{check_package_name(name)}"
         return f"builds/{key}" if self.bucket else key
 
     def log(self, build_id: str, name: str, attempt: int) -> str:
@@ -63,6 +70,11 @@ class Layout:
 
     def repo_file(self, arch: str, filename: str) -> str:
         return f"{REPO}/{check_name('arch', arch)}/{check_name('file name', filename)}"
+
+    def origins(self, arch: str) -> str:
+        """Which build published each file of the farm's repository (beside it, not in
+        it: the repository's clients have no use for it)."""
+        return f"origins/{check_name('arch', arch)}.json"
 
     def repo_key(self, filename: str) -> str:
         return f"{REPO}/keys/{check_name('key name', filename)}"

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Callable
 from typing import BinaryIO
 
 
 class LogHub:
     """Per-log wake-ups. ``event(key)`` before reading, then wait on it: a write that
-    happens between the read and the wait is not missed."""
+    happens between the read and the wait is not missed. An event lives only as long as
+    a follower holds it (a follower of a log that never changes again leaves nothing
+    behind)."""
 
     def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
+        self._events: weakref.WeakValueDictionary[str, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
 
     def event(self, key: str) -> asyncio.Event:
         ev = self._events.get(key)

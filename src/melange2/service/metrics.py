@@ -72,6 +72,7 @@ class Metrics:
             if ready is not None:
                 self.queue_wait.observe(event.at - ready)
         else:
+            self._ready_at.pop(key, None)  # finished without starting: cancelled, failed
             self.packages.labels(status=event.status.value).inc()
 
     def render(self) -> bytes:

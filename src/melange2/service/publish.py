@@ -9,6 +9,13 @@
 * **Batched, nothing lost**: concurrent publications into one arch queue up; whoever
   holds the arch's lock writes one index for every publication waiting (group commit),
   and each caller returns once an index listing its packages is stored.
+* **Immutable** (the farm's repository, ``immutable=True``): a package file name
+  (name, version, epoch) the repository holds, or another publication is storing right
+  now, with other content is refused with :class:`~melange2.errors.PublishConflict`
+  naming the build that published it, before anything is written; unless the
+  publication asks to ``replace``, and then the replacement is logged with both
+  checksums. The same bytes again are a no-op. Which build published each file is kept
+  beside the index (``origins``, one JSON object per arch, written with the index).
 
 One process writes a repository; several servers must not share one storage prefix.
 """
@@ -17,16 +24,53 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Mapping, Sequence
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from melange2.apk.index import IndexRecord, read_index_tar_gz, write_index_tar_gz
 from melange2.apk.signing import Signer
+from melange2.errors import PublishConflict
 from melange2.repo.repository import LoadedIndex, Repository
 from melange2.storage import Storage, StorageNotFound
 
 INDEX_NAME = "APKINDEX.tar.gz"
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Origin:
+    """Which build published a package file."""
+
+    build_id: str
+    package: str
+
+    def describe(self) -> str:
+        return f"build {self.build_id} (package {self.package})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Replacement:
+    """A package file a publication replaced (``replace``), with both checksums."""
+
+    arch: str
+    filename: str
+    old: str  #: ``Q1...`` of the replaced package
+    new: str
+    old_origin: Origin | None
+
+    def describe(self) -> str:
+        by = f" from {self.old_origin.describe()}" if self.old_origin else ""
+        return f"replaced {self.arch}/{self.filename}: {self.old}{by} -> {self.new}"
+
+
+@dataclass
+class _Claim:
+    checksum: bytes
+    origin: Origin | None
+    holders: int = 1
 
 
 @dataclass
@@ -34,7 +78,13 @@ class _Arch:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: by file name; None until read from the stored index
     records: dict[str, IndexRecord] | None = None
+    #: by file name: who published it (immutable repositories); None until read
+    origins: dict[str, Origin] | None = None
     waiting: list[tuple[list[IndexRecord], asyncio.Future[None]]] = field(default_factory=list)
+    #: file names being stored by a publication right now, and their content
+    claims: dict[str, _Claim] = field(default_factory=dict)
+    #: origins of the publications waiting for the next index write
+    pending_origins: dict[str, Origin] = field(default_factory=dict)
     writes: int = 0  #: index writes so far (observability, tests)
     #: the records as a loaded index, and the records it was made from
     snapshot: LoadedIndex | None = None
@@ -45,12 +95,23 @@ class RepoPublisher:
     """Publishes into the repository at ``prefix`` of ``storage`` (``<prefix>/<arch>/``)."""
 
     def __init__(
-        self, storage: Storage, prefix: str, signer: Signer, *, description: str = "melange2"
+        self,
+        storage: Storage,
+        prefix: str,
+        signer: Signer,
+        *,
+        description: str = "melange2",
+        immutable: bool = False,
+        origins_key: Callable[[str], str] | None = None,
     ) -> None:
         self.storage = storage
         self.prefix = prefix.strip("/")
         self.signer = signer
         self.description = description
+        #: refuse other bytes under a file name already published (unless ``replace``)
+        self.immutable = immutable
+        #: where each arch's origins are kept (default: ``<prefix>/<arch>/origins.json``)
+        self.origins_key = origins_key or (lambda arch: self.key(arch, "origins.json"))
         self._arches: dict[str, _Arch] = {}
 
     def key(self, arch: str, filename: str) -> str:
@@ -105,39 +166,143 @@ class RepoPublisher:
         current = (await self.current(arch)).get(record.filename)
         return current is not None and current.checksum == record.checksum
 
-    async def publish(
-        self, apks: Sequence[Path], arch: str, *, records: Sequence[IndexRecord] | None = None
+    async def origins(self, arch: str) -> Mapping[str, Origin]:
+        """Who published each file of the arch (as far as it was recorded)."""
+        state = self._arches.setdefault(arch, _Arch())
+        if state.origins is None:
+            try:
+                raw = json.loads(await self.storage.read_bytes(self.origins_key(arch)))
+                state.origins = {
+                    name: Origin(build_id=str(o["build_id"]), package=str(o["package"]))
+                    for name, o in raw.items()
+                }
+            except StorageNotFound:
+                state.origins = {}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                _log.warning("unreadable %s: origins unknown", self.origins_key(arch))
+                state.origins = {}
+        return state.origins
+
+    async def check(
+        self, arch: str, records: Sequence[IndexRecord], *, replace: bool = False
     ) -> None:
-        """Store ``apks`` under ``<arch>/`` and list them in the arch's signed index.
-        ``records`` (the APKs' index records, in order) saves reading them again."""
-        if not apks:
+        """Raise :class:`PublishConflict` if publishing ``records`` would replace other
+        bytes under a name the repository holds (or is storing now). Nothing written."""
+        if not self.immutable or replace:
             return
+        current = await self.current(arch)
+        origins = await self.origins(arch)
+        self._conflicts(arch, records, current, origins)
+
+    def _conflicts(
+        self,
+        arch: str,
+        records: Sequence[IndexRecord],
+        current: Mapping[str, IndexRecord],
+        origins: Mapping[str, Origin],
+    ) -> None:
+        state = self._arches.setdefault(arch, _Arch())
+        for rec in records:
+            held = current.get(rec.filename)
+            claim = state.claims.get(rec.filename)
+            if held is not None and held.checksum != rec.checksum:
+                origin = origins.get(rec.filename)
+                by = origin.describe() if origin else "an earlier build (not recorded)"
+            elif claim is not None and claim.checksum != rec.checksum:
+                by = claim.origin.describe() if claim.origin else "another publication"
+                by += ", being published now"
+            else:
+                continue
+            raise PublishConflict(
+                f"{arch}/{rec.filename}: the farm's repository already holds a different "
+                f"{rec.name} {rec.version}, published by {by}; packages there never change "
+                "under the same name, version and epoch: bump the version or epoch, or "
+                "submit the build with replace: true"
+            )
+
+    async def publish(
+        self,
+        apks: Sequence[Path],
+        arch: str,
+        *,
+        records: Sequence[IndexRecord] | None = None,
+        origin: Origin | None = None,
+        replace: bool = False,
+    ) -> list[Replacement]:
+        """Store ``apks`` under ``<arch>/`` and list them in the arch's signed index.
+        ``records`` (the APKs' index records, in order) saves reading them again.
+        Returns the packages replaced (only with ``replace`` in an immutable
+        repository); raises :class:`PublishConflict` before writing anything if a file
+        name is taken by other bytes."""
+        if not apks:
+            return []
         recs = list(records) if records is not None else await asyncio.to_thread(_records, apks)
+        state = self._arches.setdefault(arch, _Arch())
+        current = await self.current(arch)
+        origins = await self.origins(arch) if self.immutable else {}
         todo = [
-            (apk, rec) for apk, rec in zip(apks, recs, strict=True) if not await self.has(arch, rec)
+            (apk, rec)
+            for apk, rec in zip(apks, recs, strict=True)
+            if (held := current.get(rec.filename)) is None or held.checksum != rec.checksum
         ]
         if not todo:
-            return  # already published, byte for byte (checksums match)
-        await asyncio.gather(
-            *(self.storage.put_file(apk, self.key(arch, apk.name)) for apk, _ in todo)
-        )
-        state = self._arches.setdefault(arch, _Arch())
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        state.waiting.append(([rec for _, rec in todo], done))
-        async with state.lock:
-            if not done.done():
-                batch, state.waiting = state.waiting, []
-                try:
-                    await self._write(arch, state, [r for recs_, _ in batch for r in recs_])
-                except BaseException as exc:
+            return []  # already published, byte for byte (checksums match)
+        if self.immutable and not replace:
+            self._conflicts(arch, [rec for _, rec in todo], current, origins)
+        replaced = [
+            Replacement(
+                arch=arch,
+                filename=rec.filename,
+                old=held.checksum_field,
+                new=rec.checksum_field,
+                old_origin=origins.get(rec.filename),
+            )
+            for _, rec in todo
+            if self.immutable and (held := current.get(rec.filename)) is not None
+        ]
+        # checked and claimed with no await in between: two publications of other
+        # bytes under one name cannot both pass
+        for _, rec in todo:
+            claim = state.claims.get(rec.filename)
+            if claim is not None and claim.checksum == rec.checksum:
+                claim.holders += 1
+            else:
+                state.claims[rec.filename] = _Claim(checksum=rec.checksum, origin=origin)
+        try:
+            await asyncio.gather(
+                *(self.storage.put_file(apk, self.key(arch, apk.name)) for apk, _ in todo)
+            )
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            state.waiting.append(([rec for _, rec in todo], done))
+            if origin is not None and self.immutable:
+                state.pending_origins.update({rec.filename: origin for _, rec in todo})
+            async with state.lock:
+                if not done.done():
+                    batch, state.waiting = state.waiting, []
+                    try:
+                        await self._write(arch, state, [r for recs_, _ in batch for r in recs_])
+                    except BaseException as exc:
+                        for _, fut in batch:
+                            if fut is not done and not fut.done():
+                                fut.set_exception(exc)
+                        raise
                     for _, fut in batch:
-                        if fut is not done and not fut.done():
-                            fut.set_exception(exc)
-                    raise
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
-        await done
+                        if not fut.done():
+                            fut.set_result(None)
+            await done
+        finally:
+            for _, rec in todo:
+                claim = state.claims.get(rec.filename)
+                if claim is not None and claim.checksum == rec.checksum:
+                    claim.holders -= 1
+                    if claim.holders <= 0:
+                        del state.claims[rec.filename]
+        for r in replaced:
+            by = f" (published by {r.old_origin.describe()})" if r.old_origin else ""
+            _log.warning(
+                "%s%s, by %s", r.describe(), by, origin.describe() if origin else "a publication"
+            )
+        return replaced
 
     async def _write(self, arch: str, state: _Arch, new: Sequence[IndexRecord]) -> None:
         if state.records is None:
@@ -145,6 +310,19 @@ class RepoPublisher:
         merged = dict(state.records)
         for rec in new:
             merged[rec.filename] = rec
+        if self.immutable and state.pending_origins:
+            known = dict(await self.origins(arch))
+            known.update(state.pending_origins)
+            state.pending_origins = {}
+            doc = {
+                name: {"build_id": o.build_id, "package": o.package}
+                for name, o in sorted(known.items())
+                if name in merged
+            }
+            # before the index: an origin may name a file the index does not list yet,
+            # never the other way round
+            await self.storage.put_bytes(self.origins_key(arch), json.dumps(doc).encode())
+            state.origins = known
         data = await asyncio.to_thread(self._render, merged)
         await self.storage.put_bytes(self.key(arch, INDEX_NAME), data)
         state.records = merged

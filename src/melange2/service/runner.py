@@ -10,6 +10,12 @@ For each attempt:
    them) and, unless the build publishes only on success, into the farm's repository;
 4. keep the log: written locally while it grows (followers are woken on each write),
    capped at ``--max-log-bytes``, uploaded when the attempt ends if storage is a bucket.
+
+Whatever fails, before or inside an attempt (naming its log, opening it, planning,
+building, storing, publishing, keeping the log), ends the attempt with a
+``FarmError``: the scheduler then fails the package with the reason, never leaves it
+running. Reasons (in the error and at the end of the log) have the server's paths
+replaced by their role (:class:`~melange2.service.redact.Redactor`).
 """
 
 from __future__ import annotations
@@ -28,15 +34,17 @@ from melange2.build.environment_resolve import ResolvedEnvironment, Resolver
 from melange2.build.executor import Builder, BuildOptions
 from melange2.build.inputs import quick_digest, read_tree
 from melange2.build.progress import LogFileSink, open_log
+from melange2.build.source_cache import SourceCache
 from melange2.buildkit.tls import ClientTLS
-from melange2.errors import FarmError
+from melange2.errors import BuildkitUnavailable, FarmError, PackageFailed, SolveCancelled
 from melange2.jobs import Backend, Build, BuildStatus, JSONValue, PackageJob, PackageStatus
 from melange2.recipe import Config
 from melange2.repo.repository import Repository
 from melange2.scheduler.loop import RunOutcome
 from melange2.service.layout import REPO, Layout
 from melange2.service.logs import CappedLog, LogHub
-from melange2.service.publish import RepoPublisher
+from melange2.service.publish import Origin, RepoPublisher
+from melange2.service.redact import Redactor
 from melange2.service.reuse import ReuseIndex, ReuseRecord
 from melange2.service.settings import ServerSettings
 from melange2.storage import Storage, StorageError, StorageNotFound, StorageSpec, open_storage
@@ -95,6 +103,11 @@ class Reusable:
     installs: frozenset[str]
 
 
+def replaces(build: Build) -> bool:
+    """The build may replace packages of the farm's repository (``replace: true``)."""
+    return build.spec.get("replace") is True
+
+
 def publish_mode(build: Build) -> str:
     """``package`` (default): into the farm's repository as each package succeeds;
     ``build``: only once every package of the build has succeeded."""
@@ -112,8 +125,10 @@ class BuildkitRunner:
         hub: LogHub | None = None,
         *,
         daemon_tls: Callable[[str], ClientTLS | None] = lambda addr: None,
+        source_cache: SourceCache | None = None,
     ) -> None:
         self.settings = settings
+        self.source_cache = source_cache
         #: how to reach a backend's daemon over TLS, by its address (the pool knows)
         self.daemon_tls = daemon_tls
         self.builder = builder
@@ -121,7 +136,12 @@ class BuildkitRunner:
         self.storage = storage
         self.hub = hub or LogHub()
         self.layout = Layout(bucket=storage.kind in ("gcs", "s3"))
-        self.published = RepoPublisher(storage, REPO, signer)
+        self.published = RepoPublisher(
+            storage, REPO, signer, immutable=True, origins_key=self.layout.origins
+        )
+        self.redact = Redactor.for_server(
+            data_dir=settings.data_dir, output_dir=settings.output_dir, key_path=settings.key_path
+        )
         self.reuse = ReuseIndex(storage, self.layout)
         self._staging: dict[str, RepoPublisher] = {}
         self._staging_repos: dict[str, Repository] = {}
@@ -188,30 +208,66 @@ class BuildkitRunner:
     async def run(
         self, job: PackageJob, build: Build, backend: Backend, attempt: int
     ) -> RunOutcome:
-        live = self.live_log(job, attempt)
+        """One attempt. Raises ``BuildkitUnavailable`` (a backend fault: retried),
+        ``SolveCancelled``, or another ``FarmError`` with the reason the package failed;
+        never anything else."""
         hub_key = f"{job.build_id}/{job.name}"
         try:
-            with open_log(live) as raw:
-                log = CappedLog(
-                    raw, self.settings.max_log_bytes, on_write=lambda: self.hub.notify(hub_key)
-                )
-                try:
-                    outcome = await self._attempt(job, build, backend, log)
-                except FarmError as exc:
-                    log.write_final(f"\nerror: {exc}\n".encode())
-                    raise
-                except asyncio.CancelledError:
-                    log.write_final(b"\ncancelled\n")
-                    raise
-            return RunOutcome(
-                log_path=self.log_location(job, attempt),
-                output_path=outcome.output_path,
-                cached=outcome.cached,
-                input_digest=outcome.input_digest,
-            )
+            live = self.live_log(job, attempt)
+            key = self.log_key(job, attempt)
+        except (ValueError, OSError) as exc:
+            raise PackageFailed(f"cannot keep this package's log: {exc}") from exc
+        outcome: RunOutcome | None = None
+        try:
+            try:
+                outcome = await self._logged_attempt(job, build, backend, live, hub_key)
+            except OSError as exc:  # the log itself cannot be written
+                raise PackageFailed(self._reason(exc, "cannot write the log")) from exc
         finally:
-            await asyncio.shield(self._keep_log(live, self.log_key(job, attempt)))
-            self.hub.notify(hub_key)
+            try:
+                await asyncio.shield(self._keep_log(live, key))
+            except (StorageError, OSError) as exc:
+                _log.warning("keeping the log of %s", hub_key, exc_info=True)
+                if outcome is not None:  # else the attempt's own failure is the reason
+                    raise PackageFailed(self._reason(exc, "cannot store the log")) from exc
+            finally:
+                self.hub.notify(hub_key)
+        return RunOutcome(
+            log_path=self.log_location(job, attempt),
+            output_path=outcome.output_path,
+            cached=outcome.cached,
+            input_digest=outcome.input_digest,
+        )
+
+    def _reason(self, exc: BaseException, what: str = "") -> str:
+        """Why the package failed, for its client: ``[<what>: ]<message>`` for our
+        errors, ``<what or "internal error">: <type>: <message>`` for others; server
+        paths redacted."""
+        if isinstance(exc, FarmError):
+            return self.redact.text(f"{what}: {exc}" if what else str(exc))
+        return self.redact.text(f"{what or 'internal error'}: {type(exc).__name__}: {exc}")
+
+    async def _logged_attempt(
+        self, job: PackageJob, build: Build, backend: Backend, live: Path, hub_key: str
+    ) -> RunOutcome:
+        with open_log(live) as raw:
+            log = CappedLog(
+                raw, self.settings.max_log_bytes, on_write=lambda: self.hub.notify(hub_key)
+            )
+            try:
+                return await self._attempt(job, build, backend, log)
+            except asyncio.CancelledError:
+                log.write_final(b"\ncancelled\n")
+                raise
+            except (BuildkitUnavailable, SolveCancelled) as exc:
+                log.write_final(f"\nerror: {self._reason(exc)}\n".encode())
+                raise
+            except Exception as exc:  # any step: the package fails with the reason
+                reason = self._reason(exc)
+                if not isinstance(exc, FarmError):
+                    _log.exception("attempt of %s failed", hub_key)
+                log.write_final(f"\nerror: {reason}\n".encode())
+                raise PackageFailed(reason) from exc
 
     async def _keep_log(self, live: Path, key: str) -> None:
         if self.storage.local_path(key) is not None:
@@ -248,6 +304,7 @@ class BuildkitRunner:
             debug=bool(build.spec.get("debug")),
             cache_ref=s.cache_registry,
             cache_mode=s.cache_mode,
+            source_cache=self.source_cache,
             # the SBOM names the config as submitted, not the server's work directory, and
             # .melange.yaml the farm's repositories, not this build's staging one (else
             # every build's package would differ and nothing could be reused)
@@ -276,6 +333,9 @@ class BuildkitRunner:
             planned = await self.builder.plan(opts)
             digest = planned.input_digest
             log.write(f"input digest {digest}\n".encode())
+            if planned.environment_installs:
+                listed = "".join(f"\n  {line}" for line in planned.environment_installs)
+                log.write(f"environment installs:{listed}\n".encode())
             quick = (
                 await asyncio.to_thread(self._quick_of, job, build, planned.environment_key, opts)
                 if planned.environment_key
@@ -290,7 +350,7 @@ class BuildkitRunner:
                         f"inputs unchanged since {hit.build_id}/{hit.package}: "
                         "reusing its packages, nothing to build\n".encode()
                     )
-                    await self._reuse(job, hit, artifacts, publish_now)
+                    await self._reuse(job, build, hit, artifacts, publish_now, log)
                     if quick is not None:
                         await self.reuse.remember_quick(quick, hit)
                     return RunOutcome(
@@ -303,7 +363,7 @@ class BuildkitRunner:
             if local_out is None:
                 await self._upload_outputs(out_dir, artifacts)
         with timer.phase("publish"):
-            await self._publish(job, apks, records, publish_now)
+            await self._publish(job, build, apks, records, publish_now, log)
         with timer.phase("remember"):
             record = await self.reuse.remember(
                 arch=job.arch,
@@ -373,7 +433,9 @@ class BuildkitRunner:
         if spec.get("force"):
             return {}
         try:
-            resolved = await self._resolve_all(arch, packages)
+            # an optimisation: a slow repository host never holds a submission longer
+            async with asyncio.timeout(self.settings.fetch_timeout):
+                resolved = await self._resolve_all(arch, packages)
         except Exception:  # the build reports it when the package runs
             _log.warning("reuse at submission skipped: cannot resolve", exc_info=True)
             return {}
@@ -486,17 +548,30 @@ class BuildkitRunner:
     async def _publish(
         self,
         job: PackageJob,
+        build: Build,
         apks: Sequence[Path],
         records: Sequence[IndexRecord],
         publish_now: bool,
+        log: CappedLog,
     ) -> None:
+        # the farm's repository never gets other bytes under a name it holds (unless
+        # the build asked to replace): refused before anything is staged
+        await self.published.check(job.arch, records, replace=replaces(build))
         # when the farm's repository already holds exactly these packages (a reused
         # build), the build's later packages install them from there: no staging
         published = [await self.published.has(job.arch, r) for r in records]
         if not all(published):
             await self.staging(job.build_id).publish(apks, job.arch, records=records)
         if publish_now:
-            await self.published.publish(apks, job.arch, records=records)
+            replaced = await self.published.publish(
+                apks,
+                job.arch,
+                records=records,
+                origin=Origin(build_id=job.build_id, package=job.name),
+                replace=replaces(build),
+            )
+            for r in replaced:
+                log.write(f"{r.describe()} (replace: true)\n".encode())
 
     async def _upload_outputs(self, out_dir: Path, artifacts: str) -> None:
         files = await asyncio.to_thread(
@@ -510,7 +585,13 @@ class BuildkitRunner:
         )
 
     async def _reuse(
-        self, job: PackageJob, hit: ReuseRecord, artifacts: str, publish_now: bool
+        self,
+        job: PackageJob,
+        build: Build,
+        hit: ReuseRecord,
+        artifacts: str,
+        publish_now: bool,
+        log: CappedLog,
     ) -> None:
         """Copy the earlier build's packages into this package's artifacts and publish
         them as if just built (the index records come from the reuse record)."""
@@ -524,7 +605,7 @@ class BuildkitRunner:
                 local = scratch / name
                 await self.storage.get_file(target, local)
             apks.append(local)
-        await self._publish(job, apks, hit.records, publish_now)
+        await self._publish(job, build, apks, hit.records, publish_now, log)
         if scratch.exists():
             await asyncio.to_thread(shutil.rmtree, scratch, True)
 
@@ -543,7 +624,7 @@ class BuildkitRunner:
         if publish_mode(build) != "build":
             return
         scratch = self.settings.data_dir / "work" / f"{build.id}-publish"
-        by_arch: dict[str, tuple[list[Path], list[IndexRecord]]] = {}
+        groups: dict[tuple[str, str], tuple[list[Path], list[IndexRecord]]] = {}
         staged = self.staging(build.id)
         for job in build.packages:
             if job.status is not PackageStatus.SUCCESS:
@@ -561,10 +642,23 @@ class BuildkitRunner:
                 record = (await staged.records(arch)).get(filename)
                 if record is None:
                     record = await asyncio.to_thread(IndexRecord.from_apk, local)
-                paths, recs = by_arch.setdefault(arch, ([], []))
+                paths, recs = groups.setdefault((job.name, arch), ([], []))
                 paths.append(local)
                 recs.append(record)
-        for arch, (paths, recs) in sorted(by_arch.items()):
-            await self.published.publish(paths, arch, records=recs)
+        # every conflict first: the build's packages are published all or none
+        for (_, arch), (_, recs) in groups.items():
+            await self.published.check(arch, recs, replace=replaces(build))
+        await asyncio.gather(
+            *(
+                self.published.publish(
+                    paths,
+                    arch,
+                    records=recs,
+                    origin=Origin(build_id=build.id, package=name),
+                    replace=replaces(build),
+                )
+                for (name, arch), (paths, recs) in sorted(groups.items())
+            )
+        )
         if scratch.exists():
             await asyncio.to_thread(shutil.rmtree, scratch, True)

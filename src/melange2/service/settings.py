@@ -41,7 +41,33 @@ class ServerSettings:
     storage: StorageSpec | None = None
     #: a log stops growing here, with a marker where it was cut
     max_log_bytes: int = 64 * 1024 * 1024
+    #: melange's source cache (``--source-cache``): a directory, ``gs://`` or ``s3://``;
+    #: default: ``<data-dir>/sources``
+    source_cache: str = ""
+    #: endpoint and credentials of a bucket source cache (kind, bucket, prefix: from
+    #: ``source_cache``)
+    source_cache_spec: StorageSpec | None = None
+    #: largest upload to the source cache (413 above)
+    max_source_bytes: int = 4 * 1024 * 1024 * 1024
+    #: ``--fetch-allow``: the URLs (globs with ``://``) or hosts (globs) configs may
+    #: make the server fetch repositories and keys from; none by default
+    fetch_allow: Sequence[str] = ()
+    #: seconds for each connect, read and write of such a fetch
+    fetch_timeout: float = 30.0
+    #: ``git_source``: local paths and ``file://`` are cloned only with this
+    git_allow_local: bool = False
+    #: clones at once (their own pool), and seconds each may take, waiting included
+    git_jobs: int = 2
+    git_timeout: float = 120.0
+    #: seconds git may spend connecting (ssh) or without receiving a byte (http)
+    git_connect_timeout: float = 20.0
+    #: parsed configs kept for resubmissions, by estimated size
+    parse_cache_bytes: int = 256 * 1024 * 1024
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def source_cache_location(self) -> str:
+        return self.source_cache or str(self.data_dir / "sources")
 
     @property
     def storage_spec(self) -> StorageSpec:

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fnmatch
 import hashlib
 import logging
 import shutil
-import subprocess
 import tempfile
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,16 +24,21 @@ from melange2.api.schemas import (
     PlannedPackage,
     PlanOut,
     content_bytes,
+    resources_out,
 )
 from melange2.build.executor import environment_packages
 from melange2.build.inputs import tree_digest
 from melange2.buildkit.llb.platform import Platform
+from melange2.cache import SizedCache
 from melange2.errors import ConfigError, FarmError, RecipeError, RequestError
 from melange2.ids import BuildId, new_build_id
 from melange2.jobs import Build, BuildStatus, JSONValue, PackageJob, PackageStatus
+from melange2.names import check_paths, check_relative_path, excerpt
 from melange2.pool.pool import BackendPool
 from melange2.recipe import Config, load_config
-from melange2.recipe.compile import PipelineResolver, compile_build
+from melange2.recipe.compile import BUILTIN_PIPELINE_DIR, PipelineResolver, compile_build
+from melange2.repo.policy import FetchPolicy
+from melange2.resources import cpu_millis, memory_bytes
 from melange2.scheduler.graph import (
     Graph,
     GraphError,
@@ -47,6 +49,8 @@ from melange2.scheduler.graph import (
     typical_duration,
 )
 from melange2.scheduler.loop import Scheduler
+from melange2.scheduler.placement import NOTHING, Request
+from melange2.service.gitsource import GitFetcher
 from melange2.service.reuse import settle_reuse
 from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
@@ -56,14 +60,17 @@ from melange2.store.base import JobStore
 _log = logging.getLogger(__name__)
 
 
-def _safe_relative(path: str, where: str) -> PurePosixPath:
-    """A relative path that stays inside its directory, or a RequestError."""
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts or "\0" in path:
-        raise RequestError(
-            f"{where}: path {path!r} must be relative and must not climb out with '..'"
-        )
-    return p
+def _relative_paths(files: Mapping[str, object], where: str) -> dict[str, PurePosixPath]:
+    """Each given path, checked and normalised; a 400 for a path that climbs out, two
+    that name the same file, or one that is a file and a directory at once."""
+    try:
+        checked = {
+            given: check_relative_path(given, f"{where}[{excerpt(given)}]") for given in files
+        }
+        check_paths(checked.items(), where)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+    return checked
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,25 +81,10 @@ class _Parsed:
     world: tuple[str, ...]  #: the packages of its build environment
 
 
-class _ParseCache:
-    """Parsed and compiled configs by (text, arch, pipelines): a farm is sent the same
-    thousands of configs again and again, and parsing is most of a submission's time.
-    Configs are immutable, so one parse serves every build that sends the same text."""
-
-    def __init__(self, size: int = 20_000) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple[str, str, str], _Parsed] = OrderedDict()
-
-    def get(self, key: tuple[str, str, str]) -> _Parsed | None:
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-        return found
-
-    def put(self, key: tuple[str, str, str], parsed: _Parsed) -> None:
-        self._entries[key] = parsed
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+def _parsed_size(parsed: _Parsed) -> int:
+    """A parsed config's estimated memory: its text and about ten times that for the
+    model (measured over examples/ with tracemalloc)."""
+    return 12 * len(parsed.text) + 2048
 
 
 def _check_arch(arch: str) -> None:
@@ -100,32 +92,6 @@ def _check_arch(arch: str) -> None:
         Platform.from_arch(arch)
     except ConfigError as exc:
         raise RequestError(f"arch: {exc}") from exc
-
-
-def _git_configs(request: CreateBuildRequest, workdir: Path) -> list[str]:
-    """Clone ``git_source`` (shallow) and read the configs matching its pattern."""
-    src = request.git_source
-    assert src is not None
-    dest = workdir / "git"
-    argv = ["git", "clone", "--quiet", "--depth", "1"]
-    if src.ref:
-        argv += ["--branch", src.ref]
-    try:
-        subprocess.run(
-            [*argv, src.repository, str(dest)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        raise RequestError(f"git_source: cannot clone {src.repository}: {detail.strip()}") from exc
-    base = dest / _safe_relative(src.path, "git_source.path") if src.path else dest
-    configs = sorted(p for p in base.glob("*") if fnmatch.fnmatch(p.name, src.pattern))
-    if not configs:
-        raise RequestError(f"git_source: no file matching {src.pattern!r} in {src.path or '/'}")
-    return [p.read_text() for p in configs if p.is_file()]
 
 
 class Submitter:
@@ -136,6 +102,10 @@ class Submitter:
         scheduler: Scheduler,
         pool: BackendPool,
         runner: BuildkitRunner | None = None,
+        *,
+        git: GitFetcher | None = None,
+        policy: FetchPolicy | None = None,
+        parse_cache_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -143,29 +113,32 @@ class Submitter:
         self.pool = pool
         #: decides at submission which packages an earlier build already made
         self.runner = runner
-        self._parsed = _ParseCache()
+        self.git = git or GitFetcher()
+        #: which repositories and keys configs may name (``--fetch-allow``)
+        self.policy = policy or FetchPolicy()
+        #: parsed and compiled configs by (text, arch, pipelines): a farm is sent the
+        #: same thousands of configs again and again, and parsing is most of a
+        #: submission's time; configs are immutable, so one parse serves every build
+        #: that sends the same text. Bounded by estimated size (``--parse-cache-bytes``).
+        self._parsed: SizedCache[tuple[str, str, str], _Parsed] = SizedCache(
+            parse_cache_bytes, _parsed_size
+        )
 
     async def submit(self, request: CreateBuildRequest) -> CreateBuildResponse | PlanOut:
         arch = request.arch or self.settings.default_arch
         _check_arch(arch)
-        pipelines = {
-            _safe_relative(path, f"pipelines[{path!r}]"): text
-            for path, text in request.pipelines.items()
-        }
-        sources = {
-            pkg: {
-                _safe_relative(path, f"source_files[{pkg!r}][{path!r}]"): content_bytes(content)
-                for path, content in files.items()
-            }
-            for pkg, files in request.source_files.items()
-        }
+        checked = _relative_paths(request.pipelines, "pipelines")
+        pipelines = {checked[path]: text for path, text in request.pipelines.items()}
+        sources = {}
+        for pkg, files in request.source_files.items():
+            where = f"source_files[{excerpt(pkg)}]"
+            checked = _relative_paths(files, where)
+            sources[pkg] = {checked[path]: content_bytes(c) for path, c in files.items()}
+        if request.git_source is not None:
+            self.git.check(request.git_source.repository)  # before any work
         with tempfile.TemporaryDirectory(prefix="melange2-submit-") as tmp:
             work = Path(tmp)
-            texts = (
-                await asyncio.to_thread(_git_configs, request, work)
-                if request.git_source is not None
-                else request.config_texts()
-            )
+            texts = await self._texts(request, work)
             _write_tree(work / "pipelines", pipelines)
             pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
             parsed = await asyncio.to_thread(
@@ -175,7 +148,7 @@ class Submitter:
         for pkg in sources:
             if pkg not in names:
                 raise RequestError(
-                    f"source_files[{pkg!r}]: no config in this build has that package name"
+                    f"source_files[{excerpt(pkg)}]: no config in this build has that package name"
                 )
         with tracing.span("build.plan", {"melange2.packages": len(parsed)}):
             graph = self._graph(parsed, request)
@@ -184,14 +157,27 @@ class Submitter:
             prio = priorities(graph, durations, unknown)
         if request.dry_run:
             slots = max(1, self.pool.capacity(arch, request.backend_selector))
-            p = plan(graph, durations, slots=slots, default=unknown)
+            asks = {p.config.package.name: package_request(p.config) for p in parsed}
+            p = plan(
+                graph,
+                durations,
+                slots=slots,
+                default=unknown,
+                backends=[c.capacity for c in self.pool.candidates(arch, request.backend_selector)],
+                requests=asks,
+                where=self.pool.describe(arch, request.backend_selector),
+            )
             return PlanOut(
                 packages=[
                     PlannedPackage(
-                        name=n, dependencies=list(graph.deps.get(n, ())), priority=prio[n]
+                        name=n,
+                        dependencies=list(graph.deps.get(n, ())),
+                        priority=prio[n],
+                        resources=resources_out(asks[n]),
                     )
                     for n in p.order
                 ],
+                unplaceable=dict(p.unplaceable),
                 cut_edges=list(p.cut_edges),
                 critical_path=list(p.critical_path),
                 critical_path_s=p.critical_path_s,
@@ -225,19 +211,34 @@ class Submitter:
             cut_edges=[(a, b) for a, b in graph.cut_edges],
         )
 
+    async def _texts(self, request: CreateBuildRequest, work: Path) -> list[tuple[str, str]]:
+        """The configs to parse, each with the name errors call it by."""
+        if request.config_yaml is not None:
+            return [("config_yaml", request.config_yaml)]
+        if request.configs is not None:
+            return [(f"configs[{i}]", text) for i, text in enumerate(request.configs)]
+        src = request.git_source
+        assert src is not None
+        found = await self.git.configs(
+            src.repository, ref=src.ref, path=src.path, pattern=src.pattern, workdir=work
+        )
+        return [(f"git_source:{f.path}", f.text) for f in found]
+
     def _parse(
         self,
-        texts: Sequence[str],
+        texts: Sequence[tuple[str, str]],
         arch: str,
         pipeline_dir: Path,
         request: CreateBuildRequest,
         pipelines_digest: str,
     ) -> list[_Parsed]:
-        resolver = PipelineResolver([pipeline_dir] if pipeline_dir.is_dir() else [])
+        resolver = PipelineResolver(
+            [pipeline_dir] if pipeline_dir.is_dir() else [],
+            labels={pipeline_dir: "pipelines", BUILTIN_PIPELINE_DIR: "<built-in>"},
+        )
         parsed = []
-        seen: dict[str, int] = {}
-        for i, text in enumerate(texts):
-            label = "config_yaml" if request.config_yaml is not None else f"configs[{i}]"
+        seen: dict[str, str] = {}
+        for label, text in texts:
             key = (hashlib.sha256(text.encode()).hexdigest(), arch, pipelines_digest)
             one = self._parsed.get(key)
             if one is None:
@@ -246,6 +247,9 @@ class Submitter:
                     compiled = compile_build(config, resolver)
                 except RecipeError as exc:
                     raise RequestError(f"{label}: {exc}") from exc
+                except RecursionError:
+                    raise RequestError(f"{label}: nested too deeply to be read") from None
+                self._check_locations(config, label)
                 one = _Parsed(
                     text=text,
                     config=config,
@@ -256,11 +260,28 @@ class Submitter:
             name = one.config.package.name
             if name in seen:
                 raise RequestError(
-                    f"{label}: duplicate package name {name!r} (also in configs[{seen[name]}])"
+                    f"{label}: duplicate package name {name!r} (also in {seen[name]})"
                 )
-            seen[name] = i
+            seen[name] = label
             parsed.append(one)
         return parsed
+
+    def _check_locations(self, config: Config, label: str) -> None:
+        """Every repository and key the config names, the build's and its tests', is one
+        this server may fetch (``--fetch-allow``); a 400 naming it otherwise."""
+        sections = [("environment", config.environment)]
+        if config.test is not None:
+            sections.append(("test.environment", config.test.environment))
+        for n, sp in enumerate(config.subpackages):
+            if sp.test is not None:
+                sections.append((f"subpackages[{n}].test.environment", sp.test.environment))
+        for where, env in sections:
+            for field_name in ("repositories", "keyring"):
+                for i, entry in enumerate(getattr(env.contents, field_name)):
+                    try:
+                        self.policy.check(entry, f"{where}.contents.{field_name}[{i}]")
+                    except RecipeError as exc:
+                        raise RequestError(f"{label}: {exc}") from exc
 
     async def _adopt(self, build_id: BuildId, reusable: Mapping[str, Reusable]) -> dict[str, str]:
         """Link the reused packages' artifacts into this build; ``{}`` (build them all
@@ -375,6 +396,7 @@ class Submitter:
             deps = tuple(graph.deps.get(name, ()))
             hit = reusable.get(name)
             waits = any(d not in reusable for d in deps)
+            asks = package_request(by_name[name].config)
             job = PackageJob(
                 build_id=build_id,
                 name=name,
@@ -384,6 +406,8 @@ class Submitter:
                 arch=arch,
                 dependencies=deps,
                 priority=prio.get(name, 1.0),
+                cpu_millis=asks.cpu,
+                memory_bytes=asks.memory,
             )
             if hit is not None:
                 job = job.evolve(
@@ -403,6 +427,17 @@ class Submitter:
             started_at=now if reusable else None,
             packages=tuple(sorted(jobs, key=lambda j: j.seq)),
         )
+
+
+def package_request(config: Config) -> Request:
+    """What a config's package asks (``package.resources``; the parser checked them)."""
+    resources = config.package.resources
+    if resources is None:
+        return NOTHING
+    return Request(
+        cpu=cpu_millis(resources.cpu) if resources.cpu else 0,
+        memory=memory_bytes(resources.memory) if resources.memory else 0,
+    )
 
 
 def _write_tree(root: Path, files: Mapping[PurePosixPath, str | bytes]) -> None:

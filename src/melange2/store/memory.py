@@ -44,6 +44,8 @@ from melange2.store.rules import (
     check_aware,
     check_fields,
     check_limit,
+    check_new_build,
+    check_text,
     decode_cursor,
     encode_cursor,
     page_key,
@@ -100,6 +102,7 @@ class MemoryStore:
 
     async def create_build(self, build: Build) -> None:
         self._check_open()
+        check_new_build(build)
         stored = _copy_build(build)
         if stored.id in self.builds:
             raise StoreConflict(f"build {build.id} already exists")
@@ -146,6 +149,7 @@ class MemoryStore:
     async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
         self._check_open()
         check_fields(fields, BUILD_FIELDS, "build")
+        check_text(fields, "build fields")
         build = self._build(build_id)
         changed = _copy_build(replace(build, **fields))
         self.builds[build_id] = changed
@@ -169,6 +173,7 @@ class MemoryStore:
     ) -> PackageJob:
         self._check_open()
         check_fields(fields, PACKAGE_FIELDS, "package")
+        check_text(fields, "package fields")
         to = PackageStatus(to)
         allowed = sources_of(to) if expect is None else sources_of(to) & expect
         job = self._package(build_id, name)
@@ -190,6 +195,7 @@ class MemoryStore:
     ) -> Sequence[PackageJob]:
         self._check_open()
         check_fields(fields, PACKAGE_FIELDS, "package")
+        check_text(fields, "package fields")
         to = PackageStatus(to)
         allowed = sources_of(to) if expect is None else sources_of(to) & expect
         build = self._build(build_id)
@@ -211,10 +217,12 @@ class MemoryStore:
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         self._check_open()
         check_fields(fields, PACKAGE_FIELDS, "package")
+        check_text(fields, "package fields")
         return self._put(replace(self._package(build_id, name), **fields))
 
     async def add_attempt(self, build_id: BuildId, name: str, attempt: Attempt) -> None:
         self._check_open()
+        check_text(attempt, "attempt")
         job = self._package(build_id, name)
         others = tuple(a for a in job.attempts if a.number != attempt.number)
         self._put(replace(job, attempts=(*others, attempt)))
@@ -281,6 +289,7 @@ class MemoryStore:
 
     async def save_backend(self, backend: StoredBackend) -> None:
         self._check_open()
+        check_text(backend, "backend")
         self.backends[backend.addr] = _copy_backend(backend)
 
     async def delete_backend(self, addr: str) -> None:

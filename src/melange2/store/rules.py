@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from melange2.errors import RequestError
 from melange2.ids import BuildId
 from melange2.jobs import Build, BuildStatus, PackageJob
+from melange2.names import check_package_name, text_problem
 
 #: the ``reason`` :meth:`~melange2.store.base.JobStore.expire_leases` sets
 LEASE_EXPIRED_REASON = "lease expired; retrying"
@@ -78,3 +81,38 @@ def decode_cursor(cursor: str) -> tuple[datetime, BuildId]:
 def page_key(build: Build) -> tuple[datetime, str]:
     """Sort key of :meth:`list_builds` (descending): newest first, ties by id."""
     return (build.created_at, build.id)
+
+
+def check_text(value: object, what: str) -> None:
+    """Every string in ``value`` (at any depth of dataclasses, mappings and sequences,
+    keys included) is text a store can keep: valid Unicode without NUL (the API's own
+    rule, :func:`melange2.names.text_problem`). ``ValueError`` naming the field
+    otherwise: every store refuses the same values, none fails half-way."""
+    stack: list[tuple[object, str]] = [(value, what)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem is not None:
+                raise ValueError(f"{where}: {problem}")
+        elif isinstance(item, Enum | bool | int | float | datetime) or item is None:
+            continue
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            stack.extend(
+                (getattr(item, f.name), f"{where}.{f.name}") for f in dataclasses.fields(item)
+            )
+        elif isinstance(item, Mapping):
+            for key, sub in item.items():
+                stack.append((key, f"{where} key"))
+                stack.append((sub, f"{where}[{key!r}]"))
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend((sub, f"{where}[{i}]") for i, sub in enumerate(item))
+
+
+def check_new_build(build: Build) -> None:
+    """What :meth:`~melange2.store.base.JobStore.create_build` refuses (``ValueError``):
+    a package name outside :func:`melange2.names.check_package_name` (the recipe
+    parser's rule, so names that make storage keys), and text no store can keep."""
+    for job in build.packages:
+        check_package_name(job.name)
+    check_text(build, f"build {build.id}")

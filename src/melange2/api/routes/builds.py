@@ -24,7 +24,7 @@ from melange2.api.schemas import (
     PlanOut,
 )
 from melange2.api.services import Services, services
-from melange2.errors import NotFound, RequestError
+from melange2.errors import NotFound, RequestError, Unavailable
 from melange2.ids import BuildId
 from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
 from melange2.storage import StorageNotFound
@@ -35,6 +35,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorOut},
     404: {"model": ErrorOut},
     413: {"model": ErrorOut},
+    429: {"model": ErrorOut},
+    503: {"model": ErrorOut},
 }
 #: followers are woken by every write and every move of the package; this bounds a wait
 #: if a wake-up is lost (or the log is written by another process)
@@ -95,6 +97,8 @@ async def create_build(
     request: CreateBuildRequest, svc: Svc, response: Response
 ) -> CreateBuildResponse | PlanOut:
     """Submit configs. ``dry_run`` plans without building (200 with the plan)."""
+    if svc.supervisor.failure is not None:
+        raise Unavailable(f"this server is shutting down ({svc.supervisor.failure})")
     with tracing.span("build.submit", {"melange2.dry_run": request.dry_run}) as current:
         result = await svc.submitter.submit(request)
         if isinstance(result, CreateBuildResponse):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import hashlib
 import json
 import sys
 import time
@@ -283,6 +284,13 @@ def _render_plan(console: Console, plan: PlanOut) -> None:
     ]
     for line in lines:
         console.print(Text(line), highlight=False, soft_wrap=True)
+    if plan.unplaceable:
+        console.print(
+            Text(f"Never placed ({len(plan.unplaceable)}): no backend could run them"),
+            highlight=False,
+        )
+        for name, why in plan.unplaceable.items():
+            console.print(Text(f"  {name}: {why}"), highlight=False, soft_wrap=True)
 
 
 def _status_line(pkg: PackageOut | PackageEventOut) -> str:
@@ -564,6 +572,13 @@ def collect_upload(paths: Sequence[Path]) -> Upload:
     show_default=True,
     help="Into the farm's repository as each package succeeds, or once the whole build has.",
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Let this build replace packages the farm's repository holds under the same "
+    "name, version and epoch with other content (refused otherwise; each replacement is "
+    "logged).",
+)
 @output_option
 @pass_remote
 def submit(
@@ -587,6 +602,7 @@ def submit(
     schedule: str | None,
     force: bool,
     publish: str,
+    replace: bool,
     output: str,
 ) -> None:
     """Submit melange configs (or a git repository's) to the build server.
@@ -634,6 +650,7 @@ def submit(
                 "schedule": schedule,
                 "force": force,
                 "publish": publish,
+                "replace": replace,
             }
         )
     except ValidationError as exc:
@@ -872,6 +889,15 @@ def list_backends(ctx: RemoteContext, server: str, arch: str | None, output: str
     show_default=True,
     help="Concurrent jobs (0: the server's default).",
 )
+@click.option(
+    "--cpu",
+    help="The machine's cores, a Kubernetes quantity (8, 7500m); packages are placed "
+    "by what they ask (package.resources). Absent: not declared, unlimited.",
+)
+@click.option(
+    "--memory",
+    help="The machine's memory, a Kubernetes quantity (32Gi, 64G). Absent: unlimited.",
+)
 @tls_options(envvars=False, what="the backend")
 @output_option
 @pass_remote
@@ -883,6 +909,8 @@ def add_backend(
     arch: str,
     label: dict[str, str],
     max_jobs: int,
+    cpu: str | None,
+    memory: str | None,
     output: str,
     **tls_flags: Any,
 ) -> None:
@@ -896,6 +924,8 @@ def add_backend(
             arch=arch,
             labels=label,
             maxJobs=max_jobs,
+            cpu=cpu,
+            memory=memory,
             tls=None
             if tls is None
             else BackendTLS(
@@ -941,11 +971,15 @@ def backend_status(ctx: RemoteContext, server: str, output: str) -> None:
     if output == "json":
         _print_json(ctx.console, found)
         return
-    table = Table("ADDR", "ARCH", "STATE", "ACTIVE/MAX", "FAILURES", "LAST PROBE", "VERSION")
+    table = Table(
+        "ADDR", "ARCH", "STATE", "ACTIVE/MAX", "CPU", "MEMORY", "FAILURES", "LAST PROBE", "VERSION"
+    )
     for b in found.backends:
         state = b.circuitState or ("open" if b.circuitOpen else "closed")
         if b.draining:
             state += ", draining"
+        if b.reservedFor:
+            state += f", kept for {b.reservedFor}"
         probe = _when(b.lastProbe)
         if b.lastProbeResult:
             probe += f" {b.lastProbeResult}"
@@ -954,8 +988,58 @@ def backend_status(ctx: RemoteContext, server: str, output: str) -> None:
             Text(b.arch),
             Text(state),
             f"{b.activeJobs}/{b.maxJobs}",
+            f"{b.cpuInUse}/{b.cpu}" if b.cpu else "-",
+            f"{b.memoryInUse}/{b.memory}" if b.memory else "-",
             str(b.failures),
             Text(probe),
             Text(b.buildkitVersion or "-"),
         )
     ctx.console.print(table)
+
+
+@remote.group()
+def sources() -> None:
+    """The server's source cache: the files fetch steps use instead of downloading."""
+
+
+@sources.command(name="add")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@server_option
+@output_option
+@pass_remote
+def add_sources(ctx: RemoteContext, files: tuple[Path, ...], server: str, output: str) -> None:
+    """Upload FILES to the source cache, each under its sha256 (what a config's fetch
+    names as expected-sha256); files the cache already holds are not sent again."""
+    results = []
+    with ctx.client(server) as client:
+        for path in files:
+            digest = "sha256:" + _sha256(path)
+            if client.has_source(digest):
+                results.append({"file": str(path), "digest": digest, "uploaded": False})
+                if output != "json":
+                    ctx.console.print(  # one line per file, however long its path
+                        Text(f"{digest}  {path}: already in the source cache"),
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                continue
+            added = client.add_source(path, digest)
+            results.append({"file": str(path), "digest": digest, "uploaded": True})
+            if output != "json":
+                ctx.console.print(
+                    Text(f"{digest}  {path}: added ({added.size} bytes)"),
+                    highlight=False,
+                    soft_wrap=True,
+                )
+    if output == "json":
+        _print_json(ctx.console, {"sources": results})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

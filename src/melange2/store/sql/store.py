@@ -30,6 +30,8 @@ from melange2.store.rules import (
     check_aware,
     check_fields,
     check_limit,
+    check_new_build,
+    check_text,
     decode_cursor,
     encode_cursor,
 )
@@ -101,6 +103,7 @@ class SqlStore:
     # -- builds --------------------------------------------------------------------------
 
     async def create_build(self, build: Build) -> None:
+        check_new_build(build)
         await self._write(f"creating build {build.id}", lambda c: queries.insert_build(c, build))
 
     async def get_build(self, build_id: BuildId) -> Build:
@@ -137,6 +140,7 @@ class SqlStore:
 
     async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
         check_fields(fields, BUILD_FIELDS, "build")
+        check_text(fields, "build fields")
 
         def update(conn: Connection) -> Build:
             if not queries.update_build(conn, build_id, fields):
@@ -162,6 +166,7 @@ class SqlStore:
         **fields: Any,
     ) -> PackageJob:
         check_fields(fields, PACKAGE_FIELDS, "package")
+        check_text(fields, "package fields")
         to = PackageStatus(to)
         allowed = sources_of(to) if expect is None else sources_of(to) & expect
 
@@ -191,6 +196,7 @@ class SqlStore:
         **fields: Any,
     ) -> Sequence[PackageJob]:
         check_fields(fields, PACKAGE_FIELDS, "package")
+        check_text(fields, "package fields")
         to = PackageStatus(to)
         allowed = sources_of(to) if expect is None else sources_of(to) & expect
         wanted = list(dict.fromkeys(names))
@@ -208,6 +214,7 @@ class SqlStore:
 
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         check_fields(fields, PACKAGE_FIELDS, "package")
+        check_text(fields, "package fields")
         job = await self._write_one(
             f"updating {build_id}/{name}",
             lambda c: queries.update_package_fields(c, build_id, name, fields),
@@ -217,6 +224,8 @@ class SqlStore:
         return job
 
     async def add_attempt(self, build_id: BuildId, name: str, attempt: Attempt) -> None:
+        check_text(attempt, "attempt")
+
         def add(conn: Connection) -> None:
             if not queries.put_attempt(conn, build_id, name, attempt):
                 raise NotFound(f"no package {name!r} in build {build_id}")
@@ -243,6 +252,7 @@ class SqlStore:
     # -- runtime backends ----------------------------------------------------------------
 
     async def save_backend(self, backend: StoredBackend) -> None:
+        check_text(backend, "backend")
         await self._write(
             f"saving backend {backend.addr}", lambda c: queries.save_backend(c, backend)
         )

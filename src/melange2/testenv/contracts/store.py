@@ -158,6 +158,8 @@ class StoreContract:
             backend=Backend(addr="tcp://b:1234", arch="x86_64", labels={"tier": "fast"}),
             lease_owner="replica-1",
             lease_expires=started + timedelta(minutes=5),
+            cpu_millis=64_000,
+            memory_bytes=256 * 2**30,  # beyond 32 bits
         )
         build = Build(
             id=build_id,
@@ -205,6 +207,40 @@ class StoreContract:
     async def test_get_of_unknown_build_raises_not_found(self, store: JobStore) -> None:
         with pytest.raises(NotFound):
             await store.get_build(BuildId("bld-missing"))
+
+    @pytest.mark.parametrize("name", ["a..b", "x" * 129, "caf\u00e9", "\u0661\u0662", "-a", ""])
+    async def test_create_refuses_a_name_outside_the_one_name_rule(
+        self, store: JobStore, name: str
+    ) -> None:
+        build = make_build(names=("ok", name))
+        with pytest.raises(ValueError, match="name"):
+            await store.create_build(build)
+        with pytest.raises(NotFound):
+            await store.get_build(build.id)
+
+    @pytest.mark.parametrize("bad", ["\ud800", "a\x00b"])
+    async def test_every_write_refuses_text_no_store_can_keep(
+        self, store: JobStore, bad: str
+    ) -> None:
+        poisoned = make_build(names=("a",))
+        poisoned = poisoned.evolve(spec={"backend_selector": {"tier": bad}})
+        with pytest.raises(ValueError, match="backend_selector"):
+            await store.create_build(poisoned)
+        with pytest.raises(NotFound):
+            await store.get_build(poisoned.id)
+        build = make_build(names=("a",))
+        await store.create_build(build)
+        with pytest.raises(ValueError, match="error"):
+            await store.transition(build.id, "a", PackageStatus.FAILED, error=f"no backend {bad}")
+        with pytest.raises(ValueError, match="reason"):
+            await store.update_package(build.id, "a", reason=bad)
+        with pytest.raises(ValueError, match="labels"):
+            await store.save_backend(
+                StoredBackend(addr="tcp://b:1", arch="x86_64", labels={"k": bad}, max_jobs=1)
+            )
+        got = await store.get_build(build.id)
+        assert got.packages[0].status is PackageStatus.PENDING and not got.packages[0].reason
+        assert await store.list_backends() == []
 
     async def test_create_with_a_taken_id_fails_and_keeps_the_first(self, store: JobStore) -> None:
         first = make_build(names=("a",))
@@ -750,6 +786,24 @@ class StoreContract:
         plain_again = StoredBackend(addr="tcp://tls:1", arch="x86_64", labels={}, max_jobs=2)
         await store.save_backend(plain_again)
         assert (await store.list_backends())[0].tls is None
+
+    async def test_a_backends_resources_are_kept(self, store: JobStore) -> None:
+        sized = StoredBackend(
+            addr="tcp://big:1",
+            arch="x86_64",
+            labels={},
+            max_jobs=4,
+            cpu_millis=96_000,
+            memory_bytes=768 * 2**30,
+        )
+        cpu_only = StoredBackend(
+            addr="tcp://cpu:1", arch="x86_64", labels={}, max_jobs=2, cpu_millis=500
+        )
+        undeclared = StoredBackend(addr="tcp://any:1", arch="x86_64", labels={}, max_jobs=2)
+        for backend in (sized, cpu_only, undeclared):
+            await store.save_backend(backend)
+        assert list(await store.list_backends()) == [sized, cpu_only, undeclared]
+        assert (await store.list_backends())[2].cpu_millis is None
 
     # lifecycle
 
