@@ -192,6 +192,10 @@ class Build:
     finished_at: datetime | None = None
     cancel_requested: bool = False
     packages: tuple[PackageJob, ...] = ()
+    #: the name of the token that submitted it (empty: no authentication)
+    submitted_by: str = ""
+    #: the commit a ``git_source`` build was made from (full SHA; empty: not from git)
+    source_commit: str = ""
 
     def evolve(self, **changes: Any) -> Self:
         return replace(self, **changes)

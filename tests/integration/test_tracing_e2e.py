@@ -123,6 +123,7 @@ async def _build_one(farm: FarmEnv, root: Path) -> str:
         store="sqlite",
         repositories=(farm.extra["BOOTSTRAP_REPO"],),
         keyrings=(farm.extra["BOOTSTRAP_KEY"],),
+        auth=False,  # tokens are not what is traced here (tests/unit/api/test_auth_routes.py)
     )
     app = create_app(settings)
     async with (

@@ -61,9 +61,10 @@ class _Strict(BaseModel):
 
 
 class GitSource(_Strict):
-    #: an http(s), ssh or git URL (``user@host:path`` too); a local path or ``file://``
-    #: only on a server started with ``--git-allow-local``
+    #: an http(s), ssh or git URL (``user@host:path`` too) of a host the server allows
+    #: (``--git-allow``); a local path or ``file://`` only with ``--git-allow-local``
     repository: str = Field(min_length=1, max_length=4096)
+    #: a branch, a tag or a full commit SHA (empty: the default branch)
     ref: str = Field(default="", max_length=256)
     pattern: str = Field(default="*.yaml", min_length=1, max_length=256)
     path: str = Field(default="", max_length=1024)
@@ -72,7 +73,7 @@ class GitSource(_Strict):
     @classmethod
     def _ref(cls, value: str) -> str:
         if value.startswith("-") or any(c.isspace() or ord(c) < 0x20 for c in value):
-            raise ValueError(f"{excerpt(value)} is not a branch or tag name")
+            raise ValueError(f"{excerpt(value)} is not a branch, tag or commit")
         return value
 
 
@@ -273,23 +274,31 @@ class BuildOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: the name of the token that submitted it (empty: a server without authentication)
+    submitted_by: str = ""
+    #: the commit a ``git_source`` build was made from (full SHA; empty otherwise)
+    source_commit: str = ""
 
     @classmethod
-    def of(cls, build: Build) -> BuildOut:
+    def of(cls, build: Build, *, show_env: bool = False) -> BuildOut:
+        """``show_env``: the ``env`` values as given (for the build's submitter and
+        admins); otherwise each is :data:`HIDDEN`."""
         return cls(
             id=build.id,
             status=build.status.value,
             packages=[PackageOut.of(p) for p in build.packages],
-            spec=public_spec(build.spec),
+            spec=dict(build.spec) if show_env else public_spec(build.spec),
             created_at=build.created_at,
             started_at=build.started_at,
             finished_at=build.finished_at,
+            submitted_by=build.submitted_by,
+            source_commit=build.source_commit,
         )
 
 
 def public_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A build's request as ``GET`` shows it: ``env`` keeps its names, every value is
-    :data:`HIDDEN` (values may be secrets; nobody but the submitter should read them)."""
+    """A build's request as ``GET`` shows it to all but its submitter and admins:
+    ``env`` keeps its names, every value is :data:`HIDDEN` (values may be secrets)."""
     out = dict(spec)
     env = out.get("env")
     if isinstance(env, dict):
@@ -306,6 +315,8 @@ class BuildSummary(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: the name of the token that submitted it (empty: a server without authentication)
+    submitted_by: str = ""
 
 
 class BuildList(BaseModel):
@@ -502,3 +513,40 @@ class ResyncOut(BaseModel):
     """``event: resync``: events were missed; read the state again."""
 
     reason: str
+
+
+# API tokens (``/api/v1/tokens``, admin only)
+
+#: a token's role
+TokenRole = Literal["read", "submit", "admin"]
+
+
+class CreateTokenRequest(_Strict):
+    #: who or what holds it (``ci``, ``alice@example.org``): builds it submits say so
+    name: str = Field(min_length=1, max_length=64)
+    role: TokenRole
+    #: a duration (``90d``, ``12h``) or an ISO 8601 date or time; absent: never expires
+    expires: str | None = Field(default=None, max_length=64)
+
+
+class TokenOut(BaseModel):
+    """A token as the API shows it: never its secret (nor its hash)."""
+
+    id: str
+    name: str
+    role: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    #: ``active``, ``expired`` or ``revoked``
+    state: str
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenOut]
+
+
+class CreatedTokenOut(BaseModel):
+    token: TokenOut
+    #: the bearer secret: shown this once, never again (the server keeps its hash)
+    secret: str

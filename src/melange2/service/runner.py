@@ -302,6 +302,7 @@ class BuildkitRunner:
             env={str(k): str(v) for k, v in spec_env.items()} if isinstance(spec_env, dict) else {},
             with_test=bool(build.spec.get("with_test")),
             debug=bool(build.spec.get("debug")),
+            force=bool(build.spec.get("force")),
             cache_ref=s.cache_registry,
             cache_mode=s.cache_mode,
             source_cache=self.source_cache,

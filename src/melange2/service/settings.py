@@ -61,6 +61,13 @@ class ServerSettings:
     git_timeout: float = 120.0
     #: seconds git may spend connecting (ssh) or without receiving a byte (http)
     git_connect_timeout: float = 20.0
+    #: ``git_source``: the hosts (globs; ``host:port`` globs too) it may clone from;
+    #: none by default (``--git-allow``)
+    git_allow: Sequence[str] = ()
+    #: tokens required (``--no-auth``: off)
+    auth: bool = True
+    #: anonymous callers read builds, packages, logs and artifacts (``--public-read``)
+    public_read: bool = False
     #: parsed configs kept for resubmissions, by estimated size
     parse_cache_bytes: int = 256 * 1024 * 1024
     extra: dict[str, str] = field(default_factory=dict)

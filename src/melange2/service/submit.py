@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from melange2 import tracing
 from melange2.api.schemas import (
@@ -50,7 +51,7 @@ from melange2.scheduler.graph import (
 )
 from melange2.scheduler.loop import Scheduler
 from melange2.scheduler.placement import NOTHING, Request
-from melange2.service.gitsource import GitFetcher
+from melange2.service.gitsource import GitCheckout, GitFetcher
 from melange2.service.reuse import settle_reuse
 from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
@@ -124,7 +125,10 @@ class Submitter:
             parse_cache_bytes, _parsed_size
         )
 
-    async def submit(self, request: CreateBuildRequest) -> CreateBuildResponse | PlanOut:
+    async def submit(
+        self, request: CreateBuildRequest, *, submitted_by: str = ""
+    ) -> CreateBuildResponse | PlanOut:
+        """``submitted_by``: the name of the caller's token (recorded on the build)."""
         arch = request.arch or self.settings.default_arch
         _check_arch(arch)
         checked = _relative_paths(request.pipelines, "pipelines")
@@ -136,14 +140,24 @@ class Submitter:
             sources[pkg] = {checked[path]: content_bytes(c) for path, c in files.items()}
         if request.git_source is not None:
             self.git.check(request.git_source.repository)  # before any work
+        checkout: GitCheckout | None = None
         with tempfile.TemporaryDirectory(prefix="melange2-submit-") as tmp:
             work = Path(tmp)
-            texts = await self._texts(request, work)
+            texts, checkout = await self._texts(request, work)
+            if checkout is not None:
+                _merge_files(pipelines, checkout.pipelines, "pipelines")
             _write_tree(work / "pipelines", pipelines)
             pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
             parsed = await asyncio.to_thread(
                 self._parse, texts, arch, work / "pipelines", request, pipelines_digest
             )
+            if checkout is not None:  # ./<package-name>/ beside the configs, from the clone
+                for one in parsed:
+                    name = one.config.package.name
+                    found = await asyncio.to_thread(checkout.sources, name)
+                    if found:
+                        where = f"source_files[{excerpt(name)}]"
+                        _merge_files(sources.setdefault(name, {}), found, where)
         names = [p.config.package.name for p in parsed]
         for pkg in sources:
             if pkg not in names:
@@ -198,6 +212,10 @@ class Submitter:
                 if not adopted:
                     reusable = {}
             build = self._build(build_id, parsed, graph, prio, spec, request, reusable, adopted)
+            build = build.evolve(
+                submitted_by=submitted_by,
+                source_commit=checkout.commit if checkout is not None else "",
+            )
             await self.store.create_build(build)
         except BaseException:
             shutil.rmtree(build_dir, ignore_errors=True)
@@ -211,18 +229,21 @@ class Submitter:
             cut_edges=[(a, b) for a, b in graph.cut_edges],
         )
 
-    async def _texts(self, request: CreateBuildRequest, work: Path) -> list[tuple[str, str]]:
-        """The configs to parse, each with the name errors call it by."""
+    async def _texts(
+        self, request: CreateBuildRequest, work: Path
+    ) -> tuple[list[tuple[str, str]], GitCheckout | None]:
+        """The configs to parse, each with the name errors call it by; and the clone
+        they came from, for a ``git_source``."""
         if request.config_yaml is not None:
-            return [("config_yaml", request.config_yaml)]
+            return [("config_yaml", request.config_yaml)], None
         if request.configs is not None:
-            return [(f"configs[{i}]", text) for i, text in enumerate(request.configs)]
+            return [(f"configs[{i}]", text) for i, text in enumerate(request.configs)], None
         src = request.git_source
         assert src is not None
-        found = await self.git.configs(
+        found = await self.git.checkout(
             src.repository, ref=src.ref, path=src.path, pattern=src.pattern, workdir=work
         )
-        return [(f"git_source:{f.path}", f.text) for f in found]
+        return [(f"git_source:{f.path}", f.text) for f in found.configs], found
 
     def _parse(
         self,
@@ -438,6 +459,26 @@ def package_request(config: Config) -> Request:
         cpu=cpu_millis(resources.cpu) if resources.cpu else 0,
         memory=memory_bytes(resources.memory) if resources.memory else 0,
     )
+
+
+_Content = TypeVar("_Content", str, bytes)
+
+
+def _merge_files(
+    into: dict[PurePosixPath, _Content], found: Mapping[str, _Content], where: str
+) -> None:
+    """Add the files a ``git_source`` brought to those the request sent: the same path
+    with other content in both is a 400 (neither is taken silently)."""
+    checked = _relative_paths(found, f"git_source {where}")
+    for given, content in found.items():
+        path = checked[given]
+        if into.get(path, content) != content:
+            raise RequestError(
+                f"{where}[{excerpt(str(path))}]: the request and the git_source repository "
+                "both give this file, with different content"
+            )
+        into[path] = content
+    _relative_paths({str(p): None for p in into}, where)
 
 
 def _write_tree(root: Path, files: Mapping[PurePosixPath, str | bytes]) -> None:

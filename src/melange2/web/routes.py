@@ -270,7 +270,7 @@ async def _log_tail(svc: Services, job: PackageJob) -> tuple[str, int, int, bool
 
 async def _artifacts(svc: Services, build_id: str, name: str) -> list[Mapping[str, Any]]:
     try:
-        found = await list_artifacts(build_id, name, svc)
+        found = await list_artifacts(build_id, name, svc, None)  # the page checked the viewer
     except (StorageError, ValueError):
         return []
     return [a.model_dump() for a in found.artifacts]

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from melange2 import tracing
+from melange2.api.auth import BuildReader, Caller, Submitter, policy
 from melange2.api.schemas import (
     BuildList,
     BuildOut,
@@ -24,6 +25,7 @@ from melange2.api.schemas import (
     PlanOut,
 )
 from melange2.api.services import Services, services
+from melange2.auth import Action
 from melange2.errors import NotFound, RequestError, Unavailable
 from melange2.ids import BuildId
 from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
@@ -33,6 +35,8 @@ router = APIRouter(prefix="/api/v1", tags=["builds"])
 Svc = Annotated[Services, Depends(services)]
 _ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorOut},
+    401: {"model": ErrorOut, "description": "no valid token"},
+    403: {"model": ErrorOut, "description": "the token's role does not allow it"},
     404: {"model": ErrorOut},
     413: {"model": ErrorOut},
     429: {"model": ErrorOut},
@@ -73,8 +77,8 @@ class WaitReasons:
         return ""
 
 
-def build_out(svc: Services, build: Build) -> BuildOut:
-    out = BuildOut.of(build)
+def build_out(svc: Services, build: Build, *, show_env: bool = False) -> BuildOut:
+    out = BuildOut.of(build, show_env=show_env)
     reasons = WaitReasons(svc, build)
     for pkg, job in zip(out.packages, build.packages, strict=True):
         pkg.reason = reasons.of(job)
@@ -94,13 +98,15 @@ async def _get(svc: Services, build_id: str) -> Build:
     responses={**_ERRORS, 200: {"model": PlanOut, "description": "dry_run: the plan"}},
 )
 async def create_build(
-    request: CreateBuildRequest, svc: Svc, response: Response
+    principal: Submitter, request: CreateBuildRequest, svc: Svc, response: Response
 ) -> CreateBuildResponse | PlanOut:
-    """Submit configs. ``dry_run`` plans without building (200 with the plan)."""
+    """Submit configs (role ``submit``). ``dry_run`` plans without building (200 with
+    the plan)."""
     if svc.supervisor.failure is not None:
         raise Unavailable(f"this server is shutting down ({svc.supervisor.failure})")
+    by = principal.name if principal is not None else ""
     with tracing.span("build.submit", {"melange2.dry_run": request.dry_run}) as current:
-        result = await svc.submitter.submit(request)
+        result = await svc.submitter.submit(request, submitted_by=by)
         if isinstance(result, CreateBuildResponse):
             tracing.set_attribute(current, "melange2.build.id", result.id)
             tracing.set_attribute(current, "melange2.packages", len(result.packages))
@@ -111,6 +117,7 @@ async def create_build(
 
 @router.get("/builds", response_model=BuildList, responses=_ERRORS)
 async def list_builds(
+    _: BuildReader,
     svc: Svc,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -133,6 +140,7 @@ async def list_builds(
                 created_at=b.created_at,
                 started_at=b.started_at,
                 finished_at=b.finished_at,
+                submitted_by=b.submitted_by,
             )
             for b in page.builds
         ],
@@ -141,15 +149,23 @@ async def list_builds(
 
 
 @router.get("/builds/{build_id}", response_model=BuildOut, responses=_ERRORS)
-async def get_build(build_id: str, svc: Svc) -> BuildOut:
-    return build_out(svc, await _get(svc, build_id))
+async def get_build(build_id: str, svc: Svc, request: Request, principal: BuildReader) -> BuildOut:
+    """The build; its ``env`` values only for its submitter and admins (``***`` else)."""
+    build = await _get(svc, build_id)
+    show = policy(request).allows(principal, Action.SEE_ENV, build)
+    return build_out(svc, build, show_env=show)
 
 
 @router.post("/builds/{build_id}/cancel", response_model=BuildOut, responses=_ERRORS)
-async def cancel_build(build_id: str, svc: Svc) -> BuildOut:
-    """Stop running solves and cancel every package not yet finished."""
-    await _get(svc, build_id)
-    return build_out(svc, await svc.scheduler.cancel(BuildId(build_id)))
+async def cancel_build(build_id: str, svc: Svc, request: Request, caller: Caller) -> BuildOut:
+    """Stop running solves and cancel every package not yet finished: the build's
+    submitter (role ``submit``) or an admin."""
+    rule = policy(request)
+    rule.check(caller, Action.CANCEL, some=True)  # before the lookup: 401/403, not 404
+    build = await _get(svc, build_id)
+    rule.check(caller, Action.CANCEL, build)
+    show = rule.allows(caller, Action.SEE_ENV, build)
+    return build_out(svc, await svc.scheduler.cancel(BuildId(build_id)), show_env=show)
 
 
 async def _package(svc: Services, build_id: str, name: str) -> tuple[Build, PackageJob]:
@@ -161,7 +177,7 @@ async def _package(svc: Services, build_id: str, name: str) -> tuple[Build, Pack
 
 
 @router.get("/builds/{build_id}/packages/{name}", response_model=PackageOut, responses=_ERRORS)
-async def get_package(build_id: str, name: str, svc: Svc) -> PackageOut:
+async def get_package(build_id: str, name: str, svc: Svc, _: BuildReader) -> PackageOut:
     build, job = await _package(svc, build_id, name)
     out = PackageOut.of(job)
     out.reason = WaitReasons(svc, build).of(job)
@@ -202,6 +218,7 @@ async def get_logs(
     name: str,
     svc: Svc,
     request: Request,
+    _reader: BuildReader,
     follow: bool = False,
     attempt: Annotated[int | None, Query(ge=1)] = None,
     offset: Annotated[int, Query(ge=0)] = 0,

@@ -21,6 +21,7 @@ from melange2.buildkit.llb.state import (
     scratch,
     secret_mount,
     symlink,
+    without_ignore_cache,
 )
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "scratch",
     "secret_mount",
     "symlink",
+    "without_ignore_cache",
 ]

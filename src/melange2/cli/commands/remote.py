@@ -66,9 +66,11 @@ class RemoteContext(CliContext):
 
     #: how requests reach the server (None: httpx's default, the network)
     transport: httpx.BaseTransport | None = None
+    #: the API token (``--token`` or MELANGE_TOKEN); None: anonymous
+    token: str | None = None
 
     def client(self, server: str) -> RemoteClient:
-        return RemoteClient(server, transport=self.transport)
+        return RemoteClient(server, transport=self.transport, token=self.token)
 
 
 pass_remote = click.make_pass_decorator(RemoteContext)
@@ -116,7 +118,8 @@ class _RemoteGroup(click.Group):
 def remote(ctx: click.Context) -> None:
     """Build on a build server (melange-server) instead of a local daemon.
 
-    Every command takes --server (default http://localhost:8080, env MELANGE_SERVER).
+    Every command takes --server (default http://localhost:8080, env MELANGE_SERVER)
+    and --token (an API token, env MELANGE_TOKEN).
 
     \b
     Exit codes:
@@ -142,7 +145,26 @@ def _check_server(ctx: click.Context, param: click.Parameter, value: str) -> str
     return value
 
 
+def _keep_token(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    token = (value or "").strip()
+    if token and (token != value or any(c.isspace() or ord(c) < 0x20 for c in token)):
+        raise click.BadParameter("a token is one word, without spaces or control characters")
+    remote_ctx = ctx.find_object(RemoteContext)
+    if remote_ctx is not None:
+        remote_ctx.token = token or None
+
+
 def server_option(f: _F) -> _F:
+    """``--server``, and ``--token`` with it (every command that talks to a server)."""
+    f = click.option(
+        "--token",
+        envvar="MELANGE_TOKEN",
+        metavar="TOKEN",
+        expose_value=False,
+        callback=_keep_token,
+        help="An API token for the server (env MELANGE_TOKEN); without one, only what "
+        "the server lets anyone do.",
+    )(f)
     return click.option(
         "--server",
         envvar="MELANGE_SERVER",
@@ -256,6 +278,8 @@ def _render_build(console: Console, build: BuildOut) -> None:
         ("Arch:", _arch(build)),
         ("Started:", _when(build.started_at)),
         ("Finished:", _when(build.finished_at)),
+        ("Submitted by:", build.submitted_by or "-"),
+        *([("Commit:", build.source_commit)] if build.source_commit else []),
     ):
         header.add_row(label, Text(value))
     console.print(header)
@@ -564,7 +588,12 @@ def collect_upload(paths: Sequence[Path]) -> Upload:
     type=click.Choice(["critical-path", "fifo"]),
     help="Order ready packages by critical path or by submission  [default: the server's].",
 )
-@click.option("--force", is_flag=True, help="Rebuild even packages whose inputs did not change.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rebuild even packages whose inputs did not change; their steps run again "
+    "(BuildKit's cache does not answer for them).",
+)
 @click.option(
     "--publish",
     type=click.Choice(["package", "build"]),
@@ -736,11 +765,16 @@ def list_builds(
     if output == "json":
         _print_json(ctx.console, page)
         return
-    table = Table("ID", "STATUS", "PACKAGES", "BY STATUS", "CREATED")
+    table = Table("ID", "STATUS", "PACKAGES", "BY STATUS", "CREATED", "SUBMITTED BY")
     for b in page.builds:
         by_status = ", ".join(f"{n} {s}" for s, n in sorted(b.counts.items()))
         table.add_row(
-            Text(b.id), Text(b.status), str(b.packages), Text(by_status), _when(b.created_at)
+            Text(b.id),
+            Text(b.status),
+            str(b.packages),
+            Text(by_status),
+            _when(b.created_at),
+            Text(b.submitted_by or "-"),
         )
     ctx.console.print(table)
     if page.next_cursor:
