@@ -37,8 +37,9 @@ from typing import Any
 
 import httpx
 
+from melange2.api.auth import TOKEN_COOKIE
 from melange2.farm import processes
-from melange2.farm.local import FarmEnv, LocalFarm, start_server
+from melange2.farm.local import FarmEnv, LocalFarm, make_token, start_server
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Backend, Build, BuildStatus, PackageJob, PackageStatus
 from melange2.scheduler.graph import PackageNode, build_graph, priorities
@@ -205,13 +206,15 @@ def bench_page(runs: int, loads: int) -> dict[str, Any]:
         root = Path(tmp)
         build = wolfi_build("bld-00000000000bench")
         asyncio.run(store_build(root / "data", build))
+        token = asyncio.run(make_token(root / "data", name="bench"))  # an admin's view
+        auth = {"Authorization": f"Bearer {token}"}
         url = asyncio.run(serve_unreachable(root))
         pid = processes.read_pid(root / "server.pid")
         assert pid is not None
         try:
             page_url = f"{url}/builds/{build.id}"
             wall, cpu, size = [], [], 0
-            with httpx.Client(timeout=60) as http:
+            with httpx.Client(timeout=60, headers=auth) as http:
                 http.get(page_url).raise_for_status()  # warm: imports, template compile
                 for _ in range(runs):
                     c0, t0 = cpu_seconds(pid), time.perf_counter()
@@ -232,6 +235,7 @@ def bench_page(runs: int, loads: int) -> dict[str, Any]:
             fcp, dcl = [], []
             if not missing_chromium():
                 with chromium() as browser:
+                    browser.add_cookies([{"name": TOKEN_COOKIE, "value": token, "url": url}])
                     for _ in range(loads):
                         page = browser.new_page()
                         page.goto(page_url, wait_until="load")
@@ -276,10 +280,11 @@ def ticker_config(lines: int, pause: float) -> str:
     )
 
 
-async def _follow(url: str, received: list[int], stop: asyncio.Event) -> None:
+async def _follow(url: str, token: str, received: list[int], stop: asyncio.Event) -> None:
+    headers = {"accept": "text/event-stream", "authorization": f"Bearer {token}"}
     async with (
         httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as http,
-        http.stream("GET", url, headers={"accept": "text/event-stream"}) as resp,
+        http.stream("GET", url, headers=headers) as resp,
     ):
         async for chunk in resp.aiter_bytes():
             received.append(len(chunk))
@@ -287,8 +292,11 @@ async def _follow(url: str, received: list[int], stop: asyncio.Event) -> None:
                 return
 
 
-async def _measure_followers(url: str, pid: int, followers: int, window: float) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+async def _measure_followers(
+    url: str, token: str, pid: int, followers: int, window: float
+) -> dict[str, Any]:
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=auth) as http:
         resp = await http.post(
             "/api/v1/builds", json={"configs": [ticker_config(10_000, 0.1)], "force": True}
         )
@@ -305,7 +313,7 @@ async def _measure_followers(url: str, pid: int, followers: int, window: float) 
         stop = asyncio.Event()
         received: list[int] = []
         tasks = [
-            asyncio.create_task(_follow(f"{url}{log}?follow=true", received, stop))
+            asyncio.create_task(_follow(f"{url}{log}?follow=true", token, received, stop))
             for _ in range(followers)
         ]
         await asyncio.sleep(3)  # every follower connected and caught up
@@ -336,6 +344,8 @@ def bench_followers(followers: int, window: float) -> dict[str, Any]:
         farm = LocalFarm(root / "farm", tools_dir=TOOLS, daemons=1)
         env = asyncio.run(farm.up())
         try:
+            (root / "data").mkdir()
+            token = asyncio.run(make_token(root / "data", name="bench"))
             url = asyncio.run(
                 start_server(
                     env,
@@ -349,7 +359,7 @@ def bench_followers(followers: int, window: float) -> dict[str, Any]:
             pid = processes.read_pid(root / "server.pid")
             assert pid is not None
             try:
-                return asyncio.run(_measure_followers(url, pid, followers, window))
+                return asyncio.run(_measure_followers(url, token, pid, followers, window))
             finally:
                 processes.stop(root / "server.pid")
         finally:

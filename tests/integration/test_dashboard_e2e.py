@@ -5,7 +5,9 @@ events stream read by a plain HTTP client.
 Browser: the builds page lists a running build; the package page shows a step's output
 appear while the step still runs; the build's progress moves to done without a reload;
 cancel from the page stops a build; HTML in a log line or an error stays text. The
-screenshots of docs/dashboard.md are taken here (``docs/img/dashboard-*.png``).
+browser logs in at ``/login`` with the server's admin token first (an anonymous visitor
+is sent there), and a read token's visitor sees no cancel button. The screenshots of
+docs/dashboard.md are taken here (``docs/img/dashboard-*.png``).
 
 Events: a client sees every state change of a 20-package build, in order.
 """
@@ -42,10 +44,23 @@ def server(farm: FarmEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         srv.stop()
 
 
+def _log_in(context: Any, server: Server, token: str, start: str = "/") -> None:
+    """Log in as a person does: the page sends an anonymous visitor to /login, the
+    token is given there once, and the cookie keeps it."""
+    page = context.new_page()
+    page.goto(server.url + start)
+    assert page.url.startswith(f"{server.url}/login?next="), page.url
+    page.fill("#token", token)
+    page.click("#login-submit")
+    page.wait_for_url(server.url + start)
+    page.close()
+
+
 @pytest.fixture(scope="module")
 def browser(server: Server) -> Iterator[Any]:
     require_chromium()
     with chromium() as context:
+        _log_in(context, server, server.token)
         yield context
 
 
@@ -165,6 +180,40 @@ def test_cancel_from_the_page_stops_the_build(server: Server, browser: Any) -> N
         page.close()
 
 
+def test_a_read_token_sees_no_cancel_and_a_bad_token_no_pages(server: Server, browser: Any) -> None:
+    with server.client() as client:
+        build_id = submit(client, configs=[config("web-reader", script="echo waiting; sleep 300")])
+        _until(lambda: _status(client, build_id, "web-reader") == "running", 120, "running")
+        browser.clear_cookies()  # a visitor who has not logged in (one browser per module)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/login")
+            page.fill("#token", "mlg_" + "x" * 43)  # no such token
+            page.click("#login-submit")
+            assert "not valid" in page.locator("#login-error").inner_text()
+            assert page.goto(server.url + "/") is not None and "/login" in page.url
+            made = client.post("/api/v1/tokens", json={"name": "web-read", "role": "read"})
+            reader: str = made.raise_for_status().json()["secret"]
+            _log_in(browser, server, reader, f"/builds/{build_id}")
+            page.goto(f"{server.url}/builds/{build_id}")
+            page.wait_for_function("document.getElementById('live-state').textContent === 'live'")
+            assert page.locator("#cancel").count() == 0
+            assert page.locator("#who").inner_text().startswith("web-read (read)")
+            refused = page.request.post(f"{server.url}/builds/{build_id}/cancel")
+            assert refused.status == 403
+            assert _status(client, build_id, "web-reader") == "running"
+            page.click("#logout")
+            page.wait_for_url(f"{server.url}/login")
+            assert page.goto(f"{server.url}/builds/{build_id}") is not None
+            assert "/login" in page.url
+            page.close()
+        finally:
+            browser.clear_cookies()
+            _log_in(browser, server, server.token)
+        client.post(f"/api/v1/builds/{build_id}/cancel").raise_for_status()
+        assert wait(client, build_id, timeout=60)["status"] == "cancelled"
+
+
 def test_html_in_logs_and_errors_stays_text(server: Server, browser: Any) -> None:
     evil = "<img src=x onerror=alert(1)>"
     script = f"echo '{evil}'\necho '<script>alert(2)</script>'\nexit 3"
@@ -195,9 +244,10 @@ def test_html_in_logs_and_errors_stays_text(server: Server, browser: Any) -> Non
 class _EventReader(threading.Thread):
     """Reads ``GET /api/v1/events`` (every build) in a thread, keeping each message."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str) -> None:
         super().__init__(daemon=True)
         self.url = url
+        self.token = token
         self.messages: list[tuple[str, str, dict[str, Any]]] = []
         self.ready = threading.Event()
         self.stop = threading.Event()
@@ -213,7 +263,11 @@ class _EventReader(threading.Thread):
         timeout = httpx.Timeout(10, read=30)
         with (
             httpx.Client(timeout=timeout) as http,
-            http.stream("GET", self.url, headers={"accept": "text/event-stream"}) as resp,
+            http.stream(
+                "GET",
+                self.url,
+                headers={"accept": "text/event-stream", "authorization": f"Bearer {self.token}"},
+            ) as resp,
         ):
             event, id_, data = "message", "", ""
             for line in resp.iter_lines():
@@ -239,7 +293,7 @@ def test_events_stream_every_state_change_of_a_20_package_build_in_order(
     names = [f"ev-{i:02d}" for i in range(20)]
     # a tree: ev-00 first, each package needing the one at half its index
     configs = [config(n, needs=(names[(i - 1) // 2],) if i else ()) for i, n in enumerate(names)]
-    reader = _EventReader(server.url + "/api/v1/events")
+    reader = _EventReader(server.url + "/api/v1/events", server.token)
     reader.start()
     assert reader.ready.wait(30)
     with server.client() as client:

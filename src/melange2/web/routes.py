@@ -3,8 +3,10 @@ JavaScript; ``static/live.js`` keeps them current from ``GET /api/v1/events`` an
 follows a running package's log.
 
 Pages: ``/`` (builds), ``/builds/{id}``, ``/builds/{id}/packages/{name}``, ``/backends``,
-``/repository``; ``POST /builds/{id}/cancel`` (a form: works without JavaScript too).
-A missing build or package is a 404 page, never a 500.
+``/repository``; ``POST /builds/{id}/cancel`` (a form: works without JavaScript too);
+``/login`` (a token, kept in a cookie) and ``POST /logout``. A missing build or package
+is a 404 page, never a 500; a page the viewer may not see sends an anonymous one to
+``/login`` and is a 403 page for a token whose role lacks it (:mod:`.viewer`).
 """
 
 from __future__ import annotations
@@ -16,25 +18,29 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import jinja2
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from melange2 import __version__
+from melange2.api.auth import TOKEN_COOKIE
 from melange2.api.routes.artifacts import list_artifacts
 from melange2.api.routes.builds import WaitReasons, whole_log
 from melange2.api.schemas import ARCHES
 from melange2.api.services import Services, services
+from melange2.auth import Unauthorized
 from melange2.errors import NotFound, RequestError
 from melange2.ids import BuildId
 from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
 from melange2.service.layout import Layout
+from melange2.service.tokens import authenticate
 from melange2.storage import StorageError, StorageNotFound
 from melange2.web import views
-from melange2.web.viewer import Viewer, submitted_by, viewer_of
+from melange2.web.viewer import Viewer, same_origin, submitted_by, viewer_of
 
 HERE = Path(__file__).resolve().parent
 #: the package page shows this much of the end of a log (the rest: the raw log)
@@ -42,6 +48,8 @@ LOG_TAIL_BYTES = 256 * 1024
 #: at most this many cached packages of a build get the build they reused looked up
 REUSED_LOOKUP_LIMIT = 300
 BUILDS_PER_PAGE = 25
+#: how long the login cookie is kept (the token's own expiry still applies)
+LOGIN_COOKIE_S = 30 * 24 * 3600
 
 router = APIRouter(include_in_schema=False)
 Svc = Annotated[Services, Depends(services)]
@@ -86,6 +94,97 @@ def _not_found(request: Request, viewer: Viewer, message: str) -> HTMLResponse:
     return _page(request, "error.html", viewer, status_code=404, title="Not found", message=message)
 
 
+def _refuse(request: Request, viewer: Viewer, what: str) -> Response:
+    """A page ``viewer`` may not see: log in first (nobody logged in), else a 403 page."""
+    if viewer.principal is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+    return _page(
+        request,
+        "error.html",
+        viewer,
+        status_code=403,
+        title="Not allowed",
+        message=f"Token {viewer.name} (role {viewer.role}) may not {what}.",
+    )
+
+
+def _local(target: str) -> str:
+    """``target`` if it is a path on this server (a login's ``next``), else ``/``."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+# -- login ----------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(
+    request: Request, viewer: Who, next: Annotated[str, Query(max_length=2048)] = "/"
+) -> HTMLResponse:
+    return _page(request, "login.html", viewer, title="Log in", next=_local(next), error="")
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(
+    request: Request,
+    svc: Svc,
+    viewer: Who,
+    token: Annotated[str, Form(max_length=256)] = "",
+    next: Annotated[str, Form(max_length=2048)] = "/",
+) -> Response:
+    """Check the token; keep it in an HttpOnly, SameSite=Strict cookie."""
+    target = _local(next)
+    if not viewer.auth:
+        return RedirectResponse(target, status_code=303)
+    if not same_origin(request):
+        return _refuse_form(request, viewer)
+    try:
+        await authenticate(svc.store, token.strip())
+    except Unauthorized as exc:
+        return _page(
+            request,
+            "login.html",
+            viewer,
+            status_code=401,
+            title="Log in",
+            next=target,
+            error=exc.message,
+        )
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        TOKEN_COOKIE,
+        token.strip(),
+        max_age=LOGIN_COOKIE_S,
+        path="/",
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, viewer: Who) -> Response:
+    if not same_origin(request):
+        return _refuse_form(request, viewer)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(TOKEN_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+def _refuse_form(request: Request, viewer: Viewer) -> HTMLResponse:
+    return _page(
+        request,
+        "error.html",
+        viewer,
+        status_code=403,
+        title="Not allowed",
+        message="That form was not sent from this server's pages.",
+    )
+
+
 async def _build(svc: Services, build_id: str) -> Build | None:
     if not build_id.startswith("bld-"):
         return None
@@ -105,7 +204,9 @@ async def builds_page(
     viewer: Who,
     status: Annotated[str, Query(max_length=32)] = "",
     cursor: Annotated[str, Query(max_length=512)] = "",
-) -> HTMLResponse:
+) -> Response:
+    if not viewer.can_read:
+        return _refuse(request, viewer, "read builds")
     wanted = BuildStatus(status) if status in BuildStatus.__members__.values() else None
     try:
         page = await svc.store.list_builds(
@@ -184,7 +285,9 @@ async def _reused_from(svc: Services, jobs: Sequence[PackageJob]) -> dict[str, s
 
 
 @router.get("/builds/{build_id}", response_class=HTMLResponse)
-async def build_page(build_id: str, request: Request, svc: Svc, viewer: Who) -> HTMLResponse:
+async def build_page(build_id: str, request: Request, svc: Svc, viewer: Who) -> Response:
+    if not viewer.can_read:
+        return _refuse(request, viewer, "read builds")
     build = await _build(svc, build_id)
     if build is None:
         return _not_found(request, viewer, f"There is no build {build_id}.")
@@ -220,18 +323,15 @@ async def build_page(build_id: str, request: Request, svc: Svc, viewer: Who) -> 
 
 @router.post("/builds/{build_id}/cancel", response_class=HTMLResponse)
 async def cancel_from_page(build_id: str, request: Request, svc: Svc, viewer: Who) -> Response:
+    if not same_origin(request):
+        return _refuse_form(request, viewer)
+    if not viewer.can_read:
+        return _refuse(request, viewer, "read builds")
     build = await _build(svc, build_id)
     if build is None:
         return _not_found(request, viewer, f"There is no build {build_id}.")
     if not viewer.can_cancel(build):
-        return _page(
-            request,
-            "error.html",
-            viewer,
-            status_code=403,
-            title="Not allowed",
-            message="You may not cancel this build.",
-        )
+        return _refuse(request, viewer, f"cancel build {build.id}")
     await svc.scheduler.cancel(build.id)
     return RedirectResponse(f"/builds/{build.id}", status_code=303)
 
@@ -279,7 +379,9 @@ async def _artifacts(svc: Services, build_id: str, name: str) -> list[Mapping[st
 @router.get("/builds/{build_id}/packages/{name}", response_class=HTMLResponse)
 async def package_page(
     build_id: str, name: str, request: Request, svc: Svc, viewer: Who
-) -> HTMLResponse:
+) -> Response:
+    if not viewer.can_read:
+        return _refuse(request, viewer, "read builds")
     build = await _build(svc, build_id)
     if build is None:
         return _not_found(request, viewer, f"There is no build {build_id}.")
@@ -321,7 +423,9 @@ async def package_page(
 
 
 @router.get("/backends", response_class=HTMLResponse)
-async def backends_page(request: Request, svc: Svc, viewer: Who) -> HTMLResponse:
+async def backends_page(request: Request, svc: Svc, viewer: Who) -> Response:
+    if not viewer.can_read_farm:
+        return _refuse(request, viewer, "read the farm's backends")
     backends = sorted(svc.pool.backends.values(), key=lambda b: (b.arch, b.addr))
     return _page(request, "backends.html", viewer, title="Backends", backends=backends)
 

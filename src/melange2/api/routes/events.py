@@ -20,6 +20,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 
+from melange2.api.auth import BuildReader
 from melange2.api.schemas import BuildEventOut, ErrorOut, PackageEventOut, ResyncOut
 from melange2.api.services import Services, services
 from melange2.errors import NotFound
@@ -74,15 +75,22 @@ async def _stream(sub: Subscription, resumed: bool) -> AsyncIterator[bytes]:
 @router.get(
     "/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": ErrorOut}},
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        401: {"model": ErrorOut},
+        403: {"model": ErrorOut},
+        404: {"model": ErrorOut},
+    },
 )
 async def events(
     svc: Svc,
+    _reader: BuildReader,
     build: Annotated[str | None, Query(max_length=128)] = None,
     last_event_id: Annotated[str | None, Header(max_length=128)] = None,
 ) -> StreamingResponse:
     """Build and package state changes (Server-Sent Events), of one ``build`` or of
-    every build. ``Last-Event-ID``: resume after that event."""
+    every build (role ``read``; anyone with ``--public-read``). ``Last-Event-ID``:
+    resume after that event."""
     if build is not None:
         if not build.startswith("bld-"):
             raise NotFound(f"no build {build!r}")
