@@ -7,8 +7,9 @@ What is traced:
 * ``build.submit`` (the request) with ``build.plan`` (graph and priorities) inside;
 * ``package.attempt``: one trace per attempt of a package, from its dispatch to its
   final write (``Scheduler``), its phases as children
-  (``plan`` with ``environment`` inside, ``reuse``, ``solve``, ``fetch output``,
-  ``package``, ``store``, ``publish``, ``remember``: the ``timings:`` line of the log,
+  (``plan`` with ``environment`` inside, ``reuse``, ``solve`` (the output comes back
+  through the solve's session), ``package``, ``test`` (with tests), ``store``,
+  ``publish``, ``remember``: the ``timings:`` line of the log,
   :class:`melange2.timing.PhaseTimer`);
 * ``store.<method>``: the build store's calls made for those (:func:`traced_store`:
   the attempt's final write, the submission's inserts);
