@@ -167,13 +167,16 @@ def test_cancel_from_the_page_stops_the_build(server: Server, browser: Any) -> N
         page.on("dialog", lambda d: d.accept())  # "Cancel build …?"
         page.goto(f"{server.url}/builds/{build_id}")
         t0 = time.monotonic()
-        page.locator("#cancel").click()
-        page.wait_for_url(f"{server.url}/builds/{build_id}")
+        cancel_url = f"{server.url}/builds/{build_id}/cancel"
+        with page.expect_response(lambda r: r.url == cancel_url) as posted:
+            page.locator("#cancel").click()  # the form's POST, then back to the page
+        assert posted.value.status == 303, posted.value.text()
+        page.wait_for_load_state()
+        build = wait(client, build_id, timeout=60)
         page.wait_for_function(
             "document.getElementById('build-status').textContent === 'cancelled'",
             timeout=60_000,
         )
-        build = wait(client, build_id, timeout=60)
         assert time.monotonic() - t0 < 30
         assert build["status"] == "cancelled"
         assert {p["status"] for p in build["packages"]} == {"cancelled"}

@@ -179,6 +179,11 @@ class EventSource(Protocol):
         """Events of ``build`` (every build's when ``None``) from now on, or from after
         ``last_id`` (a :class:`Delivery`'s id) as far as they are kept."""
 
+    @property
+    def last_id(self) -> str:
+        """The id of the last event published: a page rendered now subscribes from it,
+        so that what happens between its render and its subscription is not lost."""
+
     def close(self) -> None:
         """End every subscription (the server is stopping)."""
 

@@ -85,7 +85,14 @@ def _page(
     return templates.TemplateResponse(
         request,
         name,
-        {"viewer": viewer, "version": __version__, "now": _now(), **context},
+        {
+            "viewer": viewer,
+            "version": __version__,
+            "now": _now(),
+            # the pages' event streams start from here: nothing after the render is missed
+            "events_at": request.app.state.services.events.last_id,
+            **context,
+        },
         status_code=status_code,
     )
 

@@ -86,18 +86,21 @@ async def events(
     svc: Svc,
     _reader: BuildReader,
     build: Annotated[str | None, Query(max_length=128)] = None,
+    after: Annotated[str | None, Query(max_length=128)] = None,
     last_event_id: Annotated[str | None, Header(max_length=128)] = None,
 ) -> StreamingResponse:
     """Build and package state changes (Server-Sent Events), of one ``build`` or of
     every build (role ``read``; anyone with ``--public-read``). ``Last-Event-ID``:
-    resume after that event."""
+    resume after that event; ``after`` the same for a first connection (a page passes
+    the id current when it was rendered)."""
     if build is not None:
         if not build.startswith("bld-"):
             raise NotFound(f"no build {build!r}")
         await svc.store.get_build(BuildId(build))  # NotFound: 404
-    sub = svc.events.subscribe(build=build, last_id=last_event_id or None)
+    resume_from = last_event_id or after or None
+    sub = svc.events.subscribe(build=build, last_id=resume_from)
     return StreamingResponse(
-        _stream(sub, resumed=bool(last_event_id)),
+        _stream(sub, resumed=resume_from is not None),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
