@@ -20,6 +20,7 @@
     │   ├── StoreConflict           a write that conflicts with stored data (a taken id)
     │   └── StoreUnavailable        the database cannot be reached or gave up for now
     ├── PackageFailed               a package's attempt failed (the reason, for the client)
+    │   └── TimedOut                it ran past its time limit or stayed silent too long
     ├── PublishConflict             the farm's repository already holds other bytes under
     │                               that package's file name
     ├── Unavailable                 the server cannot take work now (HTTP 503)
@@ -153,6 +154,12 @@ class PackageFailed(FarmError):
     """The package failed."""
 
     code = "package_failed"
+
+
+class TimedOut(PackageFailed):
+    """The package ran past its time limit."""
+
+    code = "timed_out"
 
 
 class PublishConflict(FarmError):

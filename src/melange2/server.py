@@ -1,7 +1,8 @@
 """``melange-server``: the build service (REST API, build store, event-driven scheduler).
 
-Flags are the reference's (api.md) plus ours; ``CACHE_REGISTRY`` and ``CACHE_MODE``
-come from the environment. SIGINT/SIGTERM: stop accepting requests, finish in-flight
+Flags are the reference's (api.md) plus ours; ``CACHE_REGISTRY``, ``CACHE_MODE`` and
+``SECRET_ENV_<NAME>`` (secrets every build step gets as ``<NAME>``) come from the
+environment. SIGINT/SIGTERM: stop accepting requests, finish in-flight
 ones (up to 10 s), stop the scheduler, exit; running packages resume at the next start.
 
 If the scheduler's loop or the health probes stop (the store failing as a whole, a
@@ -26,6 +27,7 @@ import uvicorn
 from melange2.cli.tls import tls_from_flags, tls_options
 from melange2.errors import FarmError
 from melange2.server_tokens import check_store, store_options, tokens
+from melange2.service.secrets import secret_env
 from melange2.service.settings import ServerSettings
 from melange2.storage import StorageSpec, open_storage
 from melange2.store import StoreKind
@@ -219,6 +221,21 @@ class _ServerGroup(click.Group):
     help="Seconds git may spend connecting (ssh) or receiving nothing (http).",
 )
 @click.option(
+    "--package-timeout",
+    default=36000.0,
+    show_default=True,
+    help="Seconds a package's attempt may run (wall clock) before it fails 'timed out' and "
+    "its solve is cancelled: the default of a build's timeout_s and a config's "
+    "package.timeout, and the most either may ask. 0: no limit.",
+)
+@click.option(
+    "--max-silent",
+    default=7200.0,
+    show_default=True,
+    help="Seconds a package's build may go without writing any output before it fails "
+    "'timed out' and its solve is cancelled (as Hydra's maxSilentTime). 0: no limit.",
+)
+@click.option(
     "--parse-cache-bytes",
     default=256 * 1024 * 1024,
     show_default=True,
@@ -281,6 +298,8 @@ def serve(
     git_jobs: int,
     git_timeout: float,
     git_connect_timeout: float,
+    package_timeout: float,
+    max_silent: float,
     parse_cache_bytes: int,
     no_auth: bool,
     public_read: bool,
@@ -289,6 +308,11 @@ def serve(
     **tls_flags: Any,
 ) -> None:
     """Run the melange2 build service.
+
+    Environment: CACHE_REGISTRY and CACHE_MODE (a BuildKit registry cache for every
+    solve); SECRET_ENV_<NAME>=value gives every build step the secret <NAME> as an
+    environment variable (a BuildKit secret: in no LLB and no digest, masked as *** in
+    logs, never shown by the API).
 
     API tokens: `melange-server tokens create|list|revoke` (see `melange-server tokens
     --help`), with the same --data-dir, --store and --postgres-dsn.
@@ -332,6 +356,9 @@ def serve(
     ):
         if value <= 0:
             raise click.BadParameter("must be positive", param_hint=flag)
+    for value, flag in ((package_timeout, "--package-timeout"), (max_silent, "--max-silent")):
+        if value < 0:
+            raise click.BadParameter("must not be negative (0: no limit)", param_hint=flag)
     buildkit_tls = tls_from_flags(tls_flags)
     if buildkit_tls is not None and not buildkit_addr:
         raise click.UsageError(
@@ -385,6 +412,9 @@ def serve(
         git_timeout=git_timeout,
         git_connect_timeout=git_connect_timeout,
         parse_cache_bytes=parse_cache_bytes,
+        secret_env=secret_env(os.environ),
+        package_timeout=package_timeout,
+        max_silent=max_silent,
         auth=not no_auth,
         public_read=public_read,
     )

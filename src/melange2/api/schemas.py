@@ -18,6 +18,7 @@ from melange2.jobs import Backend, Build, PackageJob
 from melange2.names import excerpt, text_problem
 from melange2.resources import QuantityError, cpu_millis, format_cpu, format_memory, memory_bytes
 from melange2.scheduler.placement import Request
+from melange2.service.secrets import valid_name
 
 ARCHES = ("x86_64", "aarch64")
 #: what ``GET`` shows instead of each ``env`` value (the names stay)
@@ -118,6 +119,13 @@ class CreateBuildRequest(_Strict):
     with_test: bool = False
     debug: bool = False
     env: dict[str, str] = Field(default_factory=dict)
+    #: ``{"NAME": "value"}``: every step gets ``NAME`` as a BuildKit secret (not in the
+    #: LLB or any digest, masked as ``***`` in logs; ``GET`` shows the names only)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    #: seconds each package may run (wall clock) before it fails ``timed out``; default:
+    #: its config's ``package.timeout``, else the server's ``--package-timeout`` (also
+    #: the most this may be)
+    timeout_s: float | None = Field(default=None, gt=0)
     cycle_policy: Literal["error", "break"] = "error"
     dry_run: bool = False
     schedule: Literal["critical-path", "fifo"] | None = None
@@ -129,6 +137,17 @@ class CreateBuildRequest(_Strict):
     #: allow this build to replace packages (same name, version and epoch, other
     #: content) the farm's repository already holds; each replacement is logged
     replace: bool = False
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not valid_name(name):
+                raise ValueError(
+                    f"{excerpt(name)} is not an environment variable name "
+                    "(letters, digits and _, not starting with a digit)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateBuildRequest:
@@ -282,12 +301,12 @@ class BuildOut(BaseModel):
     @classmethod
     def of(cls, build: Build, *, show_env: bool = False) -> BuildOut:
         """``show_env``: the ``env`` values as given (for the build's submitter and
-        admins); otherwise each is :data:`HIDDEN`."""
+        admins); otherwise each is :data:`HIDDEN`. ``secrets`` values never show."""
         return cls(
             id=build.id,
             status=build.status.value,
             packages=[PackageOut.of(p) for p in build.packages],
-            spec=dict(build.spec) if show_env else public_spec(build.spec),
+            spec=public_spec(build.spec, show_env=show_env),
             created_at=build.created_at,
             started_at=build.started_at,
             finished_at=build.finished_at,
@@ -296,13 +315,15 @@ class BuildOut(BaseModel):
         )
 
 
-def public_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A build's request as ``GET`` shows it to all but its submitter and admins:
-    ``env`` keeps its names, every value is :data:`HIDDEN` (values may be secrets)."""
+def public_spec(spec: Mapping[str, Any], *, show_env: bool = False) -> dict[str, Any]:
+    """A build's request as ``GET`` shows it: ``secrets`` keep their names, each value
+    :data:`HIDDEN`, for everyone (the submitter included: they are never echoed); ``env``
+    likewise for all but its submitter and admins (``show_env``)."""
     out = dict(spec)
-    env = out.get("env")
-    if isinstance(env, dict):
-        out["env"] = dict.fromkeys(env, HIDDEN)
+    for key in ("secrets",) if show_env else ("env", "secrets"):
+        values = out.get(key)
+        if isinstance(values, dict):
+            out[key] = dict.fromkeys(values, HIDDEN)
     return out
 
 

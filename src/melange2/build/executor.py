@@ -130,6 +130,9 @@ class BuildOptions:
     force: bool = False
     #: melange's source cache (``--cache-dir``): what ``fetch`` finds in /var/cache/melange
     source_cache: SourceCache | None = None
+    #: environment variables every step gets as BuildKit secrets (name -> value): the
+    #: LLB names only the variables, the values travel in the solve's session
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,13 +190,33 @@ def environment_packages(config: Config, plan: BuildPlan) -> list[str]:
 
 
 def step_env(plan_env: Mapping[str, str], step: ExecStep, opts: BuildOptions) -> dict[str, str]:
-    return {
+    env = {
         **DEFAULT_ENV,
         "SOURCE_DATE_EPOCH": str(opts.source_date_epoch),
         **plan_env,
         **step.env,
         **opts.env,
     }
+    for name in opts.secrets:  # a secret's name is the secret's, never a plain value
+        env.pop(name, None)
+    return env
+
+
+def secret_env(opts: BuildOptions) -> dict[str, str]:
+    """Each secret as the variable of its name (secret ids are the names)."""
+    return {name: name for name in opts.secrets}
+
+
+def secret_session(
+    opts: BuildOptions, local_dirs: Mapping[str, Path] | None = None
+) -> Session | None:
+    """The session that serves the build's secrets and ``local_dirs`` (``None``: there
+    is nothing to serve)."""
+    if not opts.secrets and not local_dirs:
+        return None
+    return Session(
+        secrets={k: v.encode() for k, v in opts.secrets.items()}, local_dirs=dict(local_dirs or {})
+    )
 
 
 def build_graph(
@@ -243,6 +266,7 @@ def build_graph(
             root,
             ["/bin/sh", "-c", script],
             env=step_env(plan.environment, step, opts),
+            secret_env=secret_env(opts),
             cwd=step.workdir,
             network=opts.network,
             mounts=mounts,
@@ -685,9 +709,10 @@ class Builder:
             result = await bk.solve(
                 planned.definition,
                 exporters=[local_export(tree)],
-                session=Session(local_dirs={SOURCES_NAME: planned.sources})
-                if planned.sources is not None
-                else None,
+                session=secret_session(
+                    opts,
+                    {SOURCES_NAME: planned.sources} if planned.sources is not None else None,
+                ),
                 on_progress=tracker,
                 cache_imports=[{"type": "registry", "ref": opts.cache_ref}]
                 if opts.cache_ref
@@ -734,11 +759,16 @@ class Builder:
                     root,
                     ["/bin/sh", "-c", step.script],
                     env=step_env(plan.environment, step, opts),
+                    secret_env=secret_env(opts),
                     cwd=step.workdir,
                     network=opts.network,
                     name=f"test {plan.package}: {step.name}",
                     ignore_cache=True,
                 ).root
             async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
-                await bk.solve(llb.marshal(root), on_progress=ProgressTracker(sinks=sinks))
+                await bk.solve(
+                    llb.marshal(root),
+                    on_progress=ProgressTracker(sinks=sinks),
+                    session=secret_session(opts),
+                )
         return len(plans)

@@ -42,10 +42,12 @@ from melange2.recipe import Config
 from melange2.repo.repository import Repository
 from melange2.scheduler.loop import RunOutcome
 from melange2.service.layout import REPO, Layout
+from melange2.service.limits import Watchdog, wall_limit
 from melange2.service.logs import CappedLog, LogHub
 from melange2.service.publish import Origin, RepoPublisher
 from melange2.service.redact import Redactor
 from melange2.service.reuse import ReuseIndex, ReuseRecord
+from melange2.service.secrets import SecretMask, build_secrets
 from melange2.service.settings import ServerSettings
 from melange2.storage import Storage, StorageError, StorageNotFound, StorageSpec, open_storage
 from melange2.timing import PhaseTimer
@@ -250,9 +252,13 @@ class BuildkitRunner:
     async def _logged_attempt(
         self, job: PackageJob, build: Build, backend: Backend, live: Path, hub_key: str
     ) -> RunOutcome:
+        mask = SecretMask(build_secrets(self.settings.secret_env, build.spec).values())
         with open_log(live) as raw:
             log = CappedLog(
-                raw, self.settings.max_log_bytes, on_write=lambda: self.hub.notify(hub_key)
+                raw,
+                self.settings.max_log_bytes,
+                on_write=lambda: self.hub.notify(hub_key),
+                mask=mask,
             )
             try:
                 return await self._attempt(job, build, backend, log)
@@ -263,7 +269,7 @@ class BuildkitRunner:
                 log.write_final(f"\nerror: {self._reason(exc)}\n".encode())
                 raise
             except Exception as exc:  # any step: the package fails with the reason
-                reason = self._reason(exc)
+                reason = mask.text(self._reason(exc))
                 if not isinstance(exc, FarmError):
                     _log.exception("attempt of %s failed", hub_key)
                 log.write_final(f"\nerror: {reason}\n".encode())
@@ -312,19 +318,29 @@ class BuildkitRunner:
             config_name=f"{job.name}.yaml",
             recorded_repositories=[str(r) for r in s.repositories],
             recorded_keyrings=list(s.keyrings),
+            secrets=build_secrets(s.secret_env, build.spec),
         )
 
     async def _attempt(
         self, job: PackageJob, build: Build, backend: Backend, log: CappedLog
     ) -> RunOutcome:
         timer = PhaseTimer()
+        limit, source = wall_limit(self.settings.package_timeout, build.spec)
+        watch = Watchdog(limit=limit, source=source, silent=self.settings.max_silent)
         try:
-            return await self._timed_attempt(job, build, backend, log, timer)
+            async with watch.guard():
+                return await self._timed_attempt(job, build, backend, log, timer, watch)
         finally:
             log.write_final(f"\ntimings: {timer.summary()}\n".encode())
 
     async def _timed_attempt(
-        self, job: PackageJob, build: Build, backend: Backend, log: CappedLog, timer: PhaseTimer
+        self,
+        job: PackageJob,
+        build: Build,
+        backend: Backend,
+        log: CappedLog,
+        timer: PhaseTimer,
+        watch: Watchdog,
     ) -> RunOutcome:
         artifacts = self.artifacts_key(job)
         local_out = self.storage.local_path(artifacts)
@@ -334,6 +350,7 @@ class BuildkitRunner:
             planned = await self.builder.plan(opts)
             digest = planned.input_digest
             log.write(f"input digest {digest}\n".encode())
+            watch.tighten(planned.config.package.timeout, "package.timeout")
             if planned.environment_installs:
                 listed = "".join(f"\n  {line}" for line in planned.environment_installs)
                 log.write(f"environment installs:{listed}\n".encode())
@@ -357,7 +374,8 @@ class BuildkitRunner:
                     return RunOutcome(
                         output_path=self.storage.url(artifacts), cached=True, input_digest=digest
                     )
-        result = await self.builder.run(planned, sinks=[LogFileSink(log)], timer=timer)
+        watch.watch_silence()
+        result = await self.builder.run(planned, sinks=[LogFileSink(log), watch], timer=timer)
         apks = [p.path for p in result.packages]
         with timer.phase("store"):
             records = await asyncio.to_thread(lambda: [IndexRecord.from_apk(p) for p in apks])
@@ -410,7 +428,11 @@ class BuildkitRunner:
             pipelines=pipelines,
             sources=sources,
             environment_key=environment_key,
-            options=build_options(spec),
+            options={
+                **build_options(spec),
+                # the names are in the LLB (the values are not): a new name is a new build
+                "secrets": sorted(build_secrets(self.settings.secret_env, spec)),
+            },
             signer=self.signer,
         )
 

@@ -131,6 +131,12 @@ class Submitter:
         """``submitted_by``: the name of the caller's token (recorded on the build)."""
         arch = request.arch or self.settings.default_arch
         _check_arch(arch)
+        cap = self.settings.package_timeout
+        if request.timeout_s is not None and cap and request.timeout_s > cap:
+            raise RequestError(
+                f"timeout_s: {request.timeout_s:g} is more than this server allows "
+                f"(--package-timeout {cap:g})"
+            )
         checked = _relative_paths(request.pipelines, "pipelines")
         pipelines = {checked[path]: text for path, text in request.pipelines.items()}
         sources = {}

@@ -453,6 +453,22 @@ def test_submit_replace_asks_the_server_to_replace_published_packages(tmp_path: 
     assert req.replace is True
 
 
+def test_submit_sends_secrets_from_the_environment_and_a_timeout(tmp_path: Path) -> None:
+    fake = FakeServer()
+    path = config(tmp_path, "sec")
+    env: dict[str, str | None] = {"API_KEY": "k3y-value"}
+    res = run(fake, "submit", str(path), "--secret", "API_KEY", "--timeout", "90", env=env)
+    assert res.code == 0, res
+    (req,) = fake.received
+    assert req.secrets == {"API_KEY": "k3y-value"} and req.timeout_s == 90
+    assert "k3y-value" not in res.out + res.err
+    missing = run(fake, "submit", str(path), "--secret", "NOT_SET_HERE_X")
+    assert missing.code == 2 and "NOT_SET_HERE_X" in missing.err
+    bad = run(fake, "submit", str(path), "--secret", "BAD-NAME", env={"BAD-NAME": "s3cr3t-v"})
+    assert bad.code == 2 and "not an environment variable name" in bad.err
+    assert "s3cr3t-v" not in bad.out + bad.err
+
+
 def test_submit_several_configs_sends_configs(tmp_path: Path) -> None:
     fake = FakeServer()
     a = config(tmp_path / "a", "lib-a")

@@ -7,6 +7,7 @@ import base64
 import codecs
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -567,6 +568,21 @@ def collect_upload(paths: Sequence[Path]) -> Upload:
     metavar="K=V",
     help="Build environment variable (repeatable).",
 )
+@click.option(
+    "--secret",
+    "secret_names",
+    multiple=True,
+    metavar="NAME",
+    help="Give every step the secret NAME, its value taken from this shell's environment "
+    "variable NAME (repeatable; a BuildKit secret: masked in logs, never shown back).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    help="Seconds each package may run before it fails 'timed out'  "
+    "[default: the config's package.timeout, else the server's --package-timeout].",
+)
 @click.option("--git-repo", help="Build the configs of this git repository instead of files.")
 @click.option("--git-ref", help="Branch, tag or commit of --git-repo.")
 @click.option("--git-pattern", default="*.yaml", show_default=True, help="Configs in --git-repo.")
@@ -622,6 +638,8 @@ def submit(
     backend_selector: dict[str, str],
     mode: str,
     env: dict[str, str],
+    secret_names: tuple[str, ...],
+    timeout_s: float | None,
     git_repo: str | None,
     git_ref: str | None,
     git_pattern: str,
@@ -651,6 +669,11 @@ def submit(
     if dry_run and wait:
         raise click.UsageError("--dry-run builds nothing: there is nothing to --wait for")
 
+    missing = [n for n in secret_names if n not in os.environ]
+    if missing:
+        raise click.UsageError(f"--secret {missing[0]}: no such environment variable here")
+    secrets = {n: os.environ[n] for n in secret_names}
+
     source: dict[str, Any]
     if git_repo:
         source = {
@@ -674,6 +697,8 @@ def submit(
                 "with_test": with_test,
                 "debug": debug,
                 "env": env,
+                "secrets": secrets,
+                "timeout_s": timeout_s,
                 "cycle_policy": cycle_policy,
                 "dry_run": dry_run,
                 "schedule": schedule,
@@ -682,8 +707,11 @@ def submit(
                 "replace": replace,
             }
         )
-    except ValidationError as exc:
-        raise ConfigError(f"invalid build request: {exc}") from exc
+    except ValidationError as exc:  # without the input: it may hold --secret values
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid build request: {problems}") from None
 
     with ctx.client(server) as client:
         result = client.submit(request)
