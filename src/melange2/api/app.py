@@ -28,10 +28,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from melange2 import __version__
+from melange2 import __version__, tracing, web
 from melange2.api import errors
 from melange2.api.auth import FarmReader
-from melange2.api.routes import artifacts, backends, builds, sources, tokens
+from melange2.api.routes import artifacts, backends, builds, events, sources, tokens
 from melange2.api.services import Services
 from melange2.apk.signing import Signer, generate_key
 from melange2.auth import AuthPolicy
@@ -42,7 +42,8 @@ from melange2.pool.config import BackendSpec, PoolConfig, load_pool_config
 from melange2.pool.health import HealthProber
 from melange2.pool.pool import BackendPool
 from melange2.repo.policy import FetchPolicy
-from melange2.scheduler.loop import Scheduler
+from melange2.scheduler.loop import Scheduler, StateChange
+from melange2.service.events import LocalEvents, event_of
 from melange2.service.gitsource import GitFetcher
 from melange2.service.layout import Layout
 from melange2.service.logs import LogHub
@@ -199,11 +200,19 @@ def create_app(
         )
         await source_cache.storage.check()
         hub = LogHub()
+        live = LocalEvents()
+
+        def on_change(change: StateChange) -> None:
+            live.publish(event_of(change))
+            if change.job is not None:  # log followers learn that the package moved
+                hub.notify(f"{change.build_id}/{change.job.name}")
+
         pool = BackendPool.from_config(config or pool_config(settings))
         pool.on_breaker_change = metrics.breaker_changed
         async with open_store(
             settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn
-        ) as store:
+        ) as opened:
+            store = tracing.traced_store(opened)  # store.* spans when tracing is on
             for stored in await store.list_backends():
                 if stored.addr not in pool.backends:
                     pool.add(
@@ -240,6 +249,7 @@ def create_app(
                     max_attempts=settings.max_attempts,
                     observer=metrics.scheduler_event,
                     before_build_end=runner.build_ending,
+                    on_change=on_change,
                 )
                 svc = Services(
                     settings=settings,
@@ -259,6 +269,7 @@ def create_app(
                     runner=runner,
                     storage=storage,
                     hub=hub,
+                    events=live,
                     source_cache=source_cache,
                     supervisor=supervisor,
                 )
@@ -273,6 +284,7 @@ def create_app(
                 try:
                     yield {"services": svc}
                 finally:
+                    live.close()
                     await supervisor.aclose(prober.stop, scheduler.shutdown)
                     await builder.aclose()
                     await storage.aclose()
@@ -296,8 +308,10 @@ def create_app(
     app.include_router(builds.router)
     app.include_router(backends.router)
     app.include_router(artifacts.router)
+    app.include_router(events.router)
     app.include_router(tokens.router)
     app.include_router(sources.router)
+    web.mount(app)
 
     @app.get(
         "/healthz",

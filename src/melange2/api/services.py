@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from melange2.build.source_cache import SourceCache
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import Scheduler
+from melange2.service.events import EventSource, LocalEvents
 from melange2.service.logs import LogHub
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
@@ -31,6 +32,8 @@ class Services:
     source_cache: SourceCache
     #: the side tasks; ``failure`` once one ended (the server is shutting down)
     supervisor: Supervisor
+    #: live build and package state changes (``GET /api/v1/events``, the pages)
+    events: EventSource = field(default_factory=LocalEvents)
 
 
 def services(request: Request) -> Services:

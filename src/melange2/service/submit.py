@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
+from melange2 import tracing
 from melange2.api.schemas import (
     CreateBuildRequest,
     CreateBuildResponse,
@@ -192,10 +193,11 @@ class Submitter:
                 raise RequestError(
                     f"source_files[{excerpt(pkg)}]: no config in this build has that package name"
                 )
-        graph = self._graph(nodes, request)
-        durations = await self.store.durations(names)
-        unknown = typical_duration(durations)  # for packages with no past duration
-        prio = priorities(graph, durations, unknown)
+        with tracing.span("build.plan", {"melange2.packages": len(nodes)}):
+            graph = self._graph(nodes, request)
+            durations = await self.store.durations(names)
+            unknown = typical_duration(durations)  # for packages with no past duration
+            prio = priorities(graph, durations, unknown)
         if request.dry_run:
             slots = max(1, self.pool.capacity(arch, request.backend_selector))
             asks = {p.node.name: p.request for p in planned}
