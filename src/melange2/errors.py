@@ -25,6 +25,7 @@
     │                               that package's file name
     ├── Unavailable                 the server cannot take work now (HTTP 503)
     └── RequestError                a client's request is invalid (HTTP 4xx)
+        └── InvalidConfigs          configs of a submission do not parse or compile (each named)
 
 Each class has a ``code`` (a stable string for JSON error bodies) and an ``exit_code``
 (for the CLI). The message defaults to the class docstring's first line.
@@ -32,6 +33,8 @@ Each class has a ``code`` (a stable string for JSON error bodies) and an ``exit_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 
@@ -179,3 +182,33 @@ class RequestError(FarmError):
 
     code = "bad_request"
     exit_code = 2
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConfigProblem:
+    """What is wrong with one config of a submission."""
+
+    #: its position in the request's ``configs`` (0 for ``config_yaml``)
+    index: int
+    #: how the request names it: ``configs[3]`` or ``config_yaml``
+    config: str
+    #: ``package.name`` when it could be read, else ``""``
+    package: str
+    #: the error, ``<config>:<line>: <field>: <what is wrong>``
+    error: str
+
+
+class InvalidConfigs(RequestError):
+    """Configs of the submission are invalid."""
+
+    def __init__(self, problems: Sequence[ConfigProblem], *, total: int) -> None:
+        #: every invalid config, in submission order
+        self.problems: tuple[ConfigProblem, ...] = tuple(problems)
+        #: how many configs the submission had
+        self.total = total
+        if len(self.problems) == 1:
+            message = self.problems[0].error
+        else:
+            lines = "\n".join(p.error for p in self.problems)
+            message = f"{len(self.problems)} of {total} configs are invalid:\n{lines}"
+        super().__init__(message)

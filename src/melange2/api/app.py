@@ -288,6 +288,7 @@ def create_app(
                     await supervisor.aclose(prober.stop, scheduler.shutdown)
                     await builder.aclose()
                     await storage.aclose()
+                    await svc.submitter.aclose()
                     await source_cache.aclose()
 
     app = FastAPI(
