@@ -14,7 +14,8 @@ Measured here, in-process and without BuildKit: the packaging phase of
   loaded machine the difference of two medians is noise.
 
 The difference is what all of melange's additions add (the SBOM, ``.melange.yaml``, the
-linters and SCA; ``bench/sca_bench.py`` measures the last two, and the SBOM, apart). Two trees: a trivial package (one file) and one of 1,000 files.
+linters and SCA; ``bench/sca_bench.py`` measures the last two, and the SBOM, apart).
+Two trees: a trivial package (one file) and one of 1,000 files.
 
     .venv/bin/python bench/package_bench.py --runs 21
 """
