@@ -6,14 +6,16 @@ Measured here, in-process and without BuildKit: the packaging phase of
 
 * ``bare``: the APK written and signed, and the index, with none of melange's additions
   (the packaging as it was before: :func:`melange2.apk.write_apk` and ``index_directory``);
-* ``melange``: ``write_packages`` itself: the SBOM written into the tree, ``.melange.yaml``
-  rendered, owners and names, then the same APK and index;
+* ``melange``: ``write_packages`` itself: the linters and SCA, the SBOM rendered and
+  packed from memory, ``.melange.yaml`` rendered, owners and names, then the same APK
+  and index;
 * ``additions``: the SBOM documents and ``.melange.yaml`` alone (rendering only), which
   is what the difference of the two arms should be, measured directly because on a
   loaded machine the difference of two medians is noise.
 
-The difference is what the SBOM and ``.melange.yaml`` add (SCA and linters are measured by
-their own benchmark). Two trees: a trivial package (one file) and one of 1,000 files.
+The difference is what all of melange's additions add (the SBOM, ``.melange.yaml``, the
+linters and SCA; ``bench/sca_bench.py`` measures the last two, and the SBOM, apart).
+Two trees: a trivial package (one file) and one of 1,000 files.
 
     .venv/bin/python bench/package_bench.py --runs 21
 """

@@ -8,7 +8,13 @@ For each tree, in the same process and on the same files:
 * ``checks``: what they add: the linters over every package
   (:func:`melange2.build.analysis.lint_packages`) and SCA with the merge
   (:func:`~melange2.build.analysis.analyse_packages`), on fresh :class:`PackageTree`
-  objects each run (nothing cached between runs).
+  objects each run (nothing cached between runs);
+* ``sbom`` (``trivial`` only: the tree the 10% goal is about): what the SBOM adds, the
+  same packaging with each package's SPDX document rendered
+  (:func:`melange2.build.emit.package_extras`) and packed from memory
+  (``write_apk(extra_files=...)``), as builds do; runs paired with ``package`` (in
+  alternating order) and the median of the pairs' differences taken, so that a load
+  that drifts between runs cancels out.
 
 Trees:
 
@@ -45,7 +51,9 @@ from typing import Any
 from melange2.apk.signing import Signer, generate_key
 from melange2.apk.writer import write_apk
 from melange2.build.analysis import analyse_packages, lint_packages, package_trees
+from melange2.build.emit import package_extras
 from melange2.build.executor import package_infos
+from melange2.build.sbom import SbomContext
 from melange2.recipe import Config, load_config
 from melange2.repo.directory import index_directory
 
@@ -141,18 +149,52 @@ def _median(fn: Callable[[], None], runs: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def _paired(
+    base: Callable[[], None], more: Callable[[], None], runs: int
+) -> tuple[float, float, float, float]:
+    """Medians of ``base`` and of ``more - base`` over paired runs after a warm-up
+    (wall, CPU, wall difference, CPU difference)."""
+    base()
+    more()
+    walls, cpus, dwall, dcpu = [], [], [], []
+    for i in range(runs):
+        pair: dict[str, tuple[float, float]] = {}
+        for which, fn in (("base", base), ("more", more))[:: 1 if i % 2 == 0 else -1]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            pair[which] = (time.perf_counter() - start, time.process_time() - start_cpu)
+        walls.append(pair["base"][0])
+        cpus.append(pair["base"][1])
+        dwall.append(pair["more"][0] - pair["base"][0])
+        dcpu.append(pair["more"][1] - pair["base"][1])
+    median = statistics.median
+    return median(walls), median(cpus), median(dwall), median(dcpu)
+
+
 def measure(
-    config: Config, out: Path, signer: Signer, runs: int, package_runs: int
+    config: Config, out: Path, signer: Signer, runs: int, package_runs: int, sbom: bool
 ) -> dict[str, Any]:
     lines: list[str] = []
 
-    def package() -> None:
+    def package(with_sbom: bool = False) -> None:
         arch_dir = out / "apks" / "x86_64"
         shutil.rmtree(out / "apks", ignore_errors=True)
         arch_dir.mkdir(parents=True)
+        files: dict[str, dict[str, bytes]] = {}
+        if with_sbom:
+            context = SbomContext(arch="x86_64", config_file="bench.yaml", created=0)
+            extras = package_extras(config, out, context=context)
+            files = {name: dict(f) for name, f in extras.files.items()}
         for name, info in package_infos(config, "x86_64").items():
             with (arch_dir / info.filename).open("wb") as f:
-                write_apk(out / name, info, signer, f, source_date_epoch=0)
+                write_apk(
+                    out / name,
+                    info,
+                    signer,
+                    f,
+                    source_date_epoch=0,
+                    extra_files=files.get(name, {}),
+                )
         index_directory(arch_dir, signer, source_date_epoch=0)
 
     def checks() -> None:
@@ -161,10 +203,15 @@ def measure(
         analyse_packages(config, trees, "x86_64", lines.append)
 
     files = sum(len(files) for _, _, files in os.walk(out) if "apks" not in _)
-    package_s, package_cpu = _median(package, package_runs)
+    result: dict[str, Any] = {"files": files}
+    if sbom:
+        package_s, package_cpu, sbom_s, sbom_cpu = _paired(
+            package, lambda: package(with_sbom=True), package_runs
+        )
+    else:
+        package_s, package_cpu = _median(package, package_runs)
     checks_s, checks_cpu = _median(checks, runs)
-    return {
-        "files": files,
+    result |= {
         "package_s": round(package_s, 4),
         "checks_s": round(checks_s, 4),
         "checks_over_package": round(checks_s / package_s, 3),
@@ -172,6 +219,14 @@ def measure(
         "checks_cpu_s": round(checks_cpu, 4),
         "checks_over_package_cpu": round(checks_cpu / package_cpu, 3),
     }
+    if sbom:
+        result |= {
+            "sbom_s": round(sbom_s, 5),
+            "sbom_cpu_s": round(sbom_cpu, 5),
+            "together_over_package": round((checks_s + sbom_s) / package_s, 3),
+            "together_over_package_cpu": round((checks_cpu + sbom_cpu) / package_cpu, 3),
+        }
+    return result
 
 
 def main() -> None:
@@ -212,7 +267,9 @@ def main() -> None:
             out.mkdir()
             config = make(out)
             package_runs = args.package_runs_elf if name == "elf-1000" else args.runs
-            results[name] = measure(config, out, signer, args.runs, package_runs)
+            results[name] = measure(
+                config, out, signer, args.runs, package_runs, sbom=name == "trivial"
+            )
     results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(results, indent=2)
     print(text)

@@ -20,6 +20,13 @@ default to root and owner names come from the maps the caller passes.
 The installed size (``size``) is computed as melange computes it: the sum of the
 ``lstat`` sizes of every path of the tree, the tree's root and its directories
 included (so it depends on the filesystem the tree is on, as melange's does).
+
+Files the tree does not hold can be added from memory (``extra_files``: the SBOM
+melange writes into every package): each is packaged as if it had been written into
+the tree just before, a regular file of mode 0644 owned by root, with the directories
+it needs that the tree lacks (mode 0755, root), every entry in its place in the walk's
+order. Such a directory counts in ``size`` as large as the tree's root directory (what
+the filesystem reports for a small directory: one block on ext4 and its kind).
 """
 
 from __future__ import annotations
@@ -133,6 +140,7 @@ def write_apk(
     user_names: Mapping[int, str] = ROOT_NAMES,
     group_names: Mapping[int, str] = ROOT_NAMES,
     keep_hardlinks: bool = False,
+    extra_files: Mapping[str, bytes] | None = None,
     compresslevel: int = 9,
 ) -> ApkResult:
     """Package the tree under ``rootdir`` as an APK v2 written to ``out``.
@@ -150,6 +158,9 @@ def write_apk(
     Hard-linked files are written whole at each path, as melange v0.34.0 writes them
     (its in-memory filesystem hides link counts); ``keep_hardlinks`` writes tar hard
     links instead.
+    ``extra_files`` maps relative paths (``"var/lib/db/sbom/hello-2.12-r0.spdx.json"``)
+    to contents packaged as though they were files of the tree (see the module's
+    notes); one that names a file of the tree replaces it.
     With ``signer`` ``None`` the package is unsigned (``apk add --allow-untrusted``
     territory).
 
@@ -190,6 +201,7 @@ def write_apk(
             names,
             keep_hardlinks,
             compresslevel,
+            _extra_entries(extra_files or {}),
         )
         final = finish_info(info, written, source_date_epoch=source_date_epoch)
         control_gz = _control(final, control, source_date_epoch, compresslevel)
@@ -253,6 +265,7 @@ def write_data(
         names,
         keep_hardlinks,
         compresslevel,
+        {},
     )
 
 
@@ -282,13 +295,15 @@ def _write_data(
     names: _Names,
     keep_hardlinks: bool,
     compresslevel: int,
+    extra: Mapping[str, bytes | None],
 ) -> DataStream:
     datahash = hashlib.sha256()
     member = GzipMemberWriter(tee(out.write, datahash.update), level=compresslevel)
-    stats = _DataStats(installed_size=rootdir.lstat().st_size, keep_hardlinks=keep_hardlinks)
-    for rel, path, st in _walk(rootdir):
+    root_st = rootdir.lstat()
+    stats = _DataStats(installed_size=root_st.st_size, keep_hardlinks=keep_hardlinks)
+    for rel, path, st, content in _walk(rootdir, extra, root_st.st_size):
         owner = _owner(rel, st, owners or {}, preserve_owners, names)
-        _write_entry(member, rel, path, st, owner, source_date_epoch, stats, names)
+        _write_entry(member, rel, path, st, owner, source_date_epoch, stats, names, content)
     member.write(END_OF_ARCHIVE)
     member.close()
     return DataStream(installed_size=stats.installed_size, datahash=datahash.hexdigest())
@@ -315,16 +330,77 @@ class _Names:
     groups: Mapping[int, str]
 
 
-def _walk(root: Path) -> Iterator[tuple[str, str, os.stat_result]]:
-    """``(relative path, path, lstat)`` depth first, siblings in byte order of their names."""
+#: what an in-memory entry of :func:`_walk` is: a file's content, or ``None`` for a directory
+_Extra = Mapping[str, bytes | None]
 
-    def walk(directory: str, prefix: str) -> Iterator[tuple[str, str, os.stat_result]]:
-        with os.scandir(directory) as scan:
-            entries = sorted(scan, key=lambda entry: os.fsencode(entry.name))
-        for entry in entries:
-            rel = prefix + entry.name
+
+def _extra_entries(files: Mapping[str, bytes]) -> dict[str, bytes | None]:
+    """``files`` and every directory above them, by relative path (``None``: a directory)."""
+    entries: dict[str, bytes | None] = {}
+    for rel, data in files.items():
+        parts = rel.split("/")
+        if rel.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ApkFormatError(f"invalid path {rel!r} for a file added to the package")
+        for n in range(1, len(parts)):
+            parent = "/".join(parts[:n])
+            if entries.get(parent) is not None:
+                raise ApkFormatError(f"{parent} is both a file and a directory of {rel}")
+            entries[parent] = None
+        if rel in entries and entries[rel] is None:
+            raise ApkFormatError(f"{rel} is both a file and a directory")
+        entries[rel] = bytes(data)
+    return entries
+
+
+def _virtual_stat(content: bytes | None, dir_size: int) -> os.stat_result:
+    """The ``lstat`` an in-memory entry would have had, written into the tree as root."""
+    if content is None:
+        return os.stat_result((stat.S_IFDIR | 0o755, 0, 0, 1, 0, 0, dir_size, 0, 0, 0))
+    return os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, 0, 0, len(content), 0, 0, 0))
+
+
+def _walk(
+    root: Path, extra: _Extra, dir_size: int
+) -> Iterator[tuple[str, str, os.stat_result, bytes | None]]:
+    """``(relative path, path, lstat, content)`` depth first, siblings in byte order of
+    their names; the ``extra`` entries (content from memory) merged in where they fall."""
+    children: dict[str, set[str]] = {}
+    for rel in extra:
+        parent, _, name = rel.rpartition("/")
+        children.setdefault(parent, set()).add(name)
+
+    def walk(
+        directory: str | None, prefix: str
+    ) -> Iterator[tuple[str, str, os.stat_result, bytes | None]]:
+        on_disk: dict[str, os.DirEntry[str]] = {}
+        if directory is not None:
+            with os.scandir(directory) as scan:
+                on_disk = {entry.name: entry for entry in scan}
+        added = children.get(prefix[:-1], set()) if extra else set()
+        for name in sorted(on_disk.keys() | added, key=os.fsencode):
+            rel = prefix + name
+            entry = on_disk.get(name)
+            if rel in extra:
+                content = extra[rel]
+                st = entry.stat(follow_symlinks=False) if entry is not None else None
+                if content is None:  # a directory the added files need
+                    if st is None:
+                        yield rel, rel, _virtual_stat(None, dir_size), None
+                        yield from walk(None, rel + "/")
+                        continue
+                    if not stat.S_ISDIR(st.st_mode):
+                        raise ApkFormatError(f"{rel}: not a directory in the tree")
+                    assert entry is not None
+                    yield rel, entry.path, st, None
+                    yield from walk(entry.path, rel + "/")
+                    continue
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    raise ApkFormatError(f"{rel}: a directory in the tree")
+                yield rel, rel, _virtual_stat(content, dir_size), content
+                continue
+            assert entry is not None
             st = entry.stat(follow_symlinks=False)
-            yield rel, entry.path, st
+            yield rel, entry.path, st, None
             if stat.S_ISDIR(st.st_mode):
                 yield from walk(entry.path, rel + "/")
 
@@ -356,6 +432,7 @@ def _write_entry(
     mtime: int,
     stats: _DataStats,
     names: _Names,
+    content: bytes | None = None,
 ) -> None:
     info = tarfile.TarInfo(rel)
     info.mode = stat.S_IMODE(st.st_mode)
@@ -378,6 +455,13 @@ def _write_entry(
         info.mode = 0o777
         info.pax_headers = {CHECKSUM_PAX_KEY: hashlib.sha1(os.fsencode(target)).hexdigest()}
         member.write(tar_header(info))
+    elif stat.S_ISREG(st.st_mode) and content is not None:
+        info.type = tarfile.REGTYPE
+        info.size = len(content)
+        info.pax_headers = {CHECKSUM_PAX_KEY: hashlib.sha1(content).hexdigest()}
+        member.write(tar_header(info))
+        member.write(content)
+        member.write(tar_padding(len(content)))
     elif stat.S_ISREG(st.st_mode):
         inode = (st.st_dev, st.st_ino)
         if stats.keep_hardlinks and st.st_nlink > 1 and inode in stats.hardlinks:

@@ -3,7 +3,9 @@
 For each package of a build (the origin package and each subpackage whose ``if`` holds):
 
 - the SPDX SBOM at ``var/lib/db/sbom/<name>-<version>-r<epoch>.spdx.json``
-  (:mod:`melange2.build.sbom`), written into the package's tree before it is packed;
+  (:mod:`melange2.build.sbom`), handed to the APK writer in memory and packaged as
+  melange packages the file it writes into the tree (mode 0644, with the directories
+  ``var/lib/db/sbom`` needs, 0755, root): the exported tree itself is left as it is;
 - ``.melange.yaml`` in the control stream: the config as melange re-serialises it
   (:mod:`melange2.build.melange_yaml`);
 - the scriptlets (``.pre-install`` ... ``.trigger``) and ``triggers`` paths;
@@ -95,6 +97,8 @@ class PackageExtras:
     owners: Mapping[str, Mapping[str, Owner]] = field(default_factory=dict)
     user_names: Mapping[int, str] = field(default_factory=dict)
     group_names: Mapping[int, str] = field(default_factory=dict)
+    #: package -> path inside it -> content: the SBOM, added to the data from memory
+    files: Mapping[str, Mapping[str, bytes]] = field(default_factory=dict)
 
     def apk_options(self, package: str) -> dict[str, Any]:
         """Keyword arguments of ``write_apk`` for ``package``."""
@@ -104,6 +108,7 @@ class PackageExtras:
             "owners": self.owners.get(package, {}),
             "user_names": self.user_names,
             "group_names": self.group_names,
+            "extra_files": self.files.get(package, {}),
         }
 
 
@@ -130,7 +135,7 @@ def package_extras(
     inputs_of: Callable[[Step], Mapping[str, str]] | None = None,
     owners: Mapping[str, tuple[int, int]] | None = None,
 ) -> PackageExtras:
-    """Write each package's SBOM into ``tree/<package>/`` and gather the rest.
+    """Each package's SBOM (in memory, for ``write_apk``'s ``extra_files``) and the rest.
 
     ``config`` is the config as built (disabled subpackages left out); ``tree`` the
     exported ``melange-out`` with :data:`META_DIR` beside the package directories.
@@ -159,10 +164,10 @@ def package_extras(
         tool_version=context.tool_version,
     )
     full = config.package.full_version
-    for name, document in package_sboms(config, ctx, inputs_of=inputs_of).items():
-        target = tree / name / sbom_path(name, full)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(document)
+    files = {
+        name: {sbom_path(name, full): document}
+        for name, document in package_sboms(config, ctx, inputs_of=inputs_of).items()
+    }
     scripts = {config.package.name: scriptlet_files(config.package.scriptlets)}
     for sp in config.subpackages:
         scripts[sp.name] = scriptlet_files(sp.scriptlets)
@@ -177,4 +182,5 @@ def package_extras(
         owners=_owners_by_package(owners or {}, config.package_names),
         user_names=_names(meta / "etc" / "passwd"),
         group_names=_names(meta / "etc" / "group"),
+        files=files,
     )

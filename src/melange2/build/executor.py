@@ -417,8 +417,10 @@ def write_packages(
     APK is written), find their automatic dependencies, write one APK per package dir;
     then the index. Linter warnings and what SCA found go to ``log``."""
     config = as_built(config)
-    # as melange: lint before the SBOMs are written into the trees, SCA after (the
-    # trees' walk is shared; an SBOM is nothing SCA looks at)
+    # as melange: lint before the SBOMs exist. melange's SCA runs after it has written
+    # them into the trees, but no analyzer takes a 0644 JSON file under var/lib/db/sbom
+    # (not ELF, not .pc, not executable, not Python), so SCA here walks the trees as
+    # exported and the SBOMs go to write_apk from memory (never into the tree)
     trees = package_trees(config, tree)
     lint_packages(config, trees, log)
     arch_dir = opts.out_dir / opts.arch

@@ -450,3 +450,84 @@ def test_the_data_stream_hashed_without_inflating_or_inflated_once(
     )
     assert bytes(raw) == data and bytes(plain) == gzip.decompress(data)
     assert again.entries == whole.entries
+
+
+SBOM = "var/lib/db/sbom/hello-2.12-r3.spdx.json"
+
+
+def _written_into_the_tree(root: Path, files: dict[str, bytes]) -> None:
+    """What packaging did before ``extra_files``: the files written into the tree (the
+    directories they need 0755, the files 0644, as melange's MkdirAll and OpenFile)."""
+    for rel, data in files.items():
+        target = root / rel
+        missing = [p for p in reversed(target.relative_to(root).parents) if not (root / p).exists()]
+        for parent in missing:
+            (root / parent).mkdir()
+            (root / parent).chmod(0o755)
+        target.write_bytes(data)
+        target.chmod(0o644)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "bare",  # no var/ at all: four directories added
+        "var-lib",  # var/lib/ exists, with siblings on both sides of db
+        "db-exists",  # var/lib/db/sbom exists, with a file either side of the SBOM
+        "replaced",  # the tree already holds a file at the SBOM's path
+    ],
+)
+def test_extra_files_package_as_if_written_into_the_tree(
+    tmp_path: Path, build: Build, layout: str
+) -> None:
+    files = {SBOM: b'{"spdxVersion": "SPDX-2.3"}\n', "var/lib/db/sbom/a.spdx.json": b"{}\n"}
+    trees = []
+    for name in ("memory", "disk"):
+        root = make_tree(tmp_path / name)
+        if layout in ("var-lib", "db-exists", "replaced"):
+            for sibling in ("var/lib/app", "var/lib/d", "var/lib/db-x", "var/lib/dbz", "var/cache"):
+                (root / sibling).mkdir(parents=True)
+            (root / "var/lib/db.conf").write_bytes(b"x\n")
+            (root / "var/lib/app/state").write_bytes(b"state\n")
+        if layout in ("db-exists", "replaced"):
+            (root / "var/lib/db/sbom").mkdir(parents=True, mode=0o750)
+            (root / "var/lib/db/sbom/0first").write_bytes(b"0\n")
+            (root / "var/lib/db/sbom/zlast").write_bytes(b"z\n")
+        if layout == "replaced":
+            (root / SBOM).write_bytes(b"an older document, longer than the new one\n" * 3)
+        trees.append(root)
+    memory, disk = trees
+    _written_into_the_tree(disk, files)
+
+    apk_memory, from_memory = build(memory, extra_files=files)
+    apk_disk, from_disk = build(disk)
+
+    assert apk_memory == apk_disk
+    assert from_memory == from_disk
+    assert from_memory.info.installed_size == lstat_size(disk)
+    entries = {e.path: e for e in read_apk(io.BytesIO(apk_memory)).entries}
+    assert entries[SBOM].mode == 0o644 and (entries[SBOM].uid, entries[SBOM].uname) == (0, "root")
+    assert (memory / "var/lib/db/sbom/a.spdx.json").exists() is False  # the tree is untouched
+    if layout == "bare":
+        assert [p for p in entries if p.startswith("var")] == [
+            "var",
+            "var/lib",
+            "var/lib/db",
+            "var/lib/db/sbom",
+            "var/lib/db/sbom/a.spdx.json",
+            SBOM,
+        ]
+        assert {entries[p].mode for p in ("var", "var/lib/db/sbom")} == {0o755}
+
+
+def test_extra_files_that_do_not_fit_the_tree(tree: Path, build: Build) -> None:
+    (tree / "var").write_bytes(b"a file where a directory is needed\n")
+    with pytest.raises(ApkFormatError, match="var: not a directory"):
+        build(tree, extra_files={SBOM: b"{}"})
+    with pytest.raises(ApkFormatError, match="a directory in the tree"):
+        build(tree, extra_files={"usr/bin": b"{}"})
+    for bad in ("/etc/x", "etc/../x", "etc//x", ""):
+        with pytest.raises(ApkFormatError, match="invalid path"):
+            build(tree, extra_files={bad: b""})
+    with pytest.raises(ApkFormatError, match="both a file and a directory"):
+        build(tree, extra_files={"opt/a": b"", "opt/a/b": b""})

@@ -87,6 +87,15 @@ def test_packages_carry_what_sca_found(tmp_path: Path) -> None:
     # (so it runs twice); checks.disabled only turns required linters into warnings
     assert sum("[lddcheck] demo contains" in line for line in lines) == 2
     assert sum("[lddcheck] demo-dev contains" in line for line in lines) == 1
+    # the SBOMs go into the packages from memory: the exported trees are left as they were
+    assert not (tree / "demo" / "var").exists() and not (tree / "demo-dev" / "var").exists()
+    for b in built:
+        entries = {e.path: e for e in read_apk(b.path).entries}
+        sbom = entries[f"var/lib/db/sbom/{b.name}-1.0.0-r2.spdx.json"]
+        assert (sbom.mode, sbom.uid, sbom.gid) == (0o644, 0, 0)
+        assert [entries[d].mode for d in ("var", "var/lib", "var/lib/db", "var/lib/db/sbom")] == [
+            0o755
+        ] * 4
 
 
 def test_a_required_linter_stops_packaging(tmp_path: Path) -> None:
