@@ -20,12 +20,12 @@ from melange2.build.environment import (
     LayerCache,
     environment_key,
 )
-from melange2.buildkit.llb.platform import Platform
 from melange2.cache import SizedCache
 from melange2.errors import RecipeError
 from melange2.fsutil import write_atomic
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
+from melange2.platform import Platform
 from melange2.repo.policy import FetchPolicy, is_url
 from melange2.repo.repository import IndexCache, LoadedIndex, Repository, load_indexes
 from melange2.repo.resolve import Resolution, installed_db_entry, resolve

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from melange2.buildkit.client import BuildkitClient
-from melange2.buildkit.llb.platform import Platform
 from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitError, ConfigError
+from melange2.platform import Platform
 from melange2.pool.breaker import BreakerState
 from melange2.pool.pool import BackendPool, PoolBackend
 

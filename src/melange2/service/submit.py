@@ -26,12 +26,12 @@ from melange2.api.schemas import (
 )
 from melange2.build.executor import environment_packages
 from melange2.build.inputs import tree_digest
-from melange2.buildkit.llb.platform import Platform
 from melange2.cache import SizedCache
 from melange2.errors import ConfigError, FarmError, RecipeError, RequestError
 from melange2.ids import BuildId, new_build_id
 from melange2.jobs import Build, BuildStatus, JSONValue, PackageJob, PackageStatus
 from melange2.names import check_paths, check_relative_path, excerpt
+from melange2.platform import Platform
 from melange2.pool.pool import BackendPool
 from melange2.recipe import Config, load_config
 from melange2.recipe.compile import BUILTIN_PIPELINE_DIR, PipelineResolver, compile_build

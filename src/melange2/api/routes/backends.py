@@ -16,9 +16,9 @@ from melange2.api.schemas import (
     RemoveBackendRequest,
 )
 from melange2.api.services import Services, services
-from melange2.buildkit.llb.platform import Platform
 from melange2.buildkit.tls import ClientTLS, TLSMaterialError, client_tls_from_pem
 from melange2.errors import ConfigError, NotFound, RequestError
+from melange2.platform import Platform
 from melange2.pool.breaker import BreakerState
 from melange2.pool.config import BackendSpec
 from melange2.pool.pool import PoolBackend
