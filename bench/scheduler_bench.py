@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from melange2.ids import BuildId
-from melange2.jobs import Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import Backend, Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.graph import PackageNode, build_graph, priorities
@@ -111,7 +111,7 @@ def make_build(build_id: str, deps: dict[str, tuple[str, ...]], prio: dict[str, 
     return Build(
         id=BuildId(build_id),
         status=BuildStatus.PENDING,
-        spec={},
+        spec=BuildSpec(),
         created_at=datetime.now(UTC),
         packages=tuple(jobs),
     )

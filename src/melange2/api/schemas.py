@@ -264,7 +264,7 @@ class BuildOut(BaseModel):
             id=build.id,
             status=build.status.value,
             packages=[PackageOut.of(p) for p in build.packages],
-            spec=public_spec(build.spec),
+            spec=public_spec(build.spec.to_json()),
             created_at=build.created_at,
             started_at=build.started_at,
             finished_at=build.finished_at,

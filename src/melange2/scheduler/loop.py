@@ -5,10 +5,11 @@ It wakes on events: a package became ready (submission, a dependency's success, 
 retry), a slot freed or a backend appeared, a cancel, the stop request. Among ready
 packages it takes the highest priority first (the longest remaining path to the end of
 the graph, weighted by expected durations; computed at submission), then older builds,
-then submission order; ``fifo`` keeps plain submission order. A package whose
-backends are all busy stays ``pending`` and is reconsidered when a slot frees; one
-that no backend could ever run (no backend of its arch and labels) fails with that
-error. A failure skips the dependents, each naming the failed dependency.
+then submission order; ``fifo`` keeps plain submission order. Each build's own
+``schedule`` decides (:meth:`Scheduler._key`); the server's is for builds without one.
+A package whose backends are all busy stays ``pending`` and is reconsidered when a slot
+frees; one that no backend could ever run (no backend of its arch and labels) fails
+with that error. A failure skips the dependents, each naming the failed dependency.
 
 The store is the truth: every move is a compare-and-set there first; the in-memory
 graph only makes dispatch fast. Running packages hold a lease renewed every few
@@ -57,13 +58,13 @@ from melange2.jobs import (
     BuildStatus,
     PackageJob,
     PackageStatus,
+    Schedule,
     status_from_counts,
 )
 from melange2.pool.pool import BackendPool, BackendSlot, NoBackend
 from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
-Schedule = Literal["critical-path", "fifo"]
 
 
 #: what a failed store write raises: the store failed, or refused a value (ValueError)
@@ -344,9 +345,14 @@ class Scheduler:
         return state
 
     def _key(self, state: _BuildState, job: PackageJob) -> tuple[float, ...]:
+        """A ready package's place: its build's ``schedule`` (the server's for builds
+        stored without one). ``critical-path``: the highest priority first, then older
+        builds, then submission order; ``fifo``: no priority (0), so among fifo builds
+        older builds first, then submission order, and after the ready packages of
+        critical-path builds (whose priorities are above 0)."""
         created = state.build.created_at.timestamp()
-        if self.schedule == "fifo":
-            return (created, float(job.seq))
+        if (state.build.spec.schedule or self.schedule) == "fifo":
+            return (0.0, created, float(job.seq))
         return (-job.priority, created, float(job.seq))
 
     def _push(self, state: _BuildState, job: PackageJob) -> None:
@@ -933,5 +939,4 @@ def _closed(
 
 
 def _selector(build: Build) -> Mapping[str, str]:
-    raw = build.spec.get("backend_selector") or {}
-    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    return build.spec.backend_selector

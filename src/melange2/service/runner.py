@@ -36,7 +36,15 @@ from melange2.build.inputs import quick_digest, read_tree
 from melange2.build.progress import LogFileSink, open_log
 from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitUnavailable, FarmError, PackageFailed, SolveCancelled
-from melange2.jobs import Backend, Build, BuildStatus, JSONValue, PackageJob, PackageStatus
+from melange2.jobs import (
+    Backend,
+    Build,
+    BuildSpec,
+    BuildStatus,
+    PackageJob,
+    PackageStatus,
+    StepOptions,
+)
 from melange2.recipe import Config
 from melange2.repo.repository import Repository
 from melange2.scheduler.loop import RunOutcome
@@ -72,16 +80,6 @@ class StorageRepositoryReader:
 _log = logging.getLogger(__name__)
 
 
-def build_options(spec: Mapping[str, JSONValue]) -> dict[str, object]:
-    """The options of a build request that change what its packages' steps do."""
-    env = spec.get("env") or {}
-    return {
-        "env": {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
-        "with_test": bool(spec.get("with_test")),
-        "debug": bool(spec.get("debug")),
-    }
-
-
 @dataclass(frozen=True, kw_only=True)
 class SubmittedPackage:
     """A package of a build being submitted, as the reuse check at submission sees it."""
@@ -100,18 +98,6 @@ class Reusable:
     record: ReuseRecord
     #: names and origins of the packages its environment installs
     installs: frozenset[str]
-
-
-def replaces(build: Build) -> bool:
-    """The build may replace packages of the farm's repository (``replace: true``)."""
-    return build.spec.get("replace") is True
-
-
-def publish_mode(build: Build) -> str:
-    """``package`` (default): into the farm's repository as each package succeeds;
-    ``build``: only once every package of the build has succeeded."""
-    mode = build.spec.get("publish")
-    return "build" if mode == "build" else "package"
 
 
 class BuildkitRunner:
@@ -279,7 +265,6 @@ class BuildkitRunner:
         s = self.settings
         workdir = s.build_dir(job.build_id)
         source_dir = workdir / "src" / job.name
-        spec_env = build.spec.get("env") or {}
         return BuildOptions(
             config=workdir / f"{job.name}.yaml",
             arch=job.arch,
@@ -296,9 +281,10 @@ class BuildkitRunner:
                 *s.repositories,
             ],
             keyrings=[str(s.key_path) + ".pub", *s.keyrings],
-            env={str(k): str(v) for k, v in spec_env.items()} if isinstance(spec_env, dict) else {},
-            with_test=bool(build.spec.get("with_test")),
-            debug=bool(build.spec.get("debug")),
+            # the same StepOptions as the quick digest's (one place: they cannot drift)
+            env=build.spec.options.env,
+            with_test=build.spec.options.with_test,
+            debug=build.spec.options.debug,
             cache_ref=s.cache_registry,
             cache_mode=s.cache_mode,
             # the SBOM names the config as submitted, not the server's work directory, and
@@ -334,8 +320,8 @@ class BuildkitRunner:
                 if planned.environment_key
                 else None
             )
-        publish_now = publish_mode(build) == "package"
-        if not build.spec.get("force"):
+        publish_now = build.spec.publish == "package"
+        if not build.spec.force:
             with timer.phase("reuse"):
                 hit = await self.reuse.find(job.arch, digest)
                 if hit is not None:
@@ -379,7 +365,7 @@ class BuildkitRunner:
         workdir = self.settings.build_dir(job.build_id)
         return self.quick(
             arch=job.arch,
-            spec=build.spec,
+            options=build.spec.options,
             text=opts.config.read_text(),
             pipelines=read_tree(workdir / "pipelines"),
             sources=read_tree(opts.source_dir),
@@ -390,7 +376,7 @@ class BuildkitRunner:
         self,
         *,
         arch: str,
-        spec: Mapping[str, JSONValue],
+        options: StepOptions,
         text: str,
         pipelines: Mapping[str, bytes],
         sources: Mapping[str, bytes],
@@ -402,7 +388,7 @@ class BuildkitRunner:
             pipelines=pipelines,
             sources=sources,
             environment_key=environment_key,
-            options=build_options(spec),
+            options=options.digest_fields(),
             signer=self.signer,
         )
 
@@ -411,7 +397,7 @@ class BuildkitRunner:
     async def reusable(
         self,
         arch: str,
-        spec: Mapping[str, JSONValue],
+        spec: BuildSpec,
         packages: Sequence[SubmittedPackage],
         pipelines: Mapping[str, bytes],
     ) -> dict[str, Reusable]:
@@ -423,7 +409,7 @@ class BuildkitRunner:
 
         Thousands of packages are checked in a few batched calls, not one call each: a
         no-op resubmission of a distribution is this and nothing else."""
-        if spec.get("force"):
+        if spec.force:
             return {}
         try:
             # an optimisation: a slow repository host never holds a submission longer
@@ -440,7 +426,7 @@ class BuildkitRunner:
                     arch,
                     self.quick(
                         arch=arch,
-                        spec=spec,
+                        options=spec.options,
                         text=pkg.text,
                         pipelines=pipelines,
                         sources=pkg.sources,
@@ -549,7 +535,7 @@ class BuildkitRunner:
     ) -> None:
         # the farm's repository never gets other bytes under a name it holds (unless
         # the build asked to replace): refused before anything is staged
-        await self.published.check(job.arch, records, replace=replaces(build))
+        await self.published.check(job.arch, records, replace=build.spec.replace)
         # when the farm's repository already holds exactly these packages (a reused
         # build), the build's later packages install them from there: no staging
         published = [await self.published.has(job.arch, r) for r in records]
@@ -561,7 +547,7 @@ class BuildkitRunner:
                 job.arch,
                 records=records,
                 origin=Origin(build_id=job.build_id, package=job.name),
-                replace=replaces(build),
+                replace=build.spec.replace,
             )
             for r in replaced:
                 log.write(f"{r.describe()} (replace: true)\n".encode())
@@ -614,7 +600,7 @@ class BuildkitRunner:
 
     async def publish_build(self, build: Build) -> None:
         """For builds that publish on success: every package into the farm's repository."""
-        if publish_mode(build) != "build":
+        if build.spec.publish != "build":
             return
         scratch = self.settings.data_dir / "work" / f"{build.id}-publish"
         groups: dict[tuple[str, str], tuple[list[Path], list[IndexRecord]]] = {}
@@ -640,7 +626,7 @@ class BuildkitRunner:
                 recs.append(record)
         # every conflict first: the build's packages are published all or none
         for (_, arch), (_, recs) in groups.items():
-            await self.published.check(arch, recs, replace=replaces(build))
+            await self.published.check(arch, recs, replace=build.spec.replace)
         await asyncio.gather(
             *(
                 self.published.publish(
@@ -648,7 +634,7 @@ class BuildkitRunner:
                     arch,
                     records=recs,
                     origin=Origin(build_id=build.id, package=name),
-                    replace=replaces(build),
+                    replace=build.spec.replace,
                 )
                 for (name, arch), (paths, recs) in sorted(groups.items())
             )

@@ -29,7 +29,15 @@ from melange2.build.inputs import tree_digest
 from melange2.cache import SizedCache
 from melange2.errors import ConfigError, FarmError, RecipeError, RequestError
 from melange2.ids import BuildId, new_build_id
-from melange2.jobs import Build, BuildStatus, JSONValue, PackageJob, PackageStatus
+from melange2.jobs import (
+    Build,
+    BuildSpec,
+    BuildStatus,
+    GitSpec,
+    PackageJob,
+    PackageStatus,
+    StepOptions,
+)
 from melange2.names import check_paths, check_relative_path, excerpt
 from melange2.platform import Platform
 from melange2.pool.pool import BackendPool
@@ -279,7 +287,7 @@ class Submitter:
     async def _reusable(
         self,
         arch: str,
-        spec: Mapping[str, JSONValue],
+        spec: BuildSpec,
         parsed: Sequence[_Parsed],
         graph: Graph,
         pipelines: Mapping[PurePosixPath, str],
@@ -287,7 +295,7 @@ class Submitter:
     ) -> dict[str, Reusable]:
         """The packages an earlier build made from the same inputs, that no package
         rebuilt in this build could change: reused now, without a backend's slot."""
-        if self.runner is None or spec.get("force"):
+        if self.runner is None or spec.force:
             return {}
         submitted = [
             SubmittedPackage(
@@ -346,17 +354,28 @@ class Submitter:
         for pkg, files in sources.items():
             _write_tree(build_dir / "src" / pkg, files)
 
-    def _spec(self, arch: str, request: CreateBuildRequest) -> dict[str, JSONValue]:
-        spec: dict[str, JSONValue] = request.model_dump(
-            mode="json", exclude={"source_files", "dry_run"}
+    def _spec(self, arch: str, request: CreateBuildRequest) -> BuildSpec:
+        git = request.git_source
+        return BuildSpec(
+            config_yaml=request.config_yaml,
+            configs=tuple(request.configs) if request.configs is not None else None,
+            git_source=None
+            if git is None
+            else GitSpec(
+                repository=git.repository, ref=git.ref, pattern=git.pattern, path=git.path
+            ),
+            pipelines=request.pipelines,
+            arch=arch,
+            backend_selector=request.backend_selector,
+            mode=request.mode,
+            options=StepOptions(env=request.env, with_test=request.with_test, debug=request.debug),
+            cycle_policy=request.cycle_policy,
+            schedule=request.schedule or self.settings.schedule,
+            force=request.force,
+            publish=request.publish,
+            replace=request.replace,
+            source_files={pkg: tuple(sorted(files)) for pkg, files in request.source_files.items()},
         )
-        spec["arch"] = arch
-        spec["source_files"] = {
-            pkg: list[JSONValue](sorted(files)) for pkg, files in request.source_files.items()
-        }
-        if request.schedule is None:
-            spec["schedule"] = self.settings.schedule
-        return spec
 
     def _build(
         self,
@@ -364,12 +383,12 @@ class Submitter:
         parsed: Sequence[_Parsed],
         graph: Graph,
         prio: Mapping[str, float],
-        spec: dict[str, JSONValue],
+        spec: BuildSpec,
         request: CreateBuildRequest,
         reusable: Mapping[str, Reusable],
         adopted: Mapping[str, str],
     ) -> Build:
-        arch = str(spec["arch"])
+        arch = spec.arch
         now = datetime.now(UTC)
         seq = {p.config.package.name: i for i, p in enumerate(parsed)}
         by_name = {p.config.package.name: p for p in parsed}

@@ -32,7 +32,7 @@ from melange2.build.executor import (
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
 from melange2.errors import RecipeError, SolveFailed
 from melange2.ids import BuildId
-from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.recipe import load_config
@@ -144,7 +144,7 @@ class Farm:
     scheduler: Scheduler
     builds: int = 0
 
-    async def build(self, *names: str, spec: dict[str, Any] | None = None) -> Build:
+    async def build(self, *names: str, spec: BuildSpec | None = None) -> Build:
         """Submit one build of ``names`` (independent packages) and wait for its end."""
         self.builds += 1
         build_id = BuildId(f"bld-{self.builds:016x}")
@@ -167,7 +167,7 @@ class Farm:
         build = Build(
             id=build_id,
             status=BuildStatus.PENDING,
-            spec=spec or {},
+            spec=spec or BuildSpec(),
             created_at=datetime.now(UTC),
             packages=tuple(jobs),
         )

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 
 from melange2.ids import BuildId
+from melange2.jobs import BuildSpec
 from melange2.service.reuse import ReuseRecord
 from melange2.service.runner import BuildkitRunner, Reusable
 from melange2.service.submit import Submitter
@@ -68,5 +69,7 @@ async def test_a_failing_link_means_building_and_leaves_no_artifacts() -> None:
 
 
 async def test_a_failing_storage_while_deciding_means_building() -> None:
-    found = await _submitter(FailingRunner())._reusable("x86_64", {}, [], cast(Any, None), {}, {})
+    found = await _submitter(FailingRunner())._reusable(
+        "x86_64", BuildSpec(), [], cast(Any, None), {}, {}
+    )
     assert found == {}
