@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from melange2.api.schemas import CreateBuildRequest
+from melange2.wire import CreateBuildRequest
 from melange2.jobs import BuildSpec, GitSpec, JSONValue, StepOptions
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from melange2.api.schemas import (
+from melange2.wire import (
     CreateBuildRequest,
     CreateBuildResponse,
     PlannedPackage,

@@ -1,7 +1,7 @@
 """`melange2 remote …` against a fake build server.
 
 ``FakeServer`` is an ``httpx.MockTransport`` handler holding builds in a dict. It answers
-the API's endpoints with the wire models of ``melange2.api.schemas`` and validates every
+the API's endpoints with the wire models of ``melange2.wire`` and validates every
 request body it receives with them, so the CLI is checked against the real wire format.
 """
 
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from ruamel.yaml import YAML
 
-from melange2.api.schemas import (
+from melange2.wire import (
     AddBackendRequest,
     BackendList,
     BackendOut,

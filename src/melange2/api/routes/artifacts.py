@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from melange2.api.schemas import ArtifactList, ArtifactOut
+from melange2.wire import ArtifactList, ArtifactOut
 from melange2.api.services import Services, services
 from melange2.errors import NotFound, RequestError
 from melange2.ids import BuildId

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from melange2.api.schemas import (
+from melange2.wire import (
     AddBackendRequest,
     BackendList,
     BackendStatusList,

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from melange2.api.schemas import (
+from melange2.wire import (
     BuildList,
     BuildOut,
     BuildSummary,

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from melange2.api.schemas import (
+from melange2.wire import (
     AddBackendRequest,
     BackendTLS,
     Base64Content,

@@ -1,4 +1,8 @@
-"""The wire format: pydantic models for requests and responses (the API's edge only).
+"""The wire format: pydantic models for the API's requests and responses, below both
+the HTTP layer (:mod:`melange2.api`, which converts them to and from the service's
+domain values) and the CLI (:mod:`melange2.cli.remote_client`); the service never sees
+them. Light enough for every ``melange2 remote`` command: pydantic and the domain
+values (:mod:`melange2.jobs`), nothing of the server.
 
 Names follow ../shared/spec/api.md (users' scripts parse them); fields beyond it are
 additions, never renames.
