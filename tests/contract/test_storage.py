@@ -260,11 +260,14 @@ async def test_a_key_on_disk_stores_fetches_and_leaves_no_scratch(
         "bld-1-a/artifacts/x86_64/APKINDEX.tar.gz",
         "bld-1-a/artifacts/x86_64/a-1-r0.apk",
     ]
+    assert await asyncio.to_thread(out.path.exists)  # until discarded
+    await out.discard()
     assert await asyncio.to_thread(out.path.exists) is out.in_place  # scratch removed
     log = storage.on_disk("bld-1-a/logs/build.log", scratch / "build.log")
     await asyncio.to_thread(log.path.parent.mkdir, parents=True, exist_ok=True)
     await asyncio.to_thread(log.path.write_bytes, b"line\n")
     await log.store()
+    await log.discard()
     assert await storage.read_bytes("bld-1-a/logs/build.log") == b"line\n"
     await storage.on_disk("never/written.log", scratch / "none.log").store()  # nothing
     assert not await storage.exists("never/written.log")

@@ -173,7 +173,8 @@ class Storage:
 
             out = storage.on_disk(f"{prefix}/artifacts", scratch=work / "out")
             build_into(out.path)
-            await out.store()        # uploaded and removed, unless written in place
+            await out.store()        # uploaded, unless written in place
+            await out.discard()      # the scratch copy removed (never the stored object)
         """
         local = self.local_path(key)
         return OnDisk(
@@ -622,9 +623,10 @@ class OnDisk:
         return self.path
 
     async def store(self) -> None:
-        """What was written at :attr:`path` into storage, then the scratch copy removed:
-        a file to :attr:`key`, or every file of a directory under ``<key>/`` (by its
-        relative path, concurrently). Nothing in place; nothing if nothing was written."""
+        """What was written at :attr:`path` into storage: a file to :attr:`key`, or every
+        file of a directory under ``<key>/`` (by its relative path, concurrently).
+        Nothing in place; nothing if nothing was written. The scratch copy stays until
+        :meth:`discard`."""
         if self.in_place:
             return
         path = self.path
@@ -640,7 +642,6 @@ class OnDisk:
             )
         elif await asyncio.to_thread(path.is_file):
             await self.storage.put_file(path, self.key)
-        await self.discard()
 
     async def discard(self) -> None:
         """Remove the scratch copy, file or tree (nothing in place)."""
