@@ -253,11 +253,31 @@ class PackageOut(BaseModel):
         )
 
 
+class SpecOut(BaseModel):
+    """A build's request as ``GET`` shows it (``env`` values hidden): the fields clients
+    read are typed; the request's others (its configs, pipelines, source file names...)
+    come along as the server stored them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    arch: str | None = None
+    mode: str | None = None
+    schedule: str | None = None
+    backend_selector: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    with_test: bool = False
+    debug: bool = False
+    cycle_policy: str | None = None
+    force: bool = False
+    publish: str | None = None
+    replace: bool = False
+
+
 class BuildOut(BaseModel):
     id: str
     status: str
     packages: list[PackageOut]
-    spec: dict[str, Any]
+    spec: SpecOut
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -268,7 +288,7 @@ class BuildOut(BaseModel):
             id=build.id,
             status=build.status.value,
             packages=[PackageOut.of(p) for p in build.packages],
-            spec=public_spec(build.spec.to_json()),
+            spec=SpecOut.model_validate(public_spec(build.spec.to_json())),
             created_at=build.created_at,
             started_at=build.started_at,
             finished_at=build.finished_at,

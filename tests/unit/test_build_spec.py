@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from melange2.wire import CreateBuildRequest
 from melange2.jobs import BuildSpec, GitSpec, JSONValue, StepOptions
+from melange2.wire import CreateBuildRequest
 
 
 def _as_stored_before_issue_15(request: CreateBuildRequest, arch: str) -> dict[str, Any]:

@@ -40,10 +40,12 @@ from melange2.pool.pool import BackendPool
 from melange2.repo.policy import FetchPolicy
 from melange2.scheduler.loop import Scheduler
 from melange2.service.gitsource import GitFetcher
-from melange2.service.layout import Layout
+from melange2.service.layout import Layout, Locations
 from melange2.service.logs import LogHub
 from melange2.service.metrics import Metrics
+from melange2.service.publish import Publication
 from melange2.service.redact import Redactor
+from melange2.service.reuse import ReuseIndex, SubmissionReuse
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
@@ -193,8 +195,17 @@ def create_app(
             async with RegistryClient(settings.registry) as registry:
                 policy = fetch_policy(settings)
                 builder = Builder(registry, settings.data_dir / "cache", policy)
+                locations = Locations(storage, settings)
+                publication = Publication(settings, storage, signer, locations)
+                reuse = ReuseIndex(storage, locations.layout, signer)
                 runner = BuildkitRunner(
-                    settings, builder, signer, storage, hub, daemon_tls=pool.tls_for
+                    settings,
+                    builder,
+                    locations,
+                    publication,
+                    reuse,
+                    hub,
+                    daemon_tls=pool.tls_for,
                 )
                 scheduler = Scheduler(
                     store,
@@ -205,7 +216,7 @@ def create_app(
                     lease_ttl=settings.lease_ttl,
                     max_attempts=settings.max_attempts,
                     observer=metrics.scheduler_event,
-                    before_build_end=runner.build_ending,
+                    before_build_end=publication.build_ending,
                 )
                 svc = Services(
                     settings=settings,
@@ -217,12 +228,15 @@ def create_app(
                         store,
                         scheduler,
                         pool,
-                        runner,
+                        SubmissionReuse(
+                            settings, reuse, builder.environments, publication, locations
+                        ),
                         git=git_fetcher(settings),
                         policy=policy,
                         parse_cache_bytes=settings.parse_cache_bytes,
                     ),
-                    runner=runner,
+                    locations=locations,
+                    reuse=reuse,
                     storage=storage,
                     hub=hub,
                     supervisor=supervisor,

@@ -8,8 +8,9 @@ from fastapi import Request
 
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import Scheduler
+from melange2.service.layout import Locations
 from melange2.service.logs import LogHub
-from melange2.service.runner import BuildkitRunner
+from melange2.service.reuse import ReuseIndex
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
 from melange2.service.supervisor import Supervisor
@@ -24,7 +25,10 @@ class Services:
     pool: BackendPool
     scheduler: Scheduler
     submitter: Submitter
-    runner: BuildkitRunner
+    #: where packages' logs and artifacts are
+    locations: Locations
+    #: the reuse records (a package reused at submission: its log says from where)
+    reuse: ReuseIndex
     storage: Storage
     hub: LogHub
     #: the side tasks; ``failure`` once one ended (the server is shutting down)

@@ -29,6 +29,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from melange2.errors import FarmError
 from melange2.wire import (
     AddBackendRequest,
     ArtifactList,
@@ -45,7 +46,6 @@ from melange2.wire import (
     PoolBackendOut,
     RemoveBackendRequest,
 )
-from melange2.errors import FarmError
 
 DEFAULT_SERVER = "http://localhost:8080"
 API = "/api/v1"

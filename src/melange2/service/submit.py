@@ -1,8 +1,13 @@
-"""A build request into stored package jobs: validate, parse every config, compile its
-pipelines, plan the dependency graph, keep the files the build brought, and hand the
-build to the scheduler. Every problem with the request is a ``RequestError`` (HTTP 400)
-naming what is wrong and where, raised before anything is stored: nothing is
-half-created."""
+"""A build request into stored package jobs, read top to bottom in
+:meth:`Submitter.submit`: check the request, parse every config and compile its
+pipelines, plan the dependency graph (a dry run stops there, with the plan), find what
+an earlier build already made (:mod:`.reuse`), keep the files the build brought, link
+the reused packages' artifacts, store the build and hand it to the scheduler.
+
+Every problem with the request is a ``RequestError`` (HTTP 400) naming what is wrong
+and where, raised before anything is stored: nothing is half-created. The service
+speaks domain values (:class:`Submission` in, :class:`Submitted` or :class:`Planned`
+out); the API converts its wire models (:mod:`melange2.wire`) to and from them."""
 
 from __future__ import annotations
 
@@ -13,55 +18,40 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Protocol, TypeVar
 
-from melange2.wire import (
-    CreateBuildRequest,
-    CreateBuildResponse,
-    PlannedPackage,
-    PlanOut,
-    content_bytes,
-)
 from melange2.build.executor import environment_packages
 from melange2.build.inputs import tree_digest
 from melange2.cache import SizedCache
 from melange2.errors import ConfigError, FarmError, RecipeError, RequestError
 from melange2.ids import BuildId, new_build_id
-from melange2.jobs import (
-    Build,
-    BuildSpec,
-    BuildStatus,
-    GitSpec,
-    PackageJob,
-    PackageStatus,
-    StepOptions,
-)
+from melange2.jobs import Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.names import check_paths, check_relative_path, excerpt
 from melange2.platform import Platform
-from melange2.pool.pool import BackendPool
 from melange2.recipe import Config, load_config
 from melange2.recipe.compile import BUILTIN_PIPELINE_DIR, PipelineResolver, compile_build
 from melange2.repo.policy import FetchPolicy
 from melange2.scheduler.graph import (
     Graph,
     GraphError,
+    Plan,
     build_graph,
     node_from_config,
     plan,
     priorities,
     typical_duration,
 )
-from melange2.scheduler.loop import Scheduler
 from melange2.service.gitsource import GitFetcher
-from melange2.service.reuse import settle_reuse
-from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
+from melange2.service.reuse import Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
 from melange2.storage import StorageError
 from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def _relative_paths(files: Mapping[str, object], where: str) -> dict[str, PurePosixPath]:
@@ -98,14 +88,75 @@ def _check_arch(arch: str) -> None:
         raise RequestError(f"arch: {exc}") from exc
 
 
+@dataclass(frozen=True, kw_only=True)
+class Submission:
+    """A build request as the service takes it (the API makes it from the wire form)."""
+
+    spec: BuildSpec
+    #: the files sent for each package, by relative path (placed in its /home/build)
+    source_files: Mapping[str, Mapping[str, bytes]] = field(default_factory=dict)
+    #: plan only: nothing is stored or built
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submitted:
+    """A stored build, handed to the scheduler."""
+
+    build_id: BuildId
+    #: package names in build order
+    order: tuple[str, ...]
+    #: with ``cycle_policy: break``: the (dependent, dependency) edges cut
+    cut_edges: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Planned:
+    """A dry run: what would be built, in what order, and how long it would take."""
+
+    plan: Plan
+    #: each package's dependencies in the build
+    deps: Mapping[str, tuple[str, ...]]
+    #: each package's priority (critical-path weight)
+    priorities: Mapping[str, float]
+
+
+class BuildQueue(Protocol):
+    """Where a stored build goes (the scheduler)."""
+
+    async def submit(self, build: Build) -> None: ...
+
+
+class Capacity(Protocol):
+    """How many build slots the backends offer (the pool), for a dry run's plan."""
+
+    def capacity(self, arch: str, selector: Mapping[str, str]) -> int: ...
+
+
+class ReuseAtSubmission(Protocol):
+    """What an earlier build already made (:class:`~melange2.service.reuse.SubmissionReuse`)."""
+
+    async def find(
+        self,
+        spec: BuildSpec,
+        packages: Sequence[SubmittedPackage],
+        deps: Mapping[str, Sequence[str]],
+        pipelines: Mapping[str, bytes],
+    ) -> dict[str, Reusable]: ...
+
+    async def adopt(self, build_id: BuildId, reused: Mapping[str, Reusable]) -> dict[str, str]: ...
+
+    async def forget(self, build_id: BuildId, names: Sequence[str]) -> None: ...
+
+
 class Submitter:
     def __init__(
         self,
         settings: ServerSettings,
         store: JobStore,
-        scheduler: Scheduler,
-        pool: BackendPool,
-        runner: BuildkitRunner | None = None,
+        scheduler: BuildQueue,
+        pool: Capacity,
+        reuse: ReuseAtSubmission | None = None,
         *,
         git: GitFetcher | None = None,
         policy: FetchPolicy | None = None,
@@ -116,7 +167,7 @@ class Submitter:
         self.scheduler = scheduler
         self.pool = pool
         #: decides at submission which packages an earlier build already made
-        self.runner = runner
+        self.reuse = reuse
         self.git = git or GitFetcher()
         #: which repositories and keys configs may name (``--fetch-allow``)
         self.policy = policy or FetchPolicy()
@@ -128,86 +179,72 @@ class Submitter:
             parse_cache_bytes, _parsed_size
         )
 
-    async def submit(self, request: CreateBuildRequest) -> CreateBuildResponse | PlanOut:
-        arch = request.arch or self.settings.default_arch
-        _check_arch(arch)
-        checked = _relative_paths(request.pipelines, "pipelines")
-        pipelines = {checked[path]: text for path, text in request.pipelines.items()}
-        sources = {}
-        for pkg, files in request.source_files.items():
-            where = f"source_files[{excerpt(pkg)}]"
-            checked = _relative_paths(files, where)
-            sources[pkg] = {checked[path]: content_bytes(c) for path, c in files.items()}
-        if request.git_source is not None:
-            self.git.check(request.git_source.repository)  # before any work
-        with tempfile.TemporaryDirectory(prefix="melange2-submit-") as tmp:
-            work = Path(tmp)
-            texts = await self._texts(request, work)
-            _write_tree(work / "pipelines", pipelines)
-            pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
-            parsed = await asyncio.to_thread(
-                self._parse, texts, arch, work / "pipelines", request, pipelines_digest
-            )
+    async def submit(self, submission: Submission) -> Submitted | Planned:
+        spec = submission.spec
+        _check_arch(spec.arch)
+        pipelines = _checked_tree(spec.pipelines, "pipelines")
+        sources = {
+            pkg: _checked_tree(files, f"source_files[{excerpt(pkg)}]")
+            for pkg, files in submission.source_files.items()
+        }
+        if spec.git_source is not None:
+            self.git.check(spec.git_source.repository)  # before any work
+        parsed = await self._parse_all(submission, pipelines)
+        _check_sources_named(sources, parsed)
+        graph = self._graph(parsed, spec)
         names = [p.config.package.name for p in parsed]
-        for pkg in sources:
-            if pkg not in names:
-                raise RequestError(
-                    f"source_files[{excerpt(pkg)}]: no config in this build has that package name"
-                )
-        graph = self._graph(parsed, request)
         durations = await self.store.durations(names)
         unknown = typical_duration(durations)  # for packages with no past duration
         prio = priorities(graph, durations, unknown)
-        if request.dry_run:
-            slots = max(1, self.pool.capacity(arch, request.backend_selector))
-            p = plan(graph, durations, slots=slots, default=unknown)
-            return PlanOut(
-                packages=[
-                    PlannedPackage(
-                        name=n, dependencies=list(graph.deps.get(n, ())), priority=prio[n]
-                    )
-                    for n in p.order
-                ],
-                cut_edges=list(p.cut_edges),
-                critical_path=list(p.critical_path),
-                critical_path_s=p.critical_path_s,
-                total_work_s=p.total_work_s,
-                lower_bound_s=p.lower_bound_s,
-                estimated_makespan_s=p.estimated_makespan_s,
-                slots=slots,
+        if submission.dry_run:
+            slots = max(1, self.pool.capacity(spec.arch, spec.backend_selector))
+            return Planned(
+                plan=plan(graph, durations, slots=slots, default=unknown),
+                deps=graph.deps,
+                priorities=prio,
             )
-        spec = self._spec(arch, request)
-        reusable = await self._reusable(arch, spec, parsed, graph, pipelines, sources)
+        reusable = await self._reusable(spec, parsed, graph, pipelines, sources)
         build_id = new_build_id()
         build_dir = self.settings.build_dir(build_id)
-        adopted: dict[str, str] = {}
         try:
             await asyncio.to_thread(self._keep_files, build_dir, parsed, pipelines, sources)
-            if reusable:
-                adopted = await self._adopt(build_id, reusable)
-                if not adopted:
-                    reusable = {}
-            build = self._build(build_id, parsed, graph, prio, spec, request, reusable, adopted)
+            adopted = await self._adopt(build_id, reusable)
+            build = self._build(build_id, parsed, graph, prio, spec, reusable, adopted)
             await self.store.create_build(build)
         except BaseException:
             shutil.rmtree(build_dir, ignore_errors=True)
-            if reusable and self.runner is not None:
-                await self.runner.forget_artifacts(build_id, list(reusable))
+            if reusable and self.reuse is not None:
+                await self.reuse.forget(build_id, list(reusable))
             raise
         await self.scheduler.submit(build)
-        return CreateBuildResponse(
-            id=build_id,
-            packages=list(graph.order),
-            cut_edges=[(a, b) for a, b in graph.cut_edges],
-        )
+        return Submitted(build_id=build_id, order=graph.order, cut_edges=graph.cut_edges)
 
-    async def _texts(self, request: CreateBuildRequest, work: Path) -> list[tuple[str, str]]:
+    async def _parse_all(
+        self, submission: Submission, pipelines: Mapping[PurePosixPath, str]
+    ) -> list[_Parsed]:
+        """Every config of the build (sent, or from its git source), parsed and
+        compiled against the build's pipelines."""
+        with tempfile.TemporaryDirectory(prefix="melange2-submit-") as tmp:
+            work = Path(tmp)
+            texts = await self._texts(submission.spec, work)
+            _write_tree(work / "pipelines", pipelines)
+            pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
+            return await asyncio.to_thread(
+                self._parse,
+                texts,
+                submission.spec.arch,
+                work / "pipelines",
+                submission,
+                pipelines_digest,
+            )
+
+    async def _texts(self, spec: BuildSpec, work: Path) -> list[tuple[str, str]]:
         """The configs to parse, each with the name errors call it by."""
-        if request.config_yaml is not None:
-            return [("config_yaml", request.config_yaml)]
-        if request.configs is not None:
-            return [(f"configs[{i}]", text) for i, text in enumerate(request.configs)]
-        src = request.git_source
+        if spec.config_yaml is not None:
+            return [("config_yaml", spec.config_yaml)]
+        if spec.configs is not None:
+            return [(f"configs[{i}]", text) for i, text in enumerate(spec.configs)]
+        src = spec.git_source
         assert src is not None
         found = await self.git.configs(
             src.repository, ref=src.ref, path=src.path, pattern=src.pattern, workdir=work
@@ -219,7 +256,7 @@ class Submitter:
         texts: Sequence[tuple[str, str]],
         arch: str,
         pipeline_dir: Path,
-        request: CreateBuildRequest,
+        submission: Submission,
         pipelines_digest: str,
     ) -> list[_Parsed]:
         resolver = PipelineResolver(
@@ -273,20 +310,8 @@ class Submitter:
                     except RecipeError as exc:
                         raise RequestError(f"{label}: {exc}") from exc
 
-    async def _adopt(self, build_id: BuildId, reusable: Mapping[str, Reusable]) -> dict[str, str]:
-        """Link the reused packages' artifacts into this build; ``{}`` (build them all
-        instead) if the storage fails meanwhile, e.g. an artifact was just deleted."""
-        assert self.runner is not None
-        try:
-            return await self.runner.adopt(build_id, {n: r.record for n, r in reusable.items()})
-        except StorageError:
-            _log.warning("reuse at submission dropped: cannot copy artifacts", exc_info=True)
-            await self.runner.forget_artifacts(build_id, list(reusable))
-            return {}
-
     async def _reusable(
         self,
-        arch: str,
         spec: BuildSpec,
         parsed: Sequence[_Parsed],
         graph: Graph,
@@ -294,8 +319,9 @@ class Submitter:
         sources: Mapping[str, Mapping[PurePosixPath, bytes]],
     ) -> dict[str, Reusable]:
         """The packages an earlier build made from the same inputs, that no package
-        rebuilt in this build could change: reused now, without a backend's slot."""
-        if self.runner is None or spec.force:
+        rebuilt in this build could change: reused now, without a backend's slot. An
+        optimisation: if deciding fails, the packages are built."""
+        if self.reuse is None or spec.force:
             return {}
         submitted = [
             SubmittedPackage(
@@ -308,35 +334,31 @@ class Submitter:
             for p in parsed
         ]
         try:
-            found = await self.runner.reusable(
-                arch, spec, submitted, {str(k): v.encode() for k, v in pipelines.items()}
+            return await self.reuse.find(
+                spec, submitted, graph.deps, {str(k): v.encode() for k, v in pipelines.items()}
             )
         except (FarmError, StorageError):  # an optimisation: the packages are built instead
             _log.warning("reuse at submission skipped", exc_info=True)
             return {}
-        if not found:
-            return {}
-        kept = settle_reuse(
-            found,
-            packages=[p.name for p in submitted],
-            deps=graph.deps,
-            installs={n: r.installs for n, r in found.items()},
-            outputs={
-                p.config.package.name: {
-                    p.config.package.name,
-                    *(sub.name for sub in p.config.subpackages),
-                }
-                for p in parsed
-            },
-        )
-        return {n: found[n] for n in kept}
 
-    def _graph(self, parsed: Sequence[_Parsed], request: CreateBuildRequest) -> Graph:
+    async def _adopt(self, build_id: BuildId, reusable: Mapping[str, Reusable]) -> dict[str, str]:
+        """Link the reused packages' artifacts into this build; ``{}`` (build them all
+        instead) if the storage fails meanwhile, e.g. an artifact was just deleted."""
+        if not reusable or self.reuse is None:
+            return {}
+        try:
+            return await self.reuse.adopt(build_id, reusable)
+        except StorageError:
+            _log.warning("reuse at submission dropped: cannot copy artifacts", exc_info=True)
+            await self.reuse.forget(build_id, list(reusable))
+            return {}
+
+    def _graph(self, parsed: Sequence[_Parsed], spec: BuildSpec) -> Graph:
         nodes = [node_from_config(p.config, p.needs) for p in parsed]
-        if request.mode == "flat":
+        if spec.mode == "flat":
             nodes = [dataclasses.replace(n, needs=()) for n in nodes]
         try:
-            return build_graph(nodes, cycle_policy=request.cycle_policy)
+            return build_graph(nodes, cycle_policy=spec.cycle_policy)
         except GraphError as exc:
             raise RequestError(str(exc)) from exc
 
@@ -354,29 +376,6 @@ class Submitter:
         for pkg, files in sources.items():
             _write_tree(build_dir / "src" / pkg, files)
 
-    def _spec(self, arch: str, request: CreateBuildRequest) -> BuildSpec:
-        git = request.git_source
-        return BuildSpec(
-            config_yaml=request.config_yaml,
-            configs=tuple(request.configs) if request.configs is not None else None,
-            git_source=None
-            if git is None
-            else GitSpec(
-                repository=git.repository, ref=git.ref, pattern=git.pattern, path=git.path
-            ),
-            pipelines=request.pipelines,
-            arch=arch,
-            backend_selector=request.backend_selector,
-            mode=request.mode,
-            options=StepOptions(env=request.env, with_test=request.with_test, debug=request.debug),
-            cycle_policy=request.cycle_policy,
-            schedule=request.schedule or self.settings.schedule,
-            force=request.force,
-            publish=request.publish,
-            replace=request.replace,
-            source_files={pkg: tuple(sorted(files)) for pkg, files in request.source_files.items()},
-        )
-
     def _build(
         self,
         build_id: BuildId,
@@ -384,26 +383,27 @@ class Submitter:
         graph: Graph,
         prio: Mapping[str, float],
         spec: BuildSpec,
-        request: CreateBuildRequest,
         reusable: Mapping[str, Reusable],
         adopted: Mapping[str, str],
     ) -> Build:
-        arch = spec.arch
+        """The build to store: a package reused at submission (its artifacts adopted)
+        has succeeded already; the others wait for their dependencies or a slot."""
+        reused = {n: r for n, r in reusable.items() if n in adopted}
         now = datetime.now(UTC)
         seq = {p.config.package.name: i for i, p in enumerate(parsed)}
         by_name = {p.config.package.name: p for p in parsed}
         jobs = []
         for name in graph.order:
             deps = tuple(graph.deps.get(name, ()))
-            hit = reusable.get(name)
-            waits = any(d not in reusable for d in deps)
+            hit = reused.get(name)
+            waits = any(d not in reused for d in deps)
             job = PackageJob(
                 build_id=build_id,
                 name=name,
                 seq=seq[name],
                 status=PackageStatus.BLOCKED if waits else PackageStatus.PENDING,
                 config_yaml=by_name[name].text,
-                arch=arch,
+                arch=spec.arch,
                 dependencies=deps,
                 priority=prio.get(name, 1.0),
             )
@@ -422,9 +422,26 @@ class Submitter:
             status=BuildStatus.PENDING,
             spec=spec,
             created_at=now,
-            started_at=now if reusable else None,
+            started_at=now if reused else None,
             packages=tuple(sorted(jobs, key=lambda j: j.seq)),
         )
+
+
+def _checked_tree(files: Mapping[str, _T], where: str) -> dict[PurePosixPath, _T]:
+    """``files`` by checked, normalised relative path (a 400 naming ``where`` otherwise)."""
+    checked = _relative_paths(files, where)
+    return {checked[path]: content for path, content in files.items()}
+
+
+def _check_sources_named(
+    sources: Mapping[str, Mapping[PurePosixPath, bytes]], parsed: Sequence[_Parsed]
+) -> None:
+    names = {p.config.package.name for p in parsed}
+    for pkg in sources:
+        if pkg not in names:
+            raise RequestError(
+                f"source_files[{excerpt(pkg)}]: no config in this build has that package name"
+            )
 
 
 def _write_tree(root: Path, files: Mapping[PurePosixPath, str | bytes]) -> None:

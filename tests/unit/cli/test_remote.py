@@ -23,6 +23,10 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from ruamel.yaml import YAML
 
+from melange2.cli.commands.remote import RemoteContext, _packages_table, _status_line
+from melange2.cli.main import cli
+from melange2.farm.certs import make_certs
+from melange2.jobs import PackageStatus, derive_build_status
 from melange2.wire import (
     AddBackendRequest,
     BackendList,
@@ -40,12 +44,9 @@ from melange2.wire import (
     PlanOut,
     PoolBackendOut,
     RemoveBackendRequest,
+    SpecOut,
     content_bytes,
 )
-from melange2.cli.commands.remote import RemoteContext, _packages_table, _status_line
-from melange2.cli.main import cli
-from melange2.farm.certs import make_certs
-from melange2.jobs import PackageStatus, derive_build_status
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -202,7 +203,7 @@ class FakeServer:
             id=build_id,
             status="pending",
             packages=[_package(n, c, deps[n]) for n, c in zip(names, configs, strict=True)],
-            spec=req.model_dump(mode="json"),
+            spec=SpecOut.model_validate(req.model_dump(mode="json")),
             created_at=T0 + timedelta(minutes=len(self.builds)),
             started_at=None,
             finished_at=None,

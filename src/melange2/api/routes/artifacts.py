@@ -10,13 +10,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from melange2.wire import ArtifactList, ArtifactOut
 from melange2.api.services import Services, services
 from melange2.errors import NotFound, RequestError
 from melange2.ids import BuildId
 from melange2.jobs import PackageJob
 from melange2.service.layout import REPO, check_name
 from melange2.storage import StorageNotFound, validate_key
+from melange2.wire import ArtifactList, ArtifactOut
 
 router = APIRouter(tags=["artifacts"])
 Svc = Annotated[Services, Depends(services)]
@@ -54,7 +54,7 @@ def _artifact_path(path: str) -> str:
 async def list_artifacts(build_id: str, name: str, svc: Svc) -> ArtifactList:
     """The package's files (APKs and their index), once it has built."""
     job = await _job(svc, build_id, name)
-    prefix = svc.runner.artifacts_key(job)
+    prefix = svc.locations.artifacts_key(job)
     found = []
     for obj in await svc.storage.list(prefix):
         rel = obj.key[len(prefix) + 1 :]
@@ -78,7 +78,7 @@ async def list_artifacts(build_id: str, name: str, svc: Svc) -> ArtifactList:
 )
 async def get_artifact(build_id: str, name: str, path: str, svc: Svc) -> Response:
     job = await _job(svc, build_id, name)
-    key = f"{svc.runner.artifacts_key(job)}/{_artifact_path(path)}"
+    key = f"{svc.locations.artifacts_key(job)}/{_artifact_path(path)}"
     return await _serve(svc, key, head=False, missing=f"{name} in {build_id} has no {path}")
 
 
@@ -86,7 +86,7 @@ async def _serve(svc: Services, key: str, *, head: bool, missing: str) -> Respon
     media = "application/gzip" if key.endswith(".tar.gz") else "application/octet-stream"
     if key.endswith(".pub"):
         media = "application/x-pem-file"
-    local = svc.storage.local_path(key)
+    local = svc.storage.local_path(key)  # a directory: served from the file itself
     if local is not None:
         if not local.is_file():
             raise NotFound(missing)

@@ -6,6 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
+from melange2.api.services import Services, services
+from melange2.buildkit.tls import ClientTLS, TLSMaterialError, client_tls_from_pem
+from melange2.errors import ConfigError, NotFound, RequestError
+from melange2.platform import Platform
+from melange2.pool.breaker import BreakerState
+from melange2.pool.config import BackendSpec
+from melange2.pool.pool import PoolBackend
+from melange2.store.base import StoredBackend
 from melange2.wire import (
     AddBackendRequest,
     BackendList,
@@ -15,14 +23,6 @@ from melange2.wire import (
     PoolBackendOut,
     RemoveBackendRequest,
 )
-from melange2.api.services import Services, services
-from melange2.buildkit.tls import ClientTLS, TLSMaterialError, client_tls_from_pem
-from melange2.errors import ConfigError, NotFound, RequestError
-from melange2.platform import Platform
-from melange2.pool.breaker import BreakerState
-from melange2.pool.config import BackendSpec
-from melange2.pool.pool import PoolBackend
-from melange2.store.base import StoredBackend
 
 router = APIRouter(prefix="/api/v1", tags=["backends"])
 Svc = Annotated[Services, Depends(services)]
