@@ -19,14 +19,18 @@ What is counted
     a thread runs inline meanwhile, so it is counted where it belongs). A call from one of
     our modules into another is a move; the *path* is the sequence of modules control is
     in, consecutive repeats merged; a module's *visits* are how many times the path
-    enters it. A coroutine resumed after an ``await`` is not a new call.
+    enters it (a return to a caller enters it again); its *calls in* are the calls into
+    it from another module (returns not counted). A coroutine resumed after an ``await``
+    is not a new call.
 
     Modules that only hold values and pure helpers (``LEAF`` below: the recipe parser,
     APK code, SCA, LLB, names, ids, errors, jobs' values...) are not places of their own:
     time in them counts for the module that called them. ``--all`` counts every module.
 
 Output: per submission, the number of distinct modules, the number of moves, the most
-visited modules, and the path; ``--out FILE`` writes all of it as JSON.
+visited and most called-into modules, and the path; ``--out FILE`` writes all of it as
+JSON. To count another revision's code, run this file with that revision's ``src`` first
+on ``PYTHONPATH``.
 
     make farm-up  # not needed: the program starts its own farm in a temporary directory
     .venv/bin/python bench/submission_path.py --out path.json
@@ -97,6 +101,8 @@ class PathTrace:
     every: bool = False
     path: list[str] = field(default_factory=list)
     moves: int = 0
+    #: calls into each module from another one (returns to a caller not counted)
+    calls_in: Counter[str] = field(default_factory=Counter)
     _resumable: set[int] = field(default_factory=set)
     _alive: list[FrameType] = field(default_factory=list)
 
@@ -119,6 +125,8 @@ class PathTrace:
         caller = self._above(frame.f_back)
         if caller is not None:
             self._visit(caller)
+            if caller != callee:
+                self.calls_in[callee] += 1
         self._visit(callee)
 
     def _module(self, frame: FrameType) -> str | None:
@@ -139,14 +147,18 @@ class PathTrace:
             self.path.append(module)
 
 
-def summarise(path: list[str], moves: int) -> dict[str, Any]:
-    """What a traced path says: distinct modules, moves, visits per module."""
+def summarise(path: list[str], moves: int, calls_in: Counter[str] | None = None) -> dict[str, Any]:
+    """What a traced path says: distinct modules, moves, visits per module, and calls
+    into each module from another."""
     visits = Counter(path)
+    calls = calls_in or Counter()
     return {
         "modules": len(visits),
         "moves": moves,
         "visits": dict(visits.most_common()),
         "most_visited": visits.most_common(1)[0] if visits else None,
+        "calls_in": dict(calls.most_common()),
+        "most_called": calls.most_common(1)[0] if calls else None,
         "path": path,
     }
 
@@ -274,16 +286,21 @@ async def run(every: bool) -> dict[str, Any]:
                 if build["status"] != "success":
                     raise RuntimeError(f"{label}: build {build['status']}: {build['packages']}")
                 cached = sorted(p["name"] for p in build["packages"] if p["cached"])
-                report[label] = {"cached": cached, **summarise(trace.path, trace.moves)}
+                report[label] = {
+                    "cached": cached,
+                    **summarise(trace.path, trace.moves, trace.calls_in),
+                }
     return report
 
 
 def show(report: dict[str, Any]) -> None:
     for label, found in report.items():
         top = ", ".join(f"{m} {n}" for m, n in list(found["visits"].items())[:6])
+        called = ", ".join(f"{m} {n}" for m, n in list(found["calls_in"].items())[:6])
         print(
             f"{label:8} {found['modules']:3} modules, {found['moves']:4} moves; "
-            f"cached {found['cached'] or '-'}; most visited: {top}"
+            f"cached {found['cached'] or '-'}\n"
+            f"         most visited: {top}\n         most called into: {called}"
         )
         print("         " + " -> ".join(found["path"]))
 

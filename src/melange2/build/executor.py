@@ -48,6 +48,7 @@ from melange2.build.sources import push_sources
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
 from melange2.buildkit.client import BuildkitClient, SolveResult, push_image
+from melange2.buildkit.solver import Connect
 from melange2.buildkit.tls import ClientTLS
 from melange2.errors import ConfigError, LintFailed
 from melange2.oci.image import ImageRef
@@ -424,12 +425,20 @@ def write_packages(
 
 class Builder:
     """Builds configs on one daemon; keeps the environment cache between builds.
-    ``policy``: which repositories and keys configs may name (:mod:`melange2.repo.policy`)."""
+    ``policy``: which repositories and keys configs may name (:mod:`melange2.repo.policy`);
+    ``connect``: how a daemon is reached (:mod:`melange2.buildkit.solver`; a real one
+    over gRPC unless given)."""
 
     def __init__(
-        self, registry: RegistryClient, cache_dir: Path, policy: FetchPolicy | None = None
+        self,
+        registry: RegistryClient,
+        cache_dir: Path,
+        policy: FetchPolicy | None = None,
+        *,
+        connect: Connect = BuildkitClient,
     ) -> None:
         self.registry = registry
+        self.connect = connect
         self.environments = EnvironmentBuilder(registry, cache_dir, policy)
         #: by key file: (its mtime, the signer); one entry per key
         self._signers: dict[Path, tuple[float, Signer]] = {}
@@ -606,7 +615,7 @@ class Builder:
         self, planned: PlannedBuild, tag: str, tracker: ProgressTracker
     ) -> SolveResult:
         opts = planned.opts
-        async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
+        async with self.connect(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
             return await bk.solve(
                 planned.definition,
                 exporters=[push_image(f"{self.registry.host}/{OUT_REPO}:{tag}")],
@@ -657,6 +666,6 @@ class Builder:
                     name=f"test {plan.package}: {step.name}",
                     ignore_cache=True,
                 ).root
-            async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
+            async with self.connect(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
                 await bk.solve(llb.marshal(root), on_progress=ProgressTracker(sinks=sinks))
         return len(plans)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
@@ -41,10 +42,11 @@ path_bench = _load("submission_path")
 
 
 def test_visits_count_entries_into_a_module() -> None:
-    found = path_bench.summarise(["a", "b", "a", "c", "a"], 4)
+    found = path_bench.summarise(["a", "b", "a", "c", "a"], 4, Counter({"b": 1, "c": 1}))
     assert found["modules"] == 3 and found["moves"] == 4
     assert found["visits"] == {"a": 3, "b": 1, "c": 1}
     assert found["most_visited"] == ("a", 3)
+    assert found["calls_in"] == {"b": 1, "c": 1}
 
 
 def test_leaf_modules_count_for_their_caller() -> None:
@@ -80,4 +82,5 @@ async def test_a_traced_dry_run_goes_from_the_api_through_submission(tmp_path: P
     assert "service.submit" in trace.path and "scheduler.graph" in trace.path
     assert not any(m.startswith("recipe") for m in trace.path)  # leaves count for callers
     assert trace.moves == len(trace.path) - 1
+    assert trace.calls_in["service.submit"] >= 1 and "api.app" not in trace.calls_in
     assert all(a != b for a, b in zip(trace.path, trace.path[1:], strict=False))
