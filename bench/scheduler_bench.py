@@ -20,7 +20,14 @@ this program starts (:mod:`melange2.testenv.postgres`, a fresh database per run,
 and removed at the end; ``--durable`` keeps PostgreSQL's default ``fsync`` and
 ``synchronous_commit`` on, as a production server runs; without it they are off).
 
+With ``--resources`` the wolfi packages ask what their configs ask (the ``cpu`` hint of
+``wolfi-dag.json``: ``package.resources.cpu``, 1 when absent; clipped to 16 cores) and
+the pool is 4 backends of 16 cores with ``--slots`` jobs each, so placement by
+resources (fits, backfill, kept backends) is what decides; without it, one backend
+with ``--slots`` jobs and packages that ask nothing.
+
     .venv/bin/python bench/scheduler_bench.py --store sqlite
+    .venv/bin/python bench/scheduler_bench.py --store sqlite --resources
     .venv/bin/python bench/scheduler_bench.py --store postgres --durable
 
 Wall times suffer from whatever else runs on the machine: ``schedule_all_cpu_s`` (this
@@ -94,7 +101,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def make_build(build_id: str, deps: dict[str, tuple[str, ...]], prio: dict[str, float]) -> Build:
+def make_build(
+    build_id: str,
+    deps: dict[str, tuple[str, ...]],
+    prio: dict[str, float],
+    cpu: dict[str, int] | None = None,
+) -> Build:
     jobs = [
         PackageJob(
             build_id=BuildId(build_id),
@@ -105,6 +117,7 @@ def make_build(build_id: str, deps: dict[str, tuple[str, ...]], prio: dict[str, 
             arch="x86_64",
             dependencies=d,
             priority=prio.get(name, 1.0),
+            cpu_millis=(cpu or {}).get(name, 0),
         )
         for i, (name, d) in enumerate(deps.items())
     ]
@@ -157,17 +170,27 @@ def new_build_id(tag: str) -> str:
     return f"bld-{tag}{secrets.token_hex(7)}"
 
 
+#: ``--resources``: backends of this many cores (and requests clipped to it)
+CORES = 16
+
+
 @contextlib.asynccontextmanager
 async def scheduler(
-    choice: StoreChoice, slots: int, recorder: Recorder
+    choice: StoreChoice, slots: int, recorder: Recorder, *, resources: bool = False
 ) -> AsyncIterator[tuple[Scheduler, JobStore]]:
     with tempfile.TemporaryDirectory() as tmp, choice.database() as dsn:
         async with open_store(choice.kind, data_dir=Path(tmp), dsn=dsn) as store:
-            pool = BackendPool.from_config(
-                PoolConfig(
-                    backends=(BackendSpec(addr="tcp://noop:1", arch="x86_64", max_jobs=slots),)
+            backends = (
+                tuple(
+                    BackendSpec(
+                        addr=f"tcp://noop-{i}:1", arch="x86_64", max_jobs=slots, cpu=CORES * 1000
+                    )
+                    for i in range(4)
                 )
+                if resources
+                else (BackendSpec(addr="tcp://noop:1", arch="x86_64", max_jobs=slots),)
             )
+            pool = BackendPool.from_config(PoolConfig(backends=backends))
             sched = Scheduler(store, pool, NoopRunner(), owner="bench", observer=recorder)
             task = asyncio.create_task(sched.run())
             try:
@@ -188,7 +211,9 @@ async def wait_done(store: JobStore, build_id: BuildId, recorder: Recorder) -> B
         await asyncio.sleep(0.01)
 
 
-async def bench_wolfi(choice: StoreChoice, slots: int, data: Any) -> dict[str, Any]:
+async def bench_wolfi(
+    choice: StoreChoice, slots: int, data: Any, resources: bool = False
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     nodes = [
         PackageNode(name=p["name"], needs=(*p["deps"], *p.get("cycle_deps", ())))
@@ -197,10 +222,15 @@ async def bench_wolfi(choice: StoreChoice, slots: int, data: Any) -> dict[str, A
     graph = build_graph(nodes, cycle_policy="break")
     prio = priorities(graph, {})
     deps = {name: tuple(graph.deps.get(name, ())) for name in graph.names}
-    build = make_build(new_build_id("aa"), deps, prio)
+    cpu = (
+        {p["name"]: int(min(float(p.get("cpu", 1) or 1), CORES) * 1000) for p in data["packages"]}
+        if resources
+        else None
+    )
+    build = make_build(new_build_id("aa"), deps, prio, cpu)
     t1 = time.perf_counter()
     recorder = Recorder(expect=len(deps))
-    async with scheduler(choice, slots, recorder) as (sched, store):
+    async with scheduler(choice, slots, recorder, resources=resources) as (sched, store):
         await store.create_build(build)
         t2, c2 = time.perf_counter(), time.process_time()
         await sched.submit(build)
@@ -264,10 +294,18 @@ def main() -> None:
     parser.add_argument("--chain", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data", type=Path, default=DATA, help="wolfi-dag.json")
+    parser.add_argument(
+        "--resources",
+        action="store_true",
+        help="packages ask their cpu hint; 4 backends of 16 cores (see the docstring)",
+    )
     args = parser.parse_args()
     data = json.loads(args.data.read_text())
     with store_choice(args) as choice:
-        wolfi = [asyncio.run(bench_wolfi(choice, args.slots, data)) for _ in range(args.runs)]
+        wolfi = [
+            asyncio.run(bench_wolfi(choice, args.slots, data, args.resources))
+            for _ in range(args.runs)
+        ]
         chain = [asyncio.run(bench_chain(choice, args.chain)) for _ in range(args.runs)]
     if args.store != "postgres":
         store = args.store
@@ -280,6 +318,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "store": store,
+        "resources": args.resources,
         "wolfi": {k: statistics.median(r[k] for r in wolfi) for k in wolfi[0]},
         "chain": {k: statistics.median(r[k] for r in chain) for k in chain[0]},
     }

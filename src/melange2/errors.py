@@ -64,6 +64,8 @@ Outside the tree, each caught where it is raised or answered by its own protocol
     GrpcError                           buildkit.h2grpc: the status the session's gRPC
                                         server answers the daemon with
     PcParseError                        sca.pkgconfig: a ``.pc`` file SCA cannot read (ValueError)
+    QuantityError                       resources: a cpu or memory quantity that cannot be
+                                        read (ValueError: the parser and the API name where)
     ShebangError                        sca.shebang: a ``#!`` line SCA cannot read (ValueError)
     SimulationError                     testenv.virtualtime: a simulation that would wait on
                                         real time (RuntimeError)

@@ -334,6 +334,9 @@ class PackageJob:
     input_digest: str = ""
     lease_owner: str = ""
     lease_expires: datetime | None = None
+    #: what it asks (``package.resources``): cpu in millicores, memory in bytes; 0: none
+    cpu_millis: int = 0
+    memory_bytes: int = 0
 
     def evolve(self, **changes: Any) -> Self:
         return replace(self, **changes)

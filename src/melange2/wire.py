@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from melange2.jobs import Backend, Build, PackageJob
 from melange2.names import excerpt, text_problem
+from melange2.resources import QuantityError, cpu_millis, format_cpu, format_memory, memory_bytes
 
 ARCHES = ("x86_64", "aarch64")
 #: what ``GET`` shows instead of each ``env`` value (the names stay)
@@ -199,6 +200,17 @@ class AttemptOut(BaseModel):
     log_path: str
 
 
+def resources_out(cpu: int, memory: int) -> dict[str, str]:
+    """What a package asks (cpu in millicores, memory in bytes), as quantities
+    (``{"cpu": "4", "memory": "16Gi"}``)."""
+    out = {}
+    if cpu:
+        out["cpu"] = format_cpu(cpu)
+    if memory:
+        out["memory"] = format_memory(memory)
+    return out
+
+
 class PackageOut(BaseModel):
     name: str
     status: str
@@ -220,6 +232,9 @@ class PackageOut(BaseModel):
     cached: bool = False
     #: sha256 over the package's build inputs (empty until known)
     input_digest: str = ""
+    #: what it asks (``package.resources``) and is placed by: ``{"cpu": "4", "memory":
+    #: "16Gi"}``; empty: nothing
+    resources: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, job: PackageJob) -> PackageOut:
@@ -250,6 +265,7 @@ class PackageOut(BaseModel):
             arch=job.arch,
             cached=job.cached,
             input_digest=job.input_digest,
+            resources=resources_out(job.cpu_millis, job.memory_bytes),
         )
 
 
@@ -326,6 +342,8 @@ class PlannedPackage(BaseModel):
     name: str
     dependencies: list[str]
     priority: float
+    #: what it asks (``package.resources``), as on a package
+    resources: dict[str, str] = Field(default_factory=dict)
 
 
 class PlanOut(BaseModel):
@@ -339,6 +357,9 @@ class PlanOut(BaseModel):
     lower_bound_s: float
     estimated_makespan_s: float
     slots: int
+    #: packages no backend could ever run (what they ask exceeds every backend of the
+    #: arch and selector) and their dependents, with why: a real build fails them
+    unplaceable: dict[str, str] = Field(default_factory=dict)
 
 
 class ErrorOut(BaseModel):
@@ -366,6 +387,10 @@ class BackendTLS(_Strict):
     serverName: str = Field(default="", max_length=253)
 
 
+#: a cpu or memory amount: a Kubernetes quantity (``"4"``, ``"500m"``, ``"16Gi"``) or a number
+Quantity = Annotated[str | int | float, Field(union_mode="left_to_right")]
+
+
 class AddBackendRequest(_Strict):
     addr: str = Field(min_length=1)
     arch: str = Field(min_length=1)
@@ -373,6 +398,35 @@ class AddBackendRequest(_Strict):
     maxJobs: int = Field(default=0, ge=0)
     #: reach the daemon over TLS (absent: plain TCP)
     tls: BackendTLS | None = None
+    #: the machine's cores (``"8"``, ``"7500m"``); absent: not declared, unlimited
+    cpu: Quantity | None = None
+    #: the machine's memory (``"32Gi"``); absent: not declared, unlimited
+    memory: Quantity | None = None
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str | int | float | None) -> str | int | float | None:
+        return _positive(value, cpu_millis)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | int | float | None) -> str | int | float | None:
+        return _positive(value, memory_bytes)
+
+
+def _positive(
+    value: str | int | float | None, read: Callable[[object], int]
+) -> str | int | float | None:
+    """``value`` if it is a quantity above zero, else a validation error."""
+    if value is None:
+        return None
+    try:
+        amount = read(value)
+    except QuantityError as exc:
+        raise ValueError(str(exc)) from exc
+    if amount == 0:
+        raise ValueError("must be more than 0 (leave it out: unlimited)")
+    return value
 
 
 class RemoveBackendRequest(_Strict):
@@ -384,6 +438,9 @@ class PoolBackendOut(BackendOut):
 
     #: reached over TLS (the settings themselves are never shown)
     tls: bool = False
+    #: declared cores and memory as quantities; ``null``: not declared (unlimited)
+    cpu: str | None = None
+    memory: str | None = None
 
 
 class BackendList(BaseModel):
@@ -408,6 +465,15 @@ class BackendStatusOut(BaseModel):
     draining: bool
     #: reached over TLS
     tls: bool = False
+    #: declared cores and memory as quantities; ``null``: not declared (unlimited)
+    cpu: str | None = None
+    memory: str | None = None
+    #: what its running packages asked, as quantities
+    cpuInUse: str = "0"
+    memoryInUse: str = "0"
+    #: the waiting package (``build/name``) it is kept for: it takes no other until that
+    #: one starts there (so smaller packages cannot starve it); empty: none
+    reservedFor: str = ""
 
 
 class BackendStatusList(BaseModel):

@@ -278,6 +278,8 @@ async def _start(
                     labels=stored.labels,
                     max_jobs=stored.max_jobs,
                     tls=stored.tls,
+                    cpu=stored.cpu_millis,
+                    memory=stored.memory_bytes,
                 ),
                 dynamic=True,
             )

@@ -1,5 +1,17 @@
 """The backends YAML (api.md) and single-backend mode.
 
+A backend may declare what its machine has, as Kubernetes quantities (the units of
+``package.resources``, see :mod:`melange2.resources`); packages are placed by them
+(:mod:`melange2.scheduler.placement`). A resource not declared is unlimited there:
+only ``maxJobs`` caps that backend::
+
+    backends:
+      - addr: tcp://buildkit-x86:1234
+        arch: x86_64
+        maxJobs: 4
+        cpu: "8"          # cores (or millicores: 7500m)
+        memory: 32Gi
+
 A backend reached over TLS names its files as buildctl's flags do (paths on the
 server's filesystem, read and checked at start-up)::
 
@@ -28,6 +40,7 @@ from ruamel.yaml.error import YAMLError
 
 from melange2.buildkit.tls import ClientTLS, TLSMaterialError, load_client_tls
 from melange2.errors import ConfigError
+from melange2.resources import QuantityError, cpu_millis, memory_bytes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +51,10 @@ class BackendSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     #: reach the daemon over TLS with these settings; ``None``: plain TCP (or a socket)
     tls: ClientTLS | None = None
+    #: the machine's cpu in millicores and memory in bytes; ``None``: not declared
+    #: (unlimited: only ``max_jobs`` caps it)
+    cpu: int | None = None
+    memory: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +83,24 @@ def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where}: expected a non-negative integer, got {value!r}")
     return value
+
+
+def backend_resources(cpu: Any, memory: Any, where: str) -> tuple[int | None, int | None]:
+    """A backend's ``cpu`` and ``memory`` (quantities, absent: ``None``), at least one
+    job's worth: a zero would make every package that asks it wait forever."""
+    out: list[int | None] = []
+    for key, value, read in (("cpu", cpu, cpu_millis), ("memory", memory, memory_bytes)):
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            amount = read(value)
+        except QuantityError as exc:
+            raise ConfigError(f"{where}.{key}: {exc}") from exc
+        if amount == 0:
+            raise ConfigError(f"{where}.{key}: must be more than 0 (leave it out: unlimited)")
+        out.append(amount)
+    return out[0], out[1]
 
 
 _TLS_KEYS = ("caCert", "cert", "key", "serverName")
@@ -118,6 +153,7 @@ def load_pool_config(path: Path) -> PoolConfig:
         labels = raw.get("labels") or {}
         if not isinstance(labels, dict):
             raise ConfigError(f"{where}.labels: expected a mapping")
+        cpu, memory = backend_resources(raw.get("cpu"), raw.get("memory"), where)
         specs.append(
             BackendSpec(
                 addr=raw["addr"],
@@ -125,6 +161,8 @@ def load_pool_config(path: Path) -> PoolConfig:
                 max_jobs=_int(raw.get("maxJobs", 0) or 0, f"{where}.maxJobs"),
                 labels={str(k): str(v) for k, v in labels.items()},
                 tls=_tls(raw.get("tls"), f"{where} ({raw['addr']}).tls", path.parent),
+                cpu=cpu,
+                memory=memory,
             )
         )
     if not specs:

@@ -1,10 +1,18 @@
-"""The pool: which backend runs a package now, and how many jobs each one runs.
+"""The pool: which backend runs a package now, and what each one runs.
 
-Selection (:meth:`BackendPool.select`): the architecture matches, every selector label
-matches, the backend is not draining, its circuit accepts jobs, it runs fewer than
-``max_jobs``; among those the lowest load ``active/max_jobs`` wins (then the order
-backends were configured in). Selection and slot reservation happen together,
-synchronously, so two packages never take the last slot of one backend.
+Selection (:meth:`BackendPool.place`, :meth:`BackendPool.select`): the architecture
+matches, every selector label matches, the backend is not draining, its circuit accepts
+jobs, it runs fewer than ``max_jobs``, and what the package asks (``package.resources``:
+cpu, memory) fits what its running packages leave free of the ``cpu`` and ``memory`` it
+declares (undeclared: unlimited); among those the least loaded wins. The rules are
+:mod:`melange2.scheduler.placement`'s (pure); the pool keeps the books: jobs, cpu and
+memory in use per backend, and reservations (a backend kept for one waiting package so
+that smaller ones cannot starve it). Selection and the booking happen together,
+synchronously, so two packages never take the last slot (or cpu) of one backend.
+
+All of a backend's accounting is here, behind :meth:`~BackendPool.place`,
+:meth:`~BackendPool.release`, :meth:`~BackendPool.reserve` and
+:meth:`~BackendPool.unreserve`: the one place to move it into a shared store.
 """
 
 from __future__ import annotations
@@ -18,6 +26,19 @@ from melange2.buildkit.tls import ClientTLS
 from melange2.errors import ConfigError, RequestError
 from melange2.pool.breaker import BreakerState, CircuitBreaker
 from melange2.pool.config import BackendSpec, PoolConfig
+from melange2.scheduler.placement import (
+    NOTHING,
+    Candidate,
+    Capacity,
+    Chosen,
+    Never,
+    Request,
+    Usage,
+    Wait,
+    choose,
+    never_message,
+    reservation,
+)
 
 
 class NoBackend(enum.Enum):
@@ -48,28 +69,56 @@ class PoolBackend:
     platform_error: bool = False
     #: how to reach it over TLS (``None``: plain)
     tls: ClientTLS | None = None
+    #: declared cpu (millicores) and memory (bytes); ``None``: not declared, unlimited
+    cpu: int | None = None
+    memory: int | None = None
+    #: what its running packages asked, summed
+    cpu_used: int = 0
+    memory_used: int = 0
+    #: the waiting package (``build/name``) this backend is kept for; ``""``: none
+    reserved_for: str = ""
+    _capacity: Capacity | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def capacity(self) -> Capacity:
+        return Capacity(max_jobs=self.max_jobs, cpu=self.cpu, memory=self.memory)
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(jobs=self.active, cpu=self.cpu_used, memory=self.memory_used)
+
+    def candidate(self) -> Candidate:
+        """This backend as placement sees it now (a snapshot)."""
+        capacity = self._capacity
+        if capacity is None or capacity.max_jobs != self.max_jobs:
+            capacity = self._capacity = self.capacity
+        return Candidate(
+            addr=self.addr,
+            capacity=capacity,
+            used=Usage(jobs=self.active, cpu=self.cpu_used, memory=self.memory_used),
+            accepting=self.accepting(),
+            reserved_for=self.reserved_for,
+        )
+
+    def accepting(self) -> bool:
+        """Takes jobs at all now (whatever its load)."""
+        return not self.draining and not self.platform_error and self.breaker.can_accept()
 
     def matches(self, arch: str, selector: Mapping[str, str]) -> bool:
         return self.arch == arch and all(self.labels.get(k) == v for k, v in selector.items())
 
-    @property
-    def load(self) -> float:
-        return self.active / self.max_jobs
-
     def available(self) -> bool:
-        return (
-            not self.draining
-            and not self.platform_error
-            and self.active < self.max_jobs
-            and self.breaker.can_accept()
-        )
+        """Accepting jobs and a job slot free (whatever a package asks)."""
+        return self.accepting() and self.active < self.max_jobs
 
 
 @dataclass(frozen=True, kw_only=True)
 class BackendSlot:
-    """A reserved job slot on one backend; give it back with :meth:`BackendPool.release`."""
+    """A booked job slot on one backend; give it back with :meth:`BackendPool.release`."""
 
     backend: PoolBackend
+    #: what the package asked, booked on the backend until released
+    request: Request = NOTHING
 
 
 @dataclass(kw_only=True)
@@ -108,13 +157,17 @@ class BackendPool:
             breaker=breaker,
             dynamic=dynamic,
             tls=spec.tls,
+            cpu=spec.cpu,
+            memory=spec.memory,
         )
         if self.on_breaker_change is not None:
             hook = self.on_breaker_change
             breaker.on_change = lambda old, new: hook(addr, old, new)
         old = self.backends.get(addr)
-        if old is not None:  # re-adding a draining backend: keep its running count
+        if old is not None:  # re-adding a draining backend: keep what it runs
             backend.active = old.active
+            backend.cpu_used = old.cpu_used
+            backend.memory_used = old.memory_used
         self.backends[addr] = backend
         self.notify()
         return backend
@@ -129,6 +182,7 @@ class BackendPool:
         if len(serving) <= 1:
             raise ConfigError(f"cannot remove {addr}: it is the last backend")
         backend.draining = True
+        backend.reserved_for = ""
         if backend.active == 0:
             del self.backends[addr]
         return backend
@@ -144,25 +198,98 @@ class BackendPool:
     def architectures(self) -> list[str]:
         return sorted({b.arch for b in self.serving()})
 
-    def select(
-        self, arch: str, selector: Mapping[str, str], *, avoid: Collection[str] = ()
-    ) -> BackendSlot | NoBackend:
-        """Reserve a slot on the least-loaded matching backend, or say why not. Backends
-        in ``avoid`` (where this package already failed) are taken only if no other is
-        free, so a retry goes to another backend when there is one."""
-        matching = [b for b in self.serving() if b.matches(arch, selector)]
-        if not matching:
-            return NoBackend.NEVER
-        ready = [b for b in matching if b.available()]
-        if not ready:
-            return NoBackend.BUSY
-        best = min(ready, key=lambda b: (b.addr in avoid, b.load))
+    def matching(self, arch: str, selector: Mapping[str, str]) -> list[PoolBackend]:
+        """The serving backends of ``arch`` with every selector label, in config order."""
+        return [b for b in self.serving() if b.matches(arch, selector)]
+
+    def candidates(self, arch: str, selector: Mapping[str, str]) -> list[Candidate]:
+        """:meth:`matching` as placement sees them (a snapshot)."""
+        return [b.candidate() for b in self.matching(arch, selector)]
+
+    def place(
+        self,
+        arch: str,
+        selector: Mapping[str, str],
+        request: Request = NOTHING,
+        *,
+        holder: str = "",
+        avoid: Collection[str] = (),
+    ) -> BackendSlot | Wait | Never:
+        """Book a slot (and the request's cpu and memory) on the least-loaded backend
+        it fits now, or say why not (:func:`melange2.scheduler.placement.choose`).
+        ``holder``: the package's key, so a backend kept for it is free to it (and the
+        reservation ends when it starts). ``avoid``: backends where it already failed,
+        taken only if no other fits."""
+        matching = self.matching(arch, selector)
+        found = choose(
+            request,
+            [b.candidate() for b in matching],
+            where=self.describe(arch, selector),
+            holder=holder,
+            avoid=avoid,
+        )
+        if not isinstance(found, Chosen):
+            return found
+        best = next(b for b in matching if b.addr == found.addr)
         best.active += 1
+        best.cpu_used += request.cpu
+        best.memory_used += request.memory
         best.breaker.started()
-        return BackendSlot(backend=best)
+        if holder:
+            self.unreserve(holder)
+        return BackendSlot(backend=best, request=request)
+
+    def select(
+        self,
+        arch: str,
+        selector: Mapping[str, str],
+        *,
+        avoid: Collection[str] = (),
+        request: Request = NOTHING,
+    ) -> BackendSlot | NoBackend:
+        """:meth:`place`, answering only whether it waits (``BUSY``) or never runs
+        (``NEVER``)."""
+        found = self.place(arch, selector, request, avoid=avoid)
+        if isinstance(found, Never):
+            return NoBackend.NEVER
+        if isinstance(found, Wait):
+            return NoBackend.BUSY
+        return found
+
+    def never(self, arch: str, selector: Mapping[str, str], request: Request) -> str | None:
+        """Why no serving backend could ever run ``request`` (``None``: one could)."""
+        return never_message(
+            request, self.candidates(arch, selector), self.describe(arch, selector)
+        )
+
+    def reserve(
+        self, holder: str, arch: str, selector: Mapping[str, str], request: Request
+    ) -> str | None:
+        """Keep one backend for ``holder``, a waiting package that asks ``request``
+        (:func:`melange2.scheduler.placement.reservation` picks it); no other package
+        starts there until the holder does (:meth:`place` ends it) or
+        :meth:`unreserve`. Returns the backend kept, or ``None`` (none qualifies)."""
+        matching = self.matching(arch, selector)
+        addr = reservation(request, [b.candidate() for b in matching], holder=holder)
+        for b in self.backends.values():
+            if b.reserved_for == holder and b.addr != addr:
+                b.reserved_for = ""
+        if addr is not None:
+            self.backends[addr].reserved_for = holder
+        return addr
+
+    def unreserve(self, holder: str) -> None:
+        """End ``holder``'s reservation, if any (it started, or no longer waits)."""
+        for b in self.backends.values():
+            if b.reserved_for == holder:
+                b.reserved_for = ""
+
+    def reserved_for(self, holder: str) -> str | None:
+        """The backend kept for ``holder``, if any."""
+        return next((b.addr for b in self.backends.values() if b.reserved_for == holder), None)
 
     def capacity(self, arch: str, selector: Mapping[str, str]) -> int:
-        return sum(b.max_jobs for b in self.serving() if b.matches(arch, selector))
+        return sum(b.max_jobs for b in self.matching(arch, selector))
 
     def release(self, slot: BackendSlot, *, outcome: str) -> None:
         """Give a slot back. ``outcome``: ``success`` (the backend worked), ``fault``
@@ -170,6 +297,8 @@ class BackendPool:
         failure, or a cancel: not the backend's doing)."""
         backend = slot.backend
         backend.active -= 1
+        backend.cpu_used -= slot.request.cpu
+        backend.memory_used -= slot.request.memory
         if outcome == "success":
             backend.breaker.record_success()
         elif outcome == "fault":

@@ -32,6 +32,7 @@ __all__ = [
     "PipelineDef",
     "PipelineInput",
     "RangeData",
+    "Resources",
     "Scriptlets",
     "Step",
     "Subpackage",
@@ -178,6 +179,19 @@ class Scriptlets:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Resources:
+    """``package.resources``: what the build asks of the machine, as written (melange keeps
+    strings and hands them to its runner). ``cpu``, ``memory`` and ``disk`` are
+    Kubernetes quantities (checked by the parser, see :mod:`melange2.resources`); the
+    farm places a package by ``cpu`` and ``memory``."""
+
+    cpu: str = ""
+    cpumodel: str = ""
+    memory: str = ""
+    disk: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Package(_Located):
     """The ``package`` section."""
 
@@ -194,6 +208,8 @@ class Package(_Located):
     scriptlets: Scriptlets | None = None
     #: As written; empty means "all". See :meth:`builds_for`.
     target_architecture: tuple[str, ...] = ()
+    #: ``resources``; ``None`` when the config has none.
+    resources: Resources | None = None
 
     @property
     def full_version(self) -> str:

@@ -57,6 +57,7 @@ from melange2.recipe.model import (
     PipelineDef,
     PipelineInput,
     RangeData,
+    Resources,
     Scriptlets,
     Step,
     Subpackage,
@@ -71,6 +72,7 @@ from melange2.recipe.subst import (
     substitute,
     substitute_condition,
 )
+from melange2.resources import QuantityError, cpu_millis, memory_bytes
 
 __all__ = ["Source", "load_config", "load_pipeline"]
 
@@ -382,6 +384,30 @@ def _items(value: Value | None) -> list[Value]:
     return value.items() if value is not None else []
 
 
+def _resources(value: Value | None, locs: dict[str, Location]) -> Resources | None:
+    """``package.resources``: strings as melange keeps them; ``cpu``, ``memory`` and
+    ``disk`` must be Kubernetes quantities (the farm places packages by them)."""
+    if value is None or value.is_null:
+        return None
+    fields = value.mapping()
+    sub: dict[str, Location] = {}
+    resources = Resources(
+        cpu=_text(fields, "cpu", sub),
+        cpumodel=_text(fields, "cpumodel", sub),
+        memory=_text(fields, "memory", sub),
+        disk=_text(fields, "disk", sub),
+    )
+    for key, read in (("cpu", cpu_millis), ("memory", memory_bytes), ("disk", memory_bytes)):
+        text = getattr(resources, key)
+        if text:
+            try:
+                read(text)
+            except QuantityError as exc:
+                raise fields[key].error(str(exc)) from exc
+    locs.update({f"resources.{k}": v for k, v in sub.items()})
+    return resources
+
+
 def _package(value: Value) -> Package:
     fields = value.mapping()
     locs: dict[str, Location] = {}
@@ -407,6 +433,7 @@ def _package(value: Value) -> Package:
         target_architecture=_str_list(
             fields.get("target-architecture"), locs, "target-architecture"
         ),
+        resources=_resources(fields.get("resources"), locs),
         loc=value.loc,
         field_locs=frozen_map(locs),
     )

@@ -63,6 +63,18 @@ from typing import TYPE_CHECKING, Final
 
 from melange2.errors import FarmError
 from melange2.jobs import CyclePolicy
+from melange2.scheduler.placement import (
+    NOTHING,
+    Candidate,
+    Capacity,
+    Chosen,
+    Request,
+    Usage,
+    Wait,
+    choose,
+    never_message,
+    reservation,
+)
 
 if TYPE_CHECKING:
     from melange2.recipe import Config
@@ -621,17 +633,43 @@ class Plan:
     slots: int = 1
     #: When the simulation starts each package, in seconds from the start.
     start_s: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    #: Packages no backend could ever run (what they ask exceeds every backend), and
+    #: the packages that depend on them, with why; the simulation leaves them out.
+    unplaceable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: Where the simulation runs each package (index into ``backends``), when it was
+    #: simulated on backends.
+    backend_of: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def plan(graph: Graph, durations: Mapping[str, float], *, slots: int, default: float = 1.0) -> Plan:
+def plan(
+    graph: Graph,
+    durations: Mapping[str, float],
+    *,
+    slots: int,
+    default: float = 1.0,
+    backends: Sequence[Capacity] = (),
+    requests: Mapping[str, Request] | None = None,
+    where: str = "this build",
+) -> Plan:
     """Simulate building ``graph`` on ``slots`` parallel slots; ``O((V + E) log V)``.
 
     Whenever a slot is free, the ready package with the highest :func:`priorities` level
     starts (earliest submitted on ties) and takes its expected duration (``durations``,
     else ``default``).
+
+    With ``backends`` and ``requests`` (what packages ask, ``package.resources``) where
+    some package asks resources, the simulation runs on those backends, idle at the
+    start, by the scheduler's placement rules (:mod:`melange2.scheduler.placement`):
+    a ready package starts on the least-loaded backend where it fits, the first one of
+    a kind that does not fit waits and lets lower-priority ones backfill, and the first
+    package waiting for cpu or memory keeps a backend until it fits. Packages no
+    backend could ever run (and their dependents) are left out, in ``unplaceable``
+    (``where`` names the backends in the messages).
     """
     if slots < 1:
         raise ValueError(f"slots must be at least 1, not {slots}")
+    if backends and requests and any(not r.empty for r in requests.values()):
+        return _plan_on_backends(graph, durations, default, backends, requests, where)
     names = graph.names
     deps, dependents, order = _indexed(graph)
     costs = _costs(names, durations, default)
@@ -684,4 +722,145 @@ def plan(graph: Graph, durations: Mapping[str, float], *, slots: int, default: f
         estimated_makespan_s=now,
         slots=slots,
         start_s=MappingProxyType({names[v]: start[v] for v in started}),
+    )
+
+
+def _plan_on_backends(
+    graph: Graph,
+    durations: Mapping[str, float],
+    default: float,
+    backends: Sequence[Capacity],
+    requests: Mapping[str, Request],
+    where: str,
+) -> Plan:
+    """:func:`plan` on real backends with what each package asks (see there)."""
+    names = graph.names
+    n = len(names)
+    deps, dependents, order = _indexed(graph)
+    costs = _costs(names, durations, default)
+    asks = [requests.get(name, NOTHING) for name in names]
+
+    idle = [Candidate(addr=str(i), capacity=c) for i, c in enumerate(backends)]
+    unplaceable: dict[str, str] = {}
+    out = [False] * n
+    for v in order:  # dependencies first
+        why = never_message(asks[v], idle, where)
+        if why is not None:
+            unplaceable[names[v]], out[v] = why, True
+            continue
+        gone = next((d for d in deps[v] if out[d]), None)
+        if gone is not None:
+            unplaceable[names[v]] = f"dependency {names[gone]} can never be placed"
+            out[v] = True
+    kept = [v for v in range(n) if not out[v]]
+    # priorities and the critical path over what is built: the dependents of a package
+    # left out are left out too, so a left-out package simply costs nothing
+    levels = _bottom_levels(order, dependents, [0.0 if out[v] else costs[v] for v in range(n)])
+
+    critical: list[int] = []
+    if kept:
+        v = max(kept, key=lambda i: (levels[i], -i))
+        critical.append(v)
+        while any(not out[u] for u in dependents[v]):
+            v = max((u for u in dependents[v] if not out[u]), key=lambda i: (levels[i], -i))
+            critical.append(v)
+    critical_s = levels[critical[0]] if critical else 0.0
+    total = math.fsum(costs[v] for v in kept)
+
+    used = [Usage() for _ in backends]
+    reserved = [""] * len(backends)
+    holder = -1
+    waiting = [len(d) for d in deps]
+    ready: dict[Request, list[tuple[float, int]]] = {}
+    for v in kept:
+        if waiting[v] == 0:
+            heapq.heappush(ready.setdefault(asks[v], []), (-levels[v], v))
+    running: list[tuple[float, int, int, int]] = []
+    started: list[int] = []
+    is_started = [False] * n
+    start = [0.0] * n
+    backend_of: dict[str, int] = {}
+    now = 0.0
+
+    def candidates() -> list[Candidate]:
+        return [
+            Candidate(addr=str(i), capacity=c, used=used[i], reserved_for=reserved[i])
+            for i, c in enumerate(backends)
+        ]
+
+    def try_start(v: int) -> bool:
+        nonlocal holder
+        found = choose(asks[v], candidates(), where=where, holder=str(v))
+        if not isinstance(found, Chosen):
+            waits_for_resources = isinstance(found, Wait) and found.blocked_by == "resources"
+            if holder == v or (holder == -1 and waits_for_resources):
+                kept_on = reservation(asks[v], candidates(), holder=str(v))
+                reserved[:] = ["" if r == str(v) else r for r in reserved]
+                holder = -1
+                if kept_on is not None:
+                    reserved[int(kept_on)] = str(v)
+                    holder = v
+            return False
+        b = int(found.addr)
+        if holder == v:
+            reserved[:] = ["" if r == str(v) else r for r in reserved]
+            holder = -1
+        used[b] = used[b].plus(asks[v])
+        start[v] = now
+        backend_of[names[v]] = b
+        heapq.heappush(running, (now + costs[v], len(started), v, b))
+        started.append(v)
+        is_started[v] = True
+        return True
+
+    while ready or running:
+        if holder != -1:
+            try_start(holder)
+        blocked: set[Request] = set()
+        while True:
+            heads = []
+            for request, queue in list(ready.items()):
+                while queue and is_started[queue[0][1]]:  # the holder, started above
+                    heapq.heappop(queue)
+                if not queue:
+                    del ready[request]
+                elif request not in blocked:
+                    heads.append((queue[0], request))
+            if not heads:
+                break
+            (_, v), request = min(heads)
+            if try_start(v):
+                heapq.heappop(ready[request])
+            else:
+                blocked.add(request)
+        if not running:
+            if ready:  # pragma: no cover - an idle backend always fits a kept package
+                raise AssertionError("placement simulation stalled")
+            break
+        now, _, v, b = heapq.heappop(running)
+        finished = [(v, b)]
+        while running and running[0][0] <= now:
+            _, _, v, b = heapq.heappop(running)
+            finished.append((v, b))
+        for v, b in finished:
+            used[b] = used[b].minus(asks[v])
+            for u in dependents[v]:
+                waiting[u] -= 1
+                if waiting[u] == 0 and not out[u]:
+                    heapq.heappush(ready.setdefault(asks[u], []), (-levels[u], u))
+
+    slots = sum(c.max_jobs for c in backends)
+    return Plan(
+        order=tuple(names[v] for v in started),
+        deps=graph.deps,
+        cut_edges=graph.cut_edges,
+        critical_path=tuple(names[v] for v in critical),
+        critical_path_s=critical_s,
+        total_work_s=total,
+        lower_bound_s=max(critical_s, total / max(1, slots)),
+        estimated_makespan_s=now,
+        slots=slots,
+        start_s=MappingProxyType({names[v]: start[v] for v in started}),
+        unplaceable=MappingProxyType(unplaceable),
+        backend_of=MappingProxyType(backend_of),
     )

@@ -7,9 +7,14 @@ packages it takes the highest priority first (the longest remaining path to the 
 the graph, weighted by expected durations; computed at submission), then older builds,
 then submission order; ``fifo`` keeps plain submission order. Each build's own
 ``schedule`` decides (:meth:`Scheduler._key`); the server's is for builds without one.
-A package whose backends are all busy stays ``pending`` and is reconsidered when a slot
-frees; one that no backend could ever run (no backend of its arch and labels) fails
-with that error. A failure skips the dependents, each naming the failed dependency.
+A package goes where what it asks (``package.resources``: cpu, memory) fits what is free
+(:mod:`melange2.scheduler.placement`; the pool keeps the books). A package that fits
+nowhere now stays ``pending``, saying what it waits for, and is reconsidered when a
+slot frees; the first such package of a queue that waits for cpu or memory keeps one
+backend for itself until it fits there (so smaller ones cannot starve it), while the others
+backfill the rest. One that no backend could ever run (no backend of its arch and
+labels, or none that large) fails at once with that error, at submission already. A
+failure skips the dependents, each naming the failed dependency.
 
 The store is the truth: every move is a compare-and-set there first; the in-memory
 graph only makes dispatch fast. Running packages hold a lease renewed every few
@@ -61,7 +66,8 @@ from melange2.jobs import (
     Schedule,
     status_from_counts,
 )
-from melange2.pool.pool import BackendPool, BackendSlot, NoBackend
+from melange2.pool.pool import BackendPool, BackendSlot
+from melange2.scheduler.placement import Never, Request, Wait
 from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
@@ -156,7 +162,10 @@ class _BuildState:
         self.jobs[job.name] = job
 
 
+#: (arch, backend selector): packages that compete for the same backends
 QueueKey = tuple[str, tuple[tuple[str, str], ...]]
+#: the reason shown for a package waiting for a slot of any size
+_SLOT_REASON = "waiting for a backend slot"
 
 
 @dataclass(order=True, frozen=True)
@@ -208,10 +217,15 @@ class Scheduler:
         self.before_build_end = before_build_end
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._builds: dict[BuildId, _BuildState] = {}
-        #: ready packages, one priority queue per (arch, backend selector): when the head
-        #: of a queue finds every matching backend busy, the rest of it waits too, and
-        #: a dispatch round costs O(started log n), not O(waiting)
-        self._queues: dict[QueueKey, list[_Ready]] = {}
+        #: ready packages, per (arch, backend selector) one priority queue per request
+        #: (what they ask): when the head of one finds no room, the rest of it waits
+        #: too, and a dispatch round costs O((started + requests) log n), not O(waiting)
+        self._queues: dict[QueueKey, dict[Request, list[_Ready]]] = {}
+        #: per queue, the package (``build/name``) a backend is kept for, and why it waits
+        self._holders: dict[QueueKey, str] = {}
+        self._holder_reasons: dict[str, str] = {}
+        #: why the packages of one request of one queue wait, from the last round
+        self._reasons: dict[tuple[QueueKey, Request], str] = {}
         #: blocked packages whose dependencies all succeeded, queued but not yet written
         self._promoted: set[tuple[BuildId, str]] = set()
         self._tasks: dict[tuple[BuildId, str], asyncio.Task[None]] = {}
@@ -251,11 +265,20 @@ class Scheduler:
         here."""
         async with self._lock:
             state = self._track(build)
-            for job in state.jobs.values():
-                if job.status is PackageStatus.PENDING:
+            reused = [j for j in state.jobs.values() if j.status.terminal]
+            for job in reused:
+                self._emit("finished", build.id, job.name, job.status)
+            for name in list(state.jobs):
+                job = state.jobs[name]  # as of now: a refusal may have skipped it
+                if job.status.terminal:
+                    continue
+                selector = _selector(build)
+                if not self.pool.matching(job.arch, selector):  # at once, not when ready
+                    await self._no_backend(state, job, selector)
+                elif (never := self.pool.never(job.arch, selector, _request(job))) is not None:
+                    await self._no_backend(state, job, selector, never)
+                elif job.status is PackageStatus.PENDING:
                     self._push(state, job)
-                elif job.status.terminal:  # reused at submission
-                    self._emit("finished", build.id, job.name, job.status)
             await self._update_status(state)
         self.wake()
 
@@ -310,8 +333,9 @@ class Scheduler:
         One pass over the queues, so a response listing thousands of packages sorts each
         queue once, not once per package."""
         positions: dict[tuple[str, str], tuple[int, int]] = {}
-        for queue in self._queues.values():
-            waiting = sorted(queue)
+        for shapes in self._queues.values():
+            unique = {(e.build_id, e.name): e for queue in shapes.values() for e in queue}
+            waiting = sorted(unique.values())
             for n, entry in enumerate(waiting, 1):
                 positions[(entry.build_id, entry.name)] = (n, len(waiting))
         return positions
@@ -322,13 +346,25 @@ class Scheduler:
         name: str,
         positions: Mapping[tuple[str, str], tuple[int, int]] | None = None,
     ) -> str:
-        """Why a pending package waits: its place among packages waiting for a slot."""
+        """Why a pending package waits: what it waits for (a slot; or cpu or memory,
+        how much it needs and the most free on one backend) and its place in the queue."""
+        reason = _SLOT_REASON
+        state = self._builds.get(build_id)
+        job = state.jobs.get(name) if state is not None else None
+        if state is not None and job is not None:
+            key = _queue_key(state.build, job)
+            holder = f"{build_id}/{name}"
+            if self._holders.get(key) == holder:
+                reason = self._holder_reasons.get(holder, reason)
+            else:
+                reason = self._reasons.get((key, _request(job)), reason)
         place = (positions if positions is not None else self.queue_positions()).get(
             (build_id, name)
         )
         if place is None:
-            return "waiting for a backend slot"
-        return f"waiting for a backend slot: {place[0]} of {place[1]} in the queue"
+            return reason
+        where = f"{place[0]} of {place[1]} in the queue"
+        return f"{reason}: {where}" if reason == _SLOT_REASON else f"{reason}; {where}"
 
     # -- tracking -------------------------------------------------------------------------
 
@@ -356,8 +392,8 @@ class Scheduler:
         return (-job.priority, created, float(job.seq))
 
     def _push(self, state: _BuildState, job: PackageJob) -> None:
-        queue_key: QueueKey = (job.arch, tuple(sorted(_selector(state.build).items())))
-        queue = self._queues.setdefault(queue_key, [])
+        shapes = self._queues.setdefault(_queue_key(state.build, job), {})
+        queue = shapes.setdefault(_request(job), [])
         heapq.heappush(queue, _Ready(self._key(state, job), state.build.id, job.name))
         self._emit("ready", state.build.id, job.name, job.status)
 
@@ -402,31 +438,111 @@ class Scheduler:
 
     async def _dispatch(self) -> None:
         async with self._lock:
-            for queue_key, queue in list(self._queues.items()):
-                while queue:
-                    entry = queue[0]
-                    state = self._builds.get(BuildId(entry.build_id))
-                    job = state.jobs.get(entry.name) if state is not None else None
-                    if state is None or job is None or not self._dispatchable(job):
-                        heapq.heappop(queue)  # cancelled, or taken care of meanwhile
-                        continue
-                    if state.build.cancel_requested:
-                        heapq.heappop(queue)
-                        await self._cancel_waiting(state, job)
-                        continue
-                    tried = {a.backend for a in job.attempts if a.error}
-                    choice = self.pool.select(job.arch, dict(queue_key[1]), avoid=tried)
-                    if choice is NoBackend.BUSY:
-                        break  # the rest of this queue needs the same busy backends
-                    heapq.heappop(queue)
-                    if choice is NoBackend.NEVER:
-                        await self._no_backend(state, job, dict(queue_key[1]))
-                    else:
-                        assert isinstance(choice, BackendSlot)
-                        await self._start(state, job, choice)
-                if not queue:
+            for queue_key in [k for k in self._holders if k not in self._queues]:
+                self._drop_holder(queue_key)  # its package no longer waits
+            for queue_key, shapes in list(self._queues.items()):
+                await self._dispatch_queue(queue_key, shapes)
+                if not shapes:
                     del self._queues[queue_key]
             await self._record_waiting()
+
+    async def _dispatch_queue(
+        self, queue_key: QueueKey, shapes: dict[Request, list[_Ready]]
+    ) -> None:
+        """Start what fits of one queue, highest priority first. A request that found no
+        room waits with the rest of its kind this round; the others go on (backfill).
+        The package a backend is kept for is tried first."""
+        selector = dict(queue_key[1])
+        holder = self._holders.get(queue_key)
+        if holder is not None:
+            build_id, _, name = holder.partition("/")
+            state = self._builds.get(BuildId(build_id))
+            job = state.jobs.get(name) if state is not None else None
+            if (
+                state is None
+                or job is None
+                or not self._dispatchable(job)
+                or state.build.cancel_requested
+            ):
+                self._drop_holder(queue_key)  # started, cancelled or failed meanwhile
+            else:
+                await self._try_place(queue_key, selector, state, job)
+        blocked: set[Request] = set()
+        while True:
+            head = self._head(queue_key, shapes, blocked)
+            if head is None:
+                return
+            request, state, job = head
+            if state.build.cancel_requested:  # cancelled while it waited: cancel it now
+                heapq.heappop(shapes[request])
+                await self._cancel_waiting(state, job)
+                continue
+            if await self._try_place(queue_key, selector, state, job):
+                heapq.heappop(shapes[request])
+            else:
+                blocked.add(request)
+
+    def _head(
+        self, queue_key: QueueKey, shapes: dict[Request, list[_Ready]], blocked: set[Request]
+    ) -> tuple[Request, _BuildState, PackageJob] | None:
+        """The highest-priority waiting package among requests not blocked this round
+        (entries that are no longer waiting are dropped on the way)."""
+        best: tuple[Request, _BuildState, PackageJob] | None = None
+        best_key: _Ready | None = None
+        for request, queue in list(shapes.items()):
+            if request in blocked:
+                continue
+            while queue:
+                entry = queue[0]
+                state = self._builds.get(BuildId(entry.build_id))
+                job = state.jobs.get(entry.name) if state is not None else None
+                if state is not None and job is not None and self._dispatchable(job):
+                    if best_key is None or entry < best_key:
+                        best, best_key = (request, state, job), entry
+                    break
+                heapq.heappop(queue)  # cancelled, or taken care of meanwhile
+            if not queue:
+                del shapes[request]
+                self._reasons.pop((queue_key, request), None)
+        return best
+
+    async def _try_place(
+        self, queue_key: QueueKey, selector: Mapping[str, str], state: _BuildState, job: PackageJob
+    ) -> bool:
+        """Start ``job`` where it fits, or fail it if it never can; ``False``: it waits
+        (and, the first of its queue to wait for cpu or memory, gets a backend kept)."""
+        request = _request(job)
+        key = f"{job.build_id}/{job.name}"
+        tried = {a.backend for a in job.attempts if a.error}
+        found = self.pool.place(job.arch, selector, request, holder=key, avoid=tried)
+        if isinstance(found, Wait):
+            holder = self._holders.get(queue_key)
+            if holder == key or (holder is None and found.blocked_by == "resources"):
+                kept = self.pool.reserve(key, job.arch, selector, request)
+                if kept is not None:
+                    self._holders[queue_key] = key
+                    reason = found.reason
+                    if "is kept for it" not in reason:
+                        reason += f"; {kept} is kept for it"
+                    self._holder_reasons[key] = reason
+                    return False
+                if holder == key:  # nothing to keep now (e.g. every circuit is open)
+                    self._drop_holder(queue_key)
+            self._reasons[(queue_key, request)] = found.reason
+            return False
+        if self._holders.get(queue_key) == key:
+            self._drop_holder(queue_key)
+        if isinstance(found, Never):
+            await self._no_backend(state, job, selector, found.message)
+        else:
+            await self._start(state, job, found)
+        return True
+
+    def _drop_holder(self, queue_key: QueueKey) -> None:
+        holder = self._holders.pop(queue_key, None)
+        if holder is not None:
+            self.pool.unreserve(holder)
+            self._holder_reasons.pop(holder, None)
 
     async def _cancel_waiting(self, state: _BuildState, job: PackageJob) -> None:
         """A package of a cancelled build that was about to start: cancelled instead."""
@@ -485,10 +601,18 @@ class Scheduler:
                 state.set(job)
 
     async def _no_backend(
-        self, state: _BuildState, job: PackageJob, selector: Mapping[str, str]
+        self,
+        state: _BuildState,
+        job: PackageJob,
+        selector: Mapping[str, str],
+        why: str | None = None,
     ) -> None:
+        """Fail a package no backend could ever run: ``why`` (placement's message), or
+        none of its arch and labels exists."""
         message = storable(
-            "no available backend: no backend for "
+            f"no available backend: {why}"
+            if why is not None and self.pool.matching(job.arch, selector)
+            else "no available backend: no backend for "
             f"{self.pool.describe(job.arch, selector)} (all backends: "
             f"{', '.join(f'{b.addr} {b.arch}' for b in self.pool.serving()) or 'none'})"
         )
@@ -936,6 +1060,14 @@ def _closed(
             )
         closed.append(a)
     return tuple(closed)
+
+
+def _request(job: PackageJob) -> Request:
+    return Request(cpu=job.cpu_millis, memory=job.memory_bytes)
+
+
+def _queue_key(build: Build, job: PackageJob) -> QueueKey:
+    return (job.arch, tuple(sorted(_selector(build).items())))
 
 
 def _selector(build: Build) -> Mapping[str, str]:

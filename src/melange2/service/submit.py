@@ -34,6 +34,7 @@ from melange2.platform import Platform
 from melange2.recipe import Config, load_config
 from melange2.recipe.compile import BUILTIN_PIPELINE_DIR, PipelineResolver, compile_build
 from melange2.repo.policy import FetchPolicy
+from melange2.resources import cpu_millis, memory_bytes
 from melange2.scheduler.graph import (
     Graph,
     GraphError,
@@ -44,6 +45,7 @@ from melange2.scheduler.graph import (
     priorities,
     typical_duration,
 )
+from melange2.scheduler.placement import NOTHING, Candidate, Request
 from melange2.service.gitsource import GitFetcher
 from melange2.service.reuse import Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
@@ -119,6 +121,8 @@ class Planned:
     deps: Mapping[str, tuple[str, ...]]
     #: each package's priority (critical-path weight)
     priorities: Mapping[str, float]
+    #: what each package asks (``package.resources``)
+    requests: Mapping[str, Request]
 
 
 class BuildQueue(Protocol):
@@ -128,9 +132,19 @@ class BuildQueue(Protocol):
 
 
 class Capacity(Protocol):
-    """How many build slots the backends offer (the pool), for a dry run's plan."""
+    """What the backends offer (the pool), for a dry run's plan."""
 
-    def capacity(self, arch: str, selector: Mapping[str, str]) -> int: ...
+    def capacity(self, arch: str, selector: Mapping[str, str]) -> int:
+        """Build slots of the backends matching ``arch`` and ``selector``."""
+        ...
+
+    def candidates(self, arch: str, selector: Mapping[str, str]) -> list[Candidate]:
+        """Those backends as placement sees them (cpu, memory)."""
+        ...
+
+    def describe(self, arch: str, selector: Mapping[str, str]) -> str:
+        """Those backends, for messages."""
+        ...
 
 
 class ReuseAtSubmission(Protocol):
@@ -197,11 +211,22 @@ class Submitter:
         unknown = typical_duration(durations)  # for packages with no past duration
         prio = priorities(graph, durations, unknown)
         if submission.dry_run:
-            slots = max(1, self.pool.capacity(spec.arch, spec.backend_selector))
+            arch, selector = spec.arch, spec.backend_selector
+            slots = max(1, self.pool.capacity(arch, selector))
+            asks = {p.config.package.name: package_request(p.config) for p in parsed}
             return Planned(
-                plan=plan(graph, durations, slots=slots, default=unknown),
+                plan=plan(
+                    graph,
+                    durations,
+                    slots=slots,
+                    default=unknown,
+                    backends=[c.capacity for c in self.pool.candidates(arch, selector)],
+                    requests=asks,
+                    where=self.pool.describe(arch, selector),
+                ),
                 deps=graph.deps,
                 priorities=prio,
+                requests=asks,
             )
         reusable = await self._reusable(spec, parsed, graph, pipelines, sources)
         build_id = new_build_id()
@@ -397,6 +422,7 @@ class Submitter:
             deps = tuple(graph.deps.get(name, ()))
             hit = reused.get(name)
             waits = any(d not in reused for d in deps)
+            asks = package_request(by_name[name].config)
             job = PackageJob(
                 build_id=build_id,
                 name=name,
@@ -406,6 +432,8 @@ class Submitter:
                 arch=spec.arch,
                 dependencies=deps,
                 priority=prio.get(name, 1.0),
+                cpu_millis=asks.cpu,
+                memory_bytes=asks.memory,
             )
             if hit is not None:
                 job = job.evolve(
@@ -425,6 +453,17 @@ class Submitter:
             started_at=now if reused else None,
             packages=tuple(sorted(jobs, key=lambda j: j.seq)),
         )
+
+
+def package_request(config: Config) -> Request:
+    """What a config's package asks (``package.resources``; the parser checked them)."""
+    resources = config.package.resources
+    if resources is None:
+        return NOTHING
+    return Request(
+        cpu=cpu_millis(resources.cpu) if resources.cpu else 0,
+        memory=memory_bytes(resources.memory) if resources.memory else 0,
+    )
 
 
 def _checked_tree(files: Mapping[str, _T], where: str) -> dict[PurePosixPath, _T]:

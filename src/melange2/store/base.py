@@ -45,6 +45,9 @@ class StoredBackend:
     max_jobs: int
     #: its client TLS settings, key included (the store keeps them as the API gave them)
     tls: ClientTLS | None = None
+    #: what its machine has: millicores and bytes; ``None``: not declared (unlimited)
+    cpu_millis: int | None = None
+    memory_bytes: int | None = None
 
 
 class JobStore(Protocol):

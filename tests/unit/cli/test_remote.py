@@ -196,6 +196,9 @@ class FakeServer:
                 lower_bound_s=30.0,
                 estimated_makespan_s=90.0,
                 slots=2,
+                unplaceable={
+                    "huge": "package asks cpu 64: no backend for arch x86_64 has that much"
+                },
             )
             return _json(200, plan)
         build_id = f"bld-{len(self.builds) + 1:04d}"
@@ -297,6 +300,11 @@ def _status(b: AddBackendRequest) -> BackendStatusOut:
         buildkitVersion="v0.16.0",
         platforms=["linux/amd64"],
         draining=False,
+        cpu=None if b.cpu is None else str(b.cpu),
+        memory=None if b.memory is None else str(b.memory),
+        cpuInUse="2" if b.cpu is not None else "0",
+        memoryInUse="4Gi" if b.memory is not None else "0",
+        reservedFor="bld-0001/big" if b.cpu is not None else "",
     )
 
 
@@ -455,6 +463,8 @@ def test_submit_dry_run_prints_the_plan(tmp_path: Path) -> None:
         "lib-a -> app",
         "2m00s",
         "Estimated makespan: 1m30s",
+        "Never placed (1): no backend could run them",
+        "huge: package asks cpu 64: no backend for arch x86_64 has that much",
     ):
         assert text in res.out, (text, res.out)
 
@@ -913,3 +923,34 @@ def test_cached_packages_say_so() -> None:
     console.print(_packages_table([at_submission, built]))
     text = console.export_text()
     assert "success (cached)" in text and text.count("(cached)") == 1
+
+
+def test_backends_add_with_cpu_and_memory_and_status_shows_their_use() -> None:
+    fake = FakeServer()
+    res = run(
+        fake,
+        "backends",
+        "add",
+        "--addr",
+        "tcp://big:1",
+        "--arch",
+        "x86_64",
+        "--cpu",
+        "8",
+        "--memory",
+        "32Gi",
+    )
+    assert res.code == 0, res
+    assert fake.backends["tcp://big:1"] == AddBackendRequest(
+        addr="tcp://big:1", arch="x86_64", cpu="8", memory="32Gi"
+    )
+    res = run(fake, "backends", "add", "--addr", "tcp://x:1", "--arch", "x86_64", "--cpu", "lots")
+    assert res.code == 2 and "'lots' is not a quantity" in res.err
+    assert "tcp://x:1" not in fake.backends
+    res = run(fake, "backends", "status")
+    assert res.code == 0, res
+    assert "2/8" in res.out and "4Gi/32Gi" in res.out
+    assert "kept" in res.out  # the STATE cell (wrapped in the table)
+    data = json.loads(run(fake, "backends", "status", "-o", "json").out)
+    big = data["backends"][0]
+    assert (big["cpu"], big["cpuInUse"], big["reservedFor"]) == ("8", "2", "bld-0001/big")

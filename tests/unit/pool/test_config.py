@@ -125,3 +125,36 @@ def test_tls_errors_name_the_file_backend_and_field(
 def test_tls_must_be_a_mapping(tmp_path: Path) -> None:
     message = backend_with_tls(tmp_path, "yes")
     assert "backends[1] (tcp://bad:1).tls: expected a mapping" in message
+
+
+def test_a_backends_cpu_and_memory_are_quantities(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "backends:\n"
+        "  - {addr: 'tcp://big:1', arch: x86_64, cpu: 16, memory: 64Gi}\n"
+        "  - {addr: 'tcp://half:1', arch: x86_64, cpu: 7500m}\n"
+        "  - {addr: 'tcp://any:1', arch: x86_64}\n",
+    )
+    big, half, anything = load_pool_config(path).backends
+    assert (big.cpu, big.memory) == (16_000, 64 * 2**30)
+    assert (half.cpu, half.memory) == (7_500, None)
+    assert (anything.cpu, anything.memory) == (None, None)
+    pool = BackendPool.from_config(load_pool_config(path))
+    assert pool.backends["tcp://big:1"].capacity.cpu == 16_000
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        ("cpu: lots", r"backends\[0\]\.cpu: 'lots' is not a quantity"),
+        ("memory: 16GB", r"backends\[0\]\.memory: '16GB' is not a quantity"),
+        ("cpu: 0", r"backends\[0\]\.cpu: must be more than 0 \(leave it out: unlimited\)"),
+        ("memory: -1Gi", r"backends\[0\]\.memory: '-1Gi': must not be negative"),
+    ],
+)
+def test_bad_resources_name_the_file_backend_and_field(
+    tmp_path: Path, entry: str, needle: str
+) -> None:
+    path = write(tmp_path, f"backends:\n  - addr: tcp://x:1\n    arch: x86_64\n    {entry}\n")
+    with pytest.raises(ConfigError, match=rf"backends.yaml: {needle}"):
+        load_pool_config(path)

@@ -518,3 +518,48 @@ def test_alias_bomb_is_bounded() -> None:
     lines.append("pipeline: *a23")
     with pytest.raises(RecipeError):
         load_config("\n".join(lines))
+
+
+def test_package_resources_are_kept_as_written() -> None:
+    config = load_config(
+        textwrap.dedent(
+            """\
+            package:
+              name: big
+              version: 1.0.0
+              resources:
+                cpu: 16
+                memory: 64Gi
+                disk: 200Gi
+                cpumodel: host
+            pipeline:
+              - runs: make
+            """
+        )
+    )
+    resources = config.package.resources
+    assert resources is not None
+    assert (resources.cpu, resources.memory, resources.disk, resources.cpumodel) == (
+        "16",
+        "64Gi",
+        "200Gi",
+        "host",
+    )
+    assert config.package.where("resources.memory").line == 6
+    plain = load_config("package: {name: small, version: 1.0.0}\npipeline: [{runs: make}]\n")
+    assert plain.package.resources is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "line"),
+    [("cpu", "lots", 5), ("memory", "16 GB", 6), ("disk", "-1Gi", 7)],
+)
+def test_package_resources_must_be_quantities(field: str, value: str, line: int) -> None:
+    values = {"cpu": "4", "memory": "16Gi", "disk": "10Gi", field: value}
+    text = (
+        "package:\n  name: big\n  version: 1.0.0\n  resources:\n"
+        + "".join(f"    {k}: {v!r}\n" for k, v in values.items())
+        + "pipeline:\n  - runs: make\n"
+    )
+    with pytest.raises(RecipeFieldError, match=rf"^<string>:{line}: package\.resources\.{field}: "):
+        load_config(text)

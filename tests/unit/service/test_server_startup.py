@@ -72,3 +72,14 @@ def test_tls_flags_are_for_buildkit_addr(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "Invalid value for --tlscacert: not PEM" in result.output
+
+
+def test_bad_backend_resources_are_refused_before_serving(tmp_path: Path) -> None:
+    config = tmp_path / "backends.yaml"
+    config.write_text("backends:\n  - addr: tcp://b:1\n    arch: x86_64\n    cpu: four\n")
+    result = CliRunner().invoke(cli, args(tmp_path, "--backends-config", str(config)))
+    assert isinstance(result.exception, ConfigError)
+    assert str(result.exception) == (
+        f"{config}: backends[0].cpu: 'four' is not a quantity (use e.g. 4, 500m, 1.5, 16Gi, "
+        "512Mi, 8G)"
+    )

@@ -13,6 +13,7 @@ from melange2.platform import Platform
 from melange2.pool.breaker import BreakerState
 from melange2.pool.config import BackendSpec
 from melange2.pool.pool import PoolBackend
+from melange2.resources import cpu_millis, format_cpu, format_memory, memory_bytes
 from melange2.store.base import StoredBackend
 from melange2.wire import (
     AddBackendRequest,
@@ -39,8 +40,23 @@ class Conflict(RequestError):
     code = "conflict"
 
 
+def _cpu(millis: int | None) -> str | None:
+    return None if millis is None else format_cpu(millis)
+
+
+def _memory(amount: int | None) -> str | None:
+    return None if amount is None else format_memory(amount)
+
+
 def _out(b: PoolBackend) -> PoolBackendOut:
-    return PoolBackendOut(addr=b.addr, arch=b.arch, labels=dict(b.labels), tls=b.tls is not None)
+    return PoolBackendOut(
+        addr=b.addr,
+        arch=b.arch,
+        labels=dict(b.labels),
+        tls=b.tls is not None,
+        cpu=_cpu(b.cpu),
+        memory=_memory(b.memory),
+    )
 
 
 @router.get("/backends", response_model=BackendList)
@@ -69,7 +85,9 @@ def _tls(request: AddBackendRequest) -> ClientTLS | None:
 @router.post("/backends", status_code=201, response_model=PoolBackendOut, responses=_ERRORS)
 async def add_backend(request: AddBackendRequest, svc: Svc) -> PoolBackendOut:
     """Add a backend; it is kept in the store and comes back after a restart. With
-    ``tls`` (PEM text, checked now) it is reached over TLS."""
+    ``tls`` (PEM text, checked now) it is reached over TLS. ``cpu`` and ``memory``
+    (quantities: ``"8"``, ``"32Gi"``) declare what its machine has; packages are
+    placed by them (absent: unlimited, only ``maxJobs`` caps it)."""
     try:
         Platform.from_arch(request.arch)
     except ConfigError as exc:
@@ -86,6 +104,8 @@ async def add_backend(request: AddBackendRequest, svc: Svc) -> PoolBackendOut:
         max_jobs=request.maxJobs,
         labels=request.labels,
         tls=tls,
+        cpu=None if request.cpu is None else cpu_millis(request.cpu),
+        memory=None if request.memory is None else memory_bytes(request.memory),
     )
     backend = svc.pool.add(spec, dynamic=True)
     await svc.store.save_backend(
@@ -95,6 +115,8 @@ async def add_backend(request: AddBackendRequest, svc: Svc) -> PoolBackendOut:
             labels=backend.labels,
             max_jobs=backend.max_jobs,
             tls=backend.tls,
+            cpu_millis=backend.cpu,
+            memory_bytes=backend.memory,
         )
     )
     return _out(backend)
@@ -136,6 +158,11 @@ async def backends_status(svc: Svc) -> BackendStatusList:
                 platforms=list(b.platforms),
                 draining=b.draining,
                 tls=b.tls is not None,
+                cpu=_cpu(b.cpu),
+                memory=_memory(b.memory),
+                cpuInUse=format_cpu(b.cpu_used),
+                memoryInUse=format_memory(b.memory_used),
+                reservedFor=b.reserved_for,
             )
         )
     return BackendStatusList(backends=out)

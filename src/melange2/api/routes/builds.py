@@ -36,6 +36,7 @@ from melange2.wire import (
     PlannedPackage,
     PlanOut,
     content_bytes,
+    resources_out,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["builds"])
@@ -151,10 +152,14 @@ def plan_out(planned: Planned) -> PlanOut:
     return PlanOut(
         packages=[
             PlannedPackage(
-                name=n, dependencies=list(planned.deps.get(n, ())), priority=planned.priorities[n]
+                name=n,
+                dependencies=list(planned.deps.get(n, ())),
+                priority=planned.priorities[n],
+                resources=resources_out(planned.requests[n].cpu, planned.requests[n].memory),
             )
             for n in p.order
         ],
+        unplaceable=dict(p.unplaceable),
         cut_edges=list(p.cut_edges),
         critical_path=list(p.critical_path),
         critical_path_s=p.critical_path_s,

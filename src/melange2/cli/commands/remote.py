@@ -279,6 +279,13 @@ def _render_plan(console: Console, plan: PlanOut) -> None:
     ]
     for line in lines:
         console.print(Text(line), highlight=False, soft_wrap=True)
+    if plan.unplaceable:
+        console.print(
+            Text(f"Never placed ({len(plan.unplaceable)}): no backend could run them"),
+            highlight=False,
+        )
+        for name, why in plan.unplaceable.items():
+            console.print(Text(f"  {name}: {why}"), highlight=False, soft_wrap=True)
 
 
 def _status_line(pkg: PackageOut) -> str:
@@ -817,6 +824,15 @@ def list_backends(ctx: RemoteContext, server: str, arch: str | None, output: str
     show_default=True,
     help="Concurrent jobs (0: the server's default).",
 )
+@click.option(
+    "--cpu",
+    help="The machine's cores, a Kubernetes quantity (8, 7500m); packages are placed "
+    "by what they ask (package.resources). Absent: not declared, unlimited.",
+)
+@click.option(
+    "--memory",
+    help="The machine's memory, a Kubernetes quantity (32Gi, 64G). Absent: unlimited.",
+)
 @tls_options(envvars=False, what="the backend")
 @output_option
 @pass_remote
@@ -828,6 +844,8 @@ def add_backend(
     arch: str,
     label: dict[str, str],
     max_jobs: int,
+    cpu: str | None,
+    memory: str | None,
     output: str,
     **tls_flags: Any,
 ) -> None:
@@ -841,6 +859,8 @@ def add_backend(
             arch=arch,
             labels=label,
             maxJobs=max_jobs,
+            cpu=cpu,
+            memory=memory,
             tls=None
             if tls is None
             else BackendTLS(
@@ -886,11 +906,15 @@ def backend_status(ctx: RemoteContext, server: str, output: str) -> None:
     if output == "json":
         _print_json(ctx.console, found)
         return
-    table = Table("ADDR", "ARCH", "STATE", "ACTIVE/MAX", "FAILURES", "LAST PROBE", "VERSION")
+    table = Table(
+        "ADDR", "ARCH", "STATE", "ACTIVE/MAX", "CPU", "MEMORY", "FAILURES", "LAST PROBE", "VERSION"
+    )
     for b in found.backends:
         state = b.circuitState or ("open" if b.circuitOpen else "closed")
         if b.draining:
             state += ", draining"
+        if b.reservedFor:
+            state += f", kept for {b.reservedFor}"
         probe = _when(b.lastProbe)
         if b.lastProbeResult:
             probe += f" {b.lastProbeResult}"
@@ -899,6 +923,8 @@ def backend_status(ctx: RemoteContext, server: str, output: str) -> None:
             Text(b.arch),
             Text(state),
             f"{b.activeJobs}/{b.maxJobs}",
+            f"{b.cpuInUse}/{b.cpu}" if b.cpu else "-",
+            f"{b.memoryInUse}/{b.memory}" if b.memory else "-",
             str(b.failures),
             Text(probe),
             Text(b.buildkitVersion or "-"),

@@ -119,6 +119,8 @@ def package_from_row(row: RowMapping) -> PackageJob:
         else Backend(addr=backend["addr"], arch=backend["arch"], labels=backend["labels"]),
         lease_owner=row["lease_owner"],
         lease_expires=row["lease_expires"],
+        cpu_millis=row["cpu_millis"],
+        memory_bytes=row["memory_bytes"],
     )
 
 
@@ -446,6 +448,8 @@ def save_backend(conn: Connection, backend: StoredBackend) -> None:
         "labels": dict(backend.labels),
         "max_jobs": backend.max_jobs,
         "tls": _tls_json(backend.tls),
+        "cpu_millis": backend.cpu_millis,
+        "memory_bytes": backend.memory_bytes,
     }
     result = conn.execute(update(backends).where(backends.c.addr == backend.addr).values(values))
     if result.rowcount:
@@ -467,6 +471,8 @@ def list_backends(conn: Connection) -> list[StoredBackend]:
             labels=row["labels"],
             max_jobs=row["max_jobs"],
             tls=_tls_of(row["tls"]),
+            cpu_millis=row["cpu_millis"],
+            memory_bytes=row["memory_bytes"],
         )
         for row in rows.mappings()
     ]

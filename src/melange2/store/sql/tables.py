@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -185,6 +186,9 @@ packages = Table(
     Column("input_digest", Text, nullable=False, server_default=""),
     #: r0004: the attempts, in ``number`` order
     Column("attempts", AttemptList, nullable=False, server_default=text("'[]'")),
+    # r0005: what it asks (package.resources): millicores and bytes, 0: nothing
+    Column("cpu_millis", Integer, nullable=False, server_default="0"),
+    Column("memory_bytes", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("build_id", "name"),
     CheckConstraint(status_check(PackageStatus), name="status"),
     # expire_leases: running packages by lease deadline
@@ -207,4 +211,7 @@ backends = Table(
     Column("position", Integer, nullable=False),
     #: client TLS as JSON ``{"caCert", "cert", "key", "serverName"}`` (PEM text); NULL: plain
     Column("tls", JSON, nullable=True),
+    #: r0005: what its machine has (millicores, bytes); NULL: not declared, unlimited
+    Column("cpu_millis", Integer, nullable=True),
+    Column("memory_bytes", BigInteger, nullable=True),
 )

@@ -161,6 +161,8 @@ class StoreContract:
             backend=Backend(addr="tcp://b:1234", arch="x86_64", labels={"tier": "fast"}),
             lease_owner="replica-1",
             lease_expires=started + timedelta(minutes=5),
+            cpu_millis=64_000,
+            memory_bytes=256 * 2**30,  # beyond 32 bits
         )
         build = Build(
             id=build_id,
@@ -804,6 +806,24 @@ class StoreContract:
         plain_again = StoredBackend(addr="tcp://tls:1", arch="x86_64", labels={}, max_jobs=2)
         await store.save_backend(plain_again)
         assert (await store.list_backends())[0].tls is None
+
+    async def test_a_backends_resources_are_kept(self, store: JobStore) -> None:
+        sized = StoredBackend(
+            addr="tcp://big:1",
+            arch="x86_64",
+            labels={},
+            max_jobs=4,
+            cpu_millis=96_000,
+            memory_bytes=768 * 2**30,
+        )
+        cpu_only = StoredBackend(
+            addr="tcp://cpu:1", arch="x86_64", labels={}, max_jobs=2, cpu_millis=500
+        )
+        undeclared = StoredBackend(addr="tcp://any:1", arch="x86_64", labels={}, max_jobs=2)
+        for backend in (sized, cpu_only, undeclared):
+            await store.save_backend(backend)
+        assert list(await store.list_backends()) == [sized, cpu_only, undeclared]
+        assert (await store.list_backends())[2].cpu_millis is None
 
     # lifecycle
 
