@@ -8,7 +8,7 @@ PY := .venv/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 export UV_PYTHON := python3.11
 
-.PHONY: help setup system-deps tools venv protos lint test test-unit test-e2e test-differential demo farm-up farm-down farm-status bench clean
+.PHONY: help setup system-deps tools venv protos lint test test-unit test-e2e test-slow test-differential demo farm-up farm-down farm-status bench clean
 
 help:
 	@echo "make demo       install everything, start the local farm, build the examples on it"
@@ -50,6 +50,9 @@ test-unit: setup
 
 test-e2e: setup
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-differential: setup
 	$(PY) -m pytest tests/differential $(PYTEST_ARGS)

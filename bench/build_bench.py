@@ -153,7 +153,7 @@ async def run(env: FarmEnv, runs: int) -> dict[str, Any]:
                     env.extra["BOOTSTRAP_KEY"],
                     "--signing-key",
                     str(key),
-                    "--cache-dir",
+                    "--apk-cache-dir",
                     str(cache),
                     "--plain",
                 ]

@@ -19,7 +19,25 @@ for p in runc docker-registry busybox-static qemu-user-static binfmt-support ca-
 done
 arm64_added=1
 dpkg --print-foreign-architectures | grep -qx arm64 || arm64_added=0
-if [ ${#need[@]} -gt 0 ] || [ $arm64_added = 0 ] || [ ! -f "$debs/busybox-static_arm64.deb" ]; then
+# Debian's source archive (the upstream tarballs examples/ are built from, through
+# `apt-get source`): a deb-src entry beside every deb entry already configured, once.
+src_added=1
+if ! grep -rqs -e '^Types:.*deb-src' -e '^deb-src ' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  src_added=0
+  tmp=$(mktemp)
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] && grep -q '^Types: deb$' "$f" || continue
+    sed 's/^Types: deb$/Types: deb-src/' "$f" >> "$tmp" && echo >> "$tmp"
+  done
+  if [ -s "$tmp" ]; then $SUDO install -m 644 "$tmp" /etc/apt/sources.list.d/melange2-deb-src.sources; fi
+  if [ -f /etc/apt/sources.list ] && grep -q '^deb ' /etc/apt/sources.list; then
+    sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > "$tmp"
+    $SUDO install -m 644 "$tmp" /etc/apt/sources.list.d/melange2-deb-src.list
+  fi
+  rm -f "$tmp"
+fi
+if [ ${#need[@]} -gt 0 ] || [ $arm64_added = 0 ] || [ $src_added = 0 ] \
+    || [ ! -f "$debs/busybox-static_arm64.deb" ]; then
   if [ $arm64_added = 0 ]; then $SUDO dpkg --add-architecture arm64; fi
   $SUDO apt-get update -qq
 fi

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from melange2.farm.local import REGISTRY_BINARY, FarmEnv, LocalFarm
+from melange2.farm.toolchain import default_cache_dir
 from melange2.testenv.require import require_real_part
 
 pytest_plugins = ["tests.storage_fixtures", "tests.postgres_fixtures"]
@@ -52,9 +53,16 @@ def require_real_parts() -> None:
 
 @pytest.fixture(scope="session")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmEnv]:
-    """A running farm: two buildkitd daemons and the loopback registry with base images."""
+    """A running farm: two buildkitd daemons, the loopback registry with base images, and
+    the bootstrap repository with the toolchain (converted from Debian once per machine:
+    the conversions are kept in ~/.cache/melange2/toolchain)."""
     require_real_parts()
-    local = LocalFarm(tmp_path_factory.mktemp("farm"), tools_dir=TOOLS, daemons=2)
+    local = LocalFarm(
+        tmp_path_factory.mktemp("farm"),
+        tools_dir=TOOLS,
+        daemons=2,
+        toolchain_cache=default_cache_dir(),
+    )
     try:
         env = asyncio.run(local.up())
         yield env

@@ -32,6 +32,8 @@ and what it means::
     │                                   installed together
     ├── LintFailed                      a required linter found something in a built package
     ├── FarmProcessError                starting or stopping the local farm's processes
+    │   ├── DebianError                 farm.debian: apt or dpkg-deb failed (the toolchain)
+    │   └── ConversionError             farm.toolchain: a .deb that cannot become an APK
     ├── GraphError                      scheduler.graph: a build's packages cannot be ordered
     │   ├── DuplicatePackage            scheduler.graph: two configs make one package
     │   └── CycleError                  scheduler.graph: dependencies in a cycle
@@ -52,6 +54,10 @@ and what it means::
     ├── Unavailable                     the server cannot take work now (HTTP 503)
     ├── RequestError                    a client's request is invalid (HTTP 4xx)
     │   ├── GitBusy                     service.gitsource: too many clones at once (HTTP 429)
+    │   ├── DigestMismatch              build.source_cache: a source upload whose content
+    │   │                               has another digest than it was sent under
+    │   ├── SourceTooLarge              build.source_cache: a source upload past
+    │   │                               ``--max-source-bytes`` (HTTP 413)
     │   └── Conflict                    api.routes.backends: that backend already exists
     └── RemoteError                     cli.remote_client: the build server failed (exit 1)
         ├── RequestRejected             cli.remote_client: it refused the request (exit 2)
@@ -80,7 +86,8 @@ and the database drivers in :mod:`melange2.store.sql.errors`; fsspec and its bac
 in ``Storage._run`` (:mod:`melange2.storage.fsspec_store`); httpx in
 ``RegistryClient._request`` (registries), :mod:`melange2.repo.repository`'s fetch mapper
 (repositories and keys configs name) and ``cli.remote_client._translate`` (the build
-server); git in :mod:`melange2.service.gitsource`; ruamel's YAML errors in
+server); git in :mod:`melange2.service.gitsource`; apt and dpkg-deb in
+:mod:`melange2.farm.debian`; ruamel's YAML errors in
 :mod:`melange2.recipe._yaml`; and every ``FarmError`` and request validation error
 becomes an HTTP answer in :mod:`melange2.api.errors`.
 ``tests/unit/test_errors_tree.py`` checks this drawing against the classes themselves.

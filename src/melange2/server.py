@@ -105,6 +105,20 @@ def _host_port(listen: str) -> tuple[str, int]:
     help="A package log stops growing here, with a marker where it was cut.",
 )
 @click.option(
+    "--source-cache",
+    default="",
+    help="melange's source cache, shared by every backend: a directory, gs://bucket[/prefix] "
+    "or s3://bucket[/prefix] (the --gcs-*/--s3-* endpoint flags apply). Files named "
+    "sha256:<hex>; a build's fetch uses the one its expected-sha256 names. Uploads: PUT "
+    "/api/v1/sources/sha256:<hex>.  [default: <data-dir>/sources]",
+)
+@click.option(
+    "--max-source-bytes",
+    default=4 * 1024 * 1024 * 1024,
+    show_default=True,
+    help="Largest upload to the source cache (413 above).",
+)
+@click.option(
     "--data-dir",
     default="/var/lib/melange/data",
     show_default=True,
@@ -237,6 +251,8 @@ def cli(
     storage_prefix: str,
     memory_storage: bool,
     max_log_bytes: int,
+    source_cache: str,
+    max_source_bytes: int,
     data_dir: Path,
     store: str,
     postgres_dsn: str,
@@ -330,6 +346,16 @@ def cli(
         cache_mode=os.environ.get("CACHE_MODE", "min"),
         storage=storage,
         max_log_bytes=max_log_bytes,
+        source_cache=source_cache,
+        source_cache_spec=_source_cache_spec(
+            source_cache,
+            gcs_endpoint=gcs_endpoint or "",
+            gcs_project=gcs_project,
+            s3_endpoint=s3_endpoint or "",
+            s3_region=s3_region,
+            s3_path_style=s3_path_style,
+        ),
+        max_source_bytes=max_source_bytes,
         fetch_allow=fetch_allow,
         fetch_timeout=fetch_timeout,
         git_allow_local=git_allow_local,
@@ -376,6 +402,30 @@ def cli(
     if fatal:
         click.echo(f"melange-server: stopped: {fatal[0]}", err=True)
         sys.exit(FATAL_EXIT)
+
+
+def _source_cache_spec(
+    location: str,
+    *,
+    gcs_endpoint: str,
+    gcs_project: str,
+    s3_endpoint: str,
+    s3_region: str,
+    s3_path_style: bool,
+) -> StorageSpec | None:
+    """The endpoint and credentials of a bucket source cache (from the storage flags)."""
+    if location.startswith("gs://"):
+        return StorageSpec(kind="gcs", endpoint_url=gcs_endpoint, project=gcs_project)
+    if location.startswith("s3://"):
+        return StorageSpec(
+            kind="s3", endpoint_url=s3_endpoint, region=s3_region, path_style=s3_path_style
+        )
+    if "://" in location:
+        raise click.BadParameter(
+            f"{location!r}: expected a directory, gs://bucket[/prefix] or s3://bucket[/prefix]",
+            param_hint="--source-cache",
+        )
+    return None
 
 
 def _check_store(store: str, dsn: str) -> None:

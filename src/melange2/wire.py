@@ -362,6 +362,15 @@ class PlanOut(BaseModel):
     unplaceable: dict[str, str] = Field(default_factory=dict)
 
 
+class SourceOut(BaseModel):
+    """A file of the source cache (``PUT``/``GET /api/v1/sources/<digest>``)."""
+
+    digest: str  #: ``sha256:<hex>`` (or ``sha512:<hex>``)
+    size: int
+    #: False when the cache already held it
+    created: bool = False
+
+
 class ErrorOut(BaseModel):
     """Every 4xx/5xx body."""
 

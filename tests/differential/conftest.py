@@ -16,6 +16,8 @@ import pytest
 from melange2.apk.signing import generate_key
 from melange2.farm.bootstrap import build_bootstrap_repo
 from melange2.farm.local import FarmEnv
+from melange2.farm.toolchain import default_cache_dir
+from melange2.farm.upstream import fill_source_cache
 from tests.conftest import TOOLS, require_real_parts
 from tests.differential.cases import Case, discover, needs_order
 from tests.differential.oracle import Inputs, Outcome, file_digest, run_melange, run_ours, stage
@@ -76,7 +78,15 @@ def differential_inputs() -> Inputs:
         for arch in ("amd64", "arm64")
         if (TOOLS / "debs" / f"busybox-static_{arch}.deb").exists()
     }
-    bootstrap = build_bootstrap_repo(CACHE / "bootstrap", debs, key_size=2048)
+    # the toolchain (converted from Debian once per machine) and the examples' upstream
+    # tarballs: both sides build zlib, GNU hello and minizip from the same repository
+    # and source cache
+    toolchain = default_cache_dir()
+    bootstrap = build_bootstrap_repo(
+        CACHE / "bootstrap", debs, key_size=2048, toolchain_cache=toolchain
+    )
+    problems = fill_source_cache(CACHE / "sources", toolchain / "sources")
+    assert not problems, problems
     return Inputs(
         root=CACHE,
         melange=MELANGE,
@@ -84,6 +94,7 @@ def differential_inputs() -> Inputs:
         bootstrap_repo=bootstrap.repo,
         bootstrap_key=bootstrap.public_key,
         signing_key=signing,
+        source_cache=CACHE / "sources",
     )
 
 

@@ -42,6 +42,9 @@ class Inputs:
     bootstrap_repo: Path
     bootstrap_key: Path
     signing_key: Path
+    #: melange's source cache (``--cache-dir`` of both sides): the upstream tarballs of
+    #: examples/, ``sha256:<hex>``
+    source_cache: Path
 
     @property
     def signing_pub(self) -> Path:
@@ -161,7 +164,7 @@ def run_melange(
             "--out-dir",
             str(out),
             "--cache-dir",
-            str(work / "cache"),
+            str(inputs.source_cache),
             "--apk-cache-dir",
             str(inputs.root / "apk-cache"),
         ]
@@ -186,7 +189,6 @@ def run_melange(
         (work / "melange.log").write_text("$ " + " ".join(argv) + "\n" + proc.stdout + proc.stderr)
         out.mkdir(exist_ok=True)
         (work / "result.json").write_text(json.dumps({"returncode": proc.returncode}))
-        shutil.rmtree(work / "cache", ignore_errors=True)
         work.rename(done)
     return run_melange(case, inputs, sde=sde, needs=needs, relative=relative)
 
@@ -226,6 +228,8 @@ def run_ours(
         "--registry",
         registry,
         "--cache-dir",
+        str(inputs.source_cache),
+        "--apk-cache-dir",
         str(cache_dir),
         "--plain",
     ]

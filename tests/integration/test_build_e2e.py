@@ -58,7 +58,7 @@ def melange2(
         farm.extra["BOOTSTRAP_REPO"],
         "--keyring-append",
         farm.extra["BOOTSTRAP_KEY"],
-        "--cache-dir",
+        "--apk-cache-dir",
         str(out_dir / ".cache"),
         "--plain",
     ]
@@ -299,7 +299,7 @@ def test_ctrl_c_cancels_the_solve_on_the_daemon(farm: FarmEnv, tmp_path: Path) -
         "--buildkit-addr", farm.buildkit_addrs[0], "--registry", farm.registry,
         "--repository-append", farm.extra["BOOTSTRAP_REPO"],
         "--keyring-append", farm.extra["BOOTSTRAP_KEY"],
-        "--cache-dir", str(tmp_path / "cache"), "--plain",
+        "--apk-cache-dir", str(tmp_path / "cache"), "--plain",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     try:

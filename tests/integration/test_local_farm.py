@@ -26,7 +26,7 @@ def _farm(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "melange2.farm", "--root", str(root), "--tools", str(TOOLS), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a first farm-up converts the toolchain
     )
 
 
@@ -70,15 +70,23 @@ def test_farm_up_twice_then_down_leaves_nothing(tmp_path: Path) -> None:
             platforms = next(line for line in workers.splitlines() if line.startswith("Platforms:"))
             assert "linux/amd64" in platforms and "linux/arm64" in platforms
 
-        # the bootstrap repository: a signed index listing busybox for both arches
+        # the bootstrap repository: a signed index with busybox and the toolchain, both arches
         keys = load_public_keys([Path(env.extra["BOOTSTRAP_KEY"])])
+        indexes = {}
         for arch in ("x86_64", "aarch64"):
             arch_dir = Path(env.extra["BOOTSTRAP_REPO"]) / arch
+            indexes[arch] = (arch_dir / "APKINDEX.tar.gz").read_bytes()
             index = read_index_tar_gz(arch_dir / "APKINDEX.tar.gz", keys=keys)
-            assert [(r.name, r.arch) for r in index.records] == [("busybox", arch)]
-            apk = read_apk(arch_dir / index.records[0].filename)
+            assert {"busybox", "build-base", "gcc", "glibc", "make"} <= {
+                r.name for r in index.records
+            }
+            assert {r.arch for r in index.records} == {arch}
+            busybox = next(r for r in index.records if r.name == "busybox")
+            apk = read_apk(arch_dir / busybox.filename)
             apk.verify(keys)
             assert any(e.path == "bin/sh" for e in apk.entries)
+            assert f"toolchain {arch}:" in first.stdout
+        assert Path(env.extra["SOURCE_CACHE"]).is_dir()
 
         # the registry listens on loopback only
         config = (root / "registry" / "config.yml").read_text()
@@ -98,6 +106,18 @@ def test_farm_up_twice_then_down_leaves_nothing(tmp_path: Path) -> None:
         smoke = _farm(root, "smoke")
         assert smoke.returncode == 0, smoke.stderr + smoke.stdout
         assert "aarch64" in smoke.stdout
+
+        # down and up again: nothing is converted, the repository is the same
+        assert _farm(root, "down").returncode == 0
+        third = _farm(root, "up")
+        assert third.returncode == 0, third.stderr
+        for arch in ("x86_64", "aarch64"):
+            assert f"toolchain {arch}:" in third.stdout
+            line = next(x for x in third.stdout.splitlines() if f"toolchain {arch}:" in x)
+            assert "(0 converted now" in line, line
+            arch_dir = Path(FarmEnv.load(root / "env").extra["BOOTSTRAP_REPO"]) / arch
+            assert (arch_dir / "APKINDEX.tar.gz").read_bytes() == indexes[arch]
+        pids = _pids(root)
     finally:
         down = _farm(root, "down")
     assert down.returncode == 0, down.stderr

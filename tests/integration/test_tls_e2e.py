@@ -189,7 +189,14 @@ def test_probes_report_a_tls_backend_healthy(tls_farm: TLSFarm) -> None:
     assert row["lastProbeResult"] == "ok", row
     assert row["circuitState"] == "closed" and row["buildkitVersion"].startswith("v")
     assert listing["backends"] == [
-        {"addr": addr, "arch": "x86_64", "labels": {"node": "yaml"}, "tls": True}
+        {
+            "addr": addr,
+            "arch": "x86_64",
+            "labels": {"node": "yaml"},
+            "tls": True,
+            "cpu": None,
+            "memory": None,
+        }
     ]
     # the probe itself, without the settings: refused
     with pytest.raises(BuildkitUnavailable):
@@ -238,7 +245,7 @@ def test_post_backends_with_tls_settings(tls_farm: TLSFarm, tmp_path: Path) -> N
 
         resp = client.post("/api/v1/backends", json={**body, "tls": tls})
         assert resp.status_code == 201, resp.text
-        assert resp.json() == {**body, "tls": True}
+        assert resp.json() == {**body, "tls": True, "cpu": None, "memory": None}
         shown = client.get("/api/v1/backends").text + client.get("/api/v1/backends/status").text
         assert "BEGIN" not in shown and "PRIVATE" not in shown
         row = wait_probed(client, addr)

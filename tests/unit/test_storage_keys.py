@@ -17,6 +17,7 @@ GOOD = [
     "repo/x86_64/APKINDEX.tar.gz",
     "pkgs/aarch64/foo-bar_1.2.3+git@x=y,z~1-r0.apk",
     ".hidden/..dots../x",
+    "sha256:" + "0" * 64,
     "a" * MAX_KEY_LENGTH,
 ]
 BAD = [

@@ -32,10 +32,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from melange2 import __version__
 from melange2.api import errors
-from melange2.api.routes import artifacts, backends, builds
+from melange2.api.routes import artifacts, backends, builds, sources
 from melange2.api.services import Services, services
 from melange2.apk.signing import Signer, generate_key
 from melange2.build.executor import Builder
+from melange2.build.source_cache import SourceCache
 from melange2.buildkit.client import BuildkitClient
 from melange2.buildkit.solver import Connect
 from melange2.oci.registry import RegistryClient
@@ -119,18 +120,22 @@ async def publish_key(settings: ServerSettings, storage: Storage) -> None:
         await storage.put_bytes(key, data)
 
 
+SOURCES_PREFIX = "/api/v1/sources/"
+
+
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes with a JSON 413: by ``Content-Length``
     before anything is read, and by counting the bytes as they arrive (a chunked body
     has no length): past the limit, reading the body raises :class:`errors.BodyTooLarge`
-    (a 413 through the app's error mapper) and nothing more is read."""
+    (a 413 through the app's error mapper) and nothing more is read. Source uploads
+    (``/api/v1/sources/``) are left to ``--max-source-bytes``, checked as they stream."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(SOURCES_PREFIX):
             await self.app(scope, receive, send)
             return
         length = Headers(scope=scope).get("content-length")
@@ -216,6 +221,7 @@ def create_app(
     app.include_router(builds.router)
     app.include_router(backends.router)
     app.include_router(artifacts.router)
+    app.include_router(sources.router)
 
     @app.get(
         "/healthz",
@@ -262,6 +268,13 @@ async def _start(
         stack.push_async_callback(storage.aclose)
         await storage.check()
     await publish_key(settings, storage)
+    source_cache = SourceCache.open(
+        settings.source_cache_location,
+        work_dir=settings.data_dir / "tmp" / "sources",
+        spec=settings.source_cache_spec,
+    )
+    stack.push_async_callback(source_cache.aclose)
+    await source_cache.storage.check()
     hub = LogHub()
     pool = BackendPool.from_config(config or pool_config(settings))
     pool.on_breaker_change = metrics.breaker_changed
@@ -291,7 +304,14 @@ async def _start(
     publication = Publication(settings, storage, signer, locations)
     reuse = ReuseIndex(storage, locations.layout, signer)
     runner = BuildkitRunner(
-        settings, builder, locations, publication, reuse, hub, daemon_tls=pool.tls_for
+        settings,
+        builder,
+        locations,
+        publication,
+        reuse,
+        hub,
+        daemon_tls=pool.tls_for,
+        source_cache=source_cache,
     )
     scheduler = Scheduler(
         store,
@@ -334,5 +354,6 @@ async def _start(
         reuse=reuse,
         storage=storage,
         hub=hub,
+        source_cache=source_cache,
         supervisor=supervisor,
     )

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from melange2.build.source_cache import SourceTooLarge
 from melange2.errors import (
     ConfigError,
     FarmError,
@@ -34,6 +35,7 @@ from melange2.storage import StorageError, StorageNotFound
 _log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[FarmError], int]] = [
+    (SourceTooLarge, 413),
     (NotFound, 404),
     (StorageNotFound, 404),
     (StorageError, 503),

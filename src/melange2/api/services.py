@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from melange2.build.source_cache import SourceCache
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import Scheduler
 from melange2.service.layout import Locations
@@ -31,6 +32,7 @@ class Services:
     reuse: ReuseIndex
     storage: Storage
     hub: LogHub
+    source_cache: SourceCache
     #: the side tasks; ``failure`` once one ended (the server is shutting down)
     supervisor: Supervisor
 

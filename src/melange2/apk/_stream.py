@@ -143,14 +143,19 @@ class GzipMemberReader(io.RawIOBase):
     """Decompress one gzip member from ``source``, leaving the rest of ``source`` unread.
 
     ``on_raw`` receives the member's compressed bytes, header and trailer included,
-    exactly once each and in order. Output is produced at most ``CHUNK_SIZE`` bytes
-    at a time, so a small member that inflates hugely does not land in memory at once.
+    exactly once each and in order; ``on_plain`` its decompressed bytes, in order, as
+    they are inflated (whether or not they are read). Output is produced at most
+    ``CHUNK_SIZE`` bytes at a time, so a small member that inflates hugely does not land
+    in memory at once.
     """
 
-    def __init__(self, source: ByteSource, *, on_raw: Sink | None = None) -> None:
+    def __init__(
+        self, source: ByteSource, *, on_raw: Sink | None = None, on_plain: Sink | None = None
+    ) -> None:
         super().__init__()
         self._source = source
         self._on_raw = on_raw
+        self._on_plain = on_plain
         self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._pending = bytearray()
         self._current = b""  # raw chunk still (partly) being inflated, not yet reported
@@ -200,9 +205,12 @@ class GzipMemberReader(io.RawIOBase):
             self._started = True
             self._current = data
         try:
-            self._pending += self._inflater.decompress(data, CHUNK_SIZE)
+            plain = self._inflater.decompress(data, CHUNK_SIZE)
         except zlib.error as exc:
             raise ApkFormatError(f"corrupt gzip stream: {exc}") from exc
+        if plain and self._on_plain is not None:
+            self._on_plain(plain)
+        self._pending += plain
         if self._inflater.eof:
             unused = self._inflater.unused_data
             self._report(self._current[: len(self._current) - len(unused)])

@@ -30,7 +30,9 @@ from melange2.apk._stream import (
     CHUNK_SIZE,
     ByteSource,
     GzipMemberReader,
+    Sink,
     read_tar_segment,
+    tee,
 )
 from melange2.apk.errors import ApkFormatError, ApkIntegrityError, ApkSignatureError
 from melange2.apk.pkginfo import PackageInfo, parse_pkginfo
@@ -169,17 +171,40 @@ def read_signatures(entries: list[tuple[tarfile.TarInfo, bytes]]) -> tuple[Signa
     return tuple(signatures)
 
 
-def read_apk(source: Path | BinaryIO, *, verify_checksums: bool = True) -> ApkPackage:
+def read_apk(
+    source: Path | BinaryIO,
+    *,
+    verify_checksums: bool = True,
+    on_data_raw: Sink | None = None,
+    on_data_plain: Sink | None = None,
+    inflate_data: bool = True,
+) -> ApkPackage:
     """Read a package from a path or a binary stream positioned at its start.
 
     With ``verify_checksums`` every regular file and symlink with a
     ``APK-TOOLS.checksum.SHA1`` record is checked (:class:`ApkIntegrityError`).
     Signatures are not checked here: call :meth:`ApkPackage.verify`.
+
+    ``on_data_raw`` and ``on_data_plain`` receive the data stream as it is read,
+    compressed and decompressed (an environment layer is both, with one inflation).
+
+    Without ``inflate_data`` the data stream is hashed as it lies in the file (the rest
+    of the file after the control stream: ``data_sha256``) but not inflated: no
+    ``entries``, no checksums checked. What :meth:`ApkPackage.verify` and a fetch need
+    (the control stream, ``.PKGINFO``, the datahash to compare) at a fraction of the cost.
     """
+    sinks = _DataSinks(raw=on_data_raw, plain=on_data_plain, inflate=inflate_data)
     if isinstance(source, Path):
         with source.open("rb") as raw:
-            return _read(raw, verify_checksums)
-    return _read(source, verify_checksums)
+            return _read(raw, verify_checksums, sinks)
+    return _read(source, verify_checksums, sinks)
+
+
+@dataclass(frozen=True, slots=True)
+class _DataSinks:
+    raw: Sink | None = None
+    plain: Sink | None = None
+    inflate: bool = True
 
 
 def split_streams(data: bytes) -> list[bytes]:
@@ -193,7 +218,7 @@ def split_streams(data: bytes) -> list[bytes]:
     return streams
 
 
-def _read(raw: BinaryIO, verify_checksums: bool) -> ApkPackage:
+def _read(raw: BinaryIO, verify_checksums: bool, sinks: _DataSinks) -> ApkPackage:
     source = ByteSource(raw)
     first_raw = bytearray()
     first = GzipMemberReader(source, on_raw=first_raw.extend)
@@ -211,12 +236,19 @@ def _read(raw: BinaryIO, verify_checksums: bool) -> ApkPackage:
     info, scripts = _read_control(control_entries)
 
     data_hash = hashlib.sha256()
-    data = GzipMemberReader(source, on_raw=data_hash.update)
-    entries = _read_data(data, verify_checksums)
-    data.drain()
-    size += data.raw_size
-    if not source.at_eof():
-        raise ApkFormatError("unexpected bytes after the data stream")
+    on_raw = data_hash.update if sinks.raw is None else tee(data_hash.update, sinks.raw)
+    entries: tuple[DataEntry, ...] = ()
+    if sinks.inflate:
+        data = GzipMemberReader(source, on_raw=on_raw, on_plain=sinks.plain)
+        entries = _read_data(data, verify_checksums)
+        data.drain()
+        size += data.raw_size
+        if not source.at_eof():
+            raise ApkFormatError("unexpected bytes after the data stream")
+    else:
+        while chunk := source.read(CHUNK_SIZE):
+            on_raw(chunk)
+            size += len(chunk)
     return ApkPackage(
         info=info,
         signatures=signatures,

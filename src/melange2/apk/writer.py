@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from melange2.apk._stream import (
     CHUNK_SIZE,
@@ -50,7 +50,16 @@ from melange2.apk.index import IndexRecord
 from melange2.apk.pkginfo import PackageInfo
 from melange2.apk.signing import Signer, signature_stream
 
-__all__ = ["ApkResult", "Owner", "Scriptlet", "write_apk"]
+__all__ = [
+    "ApkResult",
+    "DataStream",
+    "Owner",
+    "Scriptlet",
+    "control_stream",
+    "finish_info",
+    "write_apk",
+    "write_data",
+]
 
 CHECKSUM_PAX_KEY = "APK-TOOLS.checksum.SHA1"
 _SPOOL_IN_MEMORY = 16 << 20
@@ -172,28 +181,18 @@ def write_apk(
     )
 
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
-        datahash = hashlib.sha256()
-        member = GzipMemberWriter(tee(spool.write, datahash.update), level=compresslevel)
-        stats = _DataStats(installed_size=rootdir.lstat().st_size, keep_hardlinks=keep_hardlinks)
-        for rel, path, st in _walk(rootdir):
-            owner = _owner(rel, st, owners or {}, preserve_owners, names)
-            _write_entry(member, rel, path, st, owner, source_date_epoch, stats, names)
-        member.write(END_OF_ARCHIVE)
-        member.close()
-
-        final = info.evolve(
-            installed_size=stats.installed_size,
-            datahash=datahash.hexdigest(),
-            build_date=info.build_date or source_date_epoch,
+        written = _write_data(
+            rootdir,
+            spool,
+            source_date_epoch,
+            owners,
+            preserve_owners,
+            names,
+            keep_hardlinks,
+            compresslevel,
         )
-
-        control_tar = tar_small_file(
-            ".PKGINFO", final.render(), mode=0o644, mtime=source_date_epoch
-        )
-        for name in sorted(control, key=os.fsencode):
-            data, mode = control[name]
-            control_tar += tar_small_file(name, data, mode=mode, mtime=source_date_epoch)
-        control_stream = gzip_member(control_tar, level=compresslevel)
+        final = finish_info(info, written, source_date_epoch=source_date_epoch)
+        control_gz = _control(final, control, source_date_epoch, compresslevel)
 
         whole = hashlib.sha256()
         size = 0
@@ -205,8 +204,8 @@ def write_apk(
             size += len(data)
 
         if signer is not None:
-            emit(signature_stream(signer, control_stream, mtime=source_date_epoch))
-        emit(control_stream)
+            emit(signature_stream(signer, control_gz, mtime=source_date_epoch))
+        emit(control_gz)
         spool.seek(0)
         while chunk := spool.read(CHUNK_SIZE):
             emit(chunk)
@@ -214,10 +213,98 @@ def write_apk(
     return ApkResult(
         info=final,
         size=size,
-        checksum=hashlib.sha1(control_stream).digest(),
+        checksum=hashlib.sha1(control_gz).digest(),
         sha256=whole.hexdigest(),
         signature_name=signer.signature_name if signer is not None else None,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataStream:
+    """What :func:`write_data` wrote: the facts ``.PKGINFO`` needs about the data."""
+
+    installed_size: int
+    datahash: str  #: hex sha256 of the data gzip stream
+
+
+def write_data(
+    rootdir: Path,
+    out: BinaryIO,
+    *,
+    source_date_epoch: int,
+    owners: Mapping[str, Owner] | None = None,
+    preserve_owners: bool = False,
+    keep_hardlinks: bool = False,
+    compresslevel: int = 9,
+) -> DataStream:
+    """Write only the data stream of an APK (the tree under ``rootdir``, as
+    :func:`write_apk` writes it) to ``out``: the part of a package that does not depend
+    on its metadata, so it can be kept and given a control stream and a signature later
+    (:func:`finish_info`, :func:`control_stream`)."""
+    if not rootdir.is_dir():
+        raise ApkFormatError(f"{rootdir} is not a directory")
+    names = _Names(uid_map={}, gid_map={}, users=ROOT_NAMES, groups=ROOT_NAMES)
+    return _write_data(
+        rootdir,
+        out,
+        source_date_epoch,
+        owners,
+        preserve_owners,
+        names,
+        keep_hardlinks,
+        compresslevel,
+    )
+
+
+def finish_info(info: PackageInfo, data: DataStream, *, source_date_epoch: int) -> PackageInfo:
+    """``info`` with what the data stream decides: installed size, datahash and (when
+    ``info`` has none) the build date."""
+    return info.evolve(
+        installed_size=data.installed_size,
+        datahash=data.datahash,
+        build_date=info.build_date or source_date_epoch,
+    )
+
+
+def control_stream(info: PackageInfo, *, source_date_epoch: int, compresslevel: int = 9) -> bytes:
+    """The control gzip stream of a package with no scriptlets: its ``.PKGINFO``
+    (``info`` as :func:`finish_info` left it). Its SHA-1 is the package's identity; a
+    signature signs it."""
+    return _control(info, {}, source_date_epoch, compresslevel)
+
+
+def _write_data(
+    rootdir: Path,
+    out: Any,
+    source_date_epoch: int,
+    owners: Mapping[str, Owner] | None,
+    preserve_owners: bool,
+    names: _Names,
+    keep_hardlinks: bool,
+    compresslevel: int,
+) -> DataStream:
+    datahash = hashlib.sha256()
+    member = GzipMemberWriter(tee(out.write, datahash.update), level=compresslevel)
+    stats = _DataStats(installed_size=rootdir.lstat().st_size, keep_hardlinks=keep_hardlinks)
+    for rel, path, st in _walk(rootdir):
+        owner = _owner(rel, st, owners or {}, preserve_owners, names)
+        _write_entry(member, rel, path, st, owner, source_date_epoch, stats, names)
+    member.write(END_OF_ARCHIVE)
+    member.close()
+    return DataStream(installed_size=stats.installed_size, datahash=datahash.hexdigest())
+
+
+def _control(
+    final: PackageInfo,
+    control: Mapping[str, tuple[bytes, int]],
+    source_date_epoch: int,
+    compresslevel: int,
+) -> bytes:
+    control_tar = tar_small_file(".PKGINFO", final.render(), mode=0o644, mtime=source_date_epoch)
+    for name in sorted(control, key=os.fsencode):
+        data, mode = control[name]
+        control_tar += tar_small_file(name, data, mode=mode, mtime=source_date_epoch)
+    return gzip_member(control_tar, level=compresslevel)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,13 +21,15 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from melange2.aio import all_of
 from melange2.apk.index import IndexRecord
-from melange2.apk.reader import DataEntry, read_apk, split_streams
+from melange2.apk.reader import DataEntry, read_apk
 from melange2.cache import SizedCache
 from melange2.errors import ManifestNotFound
 from melange2.fsutil import write_atomic
@@ -47,7 +49,7 @@ from melange2.platform import Platform
 
 ENV_REPO = "melange2/env"
 #: bump when the layout of composed images changes, so old tags are not reused
-COMPOSER_VERSION = "2"
+COMPOSER_VERSION = "3"
 #: the build account melange's environments get (apko appends it to the packages' own
 #: /etc/passwd and /etc/group, or writes files holding it alone)
 BUILD_USER = b"build:x:1000:1000:Account created by apko:/home/build:/bin/sh\n"
@@ -56,6 +58,9 @@ BUILD_GROUP = b"build:x:1000:build\n"
 PASSWD = BUILD_USER
 GROUP = BUILD_GROUP
 ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: package layers made at once, and uploaded at once, by one composer
+LAYER_WORKERS = max(2, os.cpu_count() or 1)
+UPLOADS = 4
 
 #: renders one package's part of /lib/apk/db/installed from its record and file list
 DbFragment = Callable[[IndexRecord, Sequence[DataEntry]], str]
@@ -106,6 +111,8 @@ class PackageLayer:
     #: the package's own /etc/passwd and /etc/group ("" when it ships none)
     passwd: str = ""
     group: str = ""
+    #: the packages whose files this one's replace (``.PKGINFO`` ``replaces``)
+    replaces: tuple[str, ...] = ()
 
 
 class LayerCache:
@@ -131,25 +138,32 @@ class LayerCache:
             return known
         meta = self._meta(pkg.record)
         if meta.exists():
-            layer = PackageLayer(**json.loads(meta.read_text()))
-            if self.blob_path(layer.digest).exists():
-                self._memo.put(pkg.record.checksum, layer)
-                return layer
-        data = pkg.apk.read_bytes()
-        stream = split_streams(data)[-1]  # signature?, control, data: the data is last
-        entries = read_apk(pkg.apk, verify_checksums=False).entries
-        digest = "sha256:" + hashlib.sha256(stream).hexdigest()
-        plain = gzip.decompress(stream)
-        accounts = _account_files(plain, entries)
+            doc = json.loads(meta.read_text())
+            if "replaces" in doc:  # older entries did not record it: made again
+                layer = PackageLayer(**{**doc, "replaces": tuple(doc["replaces"])})
+                if self.blob_path(layer.digest).exists():
+                    self._memo.put(pkg.record.checksum, layer)
+                    return layer
+        # one pass: the data stream as it is (the layer), its inflated tar hashed (the
+        # layer's diff_id) and listed (the installed-db fragment)
+        stream = bytearray()
+        diff_id = hashlib.sha256()
+        package = read_apk(
+            pkg.apk, verify_checksums=False, on_data_raw=stream.extend, on_data_plain=diff_id.update
+        )
+        entries = package.entries
+        digest = f"sha256:{package.data_sha256}"
+        accounts = _account_files(bytes(stream), entries)
         layer = PackageLayer(
             digest=digest,
             size=len(stream),
-            diff_id="sha256:" + hashlib.sha256(plain).hexdigest(),
+            diff_id=f"sha256:{diff_id.hexdigest()}",
             db_fragment=fragment(pkg.record, entries),
             passwd=accounts.get("etc/passwd", ""),
             group=accounts.get("etc/group", ""),
+            replaces=tuple(package.info.replaces),
         )
-        write_atomic(self.blob_path(digest), stream, durable=False)
+        write_atomic(self.blob_path(digest), bytes(stream), durable=False)
         write_atomic(meta, json.dumps(layer.__dict__).encode(), durable=False)
         self._memo.put(pkg.record.checksum, layer)
         return layer
@@ -211,6 +225,10 @@ class EnvironmentComposer:
         self._known: SizedCache[str, ImageRef] = SizedCache(8 * 1024 * 1024, lambda _: 400)
         self._composing: dict[str, asyncio.Task[ImageRef]] = {}
         self._pushing: dict[str, asyncio.Task[None]] = {}
+        #: layers made at once (each in a thread: inflating and hashing release the GIL),
+        #: and uploaded at once
+        self._making = _LoopSemaphore(LAYER_WORKERS)
+        self._uploads = _LoopSemaphore(UPLOADS)
 
     async def compose(self, spec: EnvironmentSpec) -> ImageRef:
         """The image for ``spec``, pushed if the registry does not have it yet."""
@@ -237,11 +255,13 @@ class EnvironmentComposer:
         return ref
 
     async def _build(self, spec: EnvironmentSpec, tag: str) -> ImageRef:
-        layers = [
-            await asyncio.to_thread(self.cache.get, pkg, self.fragment) for pkg in spec.packages
-        ]
-        for layer in layers:
-            await self._push_layer(layer.digest)
+        async def made(pkg: EnvPackage) -> tuple[str, PackageLayer]:
+            async with self._making.get():
+                layer = await asyncio.to_thread(self.cache.get, pkg, self.fragment)
+            await self._push_layer(layer.digest)  # while the next ones are made
+            return pkg.record.name, layer
+
+        layers = layer_order(await all_of(made(pkg) for pkg in spec.packages))
         own = await asyncio.to_thread(_own_layer, spec, layers)
         await self.registry.push_blob(ENV_REPO, own.blob)
         all_layers: list[Layer] = [
@@ -263,18 +283,46 @@ class EnvironmentComposer:
         await asyncio.shield(task)
 
     async def _push_cached(self, digest: str) -> None:
-        if not await self.registry.has_blob(ENV_REPO, digest):
-            data = await asyncio.to_thread(self.cache.blob_path(digest).read_bytes)
-            await self.registry.push_blob(ENV_REPO, Blob(media_type=LAYER_MEDIA_TYPE, data=data))
+        async with self._uploads.get():
+            if not await self.registry.has_blob(ENV_REPO, digest):
+                data = await asyncio.to_thread(self.cache.blob_path(digest).read_bytes)
+                blob = Blob(media_type=LAYER_MEDIA_TYPE, data=data)
+                await self.registry.push_blob(ENV_REPO, blob)
 
 
-def _account_files(data_tar: bytes, entries: Sequence[DataEntry]) -> dict[str, str]:
-    """The package's /etc/passwd and /etc/group, when it ships them."""
+class _LoopSemaphore:
+    """A semaphore for whichever event loop runs (a composer may outlive one loop, as
+    in ``melange2 build`` runs and tests calling :func:`asyncio.run` more than once)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self._held: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+
+    def get(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._held is None or self._held[0] is not loop:
+            self._held = (loop, asyncio.Semaphore(self.value))
+        return self._held[1]
+
+
+def layer_order(layers: Sequence[tuple[str, PackageLayer]]) -> list[PackageLayer]:
+    """Layers in install order, except that a package another one ``replaces`` goes
+    below it: where both ship a path (busybox's ``/usr/bin/ar`` applet and binutils'
+    ``ar``), the replacing package's file is the one installed, as apk does."""
+    replaced = {name for _, layer in layers for name in layer.replaces}
+    below = [layer for name, layer in layers if name in replaced]
+    above = [layer for name, layer in layers if name not in replaced]
+    return [*below, *above]
+
+
+def _account_files(stream: bytes, entries: Sequence[DataEntry]) -> dict[str, str]:
+    """The package's /etc/passwd and /etc/group, when it ships them (``stream``: its
+    data stream, inflated again only then)."""
     wanted = {"etc/passwd", "etc/group"}
     if not any(e.path in wanted and e.kind == "file" for e in entries):
         return {}
     found: dict[str, str] = {}
-    with tarfile.open(fileobj=io.BytesIO(data_tar), mode="r:") as archive:
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(stream)), mode="r:") as archive:
         for member in archive:
             if member.name in wanted and member.isreg():
                 extracted = archive.extractfile(member)

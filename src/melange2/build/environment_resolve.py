@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from melange2.aio import all_of
 from melange2.build.environment import (
     EnvironmentComposer,
     EnvironmentSpec,
@@ -34,7 +35,7 @@ from melange2.repo.repository import (
     load_indexes,
     map_fetch_errors,
 )
-from melange2.repo.resolve import Resolution, installed_db_entry, resolve
+from melange2.repo.resolve import Resolution, ResolvedPackage, installed_db_entry, resolve
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +91,8 @@ class PreparedEnvironment:
     key: str = ""  #: the image's key (:func:`environment_key`)
 
 
+#: packages fetched at once for one environment
+FETCHES = 4
 #: the largest key file fetched
 _MAX_KEY_BYTES = 64 * 1024
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,200}", re.ASCII)
@@ -189,12 +192,16 @@ class EnvironmentBuilder:
     async def prepare(self, request: EnvironmentRequest) -> PreparedEnvironment:
         resolved = await self.resolve(request)
         http = self._client()
-        fetched = []
-        for package in resolved.resolution.packages:
-            path = await package.index.fetch(
-                package.record, cache_dir=self.cache_dir / "apks", client=http
-            )
-            fetched.append(EnvPackage(record=package.record, apk=path))
+        fetching = asyncio.Semaphore(FETCHES)
+
+        async def fetch(package: ResolvedPackage) -> EnvPackage:
+            async with fetching:  # a download or copy, then a check, each in a thread
+                path = await package.index.fetch(
+                    package.record, cache_dir=self.cache_dir / "apks", client=http
+                )
+            return EnvPackage(record=package.record, apk=path)
+
+        fetched = await all_of(fetch(p) for p in resolved.resolution.packages)
         spec = EnvironmentSpec(
             platform=Platform.from_arch(request.arch),
             packages=fetched,

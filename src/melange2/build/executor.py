@@ -44,6 +44,7 @@ from melange2.build.melange_yaml import BuildFacts, render_melange_yaml, step_in
 from melange2.build.outputs import unpack_image
 from melange2.build.progress import ProgressTracker, StepSink
 from melange2.build.sbom import SbomContext
+from melange2.build.source_cache import CACHE_MOUNT, SourceCache, cache_image
 from melange2.build.sources import push_sources
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
@@ -120,6 +121,8 @@ class BuildOptions:
     #: make every build's package differ
     recorded_repositories: Sequence[str] | None = None
     recorded_keyrings: Sequence[str] | None = None
+    #: melange's source cache (``--cache-dir``): what ``fetch`` finds in /var/cache/melange
+    source_cache: SourceCache | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,6 +153,8 @@ class PlannedBuild:
     environment_key: str = ""
     #: the environment's packages, ``name=version`` (melange's locked configuration)
     locked: tuple[str, ...] = ()
+    #: what the environment installs, ``name-version (repository)``, in install order
+    environment_installs: tuple[str, ...] = ()
 
 
 def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
@@ -189,10 +194,23 @@ def build_graph(
     *,
     environment: str,
     sources: ImageRef | None,
+    source_cache: ImageRef | None = None,
 ) -> llb.State:
-    """The LLB of the build: the environment, the sources, one exec per step, and the
+    """The LLB of the build: the environment, the sources, one exec per step (with the
+    source cache's files the build expects read-only at /var/cache/melange), and the
     melange-out tree alone as the result."""
     platform = llb.Platform.from_arch(opts.arch)
+    mounts = (
+        [
+            llb.Mount(
+                dest=CACHE_MOUNT,
+                source=llb.image(str(source_cache), platform=platform, name="source cache"),
+                readonly=True,
+            )
+        ]
+        if source_cache is not None
+        else []
+    )
     env_root = root = llb.image(environment, platform=platform, name="build environment")
     for name in config.package_names:
         root = llb.mkdir(root, f"{WORKSPACE}/melange-out/{name}", name=f"mkdir melange-out/{name}")
@@ -212,6 +230,7 @@ def build_graph(
             env=step_env(plan.environment, step, opts),
             cwd=step.workdir,
             network=opts.network,
+            mounts=mounts,
             name=step.name,
         ).root
     out = llb.copy(
@@ -440,6 +459,8 @@ class Builder:
         self.registry = registry
         self.connect = connect
         self.environments = EnvironmentBuilder(registry, cache_dir, policy)
+        #: what the last environment resolved installs (set and read without an await between)
+        self.last_installs: tuple[str, ...] = ()
         #: by key file: (its mtime, the signer); one entry per key
         self._signers: dict[Path, tuple[float, Signer]] = {}
 
@@ -498,6 +519,10 @@ class Builder:
         locked = tuple(
             sorted(f"{p.record.name}={p.record.version}" for p in prepared.resolution.packages)
         )
+        self.last_installs = tuple(
+            f"{p.record.name}-{p.record.version} ({p.repository.location})"
+            for p in prepared.resolution.packages
+        )
         return str(prepared.image), prepared.key, locked
 
     async def plan(self, opts: BuildOptions) -> PlannedBuild:
@@ -514,11 +539,19 @@ class Builder:
             contents.repositories,
             contents.keyring,
         )
+        installs = self.last_installs if env_key else ()
         platform = llb.Platform.from_arch(opts.arch)
         sources = None
         if opts.source_dir is not None and opts.source_dir.is_dir():
             sources = await push_sources(opts.source_dir, platform, self.registry)
-        state = build_graph(config, plan, opts, environment=env_image, sources=sources)
+        cached = None
+        if opts.source_cache is not None and plan.source_digests:
+            cached = await cache_image(
+                opts.source_cache, plan.source_digests, platform, self.registry
+            )
+        state = build_graph(
+            config, plan, opts, environment=env_image, sources=sources, source_cache=cached
+        )
         definition = llb.marshal(state)
         raw = definition.SerializeToString(deterministic=True)
         base_digest = ""
@@ -544,6 +577,7 @@ class Builder:
             input_digest=digest,
             environment_key=env_key,
             locked=locked,
+            environment_installs=installs,
         )
 
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:

@@ -45,6 +45,7 @@ from melange2.wire import (
     PlanOut,
     PoolBackendOut,
     RemoveBackendRequest,
+    SourceOut,
 )
 
 DEFAULT_SERVER = "http://localhost:8080"
@@ -262,6 +263,38 @@ class RemoteClient:
 
     def backend_status(self) -> BackendStatusList:
         return _parse(BackendStatusList, self._request("GET", "/backends/status"))
+
+    # the source cache
+
+    def has_source(self, digest: str) -> bool:
+        """Whether the server's source cache holds ``digest`` (``sha256:<hex>``)."""
+        with _translate(self.server):
+            response = self._http.head(f"/sources/{_seg(digest)}")
+        if response.status_code == 404:
+            return False
+        _raise_for_error(response)
+        return True
+
+    def add_source(self, path: Path, digest: str) -> SourceOut:
+        """Upload ``path`` to the source cache under ``digest``, streamed from disk."""
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        timeout = httpx.Timeout(self._http.timeout.connect, read=None, write=None)
+        response = self._request(
+            "PUT",
+            f"/sources/{_seg(digest)}",
+            content=chunks(),
+            headers={
+                "content-type": "application/octet-stream",
+                "content-length": str(path.stat().st_size),
+            },
+            timeout=timeout,
+        )
+        return _parse(SourceOut, response)
 
 
 def _seg(value: str) -> str:

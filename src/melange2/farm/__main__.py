@@ -14,12 +14,25 @@ from rich.table import Table
 from melange2.errors import FarmError
 from melange2.farm.local import FarmEnv, LocalFarm
 from melange2.farm.smoke import run_smoke
+from melange2.farm.toolchain import default_cache_dir
 
 
 def _farm(
-    root: str, tools: str, daemons: int = 2, server: bool = True, tls: bool = False
+    root: str,
+    tools: str,
+    daemons: int = 2,
+    server: bool = True,
+    tls: bool = False,
+    toolchain: bool = True,
 ) -> LocalFarm:
-    return LocalFarm(Path(root), tools_dir=Path(tools), daemons=daemons, server=server, tls=tls)
+    return LocalFarm(
+        Path(root),
+        tools_dir=Path(tools),
+        daemons=daemons,
+        server=server,
+        tls=tls,
+        toolchain_cache=default_cache_dir() if toolchain else None,
+    )
 
 
 @click.group()
@@ -46,11 +59,19 @@ def cli(ctx: click.Context, root: str, tools: str) -> None:
     help="Daemons serve TLS and require a client certificate (made into <root>/tls/; "
     "the server and .farm/env use it). `make farm-up FARM_TLS=1`.",
 )
+@click.option(
+    "--toolchain/--no-toolchain",
+    default=True,
+    show_default=True,
+    help="Publish the toolchain converted from Debian (gcc, make, autoconf, ...) beside "
+    "busybox in the bootstrap repository (cached in $MELANGE2_TOOLCHAIN_CACHE, default "
+    "~/.cache/melange2/toolchain).",
+)
 @click.pass_obj
-def up(obj: tuple[str, str], daemons: int, server: bool, tls: bool) -> None:
-    """Start the registry, push the base image, start the buildkitd daemons and the
-    server."""
-    farm = _farm(*obj, daemons=daemons, server=server, tls=tls)
+def up(obj: tuple[str, str], daemons: int, server: bool, tls: bool, toolchain: bool) -> None:
+    """Start the registry, push the base image, build the bootstrap repository, start
+    the buildkitd daemons and the server."""
+    farm = _farm(*obj, daemons=daemons, server=server, tls=tls, toolchain=toolchain)
     running = farm.running_services()
     if running:
         click.echo(
@@ -58,6 +79,13 @@ def up(obj: tuple[str, str], daemons: int, server: bool, tls: bool) -> None:
         )
         return
     env = asyncio.run(farm.up())
+    for tarball, problem in farm.source_problems:
+        click.echo(f"warning: {tarball.filename} is not in the source cache: {problem}", err=True)
+    for tc in farm.bootstrap.toolchains if farm.bootstrap else ():
+        click.echo(
+            f"toolchain {tc.arch}: {len(tc.packages)} packages "
+            f"({tc.converted} converted now, the rest cached) in {tc.seconds:.1f}s"
+        )
     click.echo(f"farm up: registry {env.registry}, buildkitd {' '.join(env.buildkit_addrs)}")
     click.echo(f"base image {env.base_image}")
     if env.tls_ca_cert:

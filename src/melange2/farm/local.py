@@ -6,12 +6,14 @@ test suite's session fixtures, so tests run on exactly what users run.
 Layout under the farm's root (``.farm/`` for ``make farm-up``)::
 
     env                        shell-sourceable: MELANGE_SERVER, BUILDKIT_ADDRS, BASE_IMAGE,
-                               REGISTRY, BOOTSTRAP_REPO, BOOTSTRAP_KEY (and with TLS:
-                               BUILDKIT_TLS_CACERT, BUILDKIT_TLS_CERT, BUILDKIT_TLS_KEY)
+                               REGISTRY, BOOTSTRAP_REPO, BOOTSTRAP_KEY, SOURCE_CACHE (and with
+                               TLS: BUILDKIT_TLS_CACERT, BUILDKIT_TLS_CERT, BUILDKIT_TLS_KEY)
     tls/                       with TLS: ca.pem, server.pem + server-key.pem (what the
                                daemons serve), client.pem + client-key.pem (farm.certs)
-    bootstrap/repo/<arch>/     the signed bootstrap APK repository (busybox)
+    bootstrap/repo/<arch>/     the signed bootstrap APK repository (busybox, the toolchain)
     bootstrap/keys/            its signing key
+    sources/                   the source cache (melange's layout: sha256:<hex>), with the
+                               upstream tarballs of examples/; the server's --source-cache
     logs/<service>.log         each process's output
     pids/<service>.pid
     registry/config.yml, registry/data/
@@ -41,8 +43,9 @@ from melange2.buildkit.tls import ClientTLS, load_client_tls
 from melange2.errors import BuildkitError, FarmProcessError
 from melange2.farm import processes
 from melange2.farm.baseimage import push_base_image
-from melange2.farm.bootstrap import build_bootstrap_repo
+from melange2.farm.bootstrap import BootstrapRepo, build_bootstrap_repo
 from melange2.farm.certs import FarmCerts, farm_certs, make_certs
+from melange2.farm.upstream import UpstreamTarball, fill_source_cache
 from melange2.oci.registry import RegistryClient
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
@@ -159,6 +162,8 @@ async def start_server(
         env.extra["BOOTSTRAP_KEY"],
         *extra_args,
     ]
+    if env.extra.get("SOURCE_CACHE"):
+        argv += ["--source-cache", env.extra["SOURCE_CACHE"]]
     if backends_config is not None:
         argv += ["--backends-config", str(backends_config)]
     else:
@@ -192,12 +197,18 @@ class LocalFarm:
         tools_dir: Path,
         daemons: int = 2,
         server: bool = False,
+        toolchain_cache: Path | None = None,
         tls: bool = False,
     ) -> None:
         self.root = root.resolve()
         self.tools_dir = tools_dir.resolve()
         self.daemons = daemons
         self.server = server
+        #: where converted Debian packages are kept (None: busybox alone, no toolchain)
+        self.toolchain_cache = toolchain_cache
+        self.bootstrap: BootstrapRepo | None = None
+        #: upstream tarballs that could not be put into the source cache, and why
+        self.source_problems: list[tuple[UpstreamTarball, str]] = []
         self.tls = tls
 
     @property
@@ -240,14 +251,26 @@ class LocalFarm:
         self._check_tools()
         self.root.mkdir(parents=True, exist_ok=True)
         try:
-            registry = await self._start_registry()
+            registry = await self.start_registry()
             debs = {
                 arch: self.tools_dir / "debs" / f"busybox-static_{arch}.deb"
                 for arch in ("amd64", "arm64")
             }
             present = {a: p for a, p in debs.items() if p.exists()}
             base = await push_base_image(registry, present)
-            bootstrap = build_bootstrap_repo(self.root / "bootstrap", present)
+            bootstrap = await asyncio.to_thread(
+                build_bootstrap_repo,
+                self.root / "bootstrap",
+                present,
+                toolchain_cache=self.toolchain_cache,
+            )
+            self.bootstrap = bootstrap
+            sources = self.root / "sources"
+            sources.mkdir(parents=True, exist_ok=True)
+            if self.toolchain_cache is not None:
+                self.source_problems = await asyncio.to_thread(
+                    fill_source_cache, sources, self.toolchain_cache / "sources"
+                )
             certs = make_certs(self.root / "tls") if self.tls else None
             addrs = [self._start_buildkitd(n, registry) for n in range(self.daemons)]
             await asyncio.gather(*(self._wait_buildkitd(n, a) for n, a in enumerate(addrs)))
@@ -261,6 +284,7 @@ class LocalFarm:
                 extra={
                     "BOOTSTRAP_REPO": str(bootstrap.repo),
                     "BOOTSTRAP_KEY": str(bootstrap.public_key),
+                    "SOURCE_CACHE": str(sources),
                 },
             )
             if self.server:
@@ -358,7 +382,9 @@ class LocalFarm:
         if missing:
             raise FarmProcessError(f"missing {', '.join(missing)}: run `make setup` first")
 
-    async def _start_registry(self) -> str:
+    async def start_registry(self) -> str:
+        """Start the registry alone (``up`` starts it first); returns its address;
+        ``down`` stops it."""
         port = processes.free_port()
         host = f"127.0.0.1:{port}"
         home = self.root / "registry"

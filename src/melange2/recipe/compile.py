@@ -145,6 +145,9 @@ class BuildPlan:
     needs_packages: tuple[str, ...]
     #: The config's ``environment.environment`` with melange's defaults.
     environment: Mapping[str, str]
+    #: What the ``expected-sha256``/``expected-sha512`` inputs of the pipelines that run
+    #: name (``sha256:<hex>``, in order): the downloads a source cache may already hold.
+    source_digests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -250,6 +253,7 @@ def compile_build(config: Config, resolver: PipelineResolver | None = None) -> B
     environment = _with_defaults(config.environment.environment)
     needs = _Needs()
     steps: list[ExecStep] = []
+    digests: list[str] = []
     contexts: list[tuple[str, Mapping[str, str], tuple[Step, ...]]] = [
         (config.package.name, substitution_map(config), config.pipeline)
     ]
@@ -262,7 +266,13 @@ def compile_build(config: Config, resolver: PipelineResolver | None = None) -> B
         walker = _Walker(resolver=resolver, package=package, base_env=environment, needs=needs)
         walker.walk(pipeline, _Frame(mapping=mapping))
         steps.extend(walker.steps)
-    return BuildPlan(steps=tuple(steps), needs_packages=needs.packages(), environment=environment)
+        digests.extend(walker.digests)
+    return BuildPlan(
+        steps=tuple(steps),
+        needs_packages=needs.packages(),
+        environment=environment,
+        source_digests=tuple(dict.fromkeys(digests)),
+    )
 
 
 def subpackage_enabled(config: Config, subpackage: Subpackage) -> bool:
@@ -380,6 +390,7 @@ class _Walker:
         self.base_env = base_env
         self.needs = needs
         self.steps: list[ExecStep] = []
+        self.digests: list[str] = []
 
     def walk(self, steps: Sequence[Step], frame: _Frame) -> None:
         for step in steps:
@@ -446,6 +457,10 @@ class _Walker:
             raise RecipeFieldError(f"'uses' nested more than {_MAX_DEPTH} deep", location=where)
         definition = self.resolver.resolve(uses, location=where)
         inputs = _inputs(step, definition, frame.mapping)
+        for algorithm in ("sha256", "sha512"):
+            value = inputs.get(f"expected-{algorithm}", "").strip().lower()
+            if value:
+                self.digests.append(f"{algorithm}:{value}")
         context = {k: v for k, v in frame.mapping.items() if not k.startswith("inputs.")}
         mapping = {**context, **{f"inputs.{k}": v for k, v in inputs.items()}}
         self.needs.add(

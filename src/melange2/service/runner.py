@@ -32,6 +32,7 @@ from melange2.apk.index import IndexRecord
 from melange2.build.executor import Builder, BuildOptions
 from melange2.build.inputs import read_tree
 from melange2.build.progress import LogFileSink, open_log
+from melange2.build.source_cache import SourceCache
 from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitUnavailable, FarmError, PackageFailed, SolveCancelled
 from melange2.jobs import Backend, Build, PackageJob
@@ -62,6 +63,7 @@ class BuildkitRunner:
         hub: LogHub | None = None,
         *,
         daemon_tls: Callable[[str], ClientTLS | None] = lambda addr: None,
+        source_cache: SourceCache | None = None,
     ) -> None:
         self.settings = settings
         self.builder = builder
@@ -70,6 +72,7 @@ class BuildkitRunner:
         self.publication = publication
         self.reuse = reuse
         self.hub = hub or LogHub()
+        self.source_cache = source_cache
         #: how to reach a backend's daemon over TLS, by its address (the pool knows)
         self.daemon_tls = daemon_tls
         self.redact = Redactor.for_server(
@@ -173,6 +176,7 @@ class BuildkitRunner:
             debug=step.debug,
             cache_ref=s.cache_registry,
             cache_mode=s.cache_mode,
+            source_cache=self.source_cache,
             # the SBOM names the config as submitted, not the server's work directory, and
             # .melange.yaml the farm's repositories, not this build's staging one (else
             # every build's package would differ and nothing could be reused)
@@ -200,6 +204,9 @@ class BuildkitRunner:
             planned = await self.builder.plan(opts)
             digest = planned.input_digest
             log.write(f"input digest {digest}\n".encode())
+            if planned.environment_installs:
+                listed = "".join(f"\n  {line}" for line in planned.environment_installs)
+                log.write(f"environment installs:{listed}\n".encode())
             quick = (
                 await asyncio.to_thread(self._quick_of, job, build, planned.environment_key, opts)
                 if planned.environment_key

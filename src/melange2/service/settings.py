@@ -41,6 +41,14 @@ class ServerSettings:
     storage: StorageSpec | None = None
     #: a log stops growing here, with a marker where it was cut
     max_log_bytes: int = 64 * 1024 * 1024
+    #: melange's source cache (``--source-cache``): a directory, ``gs://`` or ``s3://``;
+    #: default: ``<data-dir>/sources``
+    source_cache: str = ""
+    #: endpoint and credentials of a bucket source cache (kind, bucket, prefix: from
+    #: ``source_cache``)
+    source_cache_spec: StorageSpec | None = None
+    #: largest upload to the source cache (413 above)
+    max_source_bytes: int = 4 * 1024 * 1024 * 1024
     #: ``--fetch-allow``: the URLs (globs with ``://``) or hosts (globs) configs may
     #: make the server fetch repositories and keys from; none by default
     fetch_allow: Sequence[str] = ()
@@ -56,6 +64,10 @@ class ServerSettings:
     #: parsed configs kept for resubmissions, by estimated size
     parse_cache_bytes: int = 256 * 1024 * 1024
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def source_cache_location(self) -> str:
+        return self.source_cache or str(self.data_dir / "sources")
 
     @property
     def storage_spec(self) -> StorageSpec:

@@ -15,14 +15,15 @@ __all__ = ["MAX_KEY_LENGTH", "validate_key"]
 #: S3 and GCS both cap object names at 1024 bytes; the prefix counts too
 MAX_KEY_LENGTH = 900
 
-_SEGMENT = re.compile(r"[A-Za-z0-9._+@=,~-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._+@=,~:-]+")
 
 
 def validate_key(key: str) -> str:
     """``key`` itself if it is a valid storage key, else ``ValueError`` naming it.
 
     Valid: ``/``-separated segments, each non-empty, not ``.`` or ``..``, made of
-    ``A-Z a-z 0-9 . _ + @ = , ~ -``; no leading or trailing ``/``.
+    ``A-Z a-z 0-9 . _ + @ = , ~ : -`` (the colon for melange's source cache names,
+    ``sha256:<hex>``); no leading or trailing ``/``.
     """
     if not isinstance(key, str):
         raise ValueError(f"invalid storage key {key!r}: not a string")
@@ -44,6 +45,6 @@ def validate_key(key: str) -> str:
         if not _SEGMENT.fullmatch(segment):
             raise ValueError(
                 f"invalid storage key {key!r}: {segment!r} has characters outside "
-                "A-Z a-z 0-9 . _ + @ = , ~ -"
+                "A-Z a-z 0-9 . _ + @ = , ~ : -"
             )
     return key

@@ -428,3 +428,25 @@ def test_long_and_unicode_names(tmp_path: Path, build: Build) -> None:
     name = f"{'d' * 90}/{'e' * 90}/ünïcødé-file.txt"
     assert paths[name].checksum == hashlib.sha1(b"x").hexdigest()
     assert paths[f"{'d' * 90}/{'e' * 90}/long-link"].linkname == "t" * 150
+
+
+def test_the_data_stream_hashed_without_inflating_or_inflated_once(
+    tree: Path, build: Build
+) -> None:
+    apk, _ = build(tree)
+    whole = read_apk(io.BytesIO(apk))
+    _, _, data = split_streams(apk)
+    head = read_apk(io.BytesIO(apk), inflate_data=False)
+    assert head.entries == () and head.size == len(apk) == whole.size
+    assert head.data_sha256 == whole.data_sha256 == hashlib.sha256(data).hexdigest()
+    assert head.info == whole.info and head.checksum == whole.checksum
+    # junk after the data stream is hashed with it: the datahash no longer matches
+    junk = read_apk(io.BytesIO(apk + b"junk"), inflate_data=False)
+    assert junk.data_sha256 != junk.info.datahash
+    # the layer's two views in one pass: compressed as in the file, and its tar
+    raw, plain = bytearray(), bytearray()
+    again = read_apk(
+        io.BytesIO(apk), verify_checksums=False, on_data_raw=raw.extend, on_data_plain=plain.extend
+    )
+    assert bytes(raw) == data and bytes(plain) == gzip.decompress(data)
+    assert again.entries == whole.entries

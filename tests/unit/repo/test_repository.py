@@ -250,6 +250,12 @@ async def test_tampered_package_is_rejected(
     with pytest.raises(PackageVerificationError):
         await Repository.parse(repo.root).fetch(hello, arch=ARCH, cache_dir=cache)
     assert list(cache.iterdir()) == []
+    # bytes after the data stream (read without inflating it)
+    data[-40] ^= 0xFF
+    apk.write_bytes(bytes(data) + b"junk")
+    with pytest.raises(PackageVerificationError, match="the index says"):
+        await Repository.parse(repo.root).fetch(hello, arch=ARCH, cache_dir=cache)
+    assert list(cache.iterdir()) == []
 
 
 async def test_resolve_fetch_and_install_database(

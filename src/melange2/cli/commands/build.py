@@ -16,6 +16,7 @@ from ruamel.yaml.error import YAMLError
 
 from melange2.build.executor import Builder, BuildOptions, BuildResult, prepare
 from melange2.build.progress import LiveSink, LogFileSink, PlainSink, StepSink, open_log
+from melange2.build.source_cache import SourceCache
 from melange2.buildkit.client import StepFailed
 from melange2.cli.context import CliContext, pass_cli
 from melange2.cli.tls import tls_from_flags, tls_options
@@ -131,6 +132,14 @@ def build_options(f: Any) -> Any:
         ),
         click.option(
             "--cache-dir",
+            default="./melange-cache/",
+            show_default=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="melange's source cache: a fetch whose expected-sha256 names a file here "
+            "(sha256:<hex>) uses it instead of downloading (mounted at /var/cache/melange).",
+        ),
+        click.option(
+            "--apk-cache-dir",
             default=lambda: str(Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "melange2"),
             type=click.Path(file_okay=False, path_type=Path),
             help="Fetched packages and environment layers.  [default: ~/.cache/melange2]",
@@ -184,7 +193,8 @@ def _options(kw: dict[str, Any], *, with_test: bool) -> BuildOptions:
         buildkit_tls=tls_from_flags(kw),
         registry=kw["registry"],
         out_dir=kw["out_dir"],
-        cache_dir=kw["cache_dir"].expanduser(),
+        cache_dir=kw["apk_cache_dir"].expanduser(),
+        source_cache=SourceCache.open(kw["cache_dir"]) if kw["cache_dir"].is_dir() else None,
         source_dir=kw["source_dir"],
         pipeline_dirs=kw["pipeline_dirs"],
         signing_key=kw["signing_key"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import hashlib
 import json
 import sys
 import time
@@ -930,3 +931,51 @@ def backend_status(ctx: RemoteContext, server: str, output: str) -> None:
             Text(b.buildkitVersion or "-"),
         )
     ctx.console.print(table)
+
+
+@remote.group()
+def sources() -> None:
+    """The server's source cache: the files fetch steps use instead of downloading."""
+
+
+@sources.command(name="add")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@server_option
+@output_option
+@pass_remote
+def add_sources(ctx: RemoteContext, files: tuple[Path, ...], server: str, output: str) -> None:
+    """Upload FILES to the source cache, each under its sha256 (what a config's fetch
+    names as expected-sha256); files the cache already holds are not sent again."""
+    results = []
+    with ctx.client(server) as client:
+        for path in files:
+            digest = "sha256:" + _sha256(path)
+            if client.has_source(digest):
+                results.append({"file": str(path), "digest": digest, "uploaded": False})
+                if output != "json":
+                    ctx.console.print(  # one line per file, however long its path
+                        Text(f"{digest}  {path}: already in the source cache"),
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                continue
+            added = client.add_source(path, digest)
+            results.append({"file": str(path), "digest": digest, "uploaded": True})
+            if output != "json":
+                ctx.console.print(
+                    Text(f"{digest}  {path}: added ({added.size} bytes)"),
+                    highlight=False,
+                    soft_wrap=True,
+                )
+    if output == "json":
+        _print_json(ctx.console, {"sources": results})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
