@@ -25,6 +25,7 @@ from melange2.errors import SolveFailed, StoreError
 from melange2.farm.local import FarmEnv
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.service.settings import ServerSettings
+from melange2.storage import StorageSpec, open_storage
 from melange2.store.memory import MemoryStore
 from melange2.testenv.buildkit import FakeBuildkit, SolveCall
 
@@ -254,3 +255,32 @@ async def test_a_start_that_fails_leaves_nothing_running(
         async with app.router.lifespan_context(app):
             raise AssertionError("started with a closed store")
     assert asyncio.all_tasks() == before
+
+
+async def test_a_package_running_at_shutdown_keeps_its_log(
+    registry_farm: FarmEnv, tmp_path: Path, key: Path
+) -> None:
+    """The server stops while a solve runs: the attempt is cancelled, and its log (kept
+    shielded from the cancellation) is in storage before the lifespan ends, not written
+    into a storage already closed (the lifespan drains the runner first)."""
+
+    started = asyncio.Event()
+
+    async def handler(call: SolveCall) -> dict[str, bytes]:
+        started.set()
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
+
+    fake = FakeBuildkit(handler)
+    storage = open_storage(StorageSpec(kind="memory"))
+    settings = settings_for(registry_farm, tmp_path, key, storage=StorageSpec(kind="memory"))
+    try:
+        async with serving(settings, fake, storage=storage) as (_, http):
+            build_id = await submit(http, configs=[config("ip-stuck")])
+            async with asyncio.timeout(60):
+                await started.wait()
+        log = await storage.read_bytes(f"{build_id}-ip-stuck/logs/build.log")
+        assert log.startswith(b"input digest sha256:"), log
+        assert log.rstrip().endswith(b"cancelled"), log
+    finally:
+        await storage.aclose()

@@ -313,6 +313,7 @@ async def _start(
         daemon_tls=pool.tls_for,
         source_cache=source_cache,
     )
+    stack.push_async_callback(runner.drain)  # after the scheduler stops, before storage
     scheduler = Scheduler(
         store,
         pool,

@@ -78,6 +78,14 @@ class BuildkitRunner:
         self.redact = Redactor.for_server(
             data_dir=settings.data_dir, output_dir=settings.output_dir, key_path=settings.key_path
         )
+        #: logs being kept (shielded: a cancelled attempt's log is still stored)
+        self._keeping: set[asyncio.Task[None]] = set()
+
+    async def drain(self) -> None:
+        """Wait for the logs still being kept (after the scheduler stopped, before the
+        storage closes): a cancelled attempt's log is stored, not lost."""
+        while self._keeping:
+            await asyncio.gather(*self._keeping, return_exceptions=True)
 
     def log_location(self, job: PackageJob, attempt: int) -> str:
         return self.locations.log_location(job, attempt)
@@ -101,7 +109,10 @@ class BuildkitRunner:
                 raise PackageFailed(self._reason(exc, "cannot write the log")) from exc
         finally:
             try:
-                await asyncio.shield(self._keep_log(log))
+                keeping = asyncio.ensure_future(self._keep_log(log))
+                self._keeping.add(keeping)
+                keeping.add_done_callback(self._keeping.discard)
+                await asyncio.shield(keeping)
             except (StorageError, OSError) as exc:
                 _log.warning("keeping the log of %s", hub_key, exc_info=True)
                 if outcome is not None:  # else the attempt's own failure is the reason
