@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -29,6 +30,11 @@ def config(name: str, deps: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default="http://127.0.0.1:8080")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MELANGE_TOKEN", ""),
+        help="an API token with the submit role (default: MELANGE_TOKEN)",
+    )
     parser.add_argument("--limit", type=int, default=0, help="only the first N packages")
     args = parser.parse_args()
     packages = json.loads(DATA.read_text())["packages"]
@@ -41,7 +47,8 @@ def main() -> None:
     ]
     body = {"configs": configs, "mode": "dag", "cycle_policy": "break", "dry_run": True}
     t0 = time.perf_counter()
-    resp = httpx.post(f"{args.server}/api/v1/builds", json=body, timeout=600)
+    auth = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    resp = httpx.post(f"{args.server}/api/v1/builds", json=body, headers=auth, timeout=600)
     elapsed = time.perf_counter() - t0
     resp.raise_for_status()
     plan = resp.json()

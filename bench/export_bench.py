@@ -14,6 +14,14 @@ Measured per variant: wall time from solve to unpacked tree, and CPU-seconds fro
 registry. Medians over the runs, and local/registry ratios.
 
     .venv/bin/python bench/export_bench.py --runs 9 [--payload-mb 32] [--out r.json]
+
+``--sources FILES:BYTES`` measures the other way, the sources' way in: pushed as a one-layer
+image that the build copies into /home/build (what ``Builder.plan`` does, ``push_sources``)
+against a ``local://`` source sent through the solve's session (hashing the tree too, as
+the input digest would then have to). Each run a fresh tree; one step reads every file.
+
+    .venv/bin/python bench/export_bench.py --runs 9 --sources 1:1024
+    .venv/bin/python bench/export_bench.py --runs 5 --sources 200:50000
 """
 
 from __future__ import annotations
@@ -32,14 +40,20 @@ from pathlib import Path
 from typing import Any
 
 from melange2.apk.signing import generate_key
-from melange2.build.executor import OUT_REPO, Builder, BuildOptions
+from melange2.build.executor import Builder, BuildOptions
+from melange2.build.inputs import read_tree, tree_digest
 from melange2.build.outputs import unpack_image
+from melange2.build.sources import push_sources
+from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb import ops_pb2
 from melange2.buildkit.client import BuildkitClient, local_export, push_image
+from melange2.buildkit.session import Session
 from melange2.farm.local import FarmEnv, LocalFarm
 from melange2.oci.registry import RegistryClient
+from melange2.platform import Platform
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT_REPO = "melange2/out"  #: where the registry path pushes the result (as Builder did)
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -159,7 +173,104 @@ async def run(env: FarmEnv, pids: dict[str, int], runs: int, payload_mb: int) ->
     }
 
 
-async def main_async(runs: int, payload_mb: int) -> dict[str, Any]:
+SourceVariant = Callable[[Path, Path], Awaitable[None]]
+
+
+def _bind_sources(fn: SourceVariant, src: Path, dest: Path) -> Callable[[], Awaitable[None]]:
+    return lambda: fn(src, dest)
+
+
+def make_sources(root: Path, files: int, size: int) -> None:
+    """``files`` files of ``size`` random bytes in a few directories (a fresh tree: sources
+    differ from package to package)."""
+    for i in range(files):
+        path = root / f"d{i % 8}" / f"f{i}.c"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+
+
+async def run_sources(
+    env: FarmEnv, pids: dict[str, int], runs: int, files: int, size: int
+) -> dict[str, Any]:
+    """The sources' way in: pushed as an image and copied in (what ``Builder.plan`` does),
+    against a ``local://`` source the daemon reads through the solve's session. Each run a
+    fresh tree; one step reads every file (``cat``), its output comes back locally."""
+    platform = Platform.from_arch("x86_64")
+    addr = env.buildkit_addrs[0]
+    walls: dict[str, list[float]] = {"registry": [], "local": []}
+    cpus: dict[str, dict[str, list[float]]] = {"registry": {}, "local": {}}
+
+    def graph(src: llb.State, nonce: str) -> llb.State:
+        root = llb.copy(src, "/", llb.image(env.base_image, platform=platform), "/home/build")
+        step = llb.run(
+            root,
+            [
+                "/bin/sh",
+                "-c",
+                f"echo {nonce}; find /home/build -type f | xargs cat | wc -c > /out/n",
+            ],
+            mounts=[llb.Mount(dest="/out")],
+            cwd="/home/build",
+        )
+        return step.output("/out")
+
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        async with RegistryClient(env.registry) as registry:
+
+            async def via_registry(src_dir: Path, dest: Path) -> None:
+                image = await push_sources(src_dir, platform, registry)
+                state = graph(llb.image(str(image), platform=platform), uuid.uuid4().hex)
+                async with BuildkitClient(addr) as bk:
+                    await bk.solve(llb.marshal(state), exporters=[local_export(dest)])
+
+            async def via_local(src_dir: Path, dest: Path) -> None:
+                # the input digest would then hash the tree itself (the op names only the dir)
+                await asyncio.to_thread(lambda: tree_digest(read_tree(src_dir)))
+                state = graph(llb.local("src"), uuid.uuid4().hex)
+                async with BuildkitClient(addr) as bk:
+                    await bk.solve(
+                        llb.marshal(state),
+                        exporters=[local_export(dest)],
+                        session=Session(local_dirs={"src": src_dir}),
+                    )
+
+            variants: dict[str, SourceVariant] = {"registry": via_registry, "local": via_local}
+            for i in range(runs + 1):
+                order = ["registry", "local"] if i % 2 else ["local", "registry"]
+                for name in order:
+                    src_dir = tmp / f"src-{name}{i}"
+                    await asyncio.to_thread(make_sources, src_dir, files, size)
+                    dest = tmp / f"{name}{i}"
+                    wall, cpu = await measure(_bind_sources(variants[name], src_dir, dest), pids)
+                    read = int((dest / "n").read_text())
+                    assert read == files * size, f"{name}: read {read} bytes"
+                    if i:
+                        walls[name].append(wall)
+                        for part, value in cpu.items():
+                            cpus[name].setdefault(part, []).append(value)
+    med_wall = {k: statistics.median(v) for k, v in walls.items()}
+    per = {k: {part: sum(v) / len(v) for part, v in parts.items()} for k, parts in cpus.items()}
+    total = {k: sum(parts.values()) for k, parts in per.items()}
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"x86_64, {len(os.sched_getaffinity(0))} cores",
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "runs": runs,
+        "sources": {"files": files, "bytes_each": size},
+        "median_wall_s": {k: round(v, 3) for k, v in med_wall.items()},
+        "cpu_s_per_run": {
+            k: {part: round(v, 4) for part, v in parts.items()} for k, parts in per.items()
+        },
+        "cpu_s_per_run_total": {k: round(v, 4) for k, v in total.items()},
+        "ratio_wall_local_vs_registry": round(med_wall["local"] / med_wall["registry"], 2),
+        "ratio_cpu_local_vs_registry": round(total["local"] / total["registry"], 2),
+    }
+
+
+async def main_async(
+    runs: int, payload_mb: int, sources: tuple[int, int] | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="export-bench-") as root_s:
         root = Path(root_s)
         farm = LocalFarm(root, tools_dir=ROOT / ".tools", daemons=1)
@@ -169,6 +280,8 @@ async def main_async(runs: int, payload_mb: int) -> dict[str, Any]:
                 "buildkitd": int((root / "pids" / "buildkitd-0.pid").read_text()),
                 "registry": int((root / "pids" / "registry.pid").read_text()),
             }
+            if sources is not None:
+                return await run_sources(env, pids, runs, *sources)
             return await run(env, pids, runs, payload_mb)
         finally:
             farm.down()
@@ -180,9 +293,19 @@ def main() -> None:
     parser.add_argument(
         "--payload-mb", type=int, default=0, help="add a random file of this size to the package"
     )
+    parser.add_argument(
+        "--sources",
+        metavar="FILES:BYTES",
+        help="measure the sources' way in instead: FILES files of BYTES each, pushed as an "
+        "image against a local:// source through the session",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
-    result = asyncio.run(main_async(args.runs, args.payload_mb))
+    sources = None
+    if args.sources:
+        files, _, size = args.sources.partition(":")
+        sources = (int(files), int(size or 1024))
+    result = asyncio.run(main_async(args.runs, args.payload_mb, sources))
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -54,7 +54,13 @@ What it reports (per run; the top-level fields are the critical-path run's)
       scheduler's own reaction time, queueing excluded;
     * ``overhead_*_ms``: each package's ``finished_at - started_at`` minus its sleep;
     * ``packages_per_s``, ``utilisation`` (busy slot-seconds / (slots * makespan));
-    * the server process's peak CPU (100 % = one core) and peak RSS, sampled with psutil.
+    * the server process's peak CPU (100 % = one core) and peak RSS, sampled with psutil;
+    * ``cpu_s_per_package``: CPU-seconds (user + system, /proc) per package of the server,
+      of buildkitd (with the runc processes it reaped) and of the registry over the build,
+      and, as ``buildctl``, what ``buildctl`` (itself, buildkitd, the registry) takes to
+      solve a replayed package's steps (``--buildctl-runs`` solves of the LLB our builder
+      makes for a package without dependencies, local output as the server's);
+      ``farm_cpu_s_per_package`` (the three summed) and ``cpu_ratio_vs_buildctl``.
 
 ``--virtual [VIRTUAL.json]`` adds schedule quality on a virtual clock
 (``bench/virtual_bench.py``: a saved report, or a fresh run): the ``virtual`` field, one
@@ -76,6 +82,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import importlib
 import json
 import math
 import os
@@ -102,7 +109,7 @@ from rich.table import Table
 
 from melange2.errors import FarmError
 from melange2.farm import processes
-from melange2.farm.local import FarmEnv, start_server
+from melange2.farm.local import FarmEnv, make_token, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "bench" / "wolfi-dag.json"
@@ -243,6 +250,8 @@ class Server:
     pid: int
     pid_file: Path
     log_file: Path
+    #: an admin token for it
+    token: str = ""
 
 
 @contextlib.asynccontextmanager
@@ -258,6 +267,7 @@ async def replay_server(env: FarmEnv, work: Path, slots: int) -> AsyncIterator[S
     pid_file = work / "melange-server.pid"
     log_file = work / "melange-server.log"
     try:
+        token = await make_token(work / "data", name="replay")
         url = await start_server(
             env,
             data_dir=work / "data",
@@ -269,7 +279,7 @@ async def replay_server(env: FarmEnv, work: Path, slots: int) -> AsyncIterator[S
         )
         pid = processes.read_pid(pid_file)
         assert pid is not None
-        yield Server(url=url, pid=pid, pid_file=pid_file, log_file=log_file)
+        yield Server(url=url, pid=pid, pid_file=pid_file, log_file=log_file, token=token)
     finally:
         processes.stop(pid_file)
 
@@ -637,6 +647,8 @@ class ReplayOptions:
     data: Path = DATA
     timeout: float = 4 * 3600.0
     work_dir: Path | None = None  #: kept when given; a temporary one otherwise
+    #: solves of a replayed package's steps by buildctl, for ``cpu_s_per_package``
+    buildctl_runs: int = 5
 
 
 @contextlib.asynccontextmanager
@@ -646,7 +658,11 @@ async def _session(
     await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
     async with (
         replay_server(env, work, slots) as server,
-        httpx.AsyncClient(base_url=server.url, timeout=600) as http,
+        httpx.AsyncClient(
+            base_url=server.url,
+            timeout=600,
+            headers={"Authorization": f"Bearer {server.token}"},
+        ) as http,
     ):
         yield server, http
 
@@ -657,14 +673,21 @@ async def _measure(
     body: Mapping[str, Any],
     options: ReplayOptions,
     progress: Callable[[str], object] | None = None,
-) -> tuple[BuildResult, dict[str, float]]:
-    """One build, with the server's resource use while it ran; it must succeed."""
+    farm: Mapping[str, int] | None = None,
+) -> tuple[BuildResult, dict[str, Any]]:
+    """One build, with the server's resource use while it ran; it must succeed. With
+    ``farm`` (the farm's process ids by name), also the CPU-seconds per package of the
+    server and of each of them (/proc), as ``cpu_s_per_package``."""
+    procstat = _bench_module("procstat")
+    pids = {"server": server.pid, **(farm or {})}
+    before = procstat.Snapshot.take(pids)
     sampler = Sampler(pid=server.pid)
     sampler.start()
     try:
         result = await build_and_wait(http, body, give_up_s=options.timeout, progress=progress)
     finally:
         await sampler.stop()
+    used = procstat.Snapshot.take(pids).since(before)
     check_success(result, server)
     asked = body.get("schedule")
     if asked is not None and result.schedule != asked:
@@ -672,7 +695,13 @@ async def _measure(
             f"build {result.id} asked for schedule {asked!r}; the server recorded "
             f"{result.schedule or 'none'!r}"
         )
-    return result, sampler.summary()
+    n = max(1, len(result.packages))
+    usage: dict[str, Any] = dict(sampler.summary())
+    usage["cpu_s_per_package"] = {
+        name: round(used[name] / n, 4) if name in used else None
+        for name in ("server", "buildkitd", "registry")
+    }
+    return result, usage
 
 
 async def run_replay(
@@ -691,6 +720,7 @@ async def run_replay(
         f"replaying {len(packages)} packages: {sum(p.sleep_s for p in packages):.0f} s of "
         f"sleep, critical path {critical_path_s(packages):.0f} s"
     )
+    farm = _bench_module("procstat").farm_pids(env.buildkit_addrs[0], env.registry)
     ok = False
     try:
         async with contextlib.AsyncExitStack() as outer:
@@ -718,7 +748,7 @@ async def run_replay(
                         "arch": ARCH,
                         "schedule": schedule,
                     }
-                    result, usage = await _measure(http, server, body, options, say)
+                    result, usage = await _measure(http, server, body, options, say, farm)
                     timelines[schedule] = timeline(result)
                     runs[schedule] = {
                         "build_id": result.id,
@@ -735,6 +765,15 @@ async def run_replay(
                     if options.resubmit and i == len(options.schedules) - 1:
                         noop = await _resubmit(http, server, body, options)
                         say(f"no-op resubmission: {noop['noop_resubmit_s']:.2f} s")
+        if options.buildctl_runs:
+            baseline = await buildctl_baseline(env, packages, options.buildctl_runs, work)
+            say(f"buildctl, the same steps: {baseline:.3f} CPU-s per package")
+            for run in runs.values():
+                cpu = run["cpu_s_per_package"]
+                cpu["buildctl"] = baseline
+                farm_cpu = sum(cpu[k] or 0.0 for k in ("server", "buildkitd", "registry"))
+                run["farm_cpu_s_per_package"] = round(farm_cpu, 4)
+                run["cpu_ratio_vs_buildctl"] = round(farm_cpu / baseline, 2) if baseline else None
         main_run = runs.get("critical-path") or next(iter(runs.values()), {})
         report: dict[str, Any] = {
             **main_run,
@@ -821,11 +860,67 @@ def virtual_table(report: Mapping[str, Any]) -> str:
 
 
 def _virtual_bench() -> ModuleType:
+    return _bench_module("virtual_bench")
+
+
+def _bench_module(name: str) -> ModuleType:
+    """Another script of bench/ (not a package), imported by name."""
     if str(ROOT / "bench") not in sys.path:
         sys.path.insert(0, str(ROOT / "bench"))
-    import virtual_bench
+    return importlib.import_module(name)
 
-    return virtual_bench
+
+async def buildctl_baseline(
+    env: FarmEnv, packages: Sequence[Package], runs: int, work: Path
+) -> float:
+    """CPU-seconds per package (buildctl, buildkitd with its runc, the registry) of
+    ``buildctl`` solving a replayed package's steps: the LLB ``Builder.plan`` makes for a
+    package without dependencies (a fresh nonce each run, so the steps run), with the same
+    exporter kind as the server (``--output type=local``). The mean over ``runs`` solves,
+    after one unmeasured."""
+    bb = _bench_module("build_bench")
+    procstat = _bench_module("procstat")
+    from melange2.build.executor import Builder, BuildOptions
+    from melange2.oci.registry import RegistryClient
+
+    root = next((p for p in packages if not p.deps), None)
+    if root is None:
+        raise ReplayError("no package without dependencies for the buildctl baseline")
+    tmp = work / "buildctl"
+    await asyncio.to_thread(tmp.mkdir, parents=True, exist_ok=True)
+    pids = procstat.farm_pids(env.buildkit_addrs[0], env.registry)
+    total = 0.0
+    async with RegistryClient(env.registry) as registry:
+        builder = Builder(registry, tmp / "cache")
+        try:
+            for i in range(runs + 1):
+                cfg = tmp / f"{root.name}-{i}.yaml"
+                text = render_config(root, f"buildctl-{uuid.uuid4().hex[:12]}")
+                await asyncio.to_thread(cfg.write_text, text)
+                planned = await builder.plan(
+                    BuildOptions(
+                        config=cfg,
+                        arch=ARCH,
+                        buildkit_addr=env.buildkit_addrs[0],
+                        registry=env.registry,
+                        out_dir=tmp / "out",
+                        cache_dir=tmp / "cache",
+                        repositories=[env.extra["BOOTSTRAP_REPO"]],
+                        keyrings=[env.extra["BOOTSTRAP_KEY"]],
+                    )
+                )
+                before = procstat.Snapshot.take(pids)
+                child = await asyncio.to_thread(
+                    bb.buildctl_solve,
+                    env.buildkit_addrs[0],
+                    planned.definition.SerializeToString(),
+                    tmp / f"out{i}",
+                )
+                if i:
+                    total += child + sum(procstat.Snapshot.take(pids).since(before).values())
+        finally:
+            await builder.aclose()
+    return round(total / runs, 4)
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -860,6 +955,8 @@ _ROWS = (
     ("server_peak_rss_mb", "server peak RSS", "MB"),
     ("host_mean_cpu_pct", "host mean CPU (all cores)", "%"),
     ("host_peak_load_1m", "host peak load (1 min)", ""),
+    ("farm_cpu_s_per_package", "farm CPU per package", "s"),
+    ("cpu_ratio_vs_buildctl", "farm CPU / buildctl's", ""),
     ("wall_s", "submit to end (client)", "s"),
 )
 
@@ -986,6 +1083,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-resubmit", action="store_true", help="skip the no-op resubmission")
     parser.add_argument(
+        "--buildctl-runs",
+        type=int,
+        default=5,
+        help="buildctl solves of a replayed package's steps for cpu_s_per_package (0: none)",
+    )
+    parser.add_argument(
         "--same-server",
         action="store_true",
         help="run every schedule on one server (default: a fresh server for each)",
@@ -1048,6 +1151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data=args.data,
         timeout=args.timeout,
         work_dir=args.work_dir,
+        buildctl_runs=args.buildctl_runs,
     )
     try:
         report = asyncio.run(run_replay(FarmEnv.load(env_file), options, log=console))

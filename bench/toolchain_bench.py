@@ -56,13 +56,14 @@ PACKAGES = {
 }
 
 
-def farm_build(server: str, config: Path) -> float:
+def farm_build(server: str, token: str, config: Path) -> float:
     body = {
         "config_yaml": config.read_text(),
         "force": True,
         "env": {"BENCH_NONCE": secrets.token_hex(8)},
     }
-    with httpx.Client(base_url=server, timeout=60) as client:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}  # the farm's admin token
+    with httpx.Client(base_url=server, timeout=60, headers=auth) as client:
         start = time.monotonic()
         resp = client.post("/api/v1/builds", json=body)
         resp.raise_for_status()
@@ -169,7 +170,7 @@ def main(farm_root: str, out: Path | None, packages: tuple[str, ...], runs: int)
             config, digest, configure = PACKAGES[name]
             times: dict[str, list[float]] = {"farm": [], "melange": [], "host": []}
             for _ in range(runs):
-                times["farm"].append(farm_build(env.melange_server, config))
+                times["farm"].append(farm_build(env.melange_server, env.melange_token, config))
                 times["melange"].append(melange_build(env, config, work))
                 times["host"].append(host_build(env, digest, configure, work))
             row: dict[str, Any] = {"package": name, "runs": runs}

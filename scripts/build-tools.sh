@@ -18,7 +18,7 @@ build() {
   while [ "$1" != "--" ]; do binaries+=("$1"); shift; done
   shift
   local dir="$here/tools/$name" stamp="$bin/.$name.stamp" want
-  want=$(sha256sum "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -d' ' -f1)
+  want=$(cat "$dir/go.mod" "$dir/go.sum" | sha256sum | cut -d' ' -f1)  # contents only: not the checkout's path
   local fresh=1
   for b in "${binaries[@]}"; do [ -x "$bin/$b" ] || fresh=0; done
   if [ "$fresh" = 1 ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .farm/env
-export MELANGE_SERVER
+export MELANGE_SERVER MELANGE_TOKEN
 M2=.venv/bin/melange2
 
 .venv/bin/python -m melange2.farm smoke

@@ -49,8 +49,11 @@ and what it means::
     │   │                               FileNotFoundError)
     │   └── StorageConfigError          storage.base: refused at start (missing bucket, ...)
     ├── PackageFailed                   a package's attempt failed (the reason, for the client)
+    │   └── TimedOut                    it ran past its time limit or stayed silent too long
     ├── PublishConflict                 the farm's repository already holds other bytes under
     │                                   that package's file name
+    ├── Unauthorized                    auth: no valid token (HTTP 401)
+    ├── Forbidden                       auth: the token's role does not allow it (HTTP 403)
     ├── Unavailable                     the server cannot take work now (HTTP 503)
     ├── RequestError                    a client's request is invalid (HTTP 4xx)
     │   ├── GitBusy                     service.gitsource: too many clones at once (HTTP 429)
@@ -220,6 +223,12 @@ class PackageFailed(FarmError):
     """The package failed."""
 
     code = "package_failed"
+
+
+class TimedOut(PackageFailed):
+    """The package ran past its time limit."""
+
+    code = "timed_out"
 
 
 class PublishConflict(FarmError):

@@ -198,9 +198,16 @@ class BuildSpec:
     replace: bool = False
     #: the source files sent for each package (their paths; the files are kept apart)
     source_files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: ``{NAME: value}`` every step gets as BuildKit secret env (never in the LLB or a
+    #: digest, masked in logs; ``GET`` shows the names only)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: seconds each package may run (wall clock); ``None``: its config's
+    #: ``package.timeout``, else the server's ``--package-timeout``
+    timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pipelines", _frozen(self.pipelines))
+        object.__setattr__(self, "secrets", _frozen(self.secrets))
         object.__setattr__(self, "backend_selector", _frozen(self.backend_selector))
         object.__setattr__(
             self,
@@ -234,6 +241,8 @@ class BuildSpec:
             "with_test": self.options.with_test,
             "debug": self.options.debug,
             "env": dict(self.options.env),
+            "secrets": dict(self.secrets),
+            "timeout_s": self.timeout_s,
             "cycle_policy": self.cycle_policy,
             "schedule": self.schedule,
             "force": self.force,
@@ -249,6 +258,7 @@ class BuildSpec:
         configs = raw.get("configs")
         git = raw.get("git_source")
         files = raw.get("source_files")
+        timeout = raw.get("timeout_s")
         return cls(
             config_yaml=str(raw["config_yaml"]) if raw.get("config_yaml") is not None else None,
             configs=tuple(str(c) for c in configs) if isinstance(configs, list) else None,
@@ -281,6 +291,10 @@ class BuildSpec:
             }
             if isinstance(files, dict)
             else {},
+            secrets=_strings(raw.get("secrets")),
+            timeout_s=float(timeout)
+            if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0
+            else None,
         )
 
 
@@ -360,6 +374,10 @@ class Build:
     finished_at: datetime | None = None
     cancel_requested: bool = False
     packages: tuple[PackageJob, ...] = ()
+    #: the name of the token that submitted it (empty: no authentication)
+    submitted_by: str = ""
+    #: the commit a ``git_source`` build was made from (full SHA; empty: not from git)
+    source_commit: str = ""
 
     def evolve(self, **changes: Any) -> Self:
         return replace(self, **changes)

@@ -1,7 +1,8 @@
 """``melange-server``: the build service (REST API, build store, event-driven scheduler).
 
-Flags are the reference's (api.md) plus ours; ``CACHE_REGISTRY`` and ``CACHE_MODE``
-come from the environment. SIGINT/SIGTERM: stop accepting requests, finish in-flight
+Flags are the reference's (api.md) plus ours; ``CACHE_REGISTRY``, ``CACHE_MODE`` and
+``SECRET_ENV_<NAME>`` (secrets every build step gets as ``<NAME>``) come from the
+environment. SIGINT/SIGTERM: stop accepting requests, finish in-flight
 ones (up to 10 s), stop the scheduler, exit; running packages resume at the next start.
 
 If the scheduler's loop or the health probes stop (the store failing as a whole, a
@@ -22,14 +23,14 @@ from typing import Any, cast
 
 import click
 import uvicorn
-from click.core import ParameterSource
 
 from melange2.cli.tls import tls_from_flags, tls_options
-from melange2.errors import ConfigError, FarmError
+from melange2.errors import FarmError
+from melange2.server_tokens import check_store, store_options, tokens
+from melange2.service.secrets import secret_env
 from melange2.service.settings import ServerSettings
 from melange2.storage import StorageSpec, open_storage
 from melange2.store import StoreKind
-from melange2.store.sql.postgres import postgres_url
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,7 +61,17 @@ def _host_port(listen: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+class _ServerGroup(click.Group):
+    """``melange-server [FLAGS]`` runs the server (as it always has: ``serve`` is
+    implied); ``melange-server tokens ...`` manages its API tokens."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.list_commands(ctx):
+            args = ["serve", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.command(name="serve", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--listen-addr", default=":8080", show_default=True, help="HTTP listen address.")
 @click.option("--buildkit-addr", help="One BuildKit backend (single-backend mode).")
 @tls_options(envvars=False, what="the --buildkit-addr daemon")
@@ -118,28 +129,7 @@ def _host_port(listen: str) -> tuple[str, int]:
     show_default=True,
     help="Largest upload to the source cache (413 above).",
 )
-@click.option(
-    "--data-dir",
-    default="/var/lib/melange/data",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The build store (SQLite), submitted files, caches, the signing key.",
-)
-@click.option(
-    "--store",
-    type=click.Choice(["sqlite", "postgres", "memory"]),
-    default="sqlite",
-    show_default=True,
-    help="Where builds are kept: SQLite in --data-dir, PostgreSQL at --postgres-dsn, "
-    "or memory (lost on exit).",
-)
-@click.option(
-    "--postgres-dsn",
-    envvar="POSTGRES_DSN",
-    default="",
-    help="The database of --store postgres: postgresql://user[:password]@host[:port]/db "
-    "(a unix socket: ?host=/run/postgresql). Migrated at start. (env POSTGRES_DSN)",
-)
+@store_options
 @click.option(
     "--registry",
     envvar="REGISTRY",
@@ -208,6 +198,15 @@ def _host_port(listen: str) -> tuple[str, int]:
     is_flag=True,
     help="Let git_source clone local paths and file:// URLs (tests, trusted clients).",
 )
+@click.option(
+    "--git-allow",
+    "git_allow",
+    multiple=True,
+    metavar="HOST_GLOB",
+    help="Hosts git_source may clone from (repeatable): a glob over the host "
+    "(github.com, *.example.org, '*' for any) or, with a colon, over host:port "
+    "(git.example.org:2222). None by default.",
+)
 @click.option("--git-jobs", default=2, show_default=True, help="git_source clones at once.")
 @click.option(
     "--git-timeout",
@@ -222,10 +221,37 @@ def _host_port(listen: str) -> tuple[str, int]:
     help="Seconds git may spend connecting (ssh) or receiving nothing (http).",
 )
 @click.option(
+    "--package-timeout",
+    default=36000.0,
+    show_default=True,
+    help="Seconds a package's attempt may run (wall clock) before it fails 'timed out' and "
+    "its solve is cancelled: the default of a build's timeout_s and a config's "
+    "package.timeout, and the most either may ask. 0: no limit.",
+)
+@click.option(
+    "--max-silent",
+    default=7200.0,
+    show_default=True,
+    help="Seconds a package's build may go without writing any output before it fails "
+    "'timed out' and its solve is cancelled (as Hydra's maxSilentTime). 0: no limit.",
+)
+@click.option(
     "--parse-cache-bytes",
     default=256 * 1024 * 1024,
     show_default=True,
     help="Memory for parsed configs kept for resubmissions (estimated).",
+)
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="No tokens: anyone who reaches the server may submit, cancel and manage "
+    "backends (logged as a warning at start). Default: every request but /healthz "
+    "and /repo needs a token (melange-server tokens create).",
+)
+@click.option(
+    "--public-read",
+    is_flag=True,
+    help="Anonymous callers may read builds, packages, logs and artifacts.",
 )
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
@@ -235,7 +261,7 @@ def _host_port(listen: str) -> tuple[str, int]:
     show_default=True,
     help="json: one JSON object per line (time, level, logger, message).",
 )
-def cli(
+def serve(
     listen_addr: str,
     buildkit_addr: str | None,
     backends_config: Path | None,
@@ -268,15 +294,29 @@ def cli(
     fetch_allow: tuple[str, ...],
     fetch_timeout: float,
     git_allow_local: bool,
+    git_allow: tuple[str, ...],
     git_jobs: int,
     git_timeout: float,
     git_connect_timeout: float,
+    package_timeout: float,
+    max_silent: float,
     parse_cache_bytes: int,
+    no_auth: bool,
+    public_read: bool,
     log_level: str,
     log_format: str,
     **tls_flags: Any,
 ) -> None:
-    """Run the melange2 build service."""
+    """Run the melange2 build service.
+
+    Environment: CACHE_REGISTRY and CACHE_MODE (a BuildKit registry cache for every
+    solve); SECRET_ENV_<NAME>=value gives every build step the secret <NAME> as an
+    environment variable (a BuildKit secret: in no LLB and no digest, masked as *** in
+    logs, never shown by the API).
+
+    API tokens: `melange-server tokens create|list|revoke` (see `melange-server tokens
+    --help`), with the same --data-dir, --store and --postgres-dsn.
+    """
     chosen = [n for n, v in (("--gcs-bucket", gcs_bucket), ("--s3-bucket", s3_bucket)) if v]
     if memory_storage:
         chosen.append("--memory-storage")
@@ -316,13 +356,21 @@ def cli(
     ):
         if value <= 0:
             raise click.BadParameter("must be positive", param_hint=flag)
+    for value, flag in ((package_timeout, "--package-timeout"), (max_silent, "--max-silent")):
+        if value < 0:
+            raise click.BadParameter("must not be negative (0: no limit)", param_hint=flag)
     buildkit_tls = tls_from_flags(tls_flags)
     if buildkit_tls is not None and not buildkit_addr:
         raise click.UsageError(
             "the TLS flags are for --buildkit-addr; give a backend's TLS settings under its "
             "`tls:` in the backends config"
         )
-    _check_store(store, postgres_dsn)
+    check_store(store, postgres_dsn)
+    if store == "memory" and not no_auth:
+        raise click.UsageError(
+            "--store memory keeps no tokens anyone could have made: give --no-auth, or "
+            "keep the store in SQLite or PostgreSQL (melange-server tokens create)"
+        )
     settings = ServerSettings(
         listen_addr=listen_addr,
         buildkit_addr=buildkit_addr,
@@ -359,10 +407,16 @@ def cli(
         fetch_allow=fetch_allow,
         fetch_timeout=fetch_timeout,
         git_allow_local=git_allow_local,
+        git_allow=git_allow,
         git_jobs=git_jobs,
         git_timeout=git_timeout,
         git_connect_timeout=git_connect_timeout,
         parse_cache_bytes=parse_cache_bytes,
+        secret_env=secret_env(os.environ),
+        package_timeout=package_timeout,
+        max_silent=max_silent,
+        auth=not no_auth,
+        public_read=public_read,
     )
     asyncio.run(_check_storage(storage))  # a missing bucket or bad credentials: refuse now
     from melange2.api.app import create_app, pool_config
@@ -428,19 +482,14 @@ def _source_cache_spec(
     return None
 
 
-def _check_store(store: str, dsn: str) -> None:
-    """``--store postgres`` needs a valid DSN; a DSN on the command line needs it too
-    (POSTGRES_DSN in the environment is read only by ``--store postgres``)."""
-    ctx = click.get_current_context()
-    if store == "postgres":
-        if not dsn:
-            raise click.UsageError("--store postgres needs --postgres-dsn (or POSTGRES_DSN)")
-        try:
-            postgres_url(dsn)
-        except ConfigError as exc:
-            raise click.BadParameter(exc.message, param_hint="--postgres-dsn") from None
-    elif dsn and ctx.get_parameter_source("postgres_dsn") is ParameterSource.COMMANDLINE:
-        raise click.UsageError(f"--postgres-dsn needs --store postgres (not --store {store})")
+@click.group(cls=_ServerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """melange-server: run the build service (the flags of `serve`, the default), or
+    manage its API tokens (`tokens`)."""
+
+
+cli.add_command(serve)
+cli.add_command(tokens)
 
 
 async def _check_storage(spec: StorageSpec) -> None:

@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 
@@ -31,3 +32,38 @@ class PhaseTimer:
 
     def summary(self) -> str:
         return ", ".join(f"{name} {s:.3f} s" for name, s in self.seconds.items())
+
+
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration (``time.ParseDuration``, as melange reads a config's
+    ``timeout``): ``90s``, ``30m``, ``1h30m``, ``1.5h``, ``0``. Raises ``ValueError``."""
+    s = text.strip()
+    sign = 1.0
+    if s[:1] in "+-" and s:
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:]
+    if s == "0":
+        return 0.0
+    if not s:
+        raise ValueError(f"{text!r} is not a duration (use e.g. 90s, 30m, 1h30m)")
+    total, pos = 0.0, 0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None:
+            raise ValueError(f"{text!r} is not a duration (use e.g. 90s, 30m, 1h30m)")
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    return sign * total

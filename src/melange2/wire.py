@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from melange2.jobs import Backend, Build, PackageJob
-from melange2.names import excerpt, text_problem
+from melange2.names import excerpt, text_problem, valid_env_name
 from melange2.resources import QuantityError, cpu_millis, format_cpu, format_memory, memory_bytes
 
 ARCHES = ("x86_64", "aarch64")
@@ -64,9 +64,10 @@ class _Strict(BaseModel):
 
 
 class GitSource(_Strict):
-    #: an http(s), ssh or git URL (``user@host:path`` too); a local path or ``file://``
-    #: only on a server started with ``--git-allow-local``
+    #: an http(s), ssh or git URL (``user@host:path`` too) of a host the server allows
+    #: (``--git-allow``); a local path or ``file://`` only with ``--git-allow-local``
     repository: str = Field(min_length=1, max_length=4096)
+    #: a branch, a tag or a full commit SHA (empty: the default branch)
     ref: str = Field(default="", max_length=256)
     pattern: str = Field(default="*.yaml", min_length=1, max_length=256)
     path: str = Field(default="", max_length=1024)
@@ -75,7 +76,7 @@ class GitSource(_Strict):
     @classmethod
     def _ref(cls, value: str) -> str:
         if value.startswith("-") or any(c.isspace() or ord(c) < 0x20 for c in value):
-            raise ValueError(f"{excerpt(value)} is not a branch or tag name")
+            raise ValueError(f"{excerpt(value)} is not a branch, tag or commit")
         return value
 
 
@@ -120,6 +121,13 @@ class CreateBuildRequest(_Strict):
     with_test: bool = False
     debug: bool = False
     env: dict[str, str] = Field(default_factory=dict)
+    #: ``{"NAME": "value"}``: every step gets ``NAME`` as a BuildKit secret (not in the
+    #: LLB or any digest, masked as ``***`` in logs; ``GET`` shows the names only)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    #: seconds each package may run (wall clock) before it fails ``timed out``; default:
+    #: its config's ``package.timeout``, else the server's ``--package-timeout`` (also
+    #: the most this may be)
+    timeout_s: float | None = Field(default=None, gt=0)
     cycle_policy: Literal["error", "break"] = "error"
     dry_run: bool = False
     schedule: Literal["critical-path", "fifo"] | None = None
@@ -131,6 +139,17 @@ class CreateBuildRequest(_Strict):
     #: allow this build to replace packages (same name, version and epoch, other
     #: content) the farm's repository already holds; each replacement is logged
     replace: bool = False
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not valid_env_name(name):
+                raise ValueError(
+                    f"{excerpt(name)} is not an environment variable name "
+                    "(letters, digits and _, not starting with a digit)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> CreateBuildRequest:
@@ -287,6 +306,9 @@ class SpecOut(BaseModel):
     force: bool = False
     publish: str | None = None
     replace: bool = False
+    #: the secrets' names (each value :data:`HIDDEN`, for everyone)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = None
 
 
 class BuildOut(BaseModel):
@@ -297,27 +319,37 @@ class BuildOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: the name of the token that submitted it (empty: a server without authentication)
+    submitted_by: str = ""
+    #: the commit a ``git_source`` build was made from (full SHA; empty otherwise)
+    source_commit: str = ""
 
     @classmethod
-    def of(cls, build: Build) -> BuildOut:
+    def of(cls, build: Build, *, show_env: bool = False) -> BuildOut:
+        """``show_env``: the ``env`` values as given (for the build's submitter and
+        admins); otherwise each is :data:`HIDDEN`. ``secrets`` values never show."""
         return cls(
             id=build.id,
             status=build.status.value,
             packages=[PackageOut.of(p) for p in build.packages],
-            spec=SpecOut.model_validate(public_spec(build.spec.to_json())),
+            spec=SpecOut.model_validate(public_spec(build.spec.to_json(), show_env=show_env)),
             created_at=build.created_at,
             started_at=build.started_at,
             finished_at=build.finished_at,
+            submitted_by=build.submitted_by,
+            source_commit=build.source_commit,
         )
 
 
-def public_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A build's request as ``GET`` shows it: ``env`` keeps its names, every value is
-    :data:`HIDDEN` (values may be secrets; nobody but the submitter should read them)."""
+def public_spec(spec: Mapping[str, Any], *, show_env: bool = False) -> dict[str, Any]:
+    """A build's request as ``GET`` shows it: ``secrets`` keep their names, each value
+    :data:`HIDDEN`, for everyone (the submitter included: they are never echoed); ``env``
+    likewise for all but its submitter and admins (``show_env``)."""
     out = dict(spec)
-    env = out.get("env")
-    if isinstance(env, dict):
-        out["env"] = dict.fromkeys(env, HIDDEN)
+    for key in ("secrets",) if show_env else ("env", "secrets"):
+        values = out.get(key)
+        if isinstance(values, dict):
+            out[key] = dict.fromkeys(values, HIDDEN)
     return out
 
 
@@ -330,6 +362,8 @@ class BuildSummary(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: the name of the token that submitted it (empty: a server without authentication)
+    submitted_by: str = ""
 
 
 class BuildList(BaseModel):
@@ -487,3 +521,40 @@ class BackendStatusOut(BaseModel):
 
 class BackendStatusList(BaseModel):
     backends: list[BackendStatusOut]
+
+
+# API tokens (``/api/v1/tokens``, admin only)
+
+#: a token's role
+TokenRole = Literal["read", "submit", "admin"]
+
+
+class CreateTokenRequest(_Strict):
+    #: who or what holds it (``ci``, ``alice@example.org``): builds it submits say so
+    name: str = Field(min_length=1, max_length=64)
+    role: TokenRole
+    #: a duration (``90d``, ``12h``) or an ISO 8601 date or time; absent: never expires
+    expires: str | None = Field(default=None, max_length=64)
+
+
+class TokenOut(BaseModel):
+    """A token as the API shows it: never its secret (nor its hash)."""
+
+    id: str
+    name: str
+    role: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    #: ``active``, ``expired`` or ``revoked``
+    state: str
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenOut]
+
+
+class CreatedTokenOut(BaseModel):
+    token: TokenOut
+    #: the bearer secret: shown this once, never again (the server keeps its hash)
+    secret: str

@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from melange2.auth import Role
 from melange2.farm import processes
-from melange2.farm.local import FarmEnv, start_server
+from melange2.farm.local import FarmEnv, make_token, start_server
 from tests.differential.cases import Case, discover
 from tests.differential.conftest import Builds
 from tests.differential.judge import NOISE, SERVER_NOISE, assert_same
@@ -70,6 +71,7 @@ def server_run(
             "BOOTSTRAP_KEY": str(inputs.bootstrap_key),
         },
     )
+    token = asyncio.run(make_token(root / "data", name="differential", role=Role.SUBMIT))
     url = asyncio.run(
         start_server(
             env,
@@ -95,7 +97,8 @@ def server_run(
                 for path in sorted(c.pipeline_dir.rglob("*.yaml"))
             },
         }
-        with httpx.Client(base_url=url, timeout=30) as client:
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, timeout=30, headers=auth) as client:
             resp = client.post("/api/v1/builds", json=body)
             assert resp.status_code == 201, resp.text
             build_id = resp.json()["id"]

@@ -7,6 +7,7 @@ out of the farm's repository until the whole build succeeded."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import threading
@@ -52,6 +53,7 @@ def test_follow_shows_output_before_the_package_ends(server: Server) -> None:
 
         def follow() -> None:  # `melange2 remote logs -f`, as a user runs it
             argv = [cli, "remote", "logs", build_id, "l-follow", "-f", "--server", server.url]
+            argv += ["--token", server.token]
             with subprocess.Popen(argv, stdout=subprocess.PIPE) as proc:
                 assert proc.stdout is not None
                 for line in iter(proc.stdout.readline, b""):
@@ -80,7 +82,7 @@ def test_follow_shows_output_before_the_package_ends(server: Server) -> None:
         assert build["status"] == "success"
         assert package["finished_at"] is None and at > 0
         # Server-Sent Events: data lines, then the end event with the package's status
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with server.client() as http:
             events = http.get(
                 f"/api/v1/builds/{build_id}/packages/l-follow/logs?follow=true",
                 headers={"Accept": "text/event-stream"},
@@ -137,6 +139,7 @@ def test_artifacts_are_listed_downloaded_and_404_when_absent(
             ],
             check=True,
             capture_output=True,
+            env={**os.environ, "MELANGE_TOKEN": server.token},  # the token from the environment
         )
         assert (out / "x86_64" / "a-pkg-1.0.0-r0.apk").read_bytes() == got.content
 

@@ -106,6 +106,15 @@ def test_replay_of_twelve_packages_both_schedules_and_resubmission(
         assert 0 < run["overhead_p50_ms"] <= run["overhead_p99_ms"]
         assert run["server_peak_rss_mb"] > 0
     assert report["makespan_s"] == report["runs"]["critical-path"]["makespan_s"]
+    # the farm's CPU per package beside buildctl's for the same steps (issue 19 item 7)
+    for run in [report, *report["runs"].values()]:
+        cpu = run["cpu_s_per_package"]
+        assert set(cpu) == {"server", "buildkitd", "registry", "buildctl"}
+        assert cpu["server"] > 0 and cpu["buildkitd"] > 0 and cpu["buildctl"] > 0
+        assert cpu["registry"] >= 0
+        farm = cpu["server"] + cpu["buildkitd"] + cpu["registry"]
+        assert run["farm_cpu_s_per_package"] == pytest.approx(farm, abs=1e-3)
+        assert run["cpu_ratio_vs_buildctl"] == pytest.approx(farm / cpu["buildctl"], rel=0.02)
     assert report["noop_resubmit_s"] > 0
     cached = report["noop_resubmit_cached"]
     assert cached is None or 0 <= cached <= 12

@@ -324,3 +324,24 @@ def _running(marker: str) -> int:
     """How many processes run the step's command (inside the daemon's containers)."""
     out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
     return len(out.split())
+
+
+def test_package_timeout_stops_the_build(farm: FarmEnv, tmp_path: Path) -> None:
+    """melange's per-config limit: past ``package.timeout`` the build fails, naming the
+    step, and its process is gone from the daemon."""
+    marker = f"sleep 3600.{os.getpid()}"
+    config = tmp_path / "stuck.yaml"
+    config.write_text(
+        "package:\n  name: stuck\n  version: 1.0.0\n  timeout: 8s\n"
+        "environment:\n  contents:\n    packages: [busybox]\n"
+        f"pipeline:\n  - name: stuck step\n    runs: |\n      echo started\n      {marker}\n"
+    )
+    began = time.monotonic()
+    result = melange2(farm, "build", str(config), out_dir=tmp_path / "out")
+    assert time.monotonic() - began < 60
+    assert result.returncode == 1, result.stderr
+    assert "timed out after 8 s (package.timeout) in step 'stuck step'" in result.stderr
+    end = time.monotonic() + 30
+    while _running(marker) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert _running(marker) == 0

@@ -38,7 +38,11 @@ def server(farm: FarmEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     srv = Server(
         farm,
         tmp_path_factory.mktemp("hostile"),
-        ["--git-timeout", "6", "--git-connect-timeout", "3", "--git-jobs", "2"],
+        # the git daemon and the silent host of these tests are on loopback
+        [
+            *("--git-timeout", "6", "--git-connect-timeout", "3", "--git-jobs", "2"),
+            *("--git-allow", "127.0.0.1"),
+        ],
     )
     srv.start()
     try:
@@ -223,7 +227,9 @@ def test_a_chunked_body_obeys_the_limit_and_memory_stays_near_baseline(
     port = int(server.url.rsplit(":", 1)[1])
     head = (
         b"POST /api/v1/builds HTTP/1.1\r\nHost: farm\r\nContent-Type: application/json\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
+        b"Transfer-Encoding: chunked\r\nAuthorization: Bearer "
+        + server.token.encode()
+        + b"\r\n\r\n"
     )
     chunk = b"x" * (1 << 16)
     sent = 0
@@ -433,16 +439,28 @@ def test_published_packages_are_never_replaced_silently(server: Server) -> None:
     assert f"replaced x86_64/{name}: {published}" in server_log and now in server_log
 
 
-def test_env_values_never_come_back(server: Server) -> None:
-    with server.client() as client:
+def test_env_values_come_back_only_to_their_submitter_and_admins(server: Server) -> None:
+    submitter = server.make_token("env-submitter", "submit")
+    other = server.make_token("env-other", "submit")
+    reader = server.make_token("env-reader", "read")
+    with server.client(submitter) as client:
         build_id = submit(
             client, config_yaml=config("env-user"), env={"API_TOKEN": "hunter2-secret"}
         )
-        build = client.get(f"/api/v1/builds/{build_id}")
-        assert build.json()["spec"]["env"] == {"API_TOKEN": "***"}
-        assert "hunter2-secret" not in build.text
+        mine = client.get(f"/api/v1/builds/{build_id}").json()
+        assert mine["spec"]["env"] == {"API_TOKEN": "hunter2-secret"}
+        assert mine["submitted_by"] == "env-submitter"
         assert wait(client, build_id)["status"] == "success"
-        assert "hunter2-secret" not in client.get(f"/api/v1/builds/{build_id}").text
+    for token in (other, reader):
+        with server.client(token) as client:
+            build = client.get(f"/api/v1/builds/{build_id}")
+            assert build.json()["spec"]["env"] == {"API_TOKEN": "***"}
+            assert "hunter2-secret" not in build.text
+            assert "hunter2-secret" not in client.get("/api/v1/builds").text
+    with server.client() as admin:
+        assert admin.get(f"/api/v1/builds/{build_id}").json()["spec"]["env"] == {
+            "API_TOKEN": "hunter2-secret"
+        }
 
 
 def test_errors_name_no_server_path(server: Server) -> None:

@@ -69,6 +69,7 @@ def settings_for(farm: FarmEnv, root: Path, key: Path, **over: Any) -> ServerSet
         keyrings=(farm.extra["BOOTSTRAP_KEY"],),
         lease_ttl=3.0,
         probe_interval=0.2,
+        auth=False,  # tokens are test_auth_routes.py's; these test the parts below them
         **over,
     )
 

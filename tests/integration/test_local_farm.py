@@ -51,8 +51,16 @@ def test_farm_up_twice_then_down_leaves_nothing(tmp_path: Path) -> None:
         assert env.registry.startswith("127.0.0.1:")
         pids = _pids(root)
         assert set(pids) == {"registry", "buildkitd-0", "buildkitd-1", "melange-server"}
-        # the server answers, with the farm's two backends: x86_64 and (emulated) aarch64
-        backends = httpx.get(f"{env.melange_server}/api/v1/backends", timeout=10).json()
+        # the server answers, with the farm's two backends: x86_64 and (emulated) aarch64;
+        # to the admin token in env (mode 0600), not to anyone
+        assert env.melange_token.startswith("mlg_")
+        assert (root / "env").stat().st_mode & 0o777 == 0o600
+        auth = {"Authorization": f"Bearer {env.melange_token}"}
+        anonymous = httpx.get(f"{env.melange_server}/api/v1/backends", timeout=10)
+        assert anonymous.status_code == 401, anonymous.text
+        backends = httpx.get(
+            f"{env.melange_server}/api/v1/backends", headers=auth, timeout=10
+        ).json()
         assert backends["architectures"] == ["aarch64", "x86_64"]
         for name in pids:
             assert (root / "logs" / f"{name}.log").exists()
@@ -148,7 +156,8 @@ pipeline:
 
 
 def aarch64_binary_package(env: FarmEnv) -> None:
-    with httpx.Client(base_url=env.melange_server, timeout=30) as client:
+    auth = {"Authorization": f"Bearer {env.melange_token}"}
+    with httpx.Client(base_url=env.melange_server, timeout=30, headers=auth) as client:
         resp = client.post("/api/v1/builds", json={"config_yaml": ARM_CONFIG, "arch": "aarch64"})
         assert resp.status_code == 201, resp.text
         build_id = resp.json()["id"]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from melange2.farm import processes
-from melange2.farm.local import FarmEnv, LocalFarm, start_server
+from melange2.farm.local import FarmEnv, LocalFarm, make_token, start_server
 from tests.conftest import TOOLS, require_real_parts
 from tests.integration.test_server_e2e import by_name, config, submit, wait
 
@@ -30,6 +30,7 @@ class PoolFarm:
         self.root = root
         self.env: FarmEnv
         self.url = ""
+        self.token = ""
 
     def up(self) -> None:
         self.env = asyncio.run(self.farm.up())
@@ -44,6 +45,8 @@ class PoolFarm:
             )
             + "failureThreshold: 2\nrecoveryTimeout: 6s\n"
         )
+        if not self.token:
+            self.token = asyncio.run(make_token(self.root / "data", name="e2e-admin"))
         self.url = asyncio.run(
             start_server(
                 self.env,
@@ -62,7 +65,8 @@ class PoolFarm:
         self.farm.down()
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
     def status(self, client: httpx.Client) -> dict[str, dict[str, Any]]:
         rows = client.get("/api/v1/backends/status").json()["backends"]

@@ -5,6 +5,7 @@ dependents rebuilt, the rest cached; ``force`` rebuilds everything."""
 from __future__ import annotations
 
 import base64
+import gzip
 from collections.abc import Iterator
 from typing import Any
 
@@ -143,3 +144,58 @@ def test_unchanged_packages_are_reused_and_changes_rebuild_only_what_they_touch(
         assert {n: p["input_digest"] for n, p in forced.items()} == {
             n: p["input_digest"] for n, p in changed_dep.items()
         }
+
+
+_RANDOM_STEP = (
+    "value=$(date +%s%N)-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \\n')\n"
+    'echo "made value=$value"\n'
+    "mkdir -p ${{targets.destdir}}/usr/share/r-rand\n"
+    'echo "$value" > ${{targets.destdir}}/usr/share/r-rand/value'
+)
+
+
+def _made_value(client: httpx.Client, build_id: str) -> str:
+    log = client.get(f"/api/v1/builds/{build_id}/packages/r-rand/logs").text
+    (line,) = [ln for ln in log.splitlines() if ln.startswith("made value=")]
+    return line.removeprefix("made value=")
+
+
+def _apk(client: httpx.Client, build_id: str) -> bytes:
+    resp = client.get(
+        f"/api/v1/builds/{build_id}/packages/r-rand/artifacts/x86_64/r-rand-1.0.0-r0.apk"
+    )
+    assert resp.status_code == 200, resp.text
+    return resp.content
+
+
+def test_force_runs_the_steps_again_and_later_builds_reuse_its_packages(server: Server) -> None:
+    configs = [config("r-rand", script=_RANDOM_STEP)]
+    with server.client() as client:
+        first = _build(client, configs=configs)["r-rand"]
+        assert first["cached"] is False
+        value = _made_value(client, first["build_id"])
+        assert value.encode() in gzip.decompress(_apk(client, first["build_id"]))
+
+        # forced: BuildKit's cache holds that step, yet it runs again (a new value in the
+        # package, the step's output in the log, not "cached"); other bytes under the same
+        # name and version: the repository takes them only with replace
+        forced = _build(client, configs=configs, force=True, replace=True)["r-rand"]
+        assert forced["cached"] is False
+        assert forced["input_digest"] == first["input_digest"]
+        log = client.get(f"/api/v1/builds/{forced['build_id']}/packages/r-rand/logs").text
+        assert "<== build r-rand: done (" in log
+        assert "<== build r-rand: done (cached)" not in log
+        # only the steps: the environment and the workspace's directories come from the cache
+        assert "<== mkdir melange-out/r-rand: done (cached)" in log
+        forced_value = _made_value(client, forced["build_id"])
+        assert forced_value != value
+        forced_apk = _apk(client, forced["build_id"])
+        assert forced_value.encode() in gzip.decompress(forced_apk)
+        assert value.encode() not in gzip.decompress(forced_apk)
+
+        # not forced: the same inputs, so the packages are reused, those of the forced
+        # build (the latest made from these inputs, and the ones published)
+        again = _build(client, configs=configs)["r-rand"]
+        assert again["cached"] is True
+        assert again["input_digest"] == first["input_digest"]
+        assert _apk(client, again["build_id"]) == forced_apk

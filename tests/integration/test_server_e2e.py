@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from melange2.auth import Role
 from melange2.farm import processes
-from melange2.farm.local import FarmEnv, start_server
+from melange2.farm.local import FarmEnv, make_token, start_server, store_args_of
+from melange2.service.gitsource import is_commit
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -38,7 +40,10 @@ def config(name: str, *, needs: tuple[str, ...] = (), script: str = "true") -> s
 
 
 class Server:
-    """A melange-server process of our own, which a test may kill -9 and restart."""
+    """A melange-server process of our own, which a test may kill -9 and restart.
+
+    Authentication is on, as by default: an admin token (``token``) is made in its store
+    before the first start, and ``client()`` sends it (``client(token=None)``: none)."""
 
     def __init__(self, farm: FarmEnv, root: Path, extra_args: Sequence[str] = ()) -> None:
         self.farm = farm
@@ -46,6 +51,8 @@ class Server:
         self.extra_args = list(extra_args)
         self.port = processes.free_port()
         self.url = ""
+        #: an admin token ("" with --no-auth)
+        self.token = ""
         backends = root / "backends.yaml"
         backends.write_text(
             "backends:\n"
@@ -55,7 +62,20 @@ class Server:
         )
         self.backends = backends
 
+    def make_token(self, name: str, role: str = "admin") -> str:
+        """A token of ``role`` in this server's store (a running server sees it)."""
+        return asyncio.run(
+            make_token(
+                self.root / "data",
+                name=name,
+                role=Role(role),
+                store_args=store_args_of(self.extra_args),
+            )
+        )
+
     def start(self) -> None:
+        if not self.token and "--no-auth" not in self.extra_args:
+            self.token = self.make_token("e2e-admin")
         self.url = asyncio.run(
             start_server(
                 self.farm,
@@ -80,8 +100,12 @@ class Server:
     def stop(self) -> None:
         processes.stop(self.root / "server.pid")
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+    def client(self, token: str | None = "") -> httpx.Client:
+        """An HTTP client for the server with the admin token, or ``token`` (``None``:
+        anonymous)."""
+        secret = self.token if token == "" else token
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        return httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +285,72 @@ def test_git_source_builds_the_matching_configs(server: Server, tmp_path: Path) 
             "/api/v1/builds", json={"git_source": {"repository": str(tmp_path / "nope")}}
         )
         assert missing.status_code == 400 and "cannot clone" in missing.json()["error"]
+
+
+PINNED = """\
+package:
+  name: g-pinned
+  version: 1.0.0
+  description: built from one commit of a git repository
+environment:
+  contents:
+    packages: [busybox]
+pipeline:
+  - uses: local/mark
+  - runs: |
+      mkdir -p ${{targets.destdir}}/usr/share/g-pinned
+      cp data.txt ${{targets.destdir}}/usr/share/g-pinned/
+      echo "data: $(cat data.txt)"
+"""
+MARK = "pipeline:\n  - runs: echo marked-by-the-repository-pipeline\n"
+
+
+def test_git_source_at_a_commit_builds_that_commit(server: Server, tmp_path: Path) -> None:
+    """A ref that is a commit SHA builds exactly that commit (not the branch's tip),
+    records it, and brings the repository's pipelines/ and <package>/ along."""
+    repo = tmp_path / "distro"
+    (repo / "pkgs" / "pipelines" / "local").mkdir(parents=True)
+    (repo / "pkgs" / "g-pinned").mkdir()
+    (repo / "pkgs" / "g-pinned.yaml").write_text(PINNED)
+    (repo / "pkgs" / "pipelines" / "local" / "mark.yaml").write_text(MARK)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+
+    def commit(data: str) -> str:
+        (repo / "pkgs" / "g-pinned" / "data.txt").write_text(data)
+        for argv in (["add", "."], ["commit", "-qm", data]):
+            subprocess.run([*git, *argv], cwd=repo, check=True, capture_output=True)
+        out = subprocess.run([*git, "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=repo, check=True)
+    first = commit("first-commit")
+    commit("second-commit")  # the tip of main
+    with server.client() as client:
+        resp = client.post(
+            "/api/v1/builds",
+            json={"git_source": {"repository": str(repo), "ref": first, "path": "pkgs"}},
+        )
+        assert resp.status_code == 201, resp.text
+        build = wait(client, resp.json()["id"])
+        assert build["status"] == "success", build
+        assert build["source_commit"] == first
+        log = client.get(f"/api/v1/builds/{build['id']}/packages/g-pinned/logs").text
+        assert "data: first-commit" in log and "second-commit" not in log
+        assert "marked-by-the-repository-pipeline" in log
+        # the tip: other content under the same version, so it replaces what was published
+        tip = client.post(
+            "/api/v1/builds",
+            json={
+                "git_source": {"repository": str(repo), "ref": "main", "path": "pkgs"},
+                "replace": True,
+            },
+        )
+        assert tip.status_code == 201, tip.text
+        built = wait(client, tip.json()["id"])
+        assert built["status"] == "success", built
+        assert is_commit(built["source_commit"]) and built["source_commit"] != first
+        log = client.get(f"/api/v1/builds/{built['id']}/packages/g-pinned/logs").text
+        assert "data: second-commit" in log
 
 
 def test_waiting_packages_say_why(server: Server) -> None:

@@ -240,8 +240,11 @@ def test_cancelling_mid_solve_tears_the_session_down(farm: FarmEnv, tmp_path: Pa
             with pytest.raises((asyncio.CancelledError, SolveCancelled)):
                 await task
             elapsed = time.monotonic() - t0
-            # nothing of the session is left running here
+            # nothing of the session is left running here (grpc's own bookkeeping of the
+            # cancelled calls may take a few turns of the loop on a loaded machine)
             leftover = set(asyncio.all_tasks()) - before - {asyncio.current_task()}
+            if leftover:
+                await asyncio.wait(leftover, timeout=2.0)
             assert not [t for t in leftover if not t.done()]
             # the daemon is fine: the next solve with a session goes through
             quick = llb.run(

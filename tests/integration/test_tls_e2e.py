@@ -28,7 +28,7 @@ from melange2.buildkit.tls import ClientTLS, client_tls_from_pem
 from melange2.errors import BuildkitUnavailable
 from melange2.farm import processes
 from melange2.farm.certs import FarmCerts, make_certs
-from melange2.farm.local import FarmEnv, LocalFarm, start_server
+from melange2.farm.local import FarmEnv, LocalFarm, make_token, start_server
 from melange2.farm.smoke import smoke_definition
 from melange2.oci.registry import RegistryClient
 from melange2.pool.health import buildkit_probe
@@ -45,6 +45,7 @@ class TLSFarm:
         self.env: FarmEnv
         self.certs: FarmCerts
         self.url = ""
+        self.token = ""
 
     def up(self) -> None:
         self.env = asyncio.run(self.farm.up())
@@ -65,6 +66,8 @@ class TLSFarm:
         self.start()
 
     def start(self) -> None:
+        if not self.token:
+            self.token = asyncio.run(make_token(self.root / "data", name="e2e-admin"))
         self.url = asyncio.run(
             start_server(
                 self.env,
@@ -86,7 +89,8 @@ class TLSFarm:
         self.farm.down()
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.Client(base_url=self.url, timeout=30, headers=headers)
 
 
 @pytest.fixture(scope="module")
@@ -276,8 +280,12 @@ def test_single_backend_mode_takes_the_tls_flags(tls_farm: TLSFarm, tmp_path: Pa
             pid_file=root / "server.pid",
             log_file=root / "server.log",
             port=processes.free_port(),
-            # the first server's key: no new RSA key to make
-            extra_args=["--signing-key", str(tls_farm.root / "data" / "melange2.rsa")],
+            # the first server's key: no new RSA key to make; no tokens: said explicitly
+            extra_args=[
+                "--signing-key",
+                str(tls_farm.root / "data" / "melange2.rsa"),
+                "--no-auth",
+            ],
         )
     )
     try:
@@ -286,6 +294,8 @@ def test_single_backend_mode_takes_the_tls_flags(tls_farm: TLSFarm, tmp_path: Pa
         assert row["tls"] is True and row["lastProbeResult"] == "ok", row
     finally:
         processes.stop(root / "server.pid")
+    log = (root / "server.log").read_text()
+    assert "authentication is off (--no-auth)" in log  # a warning at start
 
 
 def test_melange2_build_with_the_tls_flags(tls_farm: TLSFarm, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
 import zlib
@@ -209,18 +210,54 @@ def test_sources_are_uploaded_checked_and_refused(server: Server, tmp_path: Path
     assert (cached / digest).read_bytes() == data
     assert not (cached / other).exists()
 
-    # the CLI: uploads what is missing, skips what is there
+    # uploads need the submit role, reading the cache the read role (never anonymous)
+    third = "sha256:" + hashlib.sha256(b"third").hexdigest()
+    reader = server.make_token("sources-reader", "read")
+    with server.client(token=None) as anonymous, server.client(token=reader) as client:
+        for resp in (
+            anonymous.head(f"/api/v1/sources/{digest}"),
+            anonymous.get(f"/api/v1/sources/{digest}"),
+            anonymous.put(f"/api/v1/sources/{third}", content=b"third"),
+        ):
+            assert resp.status_code == 401, resp.text
+        assert client.head(f"/api/v1/sources/{digest}").status_code == 200
+        assert client.get(f"/api/v1/sources/{digest}").content == data
+        refused = client.put(f"/api/v1/sources/{third}", content=b"third")
+        assert refused.status_code == 403 and "submit" in refused.json()["error"], refused.text
+    assert not (cached / third).exists()
+
+    # the CLI: uploads what is missing, skips what is there (its token from MELANGE_TOKEN)
     new = tmp_path / "pkg-1.0.tar.gz"
     new.write_bytes(b"another tarball\n")
     cli = [str(ROOT / ".venv" / "bin" / "melange2"), "remote", "sources", "add", "--server"]
+    env = {**os.environ, "MELANGE_TOKEN": server.make_token("sources-submitter", "submit")}
+    anonymous_cli = subprocess.run(
+        [*cli, server.url, str(new)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in env.items() if k != "MELANGE_TOKEN"},
+    )
+    assert anonymous_cli.returncode == 2, anonymous_cli
+    assert "authentication required" in anonymous_cli.stderr + anonymous_cli.stdout
     out = subprocess.run(
-        [*cli, server.url, str(new)], capture_output=True, text=True, timeout=60, check=True
+        [*cli, server.url, str(new)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
     ).stdout
     # one line per file, whatever the path's length (no wrapping)
     line = f"sha256:{hashlib.sha256(new.read_bytes()).hexdigest()}  {new}: added (16 bytes)"
     assert out.splitlines() == [line]
     again = subprocess.run(
-        [*cli, server.url, str(new)], capture_output=True, text=True, timeout=60, check=True
+        [*cli, server.url, str(new)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
     ).stdout
     assert again.splitlines() == [line.replace("added (16 bytes)", "already in the source cache")]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import TypedDict
@@ -32,9 +33,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from melange2 import __version__
 from melange2.api import errors
-from melange2.api.routes import artifacts, backends, builds, sources
+from melange2.api.auth import FarmReader
+from melange2.api.routes import artifacts, backends, builds, sources, tokens
 from melange2.api.services import Services, services
 from melange2.apk.signing import Signer, generate_key
+from melange2.auth import AuthPolicy
 from melange2.build.executor import Builder
 from melange2.build.source_cache import SourceCache
 from melange2.buildkit.client import BuildkitClient
@@ -59,6 +62,8 @@ from melange2.service.supervisor import Supervisor
 from melange2.storage import Storage, open_storage
 from melange2.store import open_store
 from melange2.store.base import JobStore
+
+_log = logging.getLogger(__name__)
 
 
 class _State(TypedDict):
@@ -92,12 +97,17 @@ def fetch_policy(settings: ServerSettings) -> FetchPolicy:
     )
 
 
+def auth_policy(settings: ServerSettings) -> AuthPolicy:
+    return AuthPolicy(enabled=settings.auth, public_read=settings.public_read)
+
+
 def git_fetcher(settings: ServerSettings) -> GitFetcher:
     return GitFetcher(
         jobs=settings.git_jobs,
         timeout=settings.git_timeout,
         connect_timeout=settings.git_connect_timeout,
         allow_local=settings.git_allow_local,
+        allow=settings.git_allow,
         max_bytes=settings.max_body_bytes,
     )
 
@@ -188,6 +198,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[_State]:
+        if not settings.auth:
+            _log.warning(
+                "authentication is off (--no-auth): anyone who reaches this server may "
+                "submit and cancel builds and add and remove backends"
+            )
         # every part is owned by the exit stack, in the order it was opened: whatever
         # fails while starting, what was opened before it is closed again
         async with contextlib.AsyncExitStack() as stack:
@@ -211,6 +226,7 @@ def create_app(
         lifespan=lifespan,
         description="Build melange configs on a pool of BuildKit daemons.",
     )
+    app.state.auth_policy = auth_policy(settings)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     errors.install(
         app,
@@ -221,6 +237,7 @@ def create_app(
     app.include_router(builds.router)
     app.include_router(backends.router)
     app.include_router(artifacts.router)
+    app.include_router(tokens.router)
     app.include_router(sources.router)
 
     @app.get(
@@ -240,7 +257,8 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", tags=["health"], response_class=Response)
-    async def prometheus() -> Response:
+    async def prometheus(_: FarmReader) -> Response:
+        """Prometheus metrics (a ``read`` token: give the scraper one)."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
     return app

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from melange2.auth import Forbidden, Unauthorized
 from melange2.build.source_cache import SourceTooLarge
 from melange2.errors import (
     ConfigError,
@@ -35,6 +36,8 @@ from melange2.storage import StorageError, StorageNotFound
 _log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[FarmError], int]] = [
+    (Unauthorized, 401),
+    (Forbidden, 403),
     (SourceTooLarge, 413),
     (NotFound, 404),
     (StorageNotFound, 404),
@@ -121,8 +124,12 @@ def install(app: FastAPI, redactor: Redactor | None = None) -> None:
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
         if status >= 500:
             _log.error("%s %s: %s", request.method, request.url.path, exc, exc_info=exc)
+        # 401: how to authenticate (RFC 6750); the message never holds the token sent
+        challenge = {"WWW-Authenticate": 'Bearer realm="melange2"'} if status == 401 else None
         return JSONResponse(
-            error_body(redact.text(exc.message), {"code": exc.code}), status_code=status
+            error_body(redact.text(exc.message), {"code": exc.code}),
+            status_code=status,
+            headers=challenge,
         )
 
     @app.exception_handler(StarletteHTTPException)

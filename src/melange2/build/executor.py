@@ -6,12 +6,15 @@ The steps, in order:
    config is raised here, before anything reaches BuildKit);
 2. resolve and compose the build environment image (:mod:`.environment_resolve`), or
    use a plain base image when the config installs nothing;
-3. push the source directory as an image (:mod:`.sources`);
+3. hash the source directory (:mod:`.sources`: the daemon reads it through the solve's
+   session, a ``local://`` source); the source cache's files the pipelines expect go
+   as one small image (:mod:`.source_cache`), mounted read-only at /var/cache/melange;
 4. solve: environment -> sources into /home/build -> one exec per step -> the
-   melange-out tree alone, exported to the registry;
-5. pull that tree back (:mod:`.outputs`), lint it and find each package's automatic
-   dependencies (:mod:`.analysis`, melange's linters and SCA), and write one APK per
-   package and subpackage into ``<out-dir>/<arch>/``, then the signed ``APKINDEX.tar.gz``;
+   melange-out tree alone, sent back to this process by the ``local`` exporter through
+   the solve's session (:mod:`melange2.buildkit.filesync`; no registry round trip);
+5. lint that tree and find each package's automatic dependencies (:mod:`.analysis`,
+   melange's linters and SCA), and write one APK per package and subpackage into
+   ``<out-dir>/<arch>/``, then the signed ``APKINDEX.tar.gz``;
 6. optionally run the config's tests in fresh environments with the new packages.
 """
 
@@ -41,17 +44,17 @@ from melange2.build.emit import META_DIR, detect_git_commit, package_extras
 from melange2.build.environment_resolve import EnvironmentBuilder, EnvironmentRequest
 from melange2.build.inputs import input_digest
 from melange2.build.melange_yaml import BuildFacts, render_melange_yaml, step_inputs
-from melange2.build.outputs import unpack_image
 from melange2.build.progress import ProgressTracker, StepSink
 from melange2.build.sbom import SbomContext
 from melange2.build.source_cache import CACHE_MOUNT, SourceCache, cache_image
-from melange2.build.sources import push_sources
+from melange2.build.sources import SOURCES_NAME, source_digest
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
-from melange2.buildkit.client import BuildkitClient, SolveResult, push_image
+from melange2.buildkit.client import BuildkitClient, local_export
+from melange2.buildkit.session import Session
 from melange2.buildkit.solver import Connect
 from melange2.buildkit.tls import ClientTLS
-from melange2.errors import ConfigError, LintFailed
+from melange2.errors import BuildkitError, ConfigError, LintFailed
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
 from melange2.recipe import Config, Scriptlets, load_config, substitution_map
@@ -71,7 +74,6 @@ from melange2.timing import PhaseTimer
 WORKSPACE = "/home/build"
 #: the step that lints the built trees, finds their dependencies and writes the APKs
 PACKAGE_STEP = "lint, find dependencies, write packages"
-OUT_REPO = "melange2/out"
 DEFAULT_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": WORKSPACE,
@@ -121,8 +123,16 @@ class BuildOptions:
     #: make every build's package differ
     recorded_repositories: Sequence[str] | None = None
     recorded_keyrings: Sequence[str] | None = None
+    #: rebuild for real: the build's steps, and the copies of their result that follow,
+    #: bypass BuildKit's cache (``ignore_cache``); the environment, the sources and the
+    #: workspace's set-up are not invalidated. Not an input: the input digest is the
+    #: same with or without it
+    force: bool = False
     #: melange's source cache (``--cache-dir``): what ``fetch`` finds in /var/cache/melange
     source_cache: SourceCache | None = None
+    #: environment variables every step gets as BuildKit secrets (name -> value): the
+    #: LLB names only the variables, the values travel in the solve's session
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +163,8 @@ class PlannedBuild:
     environment_key: str = ""
     #: the environment's packages, ``name=version`` (melange's locked configuration)
     locked: tuple[str, ...] = ()
+    #: the directory the solve's session serves as the sources (None: no sources)
+    sources: Path | None = None
     #: what the environment installs, ``name-version (repository)``, in install order
     environment_installs: tuple[str, ...] = ()
 
@@ -178,13 +190,33 @@ def environment_packages(config: Config, plan: BuildPlan) -> list[str]:
 
 
 def step_env(plan_env: Mapping[str, str], step: ExecStep, opts: BuildOptions) -> dict[str, str]:
-    return {
+    env = {
         **DEFAULT_ENV,
         "SOURCE_DATE_EPOCH": str(opts.source_date_epoch),
         **plan_env,
         **step.env,
         **opts.env,
     }
+    for name in opts.secrets:  # a secret's name is the secret's, never a plain value
+        env.pop(name, None)
+    return env
+
+
+def secret_env(opts: BuildOptions) -> dict[str, str]:
+    """Each secret as the variable of its name (secret ids are the names)."""
+    return {name: name for name in opts.secrets}
+
+
+def secret_session(
+    opts: BuildOptions, local_dirs: Mapping[str, Path] | None = None
+) -> Session | None:
+    """The session that serves the build's secrets and ``local_dirs`` (``None``: there
+    is nothing to serve)."""
+    if not opts.secrets and not local_dirs:
+        return None
+    return Session(
+        secrets={k: v.encode() for k, v in opts.secrets.items()}, local_dirs=dict(local_dirs or {})
+    )
 
 
 def build_graph(
@@ -193,12 +225,13 @@ def build_graph(
     opts: BuildOptions,
     *,
     environment: str,
-    sources: ImageRef | None,
+    sources: bool,
     source_cache: ImageRef | None = None,
 ) -> llb.State:
-    """The LLB of the build: the environment, the sources, one exec per step (with the
-    source cache's files the build expects read-only at /var/cache/melange), and the
-    melange-out tree alone as the result."""
+    """The LLB of the build: the environment, the sources (with ``sources``: the session's
+    ``local://`` :data:`~.sources.SOURCES_NAME`), one exec per step (with the source
+    cache's files the build expects read-only at /var/cache/melange), and the melange-out
+    tree alone as the result."""
     platform = llb.Platform.from_arch(opts.arch)
     mounts = (
         [
@@ -214,13 +247,18 @@ def build_graph(
     env_root = root = llb.image(environment, platform=platform, name="build environment")
     for name in config.package_names:
         root = llb.mkdir(root, f"{WORKSPACE}/melange-out/{name}", name=f"mkdir melange-out/{name}")
-    if sources is not None:
+    if sources:
+        # one name per package: BuildKit keeps its last transfer and asks only for what
+        # changed; owners and times are made fixed, as the input digest leaves them out
+        key = f"melange2-sources-{config.package.name}"
         root = llb.copy(
-            llb.image(str(sources), platform=platform, name="sources"),
+            llb.local(SOURCES_NAME, unique_id=key, shared_key_hint=key, platform=platform),
             "/",
             root,
             WORKSPACE,
             name="copy sources into /home/build",
+            owner=(0, 0),
+            timestamp=0,
         )
     for step in plan.steps:
         script = f"set -x\n{step.script}" if opts.debug else step.script
@@ -228,22 +266,31 @@ def build_graph(
             root,
             ["/bin/sh", "-c", script],
             env=step_env(plan.environment, step, opts),
+            secret_env=secret_env(opts),
             cwd=step.workdir,
             network=opts.network,
             mounts=mounts,
             name=step.name,
+            ignore_cache=opts.force,
         ).root
     out = llb.copy(
-        root, f"{WORKSPACE}/melange-out", llb.scratch(platform), "/", name="collect melange-out"
+        root,
+        f"{WORKSPACE}/melange-out",
+        llb.scratch(platform),
+        "/",
+        name="collect melange-out",
+        ignore_cache=opts.force,
     )
-    return _collect_meta(config, env_root, root, out)
+    return _collect_meta(config, env_root, root, out, force=opts.force)
 
 
 def _collect_meta(
-    config: Config, env_root: llb.State, root: llb.State, out: llb.State
+    config: Config, env_root: llb.State, root: llb.State, out: llb.State, *, force: bool
 ) -> llb.State:
     """Beside melange-out, what packaging reads as melange does (:mod:`.emit`): the
-    environment's account files and os-release, the workspace's license-path files."""
+    environment's account files and os-release, the workspace's license-path files.
+    With ``force`` these copies bypass BuildKit's cache too: they build on the steps'
+    result, and BuildKit would otherwise answer for them with the earlier tree."""
     for name in ("passwd", "group", "os-release"):
         # a wildcard of one name: copied when present, nothing when absent
         out = llb.copy(
@@ -255,6 +302,7 @@ def _collect_meta(
             allow_empty_wildcard=True,
             contents_only=False,
             name=f"collect /etc/{name}",
+            ignore_cache=force,
         )
     for entry in config.package.copyright:
         if entry.license_path:
@@ -265,6 +313,7 @@ def _collect_meta(
                 f"/{META_DIR}/workspace/{entry.license_path}",
                 contents_only=False,
                 name=f"collect license {entry.license_path}",
+                ignore_cache=force,
             )
     return out
 
@@ -526,7 +575,7 @@ class Builder:
         return str(prepared.image), prepared.key, locked
 
     async def plan(self, opts: BuildOptions) -> PlannedBuild:
-        """Everything before the solve: parse and compile, compose the environment, push
+        """Everything before the solve: parse and compile, compose the environment, hash
         the sources, make the LLB; and the digest of all of it (:mod:`.inputs`)."""
         config, plan = await asyncio.to_thread(prepare, opts)
         signer = (
@@ -541,19 +590,27 @@ class Builder:
         )
         installs = self.last_installs if env_key else ()
         platform = llb.Platform.from_arch(opts.arch)
-        sources = None
-        if opts.source_dir is not None and opts.source_dir.is_dir():
-            sources = await push_sources(opts.source_dir, platform, self.registry)
+        sources = (
+            opts.source_dir if opts.source_dir is not None and opts.source_dir.is_dir() else None
+        )
+        sources_digest = await asyncio.to_thread(source_digest, sources) if sources else ""
         cached = None
         if opts.source_cache is not None and plan.source_digests:
             cached = await cache_image(
                 opts.source_cache, plan.source_digests, platform, self.registry
             )
         state = build_graph(
-            config, plan, opts, environment=env_image, sources=sources, source_cache=cached
+            config,
+            plan,
+            opts,
+            environment=env_image,
+            sources=sources is not None,
+            source_cache=cached,
         )
         definition = llb.marshal(state)
-        raw = definition.SerializeToString(deterministic=True)
+        # ``force`` is not an input: what it changes (the ops' ``ignore_cache``) is
+        # left out of the digest, so a forced build is reused as any other
+        raw = llb.without_ignore_cache(definition).SerializeToString(deterministic=True)
         base_digest = ""
         if env_image == opts.base_image and "@sha256:" not in env_image:
             # a tag can move: the digest it names now is the input
@@ -568,6 +625,7 @@ class Builder:
             source_date_epoch=opts.source_date_epoch,
             with_test=opts.with_test,
             base_image_digest=base_digest,
+            sources_digest=sources_digest,
         )
         return PlannedBuild(
             opts=opts,
@@ -577,6 +635,7 @@ class Builder:
             input_digest=digest,
             environment_key=env_key,
             locked=locked,
+            sources=sources,
             environment_installs=installs,
         )
 
@@ -592,19 +651,20 @@ class Builder:
         """Solve a planned build, write its packages (and run its tests if asked)."""
         opts, config, signer = planned.opts, planned.config, planned.signer
         timer = timer or PhaseTimer()
-        tag = planned.input_digest.removeprefix("sha256:")[:48]
         tracker = ProgressTracker(sinks=sinks)
-        with timer.phase("solve"):
-            result = await self._solve(planned, tag, tracker)
-        digest = result.exporter_response["containerimage.digest"]
-        with tempfile.TemporaryDirectory(prefix="melange2-out-") as tmp:
-            tree = Path(tmp)
-            with timer.phase("fetch output"):
-                owners = await unpack_image(self.registry, OUT_REPO, digest, tree)
+        out = tempfile.TemporaryDirectory(prefix="melange2-out-")
+        try:
+            tree = Path(out.name)
+            with timer.phase("solve"):
+                owners = await self._solve(planned, tree, tracker)
             with timer.phase("package"):
                 built, index = await self._package(
                     config, tree, opts, signer, tracker, owners, planned.locked
                 )
+        finally:
+            # removing the tree is a few ms of rmdir per directory on some disks: not on
+            # the event loop, which a server shares with every other build
+            await asyncio.shield(asyncio.to_thread(out.cleanup))
         if opts.with_test:
             with timer.phase("test"):
                 await self.test(opts, config, sinks, built_repo=opts.out_dir)
@@ -646,13 +706,20 @@ class Builder:
                 sink.finished(step, seconds=time.monotonic() - began, cached=False, error=error)
 
     async def _solve(
-        self, planned: PlannedBuild, tag: str, tracker: ProgressTracker
-    ) -> SolveResult:
+        self, planned: PlannedBuild, tree: Path, tracker: ProgressTracker
+    ) -> Mapping[str, tuple[int, int]]:
+        """Solve; the result (``melange-out`` and :data:`~.emit.META_DIR`) comes back into
+        ``tree`` through the solve's session (the ``local`` exporter), no registry
+        between. Returns the owner of every path of it, as the daemon had them."""
         opts = planned.opts
         async with self.connect(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
-            return await bk.solve(
+            result = await bk.solve(
                 planned.definition,
-                exporters=[push_image(f"{self.registry.host}/{OUT_REPO}:{tag}")],
+                exporters=[local_export(tree)],
+                session=secret_session(
+                    opts,
+                    {SOURCES_NAME: planned.sources} if planned.sources is not None else None,
+                ),
                 on_progress=tracker,
                 cache_imports=[{"type": "registry", "ref": opts.cache_ref}]
                 if opts.cache_ref
@@ -661,6 +728,10 @@ class Builder:
                 if opts.cache_ref
                 else (),
             )
+        received = result.local_trees.get(0)
+        if received is None:
+            raise BuildkitError(f"buildkitd at {opts.buildkit_addr} sent no output tree")
+        return received.owners
 
     async def test(
         self,
@@ -695,11 +766,16 @@ class Builder:
                     root,
                     ["/bin/sh", "-c", step.script],
                     env=step_env(plan.environment, step, opts),
+                    secret_env=secret_env(opts),
                     cwd=step.workdir,
                     network=opts.network,
                     name=f"test {plan.package}: {step.name}",
                     ignore_cache=True,
                 ).root
             async with self.connect(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
-                await bk.solve(llb.marshal(root), on_progress=ProgressTracker(sinks=sinks))
+                await bk.solve(
+                    llb.marshal(root),
+                    on_progress=ProgressTracker(sinks=sinks),
+                    session=secret_session(opts),
+                )
         return len(plans)

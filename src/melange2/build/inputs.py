@@ -9,7 +9,9 @@ covers:
 * the LLB definition of the solve, which holds the pipelines' compiled steps and their
   environment variables, the environment image (content-addressed from the exact APKs
   resolved for it, dependencies built by the farm included, and their keys), the
-  source directory's image (by digest), the network mode and the platform;
+  network mode and the platform;
+* the source directory's contents (:func:`melange2.build.sources.source_digest`: the LLB
+  names the ``local://`` source, not what is in it);
 * the base image's digest when a build runs on a plain ``--base-image`` given by tag;
 * what packaging adds: the signing key's public half, ``SOURCE_DATE_EPOCH``, whether
   tests run, and :data:`INPUTS_VERSION` (bumped when packaging output changes).
@@ -40,9 +42,10 @@ def input_digest(
     source_date_epoch: int,
     with_test: bool,
     base_image_digest: str = "",
+    sources_digest: str = "",
 ) -> str:
     """``sha256:<hex>`` over a build's inputs (see the module's docstring)."""
-    document = {
+    document: dict[str, object] = {
         "version": INPUTS_VERSION,
         "arch": arch,
         "config": repr(config),
@@ -53,6 +56,8 @@ def input_digest(
         "source_date_epoch": source_date_epoch,
         "with_test": with_test,
     }
+    if sources_digest:  # only then: builds without sources keep their digests
+        document["sources"] = sources_digest
     blob = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 

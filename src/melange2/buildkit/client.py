@@ -26,7 +26,7 @@ import asyncio
 import enum
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -134,12 +134,26 @@ class Progress:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LocalTree:
+    """What a ``local`` exporter wrote on this machine."""
+
+    dest: Path
+    entries: int
+    bytes: int
+    #: every entry's owner as the daemon had it (path relative to ``dest`` -> (uid, gid)),
+    #: also when this process could not ``chown`` (not root)
+    owners: Mapping[str, tuple[int, int]]
+
+
+@dataclass(frozen=True, kw_only=True)
 class SolveResult:
-    """A finished solve: its ref and what the exporters answered (image digest, ...)."""
+    """A finished solve: its ref and what the exporters answered (image digest, ...);
+    for each ``local`` exporter (by its index in ``exporters``), the tree it wrote."""
 
     ref: str
     exporter_response: Mapping[str, str]
     vertexes: Mapping[str, VertexUpdate]
+    local_trees: Mapping[int, LocalTree] = field(default_factory=dict)
 
 
 class _State(enum.Enum):
@@ -304,10 +318,18 @@ class BuildkitClient:
         local = {i: e.output_dir for i, e in enumerate(exporters) if e.output_dir is not None}
         if session is None and not local:
             return await self._solve(request, follow, vertexes, logs)
-        runner = SessionRunner(self.stub, self.addr, session or Session(), exports=local)
+        runner = SessionRunner(
+            self.stub, self.addr, session or Session(), exports=local, tls=self.tls is not None
+        )
         async with runner:
             request.Session = runner.id
-            return await self._solve(request, follow, vertexes, logs)
+            result = await self._solve(request, follow, vertexes, logs)
+        trees = {
+            i: LocalTree(dest=local[i], entries=r.entries, bytes=r.bytes_received, owners=r.owners)
+            for i, r in runner.file_send.received.items()
+            if i in local
+        }
+        return replace(result, local_trees=trees)
 
     async def _solve(
         self,

@@ -151,6 +151,9 @@ class TreeReceiver:
         self._fin_sent = False
         self.bytes_received = 0
         self.entries = 0
+        #: every entry's owner as sent (path relative to ``dest`` -> (uid, gid)), kept
+        #: whether or not this process may ``chown``: packages must carry them
+        self.owners: dict[str, tuple[int, int]] = {}
 
     async def run(self) -> None:
         try:
@@ -221,6 +224,7 @@ class TreeReceiver:
         full = self.dest / path
         kind = stat.mode & GO_TYPE
         self.entries += 1
+        self.owners[path] = (stat.uid, stat.gid)
         if kind & GO_DIR:
             if full.is_symlink() or (full.exists() and not full.is_dir()):
                 full.unlink()

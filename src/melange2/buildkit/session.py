@@ -43,7 +43,7 @@ from melange2.buildkit.errors import map_grpc_errors
 from melange2.buildkit.filesync import FileSendTarget, FileSyncSource
 from melange2.buildkit.h2grpc import CallInfo, H2GrpcServer, Handler, unary
 from melange2.buildkit.secrets import SecretsProvider
-from melange2.errors import BuildkitUnavailable
+from melange2.errors import BuildkitError, BuildkitUnavailable
 
 HEADER_ID = "x-docker-expose-session-uuid"
 HEADER_NAME = "x-docker-expose-session-name"
@@ -141,16 +141,21 @@ class SessionRunner:
         addr: str,
         session: Session,
         exports: Mapping[int, Path] | None = None,
+        *,
+        tls: bool = False,
     ) -> None:
         self.id = _random.token_hex(13)  # BuildKit's ids are 25 base-36 characters; any do
         self.addr = addr
+        self.tls = tls
         self.session = session
         self._stub = stub
         handlers: dict[str, Handler] = {HEALTH_CHECK: unary(_health_check)}
         if session.secrets:
             handlers.update(SecretsProvider(session.secrets).handlers())
+        #: where the solve's local exporters write (what each received, once done)
+        self.file_send = FileSendTarget(exports or {})
         if exports:
-            handlers.update(FileSendTarget(exports).handlers())
+            handlers.update(self.file_send.handlers())
         if session.local_dirs:
             handlers.update(FileSyncSource(session.local_dirs).handlers())
         self.server = H2GrpcServer(handlers)
@@ -187,7 +192,10 @@ class SessionRunner:
         finally:
             ready.cancel()
         if self._task.done():
+            failure = None if self._task.cancelled() else self._task.exception()
             await self.aclose()
+            if isinstance(failure, BuildkitError):  # why it ended (unreachable, TLS, ...)
+                raise failure
             raise BuildkitUnavailable(f"buildkitd at {self.addr}: the session ended at once")
         if not self.server._ready.is_set():
             await self.aclose()
@@ -198,7 +206,7 @@ class SessionRunner:
 
     async def _serve(self, call: grpc.aio.StreamStreamCall) -> None:
         try:
-            with map_grpc_errors(self.addr):
+            with map_grpc_errors(self.addr, tls=self.tls):
                 await self.server.serve(_SessionStream(call))
         finally:  # however serving ends, the daemon learns at once that the session is gone
             call.cancel()

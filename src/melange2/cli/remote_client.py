@@ -129,7 +129,8 @@ def _parse(model: type[_M], response: httpx.Response) -> _M:
 
 class RemoteClient:
     """The build server's API, one method per endpoint. Use it as a context manager
-    (or ``close()`` it); pass ``transport`` or a ready ``client`` to talk to a fake."""
+    (or ``close()`` it); pass ``transport`` or a ready ``client`` to talk to a fake,
+    ``token`` (an API token) to authenticate."""
 
     def __init__(
         self,
@@ -138,10 +139,13 @@ class RemoteClient:
         transport: httpx.BaseTransport | None = None,
         client: httpx.Client | None = None,
         timeout: float = 30.0,
+        token: str | None = None,
     ) -> None:
         self.server = server.rstrip("/")
+        #: sent as ``Authorization: Bearer <token>`` (never printed)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = client or httpx.Client(
-            base_url=self.server + API, transport=transport, timeout=timeout
+            base_url=self.server + API, transport=transport, timeout=timeout, headers=headers
         )
 
     def __enter__(self) -> RemoteClient:
@@ -272,7 +276,15 @@ class RemoteClient:
             response = self._http.head(f"/sources/{_seg(digest)}")
         if response.status_code == 404:
             return False
-        _raise_for_error(response)
+        if not response.is_success:
+            # a HEAD answer has no body: the same GET carries the server's message
+            with (
+                _translate(self.server),
+                self._http.stream("GET", f"/sources/{_seg(digest)}") as error,
+            ):
+                if not error.is_success:
+                    _raise_for_error(error)
+            _raise_for_error(response)
         return True
 
     def add_source(self, path: Path, digest: str) -> SourceOut:

@@ -5,9 +5,12 @@ test suite's session fixtures, so tests run on exactly what users run.
 
 Layout under the farm's root (``.farm/`` for ``make farm-up``)::
 
-    env                        shell-sourceable: MELANGE_SERVER, BUILDKIT_ADDRS, BASE_IMAGE,
-                               REGISTRY, BOOTSTRAP_REPO, BOOTSTRAP_KEY, SOURCE_CACHE (and with
-                               TLS: BUILDKIT_TLS_CACERT, BUILDKIT_TLS_CERT, BUILDKIT_TLS_KEY)
+    env                        shell-sourceable (mode 0600: it holds a token):
+                               MELANGE_SERVER, MELANGE_TOKEN (an admin token for the
+                               server, made at every start), BUILDKIT_ADDRS, BASE_IMAGE,
+                               REGISTRY, BOOTSTRAP_REPO, BOOTSTRAP_KEY, SOURCE_CACHE (and
+                               with TLS: BUILDKIT_TLS_CACERT, BUILDKIT_TLS_CERT,
+                               BUILDKIT_TLS_KEY)
     tls/                       with TLS: ca.pem, server.pem + server-key.pem (what the
                                daemons serve), client.pem + client-key.pem (farm.certs)
     bootstrap/repo/<arch>/     the signed bootstrap APK repository (busybox, the toolchain)
@@ -38,6 +41,7 @@ from pathlib import Path
 
 import httpx
 
+from melange2.auth import Role
 from melange2.buildkit.client import BuildkitClient
 from melange2.buildkit.tls import ClientTLS, load_client_tls
 from melange2.errors import BuildkitError, FarmProcessError
@@ -62,6 +66,8 @@ class FarmEnv:
     buildkit_addrs: tuple[str, ...]
     base_image: str  #: registry reference pinned by digest
     melange_server: str = ""
+    #: an admin API token for ``melange_server`` ("" when there is no server)
+    melange_token: str = ""
     #: the daemons serve TLS: the client's CA, certificate and key files ("" when plain)
     tls_ca_cert: str = ""
     tls_cert: str = ""
@@ -71,6 +77,7 @@ class FarmEnv:
     def render(self) -> str:
         values = {
             "MELANGE_SERVER": self.melange_server,
+            **({"MELANGE_TOKEN": self.melange_token} if self.melange_token else {}),
             "BUILDKIT_ADDRS": " ".join(self.buildkit_addrs),
             "BASE_IMAGE": self.base_image,
             "REGISTRY": self.registry,
@@ -105,6 +112,7 @@ class FarmEnv:
             buildkit_addrs=tuple(values.pop("BUILDKIT_ADDRS").split()),
             base_image=values.pop("BASE_IMAGE"),
             melange_server=values.pop("MELANGE_SERVER", ""),
+            melange_token=values.pop("MELANGE_TOKEN", ""),
             tls_ca_cert=values.pop("BUILDKIT_TLS_CACERT", ""),
             tls_cert=values.pop("BUILDKIT_TLS_CERT", ""),
             tls_key=values.pop("BUILDKIT_TLS_KEY", ""),
@@ -126,6 +134,43 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+#: the name of the admin token the local farm makes for its server
+FARM_TOKEN_NAME = "farm-admin"
+
+
+async def make_token(
+    data_dir: Path, *, name: str, role: Role = Role.ADMIN, store_args: Sequence[str] = ()
+) -> str:
+    """A token for a server whose store is in ``data_dir`` (or at ``store_args``'
+    ``--store postgres --postgres-dsn DSN``), as ``melange-server tokens create`` makes
+    it; an active token of that name is revoked first. Returns its secret."""
+    from melange2.service.tokens import rotate_token
+    from melange2.store import open_store
+
+    flags = dict(zip(store_args[::2], store_args[1::2], strict=False))
+    kind = flags.get("--store", "sqlite")
+    if kind not in ("sqlite", "postgres"):
+        raise FarmProcessError(f"tokens need a sqlite or postgres store, not {kind!r}")
+    async with open_store(
+        "postgres" if kind == "postgres" else "sqlite",
+        data_dir=data_dir,
+        dsn=flags.get("--postgres-dsn"),
+    ) as store:
+        issued = await rotate_token(store, name=name, role=role)
+    return issued.secret
+
+
+def store_args_of(args: Sequence[str]) -> list[str]:
+    """The store flags (``--store``, ``--postgres-dsn``) among a server's arguments."""
+    found: list[str] = []
+    for n, arg in enumerate(args):
+        if arg in ("--store", "--postgres-dsn") and n + 1 < len(args):
+            found += [arg, args[n + 1]]
+        elif arg.startswith(("--store=", "--postgres-dsn=")):
+            found += arg.split("=", 1)
+    return found
 
 
 async def start_server(
@@ -288,18 +333,22 @@ class LocalFarm:
                 },
             )
             if self.server:
+                data_dir = self.root / "server" / "data"
+                token = await make_token(data_dir, name=FARM_TOKEN_NAME)
                 url = await start_server(
                     env,
-                    data_dir=self.root / "server" / "data",
+                    data_dir=data_dir,
                     output_dir=self.root / "server" / "output",
                     pid_file=self._pid("melange-server"),
                     log_file=self._log("melange-server"),
                     backends_config=self._backends_config(env),
                 )
-                env = dataclasses.replace(env, melange_server=url)
+                env = dataclasses.replace(env, melange_server=url, melange_token=token)
         except BaseException:
             self.down()
             raise
+        self.env_file.touch(mode=0o600)
+        self.env_file.chmod(0o600)  # it may hold a token
         self.env_file.write_text(env.render())
         return env
 

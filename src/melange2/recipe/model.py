@@ -210,6 +210,9 @@ class Package(_Located):
     target_architecture: tuple[str, ...] = ()
     #: ``resources``; ``None`` when the config has none.
     resources: Resources | None = None
+    #: ``timeout`` (a Go duration such as ``30m``) in seconds; ``None`` when not set. Left
+    #: out of ``repr`` (and so of the input digest): a limit changes no output.
+    timeout: float | None = field(default=None, repr=False)
 
     @property
     def full_version(self) -> str:

@@ -73,6 +73,7 @@ from melange2.recipe.subst import (
     substitute_condition,
 )
 from melange2.resources import QuantityError, cpu_millis, memory_bytes
+from melange2.timing import parse_duration
 
 __all__ = ["Source", "load_config", "load_pipeline"]
 
@@ -408,6 +409,20 @@ def _resources(value: Value | None, locs: dict[str, Location]) -> Resources | No
     return resources
 
 
+def _timeout(value: Value | None, locs: dict[str, Location]) -> float | None:
+    """``package.timeout``: a Go duration (melange's ``time.Duration``), in seconds."""
+    if value is None or value.is_null:
+        return None
+    locs["timeout"] = value.loc
+    try:
+        seconds = parse_duration(value.text())
+    except ValueError as exc:
+        raise value.error(str(exc)) from exc
+    if seconds < 0:
+        raise value.error("must not be negative")
+    return seconds or None
+
+
 def _package(value: Value) -> Package:
     fields = value.mapping()
     locs: dict[str, Location] = {}
@@ -434,6 +449,7 @@ def _package(value: Value) -> Package:
             fields.get("target-architecture"), locs, "target-architecture"
         ),
         resources=_resources(fields.get("resources"), locs),
+        timeout=_timeout(fields.get("timeout"), locs),
         loc=value.loc,
         field_locs=frozen_map(locs),
     )

@@ -14,6 +14,8 @@ import weakref
 from collections.abc import Callable
 from typing import BinaryIO
 
+from melange2.service.secrets import SecretMask
+
 
 class LogHub:
     """Per-log wake-ups. ``event(key)`` before reading, then wait on it: a write that
@@ -55,10 +57,16 @@ def cut_marker(limit: int) -> bytes:
 class CappedLog:
     """A binary log file that stops growing at ``limit`` bytes, with a marker where it
     was cut. :meth:`write_final` (the error summary) is written even past the cap.
-    ``on_write`` runs after each write (it wakes followers)."""
+    ``on_write`` runs after each write (it wakes followers). With ``mask`` every byte
+    written goes through it first (the build's secrets become ``***``)."""
 
     def __init__(
-        self, out: BinaryIO, limit: int, on_write: Callable[[], None] | None = None
+        self,
+        out: BinaryIO,
+        limit: int,
+        on_write: Callable[[], None] | None = None,
+        *,
+        mask: SecretMask | None = None,
     ) -> None:
         self.out = out
         self.limit = limit
@@ -66,12 +74,20 @@ class CappedLog:
         self.dropped = 0
         self.reported = 0  #: dropped bytes already told by write_final
         self.on_write = on_write
+        self.mask = mask if mask else None
 
     def write(self, data: bytes) -> int:
+        size = len(data)
+        if self.mask is not None:
+            data = self.mask.feed(data)
+        self._write(data)
+        return size
+
+    def _write(self, data: bytes) -> None:
         room = self.limit - self.written
         if room <= 0:
             self.dropped += len(data)
-            return len(data)
+            return
         part = data[:room]
         self.out.write(part)
         self.written += len(part)
@@ -79,9 +95,11 @@ class CappedLog:
             self.dropped += len(data) - len(part)
             self.out.write(cut_marker(self.limit))
         self._wrote()
-        return len(data)
 
     def write_final(self, data: bytes) -> None:
+        if self.mask is not None:
+            self._write(self.mask.drain())
+            data = self.mask.mask(data)
         if self.dropped > self.reported:
             self.out.write(f"[melange2: {self.dropped} bytes of output dropped]\n".encode())
             self.reported = self.dropped

@@ -35,6 +35,7 @@ from melange2.recipe import Config
 from melange2.repo.repository import Repository
 from melange2.service.layout import Layout, Locations
 from melange2.service.publish import Publication
+from melange2.service.secrets import build_secrets
 from melange2.service.settings import ServerSettings
 from melange2.storage import Storage, StorageError, StorageNotFound
 
@@ -95,19 +96,23 @@ class ReuseIndex:
         *,
         arch: str,
         options: StepOptions,
+        secrets: Iterable[str],
         text: str,
         pipelines: Mapping[str, bytes],
         sources: Mapping[str, bytes],
         environment_key: str,
     ) -> str:
-        """A package's quick digest (the same at submission and in its attempt)."""
+        """A package's quick digest (the same at submission and in its attempt);
+        ``secrets``: the names of the secrets its steps get (the server's and the
+        build's), which are in the LLB (their values are not: a new value is no new
+        build, a new name is)."""
         return quick_digest(
             arch=arch,
             config_text=text,
             pipelines=pipelines,
             sources=sources,
             environment_key=environment_key,
-            options=options.digest_fields(),
+            options={**options.digest_fields(), "secrets": sorted(secrets)},
             signer=self.signer,
         )
 
@@ -304,6 +309,7 @@ class SubmissionReuse:
             _log.warning("reuse at submission skipped: cannot resolve", exc_info=True)
             return {}
         candidates = [(pkg, env) for pkg, env in zip(packages, resolved, strict=True) if env]
+        secrets = build_secrets(self.settings.secret_env, spec.secrets)
 
         def quick_keys() -> list[str]:
             return [
@@ -312,6 +318,7 @@ class SubmissionReuse:
                     self.index.quick(
                         arch=arch,
                         options=spec.options,
+                        secrets=secrets,
                         text=pkg.text,
                         pipelines=pipelines,
                         sources=pkg.sources,

@@ -38,10 +38,12 @@ from melange2.errors import BuildkitUnavailable, FarmError, PackageFailed, Solve
 from melange2.jobs import Backend, Build, PackageJob
 from melange2.scheduler.loop import RunOutcome
 from melange2.service.layout import Locations
+from melange2.service.limits import Watchdog, wall_limit
 from melange2.service.logs import CappedLog, LogHub
 from melange2.service.publish import Publication
 from melange2.service.redact import Redactor
 from melange2.service.reuse import ReuseIndex, ReuseRecord
+from melange2.service.secrets import SecretMask, build_secrets
 from melange2.service.settings import ServerSettings
 from melange2.storage import OnDisk, StorageError
 from melange2.timing import PhaseTimer
@@ -137,9 +139,13 @@ class BuildkitRunner:
     async def _logged_attempt(
         self, job: PackageJob, build: Build, backend: Backend, live: Path, hub_key: str
     ) -> RunOutcome:
+        mask = SecretMask(build_secrets(self.settings.secret_env, build.spec.secrets).values())
         with open_log(live) as raw:
             log = CappedLog(
-                raw, self.settings.max_log_bytes, on_write=lambda: self.hub.notify(hub_key)
+                raw,
+                self.settings.max_log_bytes,
+                on_write=lambda: self.hub.notify(hub_key),
+                mask=mask,
             )
             try:
                 return await self._attempt(job, build, backend, log)
@@ -150,7 +156,7 @@ class BuildkitRunner:
                 log.write_final(f"\nerror: {self._reason(exc)}\n".encode())
                 raise
             except Exception as exc:  # any step: the package fails with the reason
-                reason = self._reason(exc)
+                reason = mask.text(self._reason(exc))
                 if not isinstance(exc, FarmError):
                     _log.exception("attempt of %s failed", hub_key)
                 log.write_final(f"\nerror: {reason}\n".encode())
@@ -185,6 +191,7 @@ class BuildkitRunner:
             env=step.env,
             with_test=step.with_test,
             debug=step.debug,
+            force=build.spec.force,
             cache_ref=s.cache_registry,
             cache_mode=s.cache_mode,
             source_cache=self.source_cache,
@@ -194,19 +201,29 @@ class BuildkitRunner:
             config_name=f"{job.name}.yaml",
             recorded_repositories=[str(r) for r in s.repositories],
             recorded_keyrings=list(s.keyrings),
+            secrets=build_secrets(s.secret_env, build.spec.secrets),
         )
 
     async def _attempt(
         self, job: PackageJob, build: Build, backend: Backend, log: CappedLog
     ) -> RunOutcome:
         timer = PhaseTimer()
+        limit, source = wall_limit(self.settings.package_timeout, build.spec.timeout_s)
+        watch = Watchdog(limit=limit, source=source, silent=self.settings.max_silent)
         try:
-            return await self._timed_attempt(job, build, backend, log, timer)
+            async with watch.guard():
+                return await self._timed_attempt(job, build, backend, log, timer, watch)
         finally:
             log.write_final(f"\ntimings: {timer.summary()}\n".encode())
 
     async def _timed_attempt(
-        self, job: PackageJob, build: Build, backend: Backend, log: CappedLog, timer: PhaseTimer
+        self,
+        job: PackageJob,
+        build: Build,
+        backend: Backend,
+        log: CappedLog,
+        timer: PhaseTimer,
+        watch: Watchdog,
     ) -> RunOutcome:
         out = self.locations.outputs(job)
         artifacts = out.key
@@ -215,6 +232,7 @@ class BuildkitRunner:
             planned = await self.builder.plan(opts)
             digest = planned.input_digest
             log.write(f"input digest {digest}\n".encode())
+            watch.tighten(planned.config.package.timeout, "package.timeout")
             if planned.environment_installs:
                 listed = "".join(f"\n  {line}" for line in planned.environment_installs)
                 log.write(f"environment installs:{listed}\n".encode())
@@ -237,7 +255,8 @@ class BuildkitRunner:
                     return RunOutcome(
                         output_path=self.storage.url(artifacts), cached=True, input_digest=digest
                     )
-        result = await self.builder.run(planned, sinks=[LogFileSink(log)], timer=timer)
+        watch.watch_silence()
+        result = await self.builder.run(planned, sinks=[LogFileSink(log), watch], timer=timer)
         apks = [p.path for p in result.packages]
         with timer.phase("store"):
             records = await asyncio.to_thread(lambda: [IndexRecord.from_apk(p) for p in apks])
@@ -266,6 +285,7 @@ class BuildkitRunner:
         return self.reuse.quick(
             arch=job.arch,
             options=build.spec.options,
+            secrets=build_secrets(self.settings.secret_env, build.spec.secrets),
             text=opts.config.read_text(),
             pipelines=read_tree(workdir / "pipelines"),
             sources=read_tree(opts.source_dir),

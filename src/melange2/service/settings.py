@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,8 +61,23 @@ class ServerSettings:
     git_timeout: float = 120.0
     #: seconds git may spend connecting (ssh) or without receiving a byte (http)
     git_connect_timeout: float = 20.0
+    #: ``git_source``: the hosts (globs; ``host:port`` globs too) it may clone from;
+    #: none by default (``--git-allow``)
+    git_allow: Sequence[str] = ()
+    #: tokens required (``--no-auth``: off)
+    auth: bool = True
+    #: anonymous callers read builds, packages, logs and artifacts (``--public-read``)
+    public_read: bool = False
     #: parsed configs kept for resubmissions, by estimated size
     parse_cache_bytes: int = 256 * 1024 * 1024
+    #: ``SECRET_ENV_<NAME>`` of the server's environment, prefix stripped: given to every
+    #: step as BuildKit secret env (never in the LLB, masked in logs)
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: ``--package-timeout``: the longest an attempt may run, and the default of a build's
+    #: ``timeout_s`` and a config's ``package.timeout`` (seconds; 0: no limit)
+    package_timeout: float = 36000.0
+    #: ``--max-silent``: fail a package whose build writes no output this long (0: off)
+    max_silent: float = 7200.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -46,7 +46,7 @@ from melange2.scheduler.graph import (
     typical_duration,
 )
 from melange2.scheduler.placement import NOTHING, Candidate, Request
-from melange2.service.gitsource import GitFetcher
+from melange2.service.gitsource import GitCheckout, GitFetcher
 from melange2.service.reuse import Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
 from melange2.storage import StorageError
@@ -99,6 +99,8 @@ class Submission:
     source_files: Mapping[str, Mapping[str, bytes]] = field(default_factory=dict)
     #: plan only: nothing is stored or built
     dry_run: bool = False
+    #: the name of the caller's token (recorded on the build; empty: no authentication)
+    submitted_by: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,6 +198,12 @@ class Submitter:
     async def submit(self, submission: Submission) -> Submitted | Planned:
         spec = submission.spec
         _check_arch(spec.arch)
+        cap = self.settings.package_timeout
+        if spec.timeout_s is not None and cap and spec.timeout_s > cap:
+            raise RequestError(
+                f"timeout_s: {spec.timeout_s:g} is more than this server allows "
+                f"(--package-timeout {cap:g})"
+            )
         pipelines = _checked_tree(spec.pipelines, "pipelines")
         sources = {
             pkg: _checked_tree(files, f"source_files[{excerpt(pkg)}]")
@@ -203,7 +211,7 @@ class Submitter:
         }
         if spec.git_source is not None:
             self.git.check(spec.git_source.repository)  # before any work
-        parsed = await self._parse_all(submission, pipelines)
+        parsed, commit = await self._parse_all(submission, pipelines, sources)
         _check_sources_named(sources, parsed)
         graph = self._graph(parsed, spec)
         names = [p.config.package.name for p in parsed]
@@ -235,6 +243,7 @@ class Submitter:
             await asyncio.to_thread(self._keep_files, build_dir, parsed, pipelines, sources)
             adopted = await self._adopt(build_id, reusable)
             build = self._build(build_id, parsed, graph, prio, spec, reusable, adopted)
+            build = build.evolve(submitted_by=submission.submitted_by, source_commit=commit)
             await self.store.create_build(build)
         except BaseException:
             shutil.rmtree(build_dir, ignore_errors=True)
@@ -245,16 +254,23 @@ class Submitter:
         return Submitted(build_id=build_id, order=graph.order, cut_edges=graph.cut_edges)
 
     async def _parse_all(
-        self, submission: Submission, pipelines: Mapping[PurePosixPath, str]
-    ) -> list[_Parsed]:
+        self,
+        submission: Submission,
+        pipelines: dict[PurePosixPath, str],
+        sources: dict[str, dict[PurePosixPath, bytes]],
+    ) -> tuple[list[_Parsed], str]:
         """Every config of the build (sent, or from its git source), parsed and
-        compiled against the build's pipelines."""
+        compiled against the build's pipelines; and the commit of a git source (else
+        ``""``). A git source's ``pipelines/`` and each package's ``./<name>/`` beside
+        its config join ``pipelines`` and ``sources``."""
         with tempfile.TemporaryDirectory(prefix="melange2-submit-") as tmp:
             work = Path(tmp)
-            texts = await self._texts(submission.spec, work)
+            texts, checkout = await self._texts(submission.spec, work)
+            if checkout is not None:
+                _merge_files(pipelines, checkout.pipelines, "pipelines")
             _write_tree(work / "pipelines", pipelines)
             pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
-            return await asyncio.to_thread(
+            parsed = await asyncio.to_thread(
                 self._parse,
                 texts,
                 submission.spec.arch,
@@ -262,19 +278,31 @@ class Submitter:
                 submission,
                 pipelines_digest,
             )
+            if checkout is None:
+                return parsed, ""
+            for one in parsed:  # ./<package-name>/ beside the configs, from the clone
+                name = one.config.package.name
+                found = await asyncio.to_thread(checkout.sources, name)
+                if found:
+                    where = f"source_files[{excerpt(name)}]"
+                    _merge_files(sources.setdefault(name, {}), found, where)
+            return parsed, checkout.commit
 
-    async def _texts(self, spec: BuildSpec, work: Path) -> list[tuple[str, str]]:
-        """The configs to parse, each with the name errors call it by."""
+    async def _texts(
+        self, spec: BuildSpec, work: Path
+    ) -> tuple[list[tuple[str, str]], GitCheckout | None]:
+        """The configs to parse, each with the name errors call it by; and the clone
+        they came from, for a ``git_source``."""
         if spec.config_yaml is not None:
-            return [("config_yaml", spec.config_yaml)]
+            return [("config_yaml", spec.config_yaml)], None
         if spec.configs is not None:
-            return [(f"configs[{i}]", text) for i, text in enumerate(spec.configs)]
+            return [(f"configs[{i}]", text) for i, text in enumerate(spec.configs)], None
         src = spec.git_source
         assert src is not None
-        found = await self.git.configs(
+        found = await self.git.checkout(
             src.repository, ref=src.ref, path=src.path, pattern=src.pattern, workdir=work
         )
-        return [(f"git_source:{f.path}", f.text) for f in found]
+        return [(f"git_source:{f.path}", f.text) for f in found.configs], found
 
     def _parse(
         self,
@@ -481,6 +509,26 @@ def _check_sources_named(
             raise RequestError(
                 f"source_files[{excerpt(pkg)}]: no config in this build has that package name"
             )
+
+
+_Content = TypeVar("_Content", str, bytes)
+
+
+def _merge_files(
+    into: dict[PurePosixPath, _Content], found: Mapping[str, _Content], where: str
+) -> None:
+    """Add the files a ``git_source`` brought to those the request sent: the same path
+    with other content in both is a 400 (neither is taken silently)."""
+    checked = _relative_paths(found, f"git_source {where}")
+    for given, content in found.items():
+        path = checked[given]
+        if into.get(path, content) != content:
+            raise RequestError(
+                f"{where}[{excerpt(str(path))}]: the request and the git_source repository "
+                "both give this file, with different content"
+            )
+        into[path] = content
+    _relative_paths({str(p): None for p in into}, where)
 
 
 def _write_tree(root: Path, files: Mapping[PurePosixPath, str | bytes]) -> None:

@@ -1,4 +1,4 @@
-"""The build store: builds, package jobs, leases and runtime backends.
+"""The build store: builds, package jobs, leases, runtime backends and API tokens.
 
 Open one with :func:`open_store`, an async context manager that closes it on exit::
 
@@ -22,7 +22,7 @@ from typing import Literal
 import anyio
 
 from melange2.errors import ConfigError
-from melange2.store.base import BuildPage, JobStore, StoredBackend
+from melange2.store.base import BuildPage, JobStore, StoredBackend, TokenStore
 from melange2.store.memory import MemoryStore
 from melange2.store.sql import PostgresStore, SqliteStore
 
@@ -35,6 +35,7 @@ __all__ = [
     "SqliteStore",
     "StoreKind",
     "StoredBackend",
+    "TokenStore",
     "open_store",
 ]
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from melange2.auth import Token
 from melange2.buildkit.tls import ClientTLS
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Build, BuildStatus, PackageJob, PackageStatus
@@ -50,8 +51,30 @@ class StoredBackend:
     memory_bytes: int | None = None
 
 
-class JobStore(Protocol):
-    """Persistent builds, package jobs, leases and runtime backends."""
+class TokenStore(Protocol):
+    """API tokens (:class:`~melange2.auth.Token`): kept by their hash, never the secret.
+
+    A name belongs to at most one token not revoked (``StoreConflict`` for a second);
+    a revoked token keeps its row (``tokens list`` shows it), and its name is free again.
+    """
+
+    async def create_token(self, token: Token) -> None:
+        """Insert ``token``. ``StoreConflict`` if its id or hash is taken, or another
+        token not revoked has its name."""
+
+    async def token_by_hash(self, token_hash: str) -> Token | None:
+        """The token with this hash (revoked and expired ones too), or ``None``."""
+
+    async def list_tokens(self) -> Sequence[Token]:
+        """Every token, oldest first (by ``created_at``, then id)."""
+
+    async def revoke_token(self, token_id: str, at: datetime) -> Token:
+        """Mark the token revoked at ``at`` (a token already revoked keeps its first
+        time) and return it. ``NotFound`` for an unknown id."""
+
+
+class JobStore(TokenStore, Protocol):
+    """Persistent builds, package jobs, leases, runtime backends and API tokens."""
 
     @property
     def supports_listen_notify(self) -> bool:

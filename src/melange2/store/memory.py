@@ -23,6 +23,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
+from melange2.auth import Role, Token
 from melange2.errors import InvalidTransition, NotFound, StoreConflict, StoreError
 from melange2.ids import BuildId
 from melange2.jobs import (
@@ -45,11 +46,13 @@ from melange2.store.rules import (
     check_fields,
     check_limit,
     check_new_build,
+    check_new_token,
     check_text,
     decode_cursor,
     encode_cursor,
     page_key,
     to_utc,
+    token_name_taken,
 )
 
 __all__ = ["MemoryStore"]
@@ -73,6 +76,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self.builds: dict[BuildId, Build] = {}
         self.backends: dict[str, StoredBackend] = {}
+        #: API tokens by id (their hashes; never a secret)
+        self.tokens: dict[str, Token] = {}
         #: per build, each package's index in ``packages`` (O(1) reads and writes)
         self._positions: dict[BuildId, dict[str, int]] = {}
         self._state = _State.OPEN
@@ -81,6 +86,7 @@ class MemoryStore:
         """Forget everything (between tests that share a store)."""
         self.builds.clear()
         self.backends.clear()
+        self.tokens.clear()
         self._positions.clear()
 
     async def __aenter__(self) -> Self:
@@ -300,6 +306,41 @@ class MemoryStore:
         self._check_open()
         return [_copy_backend(b) for b in self.backends.values()]
 
+    # API tokens
+
+    async def create_token(self, token: Token) -> None:
+        self._check_open()
+        check_new_token(token)
+        stored = _copy_token(token)
+        for other in self.tokens.values():
+            if other.id == stored.id or other.token_hash == stored.token_hash:
+                raise StoreConflict(f"token {stored.id}: its id or hash is taken")
+            if stored.revoked_at is None and other.revoked_at is None and other.name == stored.name:
+                raise StoreConflict(token_name_taken(stored.name))
+        self.tokens[stored.id] = stored
+
+    async def token_by_hash(self, token_hash: str) -> Token | None:
+        self._check_open()
+        for token in self.tokens.values():
+            if token.token_hash == token_hash:
+                return _copy_token(token)
+        return None
+
+    async def list_tokens(self) -> Sequence[Token]:
+        self._check_open()
+        return [_copy_token(t) for t in sorted(self.tokens.values(), key=_token_order)]
+
+    async def revoke_token(self, token_id: str, at: datetime) -> Token:
+        self._check_open()
+        check_aware(at, "at")
+        token = self.tokens.get(token_id)
+        if token is None:
+            raise NotFound(f"no token {token_id!r}")
+        if token.revoked_at is None:
+            token = token.evolve(revoked_at=to_utc(at))
+            self.tokens[token_id] = token
+        return _copy_token(token)
+
     # helpers
 
     def _check_open(self) -> None:
@@ -388,3 +429,19 @@ def _copy_attempt(attempt: Attempt) -> Attempt:
 
 def _copy_backend(backend: StoredBackend) -> StoredBackend:
     return replace(backend, labels=dict(backend.labels))
+
+
+def _copy_token(token: Token) -> Token:
+    created_at = to_utc(token.created_at)
+    assert created_at is not None
+    return replace(
+        token,
+        role=Role(token.role),
+        created_at=created_at,
+        expires_at=to_utc(token.expires_at),
+        revoked_at=to_utc(token.revoked_at),
+    )
+
+
+def _token_order(token: Token) -> tuple[datetime, str]:
+    return (token.created_at, token.id)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from melange2.auth import Role, Token
 from melange2.errors import RequestError
 from melange2.ids import BuildId
 from melange2.jobs import Build, BuildStatus, PackageJob
@@ -116,3 +117,18 @@ def check_new_build(build: Build) -> None:
     for job in build.packages:
         check_package_name(job.name)
     check_text(build, f"build {build.id}")
+
+
+def check_new_token(token: Token) -> None:
+    """What :meth:`~melange2.store.base.TokenStore.create_token` refuses
+    (``ValueError``): a role that is none of :class:`~melange2.auth.Role`, naive
+    datetimes, text no store can keep."""
+    Role(token.role)
+    for what in ("created_at", "expires_at", "revoked_at"):
+        check_aware(getattr(token, what), what)
+    check_text(token, f"token {token.id}")
+
+
+def token_name_taken(name: str) -> str:
+    """The conflict every store reports for a second active token of one name."""
+    return f"a token named {name!r} exists (revoke it first)"

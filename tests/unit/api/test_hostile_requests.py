@@ -19,7 +19,9 @@ from fastapi import FastAPI
 
 from melange2.api.app import create_app
 from melange2.apk.signing import generate_key
+from melange2.auth import Role
 from melange2.service.settings import ServerSettings
+from melange2.service.tokens import issue_token
 from melange2.storage import StorageSpec
 
 pytestmark = pytest.mark.anyio
@@ -69,10 +71,23 @@ async def app(settings: ServerSettings, fatal: list[str]) -> AsyncIterator[FastA
         yield app
 
 
+async def token(app: FastAPI, name: str, role: Role) -> str:
+    """A token made in the running app's (memory) store."""
+    return (await issue_token(app.state.services.store, name=name, role=role)).secret
+
+
+def _client(app: FastAPI, secret: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://farm",
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+
+
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://farm") as c:
+    """A client with a submit token (``hostile``): what a hostile user could hold."""
+    async with _client(app, await token(app, "hostile", Role.SUBMIT)) as c:
         yield c
 
 
@@ -203,16 +218,23 @@ async def test_git_sources_on_this_disk_are_refused_without_the_flag(
     assert "--git-allow-local" in resp.json()["error"]
 
 
-async def test_env_values_are_not_returned(client: httpx.AsyncClient) -> None:
+async def test_env_values_are_returned_only_to_their_submitter(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
     resp = await client.post(
         "/api/v1/builds", json={"config_yaml": OK, "env": {"TOKEN": "s3cret-value", "A": "1"}}
     )
     assert resp.status_code == 201, resp.text
-    build = await client.get(f"/api/v1/builds/{resp.json()['id']}")
-    assert build.json()["spec"]["env"] == {"TOKEN": "***", "A": "***"}
-    assert "s3cret-value" not in build.text
-    listing = await client.get("/api/v1/builds")
-    assert "s3cret-value" not in listing.text
+    build_id = resp.json()["id"]
+    own = await client.get(f"/api/v1/builds/{build_id}")
+    assert own.json()["spec"]["env"] == {"TOKEN": "s3cret-value", "A": "1"}
+    for role in (Role.SUBMIT, Role.READ):
+        async with _client(app, await token(app, f"another-{role}", role)) as other:
+            build = await other.get(f"/api/v1/builds/{build_id}")
+            assert build.json()["spec"]["env"] == {"TOKEN": "***", "A": "***"}
+            assert "s3cret-value" not in build.text
+            listing = await other.get("/api/v1/builds")
+            assert "s3cret-value" not in listing.text
 
 
 async def test_errors_name_request_paths_never_server_ones(
@@ -252,5 +274,6 @@ async def test_healthz_tells_the_truth_when_the_scheduler_dies(
     assert body["status"] == "failed" and "the scheduler failed" in body["error"]
     assert "store is closed" in body["error"]
     assert fatal == [body["error"]]
+    # the token cannot be checked against a failed store: 503 too, not a 500
     refused = await client.post("/api/v1/builds", json={"config_yaml": OK})
-    _assert_clear_4xx(refused, 503, "shutting down")
+    _assert_clear_4xx(refused, 503, "cannot check the token now")

@@ -67,6 +67,7 @@ async def test_a_traced_dry_run_goes_from_the_api_through_submission(tmp_path: P
         store="memory",
         storage=StorageSpec(kind="memory"),
         registry="127.0.0.1:1",
+        auth=False,
     )
     executor = path_bench.InlineExecutor()
     asyncio.get_running_loop().set_default_executor(executor)

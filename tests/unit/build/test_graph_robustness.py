@@ -87,7 +87,7 @@ def test_config_text_gives_llb_or_a_clean_error(text: str) -> None:
         except (RecipeError, ConfigError):
             return
         state = build_graph(
-            config, plan, opts, environment="127.0.0.1:1/env@sha256:" + "0" * 64, sources=None
+            config, plan, opts, environment="127.0.0.1:1/env@sha256:" + "0" * 64, sources=False
         )
         definition = llb.marshal(state)
         ops = getattr(definition, "def")
@@ -122,7 +122,7 @@ def test_debug_traces_every_step(tmp_path: Path) -> None:
         config, plan = prepare(opts)
         definition = llb.marshal(
             build_graph(
-                config, plan, opts, environment="127.0.0.1:1/e@sha256:" + "0" * 64, sources=None
+                config, plan, opts, environment="127.0.0.1:1/e@sha256:" + "0" * 64, sources=False
             )
         )
         found = []
@@ -137,3 +137,59 @@ def test_debug_traces_every_step(tmp_path: Path) -> None:
     assert len(plain) == len(traced) == 2
     assert all(not s.startswith("set -x") for s in plain)
     assert all(s.startswith("set -x\n") for s in traced)
+
+
+def test_force_bypasses_the_cache_of_the_steps_only_and_is_not_an_input(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        "package:\n  name: f\n  version: 1.0.0\n"
+        "environment:\n  contents:\n    packages: [busybox]\n"
+        "pipeline:\n  - name: one\n    runs: echo one\n  - name: two\n    runs: echo two\n"
+    )
+
+    def definition(force: bool) -> pb.Definition:
+        opts = BuildOptions(
+            config=path,
+            arch="x86_64",
+            buildkit_addr="tcp://127.0.0.1:1",
+            registry="127.0.0.1:1",
+            out_dir=tmp_path,
+            cache_dir=tmp_path,
+            force=force,
+        )
+        config, plan = prepare(opts)
+        return llb.marshal(
+            build_graph(
+                config, plan, opts, environment="127.0.0.1:1/e@sha256:" + "0" * 64, sources=False
+            )
+        )
+
+    def ignored(d: pb.Definition) -> dict[str, bool]:
+        """each op's name -> whether BuildKit is told to ignore its cache"""
+        return {
+            m.description["llb.customname"]: m.ignore_cache
+            for m in d.metadata.values()
+            if "llb.customname" in m.description
+        }
+
+    plain, forced = definition(False), definition(True)
+    # the same ops, so the same digests
+    assert getattr(plain, "def") == getattr(forced, "def")
+    assert not any(ignored(plain).values())
+    # the steps and every copy of their result: BuildKit would answer for a copy from its
+    # cache with the earlier tree; the environment and the workspace's set-up stay cached
+    assert ignored(forced) == {
+        "build environment": False,
+        "mkdir melange-out/f": False,
+        "one": True,
+        "two": True,
+        "collect melange-out": True,
+        "collect /etc/passwd": True,
+        "collect /etc/group": True,
+        "collect /etc/os-release": True,
+    }
+    # what the input digest hashes is the same either way
+    neutral = llb.without_ignore_cache(forced).SerializeToString(deterministic=True)
+    assert neutral == plain.SerializeToString(deterministic=True)
+    assert llb.without_ignore_cache(plain) is plain
+    assert any(m.ignore_cache for m in forced.metadata.values())  # not changed in place

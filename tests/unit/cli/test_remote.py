@@ -236,6 +236,7 @@ class FakeServer:
                         created_at=b.created_at,
                         started_at=b.started_at,
                         finished_at=b.finished_at,
+                        submitted_by=b.submitted_by,
                     )
                     for b in page
                 ],
@@ -320,7 +321,7 @@ def run(
     fake: FakeServer | None,
     *args: str,
     transport: httpx.BaseTransport | None = None,
-    env: dict[str, str] | None = None,
+    env: dict[str, str | None] | None = None,
 ) -> Outcome:
     out, err = io.StringIO(), io.StringIO()
     ctx = RemoteContext(
@@ -382,6 +383,22 @@ def test_submit_replace_asks_the_server_to_replace_published_packages(tmp_path: 
     assert res.code == 0, res
     (req,) = fake.received
     assert req.replace is True
+
+
+def test_submit_sends_secrets_from_the_environment_and_a_timeout(tmp_path: Path) -> None:
+    fake = FakeServer()
+    path = config(tmp_path, "sec")
+    env: dict[str, str | None] = {"API_KEY": "k3y-value"}
+    res = run(fake, "submit", str(path), "--secret", "API_KEY", "--timeout", "90", env=env)
+    assert res.code == 0, res
+    (req,) = fake.received
+    assert req.secrets == {"API_KEY": "k3y-value"} and req.timeout_s == 90
+    assert "k3y-value" not in res.out + res.err
+    missing = run(fake, "submit", str(path), "--secret", "NOT_SET_HERE_X")
+    assert missing.code == 2 and "NOT_SET_HERE_X" in missing.err
+    bad = run(fake, "submit", str(path), "--secret", "BAD-NAME", env={"BAD-NAME": "s3cr3t-v"})
+    assert bad.code == 2 and "not an environment variable name" in bad.err
+    assert "s3cr3t-v" not in bad.out + bad.err
 
 
 def test_submit_several_configs_sends_configs(tmp_path: Path) -> None:
@@ -954,3 +971,53 @@ def test_backends_add_with_cpu_and_memory_and_status_shows_their_use() -> None:
     data = json.loads(run(fake, "backends", "status", "-o", "json").out)
     big = data["backends"][0]
     assert (big["cpu"], big["cpuInUse"], big["reservedFor"]) == ("8", "2", "bld-0001/big")
+
+
+def test_the_token_goes_in_every_request_from_the_flag_or_the_environment() -> None:
+    fake = FakeServer()
+    assert run(fake, "list", "--token", "mlg_flag", env={"MELANGE_TOKEN": None}).code == 0
+    assert run(fake, "backends", "list", env={"MELANGE_TOKEN": "mlg_env"}).code == 0
+    # the flag wins over the environment
+    assert run(fake, "list", "--token", "mlg_flag2", env={"MELANGE_TOKEN": "mlg_env"}).code == 0
+    assert run(fake, "list", env={"MELANGE_TOKEN": None}).code == 0
+    seen = [r.headers.get("authorization") for r in fake.requests]
+    assert seen == ["Bearer mlg_flag", "Bearer mlg_env", "Bearer mlg_flag2", None]
+
+
+def test_a_token_with_spaces_is_refused_before_any_request() -> None:
+    fake = FakeServer()
+    out = run(fake, "list", "--token", "mlg_a b", env={"MELANGE_TOKEN": None})
+    assert out.code == 2 and "a token is one word" in out.err
+    assert fake.requests == []
+
+
+def test_a_refused_token_is_exit_2_with_the_servers_message() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return _error(401, "the bearer token is not valid (unknown or revoked)")
+
+    out = run(None, "list", "--token", "mlg_x", transport=httpx.MockTransport(refuse))
+    assert out.code == 2
+    assert "the bearer token is not valid (unknown or revoked) (HTTP 401)" in out.err
+    assert "mlg_x" not in out.err + out.out
+
+
+def test_status_and_list_show_who_submitted_and_the_commit() -> None:
+    fake = FakeServer()
+    fake.builds["bld-who"] = BuildOut(
+        id="bld-who",
+        status="success",
+        packages=[
+            _package("p", "package: {name: p}\n", []).model_copy(update={"status": "success"})
+        ],
+        spec=SpecOut(),
+        created_at=T0,
+        started_at=None,
+        finished_at=None,
+        submitted_by="ci-bot",
+        source_commit="ab" * 20,
+    )
+    status = run(fake, "status", "bld-who")
+    assert "Submitted by:" in status.out and "ci-bot" in status.out
+    assert "ab" * 20 in status.out
+    listing = run(fake, "list")
+    assert "SUBMITTED BY" in listing.out and "ci-bot" in listing.out

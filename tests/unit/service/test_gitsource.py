@@ -1,7 +1,9 @@
-"""git_source against real git: only remote URLs unless allowed, the URL never taken
-for an option, nothing read outside the clone (a refused file answers as a missing
-one), a host that never answers times out in the clones' own pool and stalls nothing
-else."""
+"""git_source against real git: only hosts the operator allows, local paths only with
+--git-allow-local, the URL never taken for an option, nothing read outside the clone (a
+refused file answers as a missing one), a host that never answers times out in the
+clones' own pool and stalls nothing else; a ref that is a commit SHA checks out exactly
+that commit (fetched alone, or from a full clone where the server refuses), the commit
+is recorded, and pipelines/ and <package>/ beside the configs come along."""
 
 from __future__ import annotations
 
@@ -16,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from melange2.errors import RequestError
-from melange2.service.gitsource import GitBusy, GitFetcher, is_local_repository
+from melange2.service.gitsource import (
+    GitBusy,
+    GitFetcher,
+    host_allowed,
+    is_commit,
+    is_local_repository,
+    repository_host,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -182,7 +191,7 @@ def silent() -> Iterator[_Silent]:
 async def test_a_host_that_never_answers_times_out_in_its_own_pool(
     tmp_path: Path, silent: _Silent
 ) -> None:
-    fetcher = GitFetcher(jobs=2, timeout=3.0, connect_timeout=2.0)
+    fetcher = GitFetcher(jobs=2, timeout=3.0, connect_timeout=2.0, allow=["127.0.0.1"])
     url = f"http://127.0.0.1:{silent.port}/repo.git"
 
     async def clone(n: int) -> str:
@@ -212,7 +221,7 @@ async def test_a_host_that_never_answers_times_out_in_its_own_pool(
 async def test_too_many_waiting_clones_are_told_to_come_back(
     tmp_path: Path, silent: _Silent
 ) -> None:
-    fetcher = GitFetcher(jobs=1, timeout=2.0, max_waiting=1)
+    fetcher = GitFetcher(jobs=1, timeout=2.0, max_waiting=1, allow=["127.0.0.1"])
     url = f"http://127.0.0.1:{silent.port}/repo.git"
     first = asyncio.create_task(
         fetcher.configs(url, ref="", path="", pattern="*", workdir=tmp_path / "a")
@@ -227,3 +236,175 @@ async def test_too_many_waiting_clones_are_told_to_come_back(
     for task in (first, second):
         with pytest.raises(RequestError, match="took longer"):
             await task
+
+
+@pytest.mark.parametrize(
+    ("repository", "host"),
+    [
+        ("https://GitHub.com/org/repo.git", ("github.com", 443)),
+        ("http://127.0.0.1:8080/a.git", ("127.0.0.1", 8080)),
+        ("ssh://git@git.example.org:2222/a.git", ("git.example.org", 2222)),
+        ("git://example.com/a", ("example.com", 9418)),
+        ("git@github.com:org/repo.git", ("github.com", 22)),
+        ("/srv/git/repo", None),
+        ("file:///srv/repo", None),
+    ],
+)
+def test_the_host_a_repository_is_cloned_from(
+    repository: str, host: tuple[str, int] | None
+) -> None:
+    assert repository_host(repository) == host
+
+
+def test_hosts_are_allowed_by_glob() -> None:
+    allow = ["github.com", "*.example.org", "git.corp:2222"]
+    assert host_allowed("https://github.com/a/b", allow)
+    assert host_allowed("git@github.com:a/b.git", allow)
+    assert host_allowed("git://src.example.org/x", allow)
+    assert not host_allowed("https://example.org/x", allow)  # *. needs a subdomain
+    assert host_allowed("ssh://git.corp:2222/x", allow)
+    assert not host_allowed("ssh://git.corp/x", allow)  # port 22, not 2222
+    assert not host_allowed("https://github.com.evil.net/a", allow)
+    assert not host_allowed("https://github.com/a", [])
+    assert host_allowed("https://anything.net/a", ["*"])
+
+
+async def test_a_host_not_allowed_is_refused_before_any_clone(tmp_path: Path) -> None:
+    fetcher = GitFetcher(allow=["git.example.org"])
+    for repository in ("https://github.com/a/b.git", "git@github.com:a/b.git"):
+        with pytest.raises(RequestError, match=r"does not clone from host 'github\.com'") as caught:
+            await fetcher.configs(repository, ref="", path="", pattern="*", workdir=tmp_path)
+        assert "--git-allow" in str(caught.value)
+    assert not (tmp_path / "git").exists()
+
+
+def _commit(repo: Path, files: dict[str, str], message: str) -> str:
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    for argv in (["add", "."], ["commit", "-qm", message]):
+        subprocess.run([*GIT, *argv], cwd=repo, check=True, capture_output=True)
+    out = subprocess.run(
+        [*GIT, "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> tuple[Path, str, str]:
+    """A repository with two commits on main (the first tagged v1): the config's
+    version is 1 in the first, 2 in the second."""
+    repo = make_repo(tmp_path / "src", {"a.yaml": "package: {name: g, version: 1}\n"}, {})
+    first = subprocess.run(
+        [*GIT, "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    subprocess.run([*GIT, "tag", "v1"], cwd=repo, check=True)
+    second = _commit(repo, {"a.yaml": "package: {name: g, version: 2}\n"}, "two")
+    return repo, first, second
+
+
+@pytest.mark.parametrize("transport", ["path", "file"])
+async def test_a_commit_sha_checks_out_exactly_that_commit(
+    tmp_path: Path, history: tuple[Path, str, str], transport: str
+) -> None:
+    repo, first, second = history
+    url = str(repo) if transport == "path" else f"file://{repo}"
+    fetcher = GitFetcher(allow_local=True)
+    for ref, version, commit in (
+        (first, 1, first),
+        (second, 2, second),
+        ("v1", 1, first),
+        ("main", 2, second),
+        ("", 2, second),
+    ):
+        work = tmp_path / f"w-{transport}-{ref or 'default'}"
+        work.mkdir()
+        found = await fetcher.checkout(url, ref=ref, path="", pattern="*.yaml", workdir=work)
+        assert found.configs[0].text == f"package: {{name: g, version: {version}}}\n", ref
+        assert found.commit == commit and is_commit(found.commit), ref
+
+
+async def test_a_server_that_refuses_a_bare_sha_gets_a_full_clone(
+    tmp_path: Path, history: tuple[Path, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, _, second = history
+    await asyncio.to_thread(_commit, repo, {"b.yaml": "x: 1\n"}, "three")  # second: no tip
+    # protocol v0 without uploadpack.allowAnySHA1InWant: the server refuses the shallow
+    # fetch of an unadvertised commit (as many hosts do)
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.version")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "0")
+    probe = tmp_path / "probe"
+    await asyncio.to_thread(subprocess.run, ["git", "init", "-q", str(probe)], check=True)
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        ["git", "fetch", "--depth", "1", f"file://{repo}", second],
+        cwd=probe,
+        capture_output=True,
+        text=True,
+    )
+    assert "unadvertised object" in refused.stderr  # the server does refuse it
+    fetcher = GitFetcher(allow_local=True)
+    found = await fetcher.checkout(
+        f"file://{repo}", ref=second, path="", pattern="*.yaml", workdir=tmp_path / "w"
+    )
+    assert found.commit == second
+    assert [c.text for c in found.configs] == ["package: {name: g, version: 2}\n"]
+    assert (tmp_path / "w" / "git-full").is_dir()  # from the full clone
+
+
+async def test_an_unknown_commit_is_a_clear_error(
+    tmp_path: Path, history: tuple[Path, str, str]
+) -> None:
+    repo, _, _ = history
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    with pytest.raises(RequestError, match=f"has no commit {missing}") as caught:
+        await GitFetcher(allow_local=True).checkout(
+            f"file://{repo}", ref=missing, path="", pattern="*", workdir=tmp_path / "w"
+        )
+    assert str(tmp_path / "w") not in str(caught.value)  # the clone's place: never said
+
+
+async def test_pipelines_and_sources_beside_the_configs_come_along(tmp_path: Path) -> None:
+    outside = tmp_path / "server-data"
+    outside.mkdir()
+    (outside / "secret.yaml").write_text("pipeline: [{runs: cat /etc/shadow}]\n")
+    repo = make_repo(
+        tmp_path / "src",
+        {
+            "pkgs/g.yaml": CONFIG,
+            "pkgs/pipelines/mine/step.yaml": "pipeline: [{runs: 'true'}]\n",
+            "pkgs/pipelines/README.md": "not a pipeline",
+            "pkgs/g/patch.diff": "--- a\n+++ b\n",
+            "pkgs/g/sub/data.bin": "bytes",
+            "pipelines/top.yaml": "not beside the configs\n",
+        },
+        {
+            "pkgs/pipelines/stolen.yaml": str(outside / "secret.yaml"),
+            "pkgs/g/linked": str(outside),
+            "pkgs/g/inside": "sub/data.bin",  # inside the clone: fine
+        },
+    )
+    found = await GitFetcher(allow_local=True).checkout(
+        str(repo), ref="", path="pkgs", pattern="*.yaml", workdir=tmp_path / "w"
+    )
+    assert [c.path for c in found.configs] == ["pkgs/g.yaml"]
+    assert found.pipelines == {"mine/step.yaml": "pipeline: [{runs: 'true'}]\n"}
+    assert found.sources("g") == {
+        "inside": b"bytes",
+        "patch.diff": b"--- a\n+++ b\n",
+        "sub/data.bin": b"bytes",
+    }
+    assert found.sources("nothing") == {}
+    assert found.sources("..") == {} and found.sources(".git") == {}
+
+
+async def test_what_comes_along_stays_under_the_limit(tmp_path: Path) -> None:
+    repo = make_repo(
+        tmp_path / "src", {"g.yaml": CONFIG, "g/big": "x" * 5000, "pipelines/p.yaml": "y: 1\n"}, {}
+    )
+    found = await GitFetcher(allow_local=True, max_bytes=4096).checkout(
+        str(repo), ref="", path="", pattern="*.yaml", workdir=tmp_path / "w"
+    )
+    with pytest.raises(RequestError, match="past 4096 bytes"):
+        found.sources("g")

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
+from melange2.api.auth import BuildReader
 from melange2.api.services import Services, services
 from melange2.errors import NotFound, RequestError
 from melange2.ids import BuildId
@@ -20,7 +21,7 @@ from melange2.wire import ArtifactList, ArtifactOut
 
 router = APIRouter(tags=["artifacts"])
 Svc = Annotated[Services, Depends(services)]
-_ERRORS: dict[int | str, dict[str, object]] = {400: {}, 404: {}}
+_ERRORS: dict[int | str, dict[str, object]] = {400: {}, 401: {}, 403: {}, 404: {}}
 
 
 async def _job(svc: Services, build_id: str, name: str) -> PackageJob:
@@ -51,7 +52,7 @@ def _artifact_path(path: str) -> str:
     response_model=ArtifactList,
     responses=_ERRORS,
 )
-async def list_artifacts(build_id: str, name: str, svc: Svc) -> ArtifactList:
+async def list_artifacts(build_id: str, name: str, svc: Svc, _: BuildReader) -> ArtifactList:
     """The package's files (APKs and their index), once it has built."""
     job = await _job(svc, build_id, name)
     prefix = svc.locations.artifacts_key(job)
@@ -76,7 +77,7 @@ async def list_artifacts(build_id: str, name: str, svc: Svc) -> ArtifactList:
     responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
     response_class=Response,
 )
-async def get_artifact(build_id: str, name: str, path: str, svc: Svc) -> Response:
+async def get_artifact(build_id: str, name: str, path: str, svc: Svc, _: BuildReader) -> Response:
     job = await _job(svc, build_id, name)
     key = f"{svc.locations.artifacts_key(job)}/{_artifact_path(path)}"
     return await _serve(svc, key, head=False, missing=f"{name} in {build_id} has no {path}")
@@ -123,7 +124,7 @@ async def _first(chunks: AsyncIterator[bytes]) -> bytes:
     "/repo/{path:path}", methods=["GET", "HEAD"], response_class=Response, include_in_schema=False
 )
 async def repository(path: str, request: Request, svc: Svc) -> Response:
-    """The farm's APK repository, read-only."""
+    """The farm's APK repository, read-only, for anyone (no token needed)."""
     parts = path.split("/")
     try:
         if len(parts) != 2:

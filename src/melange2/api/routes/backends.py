@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
+from melange2.api.auth import BackendAdmin, FarmReader
 from melange2.api.services import Services, services
 from melange2.buildkit.tls import ClientTLS, TLSMaterialError, client_tls_from_pem
 from melange2.errors import ConfigError, NotFound, RequestError
@@ -29,6 +30,8 @@ router = APIRouter(prefix="/api/v1", tags=["backends"])
 Svc = Annotated[Services, Depends(services)]
 _ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorOut},
+    401: {"model": ErrorOut, "description": "no valid token"},
+    403: {"model": ErrorOut, "description": "the token's role does not allow it"},
     404: {"model": ErrorOut},
     409: {"model": ErrorOut},
 }
@@ -59,8 +62,8 @@ def _out(b: PoolBackend) -> PoolBackendOut:
     )
 
 
-@router.get("/backends", response_model=BackendList)
-async def list_backends(svc: Svc, arch: str | None = None) -> BackendList:
+@router.get("/backends", response_model=BackendList, responses=_ERRORS)
+async def list_backends(_: FarmReader, svc: Svc, arch: str | None = None) -> BackendList:
     backends = [b for b in svc.pool.serving() if arch is None or b.arch == arch]
     return BackendList(backends=[_out(b) for b in backends], architectures=svc.pool.architectures())
 
@@ -83,8 +86,8 @@ def _tls(request: AddBackendRequest) -> ClientTLS | None:
 
 
 @router.post("/backends", status_code=201, response_model=PoolBackendOut, responses=_ERRORS)
-async def add_backend(request: AddBackendRequest, svc: Svc) -> PoolBackendOut:
-    """Add a backend; it is kept in the store and comes back after a restart. With
+async def add_backend(_: BackendAdmin, request: AddBackendRequest, svc: Svc) -> PoolBackendOut:
+    """Add a backend (role ``admin``); it is kept in the store and comes back after a restart. With
     ``tls`` (PEM text, checked now) it is reached over TLS. ``cpu`` and ``memory``
     (quantities: ``"8"``, ``"32Gi"``) declare what its machine has; packages are
     placed by them (absent: unlimited, only ``maxJobs`` caps it)."""
@@ -123,8 +126,8 @@ async def add_backend(request: AddBackendRequest, svc: Svc) -> PoolBackendOut:
 
 
 @router.delete("/backends", status_code=204, responses=_ERRORS)
-async def remove_backend(request: RemoveBackendRequest, svc: Svc) -> Response:
-    """Drain a backend: running jobs finish, no new ones. The last one stays."""
+async def remove_backend(_: BackendAdmin, request: RemoveBackendRequest, svc: Svc) -> Response:
+    """Drain a backend (role ``admin``): running jobs finish, no new ones. The last one stays."""
     backend = svc.pool.backends.get(request.addr)
     if backend is None or backend.draining:
         raise NotFound(f"no backend {request.addr}")
@@ -136,8 +139,8 @@ async def remove_backend(request: RemoveBackendRequest, svc: Svc) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/backends/status", response_model=BackendStatusList)
-async def backends_status(svc: Svc) -> BackendStatusList:
+@router.get("/backends/status", response_model=BackendStatusList, responses=_ERRORS)
+async def backends_status(_: FarmReader, svc: Svc) -> BackendStatusList:
     out = []
     for b in svc.pool.backends.values():
         state = "error" if b.platform_error else b.breaker.state.value

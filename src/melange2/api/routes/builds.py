@@ -10,7 +10,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
+from melange2.api.auth import BuildReader, Caller, Submitter, policy
 from melange2.api.services import Services, services
+from melange2.auth import Action
 from melange2.errors import NotFound, RequestError, Unavailable
 from melange2.ids import BuildId
 from melange2.jobs import (
@@ -43,6 +45,8 @@ router = APIRouter(prefix="/api/v1", tags=["builds"])
 Svc = Annotated[Services, Depends(services)]
 _ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorOut},
+    401: {"model": ErrorOut, "description": "no valid token"},
+    403: {"model": ErrorOut, "description": "the token's role does not allow it"},
     404: {"model": ErrorOut},
     413: {"model": ErrorOut},
     429: {"model": ErrorOut},
@@ -80,8 +84,8 @@ class _Reasons:
         return ""
 
 
-def build_out(svc: Services, build: Build) -> BuildOut:
-    out = BuildOut.of(build)
+def build_out(svc: Services, build: Build, *, show_env: bool = False) -> BuildOut:
+    out = BuildOut.of(build, show_env=show_env)
     reasons = _Reasons(svc, build)
     for pkg, job in zip(out.packages, build.packages, strict=True):
         pkg.reason = reasons.of(job)
@@ -101,12 +105,14 @@ async def _get(svc: Services, build_id: str) -> Build:
     responses={**_ERRORS, 200: {"model": PlanOut, "description": "dry_run: the plan"}},
 )
 async def create_build(
-    request: CreateBuildRequest, svc: Svc, response: Response
+    principal: Submitter, request: CreateBuildRequest, svc: Svc, response: Response
 ) -> CreateBuildResponse | PlanOut:
-    """Submit configs. ``dry_run`` plans without building (200 with the plan)."""
+    """Submit configs (role ``submit``). ``dry_run`` plans without building (200 with
+    the plan)."""
     if svc.supervisor.failure is not None:
         raise Unavailable(f"this server is shutting down ({svc.supervisor.failure})")
-    result = await svc.submitter.submit(submission_of(request, svc.settings))
+    by = principal.name if principal is not None else ""
+    result = await svc.submitter.submit(submission_of(request, svc.settings, submitted_by=by))
     if isinstance(result, Planned):
         response.status_code = 200
         return plan_out(result)
@@ -115,9 +121,12 @@ async def create_build(
     )
 
 
-def submission_of(request: CreateBuildRequest, settings: ServerSettings) -> Submission:
+def submission_of(
+    request: CreateBuildRequest, settings: ServerSettings, *, submitted_by: str = ""
+) -> Submission:
     """The request as the service takes it: its spec typed once, the server's defaults
-    (``--default-arch``, ``--schedule``) filled in, source files decoded."""
+    (``--default-arch``, ``--schedule``) filled in, source files decoded;
+    ``submitted_by``: the name of the caller's token (recorded on the build)."""
     git = request.git_source
     spec = BuildSpec(
         config_yaml=request.config_yaml,
@@ -136,6 +145,8 @@ def submission_of(request: CreateBuildRequest, settings: ServerSettings) -> Subm
         publish=request.publish,
         replace=request.replace,
         source_files={pkg: tuple(sorted(files)) for pkg, files in request.source_files.items()},
+        secrets=request.secrets,
+        timeout_s=request.timeout_s,
     )
     return Submission(
         spec=spec,
@@ -144,6 +155,7 @@ def submission_of(request: CreateBuildRequest, settings: ServerSettings) -> Subm
             for pkg, files in request.source_files.items()
         },
         dry_run=request.dry_run,
+        submitted_by=submitted_by,
     )
 
 
@@ -172,6 +184,7 @@ def plan_out(planned: Planned) -> PlanOut:
 
 @router.get("/builds", response_model=BuildList, responses=_ERRORS)
 async def list_builds(
+    _: BuildReader,
     svc: Svc,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
@@ -194,6 +207,7 @@ async def list_builds(
                 created_at=b.created_at,
                 started_at=b.started_at,
                 finished_at=b.finished_at,
+                submitted_by=b.submitted_by,
             )
             for b in page.builds
         ],
@@ -202,15 +216,23 @@ async def list_builds(
 
 
 @router.get("/builds/{build_id}", response_model=BuildOut, responses=_ERRORS)
-async def get_build(build_id: str, svc: Svc) -> BuildOut:
-    return build_out(svc, await _get(svc, build_id))
+async def get_build(build_id: str, svc: Svc, request: Request, principal: BuildReader) -> BuildOut:
+    """The build; its ``env`` values only for its submitter and admins (``***`` else)."""
+    build = await _get(svc, build_id)
+    show = policy(request).allows(principal, Action.SEE_ENV, build)
+    return build_out(svc, build, show_env=show)
 
 
 @router.post("/builds/{build_id}/cancel", response_model=BuildOut, responses=_ERRORS)
-async def cancel_build(build_id: str, svc: Svc) -> BuildOut:
-    """Stop running solves and cancel every package not yet finished."""
-    await _get(svc, build_id)
-    return build_out(svc, await svc.scheduler.cancel(BuildId(build_id)))
+async def cancel_build(build_id: str, svc: Svc, request: Request, caller: Caller) -> BuildOut:
+    """Stop running solves and cancel every package not yet finished: the build's
+    submitter (role ``submit``) or an admin."""
+    rule = policy(request)
+    rule.check(caller, Action.CANCEL, some=True)  # before the lookup: 401/403, not 404
+    build = await _get(svc, build_id)
+    rule.check(caller, Action.CANCEL, build)
+    show = rule.allows(caller, Action.SEE_ENV, build)
+    return build_out(svc, await svc.scheduler.cancel(BuildId(build_id)), show_env=show)
 
 
 async def _package(svc: Services, build_id: str, name: str) -> tuple[Build, PackageJob]:
@@ -222,7 +244,7 @@ async def _package(svc: Services, build_id: str, name: str) -> tuple[Build, Pack
 
 
 @router.get("/builds/{build_id}/packages/{name}", response_model=PackageOut, responses=_ERRORS)
-async def get_package(build_id: str, name: str, svc: Svc) -> PackageOut:
+async def get_package(build_id: str, name: str, svc: Svc, _: BuildReader) -> PackageOut:
     build, job = await _package(svc, build_id, name)
     out = PackageOut.of(job)
     out.reason = _Reasons(svc, build).of(job)
@@ -256,7 +278,12 @@ async def _read_log(svc: Services, job: PackageJob, attempt: int, offset: int) -
     responses={**_ERRORS, 200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
 )
 async def get_logs(
-    build_id: str, name: str, svc: Svc, request: Request, follow: bool = False
+    build_id: str,
+    name: str,
+    svc: Svc,
+    request: Request,
+    _reader: BuildReader,
+    follow: bool = False,
 ) -> Response:
     """The package's build log (its latest attempt). ``follow=true`` streams it until the
     package ends: chunked text, or Server-Sent Events with ``Accept: text/event-stream``

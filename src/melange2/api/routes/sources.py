@@ -1,7 +1,10 @@
 """The source cache over HTTP: ``PUT /api/v1/sources/<digest>`` stores a file (checked
 against its digest as it streams, never held whole in memory; 413 over
 ``--max-source-bytes``), ``HEAD``/``GET`` tell whether it is there (and ``GET`` streams
-it). Builds' ``fetch`` steps find these files in /var/cache/melange."""
+it). Builds' ``fetch`` steps find these files in /var/cache/melange.
+
+Uploading needs the submit role; ``HEAD`` and ``GET`` the read role (not anonymous,
+even with ``--public-read``: an uploaded file may be anyone's private source)."""
 
 from __future__ import annotations
 
@@ -11,18 +14,27 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
+from melange2.api.auth import FarmReader, Submitter
 from melange2.api.services import Services, services
 from melange2.build.source_cache import SourceTooLarge, parse_digest
 from melange2.errors import NotFound
-from melange2.wire import SourceOut
+from melange2.wire import ErrorOut, SourceOut
 
 router = APIRouter(prefix="/api/v1/sources", tags=["sources"])
 Svc = Annotated[Services, Depends(services)]
-_ERRORS: dict[int | str, dict[str, object]] = {400: {}, 404: {}, 413: {}}
+_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorOut},
+    401: {"model": ErrorOut, "description": "no valid token"},
+    403: {"model": ErrorOut, "description": "the token's role does not allow it"},
+    404: {"model": ErrorOut},
+    413: {"model": ErrorOut},
+}
 
 
 @router.put("/{digest}", response_model=SourceOut, status_code=201, responses=_ERRORS)
-async def put_source(digest: str, request: Request, svc: Svc, response: Response) -> SourceOut:
+async def put_source(
+    digest: str, request: Request, svc: Svc, response: Response, _: Submitter
+) -> SourceOut:
     """Store the body under ``digest`` (``sha256:<hex>``); refused (400) when the body
     has another digest, 413 when it is larger than the server accepts."""
     wanted = parse_digest(digest)
@@ -40,7 +52,7 @@ async def put_source(digest: str, request: Request, svc: Svc, response: Response
 
 
 @router.head("/{digest}", include_in_schema=False)  # no body to document
-async def head_source(digest: str, svc: Svc) -> Response:
+async def head_source(digest: str, svc: Svc, _: FarmReader) -> Response:
     """200 with the size when the cache holds ``digest``, else 404."""
     wanted = parse_digest(digest)
     if not await svc.source_cache.has(wanted):
@@ -50,7 +62,7 @@ async def head_source(digest: str, svc: Svc) -> Response:
 
 
 @router.get("/{digest}", responses=_ERRORS, response_class=StreamingResponse)
-async def get_source(digest: str, svc: Svc) -> StreamingResponse:
+async def get_source(digest: str, svc: Svc, _: FarmReader) -> StreamingResponse:
     """The cached file itself."""
     wanted = parse_digest(digest)
     if not await svc.source_cache.has(wanted):

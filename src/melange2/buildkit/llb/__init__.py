@@ -21,6 +21,7 @@ from melange2.buildkit.llb.state import (
     scratch,
     secret_mount,
     symlink,
+    without_ignore_cache,
 )
 from melange2.platform import Platform
 
@@ -43,4 +44,5 @@ __all__ = [
     "scratch",
     "secret_mount",
     "symlink",
+    "without_ignore_cache",
 ]

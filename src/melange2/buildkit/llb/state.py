@@ -256,7 +256,12 @@ def run(
 
 
 def _file_op(
-    state: State, action: pb.FileAction, name: str, secondary: State | None = None
+    state: State,
+    action: pb.FileAction,
+    name: str,
+    secondary: State | None = None,
+    *,
+    ignore_cache: bool = False,
 ) -> State:
     inputs = _Inputs()
     action.input = inputs.index(state)
@@ -264,7 +269,7 @@ def _file_op(
     action.output = 0
     op = pb.Op(file=pb.FileOp(actions=[action]))
     _set_platform(op, state.platform)
-    vertex = _Op(proto=op, inputs=tuple(inputs.states), name=name)
+    vertex = _Op(proto=op, inputs=tuple(inputs.states), name=name, ignore_cache=ignore_cache)
     return State(op=vertex, index=0, platform=state.platform)
 
 
@@ -313,25 +318,39 @@ def copy(
     allow_wildcard: bool = False,
     allow_empty_wildcard: bool = False,
     name: str | None = None,
+    ignore_cache: bool = False,
+    owner: tuple[int, int] | None = None,
+    timestamp: int | None = None,
 ) -> State:
     """``dest`` with ``src_path`` of ``src`` copied to ``dest_path``. A directory's
     contents are copied into ``dest_path`` (``contents_only``), as ``COPY dir/ dest/``.
     With ``allow_empty_wildcard`` a wildcard matching nothing copies nothing (a path that
-    may be absent: ``/etc/os-releas[e]``)."""
-    action = pb.FileAction(
-        copy=pb.FileActionCopy(
-            src=src_path,
-            dest=dest_path,
-            mode=-1,
-            followSymlink=True,
-            dirCopyContents=contents_only,
-            createDestPath=create_parents,
-            allowWildcard=allow_wildcard,
-            allowEmptyWildcard=allow_empty_wildcard,
-            timestamp=_UNSET_TIME,
-        )
+    may be absent: ``/etc/os-releas[e]``). ``ignore_cache`` copies again even when
+    BuildKit's cache knows the result. ``owner`` (uid, gid) and ``timestamp`` (seconds)
+    are given to every copied entry instead of the source's."""
+    copy_action = pb.FileActionCopy(
+        src=src_path,
+        dest=dest_path,
+        mode=-1,
+        followSymlink=True,
+        dirCopyContents=contents_only,
+        createDestPath=create_parents,
+        allowWildcard=allow_wildcard,
+        allowEmptyWildcard=allow_empty_wildcard,
+        timestamp=_UNSET_TIME if timestamp is None else timestamp,
     )
-    return _file_op(dest, action, name or f"copy {src_path} -> {dest_path}", secondary=src)
+    if owner is not None:
+        copy_action.owner.CopyFrom(
+            pb.ChownOpt(user=pb.UserOpt(byID=owner[0]), group=pb.UserOpt(byID=owner[1]))
+        )
+    action = pb.FileAction(copy=copy_action)
+    return _file_op(
+        dest,
+        action,
+        name or f"copy {src_path} -> {dest_path}",
+        secondary=src,
+        ignore_cache=ignore_cache,
+    )
 
 
 def marshal(state: State) -> pb.Definition:
@@ -369,6 +388,18 @@ def marshal(state: State) -> pb.Definition:
     terminal = pb.Op(inputs=[pb.Input(digest=head, index=state.index)])
     ops.append(terminal.SerializeToString(deterministic=True))
     return definition
+
+
+def without_ignore_cache(definition: pb.Definition) -> pb.Definition:
+    """``definition`` with no op's ``ignore_cache`` set: the same graph, as BuildKit's cache
+    would key it (the ops themselves, and so their digests, never hold the flag)."""
+    if not any(meta.ignore_cache for meta in definition.metadata.values()):
+        return definition
+    plain = pb.Definition()
+    plain.CopyFrom(definition)
+    for meta in plain.metadata.values():
+        meta.ignore_cache = False
+    return plain
 
 
 def digest_of(state: State) -> str:

@@ -22,6 +22,9 @@ from melange2.cli.context import CliContext, pass_cli
 from melange2.cli.tls import tls_from_flags, tls_options
 from melange2.errors import ConfigError, LintFailed
 from melange2.oci.registry import RegistryClient
+from melange2.recipe import Config
+from melange2.service.limits import Watchdog
+from melange2.timing import parse_duration
 
 
 def _read_env_file(path: Path | None) -> dict[str, str]:
@@ -174,6 +177,14 @@ def build_options(f: Any) -> Any:
             show_default=True,
             help="License of the config file itself, for the SBOM.",
         ),
+        click.option(
+            "--timeout",
+            default="",
+            metavar="DURATION",
+            help="Fail the build 'timed out' after this long (a Go duration: 90s, 30m, 1h30m; "
+            "as melange's, it overrides the config's package.timeout)  [default: the "
+            "config's package.timeout, else none].",
+        ),
         click.option("--plain", is_flag=True, help="Plain progress lines, even on a terminal."),
         click.option(
             "--debug", is_flag=True, help="Trace every command of every step (set -x) in the log."
@@ -227,21 +238,36 @@ def _sinks(ctx: CliContext, log_path: Path, plain: bool) -> Iterator[list[StepSi
                 yield sinks
 
 
-async def _run(opts: BuildOptions, sinks: list[StepSink], test_only: bool) -> BuildResult | int:
-    async with RegistryClient(opts.registry) as registry:
+async def _run(
+    opts: BuildOptions, sinks: list[StepSink], test_only: bool, limit: tuple[float, str]
+) -> BuildResult | int:
+    watch = Watchdog(limit=limit[0], source=limit[1])
+    async with RegistryClient(opts.registry) as registry, watch.guard():
+        watch.watch_silence()
         builder = Builder(registry, opts.cache_dir)
         try:
             if test_only:
                 config, _ = prepare(opts)
-                return await builder.test(opts, config, sinks)
-            return await builder.build(opts, sinks)
+                return await builder.test(opts, config, [*sinks, watch])
+            return await builder.build(opts, [*sinks, watch])
         finally:
             await builder.aclose()
+
+
+def _limit(kw: dict[str, Any], config: Config) -> tuple[float, str]:
+    """``--timeout``, else the config's ``package.timeout``, else none (0)."""
+    if kw["timeout"]:
+        try:
+            return parse_duration(kw["timeout"]), "--timeout"
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--timeout") from None
+    return config.package.timeout or 0.0, "package.timeout"
 
 
 def _execute(ctx: CliContext, kw: dict[str, Any], *, with_test: bool, test_only: bool) -> None:
     opts = _options(kw, with_test=with_test)
     config, _ = prepare(opts)  # config errors before anything else, with file:line:field
+    limit = _limit(kw, config)
     name = config.package.name
     if opts.source_dir is None:
         default_src = opts.config.parent / name
@@ -250,7 +276,7 @@ def _execute(ctx: CliContext, kw: dict[str, Any], *, with_test: bool, test_only:
     log_path = kw["log_file"] or opts.out_dir / "logs" / f"{name}-{opts.arch}.log"
     try:
         with _sinks(ctx, log_path, kw["plain"]) as sinks:
-            result = asyncio.run(_run(opts, sinks, test_only))
+            result = asyncio.run(_run(opts, sinks, test_only, limit))
     except StepFailed as exc:
         ctx.err_console.print(
             f"[red]error:[/] step [bold]{exc.step}[/] failed"

@@ -7,6 +7,7 @@ import base64
 import codecs
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -64,9 +65,11 @@ class RemoteContext(CliContext):
 
     #: how requests reach the server (None: httpx's default, the network)
     transport: httpx.BaseTransport | None = None
+    #: the API token (``--token`` or MELANGE_TOKEN); None: anonymous
+    token: str | None = None
 
     def client(self, server: str) -> RemoteClient:
-        return RemoteClient(server, transport=self.transport)
+        return RemoteClient(server, transport=self.transport, token=self.token)
 
 
 pass_remote = click.make_pass_decorator(RemoteContext)
@@ -114,7 +117,8 @@ class _RemoteGroup(click.Group):
 def remote(ctx: click.Context) -> None:
     """Build on a build server (melange-server) instead of a local daemon.
 
-    Every command takes --server (default http://localhost:8080, env MELANGE_SERVER).
+    Every command takes --server (default http://localhost:8080, env MELANGE_SERVER)
+    and --token (an API token, env MELANGE_TOKEN).
 
     \b
     Exit codes:
@@ -140,7 +144,26 @@ def _check_server(ctx: click.Context, param: click.Parameter, value: str) -> str
     return value
 
 
+def _keep_token(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    token = (value or "").strip()
+    if token and (token != value or any(c.isspace() or ord(c) < 0x20 for c in token)):
+        raise click.BadParameter("a token is one word, without spaces or control characters")
+    remote_ctx = ctx.find_object(RemoteContext)
+    if remote_ctx is not None:
+        remote_ctx.token = token or None
+
+
 def server_option(f: _F) -> _F:
+    """``--server``, and ``--token`` with it (every command that talks to a server)."""
+    f = click.option(
+        "--token",
+        envvar="MELANGE_TOKEN",
+        metavar="TOKEN",
+        expose_value=False,
+        callback=_keep_token,
+        help="An API token for the server (env MELANGE_TOKEN); without one, only what "
+        "the server lets anyone do.",
+    )(f)
     return click.option(
         "--server",
         envvar="MELANGE_SERVER",
@@ -252,6 +275,8 @@ def _render_build(console: Console, build: BuildOut) -> None:
         ("Arch:", _arch(build)),
         ("Started:", _when(build.started_at)),
         ("Finished:", _when(build.finished_at)),
+        ("Submitted by:", build.submitted_by or "-"),
+        *([("Commit:", build.source_commit)] if build.source_commit else []),
     ):
         header.add_row(label, Text(value))
     console.print(header)
@@ -479,6 +504,21 @@ def collect_upload(paths: Sequence[Path]) -> Upload:
     metavar="K=V",
     help="Build environment variable (repeatable).",
 )
+@click.option(
+    "--secret",
+    "secret_names",
+    multiple=True,
+    metavar="NAME",
+    help="Give every step the secret NAME, its value taken from this shell's environment "
+    "variable NAME (repeatable; a BuildKit secret: masked in logs, never shown back).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    help="Seconds each package may run before it fails 'timed out'  "
+    "[default: the config's package.timeout, else the server's --package-timeout].",
+)
 @click.option("--git-repo", help="Build the configs of this git repository instead of files.")
 @click.option("--git-ref", help="Branch, tag or commit of --git-repo.")
 @click.option("--git-pattern", default="*.yaml", show_default=True, help="Configs in --git-repo.")
@@ -500,7 +540,12 @@ def collect_upload(paths: Sequence[Path]) -> Upload:
     type=click.Choice(["critical-path", "fifo"]),
     help="Order ready packages by critical path or by submission  [default: the server's].",
 )
-@click.option("--force", is_flag=True, help="Rebuild even packages whose inputs did not change.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rebuild even packages whose inputs did not change; their steps run again "
+    "(BuildKit's cache does not answer for them).",
+)
 @click.option(
     "--publish",
     type=click.Choice(["package", "build"]),
@@ -529,6 +574,8 @@ def submit(
     backend_selector: dict[str, str],
     mode: str,
     env: dict[str, str],
+    secret_names: tuple[str, ...],
+    timeout_s: float | None,
     git_repo: str | None,
     git_ref: str | None,
     git_pattern: str,
@@ -558,6 +605,11 @@ def submit(
     if dry_run and wait:
         raise click.UsageError("--dry-run builds nothing: there is nothing to --wait for")
 
+    missing = [n for n in secret_names if n not in os.environ]
+    if missing:
+        raise click.UsageError(f"--secret {missing[0]}: no such environment variable here")
+    secrets = {n: os.environ[n] for n in secret_names}
+
     source: dict[str, Any]
     if git_repo:
         source = {
@@ -581,6 +633,8 @@ def submit(
                 "with_test": with_test,
                 "debug": debug,
                 "env": env,
+                "secrets": secrets,
+                "timeout_s": timeout_s,
                 "cycle_policy": cycle_policy,
                 "dry_run": dry_run,
                 "schedule": schedule,
@@ -589,8 +643,11 @@ def submit(
                 "replace": replace,
             }
         )
-    except ValidationError as exc:
-        raise ConfigError(f"invalid build request: {exc}") from exc
+    except ValidationError as exc:  # without the input: it may hold --secret values
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid build request: {problems}") from None
 
     with ctx.client(server) as client:
         result = client.submit(request)
@@ -672,11 +729,16 @@ def list_builds(
     if output == "json":
         _print_json(ctx.console, page)
         return
-    table = Table("ID", "STATUS", "PACKAGES", "BY STATUS", "CREATED")
+    table = Table("ID", "STATUS", "PACKAGES", "BY STATUS", "CREATED", "SUBMITTED BY")
     for b in page.builds:
         by_status = ", ".join(f"{n} {s}" for s, n in sorted(b.counts.items()))
         table.add_row(
-            Text(b.id), Text(b.status), str(b.packages), Text(by_status), _when(b.created_at)
+            Text(b.id),
+            Text(b.status),
+            str(b.packages),
+            Text(by_status),
+            _when(b.created_at),
+            Text(b.submitted_by or "-"),
         )
     ctx.console.print(table)
     if page.next_cursor:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     update,
 )
 
+from melange2.auth import Role, Token
 from melange2.buildkit.tls import ClientTLS
 from melange2.ids import BuildId
 from melange2.jobs import (
@@ -42,7 +43,7 @@ from melange2.jobs import (
 )
 from melange2.store.base import StoredBackend
 from melange2.store.rules import LEASE_EXPIRED_REASON, UNFINISHED_BUILD_STATES
-from melange2.store.sql.tables import backends, builds, packages
+from melange2.store.sql.tables import backends, builds, packages, tokens
 
 # rows <-> values
 
@@ -56,6 +57,8 @@ def build_values(build: Build) -> dict[str, Any]:
         "started_at": build.started_at,
         "finished_at": build.finished_at,
         "cancel_requested": build.cancel_requested,
+        "submitted_by": build.submitted_by,
+        "source_commit": build.source_commit,
     }
 
 
@@ -69,6 +72,8 @@ def build_from_row(row: RowMapping, jobs: Sequence[PackageJob]) -> Build:
         finished_at=row["finished_at"],
         cancel_requested=bool(row["cancel_requested"]),
         packages=tuple(jobs),
+        submitted_by=row["submitted_by"],
+        source_commit=row["source_commit"],
     )
 
 
@@ -476,3 +481,62 @@ def list_backends(conn: Connection) -> list[StoredBackend]:
         )
         for row in rows.mappings()
     ]
+
+
+# API tokens
+
+
+def _token_of(row: RowMapping) -> Token:
+    return Token(
+        id=row["id"],
+        name=row["name"],
+        role=Role(row["role"]),
+        token_hash=row["token_hash"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def insert_token(conn: Connection, token: Token) -> None:
+    """The unique indexes refuse a taken id or hash, and a second active name."""
+    conn.execute(
+        insert(tokens).values(
+            id=token.id,
+            name=token.name,
+            role=Role(token.role).value,
+            token_hash=token.token_hash,
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            revoked_at=token.revoked_at,
+        )
+    )
+
+
+def active_token_named(conn: Connection, name: str) -> bool:
+    found = conn.execute(
+        select(tokens.c.id).where(tokens.c.name == name, tokens.c.revoked_at.is_(None))
+    )
+    return found.first() is not None
+
+
+def token_by_hash(conn: Connection, token_hash: str) -> Token | None:
+    row = conn.execute(select(tokens).where(tokens.c.token_hash == token_hash)).mappings().first()
+    return None if row is None else _token_of(row)
+
+
+def list_tokens(conn: Connection) -> list[Token]:
+    rows = conn.execute(select(tokens).order_by(tokens.c.created_at, tokens.c.id)).mappings()
+    return [_token_of(row) for row in rows]
+
+
+def revoke_token(conn: Connection, token_id: str, at: datetime) -> Token | None:
+    """Set ``revoked_at`` once (a revoked token keeps its first time); the token, or
+    ``None`` if there is none of that id."""
+    conn.execute(
+        update(tokens)
+        .where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None))
+        .values(revoked_at=at)
+    )
+    row = conn.execute(select(tokens).where(tokens.c.id == token_id)).mappings().first()
+    return None if row is None else _token_of(row)

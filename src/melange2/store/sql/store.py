@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from sqlalchemy import Connection
 
-from melange2.errors import InvalidTransition, NotFound, StoreError
+from melange2.auth import Token
+from melange2.errors import InvalidTransition, NotFound, StoreConflict, StoreError
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Build, BuildStatus, PackageJob, PackageStatus, sources_of
 from melange2.store.base import BuildPage, StoredBackend
@@ -31,9 +32,11 @@ from melange2.store.rules import (
     check_fields,
     check_limit,
     check_new_build,
+    check_new_token,
     check_text,
     decode_cursor,
     encode_cursor,
+    token_name_taken,
 )
 from melange2.store.sql import queries
 
@@ -262,3 +265,33 @@ class SqlStore:
 
     async def list_backends(self) -> Sequence[StoredBackend]:
         return await self._read("listing backends", queries.list_backends)
+
+    # -- API tokens ----------------------------------------------------------------------
+
+    async def create_token(self, token: Token) -> None:
+        check_new_token(token)
+
+        def create(conn: Connection) -> bool:
+            if token.revoked_at is None and queries.active_token_named(conn, token.name):
+                return False
+            queries.insert_token(conn, token)
+            return True
+
+        # the partial unique index decides between two writers at once (a conflict)
+        if not await self._write(f"creating token {token.id}", create):
+            raise StoreConflict(token_name_taken(token.name))
+
+    async def token_by_hash(self, token_hash: str) -> Token | None:
+        return await self._read("reading a token", lambda c: queries.token_by_hash(c, token_hash))
+
+    async def list_tokens(self) -> Sequence[Token]:
+        return await self._read("listing tokens", queries.list_tokens)
+
+    async def revoke_token(self, token_id: str, at: datetime) -> Token:
+        check_aware(at, "at")
+        found = await self._write(
+            f"revoking token {token_id}", lambda c: queries.revoke_token(c, token_id, at)
+        )
+        if found is None:
+            raise NotFound(f"no token {token_id!r}")
+        return found

@@ -34,6 +34,7 @@ from sqlalchemy import (
     text,
 )
 
+from melange2.auth import Role
 from melange2.jobs import Attempt, BuildStatus, PackageStatus
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "metadata",
     "packages",
     "status_check",
+    "tokens",
 ]
 
 #: constraint names are fixed so migrations can refer to them
@@ -153,6 +155,10 @@ builds = Table(
     Column("started_at", UTCDateTime),
     Column("finished_at", UTCDateTime),
     Column("cancel_requested", Boolean, nullable=False),
+    #: r0006: the name of the token that submitted it ('' without authentication)
+    Column("submitted_by", Text, nullable=False, server_default=""),
+    #: r0006: the commit a git_source build was made from ('' otherwise)
+    Column("source_commit", Text, nullable=False, server_default=""),
     CheckConstraint(status_check(BuildStatus), name="status"),
     # list_builds: newest first with a (created_at, id) cursor, optionally by status
     Index(None, "created_at", "id"),
@@ -214,4 +220,26 @@ backends = Table(
     #: r0005: what its machine has (millicores, bytes); NULL: not declared, unlimited
     Column("cpu_millis", Integer, nullable=True),
     Column("memory_bytes", BigInteger, nullable=True),
+)
+
+#: r0006: API tokens, by the SHA-256 of their secret (the secret is never kept)
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("token_hash", Text, nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+    CheckConstraint("role IN (" + ", ".join(f"'{r.value}'" for r in Role) + ")", name="role"),
+    # one token not revoked per name
+    Index(
+        "uq_tokens_active_name",
+        "name",
+        unique=True,
+        sqlite_where=text("revoked_at IS NULL"),
+        postgresql_where=text("revoked_at IS NULL"),
+    ),
 )

@@ -14,5 +14,6 @@
 from __future__ import annotations
 
 from melange2.testenv.contracts.store import StoreContract
+from melange2.testenv.contracts.tokens import TokenStoreContract
 
-__all__ = ["StoreContract"]
+__all__ = ["StoreContract", "TokenStoreContract"]

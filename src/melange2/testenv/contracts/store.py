@@ -43,6 +43,7 @@ from melange2.jobs import (
 )
 from melange2.store.base import JobStore, StoredBackend
 from melange2.store.rules import LEASE_EXPIRED_REASON
+from melange2.testenv.contracts.tokens import TokenStoreContract
 
 __all__ = ["T0", "StoreContract", "make_build", "make_job"]
 
@@ -103,8 +104,9 @@ def _pair_name(source: PackageStatus, target: PackageStatus) -> str:
     return f"{source.value}-to-{target.value}"
 
 
-class StoreContract:
-    """Every :class:`~melange2.store.base.JobStore` passes these."""
+class StoreContract(TokenStoreContract):
+    """Every :class:`~melange2.store.base.JobStore` passes these (and, as a
+    :class:`~melange2.store.base.TokenStore`, :class:`TokenStoreContract`'s)."""
 
     pytestmark = [pytest.mark.anyio]
 
@@ -189,6 +191,8 @@ class StoreContract:
             finished_at=None,
             cancel_requested=True,
             packages=(job,),
+            submitted_by="alice@example.org",
+            source_commit="0f" * 20,
         )
         await store.create_build(build)
 
