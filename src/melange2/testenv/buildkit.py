@@ -33,13 +33,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 
 from melange2.buildkit._proto.solver.pb import ops_pb2
 from melange2.buildkit.client import (
     DaemonInfo,
     Exporter,
+    LocalTree,
     Progress,
     SolveResult,
     VertexUpdate,
@@ -165,12 +166,17 @@ class FakeDaemon:
         if on_progress is not None:
             on_progress(Progress(vertexes=done, logs=()))
         response: dict[str, str] = {}
-        for exporter in exporters:
-            response |= await _export(exporter, files)
+        trees: dict[int, LocalTree] = {}
+        for i, exporter in enumerate(exporters):
+            if exporter.type == "local" and exporter.output_dir is not None:
+                trees[i] = await asyncio.to_thread(_write, exporter.output_dir, files)
+            else:
+                response |= await _export(exporter, files)
         return SolveResult(
             ref=ref or uuid.uuid4().hex,
             exporter_response=response,
             vertexes={v.digest: v for v in done},
+            local_trees=trees,
         )
 
 
@@ -191,20 +197,26 @@ def _vertexes(definition: ops_pb2.Definition) -> list[_Vertex]:
     return found
 
 
-def _write(root: Path, files: Mapping[str, bytes]) -> None:
+def _write(root: Path, files: Mapping[str, bytes]) -> LocalTree:
+    """Write the result's files under ``root``, as the ``local`` exporter would: every
+    entry (the directories leading to a file too) owned by root, as a build's are."""
+    owners: dict[str, tuple[int, int]] = {}
+    size = 0
     for rel, data in files.items():
         target = root / rel
+        path = PurePosixPath(rel.rstrip("/"))
+        for parent in (*reversed(path.parents[:-1]), path):
+            owners[str(parent)] = (0, 0)
         if rel.endswith("/"):
             target.mkdir(parents=True, exist_ok=True)
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
+        size += len(data)
+    return LocalTree(dest=root, entries=len(owners), bytes=size, owners=owners)
 
 
 async def _export(exporter: Exporter, files: Mapping[str, bytes]) -> dict[str, str]:
-    if exporter.type == "local" and exporter.output_dir is not None:
-        await asyncio.to_thread(_write, exporter.output_dir, files)
-        return {}
     if exporter.type == "image" and exporter.attrs.get("push") == "true":
         ref = ImageRef.parse(exporter.attrs["name"])
         with tempfile.TemporaryDirectory(prefix="melange2-fake-bk-") as tmp:
