@@ -3,7 +3,8 @@
 # Debian's docker-registry, busybox-static (amd64 and arm64) for the base image,
 # qemu-user-static registered with binfmt_misc so linux/arm64 steps run here.
 # bubblewrap runs upstream melange (the differential suite), postgresql the PostgreSQL
-# store tests, chromium the dashboard tests (through Playwright).
+# store tests, chromium the dashboard tests (through Playwright, its executable_path;
+# fonts-dejavu-core so that its pages and screenshots have a font with --no-install-recommends).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need=()
 for p in runc docker-registry busybox-static qemu-user-static binfmt-support ca-certificates \
-    bubblewrap postgresql chromium; do
+    bubblewrap postgresql chromium fonts-dejavu-core; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 arm64_added=1

@@ -81,7 +81,8 @@ Outside the tree, each caught where it is raised or answered by its own protocol
 
 Private signals, never leaving their module: ``_TransientStatus`` (oci.registry),
 ``_SyntaxError`` (recipe.cond), ``_Malformed`` (recipe.subst), ``_Restart``
-(repo.resolve), ``_Refused`` (sca.elf), ``_Exited`` (testenv.emulators).
+(repo.resolve), ``_Refused`` (sca.elf), ``_Exited`` (testenv.emulators),
+``_StreamEnded`` (cli.commands.remote).
 
 Foreign errors become ours in one place per boundary, the cause kept (``raise ... from``):
 gRPC from the daemons in :func:`melange2.buildkit.errors.map_grpc_errors`; SQLAlchemy

@@ -430,6 +430,9 @@ def serve(
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=log_level.upper(), handlers=[handler], force=True)
     host, port = _host_port(listen_addr)
+    from melange2 import tracing
+
+    tracing.configure_from_env()  # OTEL_* variables: traces exported with OTLP
     fatal: list[str] = []
     server: uvicorn.Server | None = None
 
@@ -452,7 +455,10 @@ def serve(
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    finally:
+        tracing.shutdown()
     if fatal:
         click.echo(f"melange-server: stopped: {fatal[0]}", err=True)
         sys.exit(FATAL_EXIT)

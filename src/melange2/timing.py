@@ -15,9 +15,12 @@ import re
 import time
 from collections.abc import Iterator
 
+from melange2 import tracing
+
 
 class PhaseTimer:
-    """Seconds per phase, in the order phases first ran (a phase run twice adds up)."""
+    """Seconds per phase, in the order phases first ran (a phase run twice adds up).
+    Each phase is also a span when tracing is on (:mod:`melange2.tracing`)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -26,7 +29,8 @@ class PhaseTimer:
     def phase(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            yield
+            with tracing.span(name, {"melange2.phase": name}):
+                yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 

@@ -523,6 +523,45 @@ class BackendStatusList(BaseModel):
     backends: list[BackendStatusOut]
 
 
+class PackageEventOut(BaseModel):
+    """``event: package`` of ``GET /api/v1/events``: a package moved."""
+
+    kind: Literal["package"] = "package"
+    build_id: str
+    name: str
+    status: str
+    previous: str
+    at: datetime
+    #: the build's packages per status after the move
+    counts: dict[str, int]
+    build_status: str
+    backend: str = ""
+    attempt: int = 0
+    reason: str = ""
+    error: str = ""
+    cached: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class BuildEventOut(BaseModel):
+    """``event: build`` of ``GET /api/v1/events``: a build was submitted (``previous``
+    null) or its status moved."""
+
+    kind: Literal["build"] = "build"
+    build_id: str
+    status: str
+    previous: str | None
+    at: datetime
+    counts: dict[str, int]
+
+
+class ResyncOut(BaseModel):
+    """``event: resync``: events were missed; read the state again."""
+
+    reason: str
+
+
 # API tokens (``/api/v1/tokens``, admin only)
 
 #: a token's role

@@ -31,10 +31,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from melange2 import __version__
+from melange2 import __version__, tracing, web
 from melange2.api import errors
 from melange2.api.auth import FarmReader
-from melange2.api.routes import artifacts, backends, builds, sources, tokens
+from melange2.api.routes import artifacts, backends, builds, events, sources, tokens
 from melange2.api.services import Services, services
 from melange2.apk.signing import Signer, generate_key
 from melange2.auth import AuthPolicy
@@ -47,7 +47,8 @@ from melange2.pool.config import BackendSpec, PoolConfig, load_pool_config
 from melange2.pool.health import HealthProber
 from melange2.pool.pool import BackendPool
 from melange2.repo.policy import FetchPolicy
-from melange2.scheduler.loop import Clock, Scheduler
+from melange2.scheduler.loop import Clock, Scheduler, StateChange
+from melange2.service.events import LocalEvents, event_of
 from melange2.service.gitsource import GitFetcher
 from melange2.service.layout import Layout, Locations
 from melange2.service.logs import LogHub
@@ -237,8 +238,10 @@ def create_app(
     app.include_router(builds.router)
     app.include_router(backends.router)
     app.include_router(artifacts.router)
+    app.include_router(events.router)
     app.include_router(tokens.router)
     app.include_router(sources.router)
+    web.mount(app)
 
     @app.get(
         "/healthz",
@@ -294,12 +297,20 @@ async def _start(
     stack.push_async_callback(source_cache.aclose)
     await source_cache.storage.check()
     hub = LogHub()
+    live = LocalEvents()
+
+    def on_change(change: StateChange) -> None:
+        live.publish(event_of(change))
+        if change.job is not None:  # log followers learn that the package moved
+            hub.notify(f"{change.build_id}/{change.job.name}")
+
     pool = BackendPool.from_config(config or pool_config(settings))
     pool.on_breaker_change = metrics.breaker_changed
     if store is None:
         store = await stack.enter_async_context(
             open_store(settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn)
         )
+    store = tracing.traced_store(store)  # store.* spans when tracing is on
     for stored in await store.list_backends():
         if stored.addr not in pool.backends:
             pool.add(
@@ -343,6 +354,7 @@ async def _start(
         observer=metrics.scheduler_event,
         before_build_end=publication.build_ending,
         clock=clock,
+        on_change=on_change,
     )
     submitter = Submitter(
         settings,
@@ -361,6 +373,7 @@ async def _start(
     await prober.probe_all()  # know the daemons before the first dispatch
     supervisor = Supervisor(on_failure=on_fatal)
     stack.push_async_callback(supervisor.aclose, prober.stop, scheduler.shutdown)
+    stack.callback(live.close)  # first: the event streams end, their clients go
     supervisor.start("the scheduler", scheduler.run())
     supervisor.start("the health probes", prober.run())
     return Services(
@@ -371,8 +384,10 @@ async def _start(
         submitter=submitter,
         locations=locations,
         reuse=reuse,
+        publication=publication,
         storage=storage,
         hub=hub,
         source_cache=source_cache,
         supervisor=supervisor,
+        events=live,
     )

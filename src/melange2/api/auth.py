@@ -15,6 +15,12 @@ For other front ends on the same app (the web dashboard): ``await
 principal_from_request(request)`` is who the request comes from (``None``: nobody),
 and ``policy(request).allows(principal, action, build)`` (or
 :meth:`~melange2.auth.Principal.can`) what they may do.
+
+The dashboard's login keeps the token in a cookie (:data:`TOKEN_COOKIE`, HttpOnly,
+SameSite=Strict). A ``GET`` or ``HEAD`` without an ``Authorization`` header is
+authenticated by that cookie too (the pages' event streams, logs and downloads); any
+other method of the API needs the header, so that a cookie never makes a change
+through the API. The pages' own forms check the request's origin themselves.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from melange2.errors import StoreError, Unavailable
 from melange2.service.tokens import authenticate
 
 __all__ = [
+    "TOKEN_COOKIE",
     "BackendAdmin",
     "BuildReader",
     "Caller",
@@ -48,6 +55,10 @@ _bearer = HTTPBearer(
     description="An API token (mlg_...) from `melange-server tokens create`.",
 )
 _NO_ONE = object()
+#: the dashboard's login cookie: the token given at ``/login``
+TOKEN_COOKIE = "melange2_token"
+#: the methods a cookie authenticates on the API (reads only)
+_READS = frozenset({"GET", "HEAD"})
 
 
 def policy(request: Request) -> AuthPolicy:
@@ -71,11 +82,12 @@ async def _resolve(
     if cached is not _NO_ONE:
         return cached  # type: ignore[return-value]
     principal: Principal | None = None
-    if credentials is not None and policy(request).enabled:
+    secret = credentials.credentials if credentials is not None else None
+    if secret is None and request.method in _READS:
+        secret = request.cookies.get(TOKEN_COOKIE) or None
+    if secret is not None and policy(request).enabled:
         try:
-            principal = await authenticate(
-                request.app.state.services.store, credentials.credentials
-            )
+            principal = await authenticate(request.app.state.services.store, secret)
         except StoreError as exc:  # not the client's fault: try again later
             raise Unavailable(f"cannot check the token now: {exc.message}") from exc
     request.state.principal = principal

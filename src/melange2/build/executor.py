@@ -30,6 +30,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 import melange2
+from melange2 import tracing
 from melange2.apk.pkginfo import PackageInfo
 from melange2.apk.signing import Signer
 from melange2.apk.writer import write_apk
@@ -582,12 +583,13 @@ class Builder:
             await asyncio.to_thread(self._signer, opts.signing_key) if opts.signing_key else None
         )
         contents = config.environment.contents
-        env_image, env_key, locked = await self.locked_environment(
-            opts,
-            environment_packages(config, plan),
-            contents.repositories,
-            contents.keyring,
-        )
+        with tracing.span("environment"):
+            env_image, env_key, locked = await self.locked_environment(
+                opts,
+                environment_packages(config, plan),
+                contents.repositories,
+                contents.keyring,
+            )
         installs = self.last_installs if env_key else ()
         platform = llb.Platform.from_arch(opts.arch)
         sources = (

@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 
+from melange2 import tracing
 from melange2.buildkit._proto.api.services.control import control_pb2, control_pb2_grpc
 from melange2.buildkit._proto.solver.pb import ops_pb2
 from melange2.buildkit.errors import exit_code_of, map_grpc_errors
@@ -341,7 +342,8 @@ class BuildkitClient:
         follower = asyncio.create_task(follow())
         try:
             with map_grpc_errors(self.addr, tls=self.tls is not None):
-                resp = await self.stub.Solve(request)
+                # the trace context: the daemon's spans join the caller's trace
+                resp = await self.stub.Solve(request, metadata=tracing.grpc_metadata())
         except SolveFailed as exc:
             await _settle(follower)
             raise _describe_failure(exc, vertexes, logs) from exc.__cause__

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -35,16 +36,19 @@ from melange2.wire import (
     ArtifactList,
     BackendList,
     BackendStatusList,
+    BuildEventOut,
     BuildList,
     BuildOut,
     BuildSummary,
     CreateBuildRequest,
     CreateBuildResponse,
     ErrorOut,
+    PackageEventOut,
     PackageOut,
     PlanOut,
     PoolBackendOut,
     RemoveBackendRequest,
+    ResyncOut,
     SourceOut,
 )
 
@@ -125,6 +129,21 @@ def _parse(model: type[_M], response: httpx.Response) -> _M:
             status=response.status_code,
             details=exc.errors(include_url=False, include_context=False),
         ) from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveMessage:
+    """One message of ``GET /api/v1/events``: ``hello`` (the stream is in place: read
+    the state now), ``package``, ``build``, or ``resync`` (events were missed: read the
+    state again)."""
+
+    event: str
+    id: str
+    data: PackageEventOut | BuildEventOut | ResyncOut | None = None
+
+
+#: seconds without a byte (keep-alives come every 15) before a stream counts as dropped
+EVENTS_READ_TIMEOUT = 60.0
 
 
 class RemoteClient:
@@ -225,6 +244,45 @@ class RemoteClient:
         ):
             _raise_for_error(response)
             yield from response.iter_bytes()
+
+    def events(
+        self, *, build: str | None = None, last_id: str | None = None
+    ) -> Iterator[LiveMessage]:
+        """Live build and package state changes (Server-Sent Events) of ``build`` (or of
+        every build), from now on or after ``last_id``, until the server closes the
+        stream. An older server without the endpoint answers 404 (``RequestRejected``);
+        a stream that stops is a ``RemoteError``."""
+        from httpx_sse import SSEError, connect_sse
+
+        params = {"build": build} if build else {}
+        headers = {"last-event-id": last_id} if last_id else {}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=EVENTS_READ_TIMEOUT)
+        models: dict[str, type[PackageEventOut | BuildEventOut | ResyncOut]] = {
+            "package": PackageEventOut,
+            "build": BuildEventOut,
+            "resync": ResyncOut,
+        }
+        with (
+            _translate(self.server),
+            connect_sse(
+                self._http, "GET", "/events", params=params, headers=headers, timeout=timeout
+            ) as source,
+        ):
+            _raise_for_error(source.response)
+            try:
+                for sse in source.iter_sse():
+                    model = models.get(sse.event)
+                    try:
+                        data = model.model_validate_json(sse.data) if model else None
+                    except ValidationError as exc:
+                        raise RemoteError(
+                            f"unexpected event from the build server: {sse.event} {sse.data[:200]}"
+                        ) from exc
+                    yield LiveMessage(event=sse.event, id=sse.id, data=data)
+            except SSEError as exc:  # not an event stream
+                raise RemoteError(
+                    f"the build server's events are not an event stream: {exc}"
+                ) from exc
 
     # artifacts
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from melange2 import tracing
 from melange2.errors import (
     BuildkitUnavailable,
     FarmError,
@@ -153,6 +154,8 @@ class _BuildState:
     dependents: dict[str, list[str]]
     status: BuildStatus
     counts: Counter[PackageStatus] = field(default_factory=Counter)
+    #: told of every package whose status this state sees change (old job, new job)
+    moved: Callable[[_BuildState, PackageJob, PackageJob], None] | None = None
 
     def set(self, job: PackageJob) -> None:
         old = self.jobs.get(job.name)
@@ -160,6 +163,8 @@ class _BuildState:
             self.counts[old.status] -= 1
         self.counts[job.status] += 1
         self.jobs[job.name] = job
+        if old is not None and old.status is not job.status and self.moved is not None:
+            self.moved(self, old, job)
 
 
 #: (arch, backend selector): packages that compete for the same backends
@@ -186,6 +191,25 @@ class SchedulerEvent:
     status: PackageStatus
 
 
+@dataclass(frozen=True, kw_only=True)
+class StateChange:
+    """A package or a build moved, as the store answered the scheduler's own write: for
+    live displays (``GET /api/v1/events``). Given to ``on_change`` in the order of the
+    writes, every package move included (skips, cancels, retries, expired leases).
+
+    ``job`` is the package after its move; ``None`` for the build's own status (or, with
+    ``previous`` ``None``, a build just submitted)."""
+
+    build_id: BuildId
+    #: the build's status (for a package's move: as it stood before the move settled it)
+    build_status: BuildStatus
+    #: how many of the build's packages are in each status, after the move
+    counts: Mapping[PackageStatus, int]
+    at: datetime
+    job: PackageJob | None = None
+    previous: PackageStatus | BuildStatus | None = None
+
+
 class Scheduler:
     """Owns dispatch for one server process. Use ``async with`` or :meth:`run`."""
 
@@ -203,6 +227,7 @@ class Scheduler:
         observer: Callable[[SchedulerEvent], None] | None = None,
         before_build_end: Callable[[Build, BuildStatus], Awaitable[None]] | None = None,
         clock: Clock | None = None,
+        on_change: Callable[[StateChange], None] | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -216,6 +241,8 @@ class Scheduler:
         #: runs before a build's final status is written (publication on success)
         self.before_build_end = before_build_end
         self.clock: Clock = clock if clock is not None else SystemClock()
+        #: every state change, in the order written (see :class:`StateChange`)
+        self.on_change = on_change
         self._builds: dict[BuildId, _BuildState] = {}
         #: ready packages, per (arch, backend selector) one priority queue per request
         #: (what they ask): when the head of one finds no room, the rest of it waits
@@ -265,6 +292,7 @@ class Scheduler:
         here."""
         async with self._lock:
             state = self._track(build)
+            self._changed(state, None, None)
             reused = [j for j in state.jobs.values() if j.status.terminal]
             for job in reused:
                 self._emit("finished", build.id, job.name, job.status)
@@ -377,8 +405,35 @@ class Scheduler:
         state = _BuildState(build=build, jobs={}, dependents=dependents, status=build.status)
         for job in build.packages:
             state.set(job)
+        if self.on_change is not None:
+            state.moved = self._moved
         self._builds[build.id] = state
         return state
+
+    def _moved(self, state: _BuildState, old: PackageJob, job: PackageJob) -> None:
+        self._changed(state, job, old.status)
+
+    def _changed(
+        self,
+        state: _BuildState,
+        job: PackageJob | None,
+        previous: PackageStatus | BuildStatus | None,
+    ) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(
+                StateChange(
+                    build_id=state.build.id,
+                    build_status=state.status,
+                    counts={s: n for s, n in state.counts.items() if n},
+                    at=self.clock.now(),
+                    job=job,
+                    previous=previous,
+                )
+            )
+        except Exception:  # a display must not wedge the scheduler
+            _log.exception("on_change failed for build %s", state.build.id)
 
     def _key(self, state: _BuildState, job: PackageJob) -> tuple[float, ...]:
         """A ready package's place: its build's ``schedule`` (the server's for builds
@@ -682,6 +737,7 @@ class Scheduler:
                 )
             except _STORE_FAILURES:  # written with the build's next change
                 _log.exception("recording build %s as running", state.build.id)
+            self._changed(state, None, BuildStatus.PENDING)
         key = (state.build.id, job.name)
         task = asyncio.create_task(
             self._run(state, running, slot, attempt), name=f"build {job.build_id}/{job.name}"
@@ -696,6 +752,25 @@ class Scheduler:
             addr=slot.backend.addr, arch=slot.backend.arch, labels=dict(slot.backend.labels)
         )
         key = (state.build.id, job.name)
+        attributes: dict[str, str | int] = {
+            "melange2.build.id": job.build_id,
+            "melange2.package": job.name,
+            "melange2.attempt": attempt,
+            "melange2.arch": job.arch,
+            "melange2.backend": backend.addr,
+        }
+        with tracing.span("package.attempt", attributes):  # one trace per attempt
+            await self._attempt(state, job, slot, attempt, backend, key)
+
+    async def _attempt(
+        self,
+        state: _BuildState,
+        job: PackageJob,
+        slot: BackendSlot,
+        attempt: int,
+        backend: Backend,
+        key: tuple[BuildId, str],
+    ) -> None:
         outcome = "neutral"
         released = False
         try:
@@ -911,7 +986,8 @@ class Scheduler:
                 _log.exception("recording build %s as %s", state.build.id, status.value)
                 self._abandon(state)
                 return
-            state.status = status
+            previous, state.status = state.status, status
+            self._changed(state, None, previous)
         if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
             self._builds.pop(state.build.id, None)
 

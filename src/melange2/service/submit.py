@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
+from melange2 import tracing
 from melange2.build.executor import environment_packages
 from melange2.build.inputs import tree_digest
 from melange2.cache import SizedCache
@@ -213,11 +214,12 @@ class Submitter:
             self.git.check(spec.git_source.repository)  # before any work
         parsed, commit = await self._parse_all(submission, pipelines, sources)
         _check_sources_named(sources, parsed)
-        graph = self._graph(parsed, spec)
-        names = [p.config.package.name for p in parsed]
-        durations = await self.store.durations(names)
-        unknown = typical_duration(durations)  # for packages with no past duration
-        prio = priorities(graph, durations, unknown)
+        with tracing.span("build.plan", {"melange2.packages": len(parsed)}):
+            graph = self._graph(parsed, spec)
+            names = [p.config.package.name for p in parsed]
+            durations = await self.store.durations(names)
+            unknown = typical_duration(durations)  # for packages with no past duration
+            prio = priorities(graph, durations, unknown)
         if submission.dry_run:
             arch, selector = spec.arch, spec.backend_selector
             slots = max(1, self.pool.capacity(arch, selector))

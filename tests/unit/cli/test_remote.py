@@ -33,12 +33,14 @@ from melange2.wire import (
     BackendOut,
     BackendStatusList,
     BackendStatusOut,
+    BuildEventOut,
     BuildList,
     BuildOut,
     BuildSummary,
     CreateBuildRequest,
     CreateBuildResponse,
     ErrorOut,
+    PackageEventOut,
     PackageOut,
     PlannedPackage,
     PlanOut,
@@ -97,6 +99,12 @@ class FakeServer:
     fail_with: int | None = None
     #: answer this many of the next requests with 503 (a restarting server)
     fail_next: int = 0
+    #: serve ``GET /events`` (a newer server); else 404 there, as an older one answers
+    events: bool = False
+    #: end the events stream (dropped) after this many package events
+    drop_events_after: int | None = None
+    #: an events stream is open
+    streaming: bool = False
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -131,7 +139,8 @@ class FakeServer:
                 if build_id not in self.builds:
                     return _error(404, f"no build {build_id!r}", {"code": "not_found"})
                 seen = self.builds[build_id].model_copy(deep=True)
-                self._advance(build_id)  # the farm moves on between polls
+                if not self.streaming:  # else the farm moves as the stream is read
+                    self._advance(build_id)  # the farm moves on between polls
                 return _json(200, seen)
             case ["builds", build_id, "cancel"] if method == "POST":
                 return self._cancel(build_id)
@@ -142,6 +151,8 @@ class FakeServer:
                 if request.url.params.get("follow") == "true":
                     return httpx.Response(200, content=iter(chunks))
                 return httpx.Response(200, content=b"".join(chunks))
+            case ["events"] if method == "GET" and self.events:
+                return self._events(request.url.params["build"])
             case ["backends"] if method == "GET":
                 arch = request.url.params.get("arch")
                 found = [b for b in self.backends.values() if arch in (None, b.arch)]
@@ -257,6 +268,64 @@ class FakeServer:
                     p.error = "step 2 exited 1"
         self._settle(build)
         return build
+
+    def _events(self, build_id: str) -> httpx.Response:
+        """The build's changes as Server-Sent Events: each read of the stream moves the
+        farm one step on and tells what moved (a ``GET`` of the build then moves
+        nothing)."""
+
+        def stream() -> Any:
+            self.streaming = True
+            try:
+                yield from moves()
+            finally:
+                self.streaming = False
+
+        def moves() -> Any:
+            yield b'retry: 2000\nevent: hello\nid: e-0\ndata: {"last_id": "e-0"}\n\n'
+            sent = 0
+            told = {p.name: p.status for p in self.builds[build_id].packages}
+            while True:
+                build = self.builds[build_id]
+                before = dict(told)
+                told = {p.name: p.status for p in build.packages}
+                counts = dict(Counter(p.status for p in build.packages))
+                for p in build.packages:
+                    if before[p.name] == p.status:
+                        continue
+                    if self.drop_events_after is not None and sent >= self.drop_events_after:
+                        return  # the connection drops
+                    sent += 1
+                    event = PackageEventOut(
+                        build_id=build_id,
+                        name=p.name,
+                        status=p.status,
+                        previous=before[p.name],
+                        at=T0,
+                        counts=counts,
+                        build_status=build.status,
+                        backend=p.backend.addr if p.backend else "",
+                        attempt=1,
+                        error=p.error,
+                        started_at=p.started_at,
+                        finished_at=p.finished_at,
+                    )
+                    data = event.model_dump_json()
+                    yield f"id: e-{sent}\nevent: package\ndata: {data}\n\n".encode()
+                if build.status not in ("pending", "running"):
+                    done = BuildEventOut(
+                        build_id=build_id,
+                        status=build.status,
+                        previous="running",
+                        at=T0,
+                        counts=counts,
+                    )
+                    yield f"event: build\ndata: {done.model_dump_json()}\n\n".encode()
+                    return
+                self._advance(build_id)
+
+        headers = {"content-type": "text/event-stream"}
+        return httpx.Response(200, headers=headers, content=stream())
 
     def _settle(self, build: BuildOut, *, cancelled: bool = False) -> None:
         status = derive_build_status(
@@ -680,6 +749,47 @@ def test_wait_rides_out_a_restarting_server(tmp_path: Path) -> None:
     res = run(fake, "wait", build_id, "--poll-interval", "0")
     assert res.code == 1
     assert "error: database is on fire (HTTP 503)" in res.err
+
+
+def _build_gets(fake: FakeServer, build_id: str) -> int:
+    return sum(
+        1 for r in fake.requests if r.method == "GET" and r.url.path == f"/api/v1/builds/{build_id}"
+    )
+
+
+@pytest.mark.parametrize(("outcomes", "code"), [({}, 0), ({"app": "failed"}, 1)])
+def test_wait_follows_the_events_stream_instead_of_polling(
+    tmp_path: Path, outcomes: dict[str, str], code: int
+) -> None:
+    fake = FakeServer(outcomes=outcomes, events=True)
+    build_id = _submitted(fake, tmp_path, "lib-a", "app")
+    res = run(fake, "wait", build_id, "--poll-interval", "0")
+    assert res.code == code, res
+    lines = res.out.splitlines()
+    assert any("lib-a" in line and "running on tcp://bk-1:1234" in line for line in lines)
+    assert any("app" in line and "success in 1m15s" in line for line in lines) == (code == 0)
+    if code:
+        assert any("app" in line and "failed: step 2 exited 1" in line for line in lines)
+    # the state once when subscribed, once at the end: no polling in between
+    assert _build_gets(fake, build_id) == 2
+    streams = [r for r in fake.requests if r.url.path == "/api/v1/events"]
+    assert len(streams) == 1 and streams[0].url.params["build"] == build_id
+
+
+def test_wait_polls_against_an_older_server_or_a_dropped_stream(tmp_path: Path) -> None:
+    older = FakeServer()
+    build_id = _submitted(older, tmp_path, "lib-a", "app")
+    res = run(older, "wait", build_id, "--poll-interval", "0")
+    assert res.code == 0, res
+    assert any(r.url.path == "/api/v1/events" for r in older.requests)  # asked, got 404
+    assert _build_gets(older, build_id) >= 3  # then polled
+    dropped = FakeServer(events=True, drop_events_after=1)
+    build_id = _submitted(dropped, tmp_path, "lib-a", "app")
+    res = run(dropped, "wait", build_id, "--poll-interval", "0")
+    assert res.code == 0, res
+    assert f"Build {build_id}: success" in res.out
+    # one line per change, none repeated across the switch from events to polling
+    assert sum("lib-a" in line and "running" in line for line in res.out.splitlines()) == 1
 
 
 def test_cancel_then_wait_exits_1(tmp_path: Path) -> None:

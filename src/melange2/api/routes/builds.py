@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
+from melange2 import tracing
 from melange2.api.auth import BuildReader, Caller, Submitter, policy
 from melange2.api.services import Services, services
 from melange2.auth import Action
@@ -25,7 +28,7 @@ from melange2.jobs import (
     StepOptions,
 )
 from melange2.service.settings import ServerSettings
-from melange2.service.submit import Planned, Submission
+from melange2.service.submit import Planned, Submission, Submitted
 from melange2.storage import StorageNotFound
 from melange2.wire import (
     BuildList,
@@ -52,11 +55,14 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     429: {"model": ErrorOut},
     503: {"model": ErrorOut},
 }
-#: followers are woken by every write; this bounds a wait if a wake-up is lost
-_FOLLOW_WAKE_S = 2.0
+#: followers are woken by every write and every move of the package; this bounds a wait
+#: if a wake-up is lost (or the log is written by another process)
+_FOLLOW_WAKE_S = 5.0
+#: a follower reads at most this much at a time
+_CHUNK = 1 << 20
 
 
-class _Reasons:
+class WaitReasons:
     """Why packages of one build wait, worked out when asked (nothing is written while a
     package waits). Lookups are prepared once per response: a build of thousands of
     packages costs one pass, not one per package."""
@@ -86,7 +92,7 @@ class _Reasons:
 
 def build_out(svc: Services, build: Build, *, show_env: bool = False) -> BuildOut:
     out = BuildOut.of(build, show_env=show_env)
-    reasons = _Reasons(svc, build)
+    reasons = WaitReasons(svc, build)
     for pkg, job in zip(out.packages, build.packages, strict=True):
         pkg.reason = reasons.of(job)
     return out
@@ -112,7 +118,11 @@ async def create_build(
     if svc.supervisor.failure is not None:
         raise Unavailable(f"this server is shutting down ({svc.supervisor.failure})")
     by = principal.name if principal is not None else ""
-    result = await svc.submitter.submit(submission_of(request, svc.settings, submitted_by=by))
+    with tracing.span("build.submit", {"melange2.dry_run": request.dry_run}) as current:
+        result = await svc.submitter.submit(submission_of(request, svc.settings, submitted_by=by))
+        if isinstance(result, Submitted):
+            tracing.set_attribute(current, "melange2.build.id", result.build_id)
+            tracing.set_attribute(current, "melange2.packages", len(result.order))
     if isinstance(result, Planned):
         response.status_code = 200
         return plan_out(result)
@@ -247,7 +257,7 @@ async def _package(svc: Services, build_id: str, name: str) -> tuple[Build, Pack
 async def get_package(build_id: str, name: str, svc: Svc, _: BuildReader) -> PackageOut:
     build, job = await _package(svc, build_id, name)
     out = PackageOut.of(job)
-    out.reason = _Reasons(svc, build).of(job)
+    out.reason = WaitReasons(svc, build).of(job)
     return out
 
 
@@ -255,7 +265,7 @@ def _attempt(job: PackageJob) -> int:
     return max(1, len(job.attempts))
 
 
-async def _read_log(svc: Services, job: PackageJob, attempt: int, offset: int) -> bytes | None:
+async def read_log(svc: Services, job: PackageJob, attempt: int, offset: int) -> bytes | None:
     """Up to 1 MiB of the attempt's log from ``offset``: from the file it is written to
     while the package runs, from storage once it ended; ``None`` if there is no log
     (yet). A package reused at submission never ran: its log says so."""
@@ -284,30 +294,51 @@ async def get_logs(
     request: Request,
     _reader: BuildReader,
     follow: bool = False,
+    attempt: Annotated[int | None, Query(ge=1)] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> Response:
-    """The package's build log (its latest attempt). ``follow=true`` streams it until the
-    package ends: chunked text, or Server-Sent Events with ``Accept: text/event-stream``
-    (one ``data:`` line per log line, then an ``end`` event with the package's status)."""
+    """The package's build log (its latest attempt, or ``attempt``). ``follow=true``
+    streams it until the package ends: chunked text, or Server-Sent Events with ``Accept:
+    text/event-stream`` (one ``data:`` line per log line, each message's ``id`` is
+    ``<attempt>:<byte offset>``; ``event: attempt`` names the attempt whose log follows,
+    first and again when a retry starts a new log; then an ``end`` event with the
+    package's status). A follower resumes from ``offset`` (of
+    ``attempt``), or from ``Last-Event-ID`` when it reconnects."""
     _, job = await _package(svc, build_id, name)
+    if attempt is not None and attempt > _attempt(job):
+        raise NotFound(f"{name} in {build_id} has no attempt {attempt}")
     if not follow:
-        whole = await _whole_log(svc, job)
+        whole = await whole_log(svc, job, attempt or _attempt(job), offset)
         if whole is None:
             raise NotFound(f"no log yet for {name} in {build_id}")
         return PlainTextResponse(whole)
-    sse = "text/event-stream" in request.headers.get("accept", "")
-    chunks = _follow(svc, build_id, name)
-    if sse:
+    start = (attempt or 0, offset)
+    if last_event_id and (resumed := _resume_point(last_event_id)) is not None:
+        start = resumed
+    chunks = _follow(svc, build_id, name, *start)
+    if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(
-            _as_events(chunks, svc, build_id, name), media_type="text/event-stream"
+            _as_events(chunks, svc, build_id, name),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
-    return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
+    return StreamingResponse(
+        (data async for _, _, data in chunks), media_type="text/plain; charset=utf-8"
+    )
 
 
-async def _whole_log(svc: Services, job: PackageJob) -> bytes | None:
+def _resume_point(last_event_id: str) -> tuple[int, int] | None:
+    attempt, _, offset = last_event_id.partition(":")
+    if attempt.isdigit() and offset.isdigit():
+        return int(attempt), int(offset)
+    return None
+
+
+async def whole_log(svc: Services, job: PackageJob, attempt: int, offset: int = 0) -> bytes | None:
     parts: list[bytes] = []
-    attempt = _attempt(job)
     while True:
-        data = await _read_log(svc, job, attempt, sum(map(len, parts)))
+        data = await read_log(svc, job, attempt, offset + sum(map(len, parts)))
         if data is None:
             return None if not parts else b"".join(parts)
         if not data:
@@ -315,37 +346,103 @@ async def _whole_log(svc: Services, job: PackageJob) -> bytes | None:
         parts.append(data)
 
 
-async def _follow(svc: Services, build_id: str, name: str) -> AsyncIterator[bytes]:
+class _LiveReader:
+    """Reads one attempt's log for a follower: from the file the runner writes, kept
+    open (one ``pread`` per wake-up, no thread hop: it holds what was just written, in
+    the page cache; the runner writes it from the event loop too), else from storage."""
+
+    def __init__(self, svc: Services, job: PackageJob, attempt: int) -> None:
+        self.svc = svc
+        self.job = job
+        self.attempt = attempt
+        self.path = svc.locations.log(job, attempt).path
+        self.fd: int | None = None
+
+    async def read(self, offset: int) -> bytes | None:
+        if self.fd is None and not (self.job.cached and not self.job.attempts):
+            with contextlib.suppress(FileNotFoundError):
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        if self.fd is not None:
+            return os.pread(self.fd, _CHUNK, offset)
+        return await read_log(self.svc, self.job, self.attempt, offset)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+async def _follow(
+    svc: Services, build_id: str, name: str, attempt: int = 0, offset: int = 0
+) -> AsyncIterator[tuple[int, int, bytes]]:
+    """``(attempt, offset after, data)`` as the log grows, until the package ends. Each
+    write wakes the follower for one read of the file; the store is asked for the
+    package only when a wake-up brought no new bytes (the package moved: the
+    scheduler's changes wake followers too, or none came for a while): a chatty step
+    costs each follower a ``pread``, not a read of the build."""
     hub_key = f"{build_id}/{name}"
-    attempt, offset = 0, 0
-    while True:
-        wake = svc.hub.event(hub_key)  # taken before reading: no write is missed
-        current = (await _package(svc, build_id, name))[1]
-        if _attempt(current) != attempt:  # a retry started a new log
-            attempt, offset = _attempt(current), 0
-        data = await _read_log(svc, current, attempt, offset)
-        if data:
-            offset += len(data)
-            yield data
-            continue
-        if current.status.terminal:
-            return
-        await svc.hub.wait(wake, _FOLLOW_WAKE_S)
+    current = (await _package(svc, build_id, name))[1]
+    if not attempt:
+        attempt = _attempt(current)
+    elif attempt != _attempt(current):  # the log moved on to a newer attempt
+        attempt, offset = _attempt(current), 0
+    reader = _LiveReader(svc, current, attempt)
+    refresh = False  #: the package may have moved since ``current`` was read
+    try:
+        while True:
+            wake = svc.hub.event(hub_key)  # taken before reading: no write is missed
+            data = await reader.read(offset)
+            if data:
+                offset += len(data)
+                yield attempt, offset, data
+                if len(data) >= _CHUNK:
+                    continue  # there may be more already
+            else:
+                if refresh:
+                    current = (await _package(svc, build_id, name))[1]
+                if _attempt(current) != attempt:  # a retry started a new log
+                    attempt, offset = _attempt(current), 0
+                    reader.close()
+                    reader = _LiveReader(svc, current, attempt)
+                    continue
+                if current.status.terminal:
+                    tail = await reader.read(offset)
+                    if tail:
+                        yield attempt, offset + len(tail), tail
+                    return
+            await svc.hub.wait(wake, _FOLLOW_WAKE_S)
+            refresh = True
+    finally:
+        reader.close()
 
 
 async def _as_events(
-    chunks: AsyncIterator[bytes], svc: Services, build_id: str, name: str
+    chunks: AsyncIterator[tuple[int, int, bytes]], svc: Services, build_id: str, name: str
 ) -> AsyncIterator[bytes]:
     pending = b""
-    async for chunk in chunks:
+    current, end = 0, 0  # the attempt shown, and the offset after its last chunk
+    async for attempt, offset, chunk in chunks:
+        if attempt != current:
+            if pending:
+                yield _data(pending, f"{current}:{end}")
+            pending, current = b"", attempt
+            yield f"event: attempt\ndata: {attempt}\n\n".encode()
         pending += chunk
+        end = offset
         *lines, pending = pending.split(b"\n")
         if lines:
-            yield b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
+            yield _data(b"\n".join(lines), f"{attempt}:{end - len(pending)}")
     if pending:
-        yield b"data: " + pending + b"\n\n"
+        yield _data(pending, f"{current}:{end}")
     final = (await _package(svc, build_id, name))[1]
     yield f"event: end\ndata: {final.status.value}\n\n".encode()
+
+
+def _data(text: bytes, id: str) -> bytes:
+    """Log lines as one SSE message: a carriage return (progress bars) ends a line too,
+    so that no log line can pose as a field of the stream."""
+    lines = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    return b"".join(b"data: " + line + b"\n" for line in lines) + f"id: {id}\n\n".encode()
 
 
 def _read_from(path: Path, offset: int) -> bytes | None:

@@ -33,11 +33,13 @@ from melange2.wire import (
     AddBackendRequest,
     BackendTLS,
     Base64Content,
+    BuildEventOut,
     BuildList,
     BuildOut,
     BuildSummary,
     CreateBuildRequest,
     GitSource,
+    PackageEventOut,
     PackageOut,
     PlanOut,
     SourceContent,
@@ -191,7 +193,8 @@ def poll_option(f: _F) -> _F:
         type=click.FloatRange(min=0),
         default=2.0,
         show_default=True,
-        help="Seconds between status polls while waiting.",
+        help="Seconds between status polls while waiting, when the server has no events "
+        "stream (an older server) or it dropped.",
     )(f)
 
 
@@ -314,26 +317,92 @@ def _render_plan(console: Console, plan: PlanOut) -> None:
             console.print(Text(f"  {name}: {why}"), highlight=False, soft_wrap=True)
 
 
-def _status_line(pkg: PackageOut) -> str:
-    if pkg.status in (PackageStatus.FAILED, PackageStatus.SKIPPED) and pkg.error:
-        return f"{pkg.status}: {pkg.error}"
-    if pkg.status in (PackageStatus.BLOCKED, PackageStatus.PENDING) and pkg.reason:
-        return f"{pkg.status} ({pkg.reason})"
-    if pkg.status == PackageStatus.RUNNING and pkg.backend is not None:
-        return f"{pkg.status} on {pkg.backend.addr}"
-    if pkg.status == PackageStatus.SUCCESS and pkg.cached:
-        how = "reused at submission" if not pkg.attempts else f"in {_seconds(pkg.duration or 0)}"
-        return f"{pkg.status}, cached: {how} (inputs unchanged since an earlier build)"
-    if pkg.status == PackageStatus.SUCCESS and pkg.duration is not None:
-        return f"{pkg.status} in {_seconds(pkg.duration)}"
-    return pkg.status
+def _status_line(pkg: PackageOut | PackageEventOut) -> str:
+    status = pkg.status
+    backend = pkg.backend.addr if isinstance(pkg, PackageOut) and pkg.backend else ""
+    if isinstance(pkg, PackageEventOut):
+        backend = pkg.backend
+    attempts = len(pkg.attempts) if isinstance(pkg, PackageOut) else pkg.attempt
+    took = pkg.duration if isinstance(pkg, PackageOut) else None
+    if isinstance(pkg, PackageEventOut) and pkg.started_at and pkg.finished_at:
+        took = (pkg.finished_at - pkg.started_at).total_seconds()
+    if status in (PackageStatus.FAILED, PackageStatus.SKIPPED) and pkg.error:
+        return f"{status}: {pkg.error}"
+    if status in (PackageStatus.BLOCKED, PackageStatus.PENDING) and pkg.reason:
+        return f"{status} ({pkg.reason})"
+    if status == PackageStatus.RUNNING and backend:
+        return f"{status} on {backend}"
+    if status == PackageStatus.SUCCESS and pkg.cached:
+        how = "reused at submission" if not attempts else f"in {_seconds(took or 0)}"
+        return f"{status}, cached: {how} (inputs unchanged since an earlier build)"
+    if status == PackageStatus.SUCCESS and took is not None:
+        return f"{status} in {_seconds(took)}"
+    return status
+
+
+class _Seen:
+    """What a wait has printed: one line per package whenever its status changes."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.status: dict[str, str] = {}
+        self.width = 0
+
+    def show(self, pkg: PackageOut | PackageEventOut) -> None:
+        if self.status.get(pkg.name) == pkg.status:
+            return
+        self.status[pkg.name] = pkg.status
+        stamp = datetime.now().strftime("%H:%M:%S")
+        line = f"{stamp}  {pkg.name:<{self.width}}  {_status_line(pkg)}"
+        self.console.print(Text(line), highlight=False, soft_wrap=True)
+
+    def build(self, build: BuildOut) -> None:
+        self.width = max((len(p.name) for p in build.packages), default=0)
+        for p in build.packages:
+            self.show(p)
+
+
+class _StreamEnded(Exception):
+    """The events stream is not there (an older server) or stopped: poll instead."""
 
 
 def _watch(client: RemoteClient, build_id: str, poll: float, console: Console) -> BuildOut:
-    """Poll the build until it ends, printing a line whenever a package changes state.
+    """Follow the build until it ends, printing a line whenever a package changes state:
+    from the server's events stream, or by polling when the server has none (an older
+    server answers 404) or the stream drops."""
+    seen = _Seen(console)
+    try:
+        return _watch_events(client, build_id, seen)
+    except _StreamEnded:
+        pass
+    except RequestRejected as exc:
+        if exc.status != 404:
+            raise
+    except RemoteError as exc:  # the server failed: carry on by polling, which retries
+        console.print(Text(f"warning: {exc.message}; retrying"), highlight=False, soft_wrap=True)
+    return _poll(client, build_id, poll, seen)
 
-    The server failing or unreachable is retried (``_WATCH_RETRIES`` times in a row)."""
-    seen: dict[str, str] = {}
+
+def _watch_events(client: RemoteClient, build_id: str, seen: _Seen) -> BuildOut:
+    for message in client.events(build=build_id):
+        if message.event in ("hello", "resync"):
+            # subscribed (or events were missed): the state now, then the changes after it
+            build = client.get_build(build_id)
+            seen.build(build)
+            if build.status in _TERMINAL_BUILD:
+                return build
+        elif isinstance(message.data, PackageEventOut):
+            seen.show(message.data)
+        elif isinstance(message.data, BuildEventOut) and message.data.status in _TERMINAL_BUILD:
+            build = client.get_build(build_id)
+            seen.build(build)
+            return build
+    raise _StreamEnded()
+
+
+def _poll(client: RemoteClient, build_id: str, poll: float, seen: _Seen) -> BuildOut:
+    """Poll the build until it ends. The server failing or unreachable is retried
+    (``_WATCH_RETRIES`` times in a row)."""
     failures = 0
     while True:
         try:
@@ -344,19 +413,13 @@ def _watch(client: RemoteClient, build_id: str, poll: float, console: Console) -
             failures += 1
             if failures >= _WATCH_RETRIES:
                 raise
-            console.print(
+            seen.console.print(
                 Text(f"warning: {exc.message}; retrying"), highlight=False, soft_wrap=True
             )
             time.sleep(max(poll, 0.5 * failures) if poll else 0)
             continue
         failures = 0
-        width = max((len(p.name) for p in build.packages), default=0)
-        for p in build.packages:
-            if seen.get(p.name) != p.status:
-                seen[p.name] = p.status
-                stamp = datetime.now().strftime("%H:%M:%S")
-                line = f"{stamp}  {p.name:<{width}}  {_status_line(p)}"
-                console.print(Text(line), highlight=False, soft_wrap=True)
+        seen.build(build)
         if build.status in _TERMINAL_BUILD:
             return build
         time.sleep(poll)
