@@ -13,7 +13,7 @@ export UV_PYTHON := python3.11
 help:
 	@echo "make demo       install everything, start the local farm, build the examples on it"
 	@echo "make test       install what tests need, run lint and every test"
-	@echo "make setup      install system packages, .venv, buildkitd/buildctl, gRPC stubs"
+	@echo "make setup      install system packages, .venv, Go tools, gRPC stubs, melange's pipelines"
 	@echo "make farm-up    start two buildkitd daemons and the registry (writes .farm/env);"
 	@echo "                FARM_TLS=1: the daemons serve TLS and require a client certificate"
 	@echo "make farm-down  stop the local farm"
@@ -36,6 +36,7 @@ venv: $(UV)
 
 protos: venv
 	@$(PY) scripts/gen_protos.py
+	@$(PY) scripts/gen_pipelines.py
 
 lint: setup
 	.venv/bin/ruff format --check src tests scripts bench
@@ -73,4 +74,4 @@ demo: farm-up
 	@scripts/demo.sh
 
 clean: farm-down
-	rm -rf .venv .tools .farm out src/melange2/buildkit/_proto
+	rm -rf .venv .tools .farm out src/melange2/buildkit/_proto src/melange2/recipe/_melange_pipelines

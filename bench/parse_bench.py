@@ -1,9 +1,10 @@
-"""What the YAML limits cost a cold parse: ``wolfi-dag.json``'s 3,401 packages as generated
-melange configs (the dry-run benchmark's), each parsed by ``load_config`` with the limits
-checked as the server does (the event-stream pre-pass only for configs whose cheap depth
-bound exceeds the limit; ``--always-scan``: for every config, what configs full of
-``${{...}}`` and brackets pay) and, for the comparison, without the check. Rounds
-alternate between the two; medians and their ratio are printed.
+"""What the YAML limits cost a cold parse: ``wolfi-dag.json``'s 3,401 packages as
+real-sized melange configs (the dry-run benchmark's, from ``melange2.testenv.distro``),
+each parsed by ``load_config`` with the limits checked as the server does (the
+event-stream pre-pass only for configs whose cheap depth bound exceeds the limit;
+``--always-scan``: for every config, what configs full of ``${{...}}`` and brackets pay)
+and, for the comparison, without the check. Rounds alternate between the two; medians
+and their ratio are printed.
 
     .venv/bin/python bench/parse_bench.py --rounds 7 [--always-scan]
 """
@@ -17,22 +18,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dryrun_bench import DATA, config
+from dryrun_bench import DATA
 
 import melange2.recipe._yaml as _yaml_module
 from melange2.recipe import load_config
+from melange2.testenv.distro import load_graph, make_distribution
 
 #: the module whose check the benchmark switches on and off (untyped on purpose)
 yaml_view: Any = _yaml_module
 
 
 def _configs() -> list[str]:
-    packages = json.loads(DATA.read_text())["packages"]
-    names = {p["name"] for p in packages}
-    return [
-        config(p["name"], [d for d in (*p["deps"], *p.get("cycle_deps", ())) if d in names])
-        for p in packages
-    ]
+    configs, _ = make_distribution(load_graph(DATA))
+    return configs
 
 
 def _parse_all(texts: list[str]) -> float:

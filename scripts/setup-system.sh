@@ -5,6 +5,8 @@
 # bubblewrap runs upstream melange (the differential suite), postgresql the PostgreSQL
 # store tests, chromium the dashboard tests (through Playwright, its executable_path;
 # fonts-dejavu-core so that its pages and screenshots have a font with --no-install-recommends).
+# GNU wget and patch run melange's fetch and patch pipelines in their tests (busybox's lack
+# the options they use).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +17,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need=()
 for p in runc docker-registry busybox-static qemu-user-static binfmt-support ca-certificates \
-    bubblewrap postgresql chromium fonts-dejavu-core; do
+    bubblewrap postgresql chromium fonts-dejavu-core wget patch; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 arm64_added=1

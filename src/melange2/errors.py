@@ -61,7 +61,9 @@ and what it means::
     │   │                               has another digest than it was sent under
     │   ├── SourceTooLarge              build.source_cache: a source upload past
     │   │                               ``--max-source-bytes`` (HTTP 413)
-    │   └── Conflict                    api.routes.backends: that backend already exists
+    │   ├── Conflict                    api.routes.backends: that backend already exists
+    │   └── InvalidConfigs              configs of a submission do not parse or compile
+    │                                   (each named)
     └── RemoteError                     cli.remote_client: the build server failed (exit 1)
         ├── RequestRejected             cli.remote_client: it refused the request (exit 2)
         └── ServerUnreachable           cli.remote_client: no connection to it (exit 3)
@@ -70,14 +72,21 @@ Outside the tree, each caught where it is raised or answered by its own protocol
 
     BodyTooLarge                        api.errors: a request body past the limit (a
                                         Starlette HTTPException: HTTP 413)
+    ExprSyntaxError                     recipe.expr: a ``${{...}}`` expression that cannot be
+                                        read (ValueError: recipe.subst, a malformed reference)
     GrpcError                           buildkit.h2grpc: the status the session's gRPC
                                         server answers the daemon with
+    Missing                             recipe.expr: a name an expression uses and the
+                                        substitutions lack (KeyError: recipe.subst makes it
+                                        an UndefinedVariable)
     PcParseError                        sca.pkgconfig: a ``.pc`` file SCA cannot read (ValueError)
     QuantityError                       resources: a cpu or memory quantity that cannot be
                                         read (ValueError: the parser and the API name where)
     ShebangError                        sca.shebang: a ``#!`` line SCA cannot read (ValueError)
     SimulationError                     testenv.virtualtime: a simulation that would wait on
                                         real time (RuntimeError)
+    WorkerError                         service.configs: a plan worker process failed (not
+                                        a config: the dry run fails, the workers restart)
 
 Private signals, never leaving their module: ``_TransientStatus`` (oci.registry),
 ``_SyntaxError`` (recipe.cond), ``_Malformed`` (recipe.subst), ``_Restart``
@@ -91,7 +100,7 @@ in ``Storage._run`` (:mod:`melange2.storage.fsspec_store`); httpx in
 ``RegistryClient._request`` (registries), :mod:`melange2.repo.repository`'s fetch mapper
 (repositories and keys configs name) and ``cli.remote_client._translate`` (the build
 server); git in :mod:`melange2.service.gitsource`; apt and dpkg-deb in
-:mod:`melange2.farm.debian`; ruamel's YAML errors in
+:mod:`melange2.farm.debian`; PyYAML's (libyaml's) errors in
 :mod:`melange2.recipe._yaml`; and every ``FarmError`` and request validation error
 becomes an HTTP answer in :mod:`melange2.api.errors`.
 ``tests/unit/test_errors_tree.py`` checks this drawing against the classes themselves.
@@ -102,6 +111,8 @@ Each ``FarmError`` class has a ``code`` (a stable string for JSON error bodies) 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 
@@ -249,3 +260,33 @@ class RequestError(FarmError):
 
     code = "bad_request"
     exit_code = 2
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConfigProblem:
+    """What is wrong with one config of a submission."""
+
+    #: its position in the request's ``configs`` (0 for ``config_yaml``)
+    index: int
+    #: how the request names it: ``configs[3]`` or ``config_yaml``
+    config: str
+    #: ``package.name`` when it could be read, else ``""``
+    package: str
+    #: the error, ``<config>:<line>: <field>: <what is wrong>``
+    error: str
+
+
+class InvalidConfigs(RequestError):
+    """Configs of the submission are invalid."""
+
+    def __init__(self, problems: Sequence[ConfigProblem], *, total: int) -> None:
+        #: every invalid config, in submission order
+        self.problems: tuple[ConfigProblem, ...] = tuple(problems)
+        #: how many configs the submission had
+        self.total = total
+        if len(self.problems) == 1:
+            message = self.problems[0].error
+        else:
+            lines = "\n".join(p.error for p in self.problems)
+            message = f"{len(self.problems)} of {total} configs are invalid:\n{lines}"
+        super().__init__(message)

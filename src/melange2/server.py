@@ -159,6 +159,13 @@ class _ServerGroup(click.Group):
     "--max-attempts", default=3, show_default=True, help="Tries per package on backend faults."
 )
 @click.option(
+    "--plan-workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Processes that parse a large dry run's configs (0: one per core; 1: in the server).",
+)
+@click.option(
     "--lease-ttl",
     default=15.0,
     show_default=True,
@@ -288,6 +295,7 @@ def serve(
     keyrings: tuple[str, ...],
     schedule: str,
     max_attempts: int,
+    plan_workers: int,
     lease_ttl: float,
     max_body_bytes: int,
     probe_interval: float,
@@ -387,6 +395,7 @@ def serve(
         keyrings=keyrings,
         schedule="fifo" if schedule == "fifo" else "critical-path",
         max_attempts=max_attempts,
+        plan_workers=plan_workers,
         lease_ttl=lease_ttl,
         max_body_bytes=max_body_bytes,
         probe_interval=probe_interval,

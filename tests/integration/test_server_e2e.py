@@ -397,6 +397,17 @@ def test_waiting_packages_say_why(server: Server) -> None:
             400,
             "config_yaml",
         ),
+        (
+            {
+                "configs": [
+                    "package: [",
+                    config("ok-two"),
+                    config("uses-y").replace("runs: |", "uses: nope/nope\n    runs: |"),
+                ]
+            },
+            400,
+            "2 of 3 configs are invalid:\nconfigs[0]: ",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_4xx(
@@ -409,6 +420,10 @@ def test_bad_input_is_a_clear_4xx(
         payload = resp.json()
         assert set(payload) == {"error", "details"}
         assert needle in payload["error"]
+        if "configs are invalid" in needle:  # every invalid config, listed
+            listed = payload["details"]["configs"]
+            assert [(c["index"], c["package"]) for c in listed] == [(0, ""), (2, "uses-y")]
+            assert "'nope/nope'" in listed[1]["error"]
         after = client.get("/api/v1/builds", params={"limit": 1000}).json()["builds"]
         assert len(after) == len(before)  # nothing half-created
 

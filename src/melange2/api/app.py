@@ -366,6 +366,7 @@ async def _start(
         policy=policy,
         parse_cache_bytes=settings.parse_cache_bytes,
     )
+    stack.push_async_callback(submitter.aclose)  # its plan workers, if any started
     metrics.attach(pool)
     prober = HealthProber(
         pool, interval=settings.probe_interval, connect=buildkit, on_latency=metrics.probe

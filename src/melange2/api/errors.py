@@ -21,6 +21,7 @@ from melange2.build.source_cache import SourceTooLarge
 from melange2.errors import (
     ConfigError,
     FarmError,
+    InvalidConfigs,
     InvalidTransition,
     NotFound,
     RequestError,
@@ -124,10 +125,21 @@ def install(app: FastAPI, redactor: Redactor | None = None) -> None:
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 500)
         if status >= 500:
             _log.error("%s %s: %s", request.method, request.url.path, exc, exc_info=exc)
+        details: dict[str, Any] = {"code": exc.code}
+        if isinstance(exc, InvalidConfigs):
+            details["configs"] = [
+                {
+                    "index": p.index,
+                    "config": p.config,
+                    "package": p.package,
+                    "error": redact.text(p.error),
+                }
+                for p in exc.problems
+            ]
         # 401: how to authenticate (RFC 6750); the message never holds the token sent
         challenge = {"WWW-Authenticate": 'Bearer realm="melange2"'} if status == 401 else None
         return JSONResponse(
-            error_body(redact.text(exc.message), {"code": exc.code}),
+            error_body(redact.text(exc.message), details),
             status_code=status,
             headers=challenge,
         )

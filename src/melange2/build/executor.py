@@ -65,6 +65,7 @@ from melange2.recipe.compile import (
     PipelineResolver,
     compile_build,
     compile_tests,
+    environment_packages,
     subpackage_enabled,
 )
 from melange2.repo.directory import index_directory
@@ -168,6 +169,8 @@ class PlannedBuild:
     sources: Path | None = None
     #: what the environment installs, ``name-version (repository)``, in install order
     environment_installs: tuple[str, ...] = ()
+    #: the downloads the plan expects (``sha256:<hex>``) that the source cache lacks
+    source_cache_missing: tuple[str, ...] = ()
 
 
 def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
@@ -182,12 +185,6 @@ def prepare(opts: BuildOptions) -> tuple[Config, BuildPlan]:
     dirs = [*opts.pipeline_dirs, opts.config.parent / "pipelines"]
     plan = compile_build(config, PipelineResolver([d for d in dirs if d.is_dir()]))
     return config, plan
-
-
-def environment_packages(config: Config, plan: BuildPlan) -> list[str]:
-    """The world of a build's environment: its contents, then what its pipelines need."""
-    contents = config.environment.contents.packages
-    return [*contents, *(p for p in plan.needs_packages if p not in contents)]
 
 
 def step_env(plan_env: Mapping[str, str], step: ExecStep, opts: BuildOptions) -> dict[str, str]:
@@ -597,10 +594,12 @@ class Builder:
         )
         sources_digest = await asyncio.to_thread(source_digest, sources) if sources else ""
         cached = None
+        cache_missing: tuple[str, ...] = ()
         if opts.source_cache is not None and plan.source_digests:
-            cached = await cache_image(
+            found = await cache_image(
                 opts.source_cache, plan.source_digests, platform, self.registry
             )
+            cached, cache_missing = found.image, found.missing
         state = build_graph(
             config,
             plan,
@@ -639,6 +638,7 @@ class Builder:
             locked=locked,
             sources=sources,
             environment_installs=installs,
+            source_cache_missing=cache_missing,
         )
 
     async def build(self, opts: BuildOptions, sinks: Sequence[StepSink] = ()) -> BuildResult:

@@ -16,7 +16,7 @@ yaml.v3 (indent 2), so the file is not the config as written but the config as b
 
 Not reproduced: melange re-prints every ``runs`` script with mvdan.cc/sh's printer
 (dropping comments, respacing redirections); scripts here are as substituted, with
-comment lines dropped. Sections this project does not model (``update``,
+comment lines dropped (here-documents kept). Sections this project does not model (``update``,
 ``capabilities``, ``package.cpe`` ...) are carried over from the file as written.
 """
 
@@ -192,14 +192,29 @@ def _put(doc: dict[str, Any], key: str, value: Any) -> None:
 # ------------------------------------------------------------------------- sections
 
 
+#: a here-document's start: ``<<WORD``, ``<<-'WORD'``, ``<< "WORD"`` (not ``<<<``)
+_HEREDOC = re.compile(r"(?<!<)<<(?!<)(-?)[ \t]*(['\"]?)([A-Za-z_][A-Za-z0-9_.-]*)\2")
+#: an arithmetic expansion, where ``<<`` is a shift
+_ARITHMETIC = re.compile(r"\$\(\(.*?\)\)")
+
+
 def _strip_comments(script: str) -> str:
-    """Comment lines dropped (the shebang kept), as melange's re-printing drops them."""
-    lines = script.split("\n")
-    kept = [
-        line
-        for i, line in enumerate(lines)
-        if not line.lstrip().startswith("#") or (i == 0 and line.startswith("#!"))
-    ]
+    """Comment lines dropped (the shebang kept), as melange's re-printing drops them; a
+    here-document's lines are text, not comments, and kept."""
+    kept: list[str] = []
+    pending: list[tuple[bool, str]] = []  # here-documents whose body comes next
+    for i, line in enumerate(script.split("\n")):
+        if pending:
+            kept.append(line)
+            tabs, word = pending[0]
+            if (line.lstrip("\t") if tabs else line) == word:
+                pending.pop(0)
+            continue
+        if line.lstrip().startswith("#") and not (i == 0 and line.startswith("#!")):
+            continue
+        kept.append(line)
+        shell = _ARITHMETIC.sub("", line)
+        pending = [(m.group(1) == "-", m.group(3)) for m in _HEREDOC.finditer(shell)]
     return "\n".join(kept)
 
 
@@ -337,7 +352,11 @@ class _Compiler:
             defaults = {k: v.default for k, v in definition.inputs.items()}
             given = {**defaults, **step.with_}
             scope = with_inputs(mapping, given)
-        workdir = step.working_directory or parent_workdir
+        workdir = step.working_directory
+        if workdir and not top:
+            # melange substitutes a pipeline's working-directory with its inputs
+            workdir = substitute(workdir, scope)
+        workdir = workdir or parent_workdir
         if_ = step.if_ if top else substitute_condition(step.if_, scope) if step.if_ else ""
         runs = step.runs if top else substitute(step.runs, scope)
         doc: dict[str, Any] = {}
@@ -346,12 +365,15 @@ class _Compiler:
         _put(doc, "uses", step.uses)
         if step.uses and top:
             # melange keeps the inputs (given or defaulted) whose value, substituted,
-            # differs from the default as written
+            # differs from the default as written; a step without with: keeps none
+            # (melange fills the defaults into the step's own with map, when it has one)
             cleaned = {
                 k: scope.get(f"inputs.{k}", "")
                 for k in {**defaults, **step.with_}
                 if scope.get(f"inputs.{k}", "") != defaults.get(k, "")
             }
+            if not step.with_:
+                cleaned = {}
             _put(doc, "with", dict(sorted(cleaned.items())))
         _put(doc, "runs", _strip_comments(runs) if runs else "")
         _put(

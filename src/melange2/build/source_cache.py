@@ -13,7 +13,8 @@ remote.
 
 A file is only ever used after its content was checked against its name: a cached file
 with another digest is left out (and logged), and ``fetch`` then downloads or fails
-naming the URL and the digest. Uploads are checked while they stream
+naming the URL; the build log names each expected digest the cache lacks
+(:attr:`CachedSources.missing`). Uploads are checked while they stream
 (:meth:`SourceCache.add_stream`) and refused when the digest differs or they grow over
 the limit.
 
@@ -53,6 +54,7 @@ from melange2.storage import Storage, StorageNotFound, StorageSpec, open_storage
 
 __all__ = [
     "CACHE_MOUNT",
+    "CachedSources",
     "DigestMismatch",
     "SourceCache",
     "SourceTooLarge",
@@ -240,24 +242,38 @@ def _file_digest(path: Path, digest: str) -> str:
     return f"{digest.split(':', 1)[0]}:{h.hexdigest()}"
 
 
+@dataclass(frozen=True, slots=True)
+class CachedSources:
+    """What :func:`cache_image` found of a build's expected downloads."""
+
+    #: the image of the files found (``None``: none was)
+    image: ImageRef | None
+    #: the digests the cache does not hold (their ``fetch`` downloads, or fails): the
+    #: build log names them, since melange's ``fetch`` only names the URL
+    missing: tuple[str, ...] = ()
+
+
 async def cache_image(
     cache: SourceCache,
     digests: Sequence[str],
     platform: Platform,
     registry: RegistryClient,
-) -> ImageRef | None:
+) -> CachedSources:
     """An image holding the cached files among ``digests`` at its root, named as
-    melange names them (``sha256:<hex>``), pushed by digest; ``None`` when the cache
-    has none of them."""
+    melange names them (``sha256:<hex>``), pushed by digest (``None`` when the cache
+    has none of them), and the digests it lacks."""
     found: list[tuple[str, Path]] = []
+    missing: list[str] = []
     for digest in dict.fromkeys(d.lower() for d in digests):
         if not _DIGEST.fullmatch(digest):
             continue  # fetch itself says what is wrong with it
         path = await cache.verified(digest)
         if path is not None:
             found.append((digest, path))
+        else:
+            missing.append(digest)
     if not found:
-        return None
+        return CachedSources(image=None, missing=tuple(missing))
 
     def build() -> tuple[BuiltLayer, Blob, Blob]:
         entries = [
@@ -271,7 +287,7 @@ async def cache_image(
     memo = (tuple(d for d, _ in found), str(platform))
     known = cache.images.get(memo)
     if known is not None and known.host == registry.host:
-        return known
+        return CachedSources(image=known, missing=tuple(missing))
     layer, config, manifest = await asyncio.to_thread(build)
     tag = f"cache-{hashlib.sha256(manifest.data).hexdigest()[:48]}"
     await registry.push_blob(SOURCE_CACHE_REPO, layer.blob)
@@ -280,4 +296,4 @@ async def cache_image(
     cache.images[memo] = ImageRef(
         host=registry.host, repo=SOURCE_CACHE_REPO, tag=tag, digest=digest
     )
-    return cache.images[memo]
+    return CachedSources(image=cache.images[memo], missing=tuple(missing))

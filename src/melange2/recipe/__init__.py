@@ -4,6 +4,8 @@ No network I/O: the loaders read only the file they are given.
 
 * :func:`load_config` parses and substitutes a build configuration for one architecture.
 * :func:`load_pipeline` parses a reusable pipeline file (``uses:`` targets), unsubstituted.
+* :func:`compile_build` and :func:`compile_tests` expand ``uses:`` (melange's own
+  pipelines, installed from the pinned module, and melange2's additions) into shell steps.
 * :func:`substitution_map`, :func:`substitute`, :func:`with_inputs` and
   :func:`substitute_steps` substitute ``${{...}}`` as melange does.
 * :func:`evaluate_condition` evaluates an ``if:`` expression.
@@ -18,6 +20,7 @@ from melange2.recipe.compile import (
     BUILTIN_PIPELINE_DIR,
     DEFAULT_ENVIRONMENT,
     DEFAULT_PATH,
+    MELANGE_PIPELINE_DIR,
     BuildPlan,
     ExecStep,
     PipelineResolver,
@@ -25,6 +28,9 @@ from melange2.recipe.compile import (
     builtin_pipelines,
     compile_build,
     compile_tests,
+    environment_packages,
+    pipeline_origin,
+    subpackage_builds,
 )
 from melange2.recipe.cond import (
     Condition,
@@ -76,6 +82,7 @@ __all__ = [
     "BUILTIN_PIPELINE_DIR",
     "DEFAULT_ENVIRONMENT",
     "DEFAULT_PATH",
+    "MELANGE_PIPELINE_DIR",
     "OUT_DIR",
     "Arch",
     "BuildPlan",
@@ -110,6 +117,7 @@ __all__ = [
     "compile_build",
     "compile_tests",
     "condition_variables",
+    "environment_packages",
     "evaluate_condition",
     "find_references",
     "go_regex_replace_all",
@@ -117,8 +125,10 @@ __all__ = [
     "load_pipeline",
     "parse_arch",
     "parse_condition",
+    "pipeline_origin",
     "quote",
     "resolve_vars",
+    "subpackage_builds",
     "subpackage_substitutions",
     "substitute",
     "substitute_condition",

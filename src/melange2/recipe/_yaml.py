@@ -1,35 +1,38 @@
 """A typed, position-aware view of a composed YAML document (private).
 
-We compose (not construct) with ruamel.yaml: every node keeps its original text and its
-start mark, so ``version: 1.10`` stays ``"1.10"`` (as Go's yaml.v3 decodes it into a
-string) and every error can name a line.
+We compose (not construct): every node keeps its original text and its start mark, so
+``version: 1.10`` stays ``"1.10"`` (as Go's yaml.v3 decodes it into a string) and every
+error can name a line.
+
+Composing is libyaml's (PyYAML's C parser): a submission can bring a whole distribution's
+configs, and it composes about five times faster than ruamel.yaml's C parser did (both are
+libyaml; ruamel's Python layer costs the difference). Plain scalars are resolved with the
+YAML 1.2 core schema (``yes``/``on`` are strings, ``010`` is a decimal integer), as
+ruamel.yaml did and as Go's yaml.v3 mostly does.
 
 Limits that hold before anything recurses: libyaml's composer recurses once per level
-of nesting (100,000 ``[`` crash the process), so the text is first walked as the
-parser's event stream, which is iterative, and refused past :data:`MAX_DEPTH` levels,
-:data:`MAX_EVENTS` nodes or :data:`MAX_TEXT` characters. Aliases share nodes; a budget
-bounds how many nodes one parse may visit, so alias bombs and recursive anchors end in
-a ``RecipeError``, and merge (``<<``) chains are bounded too. Scalars are quoted back in
-errors as short, escaped excerpts only.
+of nesting (in PyYAML's binding as in ruamel's: 100,000 ``[`` crash the process), so the
+text is first walked as the parser's event stream (:func:`yaml.parse`), which is
+iterative, and refused past :data:`MAX_DEPTH` levels, :data:`MAX_EVENTS` nodes or
+:data:`MAX_TEXT` characters. Aliases share nodes; a budget bounds how many nodes one
+parse may visit, so alias bombs and recursive anchors end in a ``RecipeError``, and merge
+(``<<``) chains are bounded too. Scalars are quoted back in errors as short, escaped
+excerpts only.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
-from ruamel.yaml import YAML
-from ruamel.yaml.events import (
-    MappingEndEvent,
-    MappingStartEvent,
-    SequenceEndEvent,
-    SequenceStartEvent,
-)
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+import yaml
+from yaml.events import MappingEndEvent, MappingStartEvent, SequenceEndEvent, SequenceStartEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from melange2.names import excerpt
 from melange2.recipe.errors import RecipeFieldError
-from melange2.recipe.model import Location
+from melange2.recipe.model import FieldMark, Location
 
 _TAG_PREFIX: Final = "tag:yaml.org,2002:"
 _MAX_NODES: Final = 50_000
@@ -45,9 +48,75 @@ _TRUE: Final = frozenset({"true", "yes", "on"})
 _FALSE: Final = frozenset({"false", "no", "off"})
 
 
+_STR: Final = _TAG_PREFIX + "str"
+_NULL: Final = _TAG_PREFIX + "null"
+_MERGE: Final = _TAG_PREFIX + "merge"
+#: The tag the composer gives every plain scalar: resolved when asked (:func:`_tag`); a
+#: config has many scalars and most only need "is it null?" (:data:`_NULL_WORDS`).
+_PLAIN: Final = "?plain"
+_NULL_WORDS: Final = frozenset({"", "~", "null", "Null", "NULL"})
+_DEFAULT_TAGS: Final = {
+    ScalarNode: _STR,
+    SequenceNode: _TAG_PREFIX + "seq",
+    MappingNode: _TAG_PREFIX + "map",
+}
+
+
 def _tag(node: Node) -> str:
-    tag = node.tag
-    return str(getattr(tag, "value", tag) or "")
+    """The node's tag, a plain scalar's resolved with the YAML 1.2 core schema."""
+    tag = str(node.tag or "")
+    if tag == _PLAIN:
+        value = str(node.value)
+        for name, pattern in _Loader.yaml_implicit_resolvers.get(value[:1], ()):
+            if pattern.match(value):
+                return name
+        return _STR
+    return tag
+
+
+class _Loader(yaml.CSafeLoader):
+    """libyaml's composer with the YAML 1.2 core schema's implicit tags."""
+
+    yaml_implicit_resolvers: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+
+    # No path resolvers: the composer's per-node bookkeeping for them is skipped.
+    def descend_resolver(self, current_node: object, current_index: object) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
+    def resolve(self, kind: type[Node], value: object, implicit: tuple[bool, bool] | bool) -> str:
+        if kind is ScalarNode and implicit[0]:  # type: ignore[index]  # a pair for scalars
+            return _PLAIN
+        return _DEFAULT_TAGS[kind]
+
+
+#: (tag, pattern, first characters) of the YAML 1.2 core schema, as ruamel.yaml has them
+_CORE_SCHEMA: Final = [
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    (
+        "float",
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        list("-+0123456789."),
+    ),
+    (
+        "int",
+        r"""^(?:[-+]?0b[0-1_]+
+        |[-+]?0o?[0-7_]+
+        |[-+]?[0-9_]+
+        |[-+]?0x[0-9a-fA-F_]+)$""",
+        list("-+0123456789"),
+    ),
+    ("merge", r"^(?:<<)$", ["<"]),
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+]
+for _name, _pattern, _first in _CORE_SCHEMA:
+    _Loader.add_implicit_resolver(_TAG_PREFIX + _name, re.compile(_pattern, re.X), _first)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -65,13 +134,6 @@ class Document:
             raise where.error("document too large (too many nodes or alias expansions)")
 
 
-def _composer() -> YAML:
-    """libyaml's parser (through ruamel.yaml.clib): nodes keep their marks and styles,
-    and composing is over ten times faster than the pure-Python round-trip parser, which
-    matters when a request brings a whole distribution's configs."""
-    return YAML(typ="safe", pure=False)
-
-
 def depth_bound(text: str) -> int:
     """An upper bound of ``text``'s nesting depth, without parsing it. A block
     collection nested in another starts further right, except a sequence that is a
@@ -87,24 +149,33 @@ def _check_shape(text: str, file: str) -> None:
     recursion, nothing composed yet). Skipped when the document cannot exceed the
     limits: at most :data:`MAX_EVENTS` characters (a node takes one at least) and a
     :func:`depth_bound` within :data:`MAX_DEPTH` (most configs: the pass costs a third
-    of a parse)."""
+    of a parse). libyaml's scanner, which reads ahead of the events, has a nesting
+    limit of its own (1,000 levels, in libyaml 0.2.6): past it, it is the same error."""
     if len(text) <= MAX_EVENTS and depth_bound(text) <= MAX_DEPTH:
         return
     depth = 0
-    for events, event in enumerate(_composer().parse(text), 1):
-        kind = type(event)
-        if kind is MappingStartEvent or kind is SequenceStartEvent:
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise _shape_error(event, file, f"nested more than {MAX_DEPTH} levels deep")
-        elif kind is MappingEndEvent or kind is SequenceEndEvent:
-            depth -= 1
-        if events > MAX_EVENTS:
-            raise _shape_error(event, file, f"more than {MAX_EVENTS} nodes")
+    try:
+        for events, event in enumerate(yaml.parse(text, Loader=yaml.CSafeLoader), 1):
+            kind = type(event)
+            if kind is MappingStartEvent or kind is SequenceStartEvent:
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _shape_error(
+                        event.start_mark, file, f"nested more than {MAX_DEPTH} levels deep"
+                    )
+            elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                depth -= 1
+            if events > MAX_EVENTS:
+                raise _shape_error(event.start_mark, file, f"more than {MAX_EVENTS} nodes")
+    except yaml.MarkedYAMLError as exc:
+        if exc.problem != "exceeded maximum nesting depth":
+            raise  # any other YAML error: compose() reports it
+        raise _shape_error(
+            exc.problem_mark, file, f"nested more than {MAX_DEPTH} levels deep"
+        ) from None
 
 
-def _shape_error(event: object, file: str, problem: str) -> RecipeFieldError:
-    mark = getattr(event, "start_mark", None)
+def _shape_error(mark: object, file: str, problem: str) -> RecipeFieldError:
     line, column = getattr(mark, "line", None), getattr(mark, "column", None)
     return RecipeFieldError(
         f"document too large: {problem}",
@@ -126,10 +197,10 @@ def compose(text: str, file: str) -> tuple[Document, Value | None]:
         )
     try:
         _check_shape(text, file)
-        node = _composer().compose(text)
+        node = yaml.compose(text, Loader=_Loader)
     except RecipeFieldError:
         raise
-    except Exception as exc:  # ruamel raises many unrelated types; keep the cause
+    except Exception as exc:  # PyYAML raises several unrelated types; keep the cause
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = getattr(mark, "line", None)
         column = getattr(mark, "column", None)
@@ -148,36 +219,53 @@ def compose(text: str, file: str) -> tuple[Document, Value | None]:
     return doc, Value(doc=doc, node=node, path="")
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
 class Value:
-    """One YAML node at a field path."""
+    """One YAML node at a field path (a plain slotted class: one is made per node)."""
 
-    doc: Document
-    node: Node
-    path: str
+    __slots__ = ("doc", "node", "path")
+
+    def __init__(self, *, doc: Document, node: Node, path: str) -> None:
+        self.doc = doc
+        self.node = node
+        self.path = path
 
     @property
     def loc(self) -> Location:
-        mark = self.node.start_mark
-        style = getattr(self.node, "style", None)
+        node = self.node
+        mark = node.start_mark
         return Location(
             file=self.doc.file,
-            line=int(mark.line) + 1,
-            column=int(mark.column) + 1,
+            line=mark.line + 1,
+            column=mark.column + 1,
             path=self.path,
-            literal=style == "|",
+            literal=getattr(node, "style", None) == "|",
         )
+
+    @property
+    def mark(self) -> FieldMark:
+        """Where the value is, as a cheap :data:`~melange2.recipe.model.FieldMark`."""
+        node = self.node
+        mark = node.start_mark
+        return (mark.line + 1, mark.column + 1, self.path, getattr(node, "style", None) == "|")
 
     def error(self, problem: str) -> RecipeFieldError:
         return RecipeFieldError(problem, location=self.loc)
 
     def _sub(self, node: Node, suffix: str) -> Value:
-        sep = "" if not self.path or suffix.startswith("[") else "."
-        return Value(doc=self.doc, node=node, path=f"{self.path}{sep}{suffix}")
+        path = self.path
+        if path and suffix[:1] != "[":
+            path = f"{path}.{suffix}"
+        else:
+            path += suffix
+        return Value(doc=self.doc, node=node, path=path)
 
     @property
     def is_null(self) -> bool:
-        return isinstance(self.node, ScalarNode) and _tag(self.node) == _TAG_PREFIX + "null"
+        node = self.node
+        if type(node) is not ScalarNode:
+            return False
+        tag = node.tag
+        return (tag == _PLAIN and node.value in _NULL_WORDS) or tag == _NULL
 
     @property
     def kind(self) -> str:
@@ -212,9 +300,12 @@ class Value:
         # Registered before filling, so a mapping that merges itself cannot loop.
         self.doc._maps[id(self.node)] = explicit
         merged: list[Node] = []
+        doc = self.doc
         for key, value in self.node.value:
-            self.doc.spend(self)
-            if _tag(key) == _TAG_PREFIX + "merge":
+            doc.budget -= 1
+            if doc.budget < 0:
+                doc.spend(self)
+            if (key.tag == _PLAIN and key.value == "<<") or key.tag == _MERGE:
                 if isinstance(value, SequenceNode):
                     merged.extend(value.value)
                 else:

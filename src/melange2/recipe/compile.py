@@ -7,21 +7,40 @@ pipeline and then each subpackage's (in order, on the same workspace), and retur
 with its environment and working directory, plus the packages the steps need.
 :func:`compile_tests` does the same for the ``test:`` sections.
 
+Where ``uses: <name>`` comes from (:class:`PipelineResolver`), first match wins:
+
+1. the caller's directories (melange's ``--pipeline-dir``; a config's ``./pipelines``);
+2. :data:`BUILTIN_PIPELINE_DIR`, melange2's own files: pipelines newer melange has and
+   v0.34.0 lacks (``go/build/v2``), and documented extensions of melange's
+   (``git-checkout`` with ``sparse-paths``, retries, ...);
+3. :data:`MELANGE_PIPELINE_DIR`, every pipeline melange v0.34.0 ships, installed unchanged
+   from the pinned Go module by ``scripts/gen_pipelines.py`` (``make setup``).
+
 How a step list is walked (melange's ``pkg/build/compile.go`` and ``pipeline.go``):
 
 * ``if:`` is substituted (values quoted) and evaluated; a false step is skipped with its
-  nested steps and its ``needs``. A subpackage whose ``if:`` is false is skipped whole.
-* ``uses: <name>`` loads ``<dir>/<name>.yaml`` from the :class:`PipelineResolver`'s
-  directories, then the built-ins. Its inputs are the step's ``with:`` values (substituted
-  in the caller's context) over the declared defaults; an empty required input, or a
-  ``with:`` key the pipeline does not declare, is an error (current melange rejects
-  undeclared inputs too: it catches typos such as ``expected-sha265``). The pipeline's
-  steps are then substituted with ``${{inputs.*}}`` plus the package or subpackage
-  context (``targets.contextdir`` and ``targets.subpkgdir`` differ per subpackage).
-  Inputs of an enclosing ``uses`` are not visible inside a nested one unless passed on
-  through ``with:``.
+  nested steps and its ``needs``. A subpackage whose ``if:`` is false builds nothing, but
+  its pipelines are still compiled and their ``needs`` still go into the build
+  environment (melange gathers them before it evaluates the subpackage's ``if``). A
+  subpackage's ``if`` sees only ``package.*``, ``vars.*`` and ``range.*``; any other
+  variable is ``""`` there, as in melange v0.34.0 (see ``Subpackage.if_``): ``if:
+  ${{build.arch}} == 'aarch64'`` on a subpackage is false on every architecture.
+* ``uses: <name>`` loads the pipeline file. Its inputs are the step's ``with:`` values
+  (substituted in the caller's context) over the declared defaults; an empty required
+  input, a ``with:`` key the pipeline does not declare, or an ``expected-sha256``/
+  ``expected-sha512``/``expected-commit`` that is not 64/128/40 hex digits is an error,
+  as in melange. The pipeline's steps are then substituted with ``${{inputs.*}}`` plus
+  the package or subpackage context (``targets.contextdir`` and ``targets.subpkgdir``
+  differ per subpackage). As in melange, a nested ``uses`` also sees the inputs of the
+  pipelines around it (its own win). A pipeline that declares ``needs`` replaces the
+  calling step's own ``needs`` (melange overwrites the step with the file).
 * Nested steps inherit ``working-directory`` and ``environment`` from their parent
-  (also the steps a ``uses`` expands to); their own values win.
+  (also the steps a ``uses`` expands to); their own values win. ``environment`` values
+  are not substituted here: as in melange v0.34.0, only ``package.*``, ``vars.*`` and
+  ``range.*`` are, when the config is loaded (:mod:`melange2.recipe.parse`).
+* ``assertions: {required-steps: N}`` on a step holds when exactly N of its nested steps
+  run; conditions are known when compiling, so a violation is an error here, before
+  anything runs (melange finds it while building).
 * A step with ``runs`` becomes an :class:`ExecStep`. Its script is melange's wrapper::
 
       set -e
@@ -39,8 +58,10 @@ Every problem (unknown ``uses``, missing required input, undefined variable, rec
 is a :class:`~melange2.recipe.errors.RecipeFieldError` raised before anything runs,
 naming the file, line and field.
 
-Not done here: melange's ``stripComments`` (the scripts keep their comments), ``label``
-breakpoints, ``retry:`` and ``assertions:``.
+Not done here: melange's ``stripComments`` (it re-prints every script with mvdan/sh,
+dropping comments; ours keep the text as written), ``label`` breakpoints and ``retry:``.
+melange runs an empty script for each group or ``uses`` step (its only effect is the
+``mkdir -p`` of the working directory); we emit no step for it.
 """
 
 from __future__ import annotations
@@ -69,6 +90,7 @@ from melange2.recipe.model import (
 from melange2.recipe.parse import load_pipeline
 from melange2.recipe.subst import (
     BUILD_DIR,
+    subpackage_substitutions,
     substitute,
     substitute_condition,
     substitution_map,
@@ -78,6 +100,7 @@ __all__ = [
     "BUILTIN_PIPELINE_DIR",
     "DEFAULT_ENVIRONMENT",
     "DEFAULT_PATH",
+    "MELANGE_PIPELINE_DIR",
     "BuildPlan",
     "ExecStep",
     "PipelineResolver",
@@ -85,10 +108,17 @@ __all__ = [
     "builtin_pipelines",
     "compile_build",
     "compile_tests",
+    "environment_packages",
+    "pipeline_origin",
+    "subpackage_builds",
 ]
 
-#: The pipelines shipped with melange2 (``uses: fetch``, ``uses: split/dev``, ...).
+#: melange2's own pipelines: what v0.34.0 lacks (``go/build/v2``) and documented
+#: extensions of melange's (``git-checkout``). Searched before melange's.
 BUILTIN_PIPELINE_DIR: Final = Path(__file__).with_name("pipelines")
+#: Every pipeline melange ships (``uses: fetch``, ``uses: split/dev``, ...), installed from
+#: the pinned ``chainguard.dev/melange`` module by ``scripts/gen_pipelines.py``.
+MELANGE_PIPELINE_DIR: Final = Path(__file__).with_name("_melange_pipelines")
 #: ``PATH`` of every step (melange sets it per step, over the image's).
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: Variables melange puts in a build or test environment when the config leaves them unset.
@@ -103,6 +133,9 @@ DEFAULT_ENVIRONMENT: Final[Mapping[str, str]] = frozen_map(
 _USES_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
 _MAX_DEPTH: Final = 32
 _SHORT_SCRIPT: Final = 60
+#: Inputs melange checks the form of, and their length in hex digits.
+_HEX_INPUTS: Final = {"expected-sha256": 64, "expected-sha512": 128, "expected-commit": 40}
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
 
 
 # -- results -----------------------------------------------------------------------------
@@ -159,7 +192,8 @@ class TestPlan:
     #: The test environment: its repositories and keyring, and its packages followed by
     #: the package under test and the steps' ``needs.packages`` (deduplicated, in order).
     contents: Contents
-    #: The test's ``environment.environment`` with melange's defaults.
+    #: The build's ``environment.environment`` (with melange's defaults) and the test's
+    #: ``environment.environment`` over it, as ``melange test`` sets them.
     environment: Mapping[str, str]
     steps: tuple[ExecStep, ...]
 
@@ -167,14 +201,32 @@ class TestPlan:
 # -- pipeline files ----------------------------------------------------------------------
 
 
+def _names(directory: Path) -> set[str]:
+    return {p.relative_to(directory).with_suffix("").as_posix() for p in directory.rglob("*.yaml")}
+
+
 def builtin_pipelines() -> tuple[str, ...]:
-    """The ``uses:`` names of every built-in pipeline, sorted."""
-    return tuple(
-        sorted(
-            path.relative_to(BUILTIN_PIPELINE_DIR).with_suffix("").as_posix()
-            for path in BUILTIN_PIPELINE_DIR.rglob("*.yaml")
-        )
-    )
+    """The ``uses:`` names of every built-in pipeline (melange's and ours), sorted."""
+    return tuple(sorted(_names(BUILTIN_PIPELINE_DIR) | _names(MELANGE_PIPELINE_DIR)))
+
+
+def melange_version() -> str:
+    """The melange release whose pipelines are installed (``""`` if they are not)."""
+    try:
+        first = (MELANGE_PIPELINE_DIR / "SOURCE").read_text().split("\n", 1)[0]
+    except OSError:
+        return ""
+    return first.rpartition(" ")[2]
+
+
+def pipeline_origin(uses: str) -> str | None:
+    """Where built-in ``uses`` comes from: ``"melange2"`` (ours, an addition or an
+    extension), ``"melange <version>"``, or ``None`` if no built-in has that name."""
+    if (BUILTIN_PIPELINE_DIR / f"{uses}.yaml").is_file():
+        return "melange2"
+    if (MELANGE_PIPELINE_DIR / f"{uses}.yaml").is_file():
+        return f"melange {melange_version()}"
+    return None
 
 
 class PipelineResolver:
@@ -182,7 +234,8 @@ class PipelineResolver:
 
     ``uses: autoconf/configure`` is ``<dir>/autoconf/configure.yaml`` in the first of
     ``search_dirs`` that has it (melange's ``--pipeline-dir``; pass the config's
-    ``./pipelines`` too), else the built-in one.
+    ``./pipelines`` too), else the built-in one (ours, then melange's: see the module
+    docstring).
 
     >>> PipelineResolver([]).resolve("split/dev").name
     'Split development files'
@@ -197,9 +250,11 @@ class PipelineResolver:
     ) -> None:
         dirs = [Path(d) for d in search_dirs]
         if builtins:
-            dirs.append(BUILTIN_PIPELINE_DIR)
+            dirs += [BUILTIN_PIPELINE_DIR, MELANGE_PIPELINE_DIR]
         self._dirs: tuple[Path, ...] = tuple(dirs)
+        self._builtins = builtins
         self._cache: dict[Path, PipelineDef] = {}
+        self._found: dict[str, Path | None] = {}
         #: what errors call a directory instead of its path (a server's scratch
         #: directory means nothing to its client): ``<label>/<file>``
         self._labels = {Path(d): label for d, label in (labels or {}).items()}
@@ -215,60 +270,93 @@ class PipelineResolver:
 
     def find(self, uses: str) -> Path | None:
         """The file ``uses`` refers to, or ``None``. Raises ``ValueError`` for a bad name."""
+        if uses in self._found:
+            return self._found[uses]
         if not _USES_RE.fullmatch(uses) or ".." in uses.split("/"):
             raise ValueError(f"invalid pipeline name {excerpt(uses)}")
-        for directory in self._dirs:
-            candidate = directory / f"{uses}.yaml"
-            if candidate.is_file():
-                return candidate
-        return None
+        found = next(
+            (d / f"{uses}.yaml" for d in self._dirs if (d / f"{uses}.yaml").is_file()), None
+        )
+        self._found[uses] = found
+        return found
 
-    def resolve(self, uses: str, *, location: Location | None = None) -> PipelineDef:
-        """Load the pipeline ``uses`` names; ``location`` is blamed when there is none."""
+    def resolve(
+        self, uses: str, *, location: Location | None = None, step: Step | None = None
+    ) -> PipelineDef:
+        """Load the pipeline ``uses`` names; ``location`` (or the ``uses`` of ``step``) is
+        blamed when there is none."""
+        path = self._found.get(uses)
+        if path is not None:
+            loaded = self._cache.get(path)
+            if loaded is not None:
+                return loaded
+        if location is None and step is not None:
+            location = step.where("uses")
         try:
             path = self.find(uses)
         except ValueError as exc:
             raise RecipeFieldError(str(exc), location=location) from None
         if path is None:
             looked = ", ".join(self._shown(d, f"{uses}.yaml") for d in self._dirs)
+            hint = ""
+            if self._builtins and not (MELANGE_PIPELINE_DIR / "SOURCE").is_file():
+                hint = (
+                    "; melange's pipelines are not installed: run `make setup` "
+                    "(scripts/gen_pipelines.py)"
+                )
             raise RecipeFieldError(
-                f"unknown pipeline {excerpt(uses)} (looked for {looked})", location=location
+                f"unknown pipeline {excerpt(uses)}: no such file in any pipeline directory "
+                f"(looked for {looked}){hint}",
+                location=location,
             )
         loaded = self._cache.get(path)
         if loaded is None:
             shown = self._shown(path.parents[uses.count("/")], f"{uses}.yaml")
-            loaded = self._cache[path] = load_pipeline(path, filename=shown)
+            try:
+                loaded = self._cache[path] = load_pipeline(path, filename=shown)
+            except RecipeFieldError as exc:
+                # the file is at fault, through this use of it: name both
+                raise RecipeFieldError(
+                    f"pipeline {excerpt(uses)} is invalid: {exc}", location=location
+                ) from exc
         return loaded
 
 
 # -- compilation -------------------------------------------------------------------------
 
 
-def compile_build(config: Config, resolver: PipelineResolver | None = None) -> BuildPlan:
+def compile_build(
+    config: Config, resolver: PipelineResolver | None = None, *, steps: bool = True
+) -> BuildPlan:
     """The steps that build ``config`` (main package, then each subpackage), in order.
 
-    ``resolver`` defaults to the built-in pipelines only.
+    ``resolver`` defaults to the built-in pipelines only. With ``steps=False`` everything
+    is compiled and checked as usual (the same errors) but no :class:`ExecStep` is made:
+    the plan's ``steps`` are empty, its ``needs_packages`` complete (what a submission
+    needs of thousands of configs).
     """
     resolver = resolver or PipelineResolver()
     environment = _with_defaults(config.environment.environment)
     needs = _Needs()
-    steps: list[ExecStep] = []
+    out: list[ExecStep] = []
     digests: list[str] = []
-    contexts: list[tuple[str, Mapping[str, str], tuple[Step, ...]]] = [
-        (config.package.name, substitution_map(config), config.pipeline)
+    main = substitution_map(config)
+    contexts: list[tuple[str, Mapping[str, str], tuple[Step, ...], bool]] = [
+        (config.package.name, main, config.pipeline, True)
     ]
     for sp in config.subpackages:
-        sp_mapping = substitution_map(config, subpackage=sp.name)
-        if not _condition_holds(sp.if_, sp_mapping, sp.where("if")):
-            continue
-        contexts.append((sp.name, sp_mapping, sp.pipeline))
-    for package, mapping, pipeline in contexts:
-        walker = _Walker(resolver=resolver, package=package, base_env=environment, needs=needs)
+        sp_mapping = _subpackage_mapping(main, sp)
+        contexts.append((sp.name, sp_mapping, sp.pipeline, subpackage_builds(sp)))
+    for package, mapping, pipeline, builds in contexts:
+        walker = _Walker(
+            resolver=resolver, package=package, base_env=environment, needs=needs, emit=steps
+        )
         walker.walk(pipeline, _Frame(mapping=mapping))
-        steps.extend(walker.steps)
-        digests.extend(walker.digests)
+        if builds:
+            out.extend(walker.steps)
+            digests.extend(walker.digests)
     return BuildPlan(
-        steps=tuple(steps),
+        steps=tuple(out),
         needs_packages=needs.packages(),
         environment=environment,
         source_digests=tuple(dict.fromkeys(digests)),
@@ -276,40 +364,56 @@ def compile_build(config: Config, resolver: PipelineResolver | None = None) -> B
 
 
 def subpackage_enabled(config: Config, subpackage: Subpackage) -> bool:
-    """Whether ``subpackage`` is built: its ``if:`` holds (melange skips it otherwise)."""
-    mapping = substitution_map(config, subpackage=subpackage.name)
-    return _condition_holds(subpackage.if_, mapping, subpackage.where("if"))
+    """Whether ``subpackage`` is built: its ``if:`` holds (melange skips it otherwise), as
+    melange v0.34.0 evaluates it (:func:`subpackage_builds`)."""
+    return subpackage_builds(subpackage)
 
 
-def compile_tests(config: Config, resolver: PipelineResolver | None = None) -> tuple[TestPlan, ...]:
+def compile_tests(
+    config: Config, resolver: PipelineResolver | None = None, *, steps: bool = True
+) -> tuple[TestPlan, ...]:
     """A :class:`TestPlan` for the main package's ``test:`` and each subpackage's, in order.
 
-    Subpackages whose ``if:`` is false are not tested (they are not built).
+    Subpackages whose ``if:`` is false are not tested (they are not built). ``steps``: as
+    for :func:`compile_build`.
     """
     resolver = resolver or PipelineResolver()
+    build_env = _with_defaults(config.environment.environment)
+    main = substitution_map(config)
     plans: list[TestPlan] = []
     if config.test is not None:
         plans.append(
-            _compile_test(config.test, config.package.name, substitution_map(config), resolver)
+            _compile_test(config.test, config.package.name, main, resolver, build_env, steps)
         )
     for sp in config.subpackages:
         if sp.test is None:
             continue
-        mapping = substitution_map(config, subpackage=sp.name)
-        if not _condition_holds(sp.if_, mapping, sp.where("if")):
+        if not subpackage_builds(sp):
             continue
-        plans.append(_compile_test(sp.test, sp.name, mapping, resolver))
+        plans.append(
+            _compile_test(
+                sp.test, sp.name, _subpackage_mapping(main, sp), resolver, build_env, steps
+            )
+        )
     return tuple(plans)
 
 
 def _compile_test(
-    test: Test, package: str, mapping: Mapping[str, str], resolver: PipelineResolver
+    test: Test,
+    package: str,
+    mapping: Mapping[str, str],
+    resolver: PipelineResolver,
+    build_env: Mapping[str, str],
+    steps: bool,
 ) -> TestPlan:
-    environment = _with_defaults(test.environment.environment)
+    # melange test: the build's environment, then the test environment's over it
+    environment = frozen_map({**build_env, **test.environment.environment})
     needs = _Needs()
     needs.add(test.environment.contents.packages)
     needs.add([package])
-    walker = _Walker(resolver=resolver, package=package, base_env=environment, needs=needs)
+    walker = _Walker(
+        resolver=resolver, package=package, base_env=environment, needs=needs, emit=steps
+    )
     walker.walk(test.pipeline, _Frame(mapping=mapping))
     contents = test.environment.contents
     return TestPlan(
@@ -322,6 +426,26 @@ def _compile_test(
         environment=environment,
         steps=tuple(walker.steps),
     )
+
+
+def _subpackage_mapping(main: Mapping[str, str], sp: Subpackage) -> dict[str, str]:
+    mapping = subpackage_substitutions(main, sp.name)
+    if sp.range:
+        mapping["range.key"] = sp.range_key
+        mapping["range.value"] = sp.range_value
+    return mapping
+
+
+def environment_packages(config: Config, plan: BuildPlan) -> list[str]:
+    """The world of a build's environment: its contents, then what its pipelines need."""
+    contents = config.environment.contents.packages
+    return [*contents, *(p for p in plan.needs_packages if p not in contents)]
+
+
+def subpackage_builds(sp: Subpackage) -> bool:
+    """Whether melange builds (and tests) subpackage ``sp``: its ``if`` holds, every
+    variable still in it being ``""`` (melange v0.34.0, see ``Subpackage.if_``)."""
+    return not sp.if_ or evaluate_condition(sp.if_, location=sp.where("if"))
 
 
 def _with_defaults(env: Mapping[str, str]) -> Mapping[str, str]:
@@ -384,48 +508,51 @@ class _Walker:
         package: str,
         base_env: Mapping[str, str],
         needs: _Needs,
+        emit: bool = True,
     ) -> None:
         self.resolver = resolver
         self.package = package
         self.base_env = base_env
         self.needs = needs
+        self.emitting = emit
         self.steps: list[ExecStep] = []
         self.digests: list[str] = []
 
-    def walk(self, steps: Sequence[Step], frame: _Frame) -> None:
-        for step in steps:
-            self.step(step, frame)
+    def walk(self, steps: Sequence[Step], frame: _Frame) -> int:
+        """Walk ``steps``; returns how many of them run (their ``if`` holds)."""
+        return sum(self.step(step, frame) for step in steps)
 
-    def step(self, step: Step, frame: _Frame) -> None:
+    def step(self, step: Step, frame: _Frame) -> bool:
         mapping = frame.mapping
 
         def text(key: str, value: str) -> str:
+            if "${{" not in value:  # skip building the location
+                return value
             return substitute(value, mapping, location=step.where(key))
 
-        if not _condition_holds(step.if_, mapping, step.where("if")):
-            return
+        if step.if_ and not _condition_holds(step.if_, mapping, step.where("if")):
+            return False
         name = text("name", step.name)
         workdir = text("working-directory", step.working_directory) or frame.workdir
-        env = {
-            **frame.env,
-            **{k: text(f"environment.{k}", v) for k, v in step.environment.items()},
-        }
-        self.needs.add(text(f"needs.packages[{i}]", v) for i, v in enumerate(step.needs_packages))
+        # melange substitutes no environment value when compiling (parse.py did what it does)
+        env = {**frame.env, **step.environment}
+        own_needs = [text(f"needs.packages[{i}]", v) for i, v in enumerate(step.needs_packages)]
         origin = frame.origin or step.loc
 
         # melange: a step that spells out its pipeline treats ``uses`` as a note.
         if step.uses and not step.pipeline:
-            self.expand(step, name, workdir, env, origin, frame)
-            return
+            self.expand(step, name, workdir, env, origin, frame, own_needs)
+            return True
 
+        self.needs.add(own_needs)
         runs = text("runs", step.runs)
-        label = name or step.uses or _short(runs)
-        display = _join(frame.prefix, label, sole=frame.sole and not name)
-        if runs:
+        if runs and self.emitting:
+            label = name or step.uses or _short(runs)
+            display = _join(frame.prefix, label, sole=frame.sole and not name)
             self.emit(display, runs, workdir, env, origin, step.where("runs"))
         if step.pipeline:
             inner_prefix = _join(frame.prefix, name, sole=False) if name else frame.prefix
-            self.walk(
+            ran = self.walk(
                 step.pipeline,
                 _Frame(
                     mapping=mapping,
@@ -436,6 +563,10 @@ class _Walker:
                     chain=frame.chain,
                 ),
             )
+            _check_required_steps(step, ran, len(step.pipeline))
+        elif step.required_steps is not None:
+            _check_required_steps(step, 0, 0)
+        return True
 
     def expand(
         self,
@@ -445,28 +576,36 @@ class _Walker:
         env: Mapping[str, str],
         origin: Location,
         frame: _Frame,
+        own_needs: Sequence[str],
     ) -> None:
         uses = step.uses
-        where = step.where("uses")
         if uses in frame.chain:
             cycle = " -> ".join((*frame.chain, uses))
             raise RecipeFieldError(
-                f"pipeline {excerpt(uses)} uses itself ({cycle})", location=where
+                f"pipeline {excerpt(uses)} uses itself ({cycle})", location=step.where("uses")
             )
         if len(frame.chain) >= _MAX_DEPTH:
-            raise RecipeFieldError(f"'uses' nested more than {_MAX_DEPTH} deep", location=where)
-        definition = self.resolver.resolve(uses, location=where)
+            raise RecipeFieldError(
+                f"'uses' nested more than {_MAX_DEPTH} deep", location=step.where("uses")
+            )
+        definition = self.resolver.resolve(uses, step=step)
         inputs = _inputs(step, definition, frame.mapping)
         for algorithm in ("sha256", "sha512"):
             value = inputs.get(f"expected-{algorithm}", "").strip().lower()
             if value:
                 self.digests.append(f"{algorithm}:{value}")
-        context = {k: v for k, v in frame.mapping.items() if not k.startswith("inputs.")}
-        mapping = {**context, **{f"inputs.{k}": v for k, v in inputs.items()}}
-        self.needs.add(
-            substitute(v, mapping, location=definition.where(f"needs.packages[{i}]"))
-            for i, v in enumerate(definition.needs_packages)
-        )
+        # melange: the enclosing pipelines' inputs stay visible; this one's win.
+        mapping = {**frame.mapping, **{f"inputs.{k}": v for k, v in inputs.items()}}
+        if definition.needs_packages:
+            # melange decodes the file over the calling step: its needs replace the step's.
+            self.needs.add(
+                substitute(v, mapping, location=definition.where(f"needs.packages[{i}]"))
+                if "${{" in v
+                else v
+                for i, v in enumerate(definition.needs_packages)
+            )
+        else:
+            self.needs.add(own_needs)
         body = _Frame(
             mapping=mapping,
             workdir=workdir,
@@ -477,10 +616,13 @@ class _Walker:
             sole=len(definition.pipeline) == 1,
         )
         try:
-            self.walk(definition.pipeline, body)
+            ran = self.walk(definition.pipeline, body)
         except RecipeFieldError as exc:
             # The pipeline file is at fault only through this step's use of it: blame both.
-            raise RecipeFieldError(f"in pipeline {excerpt(uses)}: {exc}", location=where) from exc
+            raise RecipeFieldError(
+                f"in pipeline {excerpt(uses)}: {exc}", location=step.where("uses")
+            ) from exc
+        _check_required_steps(step, ran, len(definition.pipeline))
 
     def emit(
         self,
@@ -510,6 +652,17 @@ class _Walker:
         )
 
 
+def _check_required_steps(step: Step, ran: int, total: int) -> None:
+    want = step.required_steps
+    if want is not None and want != ran:
+        skipped = f" (the 'if' of {total - ran} is false)" if ran < total else ""
+        raise RecipeFieldError(
+            f"the step requires {want} nested step{'s' if want != 1 else ''} to run, "
+            f"but {ran} of its {total} run{skipped}",
+            location=step.where("assertions.required-steps"),
+        )
+
+
 def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> dict[str, str]:
     """The inputs of ``uses`` for ``step``: ``with:`` values over declared defaults."""
     for key in step.with_:
@@ -522,22 +675,38 @@ def _inputs(step: Step, definition: PipelineDef, caller: Mapping[str, str]) -> d
             )
     given = {
         key: substitute(value, caller, location=step.where(f"with.{key}"))
+        if "${{" in value
+        else value
         for key, value in step.with_.items()
     }
-    context = {k: v for k, v in caller.items() if not k.startswith("inputs.")}
-    scope = {**context, **{f"inputs.{k}": v for k, v in given.items()}}
+    scope = {**caller, **{f"inputs.{k}": v for k, v in given.items()}}
     out: dict[str, str] = {}
     for key, spec in definition.inputs.items():
         value = given.get(key, "")
-        if not value:
+        if not value and "${{" in spec.default:
             value = substitute(spec.default, scope, location=definition.where(f"inputs.{key}"))
+        elif not value:
+            value = spec.default
         if spec.required and not value:
+            first = next(iter(spec.description.strip().splitlines()), "")[:100]
+            described = f" ({first})" if first else ""
             raise RecipeFieldError(
-                f"pipeline {excerpt(step.uses)} requires input {excerpt(key)}",
-                location=step.where(f"with.{key}") if key in step.with_ else step.where("with"),
+                f"pipeline {excerpt(step.uses)} requires input {excerpt(key)}{described}",
+                location=_with_where(step, key),
+            )
+        length = _HEX_INPUTS.get(key)
+        if length and value and (len(value) != length or not _HEX.issuperset(value)):
+            raise RecipeFieldError(
+                f"input {excerpt(key)} of pipeline {excerpt(step.uses)} must be {length} "
+                f"hexadecimal digits, got {excerpt(value)}",
+                location=_with_where(step, key),
             )
         out[key] = value
     return out
+
+
+def _with_where(step: Step, key: str) -> Location:
+    return step.where(f"with.{key}") if key in step.with_ else step.where("with")
 
 
 def _join(prefix: str, label: str, *, sole: bool) -> str:

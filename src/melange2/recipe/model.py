@@ -26,6 +26,7 @@ __all__ = [
     "Copyright",
     "Dependencies",
     "Environment",
+    "FieldMark",
     "Location",
     "Package",
     "PackageOptions",
@@ -92,7 +93,12 @@ def _empty_map() -> Mapping[str, str]:
     return EMPTY_MAP
 
 
-def _empty_locs() -> Mapping[str, Location]:
+#: Where a field's value is, kept cheaply until a :class:`Location` is asked for:
+#: ``(line, column, path, literal)`` (the file is the node's).
+FieldMark = tuple[int, int, str, bool]
+
+
+def _empty_locs() -> Mapping[str, Location | FieldMark]:
     return MappingProxyType({})
 
 
@@ -107,17 +113,22 @@ _NOWHERE: Final = Location(file="<unknown>", line=0, column=0)
 class _Located:
     #: Position of the node (its mapping) in the source.
     loc: Location = field(default=_NOWHERE, compare=False, repr=False)
-    #: Position of each field's value, keyed by YAML key path relative to the node.
-    field_locs: Mapping[str, Location] = field(
+    #: Position of each field's value, keyed by YAML key path relative to the node (a
+    #: :data:`FieldMark` until :meth:`where` makes it a :class:`Location`: a config has
+    #: many fields and errors are rare).
+    field_locs: Mapping[str, Location | FieldMark] = field(
         default_factory=_empty_locs, compare=False, repr=False
     )
 
     def where(self, key: str) -> Location:
         """Location of field ``key`` (falls back to the node, with the path extended)."""
         found = self.field_locs.get(key)
-        if found is not None:
+        if found is None:
+            return self.loc.child(key)
+        if isinstance(found, Location):
             return found
-        return self.loc.child(key)
+        line, column, path, literal = found
+        return Location(file=self.loc.file, line=line, column=column, path=path, literal=literal)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -277,6 +288,8 @@ class Step(_Located):
     #: ``needs.packages``: extra packages the step needs in the environment.
     needs_packages: tuple[str, ...] = ()
     label: str = ""
+    #: ``assertions.required-steps``: how many of the nested steps must run (``None``: any).
+    required_steps: int | None = None
 
     @property
     def identity(self) -> str:
@@ -302,7 +315,11 @@ class Subpackage(_Located):
     commit: str = ""
     dependencies: Dependencies = Dependencies()
     pipeline: tuple[Step, ...] = ()
-    #: The ``if:`` condition, substituted (values quoted) and ready for evaluation.
+    #: The ``if:`` condition with ``package.*``, ``vars.*`` and ``range.*`` substituted as
+    #: written. As in melange v0.34.0, nothing else is: its compile-time substitution of a
+    #: subpackage's ``if`` is lost (chainguard-dev/melange#1377), so any other variable
+    #: (``${{build.arch}}``) evaluates to ``""``. See
+    #: :func:`~melange2.recipe.compile.subpackage_builds`.
     if_: str = ""
     #: The ``data`` entry this subpackage was expanded from, or ``""``.
     range: str = ""

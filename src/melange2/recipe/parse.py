@@ -3,8 +3,9 @@
 :func:`load_config` reads one build configuration and returns a
 :class:`~melange2.recipe.model.Config` for one architecture:
 
-1. The YAML is composed with ruamel.yaml; every field is type-checked and keeps its
-   location. Unknown keys are ignored at every level.
+1. The YAML is composed with libyaml (PyYAML's binding), within the limits of
+   :mod:`melange2.recipe._yaml`; every field is type-checked and keeps its location.
+   Unknown keys are ignored at every level.
 2. ``vars`` (plus ``extra_vars``) and ``var-transforms`` are resolved.
 3. Subpackages with ``range:`` are expanded, one per ``data`` item in key order, with
    ``${{range.key}}``/``${{range.value}}`` substituted.
@@ -35,7 +36,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from melange2 import names
 from melange2.errors import RecipeError
@@ -45,12 +46,14 @@ from melange2.recipe.arch import parse_arch
 from melange2.recipe.cond import parse_condition
 from melange2.recipe.errors import RecipeFieldError
 from melange2.recipe.model import (
+    EMPTY_MAP,
     Checks,
     Config,
     Contents,
     Copyright,
     Dependencies,
     Environment,
+    FieldMark,
     Location,
     Package,
     PackageOptions,
@@ -144,12 +147,12 @@ with_inputs` and :func:`~melange2.recipe.subst.substitute_steps` when it resolve
                 "empty pipeline file", location=Location(file=file, line=0, column=0)
             )
         top = root.mapping()
-        locs: dict[str, Location] = {}
+        locs: dict[str, Location | FieldMark] = {}
         inputs: dict[str, PipelineInput] = {}
         if "inputs" in top:
             for key, spec in top["inputs"].mapping().items():
                 fields = spec.mapping()
-                locs[f"inputs.{key}"] = spec.loc
+                locs[f"inputs.{key}"] = spec.mark
                 inputs[key] = PipelineInput(
                     description=_text(fields, "description"),
                     default=_text(fields, "default"),
@@ -195,12 +198,14 @@ def _read(source: Source, filename: str | None) -> tuple[str, str]:
 # -- structure: YAML -> model, nothing substituted ---------------------------------------
 
 
-def _text(fields: Mapping[str, Value], key: str, locs: dict[str, Location] | None = None) -> str:
+def _text(
+    fields: Mapping[str, Value], key: str, locs: dict[str, Location | FieldMark] | None = None
+) -> str:
     value = fields.get(key)
     if value is None:
         return ""
     if locs is not None:
-        locs[key] = value.loc
+        locs[key] = value.mark
     return value.text()
 
 
@@ -214,27 +219,31 @@ def _required_text(parent: Value, fields: Mapping[str, Value], key: str) -> str:
     return text
 
 
-def _str_list(value: Value | None, locs: dict[str, Location], key: str) -> tuple[str, ...]:
+def _str_list(
+    value: Value | None, locs: dict[str, Location | FieldMark], key: str
+) -> tuple[str, ...]:
     if value is None:
         return ()
     out = []
     for index, item in enumerate(value.items()):
-        locs[f"{key}[{index}]"] = item.loc
+        locs[f"{key}[{index}]"] = item.mark
         out.append(item.text())
     return tuple(out)
 
 
-def _str_map(value: Value | None, locs: dict[str, Location], key: str) -> dict[str, str]:
+def _str_map(
+    value: Value | None, locs: dict[str, Location | FieldMark], key: str
+) -> dict[str, str]:
     if value is None:
         return {}
     out = {}
     for name, item in value.mapping().items():
-        locs[f"{key}.{name}"] = item.loc
+        locs[f"{key}.{name}"] = item.mark
         out[name] = item.text()
     return out
 
 
-def _needs(fields: Mapping[str, Value], locs: dict[str, Location]) -> tuple[str, ...]:
+def _needs(fields: Mapping[str, Value], locs: dict[str, Location | FieldMark]) -> tuple[str, ...]:
     needs = fields.get("needs")
     if needs is None:
         return ()
@@ -251,7 +260,7 @@ def _steps(value: Value | None, depth: int) -> tuple[Step, ...]:
 
 def _step(value: Value, depth: int) -> Step:
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     return Step(
         name=_text(fields, "name", locs),
         uses=_text(fields, "uses", locs),
@@ -263,17 +272,31 @@ def _step(value: Value, depth: int) -> Step:
         environment=frozen_map(_str_map(fields.get("environment"), locs, "environment")),
         needs_packages=_needs(fields, locs),
         label=_text(fields, "label", locs),
+        required_steps=_required_steps(fields, locs),
         loc=value.loc,
         field_locs=frozen_map(locs),
     )
 
 
-def _dependencies(value: Value | None, locs: dict[str, Location]) -> Dependencies:
+def _required_steps(
+    fields: Mapping[str, Value], locs: dict[str, Location | FieldMark]
+) -> int | None:
+    assertions = fields.get("assertions")
+    if assertions is None or assertions.is_null:
+        return None
+    item = assertions.mapping().get("required-steps")
+    if item is None or item.is_null:
+        return None
+    locs["assertions.required-steps"] = item.mark
+    return item.integer(maximum=2**31 - 1)
+
+
+def _dependencies(value: Value | None, locs: dict[str, Location | FieldMark]) -> Dependencies:
     if value is None:
         return Dependencies()
     fields = value.mapping()
     prefix = "dependencies"
-    sub: dict[str, Location] = {}
+    sub: dict[str, Location | FieldMark] = {}
     deps = Dependencies(
         runtime=_str_list(fields.get("runtime"), sub, "runtime"),
         provides=_str_list(fields.get("provides"), sub, "provides"),
@@ -302,21 +325,21 @@ def _options(value: Value | None) -> PackageOptions:
     )
 
 
-def _checks(value: Value | None, locs: dict[str, Location]) -> Checks:
+def _checks(value: Value | None, locs: dict[str, Location | FieldMark]) -> Checks:
     if value is None or value.is_null:
         return Checks()
     fields = value.mapping()
-    sub: dict[str, Location] = {}
+    sub: dict[str, Location | FieldMark] = {}
     checks = Checks(disabled=_str_list(fields.get("disabled"), sub, "disabled"))
     locs.update({f"checks.{k}": v for k, v in sub.items()})
     return checks
 
 
-def _scriptlets(value: Value | None, locs: dict[str, Location]) -> Scriptlets | None:
+def _scriptlets(value: Value | None, locs: dict[str, Location | FieldMark]) -> Scriptlets | None:
     if value is None:
         return None
     fields = value.mapping()
-    sub: dict[str, Location] = {}
+    sub: dict[str, Location | FieldMark] = {}
     trigger = fields.get("trigger")
     trigger_fields = trigger.mapping() if trigger is not None else {}
     scriptlets = Scriptlets(
@@ -357,7 +380,7 @@ def _copyright(value: Value, depth: int = 0) -> Copyright:
     if depth > _MAX_DEPTH:
         raise value.error(f"licenses nested more than {_MAX_DEPTH} deep")
     fields = value.mapping()
-    scratch: dict[str, Location] = {}
+    scratch: dict[str, Location | FieldMark] = {}
     entry = Copyright(
         license=_text(fields, "license"),
         paths=_str_list(fields.get("paths"), scratch, "paths"),
@@ -385,13 +408,13 @@ def _items(value: Value | None) -> list[Value]:
     return value.items() if value is not None else []
 
 
-def _resources(value: Value | None, locs: dict[str, Location]) -> Resources | None:
+def _resources(value: Value | None, locs: dict[str, Location | FieldMark]) -> Resources | None:
     """``package.resources``: strings as melange keeps them; ``cpu``, ``memory`` and
     ``disk`` must be Kubernetes quantities (the farm places packages by them)."""
     if value is None or value.is_null:
         return None
     fields = value.mapping()
-    sub: dict[str, Location] = {}
+    sub: dict[str, Location | FieldMark] = {}
     resources = Resources(
         cpu=_text(fields, "cpu", sub),
         cpumodel=_text(fields, "cpumodel", sub),
@@ -409,11 +432,11 @@ def _resources(value: Value | None, locs: dict[str, Location]) -> Resources | No
     return resources
 
 
-def _timeout(value: Value | None, locs: dict[str, Location]) -> float | None:
+def _timeout(value: Value | None, locs: dict[str, Location | FieldMark]) -> float | None:
     """``package.timeout``: a Go duration (melange's ``time.Duration``), in seconds."""
     if value is None or value.is_null:
         return None
-    locs["timeout"] = value.loc
+    locs["timeout"] = value.mark
     try:
         seconds = parse_duration(value.text())
     except ValueError as exc:
@@ -425,13 +448,13 @@ def _timeout(value: Value | None, locs: dict[str, Location]) -> float | None:
 
 def _package(value: Value) -> Package:
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     name = _required_text(value, fields, "name")
     version = _required_text(value, fields, "version")
-    locs["name"], locs["version"] = fields["name"].loc, fields["version"].loc
+    locs["name"], locs["version"] = fields["name"].mark, fields["version"].mark
     epoch = 0
     if "epoch" in fields:
-        locs["epoch"] = fields["epoch"].loc
+        locs["epoch"] = fields["epoch"].mark
         epoch = fields["epoch"].integer()
     return Package(
         name=name,
@@ -459,7 +482,7 @@ def _environment(value: Value | None) -> Environment:
     if value is None:
         return Environment()
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     contents = Contents()
     if "contents" in fields:
         parts = fields["contents"].mapping()
@@ -489,7 +512,7 @@ def _test(value: Value | None) -> Test | None:
 
 def _subpackage(value: Value) -> Subpackage:
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     return Subpackage(
         name=_required_text(value, fields, "name"),
         description=_text(fields, "description", locs),
@@ -504,13 +527,13 @@ def _subpackage(value: Value) -> Subpackage:
         test=_test(fields.get("test")),
         scriptlets=_scriptlets(fields.get("scriptlets"), locs),
         loc=value.loc,
-        field_locs=frozen_map({"name": fields["name"].loc, **locs}),
+        field_locs=frozen_map({"name": fields["name"].mark, **locs}),
     )
 
 
 def _var_transform(value: Value) -> VarTransform:
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     transform = VarTransform(
         from_=_text(fields, "from", locs),
         match=_text(fields, "match", locs),
@@ -526,7 +549,7 @@ def _var_transform(value: Value) -> VarTransform:
 
 def _range_data(value: Value) -> RangeData:
     fields = value.mapping()
-    locs: dict[str, Location] = {}
+    locs: dict[str, Location | FieldMark] = {}
     return RangeData(
         name=_required_text(value, fields, "name"),
         items=frozen_map(_str_map(fields.get("items"), locs, "items")),
@@ -540,38 +563,77 @@ def _range_data(value: Value) -> RangeData:
 _TextFn = Callable[[str, Location], str]
 
 
-def _map_steps(steps: tuple[Step, ...], text: _TextFn, cond: _TextFn) -> tuple[Step, ...]:
+class _Subst(NamedTuple):
+    """How each kind of field is substituted in one context."""
+
+    #: most fields: every variable of the context (``${{inputs.*}}`` left for ``uses``)
+    text: _TextFn
+    #: ``if:`` fields (see the module docstring)
+    cond: _TextFn
+    #: ``environment`` values: as melange v0.34.0, only ``package.*``, ``vars.*`` and
+    #: ``range.*``; anything else (``${{targets.destdir}}``) is kept as written
+    env: _TextFn
+    #: a subpackage's ``if:``: only ``package.*``, ``vars.*`` and ``range.*`` (inserted as
+    #: written); other variables are left, and evaluate to ``""`` (see ``Subpackage.if_``)
+    sp_cond: _TextFn
+
+
+def _apply(fn: _TextFn, value: str, owner: Step | Environment | Subpackage, key: str) -> str:
+    """``fn`` on ``value`` (its location only looked up when there is something to do)."""
+    if "${{" not in value:
+        return value
+    return fn(value, owner.where(key))
+
+
+def _map_steps(
+    steps: tuple[Step, ...],
+    sub: _Subst,
+    workdir: str = "",
+    env: Mapping[str, str] | None = None,
+) -> tuple[Step, ...]:
+    """Substitute ``steps`` and propagate ``working-directory``/``environment`` down."""
+    text, cond = sub.text, sub.cond
     out = []
     for step in steps:
+        own_env = {
+            k: _apply(sub.env, v, step, f"environment.{k}") for k, v in step.environment.items()
+        }
+        merged = {**env, **own_env} if env else own_env
+        own_workdir = _apply(text, step.working_directory, step, "working-directory") or workdir
         out.append(
-            dataclasses.replace(
-                step,
-                name=text(step.name, step.where("name")),
+            Step(
+                name=_apply(text, step.name, step, "name"),
+                uses=step.uses,
                 with_=frozen_map(
-                    {k: text(v, step.where(f"with.{k}")) for k, v in step.with_.items()}
-                ),
-                runs=text(step.runs, step.where("runs")),
-                working_directory=text(step.working_directory, step.where("working-directory")),
-                if_=cond(step.if_, step.where("if")),
-                environment=frozen_map(
-                    {
-                        k: text(v, step.where(f"environment.{k}"))
-                        for k, v in step.environment.items()
-                    }
-                ),
+                    {k: _apply(text, v, step, f"with.{k}") for k, v in step.with_.items()}
+                )
+                if step.with_
+                else EMPTY_MAP,
+                runs=_apply(text, step.runs, step, "runs"),
+                pipeline=_map_steps(step.pipeline, sub, own_workdir, merged)
+                if step.pipeline
+                else (),
+                working_directory=own_workdir,
+                if_=cond(step.if_, step.where("if")) if step.if_ else "",
+                environment=frozen_map(merged) if merged else EMPTY_MAP,
                 needs_packages=tuple(
-                    text(v, step.where(f"needs.packages[{i}]"))
+                    _apply(text, v, step, f"needs.packages[{i}]")
                     for i, v in enumerate(step.needs_packages)
                 ),
-                pipeline=_map_steps(step.pipeline, text, cond),
+                label=step.label,
+                required_steps=step.required_steps,
+                loc=step.loc,
+                field_locs=step.field_locs,
             )
         )
     return tuple(out)
 
 
-def _map_environment(env: Environment, text: _TextFn) -> Environment:
+def _map_environment(env: Environment, sub: _Subst) -> Environment:
+    text = sub.text
+
     def each(values: tuple[str, ...], key: str) -> tuple[str, ...]:
-        return tuple(text(v, env.where(f"{key}[{i}]")) for i, v in enumerate(values))
+        return tuple(_apply(text, v, env, f"{key}[{i}]") for i, v in enumerate(values))
 
     contents = env.contents
     return dataclasses.replace(
@@ -582,50 +644,54 @@ def _map_environment(env: Environment, text: _TextFn) -> Environment:
             packages=each(contents.packages, "contents.packages"),
         ),
         environment=frozen_map(
-            {k: text(v, env.where(f"environment.{k}")) for k, v in env.environment.items()}
+            {k: _apply(sub.env, v, env, f"environment.{k}") for k, v in env.environment.items()}
         ),
     )
 
 
-def _map_test(test: Test | None, text: _TextFn, cond: _TextFn) -> Test | None:
+def _map_test(test: Test | None, sub: _Subst) -> Test | None:
     if test is None:
         return None
     return dataclasses.replace(
         test,
-        environment=_map_environment(test.environment, text),
-        pipeline=_map_steps(test.pipeline, text, cond),
+        environment=_map_environment(test.environment, sub),
+        pipeline=_map_steps(test.pipeline, sub),
     )
 
 
 def _map_dependencies(
     deps: Dependencies, where: Callable[[str], Location], text: _TextFn
 ) -> Dependencies:
+    def one(value: str, key: str) -> str:
+        return text(value, where(key)) if "${{" in value else value
+
     def each(values: tuple[str, ...], key: str) -> tuple[str, ...]:
-        return tuple(text(v, where(f"dependencies.{key}[{i}]")) for i, v in enumerate(values))
+        return tuple(one(v, f"dependencies.{key}[{i}]") for i, v in enumerate(values))
 
     return Dependencies(
         runtime=each(deps.runtime, "runtime"),
         provides=each(deps.provides, "provides"),
         replaces=each(deps.replaces, "replaces"),
-        provider_priority=text(deps.provider_priority, where("dependencies.provider-priority")),
-        replaces_priority=text(deps.replaces_priority, where("dependencies.replaces-priority")),
+        provider_priority=one(deps.provider_priority, "dependencies.provider-priority"),
+        replaces_priority=one(deps.replaces_priority, "dependencies.replaces-priority"),
     )
 
 
-def _map_subpackage(sp: Subpackage, text: _TextFn, cond: _TextFn) -> Subpackage:
+def _map_subpackage(sp: Subpackage, sub: _Subst) -> Subpackage:
+    text = sub.text
     return dataclasses.replace(
         sp,
-        description=text(sp.description, sp.where("description")),
-        url=text(sp.url, sp.where("url")),
+        description=_apply(text, sp.description, sp, "description"),
+        url=_apply(text, sp.url, sp, "url"),
         dependencies=_map_dependencies(sp.dependencies, sp.where, text),
-        pipeline=_map_steps(sp.pipeline, text, cond),
-        if_=cond(sp.if_, sp.where("if")),
-        test=_map_test(sp.test, text, cond),
+        pipeline=_map_steps(sp.pipeline, sub),
+        if_=sub.sp_cond(sp.if_, sp.where("if")) if sp.if_ else "",
+        test=_map_test(sp.test, sub),
         scriptlets=_map_scriptlets(sp.scriptlets, sp.where, text),
     )
 
 
-def _substituter(mapping: Mapping[str, str]) -> tuple[_TextFn, _TextFn]:
+def _substituter(mapping: Mapping[str, str]) -> _Subst:
     """Text and condition substituters for one context (see the module docstring)."""
     parse_time = {
         k: v
@@ -644,34 +710,26 @@ def _substituter(mapping: Mapping[str, str]) -> tuple[_TextFn, _TextFn]:
         parse_condition(quoted, location=where)
         return quoted
 
-    return text, cond
+    def env(value: str, where: Location) -> str:
+        return substitute(value, parse_time, location=where, passthrough=("",))
+
+    def sp_cond(value: str, where: Location) -> str:
+        if not value:
+            return value
+        raw = substitute(value, parse_time, location=where, passthrough=("",))
+        parse_condition(raw, location=where)
+        return raw
+
+    return _Subst(text, cond, env, sp_cond)
 
 
-def _range_substituter(key: str, value: str) -> tuple[_TextFn, _TextFn]:
+def _range_substituter(key: str, value: str) -> _Subst:
     mapping = {"range.key": key, "range.value": value}
 
     def text(text_value: str, where: Location) -> str:
         return substitute(text_value, mapping, location=where, passthrough=("",))
 
-    return text, text
-
-
-def _propagate(
-    steps: tuple[Step, ...], workdir: str = "", env: Mapping[str, str] | None = None
-) -> tuple[Step, ...]:
-    out = []
-    for step in steps:
-        merged = {**(env or {}), **step.environment}
-        own_workdir = step.working_directory or workdir
-        out.append(
-            dataclasses.replace(
-                step,
-                working_directory=own_workdir,
-                environment=frozen_map(merged),
-                pipeline=_propagate(step.pipeline, own_workdir, merged),
-            )
-        )
-    return tuple(out)
+    return _Subst(text, text, text, text)
 
 
 def _check_steps(steps: tuple[Step, ...]) -> None:
@@ -688,10 +746,10 @@ def _check_steps(steps: tuple[Step, ...]) -> None:
         _check_steps(step.pipeline)
 
 
-def _check_priority(value: str, where: Location) -> None:
+def _check_priority(value: str, owner: Package | Subpackage, key: str) -> None:
     if value and not re.fullmatch(r"[+-]?[0-9]+", value):
         raise RecipeFieldError(
-            f"priority must be an integer, got {names.excerpt(value)}", location=where
+            f"priority must be an integer, got {names.excerpt(value)}", location=owner.where(key)
         )
 
 
@@ -723,7 +781,7 @@ class _ConfigLoader:
                 "required section is missing", location=root.loc.child("package")
             )
 
-        locs: dict[str, Location] = {}
+        locs: dict[str, Location | FieldMark] = {}
         package = _package(top["package"])
         vars = _str_map(top.get("vars"), locs, "vars")
         for key, value in self.extra_vars.items():
@@ -755,11 +813,12 @@ class _ConfigLoader:
             for k, loc in t.field_locs.items()
         }
         all_locs = {**locs, **transform_locs}
+        located = Config(package=package, loc=root.loc, field_locs=all_locs)
         resolved = resolve_vars(
             vars,
             [(t.from_, t.match, t.replace, t.to) for t in transforms],
             base,
-            locations=all_locs.get,
+            locations=lambda key: located.where(key) if key in all_locs else None,
         )
         main = {**base, **{f"vars.{k}": v for k, v in resolved.items()}}
 
@@ -768,7 +827,8 @@ class _ConfigLoader:
         for name in (package.name, *names):
             main[f"targets.package.{name}"] = f"/home/build/melange-out/{name}"
 
-        text, cond = _substituter(main)
+        sub = _substituter(main)
+        text = sub.text
         package = dataclasses.replace(
             package,
             description=text(package.description, package.where("description")),
@@ -786,20 +846,17 @@ class _ConfigLoader:
                 for i, c in enumerate(package.copyright)
             ),
         )
-        environment = _map_environment(environment, text)
-        pipeline = _propagate(_map_steps(pipeline, text, cond))
-        test = _map_test(test, text, cond)
-        if test is not None:
-            test = dataclasses.replace(test, pipeline=_propagate(test.pipeline))
+        environment = _map_environment(environment, sub)
+        pipeline = _map_steps(pipeline, sub)
+        test = _map_test(test, sub)
 
         expanded = []
         for sp in subpackages:
-            sp_text, sp_cond = _substituter(subpackage_substitutions(main, sp.name))
-            sp = _map_subpackage(sp, sp_text, sp_cond)
-            sp_test = sp.test
-            if sp_test is not None:
-                sp_test = dataclasses.replace(sp_test, pipeline=_propagate(sp_test.pipeline))
-            expanded.append(dataclasses.replace(sp, pipeline=_propagate(sp.pipeline), test=sp_test))
+            sp_main = subpackage_substitutions(main, sp.name)
+            if sp.range:
+                # what the range pass left (expressions that also name other variables)
+                sp_main.update({"range.key": sp.range_key, "range.value": sp.range_value})
+            expanded.append(_map_subpackage(sp, _substituter(sp_main)))
 
         env_vars = dict(environment.environment)
         for key, default in _DEFAULT_ENV.items():
@@ -847,19 +904,22 @@ class _ConfigLoader:
                 )
             for key in sorted(source.items):
                 value = source.items[key]
-                text, cond = _range_substituter(key, value)
-                expanded = _map_subpackage(sp, text, cond)
+                ranged = _range_substituter(key, value)
+                text = ranged.text
+                expanded = _map_subpackage(sp, ranged)
                 expanded = dataclasses.replace(
                     expanded,
                     name=text(sp.name, sp.where("name")),
                     range_key=key,
                     range_value=value,
                 )
-                out.append(self._named(expanded, main))
+                out.append(self._named(expanded, {**main, "range.key": key, "range.value": value}))
         return out
 
     @staticmethod
     def _named(sp: Subpackage, main: Mapping[str, str]) -> Subpackage:
+        if "${{" not in sp.name:
+            return sp
         where = sp.where("name")
         return dataclasses.replace(
             sp, name=substitute(sp.name, main, location=where, passthrough=_LEAVE_INPUTS)
@@ -879,27 +939,26 @@ class _ConfigLoader:
         for key in ("provider-priority", "replaces-priority"):
             _check_priority(
                 getattr(package.dependencies, key.replace("-", "_")),
-                package.where(f"dependencies.{key}"),
+                package,
+                f"dependencies.{key}",
             )
         _check_steps(config.pipeline)
         seen: dict[str, int] = {package.name: -1}
         for index, sp in enumerate(config.subpackages):
-            where = sp.where("name")
             if sp.name in seen:
                 other = seen[sp.name]
                 what = "the main package" if other < 0 else f"subpackage #{other}"
                 raise RecipeFieldError(
                     f"subpackage name {names.excerpt(sp.name)} is already used by {what}",
-                    location=where,
+                    location=sp.where("name"),
                 )
             seen[sp.name] = index
             try:
                 names.check_package_name(sp.name, "subpackage name")
             except ValueError as exc:
-                raise RecipeFieldError(str(exc), location=where) from None
+                raise RecipeFieldError(str(exc), location=sp.where("name")) from None
             for key in ("provider-priority", "replaces-priority"):
                 _check_priority(
-                    getattr(sp.dependencies, key.replace("-", "_")),
-                    sp.where(f"dependencies.{key}"),
+                    getattr(sp.dependencies, key.replace("-", "_")), sp, f"dependencies.{key}"
                 )
             _check_steps(sp.pipeline)

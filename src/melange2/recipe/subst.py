@@ -1,8 +1,10 @@
 """melange's ``${{...}}`` substitutions.
 
 A reference is ``${{`` + optional spaces + a name of ``[A-Za-z0-9._-]`` + optional spaces +
-``}}``. Anything else that starts with ``${{`` is malformed. Mappings here are keyed by the
-bare name (``package.version``, not ``${{package.version}}``).
+``}}``, or ``${{`` + an expression + ``}}`` (``${{range.key == "64" && " (ILP64)" || ""}}``,
+see :mod:`melange2.recipe.expr`: newer melange's form, beyond v0.34.0). Anything else that
+starts with ``${{`` is malformed. Mappings here are keyed by the bare name
+(``package.version``, not ``${{package.version}}``).
 
 The standard mapping for a build (:func:`substitution_map`) holds, for ``x86_64``/glibc:
 
@@ -39,11 +41,13 @@ The standard mapping for a build (:func:`substitution_map`) holds, for ``x86_64`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from melange2.names import excerpt
+from melange2.recipe import expr as _expr
 from melange2.recipe.arch import parse_arch
 from melange2.recipe.cond import quote
 from melange2.recipe.errors import RecipeFieldError, UndefinedVariable
@@ -75,16 +79,28 @@ _NAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class Reference:
-    """One ``${{name}}`` occurrence: ``text[start:end]`` is the whole reference."""
+    """One ``${{name}}`` (or ``${{expression}}``) occurrence: ``text[start:end]`` is the
+    whole reference."""
 
     start: int
     end: int
+    #: The variable's name; ``""`` for an expression.
     name: str
+    #: The parsed expression, when the braces hold one rather than a name.
+    expr: _expr.Expr | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every variable the reference needs."""
+        return _expr.names(self.expr) if self.expr is not None else (self.name,)
 
 
 class _Malformed(Exception):
     def __init__(self, index: int) -> None:
         self.index = index
+
+
+_SIMPLE: Final = re.compile(r"\$\{\{ *([A-Za-z0-9._-]+) *\}\}")
 
 
 def _scan(text: str) -> Iterable[Reference]:
@@ -93,6 +109,11 @@ def _scan(text: str) -> Iterable[Reference]:
         start = text.find("${{", pos)
         if start < 0:
             return
+        simple = _SIMPLE.match(text, start)
+        if simple is not None:  # the common case, matched in C
+            yield Reference(start=start, end=simple.end(), name=simple.group(1))
+            pos = simple.end()
+            continue
         i = start + 3
         while i < len(text) and text[i] == " ":
             i += 1
@@ -102,10 +123,30 @@ def _scan(text: str) -> Iterable[Reference]:
         name = text[name_start:i]
         while i < len(text) and text[i] == " ":
             i += 1
-        if not name or not text.startswith("}}", i):
-            raise _Malformed(start)
-        yield Reference(start=start, end=i + 2, name=name)
-        pos = i + 2
+        if name and text.startswith("}}", i):
+            yield Reference(start=start, end=i + 2, name=name)
+            pos = i + 2
+            continue
+        try:
+            tree, end = _expr.parse(text, start + 3)
+        except _expr.ExprSyntaxError:
+            raise _Malformed(start) from None
+        yield Reference(start=start, end=end, name="", expr=tree)
+        pos = end
+
+
+@functools.lru_cache(maxsize=16384)
+def _template(text: str) -> tuple[tuple[Reference, ...], int]:
+    """The references of ``text`` and where a malformed one starts (``-1``: none).
+
+    Cached: the same pipeline scripts are substituted for every config of a submission."""
+    refs: list[Reference] = []
+    try:
+        for ref in _scan(text):
+            refs.append(ref)
+    except _Malformed as exc:
+        return tuple(refs), exc.index
+    return tuple(refs), -1
 
 
 def find_references(text: str, *, location: Location | None = None) -> tuple[Reference, ...]:
@@ -152,24 +193,24 @@ def substitute(
     """
     if "${{" not in text:
         return text
-    lenient = "" in passthrough
+    refs, malformed = _template(text)
+    if malformed >= 0 and "" not in passthrough:
+        raise _malformed_error(text, malformed, location)
     out: list[str] = []
     pos = 0
-    scanner = iter(_scan(text))
-    while True:
-        try:
-            ref = next(scanner)
-        except StopIteration:
-            break
-        except _Malformed as exc:
-            if lenient:
-                break
-            raise _malformed_error(text, exc.index, location) from None
-        value = mapping.get(ref.name)
+    for ref in refs:
+        if ref.expr is None:
+            value = mapping.get(ref.name)
+            missing = ref.name if value is None else ""
+        else:
+            try:
+                value, missing = _expr.evaluate(ref.expr, mapping), ""
+            except _expr.Missing as exc:
+                value, missing = None, exc.name
         if value is None:
-            if passthrough and ref.name.startswith(passthrough):
+            if passthrough and missing.startswith(passthrough):
                 continue
-            raise UndefinedVariable(ref.name, location=_at(location, text, ref.start))
+            raise UndefinedVariable(missing, location=_at(location, text, ref.start))
         out.append(text[pos : ref.start])
         out.append(quote(value) if quote_values else value)
         pos = ref.end
@@ -293,6 +334,9 @@ def substitution_map(
     mapping.update({f"vars.{k}": v for k, v in config.resolved_vars.items()})
     if subpackage is not None:
         mapping = subpackage_substitutions(mapping, subpackage)
+        for sp in config.subpackages:
+            if sp.name == subpackage and sp.range:
+                mapping.update({"range.key": sp.range_key, "range.value": sp.range_value})
     return mapping
 
 

@@ -161,8 +161,8 @@ class PackageNode:
     #: Its subpackage names and every ``dependencies.provides`` of the package and its
     #: subpackages (raw; version constraints are stripped when matching).
     provides: tuple[str, ...] = ()
-    #: ``environment.contents.packages`` followed by every ``needs.packages`` (raw
-    #: constraint strings such as ``foo>=1.2``).
+    #: ``environment.contents.packages`` followed by every ``needs.packages`` and what
+    #: the tests install (raw constraint strings such as ``foo>=1.2``).
     needs: tuple[str, ...] = ()
 
 
@@ -170,13 +170,18 @@ def _unique(items: Iterable[str], *, exclude: str = "") -> tuple[str, ...]:
     return tuple(x for x in dict.fromkeys(items) if x and x != exclude)
 
 
-def node_from_config(config: Config, needs_packages: Sequence[str] = ()) -> PackageNode:
+def node_from_config(
+    config: Config, needs_packages: Sequence[str] = (), test_packages: Sequence[str] = ()
+) -> PackageNode:
     """The :class:`PackageNode` of ``config``.
 
     ``needs_packages`` is what the config's steps and pipelines need
     (:attr:`melange2.recipe.BuildPlan.needs_packages` from
     :func:`melange2.recipe.compile_build`); it is appended to
-    ``environment.contents.packages``.
+    ``environment.contents.packages``. ``test_packages`` is what its tests install (the
+    :attr:`~melange2.recipe.TestPlan.contents` packages of
+    :func:`melange2.recipe.compile_tests`): tests run right after the build, so those
+    are build-order edges too (its own packages among them are dropped as self-edges).
     """
     package = config.package
     provides = [sp.name for sp in config.subpackages]
@@ -186,7 +191,7 @@ def node_from_config(config: Config, needs_packages: Sequence[str] = ()) -> Pack
     return PackageNode(
         name=package.name,
         provides=_unique(provides, exclude=package.name),
-        needs=_unique((*config.environment.contents.packages, *needs_packages)),
+        needs=_unique((*config.environment.contents.packages, *needs_packages, *test_packages)),
     )
 
 

@@ -236,6 +236,8 @@ class BuildkitRunner:
             if planned.environment_installs:
                 listed = "".join(f"\n  {line}" for line in planned.environment_installs)
                 log.write(f"environment installs:{listed}\n".encode())
+            for missing in planned.source_cache_missing:
+                log.write(f"source cache: no {missing} (its fetch downloads it)\n".encode())
             quick = (
                 await asyncio.to_thread(self._quick_of, job, build, planned.environment_key, opts)
                 if planned.environment_key

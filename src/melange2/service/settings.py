@@ -31,6 +31,8 @@ class ServerSettings:
     keyrings: Sequence[str] = ()
     schedule: Schedule = "critical-path"
     max_attempts: int = 3
+    #: processes that parse a large dry run's configs (0: one per core; 1: none)
+    plan_workers: int = 0
     lease_ttl: float = 15.0
     probe_interval: float = 5.0
     max_body_bytes: int = 64 * 1024 * 1024

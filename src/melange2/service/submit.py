@@ -7,7 +7,10 @@ the reused packages' artifacts, store the build and hand it to the scheduler.
 Every problem with the request is a ``RequestError`` (HTTP 400) naming what is wrong
 and where, raised before anything is stored: nothing is half-created. The service
 speaks domain values (:class:`Submission` in, :class:`Submitted` or :class:`Planned`
-out); the API converts its wire models (:mod:`melange2.wire`) to and from them."""
+out); the API converts its wire models (:mod:`melange2.wire`) to and from them.
+Every config is parsed even when some fail: the answer lists each invalid config with
+its error (:class:`~melange2.errors.InvalidConfigs`). A dry run's configs are planned in
+worker processes (:class:`~melange2.service.configs.PlanWorkers`) when there are many."""
 
 from __future__ import annotations
 
@@ -24,29 +27,40 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
 from melange2 import tracing
-from melange2.build.executor import environment_packages
 from melange2.build.inputs import tree_digest
 from melange2.cache import SizedCache
-from melange2.errors import ConfigError, FarmError, RecipeError, RequestError
+from melange2.errors import (
+    ConfigError,
+    ConfigProblem,
+    FarmError,
+    InvalidConfigs,
+    RequestError,
+)
 from melange2.ids import BuildId, new_build_id
 from melange2.jobs import Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.names import check_paths, check_relative_path, excerpt
 from melange2.platform import Platform
-from melange2.recipe import Config, load_config
-from melange2.recipe.compile import BUILTIN_PIPELINE_DIR, PipelineResolver, compile_build
 from melange2.repo.policy import FetchPolicy
-from melange2.resources import cpu_millis, memory_bytes
 from melange2.scheduler.graph import (
     Graph,
     GraphError,
+    PackageNode,
     Plan,
     build_graph,
-    node_from_config,
     plan,
     priorities,
     typical_duration,
 )
-from melange2.scheduler.placement import NOTHING, Candidate, Request
+from melange2.scheduler.placement import Candidate, Request
+from melange2.service.configs import (
+    ParsedConfig,
+    PlannedConfig,
+    PlanWorkers,
+    bulk_allocation,
+    package_request,
+    parse_config,
+    request_resolver,
+)
 from melange2.service.gitsource import GitCheckout, GitFetcher
 from melange2.service.reuse import Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
@@ -70,18 +84,18 @@ def _relative_paths(files: Mapping[str, object], where: str) -> dict[str, PurePo
     return checked
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Parsed:
-    text: str
-    config: Config
-    needs: tuple[str, ...]
-    world: tuple[str, ...]  #: the packages of its build environment
+#: What was made of one config: all of it (a build's), or what a dry run needs of it.
+_Made = ParsedConfig | PlannedConfig
 
 
-def _parsed_size(parsed: _Parsed) -> int:
-    """A parsed config's estimated memory: its text and about ten times that for the
-    model (measured over examples/ with tracemalloc)."""
-    return 12 * len(parsed.text) + 2048
+def _made_size(made: _Made) -> int:
+    """The estimated memory of what the parse cache keeps for one config: a parsed
+    config's text and about ten times that for the model (measured over examples/ with
+    tracemalloc); a graph node's names."""
+    if isinstance(made, PlannedConfig):
+        node = made.node
+        return 250 + sum(60 + len(s) for s in (node.name, *node.provides, *node.needs))
+    return 12 * len(made.text) + 2048
 
 
 def _check_arch(arch: str) -> None:
@@ -174,6 +188,7 @@ class Submitter:
         scheduler: BuildQueue,
         pool: Capacity,
         reuse: ReuseAtSubmission | None = None,
+        workers: PlanWorkers | None = None,
         *,
         git: GitFetcher | None = None,
         policy: FetchPolicy | None = None,
@@ -185,16 +200,24 @@ class Submitter:
         self.pool = pool
         #: decides at submission which packages an earlier build already made
         self.reuse = reuse
+        #: where a dry run's configs are parsed (worker processes for large ones)
+        self.workers = workers or PlanWorkers(settings.plan_workers if settings else 0)
         self.git = git or GitFetcher()
         #: which repositories and keys configs may name (``--fetch-allow``)
         self.policy = policy or FetchPolicy()
-        #: parsed and compiled configs by (text, arch, pipelines): a farm is sent the
-        #: same thousands of configs again and again, and parsing is most of a
-        #: submission's time; configs are immutable, so one parse serves every build
-        #: that sends the same text. Bounded by estimated size (``--parse-cache-bytes``).
-        self._parsed: SizedCache[tuple[str, str, str], _Parsed] = SizedCache(
-            parse_cache_bytes, _parsed_size
+        #: what was made of configs by (text, arch, pipelines): a farm is sent the same
+        #: thousands of configs again and again, and parsing is most of a submission's
+        #: time; configs are immutable, so one parse serves every build that sends the
+        #: same text. A build keeps the parsed config, a dry run the graph node its
+        #: workers sent back (a parsed config replaces it). Bounded by estimated size
+        #: (``--parse-cache-bytes``).
+        self._parsed: SizedCache[tuple[str, str, str], _Made] = SizedCache(
+            parse_cache_bytes, _made_size
         )
+
+    async def aclose(self) -> None:
+        """Stop the worker processes, if any were started."""
+        await self.workers.aclose()
 
     async def submit(self, submission: Submission) -> Submitted | Planned:
         spec = submission.spec
@@ -212,18 +235,19 @@ class Submitter:
         }
         if spec.git_source is not None:
             self.git.check(spec.git_source.repository)  # before any work
-        parsed, commit = await self._parse_all(submission, pipelines, sources)
-        _check_sources_named(sources, parsed)
-        with tracing.span("build.plan", {"melange2.packages": len(parsed)}):
-            graph = self._graph(parsed, spec)
-            names = [p.config.package.name for p in parsed]
+        parsed, planned, commit = await self._parse_all(submission, pipelines, sources)
+        nodes = [p.node for p in planned]
+        names = [n.name for n in nodes]
+        _check_sources_named(sources, names)
+        with tracing.span("build.plan", {"melange2.packages": len(nodes)}):
+            graph = self._graph(nodes, spec)
             durations = await self.store.durations(names)
             unknown = typical_duration(durations)  # for packages with no past duration
             prio = priorities(graph, durations, unknown)
         if submission.dry_run:
             arch, selector = spec.arch, spec.backend_selector
             slots = max(1, self.pool.capacity(arch, selector))
-            asks = {p.config.package.name: package_request(p.config) for p in parsed}
+            asks = {p.node.name: p.request for p in planned}
             return Planned(
                 plan=plan(
                     graph,
@@ -260,11 +284,13 @@ class Submitter:
         submission: Submission,
         pipelines: dict[PurePosixPath, str],
         sources: dict[str, dict[PurePosixPath, bytes]],
-    ) -> tuple[list[_Parsed], str]:
+    ) -> tuple[list[ParsedConfig], list[PlannedConfig], str]:
         """Every config of the build (sent, or from its git source), parsed and
-        compiled against the build's pipelines; and the commit of a git source (else
+        compiled against the build's pipelines (a dry run: only planned, in the
+        workers); what the plan needs of each; and the commit of a git source (else
         ``""``). A git source's ``pipelines/`` and each package's ``./<name>/`` beside
         its config join ``pipelines`` and ``sources``."""
+        arch = submission.spec.arch
         with tempfile.TemporaryDirectory(prefix="melange2-submit-") as tmp:
             work = Path(tmp)
             texts, checkout = await self._texts(submission.spec, work)
@@ -272,23 +298,23 @@ class Submitter:
                 _merge_files(pipelines, checkout.pipelines, "pipelines")
             _write_tree(work / "pipelines", pipelines)
             pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
-            parsed = await asyncio.to_thread(
-                self._parse,
-                texts,
-                submission.spec.arch,
-                work / "pipelines",
-                submission,
-                pipelines_digest,
-            )
+            parsed: list[ParsedConfig] = []
+            if submission.dry_run:
+                planned = await self._planned(texts, arch, work / "pipelines", pipelines_digest)
+            else:
+                parsed = await asyncio.to_thread(
+                    self._parse, texts, arch, work / "pipelines", submission, pipelines_digest
+                )
+                planned = [p.planned() for p in parsed]
             if checkout is None:
-                return parsed, ""
-            for one in parsed:  # ./<package-name>/ beside the configs, from the clone
-                name = one.config.package.name
+                return parsed, planned, ""
+            for one in planned:  # ./<package-name>/ beside the configs, from the clone
+                name = one.node.name
                 found = await asyncio.to_thread(checkout.sources, name)
                 if found:
                     where = f"source_files[{excerpt(name)}]"
                     _merge_files(sources.setdefault(name, {}), found, where)
-            return parsed, checkout.commit
+            return parsed, planned, checkout.commit
 
     async def _texts(
         self, spec: BuildSpec, work: Path
@@ -311,64 +337,65 @@ class Submitter:
         texts: Sequence[tuple[str, str]],
         arch: str,
         pipeline_dir: Path,
-        submission: Submission,
+        submission: Submission | None,
         pipelines_digest: str,
-    ) -> list[_Parsed]:
-        resolver = PipelineResolver(
-            [pipeline_dir] if pipeline_dir.is_dir() else [],
-            labels={pipeline_dir: "pipelines", BUILTIN_PIPELINE_DIR: "<built-in>"},
-        )
-        parsed = []
-        seen: dict[str, str] = {}
-        for label, text in texts:
-            key = (hashlib.sha256(text.encode()).hexdigest(), arch, pipelines_digest)
-            one = self._parsed.get(key)
-            if one is None:
-                try:
-                    config = load_config(text, filename=label, arch=arch)
-                    compiled = compile_build(config, resolver)
-                except RecipeError as exc:
-                    raise RequestError(f"{label}: {exc}") from exc
-                except RecursionError:
-                    raise RequestError(f"{label}: nested too deeply to be read") from None
-                self._check_locations(config, label)
-                one = _Parsed(
-                    text=text,
-                    config=config,
-                    needs=compiled.needs_packages,
-                    world=tuple(environment_packages(config, compiled)),
+    ) -> list[ParsedConfig]:
+        """Every config parsed and compiled (build and tests); all the invalid ones are
+        reported together, in one :class:`InvalidConfigs`."""
+        resolver = request_resolver(pipeline_dir)
+        results: list[ParsedConfig | ConfigProblem] = []
+        with bulk_allocation():
+            for i, (label, text) in enumerate(texts):
+                key = _cache_key(text, arch, pipelines_digest)
+                one = self._parsed.get(key)
+                if isinstance(one, ParsedConfig):
+                    results.append(one)
+                    continue
+                found = parse_config(
+                    text, index=i, label=label, arch=arch, resolver=resolver, policy=self.policy
                 )
-                self._parsed.put(key, one)
-            name = one.config.package.name
-            if name in seen:
-                raise RequestError(
-                    f"{label}: duplicate package name {name!r} (also in {seen[name]})"
-                )
-            seen[name] = label
-            parsed.append(one)
-        return parsed
+                if isinstance(found, ParsedConfig):
+                    self._parsed.put(key, found)
+                results.append(found)
+        names = [r.config.package.name if isinstance(r, ParsedConfig) else None for r in results]
+        _refuse_invalid([label for label, _ in texts], results, names)
+        return [r for r in results if isinstance(r, ParsedConfig)]
 
-    def _check_locations(self, config: Config, label: str) -> None:
-        """Every repository and key the config names, the build's and its tests', is one
-        this server may fetch (``--fetch-allow``); a 400 naming it otherwise."""
-        sections = [("environment", config.environment)]
-        if config.test is not None:
-            sections.append(("test.environment", config.test.environment))
-        for n, sp in enumerate(config.subpackages):
-            if sp.test is not None:
-                sections.append((f"subpackages[{n}].test.environment", sp.test.environment))
-        for where, env in sections:
-            for field_name in ("repositories", "keyring"):
-                for i, entry in enumerate(getattr(env.contents, field_name)):
-                    try:
-                        self.policy.check(entry, f"{where}.contents.{field_name}[{i}]")
-                    except RecipeError as exc:
-                        raise RequestError(f"{label}: {exc}") from exc
+    async def _planned(
+        self,
+        texts: Sequence[tuple[str, str]],
+        arch: str,
+        pipeline_dir: Path,
+        pipelines_digest: str,
+    ) -> list[PlannedConfig]:
+        """What a dry run needs of each config: from configs parsed or planned before,
+        else from the workers."""
+        results: list[PlannedConfig | ConfigProblem | None] = []
+        todo: list[tuple[int, str, str]] = []
+        keys = [_cache_key(text, arch, pipelines_digest) for _, text in texts]
+        for i, ((label, text), key) in enumerate(zip(texts, keys, strict=True)):
+            one = self._parsed.get(key)
+            known = one.planned() if isinstance(one, ParsedConfig) else one
+            results.append(known)
+            if known is None:
+                todo.append((i, label, text))
+        answers = await self.workers.nodes(todo, arch, pipeline_dir, self.policy)
+        for (i, _, _), answer in zip(todo, answers, strict=True):
+            results[i] = answer
+            if isinstance(answer, PlannedConfig):
+                self._parsed.put(keys[i], answer)
+        found = [r for r in results if r is not None]
+        _refuse_invalid(
+            [label for label, _ in texts],
+            found,
+            [r.node.name if isinstance(r, PlannedConfig) else None for r in found],
+        )
+        return [r for r in found if isinstance(r, PlannedConfig)]
 
     async def _reusable(
         self,
         spec: BuildSpec,
-        parsed: Sequence[_Parsed],
+        parsed: Sequence[ParsedConfig],
         graph: Graph,
         pipelines: Mapping[PurePosixPath, str],
         sources: Mapping[str, Mapping[PurePosixPath, bytes]],
@@ -408,8 +435,7 @@ class Submitter:
             await self.reuse.forget(build_id, list(reusable))
             return {}
 
-    def _graph(self, parsed: Sequence[_Parsed], spec: BuildSpec) -> Graph:
-        nodes = [node_from_config(p.config, p.needs) for p in parsed]
+    def _graph(self, nodes: Sequence[PackageNode], spec: BuildSpec) -> Graph:
         if spec.mode == "flat":
             nodes = [dataclasses.replace(n, needs=()) for n in nodes]
         try:
@@ -420,7 +446,7 @@ class Submitter:
     def _keep_files(
         self,
         build_dir: Path,
-        parsed: Sequence[_Parsed],
+        parsed: Sequence[ParsedConfig],
         pipelines: Mapping[PurePosixPath, str],
         sources: Mapping[str, Mapping[PurePosixPath, bytes]],
     ) -> None:
@@ -434,7 +460,7 @@ class Submitter:
     def _build(
         self,
         build_id: BuildId,
-        parsed: Sequence[_Parsed],
+        parsed: Sequence[ParsedConfig],
         graph: Graph,
         prio: Mapping[str, float],
         spec: BuildSpec,
@@ -485,15 +511,40 @@ class Submitter:
         )
 
 
-def package_request(config: Config) -> Request:
-    """What a config's package asks (``package.resources``; the parser checked them)."""
-    resources = config.package.resources
-    if resources is None:
-        return NOTHING
-    return Request(
-        cpu=cpu_millis(resources.cpu) if resources.cpu else 0,
-        memory=memory_bytes(resources.memory) if resources.memory else 0,
-    )
+def _cache_key(text: str, arch: str, pipelines_digest: str) -> tuple[str, str, str]:
+    return (hashlib.sha256(text.encode()).hexdigest(), arch, pipelines_digest)
+
+
+def _refuse_invalid(
+    labels: Sequence[str],
+    results: Sequence[object],
+    names: Sequence[str | None],
+) -> None:
+    """Raise one :class:`InvalidConfigs` naming every problem of ``results`` (parse
+    errors, and package names given twice) in submission order; ``labels``: how the
+    request names each config."""
+    problems: list[ConfigProblem] = []
+    seen: dict[str, int] = {}
+    for i, (result, name) in enumerate(zip(results, names, strict=True)):
+        if isinstance(result, ConfigProblem):
+            problems.append(result)
+            continue
+        assert name is not None
+        if name in seen:
+            label = labels[i]
+            problems.append(
+                ConfigProblem(
+                    index=i,
+                    config=label,
+                    package=name,
+                    error=f"{label}: duplicate package name {name!r} "
+                    f"(also in {labels[seen[name]]})",
+                )
+            )
+            continue
+        seen[name] = i
+    if problems:
+        raise InvalidConfigs(problems, total=len(results))
 
 
 def _checked_tree(files: Mapping[str, _T], where: str) -> dict[PurePosixPath, _T]:
@@ -503,9 +554,8 @@ def _checked_tree(files: Mapping[str, _T], where: str) -> dict[PurePosixPath, _T
 
 
 def _check_sources_named(
-    sources: Mapping[str, Mapping[PurePosixPath, bytes]], parsed: Sequence[_Parsed]
+    sources: Mapping[str, Mapping[PurePosixPath, bytes]], names: Sequence[str]
 ) -> None:
-    names = {p.config.package.name for p in parsed}
     for pkg in sources:
         if pkg not in names:
             raise RequestError(

@@ -14,9 +14,12 @@ from melange2.build.source_cache import (
     DigestMismatch,
     SourceCache,
     SourceTooLarge,
+    cache_image,
     parse_digest,
 )
 from melange2.errors import RequestError
+from melange2.oci.registry import RegistryClient
+from melange2.platform import Platform
 from melange2.recipe import load_config
 from melange2.recipe.compile import compile_build
 
@@ -81,6 +84,24 @@ async def test_a_file_whose_content_is_not_its_name_is_never_used(tmp_path: Path
         (tmp_path / "cache" / DIGEST).write_bytes(DATA[:-1] + b"?")
         assert await cache.verified(DIGEST) is None
         assert await cache.verified("sha256:" + "1" * 64) is None  # not there at all
+    finally:
+        await cache.aclose()
+
+
+async def test_the_digests_the_cache_lacks_are_named(tmp_path: Path) -> None:
+    # none found: no image is made (the registry, which answers nobody, is not asked)
+    cache = SourceCache.open(tmp_path / "cache")
+    lacking = ["sha256:" + "1" * 64, "SHA512:" + "2" * 128]
+    try:
+        (tmp_path / "cache" / DIGEST).write_bytes(b"something else entirely")
+        async with RegistryClient("127.0.0.1:1", retries=0) as registry:
+            found = await cache_image(
+                cache, [DIGEST, *lacking, "sha256:short"], Platform.from_arch("x86_64"), registry
+            )
+        assert found.image is None
+        # a file that is not what its name says is lacking too; a malformed digest is
+        # fetch's to name
+        assert found.missing == (DIGEST, *(d.lower() for d in lacking))
     finally:
         await cache.aclose()
 

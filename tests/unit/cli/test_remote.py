@@ -966,6 +966,36 @@ def test_server_validation_details_are_shown(tmp_path: Path) -> None:
     assert "  arch: unknown architecture 'sparc'" in res.err
 
 
+def test_every_invalid_config_is_shown_once(tmp_path: Path) -> None:
+    """The server names every invalid config in the message; the CLI shows each line
+    once (not again from details.configs)."""
+    lines = [
+        "configs[0]: configs[0]:9: pipeline[0].uses: unknown pipeline 'nope'",
+        "configs[1]: configs[1]:4: invalid YAML: did not find expected ',' or ']'",
+    ]
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return _error(
+            400,
+            "2 of 2 configs are invalid:\n" + "\n".join(lines),
+            {
+                "code": "bad_request",
+                "configs": [
+                    {"index": i, "config": f"configs[{i}]", "package": "", "error": line}
+                    for i, line in enumerate(lines)
+                ],
+            },
+        )
+
+    a, b = config(tmp_path, "a"), config(tmp_path, "b")
+    res = run(None, "submit", str(a), str(b), transport=httpx.MockTransport(refusing))
+    assert res.code == 2
+    for line in lines:
+        assert res.err.count(line) == 1
+    assert "2 of 2 configs are invalid:" in res.err
+    assert "'index'" not in res.err
+
+
 # transport failures and the server option
 
 

@@ -85,21 +85,28 @@ def test_realistic_build_plan(tmp_path: Path) -> None:
         ("hello", "fetch"),
         ("hello", "autoconf/configure"),
         ("hello", "autoconf/make"),
-        ("hello", "autoconf/make-install / make install"),
-        ("hello", "autoconf/make-install / remove libtool archives"),
+        (
+            "hello",
+            'autoconf/make-install / make -C "." install DESTDIR="/home/build/melange-out/hell...',
+        ),
+        (
+            "hello",
+            "autoconf/make-install / find /home/build/melange-out/hello -name '*.la' -print -e...",
+        ),
         ("hello", "strip"),
         ("hello-dev", "split/dev"),
         ("hello-doc", "split/manpages"),
         ("hello-doc", "split/infodir"),
     ]
+    # melange's pipelines' needs, in the order the steps come
     assert plan.needs_packages == (
-        "busybox",
         "wget",
         "autoconf",
         "automake",
         "make",
         "binutils",
         "scanelf",
+        "busybox",
     )
     assert dict(plan.environment) == {
         "CFLAGS": "-O2",
@@ -113,22 +120,22 @@ def test_realistic_build_plan(tmp_path: Path) -> None:
         "set -e\n[ -d /home/build ] || mkdir -p /home/build\ncd /home/build\n"
     )
     assert fetch.script.endswith("\nexit 0\n")
-    assert "uri='https://ftp.gnu.org/gnu/hello/hello-2.12.1.tar.gz'" in fetch.script
+    assert "'https://ftp.gnu.org/gnu/hello/hello-2.12.1.tar.gz'" in fetch.script
     assert fetch.argv == ("/bin/sh", "-c", fetch.script)
-    assert "--host='x86_64-pc-linux-gnu'" in configure.script
+    assert "--host=x86_64-pc-linux-gnu" in configure.script
     assert "--disable-nls" in configure.script
-    assert "DESTDIR='/home/build/melange-out/hello'" in install.script
+    assert 'DESTDIR="/home/build/melange-out/hello"' in install.script
     assert strip.workdir == "/home/build/melange-out/hello"
     assert "strip -g " in strip.script
-    assert "dst='/home/build/melange-out/hello-dev'" in dev.script
-    assert "src='/home/build/melange-out/hello'" in dev.script
+    assert 'd="/home/build/melange-out/hello-dev/${i%/*}"' in dev.script
+    assert 'PACKAGE_DIR="/home/build/melange-out/hello"' in dev.script
     assert all("${{" not in step.script for step in plan.steps)
     assert dict(fetch.env) == {**plan.environment, "PATH": DEFAULT_PATH}
 
     # locations: the recipe step, and where the script text came from
     assert str(fetch.location) == f"{tmp_path / 'hello.yaml'}:11"
     assert fetch.location.path == "pipeline[0]"
-    assert fetch.source.file.endswith("pipelines/fetch.yaml")
+    assert fetch.source.file.endswith("_melange_pipelines/fetch.yaml")
     assert dev.location.path == "subpackages[0].pipeline[0]"
 
 
@@ -136,13 +143,41 @@ def test_if_conditions_follow_the_architecture(tmp_path: Path) -> None:
     plan = compile_build(_load(HELLO, tmp_path, arch="aarch64"))
     names = [(s.package, s.name) for s in plan.steps]
     assert ("hello", "arm only") in names
-    assert ("hello-arm-extras", "echo extras") in names
     configure = next(s for s in plan.steps if s.name == "autoconf/configure")
-    assert "--host='aarch64-unknown-linux-gnu'" in configure.script
+    assert "--host=aarch64-unknown-linux-gnu" in configure.script
 
     x86 = compile_build(_load(HELLO, tmp_path, arch="x86_64"))
-    assert "hello-arm-extras" not in {s.package for s in x86.steps}
     assert "arm only" not in {s.name for s in x86.steps}
+
+
+def test_subpackage_if_sees_only_package_vars_and_range(tmp_path: Path) -> None:
+    """melange v0.34.0 evaluates a subpackage's ``if`` with only package.*, vars.* and
+    range.* substituted (its compile-time substitution is lost, melange#1377): any other
+    variable is "", so ``${{build.arch}} == 'aarch64'`` is false on every architecture."""
+    for arch in ("aarch64", "x86_64"):
+        plan = compile_build(_load(HELLO, tmp_path, arch=arch))
+        assert "hello-arm-extras" not in {s.package for s in plan.steps}
+    config = _load(
+        """
+package: {name: p, version: "1"}
+vars: {flavour: full}
+subpackages:
+  - name: p-full
+    if: "'${{vars.flavour}}' == 'full' && '${{package.name}}' == 'p'"
+    pipeline: [{runs: echo full}]
+  - name: p-slim
+    if: "'${{vars.flavour}}' == 'slim'"
+    pipeline: [{runs: echo slim}]
+  - name: p-never
+    if: ${{build.arch}} == 'x86_64'
+    pipeline: [{runs: echo never}]
+  - name: p-always
+    if: ${{build.arch}} != 'x86_64'
+    pipeline: [{runs: echo always}]
+""",
+        tmp_path,
+    )
+    assert [s.package for s in compile_build(config).steps] == ["p-full", "p-always"]
 
 
 def test_false_condition_drops_needs_and_nested_steps(tmp_path: Path) -> None:
@@ -276,7 +311,7 @@ pipeline:
   - runs: true
   - uses: fetch
     with:
-      expected-sha256: abc
+      expected-sha256: 8d99142afd92576f30b0cd7cb42a8dc6809998bc5d607d88761f512e26c7db20
 """,
         tmp_path,
     )
@@ -286,6 +321,28 @@ pipeline:
     assert message.startswith(f"{tmp_path / 'hello.yaml'}:5: pipeline[1].with: ")
     assert "pipeline 'fetch' requires input 'uri'" in message
     assert isinstance(info.value, RecipeError)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("expected-sha256", "abc"),
+        ("expected-sha256", "z" * 64),
+        ("expected-sha512", "0" * 64),
+    ],
+)
+def test_checksum_inputs_must_be_hex_of_their_length(tmp_path: Path, key: str, value: str) -> None:
+    """melange refuses such a value before anything runs; so do we, naming the input."""
+    config = _load(
+        f'package: {{name: p, version: "1"}}\npipeline:\n  - uses: fetch\n    with:\n'
+        f"      uri: https://example.com/x.tgz\n      {key}: {value}\n",
+        tmp_path,
+    )
+    with pytest.raises(RecipeFieldError) as info:
+        compile_build(config)
+    assert f":6: pipeline[0].with.{key}: input '{key}' of pipeline 'fetch' must be" in str(
+        info.value
+    )
 
 
 def test_required_input_given_empty_is_missing(tmp_path: Path) -> None:
@@ -394,10 +451,23 @@ pipeline:
         tmp_path,
     )
     plan = compile_build(config)
-    assert plan.needs_packages == ("git", "go-1.22", "busybox", "ca-certificates-bundle")
+    # go/build declares needs: as in melange they replace the calling step's (git)
+    assert plan.needs_packages == ("go-1.22", "busybox", "ca-certificates-bundle")
     (step,) = plan.steps
-    assert "out='/home/build/melange-out/p/usr/bin/p'" in step.script
-    assert "extra_tags='fips'" in step.script
+    assert 'BASE_PATH="usr/bin/p"' in step.script
+    assert 'go build -o "/home/build/melange-out/p"/${BASE_PATH}' in step.script
+    assert '-tags "netgo,osusergo,fips"' in step.script
+
+    # a pipeline that declares no needs keeps the step's
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "plain.yaml").write_text("pipeline:\n  - runs: echo plain\n")
+    config = _load(
+        'package: {name: p, version: "1"}\npipeline:\n'
+        "  - uses: plain\n    needs: {packages: [git]}\n",
+        tmp_path,
+    )
+    assert compile_build(config, PipelineResolver([pipelines])).needs_packages == ("git",)
 
 
 def test_compile_tests(tmp_path: Path) -> None:
@@ -436,3 +506,31 @@ subpackages:
     (plan,) = compile_tests(config)
     assert plan.package == "p-sub"
     assert "ls /home/build/melange-out/p-sub\n" in plan.steps[0].script
+
+
+def test_without_steps_the_same_needs_and_errors(tmp_path: Path) -> None:
+    """What a submission compiles: no ExecStep, the same needs, the same errors."""
+    config = _load(HELLO, tmp_path)
+    full, bare = compile_build(config), compile_build(config, steps=False)
+    assert bare.steps == () and full.steps
+    assert bare.needs_packages == full.needs_packages
+    assert [t.contents for t in compile_tests(config, steps=False)] == [
+        t.contents for t in compile_tests(config)
+    ]
+    broken = _load(
+        'package: {name: p, version: "1"}\npipeline:\n  - runs: echo ${{inputs.nope}}\n', tmp_path
+    )
+    with pytest.raises(RecipeFieldError, match="undefined variable"):
+        compile_build(broken, steps=False)
+
+
+def test_an_invalid_pipeline_file_names_the_use_and_the_file(tmp_path: Path) -> None:
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "bad.yaml").write_text("name: bad\ninputs:\n  - not a mapping\n")
+    config = _load('package: {name: p, version: "1"}\npipeline:\n  - uses: bad\n', tmp_path)
+    with pytest.raises(RecipeFieldError) as info:
+        compile_build(config, PipelineResolver([pipelines]))
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'hello.yaml'}:3: pipeline[0].uses: pipeline 'bad'")
+    assert f"{pipelines / 'bad.yaml'}:3: inputs: expected a mapping" in message

@@ -95,8 +95,9 @@ def test_names_follow_the_one_rule_and_versions_name_files() -> None:
 
 
 def _true_depth(text: str) -> int | None:
-    from ruamel.yaml import YAML
-    from ruamel.yaml.events import (
+    """The nesting depth libyaml's events show (PyYAML's binding: the parser we use)."""
+    import yaml
+    from yaml.events import (
         MappingEndEvent,
         MappingStartEvent,
         SequenceEndEvent,
@@ -105,7 +106,7 @@ def _true_depth(text: str) -> int | None:
 
     depth = deepest = 0
     try:
-        for event in YAML(typ="safe", pure=False).parse(text):
+        for event in yaml.parse(text, Loader=yaml.CSafeLoader):
             if isinstance(event, MappingStartEvent | SequenceStartEvent):
                 depth += 1
                 deepest = max(deepest, depth)

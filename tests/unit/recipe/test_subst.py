@@ -254,3 +254,84 @@ subpackages:
     assert main["targets.package.p-dev"] == "/home/build/melange-out/p-dev"
     sub = substitution_map(config, subpackage="p-dev")
     assert sub["targets.contextdir"] == "/home/build/melange-out/p-dev"
+
+
+# -- expressions (newer melange's ${{a == "b" && "c" || "d"}}) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('${{range.key == "64" && " (ILP64)" || ""}}', " (ILP64)"),
+        ("${{range.key == '32' && ' (ILP64)' || ''}}", ""),
+        ('${{ range.key != "64" }}', "false"),
+        ('${{range.key == "64"}}', "true"),
+        ('${{vars.empty || "fallback"}}', "fallback"),
+        ('${{vars.empty && "never"}}', ""),
+        ('${{"a" && vars.x}}', "x-value"),
+        ('${{(range.key == "32" || range.key == "64") && "wide" || "narrow"}}', "wide"),
+        # && binds tighter than ||
+        ('${{"" && "a" || "b"}}', "b"),
+        ('${{"x" || "a" && ""}}', "x"),
+        ('lib${{range.key == "64" && "64" || ""}}.so', "lib64.so"),
+        ('${{"quote \\" and \\\\ and \\n"}}', 'quote " and \\ and \n'),
+    ],
+)
+def test_expressions(text: str, expected: str) -> None:
+    mapping = {"range.key": "64", "vars.empty": "", "vars.x": "x-value"}
+    assert substitute(text, mapping) == expected
+
+
+def test_expression_in_a_condition_is_quoted() -> None:
+    expr = substitute_condition(
+        '${{build.arch == "x86_64" && "amd" || "arm"}} == "arm"', {"build.arch": "aarch64"}
+    )
+    assert expr == '"arm" == "arm"'
+
+
+def test_expression_names_undefined_variables() -> None:
+    with pytest.raises(UndefinedVariable) as info:
+        substitute('x ${{vars.nope == "1" && "a"}}', {})
+    assert info.value.variable == "vars.nope"
+    # left as written when the names are passed through (inputs, before uses is resolved)
+    text = '${{inputs.flavour == "gnu" && "--gnu" || ""}}'
+    assert substitute(text, {}, passthrough=("inputs.",)) == text
+    assert find_references(text)[0].names == ("inputs.flavour",)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["${{a == }}", '${{"open}}', "${{a && }}", '${{(a == "b"}}', '${{a "b"}}', "${{" + "(" * 80],
+)
+def test_malformed_expressions(text: str) -> None:
+    with pytest.raises(RecipeFieldError, match="malformed substitution"):
+        substitute(text, {"a": "1"})
+
+
+def test_expression_in_ranged_subpackages() -> None:
+    cfg = load_config(
+        """
+package: {name: openblas, version: "0.3.28"}
+data:
+  - name: ints
+    items: {"32": LP64, "64": ILP64}
+subpackages:
+  - range: ints
+    name: libopenblas${{range.key == "64" && "64" || ""}}
+    description: OpenBLAS${{range.key == "64" && " (ILP64)" || ""}} for ${{package.name}}
+    pipeline:
+      - runs: make INTERFACE64=${{range.key == "64" && "1" || "0"}} PREFIX=${{targets.contextdir}}
+"""
+    )
+    first, second = cfg.subpackages
+    assert (first.name, first.description) == ("libopenblas", "OpenBLAS for openblas")
+    assert (second.name, second.description) == (
+        "libopenblas64",
+        "OpenBLAS (ILP64) for openblas",
+    )
+    assert first.pipeline[0].runs == (
+        "make INTERFACE64=0 PREFIX=/home/build/melange-out/libopenblas"
+    )
+    assert second.pipeline[0].runs == (
+        "make INTERFACE64=1 PREFIX=/home/build/melange-out/libopenblas64"
+    )

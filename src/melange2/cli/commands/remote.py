@@ -94,7 +94,8 @@ def _show_error(console: Console, exc: FarmError) -> None:
             else:
                 lines.append(str(item))
     elif isinstance(details, dict):
-        lines.extend(f"{k}: {v}" for k, v in details.items())
+        # each invalid config is already a line of the message
+        lines.extend(f"{k}: {v}" for k, v in details.items() if k != "configs")
     else:
         lines.append(str(details))
     for line in lines:
