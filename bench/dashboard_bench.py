@@ -41,7 +41,7 @@ from melange2.api.auth import TOKEN_COOKIE
 from melange2.farm import processes
 from melange2.farm.local import FarmEnv, LocalFarm, make_token, start_server
 from melange2.ids import BuildId
-from melange2.jobs import Attempt, Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import Attempt, Backend, Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.scheduler.graph import PackageNode, build_graph, priorities
 from melange2.store import open_store
 from melange2.testenv.browser import chromium, missing_chromium
@@ -166,7 +166,7 @@ def wolfi_build(build_id: str) -> Build:
     return Build(
         id=BuildId(build_id),
         status=BuildStatus.RUNNING,
-        spec={"arch": "x86_64", "mode": "dag", "configs": []},
+        spec=BuildSpec(arch="x86_64", mode="dag", configs=()),
         created_at=start,
         started_at=start,
         packages=tuple(jobs),

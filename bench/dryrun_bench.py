@@ -36,14 +36,15 @@ from typing import Any
 
 import httpx
 
-from melange2.api.schemas import CreateBuildRequest, PlanOut
+from melange2.api.routes.builds import plan_out, submission_of
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.service.configs import PlanWorkers
 from melange2.service.settings import ServerSettings
-from melange2.service.submit import Submitter
+from melange2.service.submit import Planned, Submitter
 from melange2.store.memory import MemoryStore
 from melange2.testenv.distro import load_graph, make_distribution
+from melange2.wire import CreateBuildRequest
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "wolfi-dag.json"
 
@@ -83,8 +84,9 @@ async def _in_process(body: bytes, runs: int, workers: int) -> list[dict[str, fl
                 for _ in range(runs):
                     t0, c0, s0 = time.perf_counter(), _cpu(submitter.workers.pids), _cpu()
                     request = CreateBuildRequest.model_validate_json(body)
-                    result = await submitter.submit(request)
-                    assert isinstance(result, PlanOut)
+                    planned = await submitter.submit(submission_of(request, settings))
+                    assert isinstance(planned, Planned)
+                    result = plan_out(planned)  # the route's answer
                     out.append(
                         {
                             "seconds": time.perf_counter() - t0,

@@ -47,10 +47,10 @@ from melange2.build.sources import push_sources
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb import ops_pb2
 from melange2.buildkit.client import BuildkitClient, local_export, push_image
-from melange2.buildkit.llb.platform import Platform
 from melange2.buildkit.session import Session
 from melange2.farm.local import FarmEnv, LocalFarm
 from melange2.oci.registry import RegistryClient
+from melange2.platform import Platform
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_REPO = "melange2/out"  #: where the registry path pushes the result (as Builder did)

@@ -26,16 +26,17 @@ The weight formula
     everything beyond that is the farm's overhead.
 
 What one run does
-    For each ``--schedules`` entry (default ``fifo,critical-path``, in that order), the
-    same graph with a fresh nonce (in each description and step: neither BuildKit's
-    cache nor a skip-unchanged server may answer for it), ``schedule`` set in the
-    request, on a fresh server (empty store and published repository), so both start
-    equal: the critical-path order then knows no durations yet and ranks packages by
-    their longest chain of dependents. ``--same-server`` runs them all on one server
-    instead (a later run gets the earlier runs' durations, but also a published
-    repository already full). Then, unless ``--no-resubmit``, the last run's request
-    again on its server, byte for byte: the no-op resubmission, timed from the POST to
-    the build's end as the client sees it.
+    For each ``--schedules`` entry (default ``fifo,critical-path``, in that order), the same
+    graph with a fresh nonce (in each description and step: neither BuildKit's cache nor a
+    skip-unchanged server may answer for it), ``schedule`` set in the request as users set
+    it (and the build's recorded ``spec.schedule`` checked against it: a run the server
+    ordered otherwise fails), on a fresh server (empty store and published repository), so
+    both start equal: the critical-path order then knows no durations yet and ranks packages
+    by their longest chain of dependents. ``--same-server`` runs them all on one server
+    instead (a later run gets the earlier runs' durations, but also a published repository
+    already full). Then, unless ``--no-resubmit``, the last run's request again on its
+    server, byte for byte: the no-op resubmission, timed from the POST to the build's end as
+    the client sees it.
 
 What it reports (per run; the top-level fields are the critical-path run's)
     * ``makespan_s``: the first package's start to the last package's end (server
@@ -370,6 +371,8 @@ class BuildResult:
     packages: tuple[PackageResult, ...]
     wall_s: float  #: POST sent to the end seen by polling
     submit_s: float  #: the POST's round trip
+    #: the schedule the server recorded for the build (its ``spec``)
+    schedule: str = ""
 
 
 def _ts(value: object) -> float | None:
@@ -482,6 +485,7 @@ async def build_and_wait(
         packages=tuple(_package(p) for p in raw["packages"]),
         wall_s=wall_s,
         submit_s=submit_s,
+        schedule=str((raw.get("spec") or {}).get("schedule") or ""),
     )
 
 
@@ -685,6 +689,12 @@ async def _measure(
         await sampler.stop()
     used = procstat.Snapshot.take(pids).since(before)
     check_success(result, server)
+    asked = body.get("schedule")
+    if asked is not None and result.schedule != asked:
+        raise ReplayError(
+            f"build {result.id} asked for schedule {asked!r}; the server recorded "
+            f"{result.schedule or 'none'!r}"
+        )
     n = max(1, len(result.packages))
     usage: dict[str, Any] = dict(sampler.summary())
     usage["cpu_s_per_package"] = {
@@ -742,6 +752,7 @@ async def run_replay(
                     timelines[schedule] = timeline(result)
                     runs[schedule] = {
                         "build_id": result.id,
+                        "schedule": result.schedule,
                         **run_metrics(timelines[schedule], packages, slots),
                         "wall_s": round(result.wall_s, 3),
                         "submit_s": round(result.submit_s, 3),

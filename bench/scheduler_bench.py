@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from melange2.ids import BuildId
-from melange2.jobs import Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import Backend, Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.graph import PackageNode, build_graph, priorities
@@ -124,7 +124,7 @@ def make_build(
     return Build(
         id=BuildId(build_id),
         status=BuildStatus.PENDING,
-        spec={},
+        spec=BuildSpec(),
         created_at=datetime.now(UTC),
         packages=tuple(jobs),
     )

@@ -77,7 +77,15 @@ from pathlib import Path
 from typing import Any
 
 from melange2.ids import BuildId
-from melange2.jobs import Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import (
+    Backend,
+    Build,
+    BuildSpec,
+    BuildStatus,
+    PackageJob,
+    PackageStatus,
+    Schedule,
+)
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.graph import (
@@ -88,7 +96,7 @@ from melange2.scheduler.graph import (
     priorities,
     typical_duration,
 )
-from melange2.scheduler.loop import RunOutcome, Schedule, Scheduler, SchedulerEvent
+from melange2.scheduler.loop import RunOutcome, Scheduler, SchedulerEvent
 from melange2.store.memory import MemoryStore
 from melange2.testenv.virtualtime import VirtualClock, VirtualTimeLoop
 
@@ -187,7 +195,7 @@ class Recorder:
 
 
 def make_build(
-    build_id: str, graph: Graph, prio: Mapping[str, float], schedule: str, created: datetime
+    build_id: str, graph: Graph, prio: Mapping[str, float], schedule: Schedule, created: datetime
 ) -> Build:
     seq = {name: i for i, name in enumerate(graph.names)}
     jobs = [
@@ -206,7 +214,7 @@ def make_build(
     return Build(
         id=BuildId(build_id),
         status=BuildStatus.PENDING,
-        spec={"schedule": schedule},  # stored as the server does; the Scheduler's setting rules
+        spec=BuildSpec(schedule=schedule),  # as the server stores it: the build's own schedule
         created_at=created,
         packages=tuple(jobs),
     )

@@ -74,3 +74,16 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmEnv]:
 def buildkit_addr(farm: FarmEnv) -> str:
     """The address of one real buildkitd."""
     return farm.buildkit_addrs[0]
+
+
+@pytest.fixture(scope="session")
+def registry_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FarmEnv]:
+    """A farm without daemons: the loopback registry with the base image, and the
+    bootstrap repository (busybox), for in-process tests on a fake BuildKit."""
+    require_real_parts()
+    local = LocalFarm(tmp_path_factory.mktemp("registry-farm"), tools_dir=TOOLS, daemons=0)
+    try:
+        env = asyncio.run(local.up())
+        yield env
+    finally:
+        local.down()

@@ -38,6 +38,7 @@ __all__ = [
     "check_version",
     "excerpt",
     "text_problem",
+    "valid_env_name",
 ]
 
 #: longest package or subpackage name
@@ -140,3 +141,12 @@ def check_paths(paths: Iterable[tuple[str, PurePosixPath]], where: str) -> None:
                     f"{where}: {excerpt(files[parent])} is a file, so it cannot also be "
                     f"the directory of {excerpt(given)}"
                 )
+
+
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def valid_env_name(name: str) -> bool:
+    """An environment variable name a shell can read (``[A-Za-z_][A-Za-z0-9_]*``): a
+    build's secrets are named so (the wire models and the service both check)."""
+    return _ENV_NAME.match(name) is not None

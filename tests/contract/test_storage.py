@@ -244,6 +244,40 @@ async def test_invalid_keys_are_refused(storage: Storage, tmp_path: Path) -> Non
     assert await storage.list("") == []  # nothing was written
 
 
+async def test_a_key_on_disk_stores_fetches_and_leaves_no_scratch(
+    storage: Storage, tmp_path: Path
+) -> None:
+    # a tree written where on_disk says, stored under the key; then a file read back
+    scratch = tmp_path / "scratch"
+    out = storage.on_disk("bld-1-a/artifacts", scratch / "out")
+    assert out.in_place is (storage.kind == "local")
+    await asyncio.to_thread((out.path / "x86_64").mkdir, parents=True)
+    await asyncio.to_thread((out.path / "x86_64" / "a-1-r0.apk").write_bytes, b"apk")
+    await asyncio.to_thread((out.path / "x86_64" / "APKINDEX.tar.gz").write_bytes, b"idx")
+    await out.store()
+    listed = sorted(o.key for o in await storage.list("bld-1-a/artifacts"))
+    assert listed == [
+        "bld-1-a/artifacts/x86_64/APKINDEX.tar.gz",
+        "bld-1-a/artifacts/x86_64/a-1-r0.apk",
+    ]
+    assert await asyncio.to_thread(out.path.exists)  # until discarded
+    await out.discard()
+    assert await asyncio.to_thread(out.path.exists) is out.in_place  # scratch removed
+    log = storage.on_disk("bld-1-a/logs/build.log", scratch / "build.log")
+    await asyncio.to_thread(log.path.parent.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(log.path.write_bytes, b"line\n")
+    await log.store()
+    await log.discard()
+    assert await storage.read_bytes("bld-1-a/logs/build.log") == b"line\n"
+    await storage.on_disk("never/written.log", scratch / "none.log").store()  # nothing
+    assert not await storage.exists("never/written.log")
+    got = storage.on_disk("bld-1-a/artifacts/x86_64/a-1-r0.apk", scratch / "got.apk")
+    assert await asyncio.to_thread((await got.fetch()).read_bytes) == b"apk"
+    await got.discard()
+    assert await storage.read_bytes("bld-1-a/artifacts/x86_64/a-1-r0.apk") == b"apk"
+    assert not await asyncio.to_thread(scratch.joinpath("got.apk").exists)
+
+
 async def test_url_and_local_path(storage: Storage, tmp_path: Path) -> None:
     key = "repo/x86_64/foo-1.0-r0.apk"
     url = storage.url(key)

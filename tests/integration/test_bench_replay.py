@@ -94,7 +94,8 @@ def test_replay_of_twelve_packages_both_schedules_and_resubmission(
         assert isinstance(report[key], int | float), (key, report[key])
     assert report["packages"] == 12
     assert set(report["runs"]) == {"fifo", "critical-path"}
-    for run in report["runs"].values():
+    for name, run in report["runs"].items():
+        assert run["schedule"] == name  # asked in the request, recorded by the server
         assert run["packages"] == 12
         assert run["slots"] == replay.DEFAULT_SLOTS
         # the sleeps are real: no schedule beats the bound (timestamps are the server's)

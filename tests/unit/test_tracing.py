@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from melange2 import tracing
 from melange2.ids import BuildId
-from melange2.jobs import Build, BuildStatus
+from melange2.jobs import Build, BuildSpec, BuildStatus
 from melange2.store.memory import MemoryStore
 from melange2.timing import PhaseTimer
 
@@ -109,7 +109,10 @@ def test_phases_are_child_spans(spans: InMemorySpanExporter) -> None:
 async def test_store_calls_are_children_of_traced_work(spans: InMemorySpanExporter) -> None:
     store = tracing.traced_store(MemoryStore())
     build = Build(
-        id=BuildId("bld-1"), status=BuildStatus.PENDING, spec={}, created_at=datetime.now(UTC)
+        id=BuildId("bld-1"),
+        status=BuildStatus.PENDING,
+        spec=BuildSpec(),
+        created_at=datetime.now(UTC),
     )
     await store.create_build(build)  # outside any span: not traced
     with tracing.span("build.submit"):

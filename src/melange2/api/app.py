@@ -1,5 +1,8 @@
 """The ASGI app: ``create_app(settings)`` builds the routes; its lifespan opens the
-store, the pool, the registry client and the scheduler, and closes them again.
+storage, the store, the pool, the registry client, the builder and the scheduler onto
+one ``AsyncExitStack`` and closes them again in reverse order, also when one fails
+while starting (nothing opened before it leaks). Tests replace the store, the storage,
+the daemons (``buildkit``) and the scheduler's clock through :func:`create_app`.
 
 Shutdown (SIGINT/SIGTERM through uvicorn): stop accepting requests, finish in-flight
 ones, stop the scheduler. Running packages are left ``running`` in the store; their
@@ -23,7 +26,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import TypedDict
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,29 +35,34 @@ from melange2 import __version__, tracing, web
 from melange2.api import errors
 from melange2.api.auth import FarmReader
 from melange2.api.routes import artifacts, backends, builds, events, sources, tokens
-from melange2.api.services import Services
+from melange2.api.services import Services, services
 from melange2.apk.signing import Signer, generate_key
 from melange2.auth import AuthPolicy
 from melange2.build.executor import Builder
 from melange2.build.source_cache import SourceCache
+from melange2.buildkit.client import BuildkitClient
+from melange2.buildkit.solver import Connect
 from melange2.oci.registry import RegistryClient
 from melange2.pool.config import BackendSpec, PoolConfig, load_pool_config
 from melange2.pool.health import HealthProber
 from melange2.pool.pool import BackendPool
 from melange2.repo.policy import FetchPolicy
-from melange2.scheduler.loop import Scheduler, StateChange
+from melange2.scheduler.loop import Clock, Scheduler, StateChange
 from melange2.service.events import LocalEvents, event_of
 from melange2.service.gitsource import GitFetcher
-from melange2.service.layout import Layout
+from melange2.service.layout import Layout, Locations
 from melange2.service.logs import LogHub
 from melange2.service.metrics import Metrics
+from melange2.service.publish import Publication
 from melange2.service.redact import Redactor
+from melange2.service.reuse import ReuseIndex, SubmissionReuse
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
 from melange2.service.supervisor import Supervisor
 from melange2.storage import Storage, open_storage
 from melange2.store import open_store
+from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
 
@@ -171,13 +179,22 @@ def create_app(
     *,
     pool: PoolConfig | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    store: JobStore | None = None,
+    storage: Storage | None = None,
+    buildkit: Connect = BuildkitClient,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """The app; ``pool``: the backends, when already loaded (else from ``settings``).
     ``on_fatal(reason)`` is called once if a side task (the scheduler, the health
     probes) ends: the caller should stop the server (``melange-server`` does, and exits
-    non-zero)."""
+    non-zero).
+
+    The rest replace a part for tests (fast in-process ones, over httpx's
+    ``ASGITransport``): ``store`` and ``storage`` are used as given (opened and closed
+    by the caller), ``buildkit`` is how the builds and the health probes reach the
+    daemons (``melange2.testenv.buildkit.FakeBuildkit(handler)``), ``clock`` the
+    scheduler's."""
     metrics = Metrics()
-    supervisor = Supervisor(on_failure=on_fatal)
     config = pool
 
     @contextlib.asynccontextmanager
@@ -187,109 +204,22 @@ def create_app(
                 "authentication is off (--no-auth): anyone who reaches this server may "
                 "submit and cancel builds and add and remove backends"
             )
-        settings.output_dir.mkdir(parents=True, exist_ok=True)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        signer = await asyncio.to_thread(signer_for, settings)
-        storage = open_storage(settings.storage_spec)
-        await storage.check()
-        await publish_key(settings, storage)
-        source_cache = SourceCache.open(
-            settings.source_cache_location,
-            work_dir=settings.data_dir / "tmp" / "sources",
-            spec=settings.source_cache_spec,
-        )
-        await source_cache.storage.check()
-        hub = LogHub()
-        live = LocalEvents()
-
-        def on_change(change: StateChange) -> None:
-            live.publish(event_of(change))
-            if change.job is not None:  # log followers learn that the package moved
-                hub.notify(f"{change.build_id}/{change.job.name}")
-
-        pool = BackendPool.from_config(config or pool_config(settings))
-        pool.on_breaker_change = metrics.breaker_changed
-        async with open_store(
-            settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn
-        ) as opened:
-            store = tracing.traced_store(opened)  # store.* spans when tracing is on
-            for stored in await store.list_backends():
-                if stored.addr not in pool.backends:
-                    pool.add(
-                        BackendSpec(
-                            addr=stored.addr,
-                            arch=stored.arch,
-                            labels=stored.labels,
-                            max_jobs=stored.max_jobs,
-                            tls=stored.tls,
-                            cpu=stored.cpu_millis,
-                            memory=stored.memory_bytes,
-                        ),
-                        dynamic=True,
-                    )
-            async with RegistryClient(settings.registry) as registry:
-                policy = fetch_policy(settings)
-                builder = Builder(registry, settings.data_dir / "cache", policy)
-                runner = BuildkitRunner(
-                    settings,
-                    builder,
-                    signer,
-                    storage,
-                    hub,
-                    daemon_tls=pool.tls_for,
-                    source_cache=source_cache,
-                )
-                scheduler = Scheduler(
-                    store,
-                    pool,
-                    runner,
-                    owner=f"server-{secrets.token_hex(4)}",
-                    schedule=settings.schedule,
-                    lease_ttl=settings.lease_ttl,
-                    max_attempts=settings.max_attempts,
-                    observer=metrics.scheduler_event,
-                    before_build_end=runner.build_ending,
-                    on_change=on_change,
-                )
-                svc = Services(
-                    settings=settings,
-                    store=store,
-                    pool=pool,
-                    scheduler=scheduler,
-                    submitter=Submitter(
-                        settings,
-                        store,
-                        scheduler,
-                        pool,
-                        runner,
-                        git=git_fetcher(settings),
-                        policy=policy,
-                        parse_cache_bytes=settings.parse_cache_bytes,
-                    ),
-                    runner=runner,
-                    storage=storage,
-                    hub=hub,
-                    events=live,
-                    source_cache=source_cache,
-                    supervisor=supervisor,
-                )
-                app.state.services = svc
-                metrics.attach(pool)
-                prober = HealthProber(
-                    pool, interval=settings.probe_interval, on_latency=metrics.probe
-                )
-                await prober.probe_all()  # know the daemons before the first dispatch
-                supervisor.start("the scheduler", scheduler.run())
-                supervisor.start("the health probes", prober.run())
-                try:
-                    yield {"services": svc}
-                finally:
-                    live.close()
-                    await supervisor.aclose(prober.stop, scheduler.shutdown)
-                    await builder.aclose()
-                    await storage.aclose()
-                    await svc.submitter.aclose()
-                    await source_cache.aclose()
+        # every part is owned by the exit stack, in the order it was opened: whatever
+        # fails while starting, what was opened before it is closed again
+        async with contextlib.AsyncExitStack() as stack:
+            svc = await _start(
+                stack,
+                settings,
+                config,
+                metrics,
+                on_fatal=on_fatal,
+                store=store,
+                storage=storage,
+                buildkit=buildkit,
+                clock=clock,
+            )
+            app.state.services = svc
+            yield {"services": svc}
 
     app = FastAPI(
         title="melange2 remote builds",
@@ -318,15 +248,13 @@ def create_app(
         tags=["health"],
         responses={503: {"description": "a side task ended: the server is shutting down"}},
     )
-    async def healthz() -> Response:
+    async def healthz(request: Request) -> Response:
         """``{"status":"ok"}``; 503 with the reason once the scheduler or the health
         probes stopped (the server then exits)."""
-        if supervisor.failure is not None:
+        failure = services(request).supervisor.failure
+        if failure is not None:
             return JSONResponse(
-                {
-                    "status": "failed",
-                    **errors.error_body(supervisor.failure, {"code": "unhealthy"}),
-                },
+                {"status": "failed", **errors.error_body(failure, {"code": "unhealthy"})},
                 status_code=503,
             )
         return JSONResponse({"status": "ok"})
@@ -337,3 +265,130 @@ def create_app(
         return Response(metrics.render(), media_type=metrics.content_type)
 
     return app
+
+
+async def _start(
+    stack: contextlib.AsyncExitStack,
+    settings: ServerSettings,
+    config: PoolConfig | None,
+    metrics: Metrics,
+    *,
+    on_fatal: Callable[[str], None] | None,
+    store: JobStore | None,
+    storage: Storage | None,
+    buildkit: Connect,
+    clock: Clock | None,
+) -> Services:
+    """Open the server's parts onto ``stack`` (closed in reverse order when it unwinds)
+    and start its side tasks under a supervisor; what the routes use."""
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    signer = await asyncio.to_thread(signer_for, settings)
+    if storage is None:
+        storage = open_storage(settings.storage_spec)
+        stack.push_async_callback(storage.aclose)
+        await storage.check()
+    await publish_key(settings, storage)
+    source_cache = SourceCache.open(
+        settings.source_cache_location,
+        work_dir=settings.data_dir / "tmp" / "sources",
+        spec=settings.source_cache_spec,
+    )
+    stack.push_async_callback(source_cache.aclose)
+    await source_cache.storage.check()
+    hub = LogHub()
+    live = LocalEvents()
+
+    def on_change(change: StateChange) -> None:
+        live.publish(event_of(change))
+        if change.job is not None:  # log followers learn that the package moved
+            hub.notify(f"{change.build_id}/{change.job.name}")
+
+    pool = BackendPool.from_config(config or pool_config(settings))
+    pool.on_breaker_change = metrics.breaker_changed
+    if store is None:
+        store = await stack.enter_async_context(
+            open_store(settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn)
+        )
+    store = tracing.traced_store(store)  # store.* spans when tracing is on
+    for stored in await store.list_backends():
+        if stored.addr not in pool.backends:
+            pool.add(
+                BackendSpec(
+                    addr=stored.addr,
+                    arch=stored.arch,
+                    labels=stored.labels,
+                    max_jobs=stored.max_jobs,
+                    tls=stored.tls,
+                    cpu=stored.cpu_millis,
+                    memory=stored.memory_bytes,
+                ),
+                dynamic=True,
+            )
+    registry = await stack.enter_async_context(RegistryClient(settings.registry))
+    policy = fetch_policy(settings)
+    builder = Builder(registry, settings.data_dir / "cache", policy, connect=buildkit)
+    stack.push_async_callback(builder.aclose)
+    locations = Locations(storage, settings)
+    publication = Publication(settings, storage, signer, locations)
+    reuse = ReuseIndex(storage, locations.layout, signer)
+    runner = BuildkitRunner(
+        settings,
+        builder,
+        locations,
+        publication,
+        reuse,
+        hub,
+        daemon_tls=pool.tls_for,
+        source_cache=source_cache,
+    )
+    stack.push_async_callback(runner.drain)  # after the scheduler stops, before storage
+    scheduler = Scheduler(
+        store,
+        pool,
+        runner,
+        owner=f"server-{secrets.token_hex(4)}",
+        schedule=settings.schedule,
+        lease_ttl=settings.lease_ttl,
+        max_attempts=settings.max_attempts,
+        observer=metrics.scheduler_event,
+        before_build_end=publication.build_ending,
+        clock=clock,
+        on_change=on_change,
+    )
+    submitter = Submitter(
+        settings,
+        store,
+        scheduler,
+        pool,
+        SubmissionReuse(settings, reuse, builder.environments, publication, locations),
+        git=git_fetcher(settings),
+        policy=policy,
+        parse_cache_bytes=settings.parse_cache_bytes,
+    )
+    stack.push_async_callback(submitter.aclose)  # its plan workers, if any started
+    metrics.attach(pool)
+    prober = HealthProber(
+        pool, interval=settings.probe_interval, connect=buildkit, on_latency=metrics.probe
+    )
+    await prober.probe_all()  # know the daemons before the first dispatch
+    supervisor = Supervisor(on_failure=on_fatal)
+    stack.push_async_callback(supervisor.aclose, prober.stop, scheduler.shutdown)
+    stack.callback(live.close)  # first: the event streams end, their clients go
+    supervisor.start("the scheduler", scheduler.run())
+    supervisor.start("the health probes", prober.run())
+    return Services(
+        settings=settings,
+        store=store,
+        pool=pool,
+        scheduler=scheduler,
+        submitter=submitter,
+        locations=locations,
+        reuse=reuse,
+        publication=publication,
+        storage=storage,
+        hub=hub,
+        source_cache=source_cache,
+        supervisor=supervisor,
+        events=live,
+    )

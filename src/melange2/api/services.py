@@ -10,8 +10,10 @@ from melange2.build.source_cache import SourceCache
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import Scheduler
 from melange2.service.events import EventSource, LocalEvents
+from melange2.service.layout import Locations
 from melange2.service.logs import LogHub
-from melange2.service.runner import BuildkitRunner
+from melange2.service.publish import Publication
+from melange2.service.reuse import ReuseIndex
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
 from melange2.service.supervisor import Supervisor
@@ -26,7 +28,12 @@ class Services:
     pool: BackendPool
     scheduler: Scheduler
     submitter: Submitter
-    runner: BuildkitRunner
+    #: where packages' logs and artifacts are
+    locations: Locations
+    #: the reuse records (a package reused at submission: its log says from where)
+    reuse: ReuseIndex
+    #: the farm's published repository and the builds' staging ones
+    publication: Publication
     storage: Storage
     hub: LogHub
     source_cache: SourceCache

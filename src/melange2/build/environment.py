@@ -30,7 +30,6 @@ from pathlib import Path
 from melange2.aio import all_of
 from melange2.apk.index import IndexRecord
 from melange2.apk.reader import DataEntry, read_apk
-from melange2.buildkit.llb.platform import Platform
 from melange2.cache import SizedCache
 from melange2.errors import ManifestNotFound
 from melange2.fsutil import write_atomic
@@ -46,6 +45,7 @@ from melange2.oci.image import (
     make_manifest,
 )
 from melange2.oci.registry import RegistryClient
+from melange2.platform import Platform
 
 ENV_REPO = "melange2/env"
 #: bump when the layout of composed images changes, so old tags are not reused

@@ -21,14 +21,20 @@ from melange2.build.environment import (
     LayerCache,
     environment_key,
 )
-from melange2.buildkit.llb.platform import Platform
 from melange2.cache import SizedCache
 from melange2.errors import RecipeError
 from melange2.fsutil import write_atomic
 from melange2.oci.image import ImageRef
 from melange2.oci.registry import RegistryClient
+from melange2.platform import Platform
 from melange2.repo.policy import FetchPolicy, is_url
-from melange2.repo.repository import IndexCache, LoadedIndex, Repository, load_indexes
+from melange2.repo.repository import (
+    IndexCache,
+    LoadedIndex,
+    Repository,
+    load_indexes,
+    map_fetch_errors,
+)
 from melange2.repo.resolve import Resolution, ResolvedPackage, installed_db_entry, resolve
 
 
@@ -236,17 +242,14 @@ class EnvironmentBuilder:
             path = self.cache_dir / "keys" / known[1] / known[0]
             if path.is_file():
                 return path
-        try:
-            async with http.stream("GET", url) as resp:
-                if resp.status_code != 200:
-                    raise RecipeError(f"cannot fetch key {url}: HTTP {resp.status_code}")
-                data = b""
-                async for chunk in resp.aiter_bytes():
-                    data += chunk
-                    if len(data) > _MAX_KEY_BYTES:
-                        raise RecipeError(f"key {url}: larger than {_MAX_KEY_BYTES} bytes")
-        except httpx.HTTPError as exc:
-            raise RecipeError(f"cannot fetch key {url}: {exc}") from exc
+        async with map_fetch_errors(f"key {url}", RecipeError), http.stream("GET", url) as resp:
+            if resp.status_code != 200:
+                raise RecipeError(f"cannot fetch key {url}: HTTP {resp.status_code}")
+            data = b""
+            async for chunk in resp.aiter_bytes():
+                data += chunk
+                if len(data) > _MAX_KEY_BYTES:
+                    raise RecipeError(f"key {url}: larger than {_MAX_KEY_BYTES} bytes")
         digest = hashlib.sha256(data).hexdigest()
         path = self.cache_dir / "keys" / digest / name
         if not path.is_file():

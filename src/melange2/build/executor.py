@@ -53,6 +53,7 @@ from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
 from melange2.buildkit.client import BuildkitClient, local_export
 from melange2.buildkit.session import Session
+from melange2.buildkit.solver import Connect
 from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitError, ConfigError, LintFailed
 from melange2.oci.image import ImageRef
@@ -492,12 +493,20 @@ def write_packages(
 
 class Builder:
     """Builds configs on one daemon; keeps the environment cache between builds.
-    ``policy``: which repositories and keys configs may name (:mod:`melange2.repo.policy`)."""
+    ``policy``: which repositories and keys configs may name (:mod:`melange2.repo.policy`);
+    ``connect``: how a daemon is reached (:mod:`melange2.buildkit.solver`; a real one
+    over gRPC unless given)."""
 
     def __init__(
-        self, registry: RegistryClient, cache_dir: Path, policy: FetchPolicy | None = None
+        self,
+        registry: RegistryClient,
+        cache_dir: Path,
+        policy: FetchPolicy | None = None,
+        *,
+        connect: Connect = BuildkitClient,
     ) -> None:
         self.registry = registry
+        self.connect = connect
         self.environments = EnvironmentBuilder(registry, cache_dir, policy)
         #: what the last environment resolved installs (set and read without an await between)
         self.last_installs: tuple[str, ...] = ()
@@ -707,7 +716,7 @@ class Builder:
         ``tree`` through the solve's session (the ``local`` exporter), no registry
         between. Returns the owner of every path of it, as the daemon had them."""
         opts = planned.opts
-        async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
+        async with self.connect(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
             result = await bk.solve(
                 planned.definition,
                 exporters=[local_export(tree)],
@@ -767,7 +776,7 @@ class Builder:
                     name=f"test {plan.package}: {step.name}",
                     ignore_cache=True,
                 ).root
-            async with BuildkitClient(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
+            async with self.connect(opts.buildkit_addr, tls=opts.buildkit_tls) as bk:
                 await bk.solve(
                     llb.marshal(root),
                     on_progress=ProgressTracker(sinks=sinks),

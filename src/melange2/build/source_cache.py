@@ -38,7 +38,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from melange2.buildkit.llb.platform import Platform
 from melange2.errors import RequestError
 from melange2.oci.image import (
     Blob,
@@ -50,6 +49,7 @@ from melange2.oci.image import (
     make_manifest,
 )
 from melange2.oci.registry import RegistryClient
+from melange2.platform import Platform
 from melange2.storage import Storage, StorageNotFound, StorageSpec, open_storage
 
 __all__ = [

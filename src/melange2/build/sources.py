@@ -19,10 +19,10 @@ import os
 import stat
 from pathlib import Path
 
-from melange2.buildkit.llb.platform import Platform
 from melange2.oci.image import ImageRef, entries_from_directory, make_config, make_layer
 from melange2.oci.image import make_manifest as _make_manifest
 from melange2.oci.registry import RegistryClient
+from melange2.platform import Platform
 
 SOURCES_REPO = "melange2/sources"
 

@@ -1,4 +1,5 @@
-"""Drive BuildKit daemons over their gRPC API: the client, LLB, and error mapping."""
+"""Drive BuildKit daemons over their gRPC API: the client, LLB, error mapping, and the seam
+(:mod:`.solver`: ``Solver``, ``Connect``) the farm reaches daemons through."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from melange2.buildkit.client import (
     push_image,
 )
 from melange2.buildkit.session import Session
+from melange2.buildkit.solver import Connect, Solver
 from melange2.buildkit.tls import ClientTLS, TLSMaterialError, client_tls_from_pem, load_client_tls
 
 __all__ = [
     "BuildkitClient",
     "ClientTLS",
+    "Connect",
     "DaemonInfo",
     "Exporter",
     "LocalTree",
@@ -29,6 +32,7 @@ __all__ = [
     "Progress",
     "Session",
     "SolveResult",
+    "Solver",
     "StepFailed",
     "TLSMaterialError",
     "VertexUpdate",

@@ -38,10 +38,10 @@ from melange2 import tracing
 from melange2.buildkit._proto.api.services.control import control_pb2, control_pb2_grpc
 from melange2.buildkit._proto.solver.pb import ops_pb2
 from melange2.buildkit.errors import exit_code_of, map_grpc_errors
-from melange2.buildkit.llb.platform import Platform
 from melange2.buildkit.session import Session, SessionRunner
 from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitError, SolveFailed
+from melange2.platform import Platform
 
 _MAX_MESSAGE = 64 * 1024 * 1024
 _LOG_TAIL_BYTES = 4096

@@ -1,5 +1,5 @@
 """``RemoteClient``: the build server's HTTP API, spoken with sync httpx and typed by the
-wire models of ``melange2.api.schemas``.
+wire models of ``melange2.wire``.
 
 Every failure leaves as one of three errors, whose ``exit_code`` the CLI uses::
 
@@ -30,7 +30,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from melange2.api.schemas import (
+from melange2.errors import FarmError
+from melange2.wire import (
     AddBackendRequest,
     ArtifactList,
     BackendList,
@@ -50,7 +51,6 @@ from melange2.api.schemas import (
     ResyncOut,
     SourceOut,
 )
-from melange2.errors import FarmError
 
 DEFAULT_SERVER = "http://localhost:8080"
 API = "/api/v1"

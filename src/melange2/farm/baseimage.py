@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 from melange2.build.environment import ENV_PATH, skeleton_entries
-from melange2.buildkit.llb.platform import Platform
 from melange2.errors import FarmProcessError
 from melange2.oci.image import (
     BuiltLayer,
@@ -28,6 +27,7 @@ from melange2.oci.image import (
     make_manifest,
 )
 from melange2.oci.registry import RegistryClient
+from melange2.platform import Platform
 
 #: deb architecture -> APK architecture
 DEB_ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}

@@ -25,7 +25,6 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from melange2.buildkit.llb.platform import Platform
 from melange2.errors import ManifestNotFound, RegistryError
 from melange2.oci.image import (
     DOCKER_LIST,
@@ -34,6 +33,7 @@ from melange2.oci.image import (
     MANIFEST_MEDIA_TYPE,
     Blob,
 )
+from melange2.platform import Platform
 
 _log = logging.getLogger(__name__)
 

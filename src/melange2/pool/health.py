@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from melange2.buildkit.client import BuildkitClient
-from melange2.buildkit.llb.platform import Platform
+from melange2.buildkit.solver import Connect
 from melange2.buildkit.tls import ClientTLS
 from melange2.errors import BuildkitError, ConfigError
+from melange2.platform import Platform
 from melange2.pool.breaker import BreakerState
 from melange2.pool.pool import BackendPool, PoolBackend
 
@@ -33,9 +35,11 @@ class ProbeResult:
 Probe = Callable[[str, ClientTLS | None], Awaitable[ProbeResult]]
 
 
-async def buildkit_probe(addr: str, tls: ClientTLS | None = None) -> ProbeResult:
-    """Ask a real daemon what it is and what it runs (3 s timeout)."""
-    async with BuildkitClient(addr, tls=tls, connect_timeout=3.0) as bk:
+async def buildkit_probe(
+    addr: str, tls: ClientTLS | None = None, *, connect: Connect = BuildkitClient
+) -> ProbeResult:
+    """Ask a daemon what it is and what it runs (3 s timeout)."""
+    async with connect(addr, tls=tls, connect_timeout=3.0) as bk:
         info = await bk.info()
         workers = await bk.list_workers()
     platforms = sorted({str(p) for w in workers for p in w.platforms})
@@ -43,19 +47,22 @@ async def buildkit_probe(addr: str, tls: ClientTLS | None = None) -> ProbeResult
 
 
 class HealthProber:
-    """Probes every backend of ``pool`` every ``interval`` seconds until stopped."""
+    """Probes every backend of ``pool`` every ``interval`` seconds until stopped: with
+    ``probe``, or by asking each daemon through ``connect`` (a real one over gRPC
+    unless given; :mod:`melange2.buildkit.solver`)."""
 
     def __init__(
         self,
         pool: BackendPool,
         *,
         interval: float = 5.0,
-        probe: Probe = buildkit_probe,
+        probe: Probe | None = None,
+        connect: Connect = BuildkitClient,
         on_latency: Callable[[str, float], None] | None = None,
     ) -> None:
         self.pool = pool
         self.interval = interval
-        self.probe = probe
+        self.probe: Probe = probe or functools.partial(buildkit_probe, connect=connect)
         self.on_latency = on_latency
         self._stop = asyncio.Event()
 

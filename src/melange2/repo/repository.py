@@ -56,7 +56,7 @@ from melange2.apk.index import IndexRecord, read_index_tar_gz
 from melange2.apk.reader import read_apk
 from melange2.apk.signing import PublicKeys, load_public_keys
 from melange2.cache import SizedCache
-from melange2.errors import ApkError
+from melange2.errors import ApkError, FarmError
 
 __all__ = [
     "INDEX_FILENAME",
@@ -305,7 +305,7 @@ class Repository:
             return
         async with (
             _client(client) as http,
-            _map_http_errors(url),
+            map_fetch_errors(url),
             http.stream("GET", url) as response,
         ):
             response.raise_for_status()
@@ -445,14 +445,18 @@ async def _client(client: httpx.AsyncClient | None) -> AsyncIterator[httpx.Async
 
 
 @asynccontextmanager
-async def _map_http_errors(url: str) -> AsyncIterator[None]:
-    """The one place httpx errors become :class:`RepositoryError` (cause kept)."""
+async def map_fetch_errors(
+    what: str, error: type[FarmError] = RepositoryError
+) -> AsyncIterator[None]:
+    """The one place httpx errors of a fetch from a URL a config or the operator names
+    (a repository's files, a key) become ours: ``error`` (:class:`RepositoryError`
+    unless given), "cannot fetch <what>: ...", the cause kept."""
     try:
         yield
     except httpx.HTTPStatusError as exc:
-        raise RepositoryError(f"cannot fetch {url}: HTTP {exc.response.status_code}") from exc
+        raise error(f"cannot fetch {what}: HTTP {exc.response.status_code}") from exc
     except httpx.HTTPError as exc:
-        raise RepositoryError(f"cannot fetch {url}: {exc}") from exc
+        raise error(f"cannot fetch {what}: {exc}") from exc
 
 
 @contextmanager

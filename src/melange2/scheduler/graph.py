@@ -59,9 +59,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final
 
 from melange2.errors import FarmError
+from melange2.jobs import CyclePolicy
 from melange2.scheduler.placement import (
     NOTHING,
     Candidate,
@@ -93,10 +94,6 @@ __all__ = [
     "priorities",
     "typical_duration",
 ]
-
-#: What :func:`build_graph` does with a dependency cycle.
-CyclePolicy = Literal["error", "break"]
-
 
 # -- errors ------------------------------------------------------------------------------
 

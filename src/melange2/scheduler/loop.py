@@ -5,8 +5,9 @@ It wakes on events: a package became ready (submission, a dependency's success, 
 retry), a slot freed or a backend appeared, a cancel, the stop request. Among ready
 packages it takes the highest priority first (the longest remaining path to the end of
 the graph, weighted by expected durations; computed at submission), then older builds,
-then submission order; ``fifo`` keeps plain submission order. A package goes where
-what it asks (``package.resources``: cpu, memory) fits what is free
+then submission order; ``fifo`` keeps plain submission order. Each build's own
+``schedule`` decides (:meth:`Scheduler._key`); the server's is for builds without one.
+A package goes where what it asks (``package.resources``: cpu, memory) fits what is free
 (:mod:`melange2.scheduler.placement`; the pool keeps the books). A package that fits
 nowhere now stays ``pending``, saying what it waits for, and is reconsidered when a
 slot frees; the first such package of a queue that waits for cpu or memory keeps one
@@ -63,6 +64,7 @@ from melange2.jobs import (
     BuildStatus,
     PackageJob,
     PackageStatus,
+    Schedule,
     status_from_counts,
 )
 from melange2.pool.pool import BackendPool, BackendSlot
@@ -70,7 +72,6 @@ from melange2.scheduler.placement import Never, Request, Wait
 from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
-Schedule = Literal["critical-path", "fifo"]
 
 
 #: what a failed store write raises: the store failed, or refused a value (ValueError)
@@ -435,9 +436,14 @@ class Scheduler:
             _log.exception("on_change failed for build %s", state.build.id)
 
     def _key(self, state: _BuildState, job: PackageJob) -> tuple[float, ...]:
+        """A ready package's place: its build's ``schedule`` (the server's for builds
+        stored without one). ``critical-path``: the highest priority first, then older
+        builds, then submission order; ``fifo``: no priority (0), so among fifo builds
+        older builds first, then submission order, and after the ready packages of
+        critical-path builds (whose priorities are above 0)."""
         created = state.build.created_at.timestamp()
-        if self.schedule == "fifo":
-            return (created, float(job.seq))
+        if (state.build.spec.schedule or self.schedule) == "fifo":
+            return (0.0, created, float(job.seq))
         return (-job.priority, created, float(job.seq))
 
     def _push(self, state: _BuildState, job: PackageJob) -> None:
@@ -1141,5 +1147,4 @@ def _queue_key(build: Build, job: PackageJob) -> QueueKey:
 
 
 def _selector(build: Build) -> Mapping[str, str]:
-    raw = build.spec.get("backend_selector") or {}
-    return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    return build.spec.backend_selector

@@ -28,7 +28,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from melange2.jobs import PackageJob
 from melange2.names import check_package_name
+from melange2.service.settings import ServerSettings
+from melange2.storage import OnDisk, Storage
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", re.ASCII)
 _BUILD_ID = re.compile(r"^bld-[A-Za-z0-9]+$")
@@ -89,3 +92,36 @@ class Layout:
         if not _DIGEST.match(quick):
             raise ValueError(f"invalid quick digest {quick!r}")
         return f"cache/{check_name('arch', arch)}/quick/{quick.removeprefix('sha256:')}.json"
+
+
+class Locations:
+    """Where a package's log and artifacts are: their keys in the farm's storage, and
+    where they are written on this machine meanwhile (:meth:`Storage.on_disk`: the stored
+    files themselves on local storage, the package's work directory otherwise)."""
+
+    def __init__(self, storage: Storage, settings: ServerSettings) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.layout = Layout(bucket=storage.kind in ("gcs", "s3"))
+
+    def log_key(self, job: PackageJob, attempt: int) -> str:
+        return self.layout.log(job.build_id, job.name, attempt)
+
+    def log_location(self, job: PackageJob, attempt: int) -> str:
+        """Where attempt ``attempt``'s log is kept, as the API shows it."""
+        return self.storage.url(self.log_key(job, attempt))
+
+    def log(self, job: PackageJob, attempt: int) -> OnDisk:
+        """The attempt's log as it is written (followers read it there while it runs)."""
+        key = self.log_key(job, attempt)
+        scratch = self.settings.work_dir(job.build_id, job.name) / "logs" / log_name(attempt)
+        return self.storage.on_disk(key, scratch)
+
+    def artifacts_key(self, job: PackageJob) -> str:
+        """The prefix holding the package's ``<arch>/<file>``."""
+        return self.layout.artifacts(job.build_id, job.name)
+
+    def outputs(self, job: PackageJob) -> OnDisk:
+        """Where an attempt writes the package's files (``<arch>/<file>``)."""
+        scratch = self.settings.work_dir(job.build_id, job.name) / "out"
+        return self.storage.on_disk(self.artifacts_key(job), scratch)

@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 from melange2.errors import TimedOut
-from melange2.jobs import JSONValue
 
 
-def wall_limit(cap: float, spec: Mapping[str, JSONValue]) -> tuple[float, str]:
+def wall_limit(cap: float, asked: float | None) -> tuple[float, str]:
     """The wall-clock limit of a build's packages before their configs are read, and
-    what set it: ``(seconds, "timeout_s")`` or ``(cap, "--package-timeout")``; 0: none."""
-    asked = spec.get("timeout_s")
-    wanted = isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0
-    if wanted and isinstance(asked, int | float) and (not cap or asked <= cap):
+    what set it: ``(seconds, "timeout_s")`` (the build's spec asked, within the cap) or
+    ``(cap, "--package-timeout")``; 0: none."""
+    if asked is not None and asked > 0 and (not cap or asked <= cap):
         return float(asked), "timeout_s"
     return cap, "--package-timeout"
 

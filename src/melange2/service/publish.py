@@ -1,6 +1,11 @@
 """Publication into APK repositories kept in storage: the farm's published repository
 (``repo/`` of the farm's storage) and each build's staging repository.
 
+:class:`Publication` holds both for the server: a package's packages as it succeeds
+(into its build's staging repository, and into the farm's unless the build publishes
+only on success), and a whole build's once every package succeeded (``publish:
+build``: all or none). :class:`RepoPublisher` writes one repository:
+
 * **Incremental**: an arch's index records are read once (from the stored index, not
   from the APKs) and kept; a publication computes records for its new APKs only. A
   package file published again under the same name replaces its record.
@@ -26,15 +31,19 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import shutil
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from melange2.apk.index import IndexRecord, read_index_tar_gz, write_index_tar_gz
 from melange2.apk.signing import Signer
 from melange2.errors import PublishConflict
+from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
 from melange2.repo.repository import LoadedIndex, Repository
-from melange2.storage import Storage, StorageNotFound
+from melange2.service.layout import REPO, Locations
+from melange2.service.settings import ServerSettings
+from melange2.storage import Storage, StorageNotFound, StorageSpec, open_storage
 
 INDEX_NAME = "APKINDEX.tar.gz"
 _log = logging.getLogger(__name__)
@@ -341,3 +350,164 @@ def _index_order(r: IndexRecord) -> tuple[str, str, str]:
 
 def _records(apks: Sequence[Path]) -> list[IndexRecord]:
     return [IndexRecord.from_apk(p) for p in apks]
+
+
+class StorageRepositoryReader:
+    """The farm's published repository, read straight from its storage (a bucket is
+    not a directory the resolver can open)."""
+
+    def __init__(self, storage: Storage, prefix: str) -> None:
+        self.storage = storage
+        self.prefix = prefix
+
+    async def exists(self, path: str) -> bool:
+        return await self.storage.exists(f"{self.prefix}/{path}")
+
+    async def stream(self, path: str) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.storage.iter_chunks(f"{self.prefix}/{path}"):
+                yield chunk
+        except StorageNotFound as exc:
+            raise FileNotFoundError(path) from exc
+
+
+class Publication:
+    """The server's repositories: the farm's published one (``repo/`` of its storage,
+    immutable: other bytes under a file name it holds are refused unless a build asks
+    to ``replace``) and each build's staging one (a directory under the data dir, which
+    the build's later packages install from)."""
+
+    def __init__(
+        self, settings: ServerSettings, storage: Storage, signer: Signer, locations: Locations
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.signer = signer
+        self.locations = locations
+        self.published = RepoPublisher(
+            storage, REPO, signer, immutable=True, origins_key=locations.layout.origins
+        )
+        self._staging: dict[str, RepoPublisher] = {}
+        self._staging_repos: dict[str, Repository] = {}
+        self._published_repo: Repository | None = None
+
+    def published_repository(self) -> Repository:
+        """The farm's repository as build environments read it: its packages from the
+        storage (in place when it is a directory), its index from the publisher's memory."""
+        if self._published_repo is None:
+            local = self.storage.local_path(REPO)
+            self._published_repo = Repository(
+                location=str(local) if local is not None else self.storage.url(REPO),
+                reader=None if local is not None else StorageRepositoryReader(self.storage, REPO),
+                snapshot=self.published.snapshot,
+            )
+        return self._published_repo
+
+    def staging(self, build_id: str) -> RepoPublisher:
+        publisher = self._staging.get(build_id)
+        if publisher is None:
+            local = open_storage(
+                StorageSpec(kind="local", path=self.settings.staging_repo(build_id))
+            )
+            publisher = self._staging[build_id] = RepoPublisher(
+                local, "", self.signer, description=f"melange2 staging {build_id}"
+            )
+        return publisher
+
+    def staging_repository(self, build_id: str) -> Repository:
+        repo = self._staging_repos.get(build_id)
+        if repo is None:
+            repo = self._staging_repos[build_id] = Repository(
+                location=str(self.settings.staging_repo(build_id)),
+                snapshot=self.staging(build_id).snapshot,
+            )
+        return repo
+
+    def forget(self, build_id: str) -> None:
+        """A build ended: drop its staging publisher (its directory stays)."""
+        self._staging.pop(build_id, None)
+        self._staging_repos.pop(build_id, None)
+
+    # -- one package ----------------------------------------------------------------------
+
+    async def publish_package(
+        self,
+        job: PackageJob,
+        build: Build,
+        apks: Sequence[Path],
+        records: Sequence[IndexRecord],
+        note: Callable[[str], None],
+    ) -> None:
+        """A package's packages, just built or reused: into its build's staging
+        repository, and into the farm's unless the build publishes on success only.
+        Replacements (``replace: true``) are noted, one line each."""
+        replace = build.spec.replace
+        # the farm's repository never gets other bytes under a name it holds (unless
+        # the build asked to replace): refused before anything is staged
+        await self.published.check(job.arch, records, replace=replace)
+        # when the farm's repository already holds exactly these packages (a reused
+        # build), the build's later packages install them from there: no staging
+        published = [await self.published.has(job.arch, r) for r in records]
+        if not all(published):
+            await self.staging(job.build_id).publish(apks, job.arch, records=records)
+        if build.spec.publish == "package":
+            replaced = await self.published.publish(
+                apks,
+                job.arch,
+                records=records,
+                origin=Origin(build_id=job.build_id, package=job.name),
+                replace=replace,
+            )
+            for r in replaced:
+                note(f"{r.describe()} (replace: true)\n")
+
+    # -- a whole build --------------------------------------------------------------------
+
+    async def build_ending(self, build: Build, status: BuildStatus) -> None:
+        """Before a build's final status is written: publish it if it waited for success."""
+        try:
+            if status is BuildStatus.SUCCESS:
+                await self.publish_build(build)
+        finally:
+            self.forget(build.id)
+
+    async def publish_build(self, build: Build) -> None:
+        """For builds that publish on success: every package into the farm's repository,
+        all or none (every conflict is found before anything is written)."""
+        if build.spec.publish != "build":
+            return
+        scratch = self.settings.data_dir / "work" / f"{build.id}-publish"
+        groups: dict[tuple[str, str], tuple[list[Path], list[IndexRecord]]] = {}
+        staged = self.staging(build.id)
+        for job in build.packages:
+            if job.status is not PackageStatus.SUCCESS:
+                continue
+            prefix = self.locations.artifacts_key(job)
+            for obj in await self.storage.list(prefix):
+                rel = obj.key[len(prefix) + 1 :] if obj.key.startswith(prefix + "/") else obj.key
+                if not rel.endswith(".apk") or rel.count("/") != 1:
+                    continue
+                arch, filename = rel.split("/")
+                local = await self.storage.on_disk(obj.key, scratch / rel).fetch()
+                record = (await staged.records(arch)).get(filename)
+                if record is None:
+                    record = await asyncio.to_thread(IndexRecord.from_apk, local)
+                paths, recs = groups.setdefault((job.name, arch), ([], []))
+                paths.append(local)
+                recs.append(record)
+        for (_, arch), (_, recs) in groups.items():
+            await self.published.check(arch, recs, replace=build.spec.replace)
+        await asyncio.gather(
+            *(
+                self.published.publish(
+                    paths,
+                    arch,
+                    records=recs,
+                    origin=Origin(build_id=build.id, package=name),
+                    replace=build.spec.replace,
+                )
+                for (name, arch), (paths, recs) in sorted(groups.items())
+            )
+        )
+        if scratch.exists():
+            await asyncio.to_thread(shutil.rmtree, scratch, True)

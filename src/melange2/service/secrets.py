@@ -15,19 +15,14 @@ a build's secrets by name only; every log write and failure reason goes through
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
-from melange2.jobs import JSONValue
+from melange2.names import valid_env_name as valid_name
+
+__all__ = ["MASK", "PREFIX", "SecretMask", "build_secrets", "secret_env", "valid_name"]
 
 PREFIX = "SECRET_ENV_"
 MASK = b"***"
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-def valid_name(name: str) -> bool:
-    """An environment variable name a shell can read (``[A-Za-z_][A-Za-z0-9_]*``)."""
-    return _NAME.match(name) is not None
 
 
 def secret_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -40,13 +35,10 @@ def secret_env(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def build_secrets(server: Mapping[str, str], spec: Mapping[str, JSONValue]) -> dict[str, str]:
-    """The secrets a build's steps get: the server's, then the build's own."""
-    own = spec.get("secrets")
-    merged = dict(server)
-    if isinstance(own, dict):
-        merged.update({str(k): str(v) for k, v in own.items()})
-    return merged
+def build_secrets(server: Mapping[str, str], own: Mapping[str, str]) -> dict[str, str]:
+    """The secrets a build's steps get: the server's, then the build's own (its spec's
+    ``secrets``)."""
+    return {**server, **own}
 
 
 class SecretMask:

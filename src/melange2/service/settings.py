@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from melange2.buildkit.tls import ClientTLS
-from melange2.scheduler.loop import Schedule
+from melange2.jobs import Schedule
 from melange2.storage import StorageSpec
 from melange2.store import StoreKind
 

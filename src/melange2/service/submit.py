@@ -1,9 +1,16 @@
-"""A build request into stored package jobs: validate, parse every config, compile its
-pipelines and tests, plan the dependency graph, keep the files the build brought, and hand
-the build to the scheduler. Every problem with the request is a ``RequestError`` (HTTP 400)
-naming what is wrong and where, raised before anything is stored: nothing is
-half-created. Every config is parsed even when some fail: the answer lists each invalid
-config with its error (:class:`~melange2.errors.InvalidConfigs`)."""
+"""A build request into stored package jobs, read top to bottom in
+:meth:`Submitter.submit`: check the request, parse every config and compile its
+pipelines, plan the dependency graph (a dry run stops there, with the plan), find what
+an earlier build already made (:mod:`.reuse`), keep the files the build brought, link
+the reused packages' artifacts, store the build and hand it to the scheduler.
+
+Every problem with the request is a ``RequestError`` (HTTP 400) naming what is wrong
+and where, raised before anything is stored: nothing is half-created. The service
+speaks domain values (:class:`Submission` in, :class:`Submitted` or :class:`Planned`
+out); the API converts its wire models (:mod:`melange2.wire`) to and from them.
+Every config is parsed even when some fail: the answer lists each invalid config with
+its error (:class:`~melange2.errors.InvalidConfigs`). A dry run's configs are planned in
+worker processes (:class:`~melange2.service.configs.PlanWorkers`) when there are many."""
 
 from __future__ import annotations
 
@@ -14,21 +21,13 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from melange2 import tracing
-from melange2.api.schemas import (
-    CreateBuildRequest,
-    CreateBuildResponse,
-    PlannedPackage,
-    PlanOut,
-    content_bytes,
-    resources_out,
-)
 from melange2.build.inputs import tree_digest
-from melange2.buildkit.llb.platform import Platform
 from melange2.cache import SizedCache
 from melange2.errors import (
     ConfigError,
@@ -38,20 +37,21 @@ from melange2.errors import (
     RequestError,
 )
 from melange2.ids import BuildId, new_build_id
-from melange2.jobs import Build, BuildStatus, JSONValue, PackageJob, PackageStatus
+from melange2.jobs import Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.names import check_paths, check_relative_path, excerpt
-from melange2.pool.pool import BackendPool
+from melange2.platform import Platform
 from melange2.repo.policy import FetchPolicy
 from melange2.scheduler.graph import (
     Graph,
     GraphError,
     PackageNode,
+    Plan,
     build_graph,
     plan,
     priorities,
     typical_duration,
 )
-from melange2.scheduler.loop import Scheduler
+from melange2.scheduler.placement import Candidate, Request
 from melange2.service.configs import (
     ParsedConfig,
     PlannedConfig,
@@ -62,16 +62,13 @@ from melange2.service.configs import (
     request_resolver,
 )
 from melange2.service.gitsource import GitCheckout, GitFetcher
-from melange2.service.reuse import settle_reuse
-from melange2.service.runner import BuildkitRunner, Reusable, SubmittedPackage
+from melange2.service.reuse import Reusable, SubmittedPackage
 from melange2.service.settings import ServerSettings
 from melange2.storage import StorageError
 from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
-
-#: What was made of one config: all of it (a build's), or what a dry run needs of it.
-_Made = ParsedConfig | PlannedConfig
+_T = TypeVar("_T")
 
 
 def _relative_paths(files: Mapping[str, object], where: str) -> dict[str, PurePosixPath]:
@@ -85,6 +82,10 @@ def _relative_paths(files: Mapping[str, object], where: str) -> dict[str, PurePo
     except ValueError as exc:
         raise RequestError(str(exc)) from None
     return checked
+
+
+#: What was made of one config: all of it (a build's), or what a dry run needs of it.
+_Made = ParsedConfig | PlannedConfig
 
 
 def _made_size(made: _Made) -> int:
@@ -104,14 +105,89 @@ def _check_arch(arch: str) -> None:
         raise RequestError(f"arch: {exc}") from exc
 
 
+@dataclass(frozen=True, kw_only=True)
+class Submission:
+    """A build request as the service takes it (the API makes it from the wire form)."""
+
+    spec: BuildSpec
+    #: the files sent for each package, by relative path (placed in its /home/build)
+    source_files: Mapping[str, Mapping[str, bytes]] = field(default_factory=dict)
+    #: plan only: nothing is stored or built
+    dry_run: bool = False
+    #: the name of the caller's token (recorded on the build; empty: no authentication)
+    submitted_by: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submitted:
+    """A stored build, handed to the scheduler."""
+
+    build_id: BuildId
+    #: package names in build order
+    order: tuple[str, ...]
+    #: with ``cycle_policy: break``: the (dependent, dependency) edges cut
+    cut_edges: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Planned:
+    """A dry run: what would be built, in what order, and how long it would take."""
+
+    plan: Plan
+    #: each package's dependencies in the build
+    deps: Mapping[str, tuple[str, ...]]
+    #: each package's priority (critical-path weight)
+    priorities: Mapping[str, float]
+    #: what each package asks (``package.resources``)
+    requests: Mapping[str, Request]
+
+
+class BuildQueue(Protocol):
+    """Where a stored build goes (the scheduler)."""
+
+    async def submit(self, build: Build) -> None: ...
+
+
+class Capacity(Protocol):
+    """What the backends offer (the pool), for a dry run's plan."""
+
+    def capacity(self, arch: str, selector: Mapping[str, str]) -> int:
+        """Build slots of the backends matching ``arch`` and ``selector``."""
+        ...
+
+    def candidates(self, arch: str, selector: Mapping[str, str]) -> list[Candidate]:
+        """Those backends as placement sees them (cpu, memory)."""
+        ...
+
+    def describe(self, arch: str, selector: Mapping[str, str]) -> str:
+        """Those backends, for messages."""
+        ...
+
+
+class ReuseAtSubmission(Protocol):
+    """What an earlier build already made (:class:`~melange2.service.reuse.SubmissionReuse`)."""
+
+    async def find(
+        self,
+        spec: BuildSpec,
+        packages: Sequence[SubmittedPackage],
+        deps: Mapping[str, Sequence[str]],
+        pipelines: Mapping[str, bytes],
+    ) -> dict[str, Reusable]: ...
+
+    async def adopt(self, build_id: BuildId, reused: Mapping[str, Reusable]) -> dict[str, str]: ...
+
+    async def forget(self, build_id: BuildId, names: Sequence[str]) -> None: ...
+
+
 class Submitter:
     def __init__(
         self,
         settings: ServerSettings,
         store: JobStore,
-        scheduler: Scheduler,
-        pool: BackendPool,
-        runner: BuildkitRunner | None = None,
+        scheduler: BuildQueue,
+        pool: Capacity,
+        reuse: ReuseAtSubmission | None = None,
         workers: PlanWorkers | None = None,
         *,
         git: GitFetcher | None = None,
@@ -123,7 +199,7 @@ class Submitter:
         self.scheduler = scheduler
         self.pool = pool
         #: decides at submission which packages an earlier build already made
-        self.runner = runner
+        self.reuse = reuse
         #: where a dry run's configs are parsed (worker processes for large ones)
         self.workers = workers or PlanWorkers(settings.plan_workers if settings else 0)
         self.git = git or GitFetcher()
@@ -143,131 +219,113 @@ class Submitter:
         """Stop the worker processes, if any were started."""
         await self.workers.aclose()
 
-    async def submit(
-        self, request: CreateBuildRequest, *, submitted_by: str = ""
-    ) -> CreateBuildResponse | PlanOut:
-        """``submitted_by``: the name of the caller's token (recorded on the build)."""
-        arch = request.arch or self.settings.default_arch
-        _check_arch(arch)
+    async def submit(self, submission: Submission) -> Submitted | Planned:
+        spec = submission.spec
+        _check_arch(spec.arch)
         cap = self.settings.package_timeout
-        if request.timeout_s is not None and cap and request.timeout_s > cap:
+        if spec.timeout_s is not None and cap and spec.timeout_s > cap:
             raise RequestError(
-                f"timeout_s: {request.timeout_s:g} is more than this server allows "
+                f"timeout_s: {spec.timeout_s:g} is more than this server allows "
                 f"(--package-timeout {cap:g})"
             )
-        checked = _relative_paths(request.pipelines, "pipelines")
-        pipelines = {checked[path]: text for path, text in request.pipelines.items()}
-        sources = {}
-        for pkg, files in request.source_files.items():
-            where = f"source_files[{excerpt(pkg)}]"
-            checked = _relative_paths(files, where)
-            sources[pkg] = {checked[path]: content_bytes(c) for path, c in files.items()}
-        if request.git_source is not None:
-            self.git.check(request.git_source.repository)  # before any work
-        checkout: GitCheckout | None = None
+        pipelines = _checked_tree(spec.pipelines, "pipelines")
+        sources = {
+            pkg: _checked_tree(files, f"source_files[{excerpt(pkg)}]")
+            for pkg, files in submission.source_files.items()
+        }
+        if spec.git_source is not None:
+            self.git.check(spec.git_source.repository)  # before any work
+        parsed, planned, commit = await self._parse_all(submission, pipelines, sources)
+        nodes = [p.node for p in planned]
+        names = [n.name for n in nodes]
+        _check_sources_named(sources, names)
+        with tracing.span("build.plan", {"melange2.packages": len(nodes)}):
+            graph = self._graph(nodes, spec)
+            durations = await self.store.durations(names)
+            unknown = typical_duration(durations)  # for packages with no past duration
+            prio = priorities(graph, durations, unknown)
+        if submission.dry_run:
+            arch, selector = spec.arch, spec.backend_selector
+            slots = max(1, self.pool.capacity(arch, selector))
+            asks = {p.node.name: p.request for p in planned}
+            return Planned(
+                plan=plan(
+                    graph,
+                    durations,
+                    slots=slots,
+                    default=unknown,
+                    backends=[c.capacity for c in self.pool.candidates(arch, selector)],
+                    requests=asks,
+                    where=self.pool.describe(arch, selector),
+                ),
+                deps=graph.deps,
+                priorities=prio,
+                requests=asks,
+            )
+        reusable = await self._reusable(spec, parsed, graph, pipelines, sources)
+        build_id = new_build_id()
+        build_dir = self.settings.build_dir(build_id)
+        try:
+            await asyncio.to_thread(self._keep_files, build_dir, parsed, pipelines, sources)
+            adopted = await self._adopt(build_id, reusable)
+            build = self._build(build_id, parsed, graph, prio, spec, reusable, adopted)
+            build = build.evolve(submitted_by=submission.submitted_by, source_commit=commit)
+            await self.store.create_build(build)
+        except BaseException:
+            shutil.rmtree(build_dir, ignore_errors=True)
+            if reusable and self.reuse is not None:
+                await self.reuse.forget(build_id, list(reusable))
+            raise
+        await self.scheduler.submit(build)
+        return Submitted(build_id=build_id, order=graph.order, cut_edges=graph.cut_edges)
+
+    async def _parse_all(
+        self,
+        submission: Submission,
+        pipelines: dict[PurePosixPath, str],
+        sources: dict[str, dict[PurePosixPath, bytes]],
+    ) -> tuple[list[ParsedConfig], list[PlannedConfig], str]:
+        """Every config of the build (sent, or from its git source), parsed and
+        compiled against the build's pipelines (a dry run: only planned, in the
+        workers); what the plan needs of each; and the commit of a git source (else
+        ``""``). A git source's ``pipelines/`` and each package's ``./<name>/`` beside
+        its config join ``pipelines`` and ``sources``."""
+        arch = submission.spec.arch
         with tempfile.TemporaryDirectory(prefix="melange2-submit-") as tmp:
             work = Path(tmp)
-            texts, checkout = await self._texts(request, work)
+            texts, checkout = await self._texts(submission.spec, work)
             if checkout is not None:
                 _merge_files(pipelines, checkout.pipelines, "pipelines")
             _write_tree(work / "pipelines", pipelines)
             pipelines_digest = tree_digest({str(k): v.encode() for k, v in pipelines.items()})
             parsed: list[ParsedConfig] = []
-            if request.dry_run:
+            if submission.dry_run:
                 planned = await self._planned(texts, arch, work / "pipelines", pipelines_digest)
             else:
                 parsed = await asyncio.to_thread(
-                    self._parse, texts, arch, work / "pipelines", request, pipelines_digest
+                    self._parse, texts, arch, work / "pipelines", submission, pipelines_digest
                 )
                 planned = [p.planned() for p in parsed]
-            names = [p.node.name for p in planned]
-            if checkout is not None:  # ./<package-name>/ beside the configs, from the clone
-                for name in names:
-                    found = await asyncio.to_thread(checkout.sources, name)
-                    if found:
-                        where = f"source_files[{excerpt(name)}]"
-                        _merge_files(sources.setdefault(name, {}), found, where)
-        nodes = [p.node for p in planned]
-        for pkg in sources:
-            if pkg not in names:
-                raise RequestError(
-                    f"source_files[{excerpt(pkg)}]: no config in this build has that package name"
-                )
-        with tracing.span("build.plan", {"melange2.packages": len(nodes)}):
-            graph = self._graph(nodes, request)
-            durations = await self.store.durations(names)
-            unknown = typical_duration(durations)  # for packages with no past duration
-            prio = priorities(graph, durations, unknown)
-        if request.dry_run:
-            slots = max(1, self.pool.capacity(arch, request.backend_selector))
-            asks = {p.node.name: p.request for p in planned}
-            p = plan(
-                graph,
-                durations,
-                slots=slots,
-                default=unknown,
-                backends=[c.capacity for c in self.pool.candidates(arch, request.backend_selector)],
-                requests=asks,
-                where=self.pool.describe(arch, request.backend_selector),
-            )
-            return PlanOut(
-                packages=[
-                    PlannedPackage(
-                        name=n,
-                        dependencies=list(graph.deps.get(n, ())),
-                        priority=prio[n],
-                        resources=resources_out(asks[n]),
-                    )
-                    for n in p.order
-                ],
-                unplaceable=dict(p.unplaceable),
-                cut_edges=list(p.cut_edges),
-                critical_path=list(p.critical_path),
-                critical_path_s=p.critical_path_s,
-                total_work_s=p.total_work_s,
-                lower_bound_s=p.lower_bound_s,
-                estimated_makespan_s=p.estimated_makespan_s,
-                slots=slots,
-            )
-        spec = self._spec(arch, request)
-        reusable = await self._reusable(arch, spec, parsed, graph, pipelines, sources)
-        build_id = new_build_id()
-        build_dir = self.settings.build_dir(build_id)
-        adopted: dict[str, str] = {}
-        try:
-            await asyncio.to_thread(self._keep_files, build_dir, parsed, pipelines, sources)
-            if reusable:
-                adopted = await self._adopt(build_id, reusable)
-                if not adopted:
-                    reusable = {}
-            build = self._build(build_id, parsed, graph, prio, spec, request, reusable, adopted)
-            build = build.evolve(
-                submitted_by=submitted_by,
-                source_commit=checkout.commit if checkout is not None else "",
-            )
-            await self.store.create_build(build)
-        except BaseException:
-            shutil.rmtree(build_dir, ignore_errors=True)
-            if reusable and self.runner is not None:
-                await self.runner.forget_artifacts(build_id, list(reusable))
-            raise
-        await self.scheduler.submit(build)
-        return CreateBuildResponse(
-            id=build_id,
-            packages=list(graph.order),
-            cut_edges=[(a, b) for a, b in graph.cut_edges],
-        )
+            if checkout is None:
+                return parsed, planned, ""
+            for one in planned:  # ./<package-name>/ beside the configs, from the clone
+                name = one.node.name
+                found = await asyncio.to_thread(checkout.sources, name)
+                if found:
+                    where = f"source_files[{excerpt(name)}]"
+                    _merge_files(sources.setdefault(name, {}), found, where)
+            return parsed, planned, checkout.commit
 
     async def _texts(
-        self, request: CreateBuildRequest, work: Path
+        self, spec: BuildSpec, work: Path
     ) -> tuple[list[tuple[str, str]], GitCheckout | None]:
         """The configs to parse, each with the name errors call it by; and the clone
         they came from, for a ``git_source``."""
-        if request.config_yaml is not None:
-            return [("config_yaml", request.config_yaml)], None
-        if request.configs is not None:
-            return [(f"configs[{i}]", text) for i, text in enumerate(request.configs)], None
-        src = request.git_source
+        if spec.config_yaml is not None:
+            return [("config_yaml", spec.config_yaml)], None
+        if spec.configs is not None:
+            return [(f"configs[{i}]", text) for i, text in enumerate(spec.configs)], None
+        src = spec.git_source
         assert src is not None
         found = await self.git.checkout(
             src.repository, ref=src.ref, path=src.path, pattern=src.pattern, workdir=work
@@ -279,7 +337,7 @@ class Submitter:
         texts: Sequence[tuple[str, str]],
         arch: str,
         pipeline_dir: Path,
-        request: CreateBuildRequest | None,
+        submission: Submission | None,
         pipelines_digest: str,
     ) -> list[ParsedConfig]:
         """Every config parsed and compiled (build and tests); all the invalid ones are
@@ -334,29 +392,18 @@ class Submitter:
         )
         return [r for r in found if isinstance(r, PlannedConfig)]
 
-    async def _adopt(self, build_id: BuildId, reusable: Mapping[str, Reusable]) -> dict[str, str]:
-        """Link the reused packages' artifacts into this build; ``{}`` (build them all
-        instead) if the storage fails meanwhile, e.g. an artifact was just deleted."""
-        assert self.runner is not None
-        try:
-            return await self.runner.adopt(build_id, {n: r.record for n, r in reusable.items()})
-        except StorageError:
-            _log.warning("reuse at submission dropped: cannot copy artifacts", exc_info=True)
-            await self.runner.forget_artifacts(build_id, list(reusable))
-            return {}
-
     async def _reusable(
         self,
-        arch: str,
-        spec: Mapping[str, JSONValue],
+        spec: BuildSpec,
         parsed: Sequence[ParsedConfig],
         graph: Graph,
         pipelines: Mapping[PurePosixPath, str],
         sources: Mapping[str, Mapping[PurePosixPath, bytes]],
     ) -> dict[str, Reusable]:
         """The packages an earlier build made from the same inputs, that no package
-        rebuilt in this build could change: reused now, without a backend's slot."""
-        if self.runner is None or spec.get("force"):
+        rebuilt in this build could change: reused now, without a backend's slot. An
+        optimisation: if deciding fails, the packages are built."""
+        if self.reuse is None or spec.force:
             return {}
         submitted = [
             SubmittedPackage(
@@ -369,34 +416,30 @@ class Submitter:
             for p in parsed
         ]
         try:
-            found = await self.runner.reusable(
-                arch, spec, submitted, {str(k): v.encode() for k, v in pipelines.items()}
+            return await self.reuse.find(
+                spec, submitted, graph.deps, {str(k): v.encode() for k, v in pipelines.items()}
             )
         except (FarmError, StorageError):  # an optimisation: the packages are built instead
             _log.warning("reuse at submission skipped", exc_info=True)
             return {}
-        if not found:
-            return {}
-        kept = settle_reuse(
-            found,
-            packages=[p.name for p in submitted],
-            deps=graph.deps,
-            installs={n: r.installs for n, r in found.items()},
-            outputs={
-                p.config.package.name: {
-                    p.config.package.name,
-                    *(sub.name for sub in p.config.subpackages),
-                }
-                for p in parsed
-            },
-        )
-        return {n: found[n] for n in kept}
 
-    def _graph(self, nodes: Sequence[PackageNode], request: CreateBuildRequest) -> Graph:
-        if request.mode == "flat":
+    async def _adopt(self, build_id: BuildId, reusable: Mapping[str, Reusable]) -> dict[str, str]:
+        """Link the reused packages' artifacts into this build; ``{}`` (build them all
+        instead) if the storage fails meanwhile, e.g. an artifact was just deleted."""
+        if not reusable or self.reuse is None:
+            return {}
+        try:
+            return await self.reuse.adopt(build_id, reusable)
+        except StorageError:
+            _log.warning("reuse at submission dropped: cannot copy artifacts", exc_info=True)
+            await self.reuse.forget(build_id, list(reusable))
+            return {}
+
+    def _graph(self, nodes: Sequence[PackageNode], spec: BuildSpec) -> Graph:
+        if spec.mode == "flat":
             nodes = [dataclasses.replace(n, needs=()) for n in nodes]
         try:
-            return build_graph(nodes, cycle_policy=request.cycle_policy)
+            return build_graph(nodes, cycle_policy=spec.cycle_policy)
         except GraphError as exc:
             raise RequestError(str(exc)) from exc
 
@@ -414,38 +457,27 @@ class Submitter:
         for pkg, files in sources.items():
             _write_tree(build_dir / "src" / pkg, files)
 
-    def _spec(self, arch: str, request: CreateBuildRequest) -> dict[str, JSONValue]:
-        spec: dict[str, JSONValue] = request.model_dump(
-            mode="json", exclude={"source_files", "dry_run"}
-        )
-        spec["arch"] = arch
-        spec["source_files"] = {
-            pkg: list[JSONValue](sorted(files)) for pkg, files in request.source_files.items()
-        }
-        if request.schedule is None:
-            spec["schedule"] = self.settings.schedule
-        return spec
-
     def _build(
         self,
         build_id: BuildId,
         parsed: Sequence[ParsedConfig],
         graph: Graph,
         prio: Mapping[str, float],
-        spec: dict[str, JSONValue],
-        request: CreateBuildRequest,
+        spec: BuildSpec,
         reusable: Mapping[str, Reusable],
         adopted: Mapping[str, str],
     ) -> Build:
-        arch = str(spec["arch"])
+        """The build to store: a package reused at submission (its artifacts adopted)
+        has succeeded already; the others wait for their dependencies or a slot."""
+        reused = {n: r for n, r in reusable.items() if n in adopted}
         now = datetime.now(UTC)
         seq = {p.config.package.name: i for i, p in enumerate(parsed)}
         by_name = {p.config.package.name: p for p in parsed}
         jobs = []
         for name in graph.order:
             deps = tuple(graph.deps.get(name, ()))
-            hit = reusable.get(name)
-            waits = any(d not in reusable for d in deps)
+            hit = reused.get(name)
+            waits = any(d not in reused for d in deps)
             asks = package_request(by_name[name].config)
             job = PackageJob(
                 build_id=build_id,
@@ -453,7 +485,7 @@ class Submitter:
                 seq=seq[name],
                 status=PackageStatus.BLOCKED if waits else PackageStatus.PENDING,
                 config_yaml=by_name[name].text,
-                arch=arch,
+                arch=spec.arch,
                 dependencies=deps,
                 priority=prio.get(name, 1.0),
                 cpu_millis=asks.cpu,
@@ -474,7 +506,7 @@ class Submitter:
             status=BuildStatus.PENDING,
             spec=spec,
             created_at=now,
-            started_at=now if reusable else None,
+            started_at=now if reused else None,
             packages=tuple(sorted(jobs, key=lambda j: j.seq)),
         )
 
@@ -513,6 +545,22 @@ def _refuse_invalid(
         seen[name] = i
     if problems:
         raise InvalidConfigs(problems, total=len(results))
+
+
+def _checked_tree(files: Mapping[str, _T], where: str) -> dict[PurePosixPath, _T]:
+    """``files`` by checked, normalised relative path (a 400 naming ``where`` otherwise)."""
+    checked = _relative_paths(files, where)
+    return {checked[path]: content for path, content in files.items()}
+
+
+def _check_sources_named(
+    sources: Mapping[str, Mapping[PurePosixPath, bytes]], names: Sequence[str]
+) -> None:
+    for pkg in sources:
+        if pkg not in names:
+            raise RequestError(
+                f"source_files[{excerpt(pkg)}]: no config in this build has that package name"
+            )
 
 
 _Content = TypeVar("_Content", str, bytes)

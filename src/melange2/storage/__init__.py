@@ -28,11 +28,12 @@ from melange2.storage.base import (
     StorageNotFound,
     StorageSpec,
 )
-from melange2.storage.fsspec_store import Storage
+from melange2.storage.fsspec_store import OnDisk, Storage
 from melange2.storage.keys import validate_key
 
 __all__ = [
     "ObjectInfo",
+    "OnDisk",
     "Storage",
     "StorageConfigError",
     "StorageError",

@@ -49,7 +49,7 @@ from melange2.storage.base import (
 )
 from melange2.storage.keys import validate_key
 
-__all__ = ["BackendHooks", "Storage"]
+__all__ = ["BackendHooks", "OnDisk", "Storage"]
 
 _log = logging.getLogger(__name__)
 
@@ -159,9 +159,30 @@ class Storage:
         return f"{self._url_base}/{validate_key(key)}"
 
     def local_path(self, key: str) -> Path | None:
-        """The object's absolute path on a local storage, else ``None``."""
+        """The object's absolute path on a local storage, else ``None``. For reading in
+        place only (serving a file, a repository read as a directory); to write or read
+        a key as a file whatever the storage, use :meth:`on_disk`."""
         validate_key(key)
         return Path(self._root, key) if self.kind == "local" else None
+
+    def on_disk(self, key: str, scratch: Path) -> OnDisk:
+        """``key`` (an object, or a prefix holding a tree of them) as a path on this
+        machine: the stored object itself on local storage, else ``scratch``, which
+        :meth:`OnDisk.fetch` fills from storage and :meth:`OnDisk.store` puts back. The
+        one place the farm chooses between a directory and a bucket::
+
+            out = storage.on_disk(f"{prefix}/artifacts", scratch=work / "out")
+            build_into(out.path)
+            await out.store()        # uploaded, unless written in place
+            await out.discard()      # the scratch copy removed (never the stored object)
+        """
+        local = self.local_path(key)
+        return OnDisk(
+            storage=self,
+            key=key,
+            path=local if local is not None else scratch,
+            in_place=local is not None,
+        )
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -582,3 +603,54 @@ def _copy_from(src: Path, out: IO[bytes]) -> None:
     _require_source(src)
     with src.open("rb") as f:
         shutil.copyfileobj(f, out, 1 << 20)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnDisk:
+    """A stored key as a path on this machine (:meth:`Storage.on_disk`): the object itself
+    when ``in_place`` (local storage), else a scratch path that nothing else uses."""
+
+    storage: Storage
+    key: str
+    path: Path
+    #: ``path`` is the stored object: nothing to fetch, store or discard
+    in_place: bool
+
+    async def fetch(self) -> Path:
+        """The object's bytes at :attr:`path` (downloaded there if not in place)."""
+        if not self.in_place:
+            await self.storage.get_file(self.key, self.path)
+        return self.path
+
+    async def store(self) -> None:
+        """What was written at :attr:`path` into storage: a file to :attr:`key`, or every
+        file of a directory under ``<key>/`` (by its relative path, concurrently).
+        Nothing in place; nothing if nothing was written. The scratch copy stays until
+        :meth:`discard`."""
+        if self.in_place:
+            return
+        path = self.path
+        if await asyncio.to_thread(path.is_dir):
+            files = await asyncio.to_thread(
+                lambda: [p for p in sorted(path.rglob("*")) if p.is_file()]
+            )
+            await asyncio.gather(
+                *(
+                    self.storage.put_file(f, f"{self.key}/{f.relative_to(path).as_posix()}")
+                    for f in files
+                )
+            )
+        elif await asyncio.to_thread(path.is_file):
+            await self.storage.put_file(path, self.key)
+
+    async def discard(self) -> None:
+        """Remove the scratch copy, file or tree (nothing in place)."""
+        if not self.in_place:
+            await asyncio.to_thread(_remove_tree, self.path)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -30,8 +30,8 @@ from melange2.jobs import (
     Attempt,
     Backend,
     Build,
+    BuildSpec,
     BuildStatus,
-    JSONValue,
     PackageJob,
     PackageStatus,
     sources_of,
@@ -374,9 +374,9 @@ def _names(states: frozenset[PackageStatus]) -> str:
     return ", ".join(sorted(states))
 
 
-def _json(value: Mapping[str, Any]) -> dict[str, JSONValue]:
-    copied: dict[str, JSONValue] = json.loads(json.dumps(dict(value)))
-    return copied
+def _json(spec: BuildSpec) -> BuildSpec:
+    """The spec as a SQL store gives it back: through its JSON."""
+    return BuildSpec.from_json(json.loads(json.dumps(spec.to_json())))
 
 
 def _in_seq_order(jobs: Sequence[PackageJob]) -> tuple[PackageJob, ...]:

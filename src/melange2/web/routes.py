@@ -30,7 +30,6 @@ from melange2 import __version__
 from melange2.api.auth import TOKEN_COOKIE
 from melange2.api.routes.artifacts import list_artifacts
 from melange2.api.routes.builds import WaitReasons, whole_log
-from melange2.api.schemas import ARCHES
 from melange2.api.services import Services, services
 from melange2.auth import Unauthorized
 from melange2.errors import NotFound, RequestError
@@ -41,6 +40,7 @@ from melange2.service.tokens import authenticate
 from melange2.storage import StorageError, StorageNotFound
 from melange2.web import views
 from melange2.web.viewer import Viewer, same_origin, submitted_by, viewer_of
+from melange2.wire import ARCHES
 
 HERE = Path(__file__).resolve().parent
 #: the package page shows this much of the end of a log (the rest: the raw log)
@@ -240,7 +240,7 @@ async def builds_page(
                 "progress": views.progress(counts),
                 "duration": views.duration(b.started_at, b.finished_at, now),
                 "by": submitted_by(b),
-                "arch": b.spec.get("arch", ""),
+                "arch": b.spec.arch,
             }
         )
     return _page(
@@ -264,7 +264,7 @@ async def _reused_from(svc: Services, jobs: Sequence[PackageJob]) -> dict[str, s
     cached = [j for j in jobs if j.cached and j.input_digest][:REUSED_LOOKUP_LIMIT]
     if not cached:
         return {}
-    layout = svc.runner.layout
+    layout = svc.locations.layout
     keys = []
     for j in cached:
         try:
@@ -301,10 +301,9 @@ async def build_page(build_id: str, request: Request, svc: Svc, viewer: Who) -> 
     now = _now()
     reasons = WaitReasons(svc, build)
     plan = views.plan_of(build)
-    selector = build.spec.get("backend_selector") or {}
     slots = svc.pool.capacity(
         build.packages[0].arch if build.packages else svc.settings.default_arch,
-        {str(k): str(v) for k, v in selector.items()} if isinstance(selector, dict) else {},
+        build.spec.backend_selector,
     )
     counts = views.count_statuses(build.packages)
     reused = await _reused_from(svc, build.packages)
@@ -347,13 +346,13 @@ async def cancel_from_page(build_id: str, request: Request, svc: Svc, viewer: Wh
 
 
 async def _log_size(svc: Services, job: PackageJob, attempt: int) -> int | None:
-    live = svc.runner.live_log(job, attempt)
+    log = svc.locations.log(job, attempt)
     try:
-        return (await asyncio.to_thread(live.stat)).st_size
+        return (await asyncio.to_thread(log.path.stat)).st_size
     except FileNotFoundError:
         pass
     try:
-        return await svc.storage.size(svc.runner.log_key(job, attempt))
+        return await svc.storage.size(log.key)
     except StorageNotFound:
         return None
 
@@ -361,7 +360,7 @@ async def _log_size(svc: Services, job: PackageJob, attempt: int) -> int | None:
 async def _log_tail(svc: Services, job: PackageJob) -> tuple[str, int, int, bool]:
     """The end of the package's latest log: ``(text, attempt, end offset, cut)``."""
     if job.cached and not job.attempts:
-        note = await svc.runner.reuse_note(job)
+        note = await svc.reuse.note(job)
         return note.decode(), 0, len(note), False
     attempt = max(1, len(job.attempts))
     size = await _log_size(svc, job, attempt)
@@ -451,7 +450,7 @@ async def repository_page(
         if arch and a != arch:
             continue
         try:
-            records = await svc.runner.published.current(a)
+            records = await svc.publication.published.current(a)
         except StorageError:
             records = {}
         shown = sorted(

@@ -15,9 +15,9 @@ from melange2.apk.index import IndexRecord
 from melange2.apk.pkginfo import PackageInfo
 from melange2.apk.writer import write_apk
 from melange2.build.environment import EnvironmentComposer, EnvironmentSpec, EnvPackage, LayerCache
-from melange2.buildkit.llb import Platform
 from melange2.errors import ManifestNotFound
 from melange2.oci.image import Blob
+from melange2.platform import Platform
 from melange2.repo.resolve import installed_db_entry
 
 pytestmark = pytest.mark.anyio

@@ -17,9 +17,9 @@ from melange2.build.source_cache import (
     cache_image,
     parse_digest,
 )
-from melange2.buildkit.llb.platform import Platform
 from melange2.errors import RequestError
 from melange2.oci.registry import RegistryClient
+from melange2.platform import Platform
 from melange2.recipe import load_config
 from melange2.recipe.compile import compile_build
 

@@ -1,7 +1,7 @@
 """`melange2 remote …` against a fake build server.
 
 ``FakeServer`` is an ``httpx.MockTransport`` handler holding builds in a dict. It answers
-the API's endpoints with the wire models of ``melange2.api.schemas`` and validates every
+the API's endpoints with the wire models of ``melange2.wire`` and validates every
 request body it receives with them, so the CLI is checked against the real wire format.
 """
 
@@ -23,7 +23,11 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from ruamel.yaml import YAML
 
-from melange2.api.schemas import (
+from melange2.cli.commands.remote import RemoteContext, _packages_table, _status_line
+from melange2.cli.main import cli
+from melange2.farm.certs import make_certs
+from melange2.jobs import PackageStatus, derive_build_status
+from melange2.wire import (
     AddBackendRequest,
     BackendList,
     BackendOut,
@@ -42,12 +46,9 @@ from melange2.api.schemas import (
     PlanOut,
     PoolBackendOut,
     RemoveBackendRequest,
+    SpecOut,
     content_bytes,
 )
-from melange2.cli.commands.remote import RemoteContext, _packages_table, _status_line
-from melange2.cli.main import cli
-from melange2.farm.certs import make_certs
-from melange2.jobs import PackageStatus, derive_build_status
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -216,7 +217,7 @@ class FakeServer:
             id=build_id,
             status="pending",
             packages=[_package(n, c, deps[n]) for n, c in zip(names, configs, strict=True)],
-            spec=req.model_dump(mode="json"),
+            spec=SpecOut.model_validate(req.model_dump(mode="json")),
             created_at=T0 + timedelta(minutes=len(self.builds)),
             started_at=None,
             finished_at=None,
@@ -1148,7 +1149,7 @@ def test_status_and_list_show_who_submitted_and_the_commit() -> None:
         packages=[
             _package("p", "package: {name: p}\n", []).model_copy(update={"status": "success"})
         ],
-        spec={},
+        spec=SpecOut(),
         created_at=T0,
         started_at=None,
         finished_at=None,

@@ -10,7 +10,6 @@ import tarfile
 
 import pytest
 
-from melange2.buildkit.llb import Platform
 from melange2.errors import ConfigError
 from melange2.oci.image import (
     INDEX_MEDIA_TYPE,
@@ -21,6 +20,7 @@ from melange2.oci.image import (
     make_layer,
     make_manifest,
 )
+from melange2.platform import Platform
 
 DIGEST = "sha256:" + "b" * 64
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from melange2.errors import BuildkitUnavailable, SolveFailed
 from melange2.ids import BuildId
-from melange2.jobs import Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import Backend, Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import RunOutcome, Scheduler
@@ -93,7 +93,7 @@ def make_build(
     return Build(
         id=BuildId(build_id),
         status=BuildStatus.PENDING,
-        spec={},
+        spec=BuildSpec(),
         created_at=created or datetime.now(UTC),
         packages=tuple(jobs),
     )
@@ -201,6 +201,53 @@ async def test_priority_then_fifo() -> None:
         schedule="fifo",
     )
     assert fifo.started == ["low", "high", "mid"]
+
+
+@pytest.mark.parametrize("server", ["critical-path", "fifo"])
+async def test_each_build_is_ordered_by_its_own_schedule(server: str) -> None:
+    """Two builds waiting at once on one slot: the fifo build's packages start in
+    submission order, the critical-path build's by priority, whatever the server's
+    --schedule; fifo packages carry no priority, so they come after the other's; a build
+    stored without a schedule gets the server's."""
+    prio = {"low": 1.0, "high": 9.0, "mid": 5.0}
+
+    def build(prefix: str, n: int, schedule: str | None) -> Build:
+        made = make_build(
+            {f"{prefix}-{k}": [] for k in prio},
+            priority={f"{prefix}-{k}": v for k, v in prio.items()},
+            build_id=f"bld-{n:016x}",
+        )
+        return made.evolve(spec=BuildSpec(schedule=schedule))  # type: ignore[arg-type]
+
+    store = MemoryStore()
+    runner = FakeRunner(gate=asyncio.Event())
+    blocker = make_build({"blocker": []}, build_id=f"bld-{9:016x}")
+    builds = [build("f", 1, "fifo"), build("c", 2, "critical-path"), build("d", 3, None)]
+    async with running(store, make_pool(("tcp://x:1", "x86_64", 1)), runner, schedule=server) as s:
+        await store.create_build(blocker)
+        await s.submit(blocker)
+        async with asyncio.timeout(5):
+            while True:
+                if runner.started == ["blocker"]:
+                    break
+                await asyncio.sleep(0.005)
+        for b in builds:  # all waiting behind the blocker's slot
+            await store.create_build(b)
+            await s.submit(b)
+        runner.gate.set()  # type: ignore[union-attr]
+        for b in builds:
+            await wait_done(store, b.id)
+
+    def order(prefix: str) -> list[str]:
+        return [n.split("-", 1)[1] for n in runner.started if n.startswith(prefix + "-")]
+
+    assert order("f") == ["low", "high", "mid"]  # submission order
+    assert order("c") == ["high", "mid", "low"]  # priority
+    assert order("d") == (order("f") if server == "fifo" else order("c"))
+    cp_builds = ["c", "d"] if server == "critical-path" else ["c"]
+    last_cp = max(i for i, n in enumerate(runner.started) if n[0] in cp_builds)
+    first_fifo = min(i for i, n in enumerate(runner.started) if n[0] not in (*cp_builds, "b"))
+    assert last_cp < first_fifo, runner.started
 
 
 async def test_capacity_is_respected_and_least_loaded_wins() -> None:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from melange2.ids import BuildId
-from melange2.jobs import Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import Backend, Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import PackageRunner, RunOutcome, Scheduler
@@ -135,7 +135,7 @@ def build_of(
     return Build(
         id=BuildId(build_id),
         status=BuildStatus.PENDING,
-        spec={},
+        spec=BuildSpec(),
         created_at=created or datetime.now(UTC),
         packages=tuple(
             PackageJob(

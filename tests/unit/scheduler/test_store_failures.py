@@ -16,7 +16,7 @@ import pytest
 
 from melange2.errors import StoreError
 from melange2.ids import BuildId
-from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.scheduler.loop import LeasesLost, Scheduler, storable
 from melange2.store.memory import MemoryStore
 from tests.unit.scheduler.test_loop import (
@@ -132,8 +132,8 @@ async def test_poisoned_text_in_an_error_is_stored_escaped() -> None:
     # naming it must still be storable (it once killed the loop)
     store = MemoryStore()
     async with running(store, make_pool(("tcp://x:1", "x86_64", 1)), FakeRunner()) as scheduler:
-        build = make_build({"a": []}).evolve(spec={"backend_selector": {"tier": "gold"}})
-        poisoned = build.evolve(spec={"backend_selector": {"t\ud800": "\x00"}})
+        build = make_build({"a": []}).evolve(spec=BuildSpec(backend_selector={"tier": "gold"}))
+        poisoned = build.evolve(spec=BuildSpec(backend_selector={"t\ud800": "\x00"}))
         with pytest.raises(ValueError):
             await store.create_build(poisoned)  # the store's own rule
         await store.create_build(build)

@@ -16,11 +16,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from melange2.ids import BuildId
-from melange2.jobs import Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import (
+    Backend,
+    Build,
+    BuildSpec,
+    BuildStatus,
+    PackageJob,
+    PackageStatus,
+    Schedule,
+)
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.scheduler import PackageNode, build_graph, plan, priorities, typical_duration
-from melange2.scheduler.loop import RunOutcome, Schedule, Scheduler, SchedulerEvent, SystemClock
+from melange2.scheduler.loop import RunOutcome, Scheduler, SchedulerEvent, SystemClock
 from melange2.store.memory import MemoryStore
 from melange2.testenv.virtualtime import EPOCH, VirtualClock, VirtualTimeLoop
 
@@ -63,7 +71,7 @@ def make_build(
         for seq, (name, ds) in enumerate(deps.items())
     )
     return Build(
-        id=build_id, status=BuildStatus.PENDING, spec={}, created_at=created, packages=jobs
+        id=build_id, status=BuildStatus.PENDING, spec=BuildSpec(), created_at=created, packages=jobs
     )
 
 

@@ -50,11 +50,11 @@ def test_package_timeout_is_read_and_changes_no_digest_input(tmp_path: Path) -> 
 
 
 def test_wall_limit_takes_the_builds_within_the_servers() -> None:
-    assert wall_limit(100, {}) == (100, "--package-timeout")
-    assert wall_limit(100, {"timeout_s": 5}) == (5, "timeout_s")
-    assert wall_limit(100, {"timeout_s": 500}) == (100, "--package-timeout")
-    assert wall_limit(0, {"timeout_s": 500}) == (500, "timeout_s")
-    assert wall_limit(0, {}) == (0, "--package-timeout")
+    assert wall_limit(100, None) == (100, "--package-timeout")
+    assert wall_limit(100, 5) == (5, "timeout_s")
+    assert wall_limit(100, 500) == (100, "--package-timeout")
+    assert wall_limit(0, 500) == (500, "timeout_s")
+    assert wall_limit(0, None) == (0, "--package-timeout")
 
 
 @pytest.mark.anyio

@@ -10,11 +10,9 @@ import pytest
 from melange2.apk.index import IndexRecord
 from melange2.apk.signing import Signer, generate_key
 from melange2.build.inputs import input_digest, quick_digest, tree_digest
-from melange2.ids import BuildId
-from melange2.jobs import Build, BuildStatus
+from melange2.jobs import BuildSpec
 from melange2.recipe import load_config
 from melange2.service.reuse import ReuseRecord, settle_reuse
-from melange2.service.runner import publish_mode
 
 CONFIG = """\
 package:
@@ -109,20 +107,10 @@ def test_reuse_record_round_trips() -> None:
 
 
 def test_publish_mode_defaults_to_each_package() -> None:
-    def build(spec: dict[str, str]) -> Build:
-        from datetime import UTC, datetime
-
-        return Build(
-            id=BuildId("bld-00"),
-            status=BuildStatus.PENDING,
-            packages=(),
-            spec=spec,
-            created_at=datetime.now(UTC),
-        )
-
-    assert publish_mode(build({})) == "package"
-    assert publish_mode(build({"publish": "build"})) == "build"
-    assert publish_mode(build({"publish": "nonsense"})) == "package"
+    # as a stored spec reads back (a build stored before the field, or with nonsense)
+    assert BuildSpec.from_json({}).publish == "package"
+    assert BuildSpec.from_json({"publish": "build"}).publish == "build"
+    assert BuildSpec.from_json({"publish": "nonsense"}).publish == "package"
 
 
 # -- the quick digest and reuse decided at submission -----------------------------------

@@ -32,11 +32,14 @@ from melange2.build.executor import (
 from melange2.buildkit._proto.solver.pb.ops_pb2 import Definition
 from melange2.errors import RecipeError, SolveFailed
 from melange2.ids import BuildId
-from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.recipe import load_config
 from melange2.scheduler.loop import Scheduler
+from melange2.service.layout import Locations
+from melange2.service.publish import Publication
+from melange2.service.reuse import ReuseIndex
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
 from melange2.storage import Storage, StorageError, StorageSpec
@@ -144,7 +147,7 @@ class Farm:
     scheduler: Scheduler
     builds: int = 0
 
-    async def build(self, *names: str, spec: dict[str, Any] | None = None) -> Build:
+    async def build(self, *names: str, spec: BuildSpec | None = None) -> Build:
         """Submit one build of ``names`` (independent packages) and wait for its end."""
         self.builds += 1
         build_id = BuildId(f"bld-{self.builds:016x}")
@@ -167,7 +170,7 @@ class Farm:
         build = Build(
             id=build_id,
             status=BuildStatus.PENDING,
-            spec=spec or {},
+            spec=spec or BuildSpec(),
             created_at=datetime.now(UTC),
             packages=tuple(jobs),
         )
@@ -198,7 +201,10 @@ async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
     store = MemoryStore()
     storage = FaultyStorage()
     builder = FakeBuilder(signer)
-    runner = BuildkitRunner(settings, cast(Builder, builder), signer, storage)
+    locations = Locations(storage, settings)
+    publication = Publication(settings, storage, signer, locations)
+    reuse = ReuseIndex(storage, locations.layout, signer)
+    runner = BuildkitRunner(settings, cast(Builder, builder), locations, publication, reuse)
     pool = BackendPool.from_config(
         PoolConfig(backends=(BackendSpec(addr="tcp://fake:1", arch="x86_64", max_jobs=4),))
     )
@@ -209,7 +215,7 @@ async def farm(tmp_path: Path) -> AsyncIterator[Farm]:
         owner="test",
         lease_ttl=settings.lease_ttl,
         retry_backoff=0.0,
-        before_build_end=runner.build_ending,
+        before_build_end=publication.build_ending,
     )
     task = asyncio.create_task(scheduler.run())
     try:
@@ -290,5 +296,5 @@ async def test_cancel_wins_over_a_running_attempt(farm: Farm) -> None:
     build = await waiting
     assert build.status is BuildStatus.CANCELLED
     assert build.packages[0].status is PackageStatus.CANCELLED
-    log = farm.storage.read_bytes(farm.runner.log_key(build.packages[0], 1))
+    log = farm.storage.read_bytes(farm.runner.locations.log_key(build.packages[0], 1))
     assert (await log).endswith(b"cancelled\n")

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from melange2.api.schemas import HIDDEN, CreateBuildRequest, public_spec
 from melange2.build.executor import BuildOptions, build_graph, prepare, secret_session
 from melange2.build.inputs import input_digest
 from melange2.buildkit import llb
 from melange2.buildkit._proto.solver.pb import ops_pb2 as pb
+from melange2.jobs import BuildSpec
 from melange2.service.logs import CappedLog
 from melange2.service.secrets import SecretMask, build_secrets, secret_env
+from melange2.wire import HIDDEN, CreateBuildRequest, public_spec
 
 CONFIG = (
     "package:\n  name: sec\n  version: 1.0.0\n"
@@ -36,7 +37,7 @@ def test_secret_env_strips_the_prefix_and_skips_what_a_shell_cannot_read() -> No
 
 
 def test_a_builds_own_secret_wins_over_the_servers() -> None:
-    got = build_secrets({"A": "server", "B": "server"}, {"secrets": {"B": "build"}})
+    got = build_secrets({"A": "server", "B": "server"}, {"B": "build"})
     assert got == {"A": "server", "B": "build"}
     assert build_secrets({"A": "x"}, {}) == {"A": "x"}
 
@@ -76,7 +77,10 @@ def test_capped_log_masks_output_and_the_final_reason() -> None:
 
 def test_request_takes_secrets_and_get_shows_only_their_names() -> None:
     req = CreateBuildRequest(config_yaml=CONFIG, secrets={"TOKEN": "v"}, timeout_s=5)
-    spec = req.model_dump(mode="json")
+    typed = BuildSpec(config_yaml=CONFIG, secrets=req.secrets, timeout_s=req.timeout_s)
+    spec = typed.to_json()  # what the store keeps (the values: the steps get them)
+    assert BuildSpec.from_json(spec) == typed
+    assert "secrets=" not in repr(typed)  # not in the server's own logs either
     shown = public_spec(spec)
     assert shown["secrets"] == {"TOKEN": HIDDEN}
     assert "v" not in str(shown["secrets"])

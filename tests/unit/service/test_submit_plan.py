@@ -14,15 +14,16 @@ import pytest
 from fastapi import FastAPI
 
 from melange2.api.errors import install
-from melange2.api.schemas import CreateBuildRequest, PlanOut
+from melange2.api.routes.builds import plan_out, submission_of
 from melange2.errors import InvalidConfigs, RequestError
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.pool.pool import BackendPool
 from melange2.service.configs import PlanWorkers
 from melange2.service.settings import ServerSettings
-from melange2.service.submit import Submitter
+from melange2.service.submit import Planned, Submitter
 from melange2.store.memory import MemoryStore
 from melange2.testenv.distro import GraphPackage, load_graph, make_distribution
+from melange2.wire import CreateBuildRequest, PlanOut
 
 pytestmark = pytest.mark.anyio
 
@@ -62,9 +63,10 @@ def config(name: str, *, deps: tuple[str, ...] = (), body: str = "") -> str:
 
 
 async def dry_run(submitter: Submitter, **fields: Any) -> PlanOut:
-    result = await submitter.submit(CreateBuildRequest(dry_run=True, mode="dag", **fields))
-    assert isinstance(result, PlanOut)
-    return result
+    request = CreateBuildRequest(dry_run=True, mode="dag", **fields)
+    result = await submitter.submit(submission_of(request, submitter.settings))
+    assert isinstance(result, Planned)
+    return plan_out(result)
 
 
 async def test_every_bad_config_is_answered_at_once(submitter: Submitter) -> None:
@@ -80,7 +82,9 @@ async def test_every_bad_config_is_answered_at_once(submitter: Submitter) -> Non
         await dry_run(submitter, configs=configs)
     # a build (not a dry run) is refused with the same answer, before anything is stored
     with pytest.raises(InvalidConfigs) as built:
-        await submitter.submit(CreateBuildRequest(configs=configs))
+        await submitter.submit(
+            submission_of(CreateBuildRequest(configs=configs), submitter.settings)
+        )
     assert built.value.problems == info.value.problems
     problems = info.value.problems
     assert [(p.index, p.config, p.package) for p in problems] == [

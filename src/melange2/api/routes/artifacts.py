@@ -11,13 +11,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from melange2.api.auth import BuildReader
-from melange2.api.schemas import ArtifactList, ArtifactOut
 from melange2.api.services import Services, services
 from melange2.errors import NotFound, RequestError
 from melange2.ids import BuildId
 from melange2.jobs import PackageJob
 from melange2.service.layout import REPO, check_name
 from melange2.storage import StorageNotFound, validate_key
+from melange2.wire import ArtifactList, ArtifactOut
 
 router = APIRouter(tags=["artifacts"])
 Svc = Annotated[Services, Depends(services)]
@@ -55,7 +55,7 @@ def _artifact_path(path: str) -> str:
 async def list_artifacts(build_id: str, name: str, svc: Svc, _: BuildReader) -> ArtifactList:
     """The package's files (APKs and their index), once it has built."""
     job = await _job(svc, build_id, name)
-    prefix = svc.runner.artifacts_key(job)
+    prefix = svc.locations.artifacts_key(job)
     found = []
     for obj in await svc.storage.list(prefix):
         rel = obj.key[len(prefix) + 1 :]
@@ -79,7 +79,7 @@ async def list_artifacts(build_id: str, name: str, svc: Svc, _: BuildReader) -> 
 )
 async def get_artifact(build_id: str, name: str, path: str, svc: Svc, _: BuildReader) -> Response:
     job = await _job(svc, build_id, name)
-    key = f"{svc.runner.artifacts_key(job)}/{_artifact_path(path)}"
+    key = f"{svc.locations.artifacts_key(job)}/{_artifact_path(path)}"
     return await _serve(svc, key, head=False, missing=f"{name} in {build_id} has no {path}")
 
 
@@ -87,7 +87,7 @@ async def _serve(svc: Services, key: str, *, head: bool, missing: str) -> Respon
     media = "application/gzip" if key.endswith(".tar.gz") else "application/octet-stream"
     if key.endswith(".pub"):
         media = "application/x-pem-file"
-    local = svc.storage.local_path(key)
+    local = svc.storage.local_path(key)  # a directory: served from the file itself
     if local is not None:
         if not local.is_file():
             raise NotFound(missing)

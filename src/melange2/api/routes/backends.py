@@ -7,7 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from melange2.api.auth import BackendAdmin, FarmReader
-from melange2.api.schemas import (
+from melange2.api.services import Services, services
+from melange2.buildkit.tls import ClientTLS, TLSMaterialError, client_tls_from_pem
+from melange2.errors import ConfigError, NotFound, RequestError
+from melange2.platform import Platform
+from melange2.pool.breaker import BreakerState
+from melange2.pool.config import BackendSpec
+from melange2.pool.pool import PoolBackend
+from melange2.resources import cpu_millis, format_cpu, format_memory, memory_bytes
+from melange2.store.base import StoredBackend
+from melange2.wire import (
     AddBackendRequest,
     BackendList,
     BackendStatusList,
@@ -16,15 +25,6 @@ from melange2.api.schemas import (
     PoolBackendOut,
     RemoveBackendRequest,
 )
-from melange2.api.services import Services, services
-from melange2.buildkit.llb.platform import Platform
-from melange2.buildkit.tls import ClientTLS, TLSMaterialError, client_tls_from_pem
-from melange2.errors import ConfigError, NotFound, RequestError
-from melange2.pool.breaker import BreakerState
-from melange2.pool.config import BackendSpec
-from melange2.pool.pool import PoolBackend
-from melange2.resources import cpu_millis, format_cpu, format_memory, memory_bytes
-from melange2.store.base import StoredBackend
 
 router = APIRouter(prefix="/api/v1", tags=["backends"])
 Svc = Annotated[Services, Depends(services)]

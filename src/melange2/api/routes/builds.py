@@ -14,7 +14,23 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from melange2 import tracing
 from melange2.api.auth import BuildReader, Caller, Submitter, policy
-from melange2.api.schemas import (
+from melange2.api.services import Services, services
+from melange2.auth import Action
+from melange2.errors import NotFound, RequestError, Unavailable
+from melange2.ids import BuildId
+from melange2.jobs import (
+    Build,
+    BuildSpec,
+    BuildStatus,
+    GitSpec,
+    PackageJob,
+    PackageStatus,
+    StepOptions,
+)
+from melange2.service.settings import ServerSettings
+from melange2.service.submit import Planned, Submission, Submitted
+from melange2.storage import StorageNotFound
+from melange2.wire import (
     BuildList,
     BuildOut,
     BuildSummary,
@@ -22,14 +38,11 @@ from melange2.api.schemas import (
     CreateBuildResponse,
     ErrorOut,
     PackageOut,
+    PlannedPackage,
     PlanOut,
+    content_bytes,
+    resources_out,
 )
-from melange2.api.services import Services, services
-from melange2.auth import Action
-from melange2.errors import NotFound, RequestError, Unavailable
-from melange2.ids import BuildId
-from melange2.jobs import Build, BuildStatus, PackageJob, PackageStatus
-from melange2.storage import StorageNotFound
 
 router = APIRouter(prefix="/api/v1", tags=["builds"])
 Svc = Annotated[Services, Depends(services)]
@@ -106,13 +119,77 @@ async def create_build(
         raise Unavailable(f"this server is shutting down ({svc.supervisor.failure})")
     by = principal.name if principal is not None else ""
     with tracing.span("build.submit", {"melange2.dry_run": request.dry_run}) as current:
-        result = await svc.submitter.submit(request, submitted_by=by)
-        if isinstance(result, CreateBuildResponse):
-            tracing.set_attribute(current, "melange2.build.id", result.id)
-            tracing.set_attribute(current, "melange2.packages", len(result.packages))
-    if isinstance(result, PlanOut):
+        result = await svc.submitter.submit(submission_of(request, svc.settings, submitted_by=by))
+        if isinstance(result, Submitted):
+            tracing.set_attribute(current, "melange2.build.id", result.build_id)
+            tracing.set_attribute(current, "melange2.packages", len(result.order))
+    if isinstance(result, Planned):
         response.status_code = 200
-    return result
+        return plan_out(result)
+    return CreateBuildResponse(
+        id=result.build_id, packages=list(result.order), cut_edges=list(result.cut_edges)
+    )
+
+
+def submission_of(
+    request: CreateBuildRequest, settings: ServerSettings, *, submitted_by: str = ""
+) -> Submission:
+    """The request as the service takes it: its spec typed once, the server's defaults
+    (``--default-arch``, ``--schedule``) filled in, source files decoded;
+    ``submitted_by``: the name of the caller's token (recorded on the build)."""
+    git = request.git_source
+    spec = BuildSpec(
+        config_yaml=request.config_yaml,
+        configs=tuple(request.configs) if request.configs is not None else None,
+        git_source=None
+        if git is None
+        else GitSpec(repository=git.repository, ref=git.ref, pattern=git.pattern, path=git.path),
+        pipelines=request.pipelines,
+        arch=request.arch or settings.default_arch,
+        backend_selector=request.backend_selector,
+        mode=request.mode,
+        options=StepOptions(env=request.env, with_test=request.with_test, debug=request.debug),
+        cycle_policy=request.cycle_policy,
+        schedule=request.schedule or settings.schedule,
+        force=request.force,
+        publish=request.publish,
+        replace=request.replace,
+        source_files={pkg: tuple(sorted(files)) for pkg, files in request.source_files.items()},
+        secrets=request.secrets,
+        timeout_s=request.timeout_s,
+    )
+    return Submission(
+        spec=spec,
+        source_files={
+            pkg: {path: content_bytes(c) for path, c in files.items()}
+            for pkg, files in request.source_files.items()
+        },
+        dry_run=request.dry_run,
+        submitted_by=submitted_by,
+    )
+
+
+def plan_out(planned: Planned) -> PlanOut:
+    p = planned.plan
+    return PlanOut(
+        packages=[
+            PlannedPackage(
+                name=n,
+                dependencies=list(planned.deps.get(n, ())),
+                priority=planned.priorities[n],
+                resources=resources_out(planned.requests[n].cpu, planned.requests[n].memory),
+            )
+            for n in p.order
+        ],
+        unplaceable=dict(p.unplaceable),
+        cut_edges=list(p.cut_edges),
+        critical_path=list(p.critical_path),
+        critical_path_s=p.critical_path_s,
+        total_work_s=p.total_work_s,
+        lower_bound_s=p.lower_bound_s,
+        estimated_makespan_s=p.estimated_makespan_s,
+        slots=p.slots,
+    )
 
 
 @router.get("/builds", response_model=BuildList, responses=_ERRORS)
@@ -189,20 +266,17 @@ def _attempt(job: PackageJob) -> int:
 
 
 async def read_log(svc: Services, job: PackageJob, attempt: int, offset: int) -> bytes | None:
-    """Up to 1 MiB of the attempt's log from ``offset``: from the live file while the
-    package runs, from storage once it ended; ``None`` if there is no log (yet). A
-    package reused at submission never ran: its log says so."""
+    """Up to 1 MiB of the attempt's log from ``offset``: from the file it is written to
+    while the package runs, from storage once it ended; ``None`` if there is no log
+    (yet). A package reused at submission never ran: its log says so."""
     if job.cached and not job.attempts:
-        return (await svc.runner.reuse_note(job))[offset:]
-    live = svc.runner.live_log(job, attempt)
-    data = await asyncio.to_thread(_read_from, live, offset)
+        return (await svc.reuse.note(job))[offset:]
+    log = svc.locations.log(job, attempt)
+    data = await asyncio.to_thread(_read_from, log.path, offset)
     if data is not None:
         return data
-    key = svc.runner.log_key(job, attempt)
-    if svc.storage.local_path(key) is not None:
-        return None  # the live file is the stored one
     try:
-        chunks = [c async for c in svc.storage.iter_chunks(key, 1 << 20, offset)]
+        chunks = [c async for c in svc.storage.iter_chunks(log.key, 1 << 20, offset)]
     except StorageNotFound:
         return None
     return b"".join(chunks)
@@ -281,7 +355,7 @@ class _LiveReader:
         self.svc = svc
         self.job = job
         self.attempt = attempt
-        self.path = svc.runner.live_log(job, attempt)
+        self.path = svc.locations.log(job, attempt).path
         self.fd: int | None = None
 
     async def read(self, offset: int) -> bytes | None:

@@ -21,11 +21,11 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 
 from melange2.api.auth import BuildReader
-from melange2.api.schemas import BuildEventOut, ErrorOut, PackageEventOut, ResyncOut
 from melange2.api.services import Services, services
 from melange2.errors import NotFound
 from melange2.ids import BuildId
 from melange2.service.events import BuildEvent, Delivery, Resync, Subscription
+from melange2.wire import BuildEventOut, ErrorOut, PackageEventOut, ResyncOut
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 Svc = Annotated[Services, Depends(services)]

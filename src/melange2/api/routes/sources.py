@@ -15,10 +15,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import StreamingResponse
 
 from melange2.api.auth import FarmReader, Submitter
-from melange2.api.schemas import ErrorOut, SourceOut
 from melange2.api.services import Services, services
 from melange2.build.source_cache import SourceTooLarge, parse_digest
 from melange2.errors import NotFound
+from melange2.wire import ErrorOut, SourceOut
 
 router = APIRouter(prefix="/api/v1/sources", tags=["sources"])
 Svc = Annotated[Services, Depends(services)]

@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from melange2.api.auth import TokenAdmin
-from melange2.api.schemas import CreatedTokenOut, CreateTokenRequest, ErrorOut, TokenList, TokenOut
 from melange2.api.services import Services, services
 from melange2.auth import Role, Token, parse_expiry
 from melange2.service.tokens import issue_token, revoke_token
+from melange2.wire import CreatedTokenOut, CreateTokenRequest, ErrorOut, TokenList, TokenOut
 
 router = APIRouter(prefix="/api/v1", tags=["tokens"])
 Svc = Annotated[Services, Depends(services)]

@@ -1,8 +1,8 @@
-"""LLB: build BuildKit's low-level build graph in Python. Pure: no I/O."""
+"""LLB: build BuildKit's low-level build graph in Python. Pure: no I/O. (:class:`Platform`
+lives in :mod:`melange2.platform`, below oci/ and buildkit/; re-exported here.)"""
 
 from __future__ import annotations
 
-from melange2.buildkit.llb.platform import Platform
 from melange2.buildkit.llb.state import (
     ExecState,
     Mount,
@@ -23,6 +23,7 @@ from melange2.buildkit.llb.state import (
     symlink,
     without_ignore_cache,
 )
+from melange2.platform import Platform
 
 __all__ = [
     "ExecState",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from melange2.buildkit._proto.solver.pb import ops_pb2 as pb
-from melange2.buildkit.llb.platform import Platform
+from melange2.platform import Platform
 
 Network = Literal["unset", "host", "none"]
 MountKind = Literal["bind", "cache", "tmpfs", "secret"]

@@ -24,7 +24,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from melange2.api.schemas import (
+from melange2.cli.context import CliContext
+from melange2.cli.remote_client import DEFAULT_SERVER, RemoteClient, RemoteError, RequestRejected
+from melange2.cli.tls import tls_from_flags, tls_options
+from melange2.errors import ConfigError, FarmError
+from melange2.jobs import BuildStatus, PackageStatus
+from melange2.wire import (
     AddBackendRequest,
     BackendTLS,
     Base64Content,
@@ -39,11 +44,6 @@ from melange2.api.schemas import (
     PlanOut,
     SourceContent,
 )
-from melange2.cli.context import CliContext
-from melange2.cli.remote_client import DEFAULT_SERVER, RemoteClient, RemoteError, RequestRejected
-from melange2.cli.tls import tls_from_flags, tls_options
-from melange2.errors import ConfigError, FarmError
-from melange2.jobs import BuildStatus, PackageStatus
 
 EXIT_BUILD_FAILED = 1
 #: consecutive failed polls before a wait gives up
@@ -249,9 +249,8 @@ def _duration(pkg: PackageOut) -> str:
 
 
 def _arch(build: BuildOut) -> str:
-    arch = build.spec.get("arch")
-    if arch:
-        return str(arch)
+    if build.spec.arch:
+        return build.spec.arch
     arches = sorted({p.arch for p in build.packages if p.arch})
     return ", ".join(arches) or "-"
 

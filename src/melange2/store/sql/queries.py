@@ -32,7 +32,15 @@ from sqlalchemy import (
 from melange2.auth import Role, Token
 from melange2.buildkit.tls import ClientTLS
 from melange2.ids import BuildId
-from melange2.jobs import Attempt, Backend, Build, BuildStatus, PackageJob, PackageStatus
+from melange2.jobs import (
+    Attempt,
+    Backend,
+    Build,
+    BuildSpec,
+    BuildStatus,
+    PackageJob,
+    PackageStatus,
+)
 from melange2.store.base import StoredBackend
 from melange2.store.rules import LEASE_EXPIRED_REASON, UNFINISHED_BUILD_STATES
 from melange2.store.sql.tables import backends, builds, packages, tokens
@@ -44,7 +52,7 @@ def build_values(build: Build) -> dict[str, Any]:
     return {
         "id": build.id,
         "status": BuildStatus(build.status).value,
-        "spec": dict(build.spec),
+        "spec": build.spec.to_json(),
         "created_at": build.created_at,
         "started_at": build.started_at,
         "finished_at": build.finished_at,
@@ -58,7 +66,7 @@ def build_from_row(row: RowMapping, jobs: Sequence[PackageJob]) -> Build:
     return Build(
         id=BuildId(row["id"]),
         status=BuildStatus(row["status"]),
-        spec=row["spec"],
+        spec=BuildSpec.from_json(row["spec"]),
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
@@ -221,7 +229,7 @@ def update_build(conn: Connection, build_id: BuildId, fields: Mapping[str, Any])
     if "status" in values:
         values["status"] = BuildStatus(values["status"]).value
     if "spec" in values:
-        values["spec"] = dict(values["spec"])
+        values["spec"] = values["spec"].to_json()
     if not values:
         found = conn.execute(select(builds.c.id).where(builds.c.id == build_id))
         return found.first() is not None

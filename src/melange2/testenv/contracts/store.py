@@ -34,9 +34,12 @@ from melange2.jobs import (
     Attempt,
     Backend,
     Build,
+    BuildSpec,
     BuildStatus,
+    GitSpec,
     PackageJob,
     PackageStatus,
+    StepOptions,
 )
 from melange2.store.base import JobStore, StoredBackend
 from melange2.store.rules import LEASE_EXPIRED_REASON
@@ -88,7 +91,7 @@ def make_build(
     return Build(
         id=BuildId(build_id),
         status=status,
-        spec={"arch": ["x86_64"], "packages": list(names)},
+        spec=BuildSpec(arch="x86_64", configs=tuple(names)),
         created_at=created_at,
         packages=tuple(
             make_job(build_id, name, seq, package_status) for seq, name in enumerate(names)
@@ -166,7 +169,23 @@ class StoreContract(TokenStoreContract):
         build = Build(
             id=build_id,
             status=BuildStatus.RUNNING,
-            spec={"packages": ["curl"], "options": {"debug": True, "jobs": 2, "x": None}},
+            # every field of the spec away from its default: all of it round-trips
+            spec=BuildSpec(
+                config_yaml="package: {name: curl}",
+                configs=("package: {name: curl}", "package: {name: zlib}"),
+                git_source=GitSpec(repository="https://git.example/os", ref="main", path="p"),
+                pipelines={"p/x.yaml": "runs: true"},
+                arch="aarch64",
+                backend_selector={"tier": "fast"},
+                mode="dag",
+                options=StepOptions(env={"A": "1", "B": ""}, with_test=True, debug=True),
+                cycle_policy="break",
+                schedule="fifo",
+                force=True,
+                publish="build",
+                replace=True,
+                source_files={"curl": ("a.txt", "d/b.bin")},
+            ),
             created_at=started - timedelta(hours=1),
             started_at=started,
             finished_at=None,
@@ -227,7 +246,7 @@ class StoreContract(TokenStoreContract):
         self, store: JobStore, bad: str
     ) -> None:
         poisoned = make_build(names=("a",))
-        poisoned = poisoned.evolve(spec={"backend_selector": {"tier": bad}})
+        poisoned = poisoned.evolve(spec=BuildSpec(backend_selector={"tier": bad}))
         with pytest.raises(ValueError, match="backend_selector"):
             await store.create_build(poisoned)
         with pytest.raises(NotFound):
@@ -268,16 +287,17 @@ class StoreContract(TokenStoreContract):
         assert (await store.list_builds(limit=10)).builds == []
 
     async def test_create_and_get_copy_values(self, store: JobStore) -> None:
-        spec: dict[str, Any] = {"packages": ["a"]}
-        build = make_build().evolve(spec=spec)
+        env = {"A": "1"}
+        build = make_build().evolve(spec=BuildSpec(options=StepOptions(env=env)))
         await store.create_build(build)
-        spec["packages"].append("mutated")
+        env["A"] = "mutated"
 
         got = await store.get_build(build.id)
-        assert got.spec == {"packages": ["a"]}
-        assert isinstance(got.spec, dict)
-        got.spec["packages"].append("again")
-        assert (await store.get_build(build.id)).spec == {"packages": ["a"]}
+        assert got.spec == BuildSpec(options=StepOptions(env={"A": "1"}))
+        assert isinstance(got.spec, BuildSpec)
+        with pytest.raises(TypeError):  # a spec is frozen, its mappings too
+            got.spec.options.env["A"] = "again"  # type: ignore[index]
+        assert (await store.get_build(build.id)).spec.options.env == {"A": "1"}
 
     async def test_a_build_without_packages(self, store: JobStore) -> None:
         build = make_build(names=())

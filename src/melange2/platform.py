@@ -1,4 +1,8 @@
-"""Platforms: melange's architecture names and OCI's, in one table."""
+"""Platforms: melange's architecture names and OCI's, in one table.
+
+Below both :mod:`melange2.oci` (image configs, indexes, pulls by platform) and
+:mod:`melange2.buildkit` (LLB, the daemons' workers), which both speak OCI platforms;
+``melange2.buildkit.llb`` re-exports :class:`Platform` for graph builders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The wire format: pydantic models for requests and responses (the API's edge only).
+"""The wire format: pydantic models for the API's requests and responses, below both
+the HTTP layer (:mod:`melange2.api`, which converts them to and from the service's
+domain values) and the CLI (:mod:`melange2.cli.remote_client`); the service never sees
+them. Light enough for every ``melange2 remote`` command: pydantic and the domain
+values (:mod:`melange2.jobs`), nothing of the server.
 
 Names follow ../shared/spec/api.md (users' scripts parse them); fields beyond it are
 additions, never renames.
@@ -15,10 +19,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from melange2.jobs import Backend, Build, PackageJob
-from melange2.names import excerpt, text_problem
+from melange2.names import excerpt, text_problem, valid_env_name
 from melange2.resources import QuantityError, cpu_millis, format_cpu, format_memory, memory_bytes
-from melange2.scheduler.placement import Request
-from melange2.service.secrets import valid_name
 
 ARCHES = ("x86_64", "aarch64")
 #: what ``GET`` shows instead of each ``env`` value (the names stay)
@@ -142,7 +144,7 @@ class CreateBuildRequest(_Strict):
     @classmethod
     def _secret_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not valid_name(name):
+            if not valid_env_name(name):
                 raise ValueError(
                     f"{excerpt(name)} is not an environment variable name "
                     "(letters, digits and _, not starting with a digit)"
@@ -217,13 +219,14 @@ class AttemptOut(BaseModel):
     log_path: str
 
 
-def resources_out(request: Request) -> dict[str, str]:
-    """What a package asks, as quantities (``{"cpu": "4", "memory": "16Gi"}``)."""
+def resources_out(cpu: int, memory: int) -> dict[str, str]:
+    """What a package asks (cpu in millicores, memory in bytes), as quantities
+    (``{"cpu": "4", "memory": "16Gi"}``)."""
     out = {}
-    if request.cpu:
-        out["cpu"] = format_cpu(request.cpu)
-    if request.memory:
-        out["memory"] = format_memory(request.memory)
+    if cpu:
+        out["cpu"] = format_cpu(cpu)
+    if memory:
+        out["memory"] = format_memory(memory)
     return out
 
 
@@ -281,15 +284,38 @@ class PackageOut(BaseModel):
             arch=job.arch,
             cached=job.cached,
             input_digest=job.input_digest,
-            resources=resources_out(Request(cpu=job.cpu_millis, memory=job.memory_bytes)),
+            resources=resources_out(job.cpu_millis, job.memory_bytes),
         )
+
+
+class SpecOut(BaseModel):
+    """A build's request as ``GET`` shows it (``env`` values hidden): the fields clients
+    read are typed; the request's others (its configs, pipelines, source file names...)
+    come along as the server stored them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    arch: str | None = None
+    mode: str | None = None
+    schedule: str | None = None
+    backend_selector: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    with_test: bool = False
+    debug: bool = False
+    cycle_policy: str | None = None
+    force: bool = False
+    publish: str | None = None
+    replace: bool = False
+    #: the secrets' names (each value :data:`HIDDEN`, for everyone)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = None
 
 
 class BuildOut(BaseModel):
     id: str
     status: str
     packages: list[PackageOut]
-    spec: dict[str, Any]
+    spec: SpecOut
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -306,7 +332,7 @@ class BuildOut(BaseModel):
             id=build.id,
             status=build.status.value,
             packages=[PackageOut.of(p) for p in build.packages],
-            spec=public_spec(build.spec, show_env=show_env),
+            spec=SpecOut.model_validate(public_spec(build.spec.to_json(), show_env=show_env)),
             created_at=build.created_at,
             started_at=build.started_at,
             finished_at=build.finished_at,
