@@ -243,13 +243,17 @@ def test_the_checker_refuses_what_the_help_does_not_know() -> None:
 
 
 def test_help_options_reads_option_lines_only() -> None:
-    text = help_text(("serve",))
-    options = help_options(text)
+    options = help_options(help_text(("serve",)))
     assert options["--store"] == ("sqlite", "postgres", "memory")
-    assert options["--s3-path-style"] is None and "-h" in options
-    # "--buildkit-addr daemon" appears in wrapped help text of --tlscacert: it is an option
-    # of its own anyway; a name only prose mentions must not count as an option
-    assert "--tlscacert" in options
+    assert options["--s3-path-style"] is None and "-h" in options and "--tlscacert" in options
+    # a flag only the prose mentions (a wrapped help line, the description) is no option
+    text = (
+        "Usage: x [OPTIONS]\n\n  Made with --made-up in mind.\n\nOptions:\n"
+        "  --real TEXT        Read like\n"
+        "                     --made-up says.\n"
+        "  --pick [a|b]       One of two.\n"
+    )
+    assert help_options(text) == {"--real": None, "--pick": ("a", "b")}
     tokens = help_options(help_text(("tokens", "create")))
     assert "--buildkit-addr" not in tokens and "--postgres-dsn" in tokens
 
