@@ -30,7 +30,7 @@ from melange2.server_tokens import check_store, store_options, tokens
 from melange2.service.secrets import secret_env
 from melange2.service.settings import ServerSettings
 from melange2.storage import StorageSpec, open_storage
-from melange2.store import StoreKind
+from melange2.store import StoreKind, open_store
 
 
 class JsonFormatter(logging.Formatter):
@@ -428,6 +428,8 @@ def serve(
         public_read=public_read,
     )
     asyncio.run(_check_storage(storage))  # a missing bucket or bad credentials: refuse now
+    if store == "postgres":  # an unreachable database: one line and exit 3, not a traceback
+        asyncio.run(_check_postgres(data_dir.resolve(), postgres_dsn))
     from melange2.api.app import create_app, pool_config
 
     pool = pool_config(settings)  # a bad backends config or TLS file: refuse now, naming it
@@ -513,6 +515,12 @@ async def _check_storage(spec: StorageSpec) -> None:
         await storage.check()
     finally:
         await storage.aclose()
+
+
+async def _check_postgres(data_dir: Path, dsn: str) -> None:
+    """Open (and migrate) the PostgreSQL store once before the server starts."""
+    async with open_store("postgres", data_dir=data_dir, dsn=dsn):
+        pass
 
 
 def main() -> None:

@@ -4,6 +4,10 @@ postgres`` needs a DSN that is a PostgreSQL URL, and a DSN on the command line n
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -44,3 +48,30 @@ def test_a_password_in_a_dsn_is_not_echoed() -> None:
     code, out = run("--store", "postgres", "--postgres-dsn", "postgresql://u:s3cret@h")
     assert code == 2
     assert "s3cret" not in out and "***" in out
+
+
+def test_an_unreachable_database_is_one_line_before_the_server_starts(tmp_path: Path) -> None:
+    """Not uvicorn's startup traceback: the store is opened (and migrated) first."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from melange2.server import main; main()",
+            *BASE,
+            "--data-dir",
+            str(tmp_path),
+            "--listen-addr",
+            "127.0.0.1:1",
+            "--store",
+            "postgres",
+            "--postgres-dsn",
+            "postgresql://u:s3cret@127.0.0.1:1/db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "database unavailable" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "Started server" not in proc.stderr
+    assert "s3cret" not in proc.stderr
