@@ -6,9 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import signal
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -241,38 +238,9 @@ def _sinks(ctx: CliContext, log_path: Path, plain: bool) -> Iterator[list[StepSi
                 yield sinks
 
 
-#: after Ctrl-C, how long the build may take to tear down before the process just exits
-#: (closing its connection, which makes the daemon cancel the solve all the same)
-INTERRUPT_GRACE_S = 15.0
-
-
-def _exit_if_stuck() -> None:
-    sys.stderr.write(f"cancelled (teardown took over {INTERRUPT_GRACE_S:.0f} s: exiting)\n")
-    sys.stderr.flush()
-    os._exit(130)
-
-
-def _bound_teardown_after_interrupt() -> None:
-    """Ctrl-C cancels the build (asyncio.run's own handler, kept); if the cancelled
-    build has not ended ``INTERRUPT_GRACE_S`` later — a thread the interpreter waits for
-    at exit, say — the process exits anyway, so one Ctrl-C always ends it."""
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous):
-        return
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        timer = threading.Timer(INTERRUPT_GRACE_S, _exit_if_stuck)
-        timer.daemon = True
-        timer.start()
-        previous(signum, frame)
-
-    signal.signal(signal.SIGINT, on_sigint)
-
-
 async def _run(
     opts: BuildOptions, sinks: list[StepSink], test_only: bool, limit: tuple[float, str]
 ) -> BuildResult | int:
-    _bound_teardown_after_interrupt()
     watch = Watchdog(limit=limit[0], source=limit[1])
     async with RegistryClient(opts.registry) as registry, watch.guard():
         watch.watch_silence()
