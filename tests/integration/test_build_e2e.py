@@ -301,7 +301,15 @@ def test_ctrl_c_cancels_the_solve_on_the_daemon(farm: FarmEnv, tmp_path: Path) -
         "--keyring-append", farm.extra["BOOTSTRAP_KEY"],
         "--apk-cache-dir", str(tmp_path / "cache"), "--plain",
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        # as from a terminal: a test run started in the background by a non-interactive
+        # shell ignores SIGINT, and its children would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while _running(marker) == 0:
