@@ -239,6 +239,13 @@ def bench_page(runs: int, loads: int) -> dict[str, Any]:
                     for _ in range(loads):
                         page = browser.new_page()
                         page.goto(page_url, wait_until="load")
+                        assert page.url == page_url, f"redirected to {page.url}"
+                        # the paint entry may be recorded a moment after `load`
+                        page.wait_for_function(
+                            "() => performance.getEntriesByName('first-contentful-paint')"
+                            ".length > 0",
+                            timeout=10_000,
+                        )
                         timing = page.evaluate(
                             """() => {
                               const p = performance.getEntriesByName('first-contentful-paint')[0];
