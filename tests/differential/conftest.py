@@ -18,6 +18,7 @@ from melange2.farm.bootstrap import build_bootstrap_repo
 from melange2.farm.local import FarmEnv
 from melange2.farm.toolchain import default_cache_dir
 from melange2.farm.upstream import fill_source_cache
+from melange2.testenv.require import require_real_part
 from tests.conftest import TOOLS, require_real_parts
 from tests.differential.cases import Case, discover, needs_order
 from tests.differential.oracle import Inputs, Outcome, file_digest, run_melange, run_ours, stage
@@ -58,10 +59,7 @@ def require_oracle() -> None:
     missing = _oracle_missing()
     if not missing:
         return
-    message = "cannot run the melange oracle: missing " + "; ".join(missing)
-    if os.environ.get("REQUIRE_BUILDKIT") == "1":
-        pytest.fail(message + " (REQUIRE_BUILDKIT=1)", pytrace=False)
-    pytest.skip(message)
+    require_real_part("run the melange oracle", missing)
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ from melange2.farm.toolchain import (
     plan_packages,
     publish,
 )
+from melange2.testenv.require import require_real_part
 
 ARCH = "x86_64"
 
@@ -291,7 +292,7 @@ def test_a_deb_that_fails_to_convert_is_named_with_the_reason(tmp_path: Path) ->
 def test_a_failed_toolchain_leaves_the_repository_as_it_was(tmp_path: Path) -> None:
     busybox = Path(__file__).resolve().parents[3] / ".tools" / "debs" / "busybox-static_amd64.deb"
     if not busybox.exists():
-        pytest.skip("no busybox-static .deb (make setup)")
+        require_real_part("build a bootstrap repository", [f"{busybox} (make setup)"])
     root = tmp_path / "bootstrap"
     build_bootstrap_repo(root, {"amd64": busybox}, key_size=1024)
     index = root / "repo" / ARCH / "APKINDEX.tar.gz"
@@ -322,7 +323,7 @@ def test_converted_packages_carry_the_scas_provides_and_depends(tmp_path: Path) 
     library directory, .pc files in usr/lib/<triplet>/pkgconfig provide pc: names."""
     libz = Path("/lib/x86_64-linux-gnu/libz.so.1.2.13")
     if not libz.is_file():
-        pytest.skip("the host has no libz.so.1.2.13 (zlib1g)")
+        require_real_part("read the host's zlib", [f"{libz} (Debian's zlib1g)"])
     pc = b"prefix=/usr\nName: zlib\nDescription: z\nVersion: 1.2.13\nRequires: libfoo\nLibs: -lz\n"
     zlib = make_deb(
         tmp_path,
