@@ -40,8 +40,9 @@ from melange2.jobs import (
     BuildStatus,
     PackageJob,
     PackageStatus,
+    sources_of,
 )
-from melange2.store.base import StoredBackend
+from melange2.store.base import Move, StoredBackend
 from melange2.store.rules import LEASE_EXPIRED_REASON, UNFINISHED_BUILD_STATES
 from melange2.store.sql.tables import backends, builds, packages, tokens
 
@@ -268,6 +269,23 @@ def transition_packages(
         return []
     moved = _move_packages(conn, build_id, names, to, allowed, fields)
     return sorted(moved, key=lambda j: (j.seq, j.name))
+
+
+def apply_moves(conn: Connection, moves: Sequence[Move]) -> list[PackageJob | None]:
+    """Each move as its own guarded UPDATE, in the caller's one transaction: per move,
+    the package as it moved, or ``None`` where no row matched (a refusal undoes
+    nothing else). Made in (build, name) order, a package's own moves in the order
+    given, so that two transactions lock shared rows in the same order (no deadlock on
+    PostgreSQL); the results are in the order of ``moves``."""
+    results: list[PackageJob | None] = [None] * len(moves)
+    order = sorted(range(len(moves)), key=lambda i: (moves[i].build_id, moves[i].name))
+    for i in order:
+        move = moves[i]
+        to = PackageStatus(move.to)
+        allowed = sources_of(to) if move.expect is None else sources_of(to) & move.expect
+        rows = _move_packages(conn, move.build_id, (move.name,), to, allowed, move.fields)
+        results[i] = rows[0] if rows else None
+    return results
 
 
 def _move_packages(

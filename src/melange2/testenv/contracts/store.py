@@ -41,7 +41,7 @@ from melange2.jobs import (
     PackageStatus,
     StepOptions,
 )
-from melange2.store.base import JobStore, StoredBackend
+from melange2.store.base import JobStore, Move, StoredBackend
 from melange2.store.rules import LEASE_EXPIRED_REASON
 from melange2.testenv.contracts.tokens import TokenStoreContract
 
@@ -555,6 +555,111 @@ class StoreContract(TokenStoreContract):
         assert await store.get_build(build.id) == build
         with pytest.raises(NotFound):
             await store.transition_many(BuildId("bld-nope"), ["a"], PackageStatus.PENDING)
+
+    # apply
+
+    async def test_apply_answers_each_move_and_a_refusal_undoes_nothing(
+        self, store: JobStore
+    ) -> None:
+        one = make_build("bld-0000000000000001", names=("a", "b", "c"))
+        two = make_build(
+            "bld-0000000000000002", names=("x", "y"), package_status=PackageStatus.BLOCKED
+        )
+        await store.create_build(one)
+        await store.create_build(two)
+        running = frozenset({PackageStatus.RUNNING})
+
+        results = await store.apply(
+            [
+                Move(build_id=one.id, name="b", to=PackageStatus.RUNNING, fields={"reason": ""}),
+                # refused: pending cannot succeed, and "c" is not running
+                Move(build_id=one.id, name="a", to=PackageStatus.SUCCESS),
+                Move(build_id=one.id, name="c", to=PackageStatus.FAILED, expect=running),
+                Move(build_id=two.id, name="y", to=PackageStatus.PENDING, fields={"reason": "r"}),
+                Move(build_id=one.id, name="nope", to=PackageStatus.RUNNING),
+                Move(build_id=BuildId("bld-nope"), name="a", to=PackageStatus.RUNNING),
+                Move(
+                    build_id=one.id,
+                    name="a",
+                    to=PackageStatus.RUNNING,
+                    fields={"lease_owner": "me", "lease_expires": T0, "started_at": T0},
+                ),
+            ]
+        )
+
+        a = one.packages[0].evolve(
+            status=PackageStatus.RUNNING, lease_owner="me", lease_expires=T0, started_at=T0
+        )
+        b = one.packages[1].evolve(status=PackageStatus.RUNNING, reason="")
+        y = two.packages[1].evolve(status=PackageStatus.PENDING, reason="r")
+        assert list(results) == [b, None, None, y, None, None, a]
+        assert (await store.get_build(one.id)).packages == (a, b, one.packages[2])
+        assert (await store.get_build(two.id)).packages == (two.packages[0], y)
+        assert await store.apply([]) == []
+
+    async def test_apply_moves_one_package_twice_in_order(self, store: JobStore) -> None:
+        build = make_build(names=("a",))
+        await store.create_build(build)
+        running = frozenset({PackageStatus.RUNNING})
+
+        results = await store.apply(
+            [
+                Move(build_id=build.id, name="a", to=PackageStatus.RUNNING),
+                Move(build_id=build.id, name="a", to=PackageStatus.SUCCESS, expect=running),
+                Move(build_id=build.id, name="a", to=PackageStatus.FAILED, expect=running),
+            ]
+        )
+
+        first, second, third = results
+        assert first is not None and first.status is PackageStatus.RUNNING
+        assert second is not None and second.status is PackageStatus.SUCCESS
+        assert third is None
+        assert (await store.get_build(build.id)).packages == (second,)
+
+    async def test_apply_with_a_bad_value_writes_nothing(self, store: JobStore) -> None:
+        build = make_build(names=("a", "b"))
+        await store.create_build(build)
+        good = Move(build_id=build.id, name="a", to=PackageStatus.RUNNING)
+        with pytest.raises(TypeError):
+            await store.apply(
+                [good, Move(build_id=build.id, name="b", to=PackageStatus.RUNNING, fields={"x": 1})]
+            )
+        naive = {"started_at": datetime(2025, 1, 1)}
+        with pytest.raises(ValueError):
+            await store.apply(
+                [good, Move(build_id=build.id, name="b", to=PackageStatus.RUNNING, fields=naive)]
+            )
+        with pytest.raises(ValueError):
+            await store.apply([good, Move(build_id=build.id, name="b", to="flying")])  # type: ignore[arg-type]
+        assert await store.get_build(build.id) == build
+
+    async def test_concurrent_applies_give_each_package_one_winner(self, store: JobStore) -> None:
+        names = ("a", "b", "c", "d")
+        build = make_build(names=names)
+        await store.create_build(build)
+
+        async def claim(owner: int) -> list[str]:
+            order = names[owner % 4 :] + names[: owner % 4]  # each in its own order
+            moves = [
+                Move(
+                    build_id=build.id,
+                    name=name,
+                    to=PackageStatus.RUNNING,
+                    expect=frozenset({PackageStatus.PENDING}),
+                    fields={"lease_owner": f"owner-{owner}"},
+                )
+                for name in order
+            ]
+            results = await store.apply(moves)
+            return [j.name for j in results if j is not None]
+
+        won = await asyncio.gather(*(claim(i) for i in range(16)))
+
+        winners = {name: [i for i, got in enumerate(won) if name in got] for name in names}
+        assert all(len(w) == 1 for w in winners.values()), winners
+        for job in (await store.get_build(build.id)).packages:
+            assert job.status is PackageStatus.RUNNING
+            assert job.lease_owner == f"owner-{winners[job.name][0]}"
 
     # update_package and add_attempt
 
