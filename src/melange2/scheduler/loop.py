@@ -69,7 +69,8 @@ from melange2.jobs import (
 )
 from melange2.pool.pool import BackendPool, BackendSlot
 from melange2.scheduler.placement import Never, Request, Wait
-from melange2.store.base import JobStore
+from melange2.store.base import JobStore, Move
+from melange2.store.batch import MoveBatcher
 
 _log = logging.getLogger(__name__)
 
@@ -180,6 +181,18 @@ class _Ready:
     name: str = field(compare=False)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Start:
+    """A start placed in this dispatch round, written with the round's others."""
+
+    state: _BuildState
+    job: PackageJob
+    slot: BackendSlot
+    attempt: int
+    now: datetime
+    move: Move
+
+
 @dataclass(kw_only=True)
 class SchedulerEvent:
     """What happened, for observers (metrics, benchmarks, live displays)."""
@@ -256,6 +269,10 @@ class Scheduler:
         #: blocked packages whose dependencies all succeeded, queued but not yet written
         self._promoted: set[tuple[BuildId, str]] = set()
         self._tasks: dict[tuple[BuildId, str], asyncio.Task[None]] = {}
+        #: guarded moves made at about the same time go to the store in one transaction
+        self._moves = MoveBatcher(store)
+        #: the starts placed in this dispatch round, not yet written (see _start)
+        self._starts: dict[tuple[BuildId, str], _Start] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -499,6 +516,7 @@ class Scheduler:
                 await self._dispatch_queue(queue_key, shapes)
                 if not shapes:
                     del self._queues[queue_key]
+            await self._write_starts()
             await self._record_waiting()
 
     async def _dispatch_queue(
@@ -622,6 +640,8 @@ class Scheduler:
         await self._update_status(state)
 
     def _dispatchable(self, job: PackageJob) -> bool:
+        if (job.build_id, job.name) in self._starts:  # placed this round already
+            return False
         return job.status is PackageStatus.PENDING or (
             job.status is PackageStatus.BLOCKED and (job.build_id, job.name) in self._promoted
         )
@@ -697,36 +717,61 @@ class Scheduler:
         await self._update_status(state)
 
     async def _start(self, state: _BuildState, job: PackageJob, slot: BackendSlot) -> None:
+        """Start ``job`` on ``slot``: its move to ``running`` is written with the other
+        starts of this dispatch round, in one store transaction (:meth:`_write_starts`)."""
         backend = Backend(
             addr=slot.backend.addr, arch=slot.backend.arch, labels=dict(slot.backend.labels)
         )
         now = self.clock.now()
         attempt = len(job.attempts) + 1
-        try:
-            running = await self.store.transition(
-                state.build.id,
-                job.name,
-                PackageStatus.RUNNING,
-                expect=frozenset({job.status}),
-                backend=backend,
-                started_at=job.started_at or now,
-                reason="",
-                lease_owner=self.owner,
-                lease_expires=now + timedelta(seconds=self.lease_ttl),
-                attempts=(
+        move = Move(
+            build_id=state.build.id,
+            name=job.name,
+            to=PackageStatus.RUNNING,
+            expect=frozenset({job.status}),
+            fields={
+                "backend": backend,
+                "started_at": job.started_at or now,
+                "reason": "",
+                "lease_owner": self.owner,
+                "lease_expires": now + timedelta(seconds=self.lease_ttl),
+                "attempts": (
                     *job.attempts,
                     Attempt(number=attempt, backend=backend.addr, started_at=now),
                 ),
-            )
-        except InvalidTransition:
-            self.pool.release(slot, outcome="neutral")
+            },
+        )
+        start = _Start(state=state, job=job, slot=slot, attempt=attempt, now=now, move=move)
+        self._starts[(job.build_id, job.name)] = start
+
+    async def _write_starts(self) -> None:
+        """Write the starts of this dispatch round, each a compare-and-set of its own
+        (one refused, e.g. cancelled meanwhile, frees its slot; the others start), then
+        start their tasks."""
+        starts = list(self._starts.values())
+        if not starts:
             return
-        except _STORE_FAILURES as exc:
-            self.pool.release(slot, outcome="neutral")
-            await self._fail_package(state, job, f"the store refused its start: {exc}")
-            return
+        try:
+            results = await self._moves.many([s.move for s in starts])
         finally:
-            self._promoted.discard((job.build_id, job.name))
+            self._starts.clear()
+        for start, result in zip(starts, results, strict=True):
+            await self._started(start, result)
+
+    async def _started(self, start: _Start, result: PackageJob | BaseException | None) -> None:
+        state, job, slot, now = start.state, start.job, start.slot, start.now
+        self._promoted.discard((job.build_id, job.name))
+        if result is None:  # refused: no longer what it was when placed
+            self.pool.release(slot, outcome="neutral")
+            return
+        if isinstance(result, _STORE_FAILURES):
+            self.pool.release(slot, outcome="neutral")
+            await self._fail_package(state, job, f"the store refused its start: {result}")
+            return
+        if isinstance(result, BaseException):
+            self.pool.release(slot, outcome="neutral")
+            raise result
+        running = result
         state.set(running)
         self._emit("started", state.build.id, job.name, PackageStatus.RUNNING)
         if state.status is BuildStatus.PENDING:
@@ -740,7 +785,8 @@ class Scheduler:
             self._changed(state, None, BuildStatus.PENDING)
         key = (state.build.id, job.name)
         task = asyncio.create_task(
-            self._run(state, running, slot, attempt), name=f"build {job.build_id}/{job.name}"
+            self._run(state, running, slot, start.attempt),
+            name=f"build {job.build_id}/{job.name}",
         )
         task.add_done_callback(_log_crash)
         self._tasks[key] = task
@@ -846,27 +892,34 @@ class Scheduler:
     ) -> None:
         now = self.clock.now()
         error = storable(error)
-        async with self._lock:
-            try:
-                done = await self.store.transition(
-                    state.build.id,
-                    job.name,
-                    status,
-                    expect=frozenset({PackageStatus.RUNNING}),
-                    finished_at=now,
-                    error=error,
-                    lease_owner="",
-                    lease_expires=None,
-                    attempts=_closed(job, attempt, now, error, fields.get("log_path", "")),
-                    **fields,
-                )
-            except InvalidTransition:  # cancelled or taken over meanwhile
-                return
-            except _STORE_FAILURES as exc:
+        move = Move(
+            build_id=state.build.id,
+            name=job.name,
+            to=status,
+            expect=frozenset({PackageStatus.RUNNING}),
+            fields={
+                "finished_at": now,
+                "error": error,
+                "lease_owner": "",
+                "lease_expires": None,
+                "attempts": _closed(job, attempt, now, error, fields.get("log_path", "")),
+                **fields,
+            },
+        )
+        # written outside the lock, so that finishes arriving together share one store
+        # transaction; only this package's task moves it while it runs (a cancel, an
+        # orphan's failure, a lease expiry: the compare-and-set refuses one of the two)
+        try:
+            done = await self._moves.move(move)
+        except _STORE_FAILURES as exc:
+            async with self._lock:
                 await self._fail_package(
                     state, job, f"the store refused its result ({status.value}): {exc}"
                 )
-                return
+            return
+        if done is None:  # cancelled or taken over meanwhile
+            return
+        async with self._lock:
             state.set(done)
             self._emit("finished", state.build.id, job.name, status)
             if status is PackageStatus.SUCCESS:
