@@ -597,6 +597,46 @@ class StoreContract(TokenStoreContract):
         assert (await store.get_build(two.id)).packages == (two.packages[0], y)
         assert await store.apply([]) == []
 
+    async def test_apply_gives_each_package_its_own_values(self, store: JobStore) -> None:
+        names = [f"p{i:03}" for i in range(150)]
+        build = make_build(names=names, package_status=PackageStatus.RUNNING)
+        await store.create_build(build)
+        ends = [PackageStatus.SUCCESS, PackageStatus.FAILED, PackageStatus.CANCELLED]
+        moves = []
+        for i, name in enumerate(names):
+            at = (T0 + timedelta(seconds=i)).astimezone(CEST if i % 2 else UTC)
+            moves.append(
+                Move(
+                    build_id=build.id,
+                    name=name,
+                    to=ends[i % 3],
+                    expect=frozenset({PackageStatus.RUNNING}),
+                    fields={
+                        "finished_at": at,
+                        "error": "" if i % 3 == 0 else f"error {i}",
+                        "lease_owner": "",
+                        "lease_expires": None if i % 5 else at,
+                        "backend": None
+                        if i % 4
+                        else Backend(addr=f"tcp://b{i}:1", arch="x86_64", labels={"n": str(i)}),
+                        "attempts": (
+                            Attempt(number=1, backend=f"tcp://b{i}:1", started_at=T0),
+                            Attempt(number=2, backend="tcp://x:1", started_at=at, error=str(i)),
+                        )[: 1 + i % 2],
+                        "cached": i % 7 == 0,
+                    },
+                )
+            )
+
+        results = await store.apply(moves)
+
+        expected = [
+            job.evolve(status=move.to, **move.fields)
+            for job, move in zip(build.packages, moves, strict=True)
+        ]
+        assert list(results) == expected
+        assert (await store.get_build(build.id)).packages == tuple(expected)
+
     async def test_apply_moves_one_package_twice_in_order(self, store: JobStore) -> None:
         build = make_build(names=("a",))
         await store.create_build(build)
