@@ -778,7 +778,7 @@ class Scheduler:
             state.status = BuildStatus.RUNNING
             try:
                 state.build = await self.store.update_build(
-                    state.build.id, status=BuildStatus.RUNNING, started_at=now
+                    state.build.id, with_packages=False, status=BuildStatus.RUNNING, started_at=now
                 )
             except _STORE_FAILURES:  # written with the build's next change
                 _log.exception("recording build %s as running", state.build.id)
@@ -1034,7 +1034,9 @@ class Scheduler:
                         _log.exception("finishing build %s", state.build.id)
                 fields["finished_at"] = self.clock.now()
             try:
-                state.build = await self.store.update_build(state.build.id, **fields)
+                state.build = await self.store.update_build(
+                    state.build.id, with_packages=False, **fields
+                )
             except _STORE_FAILURES:
                 _log.exception("recording build %s as %s", state.build.id, status.value)
                 self._abandon(state)

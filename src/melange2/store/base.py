@@ -160,9 +160,13 @@ class JobStore(TokenStore, Protocol):
     async def add_attempt(self, build_id: BuildId, name: str, attempt: Attempt) -> None:
         """Append (or replace, same ``number``) an attempt of a package."""
 
-    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
+    async def update_build(
+        self, build_id: BuildId, *, with_packages: bool = True, **fields: Any
+    ) -> Build:
         """Set build fields (``status``, ``started_at``, ``finished_at``,
-        ``cancel_requested``). Returns the build. Raises ``NotFound``."""
+        ``cancel_requested``). Returns the build; with ``with_packages=False`` without its
+        packages (``packages`` empty: cheap for a build of thousands). Raises
+        ``NotFound``."""
 
     async def renew_leases(self, owner: str, expires: datetime) -> int:
         """Extend every running lease held by ``owner``; return how many."""

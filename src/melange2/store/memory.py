@@ -152,14 +152,17 @@ class MemoryStore:
             )
         return BuildPage(builds=[_copy_build(b) for b in page], next_cursor=next_cursor)
 
-    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
+    async def update_build(
+        self, build_id: BuildId, *, with_packages: bool = True, **fields: Any
+    ) -> Build:
         self._check_open()
         check_fields(fields, BUILD_FIELDS, "build")
         check_text(fields, "build fields")
         build = self._build(build_id)
-        changed = _copy_build(replace(build, **fields))
-        self.builds[build_id] = changed
-        return _copy_build(changed)
+        # the build's own fields checked and copied; its packages are stored copies
+        changed = _copy_build(replace(build, packages=(), **fields))
+        self.builds[build_id] = replace(changed, packages=build.packages)
+        return _copy_build(self.builds[build_id]) if with_packages else changed
 
     async def unfinished_builds(self) -> Sequence[Build]:
         self._check_open()

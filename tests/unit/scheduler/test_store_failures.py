@@ -62,9 +62,11 @@ class FlakyStore(MemoryStore):
             self._maybe("transition", (move.build_id, move.name, move.to), dict(move.fields))
         return await super().apply(moves)
 
-    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
+    async def update_build(
+        self, build_id: BuildId, *, with_packages: bool = True, **fields: Any
+    ) -> Build:
         self._maybe("update_build", (build_id,), fields)
-        return await super().update_build(build_id, **fields)
+        return await super().update_build(build_id, with_packages=with_packages, **fields)
 
     async def renew_leases(self, *args: Any, **fields: Any) -> int:
         self._maybe("renew_leases", args, fields)

@@ -147,9 +147,10 @@ def insert_build(conn: Connection, build: Build) -> None:
         conn.execute(insert(packages), rows)
 
 
-def fetch_build(conn: Connection, build_id: BuildId) -> Build | None:
+def fetch_build(conn: Connection, build_id: BuildId, *, packages: bool = True) -> Build | None:
+    """The build, with its packages unless ``packages`` is false."""
     rows = (conn.execute(select(builds).where(builds.c.id == build_id))).mappings().all()
-    found = with_packages(conn, rows)
+    found = with_packages(conn, rows) if packages else [build_from_row(r, ()) for r in rows]
     return found[0] if found else None
 
 

@@ -141,14 +141,16 @@ class SqlStore:
         next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
         return BuildPage(builds=page, next_cursor=next_cursor, counts=counts)
 
-    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
+    async def update_build(
+        self, build_id: BuildId, *, with_packages: bool = True, **fields: Any
+    ) -> Build:
         check_fields(fields, BUILD_FIELDS, "build")
         check_text(fields, "build fields")
 
         def update(conn: Connection) -> Build:
             if not queries.update_build(conn, build_id, fields):
                 raise NotFound(f"no build {build_id}")
-            build = queries.fetch_build(conn, build_id)
+            build = queries.fetch_build(conn, build_id, packages=with_packages)
             assert build is not None
             return build
 

@@ -779,6 +779,22 @@ class StoreContract(TokenStoreContract):
             T0 + timedelta(seconds=3),
         )
 
+    async def test_update_build_without_packages_still_keeps_them(self, store: JobStore) -> None:
+        build = make_build(names=("a", "b"))
+        await store.create_build(build)
+
+        updated = await store.update_build(
+            build.id, with_packages=False, status=BuildStatus.RUNNING, started_at=T0
+        )
+
+        expected = build.evolve(status=BuildStatus.RUNNING, started_at=T0)
+        assert updated == expected.evolve(packages=())
+        assert await store.get_build(build.id) == expected
+        with pytest.raises(NotFound):
+            await store.update_build(BuildId("bld-zz"), with_packages=False, status="running")
+        with pytest.raises(TypeError):
+            await store.update_build(build.id, with_packages=False, packages=())
+
     async def test_update_build_refuses_unknown_and_protected(self, store: JobStore) -> None:
         build = make_build()
         await store.create_build(build)
