@@ -155,6 +155,10 @@ class _BuildState:
     dependents: dict[str, list[str]]
     status: BuildStatus
     counts: Counter[PackageStatus] = field(default_factory=Counter)
+    #: per package, how many of its dependencies (in this build) have not succeeded,
+    #: and how many ended otherwise: settling a dependent is O(1), not O(its deps)
+    unmet: Counter[str] = field(default_factory=Counter)
+    failed_deps: Counter[str] = field(default_factory=Counter)
     #: told of every package whose status this state sees change (old job, new job)
     moved: Callable[[_BuildState, PackageJob, PackageJob], None] | None = None
 
@@ -164,8 +168,24 @@ class _BuildState:
             self.counts[old.status] -= 1
         self.counts[job.status] += 1
         self.jobs[job.name] = job
+        if old is None or old.status is not job.status:
+            self._count_for_dependents(old, job)
         if old is not None and old.status is not job.status and self.moved is not None:
             self.moved(self, old, job)
+
+    def _count_for_dependents(self, old: PackageJob | None, job: PackageJob) -> None:
+        was_ok = old is not None and old.status is PackageStatus.SUCCESS
+        was_bad = old is not None and _ended_badly(old.status)
+        ok, bad = job.status is PackageStatus.SUCCESS, _ended_badly(job.status)
+        if was_ok == ok and was_bad == bad:
+            return
+        for dependent in self.dependents.get(job.name, ()):
+            self.unmet[dependent] += was_ok - ok
+            self.failed_deps[dependent] += bad - was_bad
+
+
+def _ended_badly(status: PackageStatus) -> bool:
+    return status.terminal and status is not PackageStatus.SUCCESS
 
 
 #: (arch, backend selector): packages that compete for the same backends
@@ -420,6 +440,9 @@ class Scheduler:
                 if dep in dependents:
                     dependents[dep].append(job.name)
         state = _BuildState(build=build, jobs={}, dependents=dependents, status=build.status)
+        for waiting in dependents.values():  # unmet until set() sees them succeed
+            for dependent in waiting:
+                state.unmet[dependent] += 1
         for job in build.packages:
             state.set(job)
         if self.on_change is not None:
@@ -979,12 +1002,15 @@ class Scheduler:
         job = state.jobs[name]
         if job.status is not PackageStatus.BLOCKED:
             return
-        deps = [state.jobs[d] for d in job.dependencies if d in state.jobs]
-        failed = [d for d in deps if d.status.terminal and d.status is not PackageStatus.SUCCESS]
-        if failed:
-            await self._cascade_failure(state, failed[0].name)
+        if state.failed_deps[name]:
+            failed = next(
+                d
+                for d in job.dependencies
+                if d in state.jobs and _ended_badly(state.jobs[d].status)
+            )
+            await self._cascade_failure(state, failed)
             return
-        if all(d.status is PackageStatus.SUCCESS for d in deps):
+        if not state.unmet[name]:
             # ready: queued now, written `running` if a slot is free at the next dispatch,
             # else `pending` (see _record_waiting)
             self._promoted.add((state.build.id, name))
