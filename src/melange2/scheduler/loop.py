@@ -540,7 +540,6 @@ class Scheduler:
                 if not shapes:
                     del self._queues[queue_key]
             await self._write_starts()
-            await self._record_waiting()
 
     async def _dispatch_queue(
         self, queue_key: QueueKey, shapes: dict[Request, list[_Ready]]
@@ -669,35 +668,6 @@ class Scheduler:
             job.status is PackageStatus.BLOCKED and (job.build_id, job.name) in self._promoted
         )
 
-    async def _record_waiting(self) -> None:
-        """Packages whose dependencies all succeeded but found no free slot: write them
-        ``pending`` now (those that found one went straight to ``running``, one write
-        instead of two on the path from a dependency's success to its dependent's start).
-        One store call per build for all of them."""
-        waiting: dict[BuildId, list[str]] = {}
-        for build_id, name in self._promoted:
-            state = self._builds.get(build_id)
-            if state is not None and state.jobs[name].status is PackageStatus.BLOCKED:
-                waiting.setdefault(build_id, []).append(name)
-        self._promoted.clear()
-        for build_id, names in waiting.items():
-            try:
-                moved = await self.store.transition_many(
-                    build_id,
-                    names,
-                    PackageStatus.PENDING,
-                    expect=frozenset({PackageStatus.BLOCKED}),
-                    reason="",
-                )
-            except _STORE_FAILURES:  # they stay queued; the store says blocked meanwhile
-                _log.exception("recording %d packages of %s as pending", len(names), build_id)
-                continue
-            state = self._builds.get(build_id)
-            if state is None:
-                continue
-            for job in moved:
-                state.set(job)
-
     async def _no_backend(
         self,
         state: _BuildState,
@@ -768,18 +738,42 @@ class Scheduler:
         self._starts[(job.build_id, job.name)] = start
 
     async def _write_starts(self) -> None:
-        """Write the starts of this dispatch round, each a compare-and-set of its own
-        (one refused, e.g. cancelled meanwhile, frees its slot; the others start), then
-        start their tasks."""
+        """Write this dispatch round in one store transaction: its starts, each a
+        compare-and-set of its own (one refused, e.g. cancelled meanwhile, frees its
+        slot; the others start), and, written ``pending``, the packages whose
+        dependencies all succeeded but found no free slot (those that found one go
+        straight to ``running``: one write instead of two on the path from a
+        dependency's success to its dependent's start). Then start the tasks."""
         starts = list(self._starts.values())
-        if not starts:
+        waiting = [
+            Move(
+                build_id=build_id,
+                name=name,
+                to=PackageStatus.PENDING,
+                expect=frozenset({PackageStatus.BLOCKED}),
+                fields={"reason": ""},
+            )
+            for build_id, name in sorted(self._promoted)
+            if (build_id, name) not in self._starts
+            and (state := self._builds.get(build_id)) is not None
+            and state.jobs[name].status is PackageStatus.BLOCKED
+        ]
+        self._promoted.clear()  # the started ones are in self._starts
+        if not starts and not waiting:
             return
         try:
-            results = await self._moves.many([s.move for s in starts])
+            results = await self._moves.many([s.move for s in starts] + waiting)
         finally:
             self._starts.clear()
-        for start, result in zip(starts, results, strict=True):
+        for start, result in zip(starts, results[: len(starts)], strict=True):
             await self._started(start, result)
+        for move, moved in zip(waiting, results[len(starts) :], strict=True):
+            if isinstance(moved, BaseException):  # they stay queued; the store says blocked
+                _log.error("recording %s/%s as pending: %s", move.build_id, move.name, moved)
+                continue
+            state = self._builds.get(move.build_id)
+            if moved is not None and state is not None:
+                state.set(moved)
 
     async def _started(self, start: _Start, result: PackageJob | BaseException | None) -> None:
         state, job, slot, now = start.state, start.job, start.slot, start.now
