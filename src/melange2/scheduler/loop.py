@@ -19,6 +19,10 @@ failure skips the dependents, each naming the failed dependency.
 The store is the truth: every move is a compare-and-set there first; the in-memory
 graph only makes dispatch fast. Running packages hold a lease renewed every few
 seconds; an expired lease (the server died) puts the package back in the queue.
+Moves made together go to the store together (:class:`~melange2.store.batch.MoveBatcher`,
+one :meth:`~melange2.store.base.JobStore.apply`): a dispatch round's starts and its
+packages left waiting, or the ends of packages that finish at once, are one transaction,
+each still its own compare-and-set.
 
 Nothing one build brings stops the loop: a store write that fails for a package
 (the store is down, or refuses a value) fails that package with the reason, and if the
