@@ -335,22 +335,26 @@ def _move_rows(
         params.update({f"v_{c}": v for c, v in rows[0].items()})
         query = _guarded_update(columns, one=True)
     else:
-        params["w_names"] = list(names)
+        del params["w_allowed"]
         same = tuple(c for c in columns if all(r[c] == rows[0][c] for r in rows))
         varying = tuple(c for c in columns if c not in same)
         params.update({f"v_{c}": rows[0][c] for c in same})
+        params.update({f"s_{i}": status for i, status in enumerate(allowed)})
         for i, (name, row) in enumerate(zip(names, rows, strict=True)):
             params[f"n_{i}"] = name
             params.update({f"v_{c}_{i}": row[c] for c in varying})
-        query = _guarded_update_rows(same, varying, len(names))
+        query = _guarded_update_rows(same, varying, len(names), len(allowed))
     found = conn.execute(query, params).mappings()
     return {job.name: job for job in map(package_from_row, found)}
 
 
 @functools.lru_cache(maxsize=1024)
-def _guarded_update_rows(same: tuple[str, ...], varying: tuple[str, ...], count: int) -> Update:
-    """The guarded UPDATE of ``count`` packages of one build for :func:`_move_rows`,
-    made once per shape."""
+def _guarded_update_rows(
+    same: tuple[str, ...], varying: tuple[str, ...], count: int, states: int
+) -> Update:
+    """The guarded UPDATE of ``count`` packages of one build from one of ``states``
+    states for :func:`_move_rows`, made once per shape (no expanding parameters: those
+    are rewritten at every execution)."""
     sets: dict[str, Any] = {c: bindparam(f"v_{c}", type_=packages.c[c].type) for c in same}
     for c in varying:
         column = packages.c[c]
@@ -363,8 +367,8 @@ def _guarded_update_rows(same: tuple[str, ...], varying: tuple[str, ...], count:
         update(packages)
         .where(
             packages.c.build_id == bindparam("w_build_id"),
-            packages.c.name.in_(bindparam("w_names", expanding=True)),
-            packages.c.status.in_(bindparam("w_allowed", expanding=True)),
+            packages.c.name.in_([bindparam(f"n_{i}") for i in range(count)]),
+            packages.c.status.in_([bindparam(f"s_{i}") for i in range(states)]),
         )
         .values(sets)
         .returning(packages)
