@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     RowMapping,
     Update,
     and_,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.exc import StatementError
 
 from melange2.auth import Role, Token
 from melange2.buildkit.tls import ClientTLS
@@ -328,24 +330,147 @@ def _move_rows(
 ) -> dict[str, PackageJob]:
     """One guarded UPDATE moving each of ``names`` (distinct, of one build) with its own
     column values ``rows``: a column the same for all is one parameter, the others a
-    ``CASE`` on the package's name. The packages that moved, by name."""
-    params: dict[str, Any] = {"w_build_id": build_id, "w_allowed": list(allowed)}
-    if len(names) == 1:
-        params["w_names"] = names[0]
-        params.update({f"v_{c}": v for c, v in rows[0].items()})
-        query = _guarded_update(columns, one=True)
-    else:
-        del params["w_allowed"]
+    ``CASE`` on the package's name. The packages that moved, by name.
+
+    The hot statement of the scheduler (a dispatch round's starts, its finishes): it
+    runs as SQL compiled once per shape (:class:`_Prepared`), its values converted by
+    the columns' own types, and its rows made into packages by :func:`_package_of`,
+    past SQLAlchemy's per-execution work (compile-cache lookup, parameter processing,
+    the result layer), which cost more than the database's."""
+    same: tuple[str, ...] = columns
+    varying: tuple[str, ...] = ()
+    if len(names) > 1:
         same = tuple(c for c in columns if all(r[c] == rows[0][c] for r in rows))
         varying = tuple(c for c in columns if c not in same)
-        params.update({f"v_{c}": rows[0][c] for c in same})
-        params.update({f"s_{i}": status for i, status in enumerate(allowed)})
-        for i, (name, row) in enumerate(zip(names, rows, strict=True)):
-            params[f"n_{i}"] = name
-            params.update({f"v_{c}_{i}": row[c] for c in varying})
-        query = _guarded_update_rows(same, varying, len(names), len(allowed))
-    found = conn.execute(query, params).mappings()
-    return {job.name: job for job in map(package_from_row, found)}
+    params: dict[str, Any] = {"w_build_id": build_id}
+    params.update({f"v_{c}": rows[0][c] for c in same})
+    params.update({f"s_{i}": status for i, status in enumerate(allowed)})
+    for i, (name, row) in enumerate(zip(names, rows, strict=True)):
+        params[f"n_{i}"] = name
+        params.update({f"v_{c}_{i}": row[c] for c in varying})
+    prepared = _prepared_update(conn.dialect, same, varying, len(names), len(allowed))
+    return {job.name: job for job in prepared.run(conn, params)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _prepared_update(
+    dialect: Dialect, same: tuple[str, ...], varying: tuple[str, ...], count: int, states: int
+) -> _Prepared:
+    return _Prepared.of(_guarded_update_rows(same, varying, count, states), dialect)
+
+
+class _Prepared:
+    """A statement returning package rows, compiled once for one dialect: its SQL text,
+    how each parameter's value is bound (the column type's own bind processor, as
+    SQLAlchemy would), and how each returned column is read (the type's result
+    processor, made from the driver's first description of the rows)."""
+
+    def __init__(self, sql: str, order: Sequence[str] | None, binds: Mapping[str, Any]) -> None:
+        self.sql = sql
+        #: positional parameters (SQLite's ``?``) in this order; None: by name
+        self.order = None if order is None else tuple(order)
+        self.binds = dict(binds)
+        self._reads: list[Any] | None = None
+
+    @classmethod
+    def of(cls, statement: Update, dialect: Dialect) -> _Prepared:
+        compiled = statement.compile(dialect=dialect)
+        binds = {
+            name: bind.type.dialect_impl(dialect).bind_processor(dialect)
+            for name, bind in compiled.binds.items()
+        }
+        order = compiled.positiontup if dialect.paramstyle in ("qmark", "numeric") else None
+        return cls(compiled.string, order, {k: v for k, v in binds.items() if v is not None})
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> list[PackageJob]:
+        """Execute with ``params`` (by name); the packages it returned."""
+        try:
+            values = {
+                k: (v if v is None or (bind := self.binds.get(k)) is None else bind(v))
+                for k, v in params.items()
+            }
+        except (TypeError, ValueError) as exc:  # as SQLAlchemy reports a refused value
+            raise StatementError(str(exc), self.sql, params, exc) from exc
+        bound: Any = values if self.order is None else tuple(values[k] for k in self.order)
+        result = conn.exec_driver_sql(self.sql, bound)
+        reads = self._reads
+        if reads is None:
+            reads = self._reads = _result_processors(conn.dialect, result.cursor.description)
+        return [_package_of(_read_row(reads, row)) for row in result.fetchall()]
+
+
+def _result_processors(dialect: Dialect, description: Sequence[Any]) -> list[Any]:
+    """Per returned column of ``packages`` (all of them, in table order), its type's
+    result processor for this driver's column type (``None``: the value as it comes)."""
+    columns = list(packages.c)
+    if len(description) != len(columns):
+        raise AssertionError(f"{len(description)} columns returned, not {len(columns)}")
+    return [
+        column.type.dialect_impl(dialect).result_processor(dialect, entry[1])
+        for column, entry in zip(columns, description, strict=True)
+    ]
+
+
+def _read_row(reads: Sequence[Any], row: Sequence[Any]) -> list[Any]:
+    return [
+        value if read is None or value is None else read(value)
+        for read, value in zip(reads, row, strict=True)
+    ]
+
+
+def _package_of(v: Sequence[Any]) -> PackageJob:
+    """A package from its row's values in :data:`packages`' column order (as
+    :func:`package_from_row`, by position)."""
+    (
+        build_id,
+        name,
+        seq,
+        status,
+        config_yaml,
+        arch,
+        dependencies,
+        priority,
+        reason,
+        error,
+        started_at,
+        finished_at,
+        log_path,
+        output_path,
+        backend,
+        lease_owner,
+        lease_expires,
+        cached,
+        input_digest,
+        attempts,
+        cpu_millis,
+        memory_bytes,
+    ) = v
+    return PackageJob(
+        build_id=BuildId(build_id),
+        name=name,
+        seq=seq,
+        status=PackageStatus(status),
+        config_yaml=config_yaml,
+        arch=arch,
+        dependencies=tuple(dependencies),
+        priority=float(priority),
+        reason=reason,
+        error=error,
+        attempts=attempts,
+        started_at=started_at,
+        finished_at=finished_at,
+        log_path=log_path,
+        output_path=output_path,
+        cached=bool(cached),
+        input_digest=input_digest,
+        backend=None
+        if backend is None
+        else Backend(addr=backend["addr"], arch=backend["arch"], labels=backend["labels"]),
+        lease_owner=lease_owner,
+        lease_expires=lease_expires,
+        cpu_millis=cpu_millis,
+        memory_bytes=memory_bytes,
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -371,7 +496,7 @@ def _guarded_update_rows(
             packages.c.status.in_([bindparam(f"s_{i}") for i in range(states)]),
         )
         .values(sets)
-        .returning(packages)
+        .returning(*packages.c)
     )
 
 
