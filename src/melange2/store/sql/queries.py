@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Dialect,
     RowMapping,
+    Select,
     Update,
     and_,
     bindparam,
@@ -213,20 +215,27 @@ def fetch_unfinished_builds(conn: Connection) -> list[Build]:
 
 
 def with_packages(conn: Connection, rows: Sequence[RowMapping]) -> list[Build]:
-    """Builds from build rows, loading all their packages in one query."""
+    """Builds from build rows, loading all their packages in one query (compiled once
+    per number of builds, rows read as :func:`_move_rows` reads its own)."""
     ids = [row["id"] for row in rows]
     if not ids:
         return []
     jobs: dict[str, list[PackageJob]] = {}
-    package_rows = conn.execute(
-        select(packages)
-        .where(packages.c.build_id.in_(ids))
+    prepared = _prepared_packages_of(conn.dialect, len(ids))
+    for job in prepared.run(conn, {f"b_{i}": build_id for i, build_id in enumerate(ids)}):
+        jobs.setdefault(job.build_id, []).append(job)
+    return [build_from_row(row, jobs.get(row["id"], ())) for row in rows]
+
+
+@functools.lru_cache(maxsize=256)
+def _prepared_packages_of(dialect: Dialect, count: int) -> _Prepared:
+    """The packages of ``count`` builds (``b_0`` ...), by build, ``seq`` and name."""
+    query = (
+        select(*packages.c)
+        .where(packages.c.build_id.in_([bindparam(f"b_{i}") for i in range(count)]))
         .order_by(packages.c.build_id, packages.c.seq, packages.c.name)
     )
-    for row in package_rows.mappings():
-        job = package_from_row(row)
-        jobs.setdefault(row["build_id"], []).append(job)
-    return [build_from_row(row, jobs.get(row["id"], ())) for row in rows]
+    return _Prepared.of(query, dialect)
 
 
 def update_build(conn: Connection, build_id: BuildId, fields: Mapping[str, Any]) -> bool:
@@ -288,7 +297,24 @@ def apply_moves(conn: Connection, moves: Sequence[Move]) -> list[PackageJob | No
     by row), up to :data:`_GROUP_ROWS` rows: a dispatch round's starts, or the finishes
     that arrived together, are one statement, not one each. A package moved twice is
     moved in the order given (its later moves in later statements)."""
-    results: list[PackageJob | None] = [None] * len(moves)
+    return apply_planned(conn, moves, plan_moves(moves))
+
+
+@dataclass(frozen=True)
+class MoveGroup:
+    """One guarded UPDATE of :func:`apply_moves`: the moves at ``indexes`` (of one
+    build, from the same states, setting the same columns) with their column values."""
+
+    build_id: str
+    allowed: tuple[str, ...]
+    columns: tuple[str, ...]
+    indexes: tuple[int, ...]
+    values: tuple[Mapping[str, Any], ...]
+
+
+def plan_moves(moves: Sequence[Move]) -> list[MoveGroup]:
+    """The statements :func:`apply_moves` runs for ``moves``, in order (one: the store
+    may run it alone, without a transaction around it)."""
     values = [package_values({**m.fields, "status": PackageStatus(m.to)}) for m in moves]
     # the k-th move of each package goes in layer k; a layer's groups share no package
     seen: Counter[tuple[str, str]] = Counter()
@@ -302,21 +328,40 @@ def apply_moves(conn: Connection, moves: Sequence[Move]) -> list[PackageJob | No
         allowed = sources_of(to) if move.expect is None else sources_of(to) & move.expect
         key = (move.build_id, frozenset(s.value for s in allowed), tuple(sorted(values[i])))
         layers[k].setdefault(key, []).append(i)
+    plan: list[MoveGroup] = []
     for layer in layers:
         # groups in (build, states, columns) order: two writers lock rows alike
         for (build_id, allowed_values, columns), indexes in sorted(layer.items()):
             for at in range(0, len(indexes), _GROUP_ROWS):
-                chunk = indexes[at : at + _GROUP_ROWS]
-                moved = _move_rows(
-                    conn,
-                    build_id,
-                    [moves[i].name for i in chunk],
-                    sorted(allowed_values),
-                    columns,
-                    [values[i] for i in chunk],
+                chunk = tuple(indexes[at : at + _GROUP_ROWS])
+                plan.append(
+                    MoveGroup(
+                        build_id=build_id,
+                        allowed=tuple(sorted(allowed_values)),
+                        columns=columns,
+                        indexes=chunk,
+                        values=tuple(values[i] for i in chunk),
+                    )
                 )
-                for i in chunk:
-                    results[i] = moved.get(moves[i].name)
+    return plan
+
+
+def apply_planned(
+    conn: Connection, moves: Sequence[Move], plan: Sequence[MoveGroup]
+) -> list[PackageJob | None]:
+    """:func:`apply_moves` by a plan :func:`plan_moves` made of ``moves``."""
+    results: list[PackageJob | None] = [None] * len(moves)
+    for group in plan:
+        moved = _move_rows(
+            conn,
+            group.build_id,
+            [moves[i].name for i in group.indexes],
+            group.allowed,
+            group.columns,
+            group.values,
+        )
+        for i in group.indexes:
+            results[i] = moved.get(moves[i].name)
     return results
 
 
@@ -370,10 +415,10 @@ class _Prepared:
         #: positional parameters (SQLite's ``?``) in this order; None: by name
         self.order = None if order is None else tuple(order)
         self.binds = dict(binds)
-        self._reads: list[Any] | None = None
+        self._reads: list[tuple[int, Callable[[Any], Any]]] | None = None
 
     @classmethod
-    def of(cls, statement: Update, dialect: Dialect) -> _Prepared:
+    def of(cls, statement: Update | Select[Any], dialect: Dialect) -> _Prepared:
         compiled = statement.compile(dialect=dialect)
         binds = {
             name: bind.type.dialect_impl(dialect).bind_processor(dialect)
@@ -399,23 +444,29 @@ class _Prepared:
         return [_package_of(_read_row(reads, row)) for row in result.fetchall()]
 
 
-def _result_processors(dialect: Dialect, description: Sequence[Any]) -> list[Any]:
-    """Per returned column of ``packages`` (all of them, in table order), its type's
-    result processor for this driver's column type (``None``: the value as it comes)."""
+def _result_processors(
+    dialect: Dialect, description: Sequence[Any]
+) -> list[tuple[int, Callable[[Any], Any]]]:
+    """Per returned column of ``packages`` (all of them, in table order) that needs
+    one, its position and its type's result processor for this driver's column type
+    (the others are read as they come)."""
     columns = list(packages.c)
     if len(description) != len(columns):
         raise AssertionError(f"{len(description)} columns returned, not {len(columns)}")
-    return [
+    reads = (
         column.type.dialect_impl(dialect).result_processor(dialect, entry[1])
         for column, entry in zip(columns, description, strict=True)
-    ]
+    )
+    return [(i, read) for i, read in enumerate(reads) if read is not None]
 
 
-def _read_row(reads: Sequence[Any], row: Sequence[Any]) -> list[Any]:
-    return [
-        value if read is None or value is None else read(value)
-        for read, value in zip(reads, row, strict=True)
-    ]
+def _read_row(reads: Sequence[tuple[int, Callable[[Any], Any]]], row: Sequence[Any]) -> list[Any]:
+    values = list(row)
+    for i, read in reads:
+        value = values[i]
+        if value is not None:
+            values[i] = read(value)
+    return values
 
 
 def _package_of(v: Sequence[Any]) -> PackageJob:
