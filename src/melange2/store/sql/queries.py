@@ -9,6 +9,7 @@ set-up lives in :mod:`melange2.store.sql.sqlite` and :mod:`melange2.store.sql.po
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,7 +34,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from melange2.auth import Role, Token
 from melange2.buildkit.tls import ClientTLS
@@ -437,11 +438,36 @@ class _Prepared:
         except (TypeError, ValueError) as exc:  # as SQLAlchemy reports a refused value
             raise StatementError(str(exc), self.sql, params, exc) from exc
         bound: Any = values if self.order is None else tuple(values[k] for k in self.order)
-        result = conn.exec_driver_sql(self.sql, bound)
+        description, rows = _execute(conn, self.sql, bound)
+        if not rows:
+            return []
         reads = self._reads
         if reads is None:
-            reads = self._reads = _result_processors(conn.dialect, result.cursor.description)
-        return [_package_of(_read_row(reads, row)) for row in result.fetchall()]
+            reads = self._reads = _result_processors(conn.dialect, description)
+        return [_package_of(_read_row(reads, row)) for row in rows]
+
+
+def _execute(conn: Connection, sql: str, params: Any) -> tuple[Any, Sequence[Any]]:
+    """Run ``sql`` on ``conn``'s driver connection, in its transaction: the driver's
+    description of the rows and the rows. A driver error is raised as SQLAlchemy raises
+    it (:class:`~sqlalchemy.exc.DBAPIError` by kind, a lost connection invalidated), so
+    :func:`~melange2.store.sql.errors.map_sql_errors` maps it alike."""
+    dbapi = conn.dialect.loaded_dbapi
+    pooled = conn.connection
+    cursor = pooled.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.description, cursor.fetchall()
+    except dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, pooled.dbapi_connection, cursor)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, params, exc, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
+    finally:
+        with contextlib.suppress(Exception):  # a lost connection's cursor
+            cursor.close()
 
 
 def _result_processors(

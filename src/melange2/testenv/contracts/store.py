@@ -679,7 +679,18 @@ class StoreContract(TokenStoreContract):
         build = make_build(names=("a", "b"))
         await store.create_build(build)
         at = datetime(2025, 3, 1, 14, 30, 5, 123_456, tzinfo=CEST)
-        every = {
+        attempts = (
+            Attempt(number=2, backend="tcp://b:1", started_at=at),
+            Attempt(
+                number=1,
+                backend="tcp://c:1",
+                started_at=T0,
+                finished_at=at,
+                error="fault",
+                log_path="logs/a/0.log",
+            ),
+        )
+        every: dict[str, Any] = {
             "config_yaml": "package:\n  name: ä ☃\n",
             "arch": "aarch64",
             "dependencies": ("x", "y-ü"),
@@ -695,17 +706,7 @@ class StoreContract(TokenStoreContract):
             "backend": Backend(addr="tcp://b:1", arch="aarch64", labels={"k": "v", "ü": "☃"}),
             "lease_owner": "owner-1",
             "lease_expires": at + timedelta(seconds=30),
-            "attempts": (
-                Attempt(number=2, backend="tcp://b:1", started_at=at),
-                Attempt(
-                    number=1,
-                    backend="tcp://c:1",
-                    started_at=T0,
-                    finished_at=at,
-                    error="fault",
-                    log_path="logs/a/0.log",
-                ),
-            ),
+            "attempts": attempts,
             "cpu_millis": 16_000,
             "memory_bytes": 64 * 2**30,
         }
@@ -726,7 +727,7 @@ class StoreContract(TokenStoreContract):
 
         expected_a = build.packages[0].evolve(
             status=PackageStatus.RUNNING,
-            **{**every, "attempts": tuple(sorted(every["attempts"], key=lambda a: a.number))},
+            **{**every, "attempts": tuple(sorted(attempts, key=lambda a: a.number))},
         )
         assert moved_a == expected_a
         assert moved_b == build.packages[1].evolve(
