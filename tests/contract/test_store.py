@@ -23,11 +23,11 @@ from melange2.errors import (
     StoreUnavailable,
 )
 from melange2.ids import BuildId
-from melange2.jobs import ALLOWED_TRANSITIONS, PackageStatus
+from melange2.jobs import ALLOWED_TRANSITIONS, Backend, PackageStatus
 from melange2.store import JobStore, MemoryStore, PostgresStore, SqliteStore, open_store
 from melange2.store.base import Move
 from melange2.testenv.contracts import StoreContract
-from melange2.testenv.contracts.store import make_build
+from melange2.testenv.contracts.store import T0, make_build
 from melange2.testenv.postgres import PostgresCluster
 
 
@@ -239,3 +239,30 @@ async def test_random_transitions_agree_with_the_model(
     got_sql = await sql.get_build(build_id)
     assert {j.name: j.status for j in got_memory.packages} == model
     assert got_sql == got_memory
+
+
+@pytest.mark.anyio
+async def test_sqlite_rows_read_alike_share_nothing_mutable(tmp_path: Path) -> None:
+    # a round's starts store the same backend and times: the rows read back give equal
+    # values, but no package's backend labels are another's
+    async with await SqliteStore.open(tmp_path / "r.db") as store:
+        build = make_build("bld-alike", names=("a", "b", "c"))
+        await store.create_build(build)
+        backend = Backend(addr="tcp://b:1", arch="x86_64", labels={"k": "v"})
+        moves = [
+            Move(
+                build_id=build.id,
+                name=name,
+                to=PackageStatus.RUNNING,
+                fields={"backend": backend, "started_at": T0, "dependencies": ("x",)},
+            )
+            for name in ("a", "b", "c")
+        ]
+        moved = [j for j in await store.apply(moves) if j is not None]
+        read = (await store.get_build(build.id)).packages
+        jobs = [*moved, *read]
+        assert all(j.backend == backend and j.started_at == T0 for j in jobs)
+        assert all(j.dependencies == ("x",) for j in jobs)
+        labels = [j.backend.labels for j in jobs if j.backend is not None]
+        assert len({id(x) for x in labels}) == len(jobs) == 6
+        assert all(x is not backend.labels for x in labels)

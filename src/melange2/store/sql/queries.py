@@ -129,7 +129,7 @@ def package_from_row(row: RowMapping) -> PackageJob:
         input_digest=row["input_digest"],
         backend=None
         if backend is None
-        else Backend(addr=backend["addr"], arch=backend["arch"], labels=backend["labels"]),
+        else Backend(addr=backend["addr"], arch=backend["arch"], labels=dict(backend["labels"])),
         lease_owner=row["lease_owner"],
         lease_expires=row["lease_expires"],
         cpu_millis=row["cpu_millis"],
@@ -479,11 +479,43 @@ def _result_processors(
     columns = list(packages.c)
     if len(description) != len(columns):
         raise AssertionError(f"{len(description)} columns returned, not {len(columns)}")
-    reads = (
+    reads = [
         column.type.dialect_impl(dialect).result_processor(dialect, entry[1])
         for column, entry in zip(columns, description, strict=True)
-    )
-    return [(i, read) for i, read in enumerate(reads) if read is not None]
+    ]
+    return [
+        (i, _remembered(read) if columns[i].name in _REMEMBERED else read)
+        for i, read in enumerate(reads)
+        if read is not None
+    ]
+
+
+#: columns whose stored values repeat from row to row (a round's starts share their
+#: times and backend; a package's dependencies come back with each of its moves) and
+#: read as values nothing changes (datetimes) or that :func:`_package_of` copies
+_REMEMBERED = frozenset({"dependencies", "backend", "started_at", "finished_at", "lease_expires"})
+#: how many stored values of one column :func:`_remembered` keeps
+_REMEMBER = 4096
+
+
+def _remembered(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``read``, remembering what it made of the last stored values it was given
+    (values a driver gives already decoded, unhashable, are read each time)."""
+    seen: dict[Any, Any] = {}
+
+    def remembered(value: Any) -> Any:
+        try:
+            return seen[value]
+        except KeyError:
+            pass
+        except TypeError:
+            return read(value)
+        if len(seen) >= _REMEMBER:
+            seen.clear()
+        made = seen[value] = read(value)
+        return made
+
+    return remembered
 
 
 def _read_row(reads: Sequence[tuple[int, Callable[[Any], Any]]], row: Sequence[Any]) -> list[Any]:
@@ -542,7 +574,7 @@ def _package_of(v: Sequence[Any]) -> PackageJob:
         input_digest=input_digest,
         backend=None
         if backend is None
-        else Backend(addr=backend["addr"], arch=backend["arch"], labels=backend["labels"]),
+        else Backend(addr=backend["addr"], arch=backend["arch"], labels=dict(backend["labels"])),
         lease_owner=lease_owner,
         lease_expires=lease_expires,
         cpu_millis=cpu_millis,
