@@ -21,10 +21,9 @@ Layout under the farm's root (``.farm/`` for ``make farm-up``)::
                                upstream tarballs of examples/; the server's --source-cache
     logs/<service>.log         each process's output
     pids/<service>.pid
-    server/data/, server/output/   the one server's store (SQLite) and storage
-    server/replica-<n>/data/   with postgres: each replica's data directory (scratch,
-                               caches); server/output/ their shared storage and
-                               server/melange2.rsa their shared signing key
+    server/data/, server/output/   the server's data directory (its SQLite store, the
+                               signing key, the files builds brought, staging) and
+                               storage; with postgres every replica shares both
     postgres/                  with postgres: the cluster (testenv.postgres's layout),
                                database ``melange2``, on a unix socket and 127.0.0.1
     registry/config.yml, registry/data/
@@ -431,8 +430,10 @@ class LocalFarm:
 
     async def _start_replicas(self, env: FarmEnv) -> FarmEnv:
         """Start the PostgreSQL cluster and ``self.replicas`` servers on its database
-        ``melange2``, sharing the storage (``server/output``), the signing key and the
-        backends; each has its own data directory and port. The admin token is made
+        ``melange2``, each on its own port, sharing the backends, the storage
+        (``server/output``) and the data directory (``server/data``: the signing key,
+        the files a build brought and its staging repository, which the replica that
+        runs a package needs whichever replica took the build). The admin token is made
         once, in the database, so it works on every replica."""
         cluster = PostgresCluster(self.root / "postgres", durable=True, port=processes.free_port())
         await asyncio.to_thread(cluster.start)
@@ -443,25 +444,18 @@ class LocalFarm:
         server_root = self.root / "server"
         backends = self._backends_config(env)
         # migrated here, once, before any replica starts (each would at its start)
-        token = await make_token(
-            server_root / "replica-0" / "data", name=FARM_TOKEN_NAME, store_args=store_args
-        )
+        token = await make_token(server_root / "data", name=FARM_TOKEN_NAME, store_args=store_args)
 
         async def start(n: int, port: int) -> str:
             return await start_server(
                 env,
-                data_dir=server_root / f"replica-{n}" / "data",
+                data_dir=server_root / "data",
                 output_dir=server_root / "output",
                 pid_file=self._pid(f"melange-server-{n}"),
                 log_file=self._log(f"melange-server-{n}"),
                 backends_config=backends,
                 port=port,
-                extra_args=[
-                    *store_args,
-                    "--signing-key",
-                    str(server_root / "melange2.rsa"),
-                    *self._advertise_args(port),
-                ],
+                extra_args=[*store_args, *self._advertise_args(port)],
             )
 
         # the first replica makes the signing key the others then share; it takes 8080
