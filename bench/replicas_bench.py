@@ -1,0 +1,242 @@
+"""The no-op scheduler benchmark with several replicas: ``scheduler_bench.py --store
+postgres --replicas 3`` (this module is its replicas half).
+
+``--replicas N`` processes (``multiprocessing``, spawned), each a real
+:class:`~melange2.scheduler.loop.Scheduler` with its own real
+:class:`~melange2.store.PostgresStore` on one shared database, the server's event bus
+between replicas (PostgreSQL ``LISTEN/NOTIFY``, as ``melange-server`` wires it), one
+backend of ``--slots`` jobs (its slots held in the database, across replicas) and a
+runner that returns at once. The build is stored and submitted through replica 0 alone;
+the others learn of it, and of every package's end, from the bus.
+
+* ``wolfi``: all 3,401 packages of ``wolfi-dag.json`` in one DAG build. ``wall_s``: from
+  the submission to the last package's ``finished_at`` in the store (every package
+  dispatched, run and finished, by whichever replica claimed it). Goal (issue 16): under
+  3 s with one replica.
+* ``chain``: a chain of ``--chain`` packages; for each link whose dependency ended on one
+  replica and which started on another: the store's ``started_at`` of the link minus the
+  ``finished_at`` of its dependency, the cross-replica dispatch latency. Goal: p99 under
+  50 ms. Links that stayed on one replica are counted, not measured.
+
+Which replica ran a package comes from each replica's own ``started`` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from melange2.ids import BuildId
+from melange2.jobs import Build, BuildStatus
+from melange2.pool.config import BackendSpec, PoolConfig
+from melange2.pool.pool import BackendPool
+from melange2.scheduler.loop import Scheduler, SchedulerEvent
+from melange2.store import open_store
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What one replica reports at its end."""
+
+    replica: int
+    started: tuple[str, ...]  #: names of the packages it started
+    submitted_at: float  #: replica 0: time.monotonic() just before its submit (else 0)
+
+
+def _replica_main(
+    n: int, dsn: str, slots: int, conn: multiprocessing.connection.Connection
+) -> None:
+    asyncio.run(_replica(n, dsn, slots, conn))
+
+
+async def _recv(conn: multiprocessing.connection.Connection) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+
+async def _replica(
+    n: int, dsn: str, slots: int, conn: multiprocessing.connection.Connection
+) -> None:
+    from scheduler_bench import NoopRunner
+
+    from melange2.store import PostgresStore
+
+    started: list[str] = []
+
+    def observe(event: SchedulerEvent) -> None:
+        if event.kind == "started":
+            started.append(event.name)
+
+    async with open_store("postgres", dsn=dsn) as store:
+        assert isinstance(store, PostgresStore)
+        pool = BackendPool.from_config(
+            PoolConfig(backends=(BackendSpec(addr="tcp://noop:1", arch="x86_64", max_jobs=slots),))
+        )
+        async with replica_bus(store, dsn) as bus:
+            sched = Scheduler(
+                store, pool, NoopRunner(), owner=f"bench-replica-{n}", observer=observe, **bus
+            )
+            task = asyncio.create_task(sched.run())
+            conn.send("ready")
+            submitted_at = 0.0
+            while True:
+                command, payload = await _recv(conn)
+                if command == "submit":
+                    build: Build = payload
+                    await store.create_build(build)
+                    submitted_at = time.monotonic()
+                    await sched.submit(build)
+                    conn.send("submitted")
+                elif command == "report":
+                    conn.send(Ran(replica=n, started=tuple(started), submitted_at=submitted_at))
+                    started.clear()
+                    submitted_at = 0.0
+                elif command == "stop":
+                    break
+            await sched.shutdown()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    conn.send("stopped")
+
+
+@contextlib.asynccontextmanager
+async def replica_bus(store: Any, dsn: str) -> Any:
+    """The Scheduler's keyword arguments that connect it to the other replicas, as
+    ``melange-server`` makes them (the replicas' NOTIFY bus)."""
+    raise NotImplementedError("the replicas' event bus is not in this tree yet")
+    yield {}
+
+
+class Replicas:
+    """``count`` replica processes on ``dsn``."""
+
+    def __init__(self, dsn: str, count: int, slots: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conns: list[multiprocessing.connection.Connection] = []
+        self.procs = []
+        for n in range(count):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_replica_main, args=(n, dsn, slots, child), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for conn in self.conns:
+            if not conn.poll(120):
+                raise RuntimeError("a replica did not start")
+            assert conn.recv() == "ready"
+
+    def submit(self, build: Build) -> None:
+        self.conns[0].send(("submit", build))
+        assert self.conns[0].recv() == "submitted"
+
+    def report(self) -> list[Ran]:
+        for conn in self.conns:
+            conn.send(("report", None))
+        return [conn.recv() for conn in self.conns]
+
+    def stop(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send(("stop", None))
+        for conn, proc in zip(self.conns, self.procs, strict=True):
+            with contextlib.suppress(OSError, EOFError):
+                if conn.poll(30):
+                    conn.recv()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _wait_finished(dsn: str, build_id: str, timeout: float = 600) -> None:
+    """Until the build's row says it ended (a light query every 5 ms)."""
+    import psycopg
+
+    from melange2.store.sql.postgres import postgres_url
+
+    url = postgres_url(dsn).render_as_string(hide_password=False).replace("+psycopg", "")
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT status FROM builds WHERE id = %s", (build_id,)).fetchone()
+            if row is not None and row[0] not in (
+                BuildStatus.PENDING.value,
+                BuildStatus.RUNNING.value,
+            ):
+                return
+            time.sleep(0.005)
+    raise RuntimeError(f"build {build_id} did not end in {timeout}s")
+
+
+async def _stored(dsn: str, build_id: str) -> Build:
+    async with open_store("postgres", dsn=dsn) as store:
+        return await store.get_build(BuildId(build_id))
+
+
+def cross_replica_latencies(build: Build, ran: Sequence[Ran]) -> tuple[list[float], int]:
+    """For each package with dependencies: its ``started_at`` minus its last
+    dependency's ``finished_at`` (ms), when the two ran on different replicas; and how
+    many such pairs stayed on one replica."""
+    where = {name: r.replica for r in ran for name in r.started}
+    jobs = {j.name: j for j in build.packages}
+    latencies: list[float] = []
+    same = 0
+    for job in build.packages:
+        if not job.dependencies or job.started_at is None:
+            continue
+        ends = [(jobs[d].finished_at, d) for d in job.dependencies]
+        assert all(end is not None for end, _ in ends), job.name
+        last = jobs[max((end, d) for end, d in ends if end is not None)[1]]
+        assert last.finished_at is not None
+        if where.get(last.name) == where.get(job.name):
+            same += 1
+            continue
+        latencies.append((job.started_at - last.finished_at).total_seconds() * 1000)
+    return latencies, same
+
+
+def run_build(
+    replicas: Replicas, dsn: str, build: Build
+) -> tuple[dict[str, float], Build, list[Ran]]:
+    """Store and submit ``build`` through replica 0, wait for its end; the times:
+    ``wall_s`` from the submission (after the store's create) to the build's end seen in
+    the database (polled every 5 ms), ``store_span_s`` from the first ``started_at`` to
+    the last ``finished_at``."""
+    replicas.submit(build)
+    _wait_finished(dsn, build.id)
+    seen = time.monotonic()
+    ran = replicas.report()
+    stored = asyncio.run(_stored(dsn, build.id))
+    assert stored.status is BuildStatus.SUCCESS, stored.status
+    first = min(j.started_at for j in stored.packages if j.started_at is not None)
+    last = max(j.finished_at for j in stored.packages if j.finished_at is not None)
+    started = sum(len(r.started) for r in ran)
+    assert started >= len(stored.packages), (started, len(stored.packages))
+    times = {
+        "wall_s": round(seen - ran[0].submitted_at, 3),
+        "store_span_s": round((last - first).total_seconds(), 3),
+    }
+    return times, stored, ran
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(latencies: list[float], same: int) -> dict[str, Any]:
+    if not latencies:
+        return {"cross_replica_pairs": 0, "same_replica_pairs": same}
+    return {
+        "cross_replica_pairs": len(latencies),
+        "same_replica_pairs": same,
+        "dispatch_p50_ms": round(statistics.median(latencies), 2),
+        "dispatch_p99_ms": round(percentile(latencies, 0.99), 2),
+        "dispatch_max_ms": round(max(latencies), 2),
+    }
