@@ -29,7 +29,7 @@ import multiprocessing
 import multiprocessing.connection
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,9 +51,9 @@ class Ran:
 
 
 def _replica_main(
-    n: int, dsn: str, slots: int, conn: multiprocessing.connection.Connection
+    n: int, count: int, dsn: str, slots: int, conn: multiprocessing.connection.Connection
 ) -> None:
-    asyncio.run(_replica(n, dsn, slots, conn))
+    asyncio.run(_replica(n, count == 1, dsn, slots, conn))
 
 
 async def _recv(conn: multiprocessing.connection.Connection) -> Any:
@@ -61,9 +61,9 @@ async def _recv(conn: multiprocessing.connection.Connection) -> Any:
 
 
 async def _replica(
-    n: int, dsn: str, slots: int, conn: multiprocessing.connection.Connection
+    n: int, alone: bool, dsn: str, slots: int, conn: multiprocessing.connection.Connection
 ) -> None:
-    from scheduler_bench import NoopRunner
+    from scheduler_bench import NoopRunner, make_build
 
     from melange2.store import PostgresStore
 
@@ -78,7 +78,7 @@ async def _replica(
         pool = BackendPool.from_config(
             PoolConfig(backends=(BackendSpec(addr="tcp://noop:1", arch="x86_64", max_jobs=slots),))
         )
-        async with replica_bus(store, dsn) as bus:
+        async with replica_bus(store, dsn, alone) as bus:
             sched = Scheduler(
                 store, pool, NoopRunner(), owner=f"bench-replica-{n}", observer=observe, **bus
             )
@@ -88,7 +88,8 @@ async def _replica(
             while True:
                 command, payload = await _recv(conn)
                 if command == "submit":
-                    build: Build = payload
+                    # (a Build does not pickle: its parts do)
+                    build = make_build(*payload)
                     await store.create_build(build)
                     submitted_at = time.monotonic()
                     await sched.submit(build)
@@ -107,10 +108,12 @@ async def _replica(
 
 
 @contextlib.asynccontextmanager
-async def replica_bus(store: Any, dsn: str) -> Any:
+async def replica_bus(store: Any, dsn: str, alone: bool) -> AsyncIterator[dict[str, Any]]:
     """The Scheduler's keyword arguments that connect it to the other replicas, as
-    ``melange-server`` makes them (the replicas' NOTIFY bus)."""
-    raise NotImplementedError("the replicas' event bus is not in this tree yet")
+    ``melange-server`` makes them (the replicas' NOTIFY bus). ``alone``: the only
+    replica, which needs none."""
+    if not alone:
+        raise NotImplementedError("the replicas' event bus is not in this tree yet")
     yield {}
 
 
@@ -123,17 +126,29 @@ class Replicas:
         self.procs = []
         for n in range(count):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_replica_main, args=(n, dsn, slots, child), daemon=True)
+            proc = ctx.Process(
+                target=_replica_main, args=(n, count, dsn, slots, child), daemon=True
+            )
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
-        for conn in self.conns:
-            if not conn.poll(120):
-                raise RuntimeError("a replica did not start")
+        for n, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True)):
+            deadline = time.monotonic() + 120
+            while not conn.poll(0.1):
+                if not proc.is_alive() or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"replica {n} did not start (exit code {proc.exitcode})")
             assert conn.recv() == "ready"
 
     def submit(self, build: Build) -> None:
-        self.conns[0].send(("submit", build))
+        """Store and submit, in replica 0, the build ``make_build`` makes of its id,
+        dependencies and priorities."""
+        parts = (
+            build.id,
+            {j.name: j.dependencies for j in build.packages},
+            {j.name: j.priority for j in build.packages},
+        )
+        self.conns[0].send(("submit", parts))
         assert self.conns[0].recv() == "submitted"
 
     def report(self) -> list[Ran]:

@@ -45,6 +45,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -58,7 +59,10 @@ from melange2.farm.bootstrap import BootstrapRepo, build_bootstrap_repo
 from melange2.farm.certs import FarmCerts, farm_certs, make_certs
 from melange2.farm.upstream import UpstreamTarball, fill_source_cache
 from melange2.oci.registry import RegistryClient
-from melange2.testenv.postgres import PostgresCluster
+
+if TYPE_CHECKING:
+    # imported where used: testenv.postgres imports melange2.farm.processes
+    from melange2.testenv.postgres import PostgresCluster
 
 #: the store kinds the local farm runs its server(s) on
 FARM_STORES = ("sqlite", "postgres")
@@ -316,6 +320,8 @@ class LocalFarm:
     @property
     def postgres(self) -> PostgresCluster:
         """The farm's PostgreSQL cluster (``store="postgres"``), started or not."""
+        from melange2.testenv.postgres import PostgresCluster
+
         return PostgresCluster(self.root / "postgres", durable=True)
 
     @property
@@ -435,6 +441,8 @@ class LocalFarm:
         the files a build brought and its staging repository, which the replica that
         runs a package needs whichever replica took the build). The admin token is made
         once, in the database, so it works on every replica."""
+        from melange2.testenv.postgres import PostgresCluster
+
         cluster = PostgresCluster(self.root / "postgres", durable=True, port=processes.free_port())
         await asyncio.to_thread(cluster.start)
         if not await asyncio.to_thread(_database_exists, cluster, FARM_DATABASE):
