@@ -29,6 +29,13 @@ build's packages are cancelled whatever state they are in, also those no task of
 process runs. Only the store failing as a whole ends :meth:`Scheduler.run`: when leases
 cannot be renewed for a whole ``lease_ttl`` (:class:`LeasesLost`), or recovery fails.
 
+Several replicas on one store (PostgreSQL) share the farm through :class:`Replicas`
+(``replicas``; :mod:`melange2.scheduler.replicas` says what is shared and how): this
+scheduler announces its own moves, applies the others' (section *replicas* below),
+starts packages with the store checking the backend's limits across replicas, and ends
+a build only if no other replica did. Alone on its store (the default,
+:class:`~melange2.scheduler.replicas.LocalReplicas`) none of that costs anything.
+
 Time comes from the event loop (timers) and from a :class:`Clock` (timestamps, leases,
 event times): :class:`SystemClock` unless given, so a simulation can run the real
 scheduler on a virtual clock (``bench/virtual_bench.py``).
@@ -42,7 +49,7 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -50,9 +57,11 @@ from typing import Any, Literal, Protocol
 from melange2 import tracing
 from melange2.errors import (
     BuildkitUnavailable,
+    ConfigError,
     FarmError,
     InvalidTransition,
     NotFound,
+    RequestError,
     SolveCancelled,
     StoreError,
 )
@@ -69,6 +78,13 @@ from melange2.jobs import (
 )
 from melange2.pool.pool import BackendPool, BackendSlot
 from melange2.scheduler.placement import Never, Request, Wait
+from melange2.scheduler.replicas import (
+    END_GRACE,
+    LocalReplicas,
+    ReplicaEvent,
+    Replicas,
+    backend_spec,
+)
 from melange2.store.base import JobStore
 
 _log = logging.getLogger(__name__)
@@ -228,8 +244,11 @@ class Scheduler:
         before_build_end: Callable[[Build, BuildStatus], Awaitable[None]] | None = None,
         clock: Clock | None = None,
         on_change: Callable[[StateChange], None] | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self.store = store
+        #: the other schedulers on this store, if any (:mod:`melange2.scheduler.replicas`)
+        self.replicas: Replicas = replicas if replicas is not None else LocalReplicas(store)
         self.pool = pool
         self.runner = runner
         self.owner = owner
@@ -259,6 +278,16 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
+        #: replicas: our moves not yet told to the others
+        self._outbox: list[ReplicaEvent] = []
+        self._outbox_ready = asyncio.Event()
+        #: replicas: the pool's bookings of packages other replicas run
+        self._remote_slots: dict[tuple[BuildId, str], BackendSlot] = {}
+        #: replicas: our packages another replica took over (our lease had expired)
+        self._taken: set[tuple[BuildId, str]] = set()
+        #: replicas: set while a row read from the store is applied (not re-announced)
+        self._quiet = False
+        self._ending: dict[BuildId, asyncio.Task[None]] = {}
         pool.on_available = self.wake
 
     # -- public ---------------------------------------------------------------------------
@@ -267,21 +296,32 @@ class Scheduler:
         self._wake.set()
 
     async def run(self) -> None:
-        """Recover unfinished builds, then dispatch until :meth:`stop`."""
-        await self.recover()
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._dispatch_loop())
-            group.create_task(self._lease_loop())
+        """Recover unfinished builds, then dispatch until :meth:`stop`. With other
+        replicas, listen to their events first (nothing is missed meanwhile)."""
+        listener = await self._listen() if self.replicas.shared else None
+        try:
+            await self.recover()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._dispatch_loop())
+                group.create_task(self._lease_loop())
+                if self.replicas.shared:
+                    group.create_task(self._announce_loop())
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._outbox_ready.set()
 
     async def shutdown(self) -> None:
         """Stop dispatching and abandon running solves: their leases expire and the
         next start resumes them (graceful shutdown as the spec says)."""
         self.stop()
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._ending.values()]
         for task in tasks:
             task.cancel("shutdown")
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -293,6 +333,7 @@ class Scheduler:
         async with self._lock:
             state = self._track(build)
             self._changed(state, None, None)
+            self._announce(ReplicaEvent(kind="submitted", build_id=build.id))
             reused = [j for j in state.jobs.values() if j.status.terminal]
             for job in reused:
                 self._emit("finished", build.id, job.name, job.status)
@@ -313,6 +354,7 @@ class Scheduler:
     async def cancel(self, build_id: BuildId) -> Build:
         """Cancel waiting packages now and running solves on their daemons."""
         build = await self.store.update_build(build_id, cancel_requested=True)
+        self._announce(ReplicaEvent(kind="cancelled", build_id=build_id))
         async with self._lock:
             state = self._builds.get(build_id)
             if state is None and build.status in (BuildStatus.PENDING, BuildStatus.RUNNING):
@@ -334,6 +376,8 @@ class Scheduler:
                             state.set(updated)
             for job in build.packages:
                 if job.status is PackageStatus.RUNNING and (build_id, job.name) not in self._tasks:
+                    if self._live_elsewhere(job):
+                        continue  # its replica cancels it (it hears the cancel)
                     # no task of ours runs it (its runner died, or another server's
                     # lease): cancel it here, or it would come back
                     with contextlib.suppress(InvalidTransition):
@@ -405,13 +449,24 @@ class Scheduler:
         state = _BuildState(build=build, jobs={}, dependents=dependents, status=build.status)
         for job in build.packages:
             state.set(job)
-        if self.on_change is not None:
-            state.moved = self._moved
+            if job.status is PackageStatus.RUNNING:
+                self._book_remote(job)
+        state.moved = self._moved
         self._builds[build.id] = state
         return state
 
     def _moved(self, state: _BuildState, old: PackageJob, job: PackageJob) -> None:
-        self._changed(state, job, old.status)
+        if self.replicas.shared:
+            if not self._quiet:
+                self._announce(
+                    ReplicaEvent(kind="moved", build_id=state.build.id, names=(job.name,))
+                )
+            if old.status is PackageStatus.RUNNING:
+                self._release_remote((job.build_id, job.name))
+            if job.status is PackageStatus.RUNNING:
+                self._book_remote(job)
+        if self.on_change is not None:
+            self._changed(state, job, old.status)
 
     def _changed(
         self,
@@ -589,8 +644,11 @@ class Scheduler:
             self._drop_holder(queue_key)
         if isinstance(found, Never):
             await self._no_backend(state, job, selector, found.message)
-        else:
-            await self._start(state, job, found)
+        elif not await self._start(state, job, found):
+            self._reasons[(queue_key, request)] = (
+                f"{_SLOT_REASON}: {found.backend.addr} is full with other replicas' packages"
+            )
+            return False
         return True
 
     def _drop_holder(self, queue_key: QueueKey) -> None:
@@ -696,37 +754,51 @@ class Scheduler:
             await self._cascade_failure(state, job.name)
         await self._update_status(state)
 
-    async def _start(self, state: _BuildState, job: PackageJob, slot: BackendSlot) -> None:
+    async def _start(self, state: _BuildState, job: PackageJob, slot: BackendSlot) -> bool:
+        """Start ``job`` on ``slot``'s backend; ``False``: that backend is full with
+        other replicas' packages (nothing written; the slot given back, quietly)."""
         backend = Backend(
             addr=slot.backend.addr, arch=slot.backend.arch, labels=dict(slot.backend.labels)
         )
         now = self.clock.now()
         attempt = len(job.attempts) + 1
         try:
-            running = await self.store.transition(
+            started = await self.replicas.start(
                 state.build.id,
                 job.name,
-                PackageStatus.RUNNING,
                 expect=frozenset({job.status}),
-                backend=backend,
-                started_at=job.started_at or now,
-                reason="",
-                lease_owner=self.owner,
-                lease_expires=now + timedelta(seconds=self.lease_ttl),
-                attempts=(
-                    *job.attempts,
-                    Attempt(number=attempt, backend=backend.addr, started_at=now),
-                ),
+                addr=slot.backend.addr,
+                max_jobs=slot.backend.max_jobs,
+                cpu=slot.backend.cpu,
+                memory=slot.backend.memory,
+                fields={
+                    "backend": backend,
+                    "started_at": job.started_at or now,
+                    "reason": "",
+                    "lease_owner": self.owner,
+                    "lease_expires": now + timedelta(seconds=self.lease_ttl),
+                    "attempts": (
+                        *job.attempts,
+                        Attempt(number=attempt, backend=backend.addr, started_at=now),
+                    ),
+                },
             )
         except InvalidTransition:
+            self._promoted.discard((job.build_id, job.name))
             self.pool.release(slot, outcome="neutral")
-            return
+            if self.replicas.shared:  # another replica took it: see how it stands
+                await self._refresh(state, job.name)
+            return True
         except _STORE_FAILURES as exc:
+            self._promoted.discard((job.build_id, job.name))
             self.pool.release(slot, outcome="neutral")
             await self._fail_package(state, job, f"the store refused its start: {exc}")
-            return
-        finally:
-            self._promoted.discard((job.build_id, job.name))
+            return True
+        if started is None:  # stays queued (and promoted: _record_waiting writes it)
+            self.pool.release(slot, outcome="neutral", quiet=True)
+            return False
+        self._promoted.discard((job.build_id, job.name))
+        running = started
         state.set(running)
         self._emit("started", state.build.id, job.name, PackageStatus.RUNNING)
         if state.status is BuildStatus.PENDING:
@@ -744,6 +816,7 @@ class Scheduler:
         )
         task.add_done_callback(_log_crash)
         self._tasks[key] = task
+        return True
 
     async def _run(
         self, state: _BuildState, job: PackageJob, slot: BackendSlot, attempt: int
@@ -861,6 +934,8 @@ class Scheduler:
                     **fields,
                 )
             except InvalidTransition:  # cancelled or taken over meanwhile
+                if self.replicas.shared:
+                    await self._refresh(state, job.name)
                 return
             except _STORE_FAILURES as exc:
                 await self._fail_package(
@@ -917,6 +992,9 @@ class Scheduler:
         self.wake()
 
     async def _finish_cancelled(self, state: _BuildState, job: PackageJob, attempt: int) -> None:
+        if (job.build_id, job.name) in self._taken:  # another replica runs it now
+            self._taken.discard((job.build_id, job.name))
+            return
         if self._stop.is_set() and not state.build.cancel_requested:
             return  # shutdown: keep it running in the store; the lease brings it back
         await self._finish(state, job, attempt, PackageStatus.CANCELLED, "build cancelled")
@@ -963,33 +1041,64 @@ class Scheduler:
             state.set(skipped)
             todo.extend((name, d) for d in state.dependents.get(name, []))
 
-    async def _update_status(self, state: _BuildState) -> None:
-        """Write the build's status when its packages' moves changed it (O(1))."""
+    async def _update_status(self, state: _BuildState, *, remote: bool = False) -> None:
+        """Write the build's status when its packages' moves changed it (O(1)).
+        ``remote``: the moves were another replica's (it writes the build's status; an
+        end seen here is left to it for a while, :meth:`_end_later`)."""
         status = status_from_counts(
             state.counts,
             cancelled=state.build.cancel_requested,
             started=state.build.started_at is not None,
         )
+        ending = status not in (BuildStatus.PENDING, BuildStatus.RUNNING)
         if status != state.status:
-            fields: dict[str, object] = {"status": status}
-            if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
-                if self.before_build_end is not None:
-                    current = replace(state.build, packages=tuple(state.jobs.values()))
-                    try:
-                        await self.before_build_end(current, status)
-                    except Exception:
-                        _log.exception("finishing build %s", state.build.id)
-                fields["finished_at"] = self.clock.now()
-            try:
-                state.build = await self.store.update_build(state.build.id, **fields)
-            except _STORE_FAILURES:
-                _log.exception("recording build %s as %s", state.build.id, status.value)
-                self._abandon(state)
+            if ending:
+                if remote:
+                    self._end_later(state.build.id)
+                else:
+                    await self._end(state, status)
                 return
+            if not remote:
+                try:
+                    state.build = await self.store.update_build(state.build.id, status=status)
+                except _STORE_FAILURES:
+                    _log.exception("recording build %s as %s", state.build.id, status.value)
+                    self._abandon(state)
+                    return
             previous, state.status = state.status, status
             self._changed(state, None, previous)
-        if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
-            self._builds.pop(state.build.id, None)
+        elif ending:
+            self._forget(state.build.id)
+
+    async def _end(self, state: _BuildState, status: BuildStatus) -> None:
+        """End the build: publication (``before_build_end``), then its final status;
+        on exactly one replica (:meth:`Replicas.ending`): if another ended it, take
+        its status from the store."""
+        mine = False
+        try:
+            async with self.replicas.ending(state.build.id) as mine:
+                if mine:
+                    if self.before_build_end is not None:
+                        current = replace(state.build, packages=tuple(state.jobs.values()))
+                        try:
+                            await self.before_build_end(current, status)
+                        except Exception:
+                            _log.exception("finishing build %s", state.build.id)
+                    state.build = await self.store.update_build(
+                        state.build.id, status=status, finished_at=self.clock.now()
+                    )
+                else:
+                    state.build = await self.store.get_build(state.build.id)
+                    status = state.build.status
+        except _STORE_FAILURES:
+            _log.exception("recording build %s as %s", state.build.id, status.value)
+            self._abandon(state)
+            return
+        if mine:
+            self._announce(ReplicaEvent(kind="ended", build_id=state.build.id))
+        previous, state.status = state.status, status
+        self._changed(state, None, previous)
+        self._forget(state.build.id)
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -1086,7 +1195,7 @@ class Scheduler:
     def _abandon(self, state: _BuildState) -> None:
         """Stop tracking a build the store refuses to record (logged): its queued
         packages are dropped at the next dispatch, its tasks end on their own."""
-        if self._builds.pop(state.build.id, None) is not None:
+        if self._forget(state.build.id) is not None:
             _log.error(
                 "build %s is no longer scheduled by this server: the store refuses its "
                 "writes (it stays unfinished in the store; a restart recovers it)",
@@ -1110,6 +1219,280 @@ class Scheduler:
                     await self._cancel_waiting(state, job)
                 else:
                     self._push(state, job)
+        self.wake()
+
+    # -- replicas -------------------------------------------------------------------------
+    # Other schedulers on this store (see melange2.scheduler.replicas): what this one
+    # tells them, and how what they tell is applied. Alone on the store
+    # (LocalReplicas), _announce keeps nothing and nothing here runs.
+
+    def backends_changed(self) -> None:
+        """The runtime backends changed here (added or removed through the API): the
+        other replicas reload them from the store."""
+        self._announce(ReplicaEvent(kind="backends"))
+
+    def _announce(self, event: ReplicaEvent) -> None:
+        if self.replicas.shared:
+            self._outbox.append(event)
+            self._outbox_ready.set()
+
+    async def _announce_loop(self) -> None:
+        """Send what was written since the last send, in one batch (one NOTIFY
+        statement); a failed send is tried again with what came meanwhile."""
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            events, self._outbox = self._outbox, []
+            if events:
+                try:
+                    await self.replicas.publish(events)
+                except _STORE_FAILURES:
+                    _log.exception("telling the other replicas of %d events", len(events))
+                    self._outbox[:0] = events
+                    if not self._stop.is_set():
+                        await asyncio.sleep(0.5)
+                        self._outbox_ready.set()
+                        continue
+            if self._stop.is_set():
+                return
+
+    async def _listen(self) -> asyncio.Task[None]:
+        """Start hearing the other replicas; returns once listening."""
+        ready = asyncio.Event()
+        task = asyncio.create_task(
+            self.replicas.listen(self._on_events, self._resync, ready.set),
+            name="replica events",
+        )
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():
+            task.result()  # it failed: raise why
+        return task
+
+    async def _on_events(self, events: Sequence[ReplicaEvent]) -> None:
+        """Apply what other replicas did (read from the store, under the lock)."""
+        for event in events:
+            if event.kind == "backends":
+                await self._reload_backends()
+                continue
+            if event.build_id is None:
+                continue
+            async with self._lock:
+                if event.kind == "ended":
+                    await self._ended_elsewhere(event.build_id)
+                elif event.kind == "cancelled":
+                    await self._cancelled_elsewhere(event.build_id)
+                else:
+                    await self._apply_remote(event.build_id, event.names, event.kind)
+            if event.kind == "cancelled":
+                self._cancel_tasks(event.build_id)
+        self.wake()
+
+    async def _apply_remote(self, build_id: BuildId, names: Sequence[str], kind: str) -> None:
+        state = self._builds.get(build_id)
+        if state is None:  # a build submitted elsewhere (or not seen yet)
+            try:
+                build = await self.store.get_build(build_id)
+            except NotFound:
+                return
+            if build.status in (BuildStatus.PENDING, BuildStatus.RUNNING):
+                await self._adopt(build)
+            return
+        if kind == "submitted":
+            return
+        if names:
+            rows = await self.replicas.read_packages(build_id, names)
+        else:
+            rows = (await self.store.get_build(build_id)).packages
+        for row in rows:
+            await self._apply_row(state, row)
+        if self._builds.get(build_id) is state:
+            await self._update_status(state, remote=True)
+
+    async def _adopt(self, build: Build) -> None:
+        """Track a build another replica submitted (or recovered): queue what is
+        ready, as :meth:`recover` does; its status is the store's."""
+        state = self._track(build)
+        self._changed(state, None, None)
+        selector = _selector(build)
+        for job in list(state.jobs.values()):
+            if job.status is PackageStatus.PENDING and self.pool.matching(job.arch, selector):
+                self._push(state, job)
+        for job in list(state.jobs.values()):
+            if job.status is PackageStatus.BLOCKED:
+                await self._settle_blocked(state, job.name)
+
+    async def _apply_row(self, state: _BuildState, row: PackageJob) -> None:
+        """A package as it stands in the store, moved by another replica: applied to
+        the graph as our own moves are (dependents released, failures cascaded, a
+        package pending again queued; bookings follow in :meth:`_moved`)."""
+        old = state.jobs.get(row.name)
+        if old is None or old == row:
+            return
+        key = (row.build_id, row.name)
+        self._quiet = True
+        try:
+            state.set(row)
+        finally:
+            self._quiet = False
+        task = self._tasks.get(key)
+        if task is not None and (
+            row.status is not PackageStatus.RUNNING or row.lease_owner != self.owner
+        ):
+            self._taken.add(key)  # our lease expired and another replica took it
+            task.cancel("taken over by another replica")
+        if old.status is row.status:
+            return
+        if row.status is PackageStatus.PENDING:
+            self._push(state, row)
+        elif row.status is PackageStatus.SUCCESS:
+            for dependent in state.dependents.get(row.name, []):
+                await self._settle_blocked(state, dependent)
+        elif row.status.terminal:
+            await self._cascade_failure(state, row.name)
+
+    async def _refresh(self, state: _BuildState, name: str) -> None:
+        """A guarded write of ours matched nothing: read how the package stands."""
+        try:
+            rows = await self.replicas.read_packages(state.build.id, [name])
+        except _STORE_FAILURES:
+            _log.exception("reading %s/%s", state.build.id, name)
+            return
+        for row in rows:
+            await self._apply_row(state, row)
+
+    async def _cancelled_elsewhere(self, build_id: BuildId) -> None:
+        """Another replica cancelled the build: its queued packages are cancelled at
+        the next dispatch, our running solves now (:meth:`_cancel_tasks`)."""
+        state = self._builds.get(build_id)
+        if state is None:
+            return
+        state.build = await self.store.get_build(build_id)
+
+    def _cancel_tasks(self, build_id: BuildId) -> None:
+        for (bid, _name), task in list(self._tasks.items()):
+            if bid == build_id:
+                task.cancel("build cancelled")
+
+    async def _ended_elsewhere(self, build_id: BuildId, build: Build | None = None) -> None:
+        """Another replica ended the build: stop tracking it."""
+        state = self._builds.get(build_id)
+        if state is None:
+            return
+        if build is None:
+            build = await self.store.get_build(build_id)
+        state.build = build
+        previous, state.status = state.status, build.status
+        if previous != build.status:
+            self._changed(state, None, previous)
+        self._forget(build_id)
+
+    def _end_later(self, build_id: BuildId) -> None:
+        """The build's last package ended on another replica, which ends the build;
+        if it is still unfinished after :data:`END_GRACE` (that replica died), end it."""
+        if build_id in self._ending:
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(END_GRACE)
+            async with self._lock:
+                state = self._builds.get(build_id)
+                if state is None:
+                    return
+                status = status_from_counts(
+                    state.counts,
+                    cancelled=state.build.cancel_requested,
+                    started=state.build.started_at is not None,
+                )
+                if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
+                    await self._end(state, status)
+
+        task = asyncio.create_task(later(), name=f"end of build {build_id}")
+        self._ending[build_id] = task
+        task.add_done_callback(lambda _: self._ending.pop(build_id, None))
+
+    def _forget(self, build_id: BuildId) -> _BuildState | None:
+        """Stop tracking a build (ended, or given up): what the others run of it is
+        no longer booked here."""
+        state = self._builds.pop(build_id, None)
+        for key in [k for k in self._remote_slots if k[0] == build_id]:
+            self._release_remote(key)
+        return state
+
+    def _book_remote(self, job: PackageJob) -> None:
+        """Book on the local pool a package another replica runs."""
+        if not self.replicas.shared or job.backend is None or job.lease_owner == self.owner:
+            return
+        key = (job.build_id, job.name)
+        if key not in self._remote_slots:
+            slot = self.pool.book_remote(job.backend.addr, _request(job))
+            if slot is not None:
+                self._remote_slots[key] = slot
+
+    def _release_remote(self, key: tuple[BuildId, str]) -> None:
+        slot = self._remote_slots.pop(key, None)
+        if slot is not None:
+            self.pool.release_remote(slot)
+
+    def _live_elsewhere(self, job: PackageJob) -> bool:
+        """Running under another replica's lease that has not expired."""
+        return (
+            self.replicas.shared
+            and bool(job.lease_owner)
+            and job.lease_owner != self.owner
+            and job.lease_expires is not None
+            and job.lease_expires > self.clock.now()
+        )
+
+    async def _resync(self) -> None:
+        """Catch up with the store after events may have been lost (the events
+        connection was down): every unfinished build as it stands, the builds that
+        ended meanwhile forgotten, the runtime backends reloaded."""
+        builds = await self.store.unfinished_builds()
+        cancelled: list[BuildId] = []
+        async with self._lock:
+            seen: set[BuildId] = set()
+            for build in builds:
+                seen.add(build.id)
+                state = self._builds.get(build.id)
+                if state is None:
+                    await self._adopt(build)
+                    continue
+                if build.cancel_requested and not state.build.cancel_requested:
+                    cancelled.append(build.id)
+                state.build = build
+                for row in build.packages:
+                    await self._apply_row(state, row)
+                if self._builds.get(build.id) is state:
+                    await self._update_status(state, remote=True)
+            for build_id in [b for b in self._builds if b not in seen]:
+                try:
+                    build = await self.store.get_build(build_id)
+                except NotFound:
+                    self._forget(build_id)
+                    continue
+                if build.status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
+                    await self._ended_elsewhere(build_id, build)
+        for build_id in cancelled:
+            self._cancel_tasks(build_id)
+        await self._reload_backends()
+        self.wake()
+
+    async def _reload_backends(self) -> None:
+        """The runtime backends as the store keeps them: new ones added to the pool,
+        removed ones drained."""
+        stored = await self.store.list_backends()
+        addrs = {b.addr for b in stored}
+        for backend in stored:
+            current = self.pool.backends.get(backend.addr)
+            if current is None or current.draining:
+                with contextlib.suppress(RequestError):
+                    self.pool.add(backend_spec(backend), dynamic=True)
+        for pooled in self.pool.serving():
+            if pooled.dynamic and pooled.addr not in addrs:
+                with contextlib.suppress(ConfigError, RequestError):
+                    self.pool.remove(pooled.addr)
         self.wake()
 
 
