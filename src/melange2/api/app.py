@@ -334,7 +334,7 @@ async def _start(
     builder = Builder(registry, settings.data_dir / "cache", policy, connect=buildkit)
     stack.push_async_callback(builder.aclose)
     locations = Locations(storage, settings)
-    publication = Publication(settings, storage, signer, locations)
+    publication = Publication(settings, storage, signer, locations, lock=store.hold_lock)
     reuse = ReuseIndex(storage, locations.layout, signer)
     runner = BuildkitRunner(
         settings,
