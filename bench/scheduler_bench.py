@@ -307,21 +307,15 @@ def bench_replicas(choice: StoreChoice, args: argparse.Namespace, data: Any) -> 
                 times, stored, ran = replicas_bench.run_build(
                     replicas, dsn, make_build(new_build_id("aa"), deps, prio)
                 )
-                lat, same = replicas_bench.cross_replica_latencies(stored, ran)
                 wolfi_runs.append(
-                    times
-                    | {f"started_by_replica_{r.replica}": len(r.started) for r in ran}
-                    | {
-                        "cross_replica_p99_ms": replicas_bench.summary(lat, same).get(
-                            "dispatch_p99_ms", 0.0
-                        )
-                    }
+                    times | {f"started_by_replica_{r.replica}": len(r.started) for r in ran}
                 )
                 _, stored, ran = replicas_bench.run_build(
                     replicas, dsn, make_build(new_build_id("bb"), chain, {})
                 )
                 lat, same = replicas_bench.cross_replica_latencies(stored, ran)
-                chain_runs.append(replicas_bench.summary(lat, same))
+                wakes = replicas_bench.cross_replica_wakes(stored, ran)
+                chain_runs.append(replicas_bench.summary(lat, same, wakes))
             finally:
                 replicas.stop()
     return {
@@ -336,7 +330,10 @@ def bench_replicas(choice: StoreChoice, args: argparse.Namespace, data: Any) -> 
         "packages": len(deps),
         "runs": args.runs,
         "wolfi": {k: statistics.median(r.get(k, 0) for r in wolfi_runs) for k in wolfi_runs[0]},
-        "chain": {k: statistics.median(r.get(k, 0) for r in chain_runs) for k in chain_runs[0]},
+        "chain": {
+            k: statistics.median(r[k] for r in chain_runs if k in r)
+            for k in {k: None for r in chain_runs for k in r}
+        },
         "wolfi_runs": wolfi_runs,
         "chain_runs": chain_runs,
     }
