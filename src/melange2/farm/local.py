@@ -484,6 +484,13 @@ class LocalFarm:
         )
 
     def _advertise_args(self, port: int) -> list[str]:
+        """``--advertise-url`` (where the other replicas reach this one), if this
+        ``melange-server`` has the flag."""
+        from melange2.server import cli
+
+        serve = cli.commands["serve"]
+        if any("--advertise-url" in getattr(p, "opts", ()) for p in serve.params):
+            return ["--advertise-url", f"http://127.0.0.1:{port}"]
         return []
 
     def down(self) -> list[str]:
