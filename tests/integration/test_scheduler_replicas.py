@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from melange2.errors import InvalidTransition
 from melange2.ids import BuildId
 from melange2.jobs import Backend, Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.pool.config import BackendSpec, PoolConfig
@@ -360,18 +361,20 @@ async def test_a_replica_stopped_dead_loses_its_packages_to_the_others(
 async def test_a_cancel_through_one_replica_stops_the_runs_of_another(postgres_dsn: str) -> None:
     specs = [BackendSpec(addr="tcp://x:1", arch="x86_64", max_jobs=8)]
     async with farm(postgres_dsn, 2, specs, delay=lambda name: 60.0) as (replicas, runs):
-        first, second = replicas
         build = make_build({f"p{i}": [] for i in range(4)}, "bld-replicas-cncl1")
-        await submit(second, build)  # replica 1 starts them all at once
-        await until(lambda: len(second.runner.running) == 4, "replica 1 running all four")
+        await submit(replicas[1], build)  # replica 1 starts them (replica 0 may take some)
+        await until(lambda: sum(len(r.runner.running) for r in replicas) == 4, "all four running")
+        # cancel through the replica that runs fewer of them
+        busy, other = sorted(replicas, key=lambda r: len(r.runner.running), reverse=True)
         cancelled_at = time.monotonic()
-        await first.scheduler.cancel(build.id)
-        done = await finished(first.store, build.id, within=20)
+        await other.scheduler.cancel(build.id)
+        done = await finished(other.store, build.id, within=20)
 
     assert done.status is BuildStatus.CANCELLED
     assert all(j.status is PackageStatus.CANCELLED for j in done.packages)
     assert sorted(r.name for r in runs) == [f"p{i}" for i in range(4)]
-    assert all(r.replica == "replica-1" and not r.completed for r in runs)
+    assert not any(r.completed for r in runs)
+    assert len([r for r in runs if r.replica == busy.name]) >= 2
     assert all(r.end - cancelled_at < 10 for r in runs)  # stopped, not run out
 
 
@@ -453,3 +456,63 @@ def test_events_are_batched_into_payloads_under_the_limit() -> None:
     assert moved == [f"package-{i:04d}" for i in range(900)]  # in order, each once
     with pytest.raises(ValueError, match="not a replica event payload"):
         decode_events('{"o": "x", "e": [["exploded", null, []]]}')
+
+
+async def test_a_build_end_is_one_replicas_and_the_others_find_it_ended(
+    postgres_dsn: str,
+) -> None:
+    build = make_build({"a": []}, "bld-replicas-endl1")
+    async with (
+        await PostgresStore.open(postgres_dsn, migrate_schema=False) as one,
+        await PostgresStore.open(postgres_dsn, migrate_schema=False) as two,
+    ):
+        await one.create_build(build)
+        order: list[str] = []
+        async with one.build_end_lock(build.id) as mine:
+            assert mine is True
+            async with two.build_end_lock(build.id, wait=False) as busy:
+                assert busy is None  # held: the other does not wait
+
+            async def other() -> bool | None:
+                async with two.build_end_lock(build.id) as theirs:
+                    order.append("two")
+                    return theirs
+
+            waiting = asyncio.create_task(other())
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # it waits for the lock
+            await one.update_build(build.id, status=BuildStatus.SUCCESS)
+            order.append("one")
+        assert await waiting is False  # ended by the first
+        assert order == ["one", "two"]
+
+
+async def test_a_start_checks_what_runs_on_the_backend_across_replicas(
+    postgres_dsn: str,
+) -> None:
+    build = make_build({f"p{i}": [] for i in range(3)}, "bld-replicas-slot1")
+    backend = Backend(addr="tcp://x:1", arch="x86_64", labels={})
+    async with await PostgresStore.open(postgres_dsn, migrate_schema=False) as store:
+        await store.create_build(build)
+
+        async def start(name: str, max_jobs: int) -> PackageJob | None:
+            return await store.start_on_backend(
+                build.id,
+                name,
+                expect=frozenset({PackageStatus.PENDING}),
+                addr=backend.addr,
+                max_jobs=max_jobs,
+                cpu=None,
+                memory=None,
+                fields={"backend": backend, "lease_owner": "r1"},
+            )
+
+        started = await start("p0", 2)
+        assert started is not None and started.status is PackageStatus.RUNNING
+        assert await start("p1", 2) is not None
+        assert await start("p2", 2) is None  # full: two run there
+        assert (await store.get_build(build.id)).packages[2].status is PackageStatus.PENDING
+        with pytest.raises(InvalidTransition):
+            await start("p0", 5)  # already running: someone else's claim
+        await store.transition(build.id, "p0", PackageStatus.SUCCESS)
+        assert await start("p2", 2) is not None  # a slot freed

@@ -1070,14 +1070,17 @@ class Scheduler:
         elif ending:
             self._forget(state.build.id)
 
-    async def _end(self, state: _BuildState, status: BuildStatus) -> None:
+    async def _end(self, state: _BuildState, status: BuildStatus, *, wait: bool = True) -> None:
         """End the build: publication (``before_build_end``), then its final status;
         on exactly one replica (:meth:`Replicas.ending`): if another ended it, take
-        its status from the store."""
-        mine = False
+        its status from the store. ``wait=False``: if another replica is ending it
+        now, ask again later (:meth:`_end_later`) rather than wait for it."""
+        mine: bool | None = False
         try:
-            async with self.replicas.ending(state.build.id) as mine:
-                if mine:
+            async with self.replicas.ending(state.build.id, wait=wait) as mine:
+                if mine is None:
+                    pass
+                elif mine:
                     if self.before_build_end is not None:
                         current = replace(state.build, packages=tuple(state.jobs.values()))
                         try:
@@ -1093,6 +1096,9 @@ class Scheduler:
         except _STORE_FAILURES:
             _log.exception("recording build %s as %s", state.build.id, status.value)
             self._abandon(state)
+            return
+        if mine is None:  # another replica is publishing it
+            self._end_later(state.build.id)
             return
         if mine:
             self._announce(ReplicaEvent(kind="ended", build_id=state.build.id))
@@ -1396,6 +1402,7 @@ class Scheduler:
 
         async def later() -> None:
             await asyncio.sleep(END_GRACE)
+            self._ending.pop(build_id, None)  # from here on, one may be asked for again
             async with self._lock:
                 state = self._builds.get(build_id)
                 if state is None:
@@ -1406,11 +1413,13 @@ class Scheduler:
                     started=state.build.started_at is not None,
                 )
                 if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
-                    await self._end(state, status)
+                    await self._end(state, status, wait=False)
 
         task = asyncio.create_task(later(), name=f"end of build {build_id}")
         self._ending[build_id] = task
-        task.add_done_callback(lambda _: self._ending.pop(build_id, None))
+        task.add_done_callback(
+            lambda done: self._ending.pop(build_id) if self._ending.get(build_id) is done else None
+        )
 
     def _forget(self, build_id: BuildId) -> _BuildState | None:
         """Stop tracking a build (ended, or given up): what the others run of it is

@@ -37,7 +37,8 @@ What is shared, and how (the scheduler's side is in
   read under it) lets one replica publish and write the final status; the others find
   it ended. A replica that sees a build's last package end on another replica leaves
   the ending to that one for :data:`END_GRACE` seconds, and ends it itself only if it
-  is still unfinished then (its owner died meanwhile).
+  is still unfinished then and no replica holds its lock (that one died meanwhile;
+  one still publishing is left alone, and asked again a grace later).
 """
 
 from __future__ import annotations
@@ -222,10 +223,13 @@ class Replicas(Protocol):
         limits given; ``None``: full (nothing written). ``InvalidTransition`` if the
         package moved meanwhile."""
 
-    def ending(self, build_id: BuildId) -> AbstractAsyncContextManager[bool]:
+    def ending(
+        self, build_id: BuildId, *, wait: bool = True
+    ) -> AbstractAsyncContextManager[bool | None]:
         """Held while this replica ends the build: ``True`` if it is this one's to end
         (publish, write the final status, inside the block); ``False`` if another
-        replica ended it."""
+        replica ended it. ``wait=False``: ``None`` at once if another replica is ending
+        it right now (instead of waiting for it)."""
         ...
 
 
@@ -270,10 +274,12 @@ class LocalReplicas:
             build_id, name, PackageStatus.RUNNING, expect=expect, **fields
         )
 
-    def ending(self, build_id: BuildId) -> AbstractAsyncContextManager[bool]:
+    def ending(
+        self, build_id: BuildId, *, wait: bool = True
+    ) -> AbstractAsyncContextManager[bool | None]:
         return _always()
 
 
 @asynccontextmanager
-async def _always() -> AsyncIterator[bool]:
+async def _always() -> AsyncIterator[bool | None]:
     yield True

@@ -150,5 +150,7 @@ class PostgresReplicas:
             fields=fields,
         )
 
-    def ending(self, build_id: BuildId) -> AbstractAsyncContextManager[bool]:
-        return self.store.build_end_lock(build_id)
+    def ending(
+        self, build_id: BuildId, *, wait: bool = True
+    ) -> AbstractAsyncContextManager[bool | None]:
+        return self.store.build_end_lock(build_id, wait=wait)

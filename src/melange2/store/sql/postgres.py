@@ -260,17 +260,24 @@ class PostgresStore(SqlStore):
         )
 
     @contextlib.asynccontextmanager
-    async def build_end_lock(self, build_id: BuildId) -> AsyncIterator[bool]:
+    async def build_end_lock(
+        self, build_id: BuildId, *, wait: bool = True
+    ) -> AsyncIterator[bool | None]:
         """Hold the build's advisory lock while the block runs (a transaction of its
         own, committed at the end): ``True`` if the build is still unfinished once the
         lock is held, so the block should end it (publish, write the final status,
-        committed before the lock is released); ``False``: another replica ended it."""
+        committed before the lock is released); ``False``: another replica ended it.
+        ``wait=False``: ``None`` at once if another replica holds the lock (it is
+        ending the build now)."""
         self._check_open()
         key = advisory_key("build-end", build_id)
         unfinished = {s.value for s in UNFINISHED_BUILD_STATES}
 
-        def lock(conn: Connection) -> bool:
-            queries.advisory_xact_lock(conn, key)
+        def lock(conn: Connection) -> bool | None:
+            if wait:
+                queries.advisory_xact_lock(conn, key)
+            elif not queries.try_advisory_xact_lock(conn, key):
+                return None
             status = conn.scalar(select(builds.c.status).where(builds.c.id == build_id))
             return status in unfinished
 
