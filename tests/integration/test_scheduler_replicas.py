@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,6 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from melange2.errors import InvalidTransition
 from melange2.ids import BuildId
 from melange2.jobs import Backend, Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.pool.config import BackendSpec, PoolConfig
@@ -32,6 +32,7 @@ from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import RunOutcome, Scheduler
 from melange2.scheduler.replicas import ReplicaEvent, decode_events, encode_events
 from melange2.store.base import StoredBackend
+from melange2.store.slots import FULL, SlotStart
 from melange2.store.sql import PostgresStore
 from melange2.store.sql.bus import PostgresReplicas
 
@@ -491,28 +492,35 @@ async def test_a_start_checks_what_runs_on_the_backend_across_replicas(
     postgres_dsn: str,
 ) -> None:
     build = make_build({f"p{i}": [] for i in range(3)}, "bld-replicas-slot1")
+    build = dataclasses.replace(  # p2 asks one cpu
+        build,
+        packages=(*build.packages[:2], dataclasses.replace(build.packages[2], cpu_millis=1000)),
+    )
     backend = Backend(addr="tcp://x:1", arch="x86_64", labels={})
     async with await PostgresStore.open(postgres_dsn, migrate_schema=False) as store:
         await store.create_build(build)
 
-        async def start(name: str, max_jobs: int) -> PackageJob | None:
-            return await store.start_on_backend(
-                build.id,
-                name,
+        def start(name: str, max_jobs: int, *, cpu: int | None = None) -> SlotStart:
+            return SlotStart(
+                build_id=build.id,
+                name=name,
                 expect=frozenset({PackageStatus.PENDING}),
                 addr=backend.addr,
                 max_jobs=max_jobs,
-                cpu=None,
-                memory=None,
+                cpu=cpu,
                 fields={"backend": backend, "lease_owner": "r1"},
             )
 
-        started = await start("p0", 2)
-        assert started is not None and started.status is PackageStatus.RUNNING
-        assert await start("p1", 2) is not None
-        assert await start("p2", 2) is None  # full: two run there
+        started = await store.start_many([start("p0", 2)])
+        assert isinstance(started[0], PackageJob)
+        assert started[0].status is PackageStatus.RUNNING
+        # in one transaction: p1 fits, then p2 finds the two slots taken, and p0 is
+        # already running (someone's claim): refused
+        p1, p2, p0 = await store.start_many([start("p1", 2), start("p2", 2), start("p0", 5)])
+        assert isinstance(p1, PackageJob) and p2 is FULL and p0 is None
         assert (await store.get_build(build.id)).packages[2].status is PackageStatus.PENDING
-        with pytest.raises(InvalidTransition):
-            await start("p0", 5)  # already running: someone else's claim
         await store.transition(build.id, "p0", PackageStatus.SUCCESS)
-        assert await start("p2", 2) is not None  # a slot freed
+        # a slot freed, but p2 asks more cpu than is free there (p1 asks none)
+        assert await store.start_many([start("p2", 2, cpu=500)]) == [FULL]
+        (p2,) = await store.start_many([start("p2", 2, cpu=1000)])
+        assert isinstance(p2, PackageJob)

@@ -86,6 +86,7 @@ from melange2.scheduler.replicas import (
     backend_spec,
 )
 from melange2.store.base import JobStore
+from melange2.store.slots import FULL, SlotStart
 
 _log = logging.getLogger(__name__)
 
@@ -227,7 +228,8 @@ class StateChange:
 
 
 class Scheduler:
-    """Owns dispatch for one server process. Use ``async with`` or :meth:`run`."""
+    """Dispatch for one server process (one replica of several when ``replicas`` is
+    shared: see the module's docstring). Use :meth:`run`."""
 
     def __init__(
         self,
@@ -763,26 +765,32 @@ class Scheduler:
         now = self.clock.now()
         attempt = len(job.attempts) + 1
         try:
-            started = await self.replicas.start(
-                state.build.id,
-                job.name,
-                expect=frozenset({job.status}),
-                addr=slot.backend.addr,
-                max_jobs=slot.backend.max_jobs,
-                cpu=slot.backend.cpu,
-                memory=slot.backend.memory,
-                fields={
-                    "backend": backend,
-                    "started_at": job.started_at or now,
-                    "reason": "",
-                    "lease_owner": self.owner,
-                    "lease_expires": now + timedelta(seconds=self.lease_ttl),
-                    "attempts": (
-                        *job.attempts,
-                        Attempt(number=attempt, backend=backend.addr, started_at=now),
-                    ),
-                },
+            (started,) = await self.replicas.start_many(
+                [
+                    SlotStart(
+                        build_id=state.build.id,
+                        name=job.name,
+                        expect=frozenset({job.status}),
+                        addr=slot.backend.addr,
+                        max_jobs=slot.backend.max_jobs,
+                        cpu=slot.backend.cpu,
+                        memory=slot.backend.memory,
+                        fields={
+                            "backend": backend,
+                            "started_at": job.started_at or now,
+                            "reason": "",
+                            "lease_owner": self.owner,
+                            "lease_expires": now + timedelta(seconds=self.lease_ttl),
+                            "attempts": (
+                                *job.attempts,
+                                Attempt(number=attempt, backend=backend.addr, started_at=now),
+                            ),
+                        },
+                    )
+                ]
             )
+            if started is None:
+                raise InvalidTransition(f"{job.build_id}/{job.name} moved meanwhile")
         except InvalidTransition:
             self._promoted.discard((job.build_id, job.name))
             self.pool.release(slot, outcome="neutral")
@@ -794,7 +802,7 @@ class Scheduler:
             self.pool.release(slot, outcome="neutral")
             await self._fail_package(state, job, f"the store refused its start: {exc}")
             return True
-        if started is None:  # stays queued (and promoted: _record_waiting writes it)
+        if started is FULL:  # stays queued (and promoted: _record_waiting writes it)
             self.pool.release(slot, outcome="neutral", quiet=True)
             return False
         self._promoted.discard((job.build_id, job.name))
