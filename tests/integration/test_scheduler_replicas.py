@@ -524,3 +524,28 @@ async def test_a_start_checks_what_runs_on_the_backend_across_replicas(
         assert await store.start_many([start("p2", 2, cpu=500)]) == [FULL]
         (p2,) = await store.start_many([start("p2", 2, cpu=1000)])
         assert isinstance(p2, PackageJob)
+
+
+async def test_a_build_whose_ender_died_is_ended_by_another_replica(postgres_dsn: str) -> None:
+    specs = [BackendSpec(addr="tcp://x:1", arch="x86_64", max_jobs=2)]
+    async with farm(postgres_dsn, 2, specs, delay=lambda name: 60.0) as (replicas, _):
+        first, second = replicas
+        build = make_build({"only": []}, "bld-replicas-endd1")
+        await submit(first, build)
+        await until(lambda: "only" in first.runner.running, "replica 0 running it")
+        await first.kill()
+        # what replica 0 wrote and told just before it died: its package's success
+        await first.store.transition(
+            build.id,
+            "only",
+            PackageStatus.SUCCESS,
+            expect=frozenset({PackageStatus.RUNNING}),
+            lease_owner="",
+            lease_expires=None,
+        )
+        await first.bus.publish([ReplicaEvent(kind="moved", build_id=build.id, names=("only",))])
+        done = await finished(second.store, build.id, within=20)
+
+    assert done.status is BuildStatus.SUCCESS
+    assert first.ended == []
+    assert second.ended == [(build.id, BuildStatus.SUCCESS)]  # published by replica 1
