@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from melange2.pool.pool import BackendPool
 from melange2.scheduler.loop import RunOutcome, Scheduler
 from melange2.scheduler.replicas import ReplicaEvent, decode_events, encode_events
 from melange2.store.base import StoredBackend
+from melange2.store.slots import FULL, SlotStart
 from melange2.store.sql import PostgresStore
 from melange2.store.sql.bus import PostgresReplicas
 
@@ -360,18 +362,20 @@ async def test_a_replica_stopped_dead_loses_its_packages_to_the_others(
 async def test_a_cancel_through_one_replica_stops_the_runs_of_another(postgres_dsn: str) -> None:
     specs = [BackendSpec(addr="tcp://x:1", arch="x86_64", max_jobs=8)]
     async with farm(postgres_dsn, 2, specs, delay=lambda name: 60.0) as (replicas, runs):
-        first, second = replicas
         build = make_build({f"p{i}": [] for i in range(4)}, "bld-replicas-cncl1")
-        await submit(second, build)  # replica 1 starts them all at once
-        await until(lambda: len(second.runner.running) == 4, "replica 1 running all four")
+        await submit(replicas[1], build)  # replica 1 starts them (replica 0 may take some)
+        await until(lambda: sum(len(r.runner.running) for r in replicas) == 4, "all four running")
+        # cancel through the replica that runs fewer of them
+        busy, other = sorted(replicas, key=lambda r: len(r.runner.running), reverse=True)
         cancelled_at = time.monotonic()
-        await first.scheduler.cancel(build.id)
-        done = await finished(first.store, build.id, within=20)
+        await other.scheduler.cancel(build.id)
+        done = await finished(other.store, build.id, within=20)
 
     assert done.status is BuildStatus.CANCELLED
     assert all(j.status is PackageStatus.CANCELLED for j in done.packages)
     assert sorted(r.name for r in runs) == [f"p{i}" for i in range(4)]
-    assert all(r.replica == "replica-1" and not r.completed for r in runs)
+    assert not any(r.completed for r in runs)
+    assert len([r for r in runs if r.replica == busy.name]) >= 2
     assert all(r.end - cancelled_at < 10 for r in runs)  # stopped, not run out
 
 
@@ -453,3 +457,95 @@ def test_events_are_batched_into_payloads_under_the_limit() -> None:
     assert moved == [f"package-{i:04d}" for i in range(900)]  # in order, each once
     with pytest.raises(ValueError, match="not a replica event payload"):
         decode_events('{"o": "x", "e": [["exploded", null, []]]}')
+
+
+async def test_a_build_end_is_one_replicas_and_the_others_find_it_ended(
+    postgres_dsn: str,
+) -> None:
+    build = make_build({"a": []}, "bld-replicas-endl1")
+    async with (
+        await PostgresStore.open(postgres_dsn, migrate_schema=False) as one,
+        await PostgresStore.open(postgres_dsn, migrate_schema=False) as two,
+    ):
+        await one.create_build(build)
+        order: list[str] = []
+        async with one.build_end_lock(build.id) as mine:
+            assert mine is True
+            async with two.build_end_lock(build.id, wait=False) as busy:
+                assert busy is None  # held: the other does not wait
+
+            async def other() -> bool | None:
+                async with two.build_end_lock(build.id) as theirs:
+                    order.append("two")
+                    return theirs
+
+            waiting = asyncio.create_task(other())
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # it waits for the lock
+            await one.update_build(build.id, status=BuildStatus.SUCCESS)
+            order.append("one")
+        assert await waiting is False  # ended by the first
+        assert order == ["one", "two"]
+
+
+async def test_a_start_checks_what_runs_on_the_backend_across_replicas(
+    postgres_dsn: str,
+) -> None:
+    build = make_build({f"p{i}": [] for i in range(3)}, "bld-replicas-slot1")
+    build = dataclasses.replace(  # p2 asks one cpu
+        build,
+        packages=(*build.packages[:2], dataclasses.replace(build.packages[2], cpu_millis=1000)),
+    )
+    backend = Backend(addr="tcp://x:1", arch="x86_64", labels={})
+    async with await PostgresStore.open(postgres_dsn, migrate_schema=False) as store:
+        await store.create_build(build)
+
+        def start(name: str, max_jobs: int, *, cpu: int | None = None) -> SlotStart:
+            return SlotStart(
+                build_id=build.id,
+                name=name,
+                expect=frozenset({PackageStatus.PENDING}),
+                addr=backend.addr,
+                max_jobs=max_jobs,
+                cpu=cpu,
+                fields={"backend": backend, "lease_owner": "r1"},
+            )
+
+        started = await store.start_many([start("p0", 2)])
+        assert isinstance(started[0], PackageJob)
+        assert started[0].status is PackageStatus.RUNNING
+        # in one transaction: p1 fits, then p2 finds the two slots taken, and p0 is
+        # already running (someone's claim): refused
+        p1, p2, p0 = await store.start_many([start("p1", 2), start("p2", 2), start("p0", 5)])
+        assert isinstance(p1, PackageJob) and p2 is FULL and p0 is None
+        assert (await store.get_build(build.id)).packages[2].status is PackageStatus.PENDING
+        await store.transition(build.id, "p0", PackageStatus.SUCCESS)
+        # a slot freed, but p2 asks more cpu than is free there (p1 asks none)
+        assert await store.start_many([start("p2", 2, cpu=500)]) == [FULL]
+        (p2,) = await store.start_many([start("p2", 2, cpu=1000)])
+        assert isinstance(p2, PackageJob)
+
+
+async def test_a_build_whose_ender_died_is_ended_by_another_replica(postgres_dsn: str) -> None:
+    specs = [BackendSpec(addr="tcp://x:1", arch="x86_64", max_jobs=2)]
+    async with farm(postgres_dsn, 2, specs, delay=lambda name: 60.0) as (replicas, _):
+        first, second = replicas
+        build = make_build({"only": []}, "bld-replicas-endd1")
+        await submit(first, build)
+        await until(lambda: "only" in first.runner.running, "replica 0 running it")
+        await first.kill()
+        # what replica 0 wrote and told just before it died: its package's success
+        await first.store.transition(
+            build.id,
+            "only",
+            PackageStatus.SUCCESS,
+            expect=frozenset({PackageStatus.RUNNING}),
+            lease_owner="",
+            lease_expires=None,
+        )
+        await first.bus.publish([ReplicaEvent(kind="moved", build_id=build.id, names=("only",))])
+        done = await finished(second.store, build.id, within=20)
+
+    assert done.status is BuildStatus.SUCCESS
+    assert first.ended == []
+    assert second.ended == [(build.id, BuildStatus.SUCCESS)]  # published by replica 1

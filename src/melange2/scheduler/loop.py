@@ -86,6 +86,7 @@ from melange2.scheduler.replicas import (
     backend_spec,
 )
 from melange2.store.base import JobStore
+from melange2.store.slots import FULL, SlotStart
 
 _log = logging.getLogger(__name__)
 
@@ -227,7 +228,8 @@ class StateChange:
 
 
 class Scheduler:
-    """Owns dispatch for one server process. Use ``async with`` or :meth:`run`."""
+    """Dispatch for one server process (one replica of several when ``replicas`` is
+    shared: see the module's docstring). Use :meth:`run`."""
 
     def __init__(
         self,
@@ -763,26 +765,32 @@ class Scheduler:
         now = self.clock.now()
         attempt = len(job.attempts) + 1
         try:
-            started = await self.replicas.start(
-                state.build.id,
-                job.name,
-                expect=frozenset({job.status}),
-                addr=slot.backend.addr,
-                max_jobs=slot.backend.max_jobs,
-                cpu=slot.backend.cpu,
-                memory=slot.backend.memory,
-                fields={
-                    "backend": backend,
-                    "started_at": job.started_at or now,
-                    "reason": "",
-                    "lease_owner": self.owner,
-                    "lease_expires": now + timedelta(seconds=self.lease_ttl),
-                    "attempts": (
-                        *job.attempts,
-                        Attempt(number=attempt, backend=backend.addr, started_at=now),
-                    ),
-                },
+            (started,) = await self.replicas.start_many(
+                [
+                    SlotStart(
+                        build_id=state.build.id,
+                        name=job.name,
+                        expect=frozenset({job.status}),
+                        addr=slot.backend.addr,
+                        max_jobs=slot.backend.max_jobs,
+                        cpu=slot.backend.cpu,
+                        memory=slot.backend.memory,
+                        fields={
+                            "backend": backend,
+                            "started_at": job.started_at or now,
+                            "reason": "",
+                            "lease_owner": self.owner,
+                            "lease_expires": now + timedelta(seconds=self.lease_ttl),
+                            "attempts": (
+                                *job.attempts,
+                                Attempt(number=attempt, backend=backend.addr, started_at=now),
+                            ),
+                        },
+                    )
+                ]
             )
+            if started is None:
+                raise InvalidTransition(f"{job.build_id}/{job.name} moved meanwhile")
         except InvalidTransition:
             self._promoted.discard((job.build_id, job.name))
             self.pool.release(slot, outcome="neutral")
@@ -794,7 +802,7 @@ class Scheduler:
             self.pool.release(slot, outcome="neutral")
             await self._fail_package(state, job, f"the store refused its start: {exc}")
             return True
-        if started is None:  # stays queued (and promoted: _record_waiting writes it)
+        if started is FULL:  # stays queued (and promoted: _record_waiting writes it)
             self.pool.release(slot, outcome="neutral", quiet=True)
             return False
         self._promoted.discard((job.build_id, job.name))
@@ -1070,14 +1078,17 @@ class Scheduler:
         elif ending:
             self._forget(state.build.id)
 
-    async def _end(self, state: _BuildState, status: BuildStatus) -> None:
+    async def _end(self, state: _BuildState, status: BuildStatus, *, wait: bool = True) -> None:
         """End the build: publication (``before_build_end``), then its final status;
         on exactly one replica (:meth:`Replicas.ending`): if another ended it, take
-        its status from the store."""
-        mine = False
+        its status from the store. ``wait=False``: if another replica is ending it
+        now, ask again later (:meth:`_end_later`) rather than wait for it."""
+        mine: bool | None = False
         try:
-            async with self.replicas.ending(state.build.id) as mine:
-                if mine:
+            async with self.replicas.ending(state.build.id, wait=wait) as mine:
+                if mine is None:
+                    pass
+                elif mine:
                     if self.before_build_end is not None:
                         current = replace(state.build, packages=tuple(state.jobs.values()))
                         try:
@@ -1093,6 +1104,9 @@ class Scheduler:
         except _STORE_FAILURES:
             _log.exception("recording build %s as %s", state.build.id, status.value)
             self._abandon(state)
+            return
+        if mine is None:  # another replica is publishing it
+            self._end_later(state.build.id)
             return
         if mine:
             self._announce(ReplicaEvent(kind="ended", build_id=state.build.id))
@@ -1396,6 +1410,7 @@ class Scheduler:
 
         async def later() -> None:
             await asyncio.sleep(END_GRACE)
+            self._ending.pop(build_id, None)  # from here on, one may be asked for again
             async with self._lock:
                 state = self._builds.get(build_id)
                 if state is None:
@@ -1406,11 +1421,13 @@ class Scheduler:
                     started=state.build.started_at is not None,
                 )
                 if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
-                    await self._end(state, status)
+                    await self._end(state, status, wait=False)
 
         task = asyncio.create_task(later(), name=f"end of build {build_id}")
         self._ending[build_id] = task
-        task.add_done_callback(lambda _: self._ending.pop(build_id, None))
+        task.add_done_callback(
+            lambda done: self._ending.pop(build_id) if self._ending.get(build_id) is done else None
+        )
 
     def _forget(self, build_id: BuildId) -> _BuildState | None:
         """Stop tracking a build (ended, or given up): what the others run of it is

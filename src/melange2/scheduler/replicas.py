@@ -25,7 +25,7 @@ What is shared, and how (the scheduler's side is in
   local pool (so least-loaded placement sees the real load). After the event
   connection is lost and back, a replica resynchronises from the store (what was
   notified meanwhile is lost).
-* **slots**: the local pool picks a backend; :meth:`Replicas.start` then checks the
+* **slots**: the local pool picks a backend; :meth:`Replicas.start_many` then checks the
   backend's limits (``maxJobs``, declared cpu and memory) against every replica's
   running packages in the same transaction as the guarded update. A backend full on
   the others' account keeps the package queued; it is tried again when a slot frees
@@ -37,21 +37,24 @@ What is shared, and how (the scheduler's side is in
   read under it) lets one replica publish and write the final status; the others find
   it ended. A replica that sees a build's last package end on another replica leaves
   the ending to that one for :data:`END_GRACE` seconds, and ends it itself only if it
-  is still unfinished then (its owner died meanwhile).
+  is still unfinished then and no replica holds its lock (that one died meanwhile;
+  one still publishing is left alone, and asked again a grace later).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
+from melange2.errors import InvalidTransition, NotFound
 from melange2.ids import BuildId
 from melange2.jobs import PackageJob, PackageStatus
 from melange2.pool.config import BackendSpec
 from melange2.store.base import JobStore, StoredBackend
+from melange2.store.slots import Full, SlotStart
 
 __all__ = [
     "END_GRACE",
@@ -205,27 +208,20 @@ class Replicas(Protocol):
     async def read_packages(self, build_id: BuildId, names: Sequence[str]) -> Sequence[PackageJob]:
         """The named packages as they stand in the store."""
 
-    async def start(
-        self,
-        build_id: BuildId,
-        name: str,
-        *,
-        expect: frozenset[PackageStatus],
-        addr: str,
-        max_jobs: int,
-        cpu: int | None,
-        memory: int | None,
-        fields: Mapping[str, Any],
-    ) -> PackageJob | None:
-        """Move the package to ``running`` on backend ``addr`` (the guarded transition,
-        ``fields`` set), if what runs there across replicas leaves room under the
-        limits given; ``None``: full (nothing written). ``InvalidTransition`` if the
-        package moved meanwhile."""
+    async def start_many(self, starts: Sequence[SlotStart]) -> Sequence[PackageJob | Full | None]:
+        """Make ``starts`` (in one transaction where the store can), each only if what
+        runs on its backend across replicas leaves room: per start, the package running,
+        :data:`~melange2.store.slots.FULL` (nothing written) or ``None`` (the package
+        moved meanwhile, e.g. another replica took it). ``StoreError`` writes none."""
+        ...
 
-    def ending(self, build_id: BuildId) -> AbstractAsyncContextManager[bool]:
+    def ending(
+        self, build_id: BuildId, *, wait: bool = True
+    ) -> AbstractAsyncContextManager[bool | None]:
         """Held while this replica ends the build: ``True`` if it is this one's to end
         (publish, write the final status, inside the block); ``False`` if another
-        replica ended it."""
+        replica ended it. ``wait=False``: ``None`` at once if another replica is ending
+        it right now (instead of waiting for it)."""
         ...
 
 
@@ -254,26 +250,29 @@ class LocalReplicas:
         build = await self.store.get_build(build_id)
         return [j for j in build.packages if j.name in wanted]
 
-    async def start(
-        self,
-        build_id: BuildId,
-        name: str,
-        *,
-        expect: frozenset[PackageStatus],
-        addr: str,
-        max_jobs: int,
-        cpu: int | None,
-        memory: int | None,
-        fields: Mapping[str, Any],
-    ) -> PackageJob | None:
-        return await self.store.transition(
-            build_id, name, PackageStatus.RUNNING, expect=expect, **fields
-        )
+    async def start_many(self, starts: Sequence[SlotStart]) -> Sequence[PackageJob | Full | None]:
+        results: list[PackageJob | Full | None] = []
+        for start in starts:  # alone on the store: the pool's books are the whole truth
+            try:
+                job = await self.store.transition(
+                    start.build_id,
+                    start.name,
+                    PackageStatus.RUNNING,
+                    expect=start.expect,
+                    **start.fields,
+                )
+            except (InvalidTransition, NotFound):
+                results.append(None)
+            else:
+                results.append(job)
+        return results
 
-    def ending(self, build_id: BuildId) -> AbstractAsyncContextManager[bool]:
+    def ending(
+        self, build_id: BuildId, *, wait: bool = True
+    ) -> AbstractAsyncContextManager[bool | None]:
         return _always()
 
 
 @asynccontextmanager
-async def _always() -> AsyncIterator[bool]:
+async def _always() -> AsyncIterator[bool | None]:
     yield True

@@ -12,7 +12,7 @@ that connection fails, it is opened again with backoff (0.1 s doubling to 5 s), 
 then the scheduler resynchronises from the store, since notifications sent while
 nobody listened are lost.
 
-Starts and build ends are the store's (:meth:`PostgresStore.start_on_backend`,
+Starts and build ends are the store's (:meth:`PostgresStore.start_many`,
 :meth:`PostgresStore.build_end_lock`: advisory locks per backend and per build).
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -28,8 +28,9 @@ import psycopg
 from psycopg import sql
 
 from melange2.ids import BuildId
-from melange2.jobs import PackageJob, PackageStatus
+from melange2.jobs import PackageJob
 from melange2.scheduler.replicas import EventHandler, ReplicaEvent, decode_events, encode_events
+from melange2.store.slots import Full, SlotStart
 from melange2.store.sql.postgres import PostgresStore
 
 __all__ = ["CHANNEL", "PostgresReplicas"]
@@ -127,28 +128,10 @@ class PostgresReplicas:
     async def read_packages(self, build_id: BuildId, names: Sequence[str]) -> Sequence[PackageJob]:
         return await self.store.read_packages(build_id, names)
 
-    async def start(
-        self,
-        build_id: BuildId,
-        name: str,
-        *,
-        expect: frozenset[PackageStatus],
-        addr: str,
-        max_jobs: int,
-        cpu: int | None,
-        memory: int | None,
-        fields: Mapping[str, Any],
-    ) -> PackageJob | None:
-        return await self.store.start_on_backend(
-            build_id,
-            name,
-            expect=expect,
-            addr=addr,
-            max_jobs=max_jobs,
-            cpu=cpu,
-            memory=memory,
-            fields=fields,
-        )
+    async def start_many(self, starts: Sequence[SlotStart]) -> Sequence[PackageJob | Full | None]:
+        return await self.store.start_many(starts)
 
-    def ending(self, build_id: BuildId) -> AbstractAsyncContextManager[bool]:
-        return self.store.build_end_lock(build_id)
+    def ending(
+        self, build_id: BuildId, *, wait: bool = True
+    ) -> AbstractAsyncContextManager[bool | None]:
+        return self.store.build_end_lock(build_id, wait=wait)

@@ -35,9 +35,9 @@ Several replicas on one database (:mod:`melange2.store.sql.bus` wires these into
 scheduler): a package's lease is its row (``lease_owner``, ``lease_expires``;
 ``renew_leases`` is an owner's heartbeat, ``expire_leases`` requeues a dead owner's
 packages, ``SKIP LOCKED``); a replica's own heartbeat is a row of ``replicas`` (r0007).
-A start checks the backend's limits across replicas
-(:meth:`PostgresStore.start_on_backend`: an advisory lock per backend, then the packages
-running there, then the guarded update, in one transaction). A build's end runs once
+Starts check their backends' limits across replicas
+(:meth:`PostgresStore.start_many`: an advisory lock per backend, then the packages
+running there, then the guarded updates, in one transaction). A build's end runs once
 (:meth:`PostgresStore.build_end_lock`: an advisory lock per build held while it is
 published and its final status written). :meth:`PostgresStore.hold_lock` is a named lock
 across them (one publisher per arch): a session advisory lock, keyed
@@ -63,11 +63,12 @@ from sqlalchemy import URL, Connection, make_url, select, text
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from melange2.errors import ConfigError, InvalidTransition, NotFound, StoreError
+from melange2.errors import ConfigError, StoreError
 from melange2.ids import BuildId
 from melange2.jobs import PackageJob, PackageStatus, sources_of
 from melange2.store.migrations import upgrade
 from melange2.store.rules import PACKAGE_FIELDS, UNFINISHED_BUILD_STATES, check_fields, check_text
+from melange2.store.slots import FULL, Full, SlotStart
 from melange2.store.sql import queries
 from melange2.store.sql.errors import map_sql_errors
 from melange2.store.sql.store import SqlStore
@@ -229,71 +230,75 @@ class PostgresStore(SqlStore):
             lambda c: queries.fetch_packages(c, build_id, wanted),
         )
 
-    async def start_on_backend(
-        self,
-        build_id: BuildId,
-        name: str,
-        *,
-        expect: frozenset[PackageStatus],
-        addr: str,
-        max_jobs: int,
-        cpu: int | None,
-        memory: int | None,
-        fields: Mapping[str, Any],
-    ) -> PackageJob | None:
-        """Move a package to ``running`` on the backend ``addr`` if the packages running
-        there (any replica's) leave room for it, in one transaction: the backend's
-        advisory lock (starts on one backend queue; their finishes do not), what runs
-        there against ``max_jobs`` and the declared ``cpu`` and ``memory`` (``None``:
-        unlimited), then the guarded update. ``None``: the backend is full (nothing
-        written). Raises ``InvalidTransition`` (the package moved meanwhile, e.g. another
-        replica took it) or ``NotFound``."""
-        check_fields(fields, PACKAGE_FIELDS, "package")
-        check_text(fields, "package fields")
+    async def start_many(self, starts: Sequence[SlotStart]) -> list[PackageJob | Full | None]:
+        """Make ``starts`` in order, in one transaction, each only if its backend has
+        room across replicas: the advisory lock of each backend named (in the order of
+        their keys, so two replicas never wait on each other in a circle; starts on one
+        backend queue, finishes do not), what runs there counted once, then per start
+        the check and the guarded update (a start counts for the next ones). Per start:
+        the package running, :data:`~melange2.store.slots.FULL` (its backend had no
+        room; nothing written) or ``None`` (its state did not allow it, e.g. another
+        replica took it, or there is no such package). A bad value or a failed
+        transaction (``StoreError``) writes none."""
+        for start in starts:
+            check_fields(start.fields, PACKAGE_FIELDS, "package")
+            check_text(start.fields, "package fields")
+        if not starts:
+            return []
         to = PackageStatus.RUNNING
-        allowed = sources_of(to) & expect
-        key = advisory_key("backend", addr)
+        keys = sorted({(advisory_key("backend", s.addr), s.addr) for s in starts})
 
-        def start(conn: Connection) -> PackageJob | PackageStatus | bool | None:
-            queries.advisory_xact_lock(conn, key)
-            asks = queries.fetch_packages(conn, build_id, [name])
-            if not asks:
-                return None
-            jobs, cpu_used, memory_used = queries.backend_load(conn, addr)
-            ask = asks[0]
-            if (
-                jobs >= max_jobs
-                or (cpu is not None and cpu_used + ask.cpu_millis > cpu)
-                or (memory is not None and memory_used + ask.memory_bytes > memory)
-            ):
-                return False
-            job = queries.transition_package(conn, build_id, name, to, allowed, fields)
-            return job if job is not None else ask.status
+        def run(conn: Connection) -> list[PackageJob | Full | None]:
+            load: dict[str, list[int]] = {}
+            for key, addr in keys:
+                queries.advisory_xact_lock(conn, key)
+                load[addr] = list(queries.backend_load(conn, addr))
+            results: list[PackageJob | Full | None] = []
+            for start in starts:
+                asks = queries.fetch_packages(conn, start.build_id, [start.name])
+                if not asks:
+                    results.append(None)
+                    continue
+                ask, used = asks[0], load[start.addr]
+                if (
+                    used[0] >= start.max_jobs
+                    or (start.cpu is not None and used[1] + ask.cpu_millis > start.cpu)
+                    or (start.memory is not None and used[2] + ask.memory_bytes > start.memory)
+                ):
+                    results.append(FULL)
+                    continue
+                allowed = sources_of(to) & start.expect
+                job = queries.transition_package(
+                    conn, start.build_id, start.name, to, allowed, start.fields
+                )
+                if job is not None:
+                    used[0] += 1
+                    used[1] += job.cpu_millis
+                    used[2] += job.memory_bytes
+                results.append(job)
+            return results
 
-        found = await self._write(f"starting {build_id}/{name} on {addr}", start)
-        if isinstance(found, PackageJob):
-            return found
-        if found is False:
-            return None
-        if found is None or isinstance(found, bool):
-            raise NotFound(f"no package {name!r} in build {build_id}")
-        raise InvalidTransition(
-            f"package {name!r} of build {build_id} is {found}, cannot move to {to}"
-            f" (expected {', '.join(sorted(expect))})"
-        )
+        return await self._write(f"starting {len(starts)} packages", run)
 
     @contextlib.asynccontextmanager
-    async def build_end_lock(self, build_id: BuildId) -> AsyncIterator[bool]:
+    async def build_end_lock(
+        self, build_id: BuildId, *, wait: bool = True
+    ) -> AsyncIterator[bool | None]:
         """Hold the build's advisory lock while the block runs (a transaction of its
         own, committed at the end): ``True`` if the build is still unfinished once the
         lock is held, so the block should end it (publish, write the final status,
-        committed before the lock is released); ``False``: another replica ended it."""
+        committed before the lock is released); ``False``: another replica ended it.
+        ``wait=False``: ``None`` at once if another replica holds the lock (it is
+        ending the build now)."""
         self._check_open()
         key = advisory_key("build-end", build_id)
         unfinished = {s.value for s in UNFINISHED_BUILD_STATES}
 
-        def lock(conn: Connection) -> bool:
-            queries.advisory_xact_lock(conn, key)
+        def lock(conn: Connection) -> bool | None:
+            if wait:
+                queries.advisory_xact_lock(conn, key)
+            elif not queries.try_advisory_xact_lock(conn, key):
+                return None
             status = conn.scalar(select(builds.c.status).where(builds.c.id == build_id))
             return status in unfinished
 

@@ -565,6 +565,12 @@ def advisory_xact_lock(conn: Connection, key: int) -> None:
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
+def try_advisory_xact_lock(conn: Connection, key: int) -> bool:
+    """Take the transaction-level advisory lock ``key`` if it is free; ``False`` if
+    another session holds it."""
+    return bool(conn.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}))
+
+
 def backend_load(conn: Connection, addr: str) -> tuple[int, int, int]:
     """What the packages running on the backend ``addr`` take, whichever replica runs
     them: (jobs, millicores, bytes). Running rows are found by the (status,
