@@ -417,12 +417,12 @@ class RepoPublisher:
         merged = dict(state.records)
         for rec in new:
             held = merged.get(rec.filename)
-            known = before.get(rec.filename)
+            knew = before.get(rec.filename)
             if (
                 self.immutable
                 and held is not None
                 and held.checksum != rec.checksum
-                and (known is None or known.checksum != held.checksum)
+                and (knew is None or knew.checksum != held.checksum)
             ):
                 # listed by another replica since this one checked: a race across them
                 origin = (await self.origins(arch)).get(rec.filename)

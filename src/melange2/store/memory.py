@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -368,7 +368,7 @@ class MemoryStore:
         found = self.replicas.get(replica_id)
         if found is None:
             return False
-        self.replicas[replica_id] = replace(found, heartbeat_at=to_utc(at))
+        self.replicas[replica_id] = replace(found, heartbeat_at=at.astimezone(UTC))
         return True
 
     async def remove_replica(self, replica_id: str) -> None:
