@@ -57,6 +57,8 @@ class Ran:
     #: (``time.monotonic()``: one clock for every process of the machine)
     ready_at: dict[str, float]
     finished_at: dict[str, float]
+    #: the other replicas' events this one heard: (when, the sender, the packages named)
+    heard: tuple[tuple[float, str, tuple[str, ...]], ...] = ()
 
 
 def _replica_main(
@@ -86,8 +88,10 @@ async def _replica(
         elif event.kind == "finished":
             finished_at[event.name] = event.at
 
+    heard: list[tuple[float, str, tuple[str, ...]]] = []
     async with open_store("postgres", dsn=dsn) as store:
         assert isinstance(store, PostgresStore)
+        listening = asyncio.create_task(_listen(store, f"bench-replica-{n}", heard))
         pool = BackendPool.from_config(
             PoolConfig(backends=(BackendSpec(addr="tcp://noop:1", arch="x86_64", max_jobs=slots),))
         )
@@ -114,8 +118,10 @@ async def _replica(
                             submitted_at=submitted_at,
                             ready_at=dict(ready_at),
                             finished_at=dict(finished_at),
+                            heard=tuple(heard),
                         )
                     )
+                    heard.clear()
                     started.clear()
                     ready_at.clear()
                     finished_at.clear()
@@ -123,10 +129,30 @@ async def _replica(
                 elif command == "stop":
                     break
             await sched.shutdown()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for t in (task, listening):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
     conn.send("stopped")
+
+
+async def _listen(
+    store: PostgresStore, own: str, heard: list[tuple[float, str, tuple[str, ...]]]
+) -> None:
+    """Beside the scheduler's own listener, on a connection of its own: when each of the
+    other replicas' events arrives here (what the scheduler then reads and applies)."""
+    import psycopg
+
+    from melange2.scheduler.replicas import decode_events
+    from melange2.store.sql.bus import CHANNEL
+
+    async with await psycopg.AsyncConnection.connect(store.conninfo(), autocommit=True) as conn:
+        await conn.execute(f"LISTEN {CHANNEL}")
+        async for note in conn.notifies():
+            at = time.monotonic()
+            for event in decode_events(note.payload):
+                if event.origin != own and event.kind == "moved":
+                    heard.append((at, event.origin, event.names))
 
 
 @contextlib.asynccontextmanager
@@ -217,14 +243,14 @@ async def _stored(dsn: str, build_id: str) -> Build:
         return await store.get_build(BuildId(build_id))
 
 
-def cross_replica_latencies(build: Build, ran: Sequence[Ran]) -> tuple[list[float], int]:
+def cross_replica_latencies(build: Build, ran: Sequence[Ran]) -> tuple[list[float], list[float]]:
     """For each package with dependencies: its ``started_at`` minus its last
     dependency's ``finished_at`` (ms), when the two ran on different replicas; and how
-    many such pairs stayed on one replica."""
+    the same for the pairs that stayed on one replica."""
     where = {name: r.replica for r in ran for name in r.started}
     jobs = {j.name: j for j in build.packages}
     latencies: list[float] = []
-    same = 0
+    same: list[float] = []
     for job in build.packages:
         if not job.dependencies or job.started_at is None:
             continue
@@ -232,30 +258,30 @@ def cross_replica_latencies(build: Build, ran: Sequence[Ran]) -> tuple[list[floa
         assert all(end is not None for end, _ in ends), job.name
         last = jobs[max((end, d) for end, d in ends if end is not None)[1]]
         assert last.finished_at is not None
-        if where.get(last.name) == where.get(job.name):
-            same += 1
-            continue
-        latencies.append((job.started_at - last.finished_at).total_seconds() * 1000)
+        took = (job.started_at - last.finished_at).total_seconds() * 1000
+        (same if where.get(last.name) == where.get(job.name) else latencies).append(took)
     return latencies, same
 
 
 def cross_replica_wakes(build: Build, ran: Sequence[Ran]) -> list[float]:
-    """For each package with dependencies and each replica other than the one its last
-    dependency ended on: from that end (its replica's ``finished`` event) to the package
-    becoming ready on the other replica (its ``ready`` event there), in ms: how long the
-    news of an end takes to reach another replica's dispatch."""
+    """For each package that ended and each other replica: from the end (its replica's
+    ``finished`` event) to the first event of its replica naming it that arrived at the
+    other replica afterwards, in ms: how long the news of an end takes to reach another
+    replica's listener."""
+    del build
     ended = {name: (r.replica, at) for r in ran for name, at in r.finished_at.items()}
+    owner = {r.replica: f"bench-replica-{r.replica}" for r in ran}
     wakes = []
-    for job in build.packages:
-        if not job.dependencies:
-            continue
-        ends = [ended[d] for d in job.dependencies if d in ended]
-        if len(ends) < len(job.dependencies):
-            continue
-        where, at = max(ends, key=lambda e: e[1])
-        for r in ran:
-            if r.replica != where and job.name in r.ready_at:
-                wakes.append((r.ready_at[job.name] - at) * 1000)
+    for r in ran:
+        first: dict[str, float] = {}
+        for at, origin, names in r.heard:
+            for name in names:
+                if name in ended:
+                    where, end = ended[name]
+                    if owner[where] == origin and at >= end and name not in first:
+                        first[name] = at
+        for name, at in first.items():
+            wakes.append((at - ended[name][1]) * 1000)
     return wakes
 
 
@@ -288,8 +314,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def summary(latencies: list[float], same: int, wakes: list[float]) -> dict[str, Any]:
-    out: dict[str, Any] = {"cross_replica_pairs": len(latencies), "same_replica_pairs": same}
+def summary(latencies: list[float], same: list[float], wakes: list[float]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "cross_replica_pairs": len(latencies),
+        "same_replica_pairs": len(same),
+    }
+    if same:
+        out |= {
+            "same_dispatch_p50_ms": round(statistics.median(same), 2),
+            "same_dispatch_p99_ms": round(percentile(same, 0.99), 2),
+        }
     if latencies:
         out |= {
             "cross_dispatch_p50_ms": round(statistics.median(latencies), 2),
