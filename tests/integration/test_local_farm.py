@@ -240,6 +240,10 @@ def test_farm_up_postgres_with_three_replicas(tmp_path: Path) -> None:
             assert resp.status_code == 200, (url, resp.text)
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT count(*) FROM tokens").fetchone() is not None
+        # each advertises its own loopback URL, and every one sees the three
+        listed = httpx.get(f"{servers[1]}/api/v1/replicas", headers=auth, timeout=10)
+        assert listed.status_code == 200, listed.text
+        assert sorted(r["url"].rstrip("/") for r in listed.json()) == sorted(servers)
         # a build through the third replica, read through the first, its package served
         # from the shared storage by the second
         with httpx.Client(base_url=servers[2], timeout=30, headers=auth) as client:
