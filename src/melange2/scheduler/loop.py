@@ -306,8 +306,9 @@ class Scheduler:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._dispatch_loop())
                 group.create_task(self._lease_loop())
-                if self.replicas.shared:
+                if listener is not None:
                     group.create_task(self._announce_loop())
+                    group.create_task(self._watch(listener))
         finally:
             if listener is not None:
                 listener.cancel()
@@ -1283,6 +1284,18 @@ class Scheduler:
         if task.done():
             task.result()  # it failed: raise why
         return task
+
+    async def _watch(self, listener: asyncio.Task[None]) -> None:
+        """Until :meth:`stop`: if hearing the others ends (a bug: it reconnects after
+        any database error), so does :meth:`run` (the replica would go deaf)."""
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({listener, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if listener.done() and not self._stop.is_set():
+            listener.result()
+            raise RuntimeError("stopped hearing the other replicas")
 
     async def _on_events(self, events: Sequence[ReplicaEvent]) -> None:
         """Apply what other replicas did (read from the store, under the lock)."""
