@@ -64,6 +64,7 @@ from melange2.errors import (
     RequestError,
     SolveCancelled,
     StoreError,
+    StoreUnavailable,
 )
 from melange2.ids import BuildId
 from melange2.jobs import (
@@ -799,6 +800,11 @@ class Scheduler:
                 await self._refresh(state, job.name)
             return True
         except _STORE_FAILURES as exc:
+            if self.replicas.shared and isinstance(exc, StoreUnavailable):
+                # e.g. a deadlock or serialization failure between replicas: it waits
+                self.pool.release(slot, outcome="neutral", quiet=True)
+                self._retry_soon(exc)
+                return False
             self._promoted.discard((job.build_id, job.name))
             self.pool.release(slot, outcome="neutral")
             await self._fail_package(state, job, f"the store refused its start: {exc}")
@@ -1464,6 +1470,13 @@ class Scheduler:
         slot = self._remote_slots.pop(key, None)
         if slot is not None:
             self.pool.release_remote(slot)
+
+    def _retry_soon(self, exc: Exception) -> None:
+        """A start the store could not make now (with other replicas: a deadlock, a
+        serialization failure, the database unreachable): the package waits, and the
+        scheduler tries again in a moment (not at once: no spinning on a down store)."""
+        _log.warning("starting packages: %s (trying again)", exc)
+        asyncio.get_running_loop().call_later(0.5, self.wake)
 
     def _live_elsewhere(self, job: PackageJob) -> bool:
         """Running under another replica's lease that has not expired."""
