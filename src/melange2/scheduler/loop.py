@@ -64,6 +64,7 @@ from melange2.errors import (
     RequestError,
     SolveCancelled,
     StoreError,
+    StoreUnavailable,
 )
 from melange2.ids import BuildId
 from melange2.jobs import (
@@ -306,8 +307,9 @@ class Scheduler:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._dispatch_loop())
                 group.create_task(self._lease_loop())
-                if self.replicas.shared:
+                if listener is not None:
                     group.create_task(self._announce_loop())
+                    group.create_task(self._watch(listener))
         finally:
             if listener is not None:
                 listener.cancel()
@@ -798,6 +800,11 @@ class Scheduler:
                 await self._refresh(state, job.name)
             return True
         except _STORE_FAILURES as exc:
+            if self.replicas.shared and isinstance(exc, StoreUnavailable):
+                # e.g. a deadlock or serialization failure between replicas: it waits
+                self.pool.release(slot, outcome="neutral", quiet=True)
+                self._retry_soon(exc)
+                return False
             self._promoted.discard((job.build_id, job.name))
             self.pool.release(slot, outcome="neutral")
             await self._fail_package(state, job, f"the store refused its start: {exc}")
@@ -1284,6 +1291,18 @@ class Scheduler:
             task.result()  # it failed: raise why
         return task
 
+    async def _watch(self, listener: asyncio.Task[None]) -> None:
+        """Until :meth:`stop`: if hearing the others ends (a bug: it reconnects after
+        any database error), so does :meth:`run` (the replica would go deaf)."""
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({listener, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if listener.done() and not self._stop.is_set():
+            listener.result()
+            raise RuntimeError("stopped hearing the other replicas")
+
     async def _on_events(self, events: Sequence[ReplicaEvent]) -> None:
         """Apply what other replicas did (read from the store, under the lock)."""
         for event in events:
@@ -1451,6 +1470,13 @@ class Scheduler:
         slot = self._remote_slots.pop(key, None)
         if slot is not None:
             self.pool.release_remote(slot)
+
+    def _retry_soon(self, exc: Exception) -> None:
+        """A start the store could not make now (with other replicas: a deadlock, a
+        serialization failure, the database unreachable): the package waits, and the
+        scheduler tries again in a moment (not at once: no spinning on a down store)."""
+        _log.warning("starting packages: %s (trying again)", exc)
+        asyncio.get_running_loop().call_later(0.5, self.wake)
 
     def _live_elsewhere(self, job: PackageJob) -> bool:
         """Running under another replica's lease that has not expired."""

@@ -234,8 +234,11 @@ class PostgresStore(SqlStore):
         """Make ``starts`` in order, in one transaction, each only if its backend has
         room across replicas: the advisory lock of each backend named (in the order of
         their keys, so two replicas never wait on each other in a circle; starts on one
-        backend queue, finishes do not), what runs there counted once, then per start
-        the check and the guarded update (a start counts for the next ones). Per start:
+        backend queue, finishes do not), what runs there counted once, then which starts
+        fit, in the order given (each counts for the next ones), then their guarded
+        updates (the rows in the order of build and name, so concurrent batches never
+        deadlock). A start that fits but whose update is refused leaves its room unused
+        until the next batch. Per start:
         the package running, :data:`~melange2.store.slots.FULL` (its backend had no
         room; nothing written) or ``None`` (its state did not allow it, e.g. another
         replica took it, or there is no such package). A bad value or a failed
@@ -253,29 +256,39 @@ class PostgresStore(SqlStore):
             for key, addr in keys:
                 queries.advisory_xact_lock(conn, key)
                 load[addr] = list(queries.backend_load(conn, addr))
+            asked: dict[tuple[str, str], PackageJob] = {}
+            for build_id in dict.fromkeys(st.build_id for st in starts):
+                names = [st.name for st in starts if st.build_id == build_id]
+                for job in queries.fetch_packages(conn, build_id, names):
+                    asked[(build_id, job.name)] = job
+            # which fit, in the order given (the scheduler's priority order)
             results: list[PackageJob | Full | None] = []
-            for start in starts:
-                asks = queries.fetch_packages(conn, start.build_id, [start.name])
-                if not asks:
+            chosen: list[int] = []
+            for n, start in enumerate(starts):
+                ask = asked.get((start.build_id, start.name))
+                used = load[start.addr]
+                if ask is None:
                     results.append(None)
-                    continue
-                ask, used = asks[0], load[start.addr]
-                if (
+                elif (
                     used[0] >= start.max_jobs
                     or (start.cpu is not None and used[1] + ask.cpu_millis > start.cpu)
                     or (start.memory is not None and used[2] + ask.memory_bytes > start.memory)
                 ):
                     results.append(FULL)
-                    continue
+                else:
+                    used[0] += 1
+                    used[1] += ask.cpu_millis
+                    used[2] += ask.memory_bytes
+                    results.append(None)
+                    chosen.append(n)
+            # then their guarded updates, the rows in one order (build, name) whoever
+            # writes them: two replicas' batches never wait on each other in a circle
+            for n in sorted(chosen, key=lambda i: (starts[i].build_id, starts[i].name)):
+                start = starts[n]
                 allowed = sources_of(to) & start.expect
-                job = queries.transition_package(
+                results[n] = queries.transition_package(
                     conn, start.build_id, start.name, to, allowed, start.fields
                 )
-                if job is not None:
-                    used[0] += 1
-                    used[1] += job.cpu_millis
-                    used[2] += job.memory_bytes
-                results.append(job)
             return results
 
         return await self._write(f"starting {len(starts)} packages", run)
