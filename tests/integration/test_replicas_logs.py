@@ -2,9 +2,9 @@
 one: logs are local files on the replica running the package until it ends): a log
 followed through the replica that does not run the package streams live from the one
 that does (reached at its advertised URL), with the caller's token, and ends when the
-package ends. Both serve real HTTP on loopback (httpx's ASGI transport would hold a streamed
-answer until it ends). The daemon is the fake (``FakeBuildkit``), whose handler writes the log as the test
-says; the registry is a real one (``registry_farm``)."""
+package ends. Both serve real HTTP on loopback (httpx's ASGI transport would hold a
+streamed answer until it ends). The daemon is the fake (``FakeBuildkit``), whose handler
+writes the log as the test says; the registry is a real one (``registry_farm``)."""
 
 from __future__ import annotations
 
