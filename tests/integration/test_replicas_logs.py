@@ -27,6 +27,7 @@ from melange2.api.app import create_app
 from melange2.apk.signing import generate_key
 from melange2.auth import Role, Token, hash_token, new_secret
 from melange2.farm.local import FarmEnv
+from melange2.ids import BuildId
 from melange2.jobs import PackageStatus
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.service.settings import ServerSettings
@@ -258,3 +259,83 @@ async def test_a_log_whose_owner_is_gone_is_served_from_storage_here(
             assert [r["here"] for r in replicas.values()].count(True) == 1
     finally:
         dead.close()
+
+
+def broken_owner(seen: list[dict[str, str]]) -> Any:
+    """A fake of the owning replica (an ASGI app): it records the request's headers,
+    sends the log's first line, then dies in the middle of the stream."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": b"line one\n", "more_body": True})
+        await asyncio.sleep(0.2)
+        raise RuntimeError("the owner dies")
+
+    return app
+
+
+async def test_a_follow_its_owner_breaks_off_goes_on_from_storage_at_the_byte_reached(
+    tmp_path: Path,
+) -> None:
+    settings = ServerSettings(
+        data_dir=tmp_path / "data",
+        output_dir=tmp_path / "out",
+        registry="127.0.0.1:1",
+        storage=StorageSpec(kind="memory"),
+        auth=False,
+    )
+    store = MemoryStore()
+    app = create_app(settings, pool=PoolConfig(backends=()), store=store)
+    headers: list[dict[str, str]] = []
+    sock_owner, sock_b = socket.socket(), socket.socket()
+    for sock in (sock_owner, sock_b):
+        sock.bind(("127.0.0.1", 0))
+    build_id = "bld-0000000000000043"
+    async with (
+        on_loopback(broken_owner(headers), sock_owner),
+        on_loopback(app, sock_b),
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{sock_b.getsockname()[1]}", timeout=60
+        ) as http,
+    ):
+        now = datetime.now(UTC)
+        await store.register_replica(
+            Replica(
+                id="server-owner",
+                url=f"http://127.0.0.1:{sock_owner.getsockname()[1]}",
+                started_at=now,
+                heartbeat_at=now,
+            )
+        )
+        job = make_job(
+            build_id,
+            "cut",
+            status=PackageStatus.RUNNING,
+            lease_owner="server-owner",
+            lease_expires=now + timedelta(hours=1),
+        )
+        await store.create_build(
+            dataclasses.replace(make_build(build_id, names=()), packages=(job,))
+        )
+        svc = app.state.services
+        await svc.storage.put_bytes(svc.locations.log_key(job, 1), b"line one\nline two\n")
+        logs = f"/api/v1/builds/{build_id}/packages/cut/logs"
+        seen: list[str] = []
+        async with http.stream(
+            "GET", logs, params={"follow": "true"}, headers={"authorization": "Bearer abc"}
+        ) as stream:
+            lines = stream.aiter_lines()
+            await _until(lines, "line two", seen)
+            await store.transition(BuildId(build_id), "cut", PackageStatus.SUCCESS)
+            async with asyncio.timeout(30):  # woken by the follower's periodic check
+                rest = [line async for line in lines]
+        assert seen + [r for r in rest if r] == ["line one", "line two"]  # nothing twice
+        assert headers[0]["authorization"] == "Bearer abc"
+        assert headers[0]["x-melange2-proxied-by"] == svc.replicas.id
