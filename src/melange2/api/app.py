@@ -312,6 +312,7 @@ async def _start(
         store = await stack.enter_async_context(
             open_store(settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn)
         )
+    owner = f"server-{secrets.token_hex(4)}"
     store = tracing.traced_store(store)  # store.* spans when tracing is on
     for stored in await store.list_backends():
         if stored.addr not in pool.backends:
@@ -345,8 +346,7 @@ async def _start(
         source_cache=source_cache,
     )
     stack.push_async_callback(runner.drain)  # after the scheduler stops, before storage
-    owner = f"server-{secrets.token_hex(4)}"  # the lease owner, and the replica's id
-    peers = ReplicaRegistry(
+    peers = ReplicaRegistry(  # the scheduler's lease owner is the replica's id
         store,
         replica_id=owner,
         url=settings.advertise_url or advertise_url(settings.listen_addr),
