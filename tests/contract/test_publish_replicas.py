@@ -125,6 +125,8 @@ async def test_a_replicas_snapshot_follows_what_another_replica_published(
     # name a holds are refused, naming a's build
     third = make_apks(tmp_path / "third", ["tool"], signer)
     await a.publish([third[0]], "x86_64", origin=Origin(build_id="bld-a", package="tool"))
+    assert "tool" not in {r.name for r in (await b.current("x86_64")).values()}  # memory
+    assert "tool" in {r.name for r in (await b.fresh("x86_64")).values()}  # one stat more
     rec = IndexRecord.from_apk(third[0])
     other = dataclasses.replace(rec, checksum=bytes(20))
     with pytest.raises(PublishConflict, match="bld-a"):

@@ -2,17 +2,19 @@
 one: logs are local files on the replica running the package until it ends): a log
 followed through the replica that does not run the package streams live from the one
 that does (reached at its advertised URL), with the caller's token, and ends when the
-package ends. Both serve real HTTP on loopback (httpx's ASGI transport would hold a streamed
-answer until it ends). The daemon is the fake (``FakeBuildkit``), whose handler writes the log as the test
-says; the registry is a real one (``registry_farm``)."""
+package ends. Both serve real HTTP on loopback (httpx's ASGI transport would hold a
+streamed answer until it ends). The daemon is the fake (``FakeBuildkit``), whose handler
+writes the log as the test says; the registry is a real one (``registry_farm``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import socket
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,15 @@ from melange2.api.app import create_app
 from melange2.apk.signing import generate_key
 from melange2.auth import Role, Token, hash_token, new_secret
 from melange2.farm.local import FarmEnv
+from melange2.ids import BuildId
+from melange2.jobs import PackageStatus
 from melange2.pool.config import BackendSpec, PoolConfig
 from melange2.service.settings import ServerSettings
 from melange2.storage import Storage, StorageSpec, open_storage
-from melange2.store import PostgresStore
+from melange2.store import MemoryStore, PostgresStore
+from melange2.store.base import Replica
 from melange2.testenv.buildkit import FakeBuildkit, SolveCall
+from melange2.testenv.contracts.store import make_build, make_job
 
 pytestmark = pytest.mark.anyio
 ADDR = "tcp://fake-buildkit:1234"
@@ -199,3 +205,137 @@ async def test_a_log_followed_through_another_replica_streams_live_from_its_owne
         await store_a.aclose()
         await store_b.aclose()
         await storage.aclose()
+
+
+async def test_a_log_whose_owner_is_gone_is_served_from_storage_here(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The package is ``running`` under a replica whose advertised URL answers nothing:
+    the log is served here, from storage."""
+    settings = ServerSettings(
+        data_dir=tmp_path / "data",
+        output_dir=tmp_path / "out",
+        registry="127.0.0.1:1",
+        storage=StorageSpec(kind="memory"),
+        auth=False,
+    )
+    store = MemoryStore()
+    app = create_app(settings, pool=PoolConfig(backends=()), store=store)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b") as http,
+        ):
+            now = datetime.now(UTC)
+            await store.register_replica(
+                Replica(
+                    id="server-ghost",
+                    url=f"http://127.0.0.1:{dead.getsockname()[1]}",
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            )
+            job = make_job(
+                "bld-0000000000000042",
+                "gone",
+                status=PackageStatus.RUNNING,
+                lease_owner="server-ghost",
+                lease_expires=now + timedelta(hours=1),
+            )
+            build = make_build("bld-0000000000000042", names=())
+            await store.create_build(dataclasses.replace(build, packages=(job,)))
+            svc = app.state.services
+            await svc.storage.put_bytes(svc.locations.log_key(job, 1), b"kept in storage\n")
+            logs = "/api/v1/builds/bld-0000000000000042/packages/gone/logs"
+            with caplog.at_level(logging.INFO, logger="melange2.api.proxy"):
+                resp = await http.get(logs)
+            assert resp.status_code == 200, resp.text
+            assert resp.text == "kept in storage\n"
+            assert "replica server-ghost" in caplog.text and "serving here" in caplog.text
+            replicas = {r["id"]: r for r in (await http.get("/api/v1/replicas")).json()}
+            assert replicas["server-ghost"]["alive"] is True
+            assert [r["here"] for r in replicas.values()].count(True) == 1
+    finally:
+        dead.close()
+
+
+def broken_owner(seen: list[dict[str, str]]) -> Any:
+    """A fake of the owning replica (an ASGI app): it records the request's headers,
+    sends the log's first line, then dies in the middle of the stream."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+        await send({"type": "http.response.body", "body": b"line one\n", "more_body": True})
+        await asyncio.sleep(0.2)
+        raise RuntimeError("the owner dies")
+
+    return app
+
+
+async def test_a_follow_its_owner_breaks_off_goes_on_from_storage_at_the_byte_reached(
+    tmp_path: Path,
+) -> None:
+    settings = ServerSettings(
+        data_dir=tmp_path / "data",
+        output_dir=tmp_path / "out",
+        registry="127.0.0.1:1",
+        storage=StorageSpec(kind="memory"),
+        auth=False,
+    )
+    store = MemoryStore()
+    app = create_app(settings, pool=PoolConfig(backends=()), store=store)
+    headers: list[dict[str, str]] = []
+    sock_owner, sock_b = socket.socket(), socket.socket()
+    for sock in (sock_owner, sock_b):
+        sock.bind(("127.0.0.1", 0))
+    build_id = "bld-0000000000000043"
+    async with (
+        on_loopback(broken_owner(headers), sock_owner),
+        on_loopback(app, sock_b),
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{sock_b.getsockname()[1]}", timeout=60
+        ) as http,
+    ):
+        now = datetime.now(UTC)
+        await store.register_replica(
+            Replica(
+                id="server-owner",
+                url=f"http://127.0.0.1:{sock_owner.getsockname()[1]}",
+                started_at=now,
+                heartbeat_at=now,
+            )
+        )
+        job = make_job(
+            build_id,
+            "cut",
+            status=PackageStatus.RUNNING,
+            lease_owner="server-owner",
+            lease_expires=now + timedelta(hours=1),
+        )
+        await store.create_build(
+            dataclasses.replace(make_build(build_id, names=()), packages=(job,))
+        )
+        svc = app.state.services
+        await svc.storage.put_bytes(svc.locations.log_key(job, 1), b"line one\nline two\n")
+        logs = f"/api/v1/builds/{build_id}/packages/cut/logs"
+        seen: list[str] = []
+        async with http.stream(
+            "GET", logs, params={"follow": "true"}, headers={"authorization": "Bearer abc"}
+        ) as stream:
+            lines = stream.aiter_lines()
+            await _until(lines, "line two", seen)
+            await store.transition(BuildId(build_id), "cut", PackageStatus.SUCCESS)
+            async with asyncio.timeout(30):  # woken by the follower's periodic check
+                rest = [line async for line in lines]
+        assert seen + [r for r in rest if r] == ["line one", "line two"]  # nothing twice
+        assert headers[0]["authorization"] == "Bearer abc"
+        assert headers[0]["x-melange2-proxied-by"] == svc.replicas.id

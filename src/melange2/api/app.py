@@ -349,8 +349,7 @@ async def _start(
         source_cache=source_cache,
     )
     stack.push_async_callback(runner.drain)  # after the scheduler stops, before storage
-    owner = f"server-{secrets.token_hex(4)}"  # the lease owner, and the replica's id
-    peers = ReplicaRegistry(
+    peers = ReplicaRegistry(  # the scheduler's lease owner is the replica's id
         store,
         replica_id=owner,
         url=settings.advertise_url or advertise_url(settings.listen_addr),

@@ -24,9 +24,10 @@ build``: all or none). :class:`RepoPublisher` writes one repository:
   replica listed.
 * **Fresh for environments**: :meth:`snapshot` (what build environments resolve from)
   compares that version on every call too, and reads the index again when it changed:
-  a package another replica published is seen by the next environment here. ``has``
-  and ``current`` (thousands of calls per build) do not: they answer from memory,
-  which :meth:`check`, :meth:`snapshot` and every write refresh.
+  a package another replica published is seen by the next environment here; so does
+  :meth:`fresh` (a submission's reuse, the repository page). ``has`` and ``current``
+  (thousands of calls per build) do not: they answer from memory, which :meth:`check`,
+  :meth:`snapshot`, :meth:`fresh` and every write refresh.
 * **Immutable** (the farm's repository, ``immutable=True``): a package file name
   (name, version, epoch) the repository holds, or another publication is storing right
   now, with other content is refused with :class:`~melange2.errors.PublishConflict`
@@ -185,6 +186,12 @@ class RepoPublisher:
             await self._refresh(arch, state)
         assert state.records is not None
         return state.records
+
+    async def fresh(self, arch: str) -> Mapping[str, IndexRecord]:
+        """:meth:`current` after a check that no other replica stored a newer index
+        (one stat): for a call made once per request (a submission's reuse, a page)."""
+        await self._refresh(arch, self._arches.setdefault(arch, _Arch()))
+        return await self.current(arch)
 
     async def _load(self, arch: str) -> dict[str, IndexRecord]:
         try:
