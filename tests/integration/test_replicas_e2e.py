@@ -1,7 +1,7 @@
 """Several melange-server replicas on one PostgreSQL database and one storage, end to
 end: real server processes (``python -m melange2.server``), the real farm's two
 buildkitd daemons, the session's PostgreSQL cluster (a fresh database per test, migrated
-by the first replica), one output directory and one data directory shared as the local
+as the token is made), one output directory and one data directory shared as the local
 farm shares them (``make farm-up FARM_STORE=postgres FARM_REPLICAS=3``).
 
 1. Three replicas, a 30-package DAG submitted through the first, a running package's
