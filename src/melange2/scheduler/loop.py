@@ -801,23 +801,50 @@ class Scheduler:
         self._starts[(job.build_id, job.name)] = start
 
     async def _write_starts(self) -> None:
-        """Write the starts of this dispatch round, each a compare-and-set of its own
-        (one refused, e.g. cancelled meanwhile, frees its slot; the others start), then
-        start their tasks. With other replicas, the store also checks each backend's
-        limits across them (:meth:`Replicas.start_many`)."""
+        """Write this dispatch round in one store transaction: its starts, each a
+        compare-and-set of its own (one refused, e.g. cancelled meanwhile, frees its
+        slot; the others start), and, written ``pending``, the packages whose
+        dependencies all succeeded but found no free slot (those that found one go
+        straight to ``running``: one write instead of two on the path from a
+        dependency's success to its dependent's start). Then start the tasks. With
+        other replicas the starts are a transaction of their own, where the store also
+        checks each backend's limits across replicas (:meth:`Replicas.start_many`)."""
         starts = list(self._starts.values())
-        if not starts:
+        waiting = [
+            Move(
+                build_id=build_id,
+                name=name,
+                to=PackageStatus.PENDING,
+                expect=frozenset({PackageStatus.BLOCKED}),
+                fields={"reason": ""},
+            )
+            for build_id, name in sorted(self._promoted)
+            if (build_id, name) not in self._starts
+            and (state := self._builds.get(build_id)) is not None
+            and state.jobs[name].status is PackageStatus.BLOCKED
+        ]
+        self._promoted.clear()  # the started ones are in self._starts
+        if not starts and not waiting:
             return
+        started: Sequence[PackageJob | Full | BaseException | None]
         try:
-            results: Sequence[PackageJob | Full | BaseException | None]
             if self.replicas.shared:
-                results = await self._start_shared(starts)
+                started = await self._start_shared(starts) if starts else []
+                moved = await self._moves.many(waiting)
             else:
-                results = await self._moves.many([s.move for s in starts])
+                results = await self._moves.many([s.move for s in starts] + waiting)
+                started, moved = results[: len(starts)], results[len(starts) :]
         finally:
             self._starts.clear()
-        for start, result in zip(starts, results, strict=True):
+        for start, result in zip(starts, started, strict=True):
             await self._started(start, result)
+        for move, answer in zip(waiting, moved, strict=True):
+            if isinstance(answer, BaseException):  # they stay queued; the store says blocked
+                _log.error("recording %s/%s as pending: %s", move.build_id, move.name, answer)
+                continue
+            state = self._builds.get(move.build_id)
+            if answer is not None and state is not None:
+                state.set(answer)
 
     async def _start_shared(
         self, starts: Sequence[_Start]
@@ -845,8 +872,10 @@ class Scheduler:
     ) -> None:
         state, job, slot, now = start.state, start.job, start.slot, start.now
         waits = result is FULL or (self.replicas.shared and isinstance(result, StoreUnavailable))
-        if waits:  # it stays queued (and promoted: _record_waiting writes it pending)
+        if waits:  # it stays queued (and, if blocked, promoted: written pending next round)
             self.pool.release(slot, outcome="neutral", quiet=True)
+            if job.status is PackageStatus.BLOCKED:
+                self._promoted.add((job.build_id, job.name))
             if result is FULL:  # a package's end anywhere wakes us
                 self._reasons[(_queue_key(state.build, job), _request(job))] = (
                     f"{_SLOT_REASON}: {slot.backend.addr} is full with other replicas' packages"
@@ -1094,7 +1123,7 @@ class Scheduler:
             return
         if not state.unmet[name]:
             # ready: queued now, written `running` if a slot is free at the next dispatch,
-            # else `pending` (see _record_waiting)
+            # else `pending` (see _write_starts)
             self._promoted.add((state.build.id, name))
             self._push(state, job)
 
