@@ -1238,7 +1238,9 @@ class Scheduler:
                     self.owner, self.clock.now() + timedelta(seconds=self.lease_ttl)
                 )
                 renewed = self.clock.monotonic()
-                await self._expire_leases()
+                if await self._expire_leases() and self.replicas.shared:
+                    # a replica died: what it wrote but had not told yet is read now
+                    await self._resync()
             except _STORE_FAILURES as exc:
                 _log.exception("renewing leases")
                 if self.clock.monotonic() - renewed >= self.lease_ttl:
@@ -1325,10 +1327,11 @@ class Scheduler:
                 state.build.id,
             )
 
-    async def _expire_leases(self) -> None:
+    async def _expire_leases(self) -> bool:
+        """Requeue the packages whose lease expired; whether there were any."""
         expired = await self.store.expire_leases(self.clock.now())
         if not expired:
-            return
+            return False
         async with self._lock:
             for job in expired:
                 state = self._builds.get(job.build_id)
@@ -1343,6 +1346,7 @@ class Scheduler:
                 else:
                     self._push(state, job)
         self.wake()
+        return True
 
     # -- replicas -------------------------------------------------------------------------
     # Other schedulers on this store (see melange2.scheduler.replicas): what this one
@@ -1466,6 +1470,23 @@ class Scheduler:
         if old is None or old == row:
             return
         key = (row.build_id, row.name)
+        if key in self._tasks and (
+            row.status is not PackageStatus.RUNNING or row.lease_owner != self.owner
+        ):
+            # we run it: a row read before our own start (a snapshot) must not undo it;
+            # only the row as it stands now says whether another replica took it over
+            fresh = await self.replicas.read_packages(row.build_id, [row.name])
+            if not fresh:
+                return
+            row = fresh[0]
+            if row.status is PackageStatus.RUNNING and row.lease_owner == self.owner:
+                if old != row:
+                    self._quiet = True
+                    try:
+                        state.set(row)
+                    finally:
+                        self._quiet = False
+                return
         self._quiet = True
         try:
             state.set(row)
@@ -1594,9 +1615,9 @@ class Scheduler:
         """Catch up with the store after events may have been lost (the events
         connection was down): every unfinished build as it stands, the builds that
         ended meanwhile forgotten, the runtime backends reloaded."""
-        builds = await self.store.unfinished_builds()
         cancelled: list[BuildId] = []
-        async with self._lock:
+        async with self._lock:  # read under the lock: none of our own moves in between
+            builds = await self.store.unfinished_builds()
             seen: set[BuildId] = set()
             for build in builds:
                 seen.add(build.id)
