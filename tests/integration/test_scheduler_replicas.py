@@ -328,6 +328,10 @@ async def test_a_dependency_ending_on_one_replica_starts_its_dependent_on_anothe
     assert where["dependent"].start >= where["dep"].end
 
 
+# the dead replica's tasks are cancelled wherever they are, a store call included: a
+# connection it had checked out may be collected unreturned (what kill -9 leaves too)
+@pytest.mark.filterwarnings("ignore:The garbage collector is trying to clean up")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_a_replica_stopped_dead_loses_its_packages_to_the_others(
     postgres_dsn: str,
 ) -> None:
@@ -526,6 +530,8 @@ async def test_a_start_checks_what_runs_on_the_backend_across_replicas(
         assert isinstance(p2, PackageJob)
 
 
+@pytest.mark.filterwarnings("ignore:The garbage collector is trying to clean up")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_a_build_whose_ender_died_is_ended_by_another_replica(postgres_dsn: str) -> None:
     specs = [BackendSpec(addr="tcp://x:1", arch="x86_64", max_jobs=2)]
     async with farm(postgres_dsn, 2, specs, delay=lambda name: 60.0) as (replicas, _):
@@ -549,3 +555,38 @@ async def test_a_build_whose_ender_died_is_ended_by_another_replica(postgres_dsn
     assert done.status is BuildStatus.SUCCESS
     assert first.ended == []
     assert second.ended == [(build.id, BuildStatus.SUCCESS)]  # published by replica 1
+
+
+@pytest.mark.filterwarnings("ignore:The garbage collector is trying to clean up")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_what_a_dead_replica_wrote_but_never_told_is_read_when_its_leases_expire(
+    postgres_dsn: str,
+) -> None:
+    specs = [BackendSpec(addr="tcp://x:1", arch="x86_64", max_jobs=4)]
+    slow = {"a", "b"}
+    async with farm(
+        postgres_dsn, 2, specs, lease_ttl=2.0, delay=lambda name: 60.0 if name in slow else 0.05
+    ) as (replicas, runs):
+        first, second = replicas
+        build = make_build({"a": [], "b": [], "c": ["a"]}, "bld-replicas-untold")
+        await submit(first, build)
+        await until(lambda: set(first.runner.running) == {"a", "b"}, "replica 0 running a, b")
+        await first.kill()
+        slow.clear()  # their next runs are quick
+        # replica 0 wrote a's success and died before telling anyone
+        await first.store.transition(
+            build.id,
+            "a",
+            PackageStatus.SUCCESS,
+            expect=frozenset({PackageStatus.RUNNING}),
+            lease_owner="",
+            lease_expires=None,
+        )
+        done = await finished(second.store, build.id, within=30)
+
+    assert done.status is BuildStatus.SUCCESS
+    # b's lease expired on replica 1, which then read the store again and found a done
+    assert sorted((r.name, r.replica) for r in runs if r.completed) == [
+        ("b", "replica-1"),
+        ("c", "replica-1"),
+    ]

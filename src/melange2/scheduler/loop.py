@@ -19,6 +19,10 @@ failure skips the dependents, each naming the failed dependency.
 The store is the truth: every move is a compare-and-set there first; the in-memory
 graph only makes dispatch fast. Running packages hold a lease renewed every few
 seconds; an expired lease (the server died) puts the package back in the queue.
+Moves made together go to the store together (:class:`~melange2.store.batch.MoveBatcher`,
+one :meth:`~melange2.store.base.JobStore.apply`): a dispatch round's starts and its
+packages left waiting, or the ends of packages that finish at once, are one transaction,
+each still its own compare-and-set.
 
 Nothing one build brings stops the loop: a store write that fails for a package
 (the store is down, or refuses a value) fails that package with the reason, and if the
@@ -86,8 +90,9 @@ from melange2.scheduler.replicas import (
     Replicas,
     backend_spec,
 )
-from melange2.store.base import JobStore
-from melange2.store.slots import FULL, SlotStart
+from melange2.store.base import JobStore, Move
+from melange2.store.batch import MoveBatcher
+from melange2.store.slots import FULL, Full, SlotStart
 
 _log = logging.getLogger(__name__)
 
@@ -172,6 +177,10 @@ class _BuildState:
     dependents: dict[str, list[str]]
     status: BuildStatus
     counts: Counter[PackageStatus] = field(default_factory=Counter)
+    #: per package, how many of its dependencies (in this build) have not succeeded,
+    #: and how many ended otherwise: settling a dependent is O(1), not O(its deps)
+    unmet: Counter[str] = field(default_factory=Counter)
+    failed_deps: Counter[str] = field(default_factory=Counter)
     #: told of every package whose status this state sees change (old job, new job)
     moved: Callable[[_BuildState, PackageJob, PackageJob], None] | None = None
 
@@ -181,8 +190,24 @@ class _BuildState:
             self.counts[old.status] -= 1
         self.counts[job.status] += 1
         self.jobs[job.name] = job
+        if old is None or old.status is not job.status:
+            self._count_for_dependents(old, job)
         if old is not None and old.status is not job.status and self.moved is not None:
             self.moved(self, old, job)
+
+    def _count_for_dependents(self, old: PackageJob | None, job: PackageJob) -> None:
+        was_ok = old is not None and old.status is PackageStatus.SUCCESS
+        was_bad = old is not None and _ended_badly(old.status)
+        ok, bad = job.status is PackageStatus.SUCCESS, _ended_badly(job.status)
+        if was_ok == ok and was_bad == bad:
+            return
+        for dependent in self.dependents.get(job.name, ()):
+            self.unmet[dependent] += was_ok - ok
+            self.failed_deps[dependent] += bad - was_bad
+
+
+def _ended_badly(status: PackageStatus) -> bool:
+    return status.terminal and status is not PackageStatus.SUCCESS
 
 
 #: (arch, backend selector): packages that compete for the same backends
@@ -196,6 +221,18 @@ class _Ready:
     key: tuple[float, ...]
     build_id: str = field(compare=False)
     name: str = field(compare=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Start:
+    """A start placed in this dispatch round, written with the round's others."""
+
+    state: _BuildState
+    job: PackageJob
+    slot: BackendSlot
+    attempt: int
+    now: datetime
+    move: Move
 
 
 @dataclass(kw_only=True)
@@ -278,6 +315,10 @@ class Scheduler:
         #: blocked packages whose dependencies all succeeded, queued but not yet written
         self._promoted: set[tuple[BuildId, str]] = set()
         self._tasks: dict[tuple[BuildId, str], asyncio.Task[None]] = {}
+        #: guarded moves made at about the same time go to the store in one transaction
+        self._moves = MoveBatcher(store)
+        #: the starts placed in this dispatch round, not yet written (see _start)
+        self._starts: dict[tuple[BuildId, str], _Start] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -451,6 +492,9 @@ class Scheduler:
                 if dep in dependents:
                     dependents[dep].append(job.name)
         state = _BuildState(build=build, jobs={}, dependents=dependents, status=build.status)
+        for waiting in dependents.values():  # unmet until set() sees them succeed
+            for dependent in waiting:
+                state.unmet[dependent] += 1
         for job in build.packages:
             state.set(job)
             if job.status is PackageStatus.RUNNING:
@@ -558,7 +602,7 @@ class Scheduler:
                 await self._dispatch_queue(queue_key, shapes)
                 if not shapes:
                     del self._queues[queue_key]
-            await self._record_waiting()
+            await self._write_starts()
 
     async def _dispatch_queue(
         self, queue_key: QueueKey, shapes: dict[Request, list[_Ready]]
@@ -648,11 +692,8 @@ class Scheduler:
             self._drop_holder(queue_key)
         if isinstance(found, Never):
             await self._no_backend(state, job, selector, found.message)
-        elif not await self._start(state, job, found):
-            self._reasons[(queue_key, request)] = (
-                f"{_SLOT_REASON}: {found.backend.addr} is full with other replicas' packages"
-            )
-            return False
+        else:
+            await self._start(state, job, found)
         return True
 
     def _drop_holder(self, queue_key: QueueKey) -> None:
@@ -684,38 +725,11 @@ class Scheduler:
         await self._update_status(state)
 
     def _dispatchable(self, job: PackageJob) -> bool:
+        if (job.build_id, job.name) in self._starts:  # placed this round already
+            return False
         return job.status is PackageStatus.PENDING or (
             job.status is PackageStatus.BLOCKED and (job.build_id, job.name) in self._promoted
         )
-
-    async def _record_waiting(self) -> None:
-        """Packages whose dependencies all succeeded but found no free slot: write them
-        ``pending`` now (those that found one went straight to ``running``, one write
-        instead of two on the path from a dependency's success to its dependent's start).
-        One store call per build for all of them."""
-        waiting: dict[BuildId, list[str]] = {}
-        for build_id, name in self._promoted:
-            state = self._builds.get(build_id)
-            if state is not None and state.jobs[name].status is PackageStatus.BLOCKED:
-                waiting.setdefault(build_id, []).append(name)
-        self._promoted.clear()
-        for build_id, names in waiting.items():
-            try:
-                moved = await self.store.transition_many(
-                    build_id,
-                    names,
-                    PackageStatus.PENDING,
-                    expect=frozenset({PackageStatus.BLOCKED}),
-                    reason="",
-                )
-            except _STORE_FAILURES:  # they stay queued; the store says blocked meanwhile
-                _log.exception("recording %d packages of %s as pending", len(names), build_id)
-                continue
-            state = self._builds.get(build_id)
-            if state is None:
-                continue
-            for job in moved:
-                state.set(job)
 
     async def _no_backend(
         self,
@@ -758,80 +772,152 @@ class Scheduler:
             await self._cascade_failure(state, job.name)
         await self._update_status(state)
 
-    async def _start(self, state: _BuildState, job: PackageJob, slot: BackendSlot) -> bool:
-        """Start ``job`` on ``slot``'s backend; ``False``: that backend is full with
-        other replicas' packages (nothing written; the slot given back, quietly)."""
+    async def _start(self, state: _BuildState, job: PackageJob, slot: BackendSlot) -> None:
+        """Start ``job`` on ``slot``: its move to ``running`` is written with the other
+        starts of this dispatch round, in one store transaction (:meth:`_write_starts`)."""
         backend = Backend(
             addr=slot.backend.addr, arch=slot.backend.arch, labels=dict(slot.backend.labels)
         )
         now = self.clock.now()
         attempt = len(job.attempts) + 1
-        try:
-            (started,) = await self.replicas.start_many(
-                [
-                    SlotStart(
-                        build_id=state.build.id,
-                        name=job.name,
-                        expect=frozenset({job.status}),
-                        addr=slot.backend.addr,
-                        max_jobs=slot.backend.max_jobs,
-                        cpu=slot.backend.cpu,
-                        memory=slot.backend.memory,
-                        fields={
-                            "backend": backend,
-                            "started_at": job.started_at or now,
-                            "reason": "",
-                            "lease_owner": self.owner,
-                            "lease_expires": now + timedelta(seconds=self.lease_ttl),
-                            "attempts": (
-                                *job.attempts,
-                                Attempt(number=attempt, backend=backend.addr, started_at=now),
-                            ),
-                        },
-                    )
-                ]
+        move = Move(
+            build_id=state.build.id,
+            name=job.name,
+            to=PackageStatus.RUNNING,
+            expect=frozenset({job.status}),
+            fields={
+                "backend": backend,
+                "started_at": job.started_at or now,
+                "reason": "",
+                "lease_owner": self.owner,
+                "lease_expires": now + timedelta(seconds=self.lease_ttl),
+                "attempts": (
+                    *job.attempts,
+                    Attempt(number=attempt, backend=backend.addr, started_at=now),
+                ),
+            },
+        )
+        start = _Start(state=state, job=job, slot=slot, attempt=attempt, now=now, move=move)
+        self._starts[(job.build_id, job.name)] = start
+
+    async def _write_starts(self) -> None:
+        """Write this dispatch round in one store transaction: its starts, each a
+        compare-and-set of its own (one refused, e.g. cancelled meanwhile, frees its
+        slot; the others start), and, written ``pending``, the packages whose
+        dependencies all succeeded but found no free slot (those that found one go
+        straight to ``running``: one write instead of two on the path from a
+        dependency's success to its dependent's start). Then start the tasks. With
+        other replicas the starts are a transaction of their own, where the store also
+        checks each backend's limits across replicas (:meth:`Replicas.start_many`)."""
+        starts = list(self._starts.values())
+        waiting = [
+            Move(
+                build_id=build_id,
+                name=name,
+                to=PackageStatus.PENDING,
+                expect=frozenset({PackageStatus.BLOCKED}),
+                fields={"reason": ""},
             )
-            if started is None:
-                raise InvalidTransition(f"{job.build_id}/{job.name} moved meanwhile")
-        except InvalidTransition:
-            self._promoted.discard((job.build_id, job.name))
+            for build_id, name in sorted(self._promoted)
+            if (build_id, name) not in self._starts
+            and (state := self._builds.get(build_id)) is not None
+            and state.jobs[name].status is PackageStatus.BLOCKED
+        ]
+        self._promoted.clear()  # the started ones are in self._starts
+        if not starts and not waiting:
+            return
+        started: Sequence[PackageJob | Full | BaseException | None]
+        try:
+            if self.replicas.shared:
+                started = await self._start_shared(starts) if starts else []
+                moved = await self._moves.many(waiting)
+            else:
+                results = await self._moves.many([s.move for s in starts] + waiting)
+                started, moved = results[: len(starts)], results[len(starts) :]
+        finally:
+            self._starts.clear()
+        for start, result in zip(starts, started, strict=True):
+            await self._started(start, result)
+        for move, answer in zip(waiting, moved, strict=True):
+            if isinstance(answer, BaseException):  # they stay queued; the store says blocked
+                _log.error("recording %s/%s as pending: %s", move.build_id, move.name, answer)
+                continue
+            state = self._builds.get(move.build_id)
+            if answer is not None and state is not None:
+                state.set(answer)
+
+    async def _start_shared(
+        self, starts: Sequence[_Start]
+    ) -> Sequence[PackageJob | Full | BaseException | None]:
+        slots = [
+            SlotStart(
+                build_id=s.move.build_id,
+                name=s.move.name,
+                expect=s.move.expect or frozenset(PackageStatus),
+                addr=s.slot.backend.addr,
+                max_jobs=s.slot.backend.max_jobs,
+                cpu=s.slot.backend.cpu,
+                memory=s.slot.backend.memory,
+                fields=s.move.fields,
+            )
+            for s in starts
+        ]
+        try:
+            return await self.replicas.start_many(slots)
+        except _STORE_FAILURES as exc:
+            return [exc] * len(starts)
+
+    async def _started(
+        self, start: _Start, result: PackageJob | Full | BaseException | None
+    ) -> None:
+        state, job, slot, now = start.state, start.job, start.slot, start.now
+        waits = result is FULL or (self.replicas.shared and isinstance(result, StoreUnavailable))
+        if waits:  # it stays queued (and, if blocked, promoted: written pending next round)
+            self.pool.release(slot, outcome="neutral", quiet=True)
+            if job.status is PackageStatus.BLOCKED:
+                self._promoted.add((job.build_id, job.name))
+            if result is FULL:  # a package's end anywhere wakes us
+                self._reasons[(_queue_key(state.build, job), _request(job))] = (
+                    f"{_SLOT_REASON}: {slot.backend.addr} is full with other replicas' packages"
+                )
+            else:  # e.g. a deadlock or serialization failure between replicas
+                assert isinstance(result, StoreUnavailable)
+                self._retry_soon(result)
+            self._push(state, job)
+            return
+        self._promoted.discard((job.build_id, job.name))
+        if result is None:  # refused: no longer what it was when placed
             self.pool.release(slot, outcome="neutral")
             if self.replicas.shared:  # another replica took it: see how it stands
                 await self._refresh(state, job.name)
-            return True
-        except _STORE_FAILURES as exc:
-            if self.replicas.shared and isinstance(exc, StoreUnavailable):
-                # e.g. a deadlock or serialization failure between replicas: it waits
-                self.pool.release(slot, outcome="neutral", quiet=True)
-                self._retry_soon(exc)
-                return False
-            self._promoted.discard((job.build_id, job.name))
+            return
+        if isinstance(result, _STORE_FAILURES):
             self.pool.release(slot, outcome="neutral")
-            await self._fail_package(state, job, f"the store refused its start: {exc}")
-            return True
-        if started is FULL:  # stays queued (and promoted: _record_waiting writes it)
-            self.pool.release(slot, outcome="neutral", quiet=True)
-            return False
-        self._promoted.discard((job.build_id, job.name))
-        running = started
+            await self._fail_package(state, job, f"the store refused its start: {result}")
+            return
+        if isinstance(result, BaseException):
+            self.pool.release(slot, outcome="neutral")
+            raise result
+        assert isinstance(result, PackageJob)
+        running = result
         state.set(running)
         self._emit("started", state.build.id, job.name, PackageStatus.RUNNING)
         if state.status is BuildStatus.PENDING:
             state.status = BuildStatus.RUNNING
             try:
                 state.build = await self.store.update_build(
-                    state.build.id, status=BuildStatus.RUNNING, started_at=now
+                    state.build.id, with_packages=False, status=BuildStatus.RUNNING, started_at=now
                 )
             except _STORE_FAILURES:  # written with the build's next change
                 _log.exception("recording build %s as running", state.build.id)
             self._changed(state, None, BuildStatus.PENDING)
         key = (state.build.id, job.name)
         task = asyncio.create_task(
-            self._run(state, running, slot, attempt), name=f"build {job.build_id}/{job.name}"
+            self._run(state, running, slot, start.attempt),
+            name=f"build {job.build_id}/{job.name}",
         )
         task.add_done_callback(_log_crash)
         self._tasks[key] = task
-        return True
 
     async def _run(
         self, state: _BuildState, job: PackageJob, slot: BackendSlot, attempt: int
@@ -934,29 +1020,37 @@ class Scheduler:
     ) -> None:
         now = self.clock.now()
         error = storable(error)
-        async with self._lock:
-            try:
-                done = await self.store.transition(
-                    state.build.id,
-                    job.name,
-                    status,
-                    expect=frozenset({PackageStatus.RUNNING}),
-                    finished_at=now,
-                    error=error,
-                    lease_owner="",
-                    lease_expires=None,
-                    attempts=_closed(job, attempt, now, error, fields.get("log_path", "")),
-                    **fields,
-                )
-            except InvalidTransition:  # cancelled or taken over meanwhile
-                if self.replicas.shared:
-                    await self._refresh(state, job.name)
-                return
-            except _STORE_FAILURES as exc:
+        move = Move(
+            build_id=state.build.id,
+            name=job.name,
+            to=status,
+            expect=frozenset({PackageStatus.RUNNING}),
+            fields={
+                "finished_at": now,
+                "error": error,
+                "lease_owner": "",
+                "lease_expires": None,
+                "attempts": _closed(job, attempt, now, error, fields.get("log_path", "")),
+                **fields,
+            },
+        )
+        # written outside the lock, so that finishes arriving together share one store
+        # transaction; only this package's task moves it while it runs (a cancel, an
+        # orphan's failure, a lease expiry: the compare-and-set refuses one of the two)
+        try:
+            done = await self._moves.move(move)
+        except _STORE_FAILURES as exc:
+            async with self._lock:
                 await self._fail_package(
                     state, job, f"the store refused its result ({status.value}): {exc}"
                 )
-                return
+            return
+        if done is None:  # cancelled or taken over meanwhile
+            if self.replicas.shared:
+                async with self._lock:
+                    await self._refresh(state, job.name)
+            return
+        async with self._lock:
             state.set(done)
             self._emit("finished", state.build.id, job.name, status)
             if status is PackageStatus.SUCCESS:
@@ -1019,14 +1113,17 @@ class Scheduler:
         job = state.jobs[name]
         if job.status is not PackageStatus.BLOCKED:
             return
-        deps = [state.jobs[d] for d in job.dependencies if d in state.jobs]
-        failed = [d for d in deps if d.status.terminal and d.status is not PackageStatus.SUCCESS]
-        if failed:
-            await self._cascade_failure(state, failed[0].name)
+        if state.failed_deps[name]:
+            failed = next(
+                d
+                for d in job.dependencies
+                if d in state.jobs and _ended_badly(state.jobs[d].status)
+            )
+            await self._cascade_failure(state, failed)
             return
-        if all(d.status is PackageStatus.SUCCESS for d in deps):
+        if not state.unmet[name]:
             # ready: queued now, written `running` if a slot is free at the next dispatch,
-            # else `pending` (see _record_waiting)
+            # else `pending` (see _write_starts)
             self._promoted.add((state.build.id, name))
             self._push(state, job)
 
@@ -1075,7 +1172,9 @@ class Scheduler:
                 return
             if not remote:
                 try:
-                    state.build = await self.store.update_build(state.build.id, status=status)
+                    state.build = await self.store.update_build(
+                        state.build.id, with_packages=False, status=status
+                    )
                 except _STORE_FAILURES:
                     _log.exception("recording build %s as %s", state.build.id, status.value)
                     self._abandon(state)
@@ -1103,7 +1202,10 @@ class Scheduler:
                         except Exception:
                             _log.exception("finishing build %s", state.build.id)
                     state.build = await self.store.update_build(
-                        state.build.id, status=status, finished_at=self.clock.now()
+                        state.build.id,
+                        with_packages=False,
+                        status=status,
+                        finished_at=self.clock.now(),
                     )
                 else:
                     state.build = await self.store.get_build(state.build.id)
@@ -1136,7 +1238,9 @@ class Scheduler:
                     self.owner, self.clock.now() + timedelta(seconds=self.lease_ttl)
                 )
                 renewed = self.clock.monotonic()
-                await self._expire_leases()
+                if await self._expire_leases() and self.replicas.shared:
+                    # a replica died: what it wrote but had not told yet is read now
+                    await self._resync()
             except _STORE_FAILURES as exc:
                 _log.exception("renewing leases")
                 if self.clock.monotonic() - renewed >= self.lease_ttl:
@@ -1223,10 +1327,11 @@ class Scheduler:
                 state.build.id,
             )
 
-    async def _expire_leases(self) -> None:
+    async def _expire_leases(self) -> bool:
+        """Requeue the packages whose lease expired; whether there were any."""
         expired = await self.store.expire_leases(self.clock.now())
         if not expired:
-            return
+            return False
         async with self._lock:
             for job in expired:
                 state = self._builds.get(job.build_id)
@@ -1241,6 +1346,7 @@ class Scheduler:
                 else:
                     self._push(state, job)
         self.wake()
+        return True
 
     # -- replicas -------------------------------------------------------------------------
     # Other schedulers on this store (see melange2.scheduler.replicas): what this one
@@ -1364,6 +1470,23 @@ class Scheduler:
         if old is None or old == row:
             return
         key = (row.build_id, row.name)
+        if key in self._tasks and (
+            row.status is not PackageStatus.RUNNING or row.lease_owner != self.owner
+        ):
+            # we run it: a row read before our own start (a snapshot) must not undo it;
+            # only the row as it stands now says whether another replica took it over
+            fresh = await self.replicas.read_packages(row.build_id, [row.name])
+            if not fresh:
+                return
+            row = fresh[0]
+            if row.status is PackageStatus.RUNNING and row.lease_owner == self.owner:
+                if old != row:
+                    self._quiet = True
+                    try:
+                        state.set(row)
+                    finally:
+                        self._quiet = False
+                return
         self._quiet = True
         try:
             state.set(row)
@@ -1492,9 +1615,9 @@ class Scheduler:
         """Catch up with the store after events may have been lost (the events
         connection was down): every unfinished build as it stands, the builds that
         ended meanwhile forgotten, the runtime backends reloaded."""
-        builds = await self.store.unfinished_builds()
         cancelled: list[BuildId] = []
-        async with self._lock:
+        async with self._lock:  # read under the lock: none of our own moves in between
+            builds = await self.store.unfinished_builds()
             seen: set[BuildId] = set()
             for build in builds:
                 seen.add(build.id)
