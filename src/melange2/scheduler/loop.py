@@ -19,6 +19,10 @@ failure skips the dependents, each naming the failed dependency.
 The store is the truth: every move is a compare-and-set there first; the in-memory
 graph only makes dispatch fast. Running packages hold a lease renewed every few
 seconds; an expired lease (the server died) puts the package back in the queue.
+Moves made together go to the store together (:class:`~melange2.store.batch.MoveBatcher`,
+one :meth:`~melange2.store.base.JobStore.apply`): a dispatch round's starts and its
+packages left waiting, or the ends of packages that finish at once, are one transaction,
+each still its own compare-and-set.
 
 Nothing one build brings stops the loop: a store write that fails for a package
 (the store is down, or refuses a value) fails that package with the reason, and if the
@@ -69,7 +73,8 @@ from melange2.jobs import (
 )
 from melange2.pool.pool import BackendPool, BackendSlot
 from melange2.scheduler.placement import Never, Request, Wait
-from melange2.store.base import JobStore
+from melange2.store.base import JobStore, Move
+from melange2.store.batch import MoveBatcher
 
 _log = logging.getLogger(__name__)
 
@@ -154,6 +159,10 @@ class _BuildState:
     dependents: dict[str, list[str]]
     status: BuildStatus
     counts: Counter[PackageStatus] = field(default_factory=Counter)
+    #: per package, how many of its dependencies (in this build) have not succeeded,
+    #: and how many ended otherwise: settling a dependent is O(1), not O(its deps)
+    unmet: Counter[str] = field(default_factory=Counter)
+    failed_deps: Counter[str] = field(default_factory=Counter)
     #: told of every package whose status this state sees change (old job, new job)
     moved: Callable[[_BuildState, PackageJob, PackageJob], None] | None = None
 
@@ -163,8 +172,24 @@ class _BuildState:
             self.counts[old.status] -= 1
         self.counts[job.status] += 1
         self.jobs[job.name] = job
+        if old is None or old.status is not job.status:
+            self._count_for_dependents(old, job)
         if old is not None and old.status is not job.status and self.moved is not None:
             self.moved(self, old, job)
+
+    def _count_for_dependents(self, old: PackageJob | None, job: PackageJob) -> None:
+        was_ok = old is not None and old.status is PackageStatus.SUCCESS
+        was_bad = old is not None and _ended_badly(old.status)
+        ok, bad = job.status is PackageStatus.SUCCESS, _ended_badly(job.status)
+        if was_ok == ok and was_bad == bad:
+            return
+        for dependent in self.dependents.get(job.name, ()):
+            self.unmet[dependent] += was_ok - ok
+            self.failed_deps[dependent] += bad - was_bad
+
+
+def _ended_badly(status: PackageStatus) -> bool:
+    return status.terminal and status is not PackageStatus.SUCCESS
 
 
 #: (arch, backend selector): packages that compete for the same backends
@@ -178,6 +203,18 @@ class _Ready:
     key: tuple[float, ...]
     build_id: str = field(compare=False)
     name: str = field(compare=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Start:
+    """A start placed in this dispatch round, written with the round's others."""
+
+    state: _BuildState
+    job: PackageJob
+    slot: BackendSlot
+    attempt: int
+    now: datetime
+    move: Move
 
 
 @dataclass(kw_only=True)
@@ -256,6 +293,10 @@ class Scheduler:
         #: blocked packages whose dependencies all succeeded, queued but not yet written
         self._promoted: set[tuple[BuildId, str]] = set()
         self._tasks: dict[tuple[BuildId, str], asyncio.Task[None]] = {}
+        #: guarded moves made at about the same time go to the store in one transaction
+        self._moves = MoveBatcher(store)
+        #: the starts placed in this dispatch round, not yet written (see _start)
+        self._starts: dict[tuple[BuildId, str], _Start] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -403,6 +444,9 @@ class Scheduler:
                 if dep in dependents:
                     dependents[dep].append(job.name)
         state = _BuildState(build=build, jobs={}, dependents=dependents, status=build.status)
+        for waiting in dependents.values():  # unmet until set() sees them succeed
+            for dependent in waiting:
+                state.unmet[dependent] += 1
         for job in build.packages:
             state.set(job)
         if self.on_change is not None:
@@ -499,7 +543,7 @@ class Scheduler:
                 await self._dispatch_queue(queue_key, shapes)
                 if not shapes:
                     del self._queues[queue_key]
-            await self._record_waiting()
+            await self._write_starts()
 
     async def _dispatch_queue(
         self, queue_key: QueueKey, shapes: dict[Request, list[_Ready]]
@@ -622,38 +666,11 @@ class Scheduler:
         await self._update_status(state)
 
     def _dispatchable(self, job: PackageJob) -> bool:
+        if (job.build_id, job.name) in self._starts:  # placed this round already
+            return False
         return job.status is PackageStatus.PENDING or (
             job.status is PackageStatus.BLOCKED and (job.build_id, job.name) in self._promoted
         )
-
-    async def _record_waiting(self) -> None:
-        """Packages whose dependencies all succeeded but found no free slot: write them
-        ``pending`` now (those that found one went straight to ``running``, one write
-        instead of two on the path from a dependency's success to its dependent's start).
-        One store call per build for all of them."""
-        waiting: dict[BuildId, list[str]] = {}
-        for build_id, name in self._promoted:
-            state = self._builds.get(build_id)
-            if state is not None and state.jobs[name].status is PackageStatus.BLOCKED:
-                waiting.setdefault(build_id, []).append(name)
-        self._promoted.clear()
-        for build_id, names in waiting.items():
-            try:
-                moved = await self.store.transition_many(
-                    build_id,
-                    names,
-                    PackageStatus.PENDING,
-                    expect=frozenset({PackageStatus.BLOCKED}),
-                    reason="",
-                )
-            except _STORE_FAILURES:  # they stay queued; the store says blocked meanwhile
-                _log.exception("recording %d packages of %s as pending", len(names), build_id)
-                continue
-            state = self._builds.get(build_id)
-            if state is None:
-                continue
-            for job in moved:
-                state.set(job)
 
     async def _no_backend(
         self,
@@ -697,50 +714,100 @@ class Scheduler:
         await self._update_status(state)
 
     async def _start(self, state: _BuildState, job: PackageJob, slot: BackendSlot) -> None:
+        """Start ``job`` on ``slot``: its move to ``running`` is written with the other
+        starts of this dispatch round, in one store transaction (:meth:`_write_starts`)."""
         backend = Backend(
             addr=slot.backend.addr, arch=slot.backend.arch, labels=dict(slot.backend.labels)
         )
         now = self.clock.now()
         attempt = len(job.attempts) + 1
-        try:
-            running = await self.store.transition(
-                state.build.id,
-                job.name,
-                PackageStatus.RUNNING,
-                expect=frozenset({job.status}),
-                backend=backend,
-                started_at=job.started_at or now,
-                reason="",
-                lease_owner=self.owner,
-                lease_expires=now + timedelta(seconds=self.lease_ttl),
-                attempts=(
+        move = Move(
+            build_id=state.build.id,
+            name=job.name,
+            to=PackageStatus.RUNNING,
+            expect=frozenset({job.status}),
+            fields={
+                "backend": backend,
+                "started_at": job.started_at or now,
+                "reason": "",
+                "lease_owner": self.owner,
+                "lease_expires": now + timedelta(seconds=self.lease_ttl),
+                "attempts": (
                     *job.attempts,
                     Attempt(number=attempt, backend=backend.addr, started_at=now),
                 ),
+            },
+        )
+        start = _Start(state=state, job=job, slot=slot, attempt=attempt, now=now, move=move)
+        self._starts[(job.build_id, job.name)] = start
+
+    async def _write_starts(self) -> None:
+        """Write this dispatch round in one store transaction: its starts, each a
+        compare-and-set of its own (one refused, e.g. cancelled meanwhile, frees its
+        slot; the others start), and, written ``pending``, the packages whose
+        dependencies all succeeded but found no free slot (those that found one go
+        straight to ``running``: one write instead of two on the path from a
+        dependency's success to its dependent's start). Then start the tasks."""
+        starts = list(self._starts.values())
+        waiting = [
+            Move(
+                build_id=build_id,
+                name=name,
+                to=PackageStatus.PENDING,
+                expect=frozenset({PackageStatus.BLOCKED}),
+                fields={"reason": ""},
             )
-        except InvalidTransition:
-            self.pool.release(slot, outcome="neutral")
+            for build_id, name in sorted(self._promoted)
+            if (build_id, name) not in self._starts
+            and (state := self._builds.get(build_id)) is not None
+            and state.jobs[name].status is PackageStatus.BLOCKED
+        ]
+        self._promoted.clear()  # the started ones are in self._starts
+        if not starts and not waiting:
             return
-        except _STORE_FAILURES as exc:
-            self.pool.release(slot, outcome="neutral")
-            await self._fail_package(state, job, f"the store refused its start: {exc}")
-            return
+        try:
+            results = await self._moves.many([s.move for s in starts] + waiting)
         finally:
-            self._promoted.discard((job.build_id, job.name))
+            self._starts.clear()
+        for start, result in zip(starts, results[: len(starts)], strict=True):
+            await self._started(start, result)
+        for move, moved in zip(waiting, results[len(starts) :], strict=True):
+            if isinstance(moved, BaseException):  # they stay queued; the store says blocked
+                _log.error("recording %s/%s as pending: %s", move.build_id, move.name, moved)
+                continue
+            state = self._builds.get(move.build_id)
+            if moved is not None and state is not None:
+                state.set(moved)
+
+    async def _started(self, start: _Start, result: PackageJob | BaseException | None) -> None:
+        state, job, slot, now = start.state, start.job, start.slot, start.now
+        self._promoted.discard((job.build_id, job.name))
+        if result is None:  # refused: no longer what it was when placed
+            self.pool.release(slot, outcome="neutral")
+            return
+        if isinstance(result, _STORE_FAILURES):
+            self.pool.release(slot, outcome="neutral")
+            await self._fail_package(state, job, f"the store refused its start: {result}")
+            return
+        if isinstance(result, BaseException):
+            self.pool.release(slot, outcome="neutral")
+            raise result
+        running = result
         state.set(running)
         self._emit("started", state.build.id, job.name, PackageStatus.RUNNING)
         if state.status is BuildStatus.PENDING:
             state.status = BuildStatus.RUNNING
             try:
                 state.build = await self.store.update_build(
-                    state.build.id, status=BuildStatus.RUNNING, started_at=now
+                    state.build.id, with_packages=False, status=BuildStatus.RUNNING, started_at=now
                 )
             except _STORE_FAILURES:  # written with the build's next change
                 _log.exception("recording build %s as running", state.build.id)
             self._changed(state, None, BuildStatus.PENDING)
         key = (state.build.id, job.name)
         task = asyncio.create_task(
-            self._run(state, running, slot, attempt), name=f"build {job.build_id}/{job.name}"
+            self._run(state, running, slot, start.attempt),
+            name=f"build {job.build_id}/{job.name}",
         )
         task.add_done_callback(_log_crash)
         self._tasks[key] = task
@@ -846,27 +913,34 @@ class Scheduler:
     ) -> None:
         now = self.clock.now()
         error = storable(error)
-        async with self._lock:
-            try:
-                done = await self.store.transition(
-                    state.build.id,
-                    job.name,
-                    status,
-                    expect=frozenset({PackageStatus.RUNNING}),
-                    finished_at=now,
-                    error=error,
-                    lease_owner="",
-                    lease_expires=None,
-                    attempts=_closed(job, attempt, now, error, fields.get("log_path", "")),
-                    **fields,
-                )
-            except InvalidTransition:  # cancelled or taken over meanwhile
-                return
-            except _STORE_FAILURES as exc:
+        move = Move(
+            build_id=state.build.id,
+            name=job.name,
+            to=status,
+            expect=frozenset({PackageStatus.RUNNING}),
+            fields={
+                "finished_at": now,
+                "error": error,
+                "lease_owner": "",
+                "lease_expires": None,
+                "attempts": _closed(job, attempt, now, error, fields.get("log_path", "")),
+                **fields,
+            },
+        )
+        # written outside the lock, so that finishes arriving together share one store
+        # transaction; only this package's task moves it while it runs (a cancel, an
+        # orphan's failure, a lease expiry: the compare-and-set refuses one of the two)
+        try:
+            done = await self._moves.move(move)
+        except _STORE_FAILURES as exc:
+            async with self._lock:
                 await self._fail_package(
                     state, job, f"the store refused its result ({status.value}): {exc}"
                 )
-                return
+            return
+        if done is None:  # cancelled or taken over meanwhile
+            return
+        async with self._lock:
             state.set(done)
             self._emit("finished", state.build.id, job.name, status)
             if status is PackageStatus.SUCCESS:
@@ -926,12 +1000,15 @@ class Scheduler:
         job = state.jobs[name]
         if job.status is not PackageStatus.BLOCKED:
             return
-        deps = [state.jobs[d] for d in job.dependencies if d in state.jobs]
-        failed = [d for d in deps if d.status.terminal and d.status is not PackageStatus.SUCCESS]
-        if failed:
-            await self._cascade_failure(state, failed[0].name)
+        if state.failed_deps[name]:
+            failed = next(
+                d
+                for d in job.dependencies
+                if d in state.jobs and _ended_badly(state.jobs[d].status)
+            )
+            await self._cascade_failure(state, failed)
             return
-        if all(d.status is PackageStatus.SUCCESS for d in deps):
+        if not state.unmet[name]:
             # ready: queued now, written `running` if a slot is free at the next dispatch,
             # else `pending` (see _record_waiting)
             self._promoted.add((state.build.id, name))
@@ -981,7 +1058,9 @@ class Scheduler:
                         _log.exception("finishing build %s", state.build.id)
                 fields["finished_at"] = self.clock.now()
             try:
-                state.build = await self.store.update_build(state.build.id, **fields)
+                state.build = await self.store.update_build(
+                    state.build.id, with_packages=False, **fields
+                )
             except _STORE_FAILURES:
                 _log.exception("recording build %s as %s", state.build.id, status.value)
                 self._abandon(state)

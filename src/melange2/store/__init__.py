@@ -22,7 +22,7 @@ from typing import Literal
 import anyio
 
 from melange2.errors import ConfigError
-from melange2.store.base import BuildPage, JobStore, StoredBackend, TokenStore
+from melange2.store.base import BuildPage, JobStore, Move, StoredBackend, TokenStore
 from melange2.store.memory import MemoryStore
 from melange2.store.sql import PostgresStore, SqliteStore
 
@@ -31,6 +31,7 @@ __all__ = [
     "BuildPage",
     "JobStore",
     "MemoryStore",
+    "Move",
     "PostgresStore",
     "SqliteStore",
     "StoreKind",

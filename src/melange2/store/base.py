@@ -9,6 +9,8 @@ Every state change is a compare-and-set: :meth:`JobStore.transition` updates a p
 only if its current state may move to the new one (``ALLOWED_TRANSITIONS`` in
 :mod:`melange2.jobs`, narrowed by ``expect``) and raises
 :class:`~melange2.errors.InvalidTransition` otherwise, in one transaction.
+:meth:`JobStore.apply` makes several such moves (of any packages, to any states) in one
+transaction, each answering for itself: a move refused leaves the others standing.
 """
 
 from __future__ import annotations
@@ -50,6 +52,21 @@ class StoredBackend:
     #: what its machine has: millicores and bytes; ``None``: not declared (unlimited)
     cpu_millis: int | None = None
     memory_bytes: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Move:
+    """One guarded move for :meth:`JobStore.apply`: what :meth:`JobStore.transition`
+    takes, as a value."""
+
+    build_id: BuildId
+    name: str
+    to: PackageStatus
+    #: narrows the states it may move from (``ALLOWED_TRANSITIONS`` always applies)
+    expect: frozenset[PackageStatus] | None = None
+    #: :class:`PackageJob` fields set in the same UPDATE (not ``status``, ``build_id``,
+    #: ``name``)
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,15 +188,28 @@ class JobStore(TokenStore, ReplicaStore, Protocol):
         they are. Returns the packages that moved, in ``seq`` order. Raises ``NotFound``
         for an unknown build."""
 
+    async def apply(self, moves: Sequence[Move]) -> Sequence[PackageJob | None]:
+        """Make ``moves`` in order, in one transaction, each a compare-and-set as in
+        :meth:`transition` (a later move of the same package sees the earlier one's
+        result). Returns, per move, the package after it moved, or ``None`` where it
+        did not: its current state did not allow it, or there is no such package or
+        build. A refused move leaves the others standing. A bad value in any move
+        (``ValueError``, before anything is written) or a failed transaction
+        (``StoreError``) writes none of them."""
+
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         """Set non-state fields (``reason``, ``log_path``, ``priority``...). ``NotFound``."""
 
     async def add_attempt(self, build_id: BuildId, name: str, attempt: Attempt) -> None:
         """Append (or replace, same ``number``) an attempt of a package."""
 
-    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
+    async def update_build(
+        self, build_id: BuildId, *, with_packages: bool = True, **fields: Any
+    ) -> Build:
         """Set build fields (``status``, ``started_at``, ``finished_at``,
-        ``cancel_requested``). Returns the build. Raises ``NotFound``."""
+        ``cancel_requested``). Returns the build; with ``with_packages=False`` without its
+        packages (``packages`` empty: cheap for a build of thousands). Raises
+        ``NotFound``."""
 
     async def renew_leases(self, owner: str, expires: datetime) -> int:
         """Extend every running lease held by ``owner``; return how many."""

@@ -37,7 +37,7 @@ from melange2.jobs import (
     PackageStatus,
     sources_of,
 )
-from melange2.store.base import BuildPage, Replica, StoredBackend
+from melange2.store.base import BuildPage, Move, Replica, StoredBackend
 from melange2.store.locks import LocalLocks
 from melange2.store.rules import (
     BUILD_FIELDS,
@@ -158,14 +158,17 @@ class MemoryStore:
             )
         return BuildPage(builds=[_copy_build(b) for b in page], next_cursor=next_cursor)
 
-    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
+    async def update_build(
+        self, build_id: BuildId, *, with_packages: bool = True, **fields: Any
+    ) -> Build:
         self._check_open()
         check_fields(fields, BUILD_FIELDS, "build")
         check_text(fields, "build fields")
         build = self._build(build_id)
-        changed = _copy_build(replace(build, **fields))
-        self.builds[build_id] = changed
-        return _copy_build(changed)
+        # the build's own fields checked and copied; its packages are stored copies
+        changed = _copy_build(replace(build, packages=(), **fields))
+        self.builds[build_id] = replace(changed, packages=build.packages)
+        return _copy_build(self.builds[build_id]) if with_packages else changed
 
     async def unfinished_builds(self) -> Sequence[Build]:
         self._check_open()
@@ -225,6 +228,42 @@ class MemoryStore:
                 packages[positions[job.name]] = job
             self.builds[build_id] = replace(build, packages=tuple(packages))
         return sorted(stored, key=lambda j: (j.seq, j.name))
+
+    async def apply(self, moves: Sequence[Move]) -> Sequence[PackageJob | None]:
+        self._check_open()
+        for move in moves:
+            check_fields(move.fields, PACKAGE_FIELDS, "package")
+            check_text(move.fields, "package fields")
+        # made on copies first: a value refused in any move writes none of them
+        current: dict[tuple[BuildId, str], PackageJob] = {}
+        results: list[PackageJob | None] = []
+        for move in moves:
+            key = (move.build_id, move.name)
+            job = current.get(key)
+            if job is None:
+                position = self._positions.get(move.build_id, {}).get(move.name)
+                if position is None:
+                    results.append(None)
+                    continue
+                job = self.builds[move.build_id].packages[position]
+            to = PackageStatus(move.to)
+            allowed = sources_of(to) if move.expect is None else sources_of(to) & move.expect
+            if job.status not in allowed:
+                results.append(None)
+                continue
+            moved = _copy_package(replace(job, status=to, **move.fields))
+            current[key] = moved
+            results.append(moved)
+        by_build: dict[BuildId, list[PackageJob]] = {}
+        for (build_id, _name), job in current.items():
+            by_build.setdefault(build_id, []).append(job)
+        for build_id, jobs in by_build.items():
+            build = self.builds[build_id]
+            packages = list(build.packages)
+            for job in jobs:
+                packages[self._positions[build_id][job.name]] = job
+            self.builds[build_id] = replace(build, packages=tuple(packages))
+        return results
 
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         self._check_open()

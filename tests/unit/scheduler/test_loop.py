@@ -486,3 +486,37 @@ async def test_recovery_ends_a_build_whose_packages_all_ended_before_a_crash() -
         await scheduler.recover()
         assert (await wait_done(store, crashed.id)).status is BuildStatus.SUCCESS
     assert ended == [BuildStatus.SUCCESS]
+
+
+async def test_recovery_settles_blocked_packages_by_what_their_dependencies_became() -> None:
+    # the server died after "bad" failed and "a" succeeded, before their dependents
+    # were skipped or released: on restart the dependents of a failure are skipped
+    # (naming it, whatever order the dependencies are listed in), the others run
+    base = make_build({"a": [], "bad": [], "x": ["a", "bad"], "y": ["a"], "z": ["x"]})
+    now = datetime.now(UTC)
+    ended = {"a": PackageStatus.SUCCESS, "bad": PackageStatus.FAILED}
+    crashed = base.evolve(
+        status=BuildStatus.RUNNING,
+        started_at=now,
+        packages=tuple(
+            j.evolve(status=ended[j.name], started_at=now, finished_at=now)
+            if j.name in ended
+            else j.evolve(status=PackageStatus.BLOCKED)
+            for j in base.packages
+        ),
+    )
+    store, runner = MemoryStore(), FakeRunner()
+    await store.create_build(crashed)
+    async with running(store, make_pool(("tcp://a", "x86_64", 2)), runner):
+        done = await wait_done(store, crashed.id)
+    assert statuses(done) == {
+        "a": "success",
+        "bad": "failed",
+        "x": "skipped",
+        "y": "success",
+        "z": "skipped",
+    }
+    jobs = {j.name: j for j in done.packages}
+    assert jobs["x"].error == "dependency bad failed"
+    assert jobs["z"].error == "dependency x failed"
+    assert runner.started == ["y"]

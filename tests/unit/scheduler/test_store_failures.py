@@ -9,7 +9,7 @@ test only); the runner is test_loop's FakeRunner."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from melange2.errors import StoreError
 from melange2.ids import BuildId
 from melange2.jobs import Build, BuildSpec, BuildStatus, PackageJob, PackageStatus
 from melange2.scheduler.loop import LeasesLost, Scheduler, storable
+from melange2.store.base import Move
 from melange2.store.memory import MemoryStore
 from tests.unit.scheduler.test_loop import (
     FakeRunner,
@@ -55,9 +56,17 @@ class FlakyStore(MemoryStore):
         self._maybe("transition", args, fields)
         return await super().transition(*args, **fields)
 
-    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
+    async def apply(self, moves: Sequence[Move]) -> Sequence[PackageJob | None]:
+        # one transaction: a move the fault picks fails all of them, as a database would
+        for move in moves:
+            self._maybe("transition", (move.build_id, move.name, move.to), dict(move.fields))
+        return await super().apply(moves)
+
+    async def update_build(
+        self, build_id: BuildId, *, with_packages: bool = True, **fields: Any
+    ) -> Build:
         self._maybe("update_build", (build_id,), fields)
-        return await super().update_build(build_id, **fields)
+        return await super().update_build(build_id, with_packages=with_packages, **fields)
 
     async def renew_leases(self, *args: Any, **fields: Any) -> int:
         self._maybe("renew_leases", args, fields)

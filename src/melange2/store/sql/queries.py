@@ -10,6 +10,7 @@ set-up lives in :mod:`melange2.store.sql.sqlite` and :mod:`melange2.store.sql.po
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -40,8 +42,9 @@ from melange2.jobs import (
     BuildStatus,
     PackageJob,
     PackageStatus,
+    sources_of,
 )
-from melange2.store.base import StoredBackend
+from melange2.store.base import Move, StoredBackend
 from melange2.store.rules import LEASE_EXPIRED_REASON, UNFINISHED_BUILD_STATES
 from melange2.store.sql.tables import backends, builds, packages, tokens
 
@@ -144,9 +147,10 @@ def insert_build(conn: Connection, build: Build) -> None:
         conn.execute(insert(packages), rows)
 
 
-def fetch_build(conn: Connection, build_id: BuildId) -> Build | None:
+def fetch_build(conn: Connection, build_id: BuildId, *, packages: bool = True) -> Build | None:
+    """The build, with its packages unless ``packages`` is false."""
     rows = (conn.execute(select(builds).where(builds.c.id == build_id))).mappings().all()
-    found = with_packages(conn, rows)
+    found = with_packages(conn, rows) if packages else [build_from_row(r, ()) for r in rows]
     return found[0] if found else None
 
 
@@ -268,6 +272,107 @@ def transition_packages(
         return []
     moved = _move_packages(conn, build_id, names, to, allowed, fields)
     return sorted(moved, key=lambda j: (j.seq, j.name))
+
+
+#: the most packages one grouped UPDATE of :func:`apply_moves` moves
+_GROUP_ROWS = 100
+
+
+def apply_moves(conn: Connection, moves: Sequence[Move]) -> list[PackageJob | None]:
+    """The moves in the caller's one transaction, each a compare-and-set of its own:
+    per move, the package as it moved, or ``None`` where its row did not match (that
+    undoes nothing else). Moves of one build to the same states, setting the same
+    columns, go in one guarded UPDATE (each row its own values; the guard decides row
+    by row), up to :data:`_GROUP_ROWS` rows: a dispatch round's starts, or the finishes
+    that arrived together, are one statement, not one each. A package moved twice is
+    moved in the order given (its later moves in later statements)."""
+    results: list[PackageJob | None] = [None] * len(moves)
+    values = [package_values({**m.fields, "status": PackageStatus(m.to)}) for m in moves]
+    # the k-th move of each package goes in layer k; a layer's groups share no package
+    seen: Counter[tuple[str, str]] = Counter()
+    layers: list[dict[tuple[str, frozenset[str], tuple[str, ...]], list[int]]] = []
+    for i, move in enumerate(moves):
+        k = seen[(move.build_id, move.name)]
+        seen[(move.build_id, move.name)] += 1
+        if k == len(layers):
+            layers.append({})
+        to = PackageStatus(move.to)
+        allowed = sources_of(to) if move.expect is None else sources_of(to) & move.expect
+        key = (move.build_id, frozenset(s.value for s in allowed), tuple(sorted(values[i])))
+        layers[k].setdefault(key, []).append(i)
+    for layer in layers:
+        # groups in (build, states, columns) order: two writers lock rows alike
+        for (build_id, allowed_values, columns), indexes in sorted(layer.items()):
+            for at in range(0, len(indexes), _GROUP_ROWS):
+                chunk = indexes[at : at + _GROUP_ROWS]
+                moved = _move_rows(
+                    conn,
+                    build_id,
+                    [moves[i].name for i in chunk],
+                    sorted(allowed_values),
+                    columns,
+                    [values[i] for i in chunk],
+                )
+                for i in chunk:
+                    results[i] = moved.get(moves[i].name)
+    return results
+
+
+def _move_rows(
+    conn: Connection,
+    build_id: str,
+    names: Sequence[str],
+    allowed: Sequence[str],
+    columns: tuple[str, ...],
+    rows: Sequence[Mapping[str, Any]],
+) -> dict[str, PackageJob]:
+    """One guarded UPDATE moving each of ``names`` (distinct, of one build) with its own
+    column values ``rows``: a column the same for all is one parameter, the others a
+    ``CASE`` on the package's name. The packages that moved, by name."""
+    params: dict[str, Any] = {"w_build_id": build_id, "w_allowed": list(allowed)}
+    if len(names) == 1:
+        params["w_names"] = names[0]
+        params.update({f"v_{c}": v for c, v in rows[0].items()})
+        query = _guarded_update(columns, one=True)
+    else:
+        del params["w_allowed"]
+        same = tuple(c for c in columns if all(r[c] == rows[0][c] for r in rows))
+        varying = tuple(c for c in columns if c not in same)
+        params.update({f"v_{c}": rows[0][c] for c in same})
+        params.update({f"s_{i}": status for i, status in enumerate(allowed)})
+        for i, (name, row) in enumerate(zip(names, rows, strict=True)):
+            params[f"n_{i}"] = name
+            params.update({f"v_{c}_{i}": row[c] for c in varying})
+        query = _guarded_update_rows(same, varying, len(names), len(allowed))
+    found = conn.execute(query, params).mappings()
+    return {job.name: job for job in map(package_from_row, found)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _guarded_update_rows(
+    same: tuple[str, ...], varying: tuple[str, ...], count: int, states: int
+) -> Update:
+    """The guarded UPDATE of ``count`` packages of one build from one of ``states``
+    states for :func:`_move_rows`, made once per shape (no expanding parameters: those
+    are rewritten at every execution)."""
+    sets: dict[str, Any] = {c: bindparam(f"v_{c}", type_=packages.c[c].type) for c in same}
+    for c in varying:
+        column = packages.c[c]
+        whens = [
+            (packages.c.name == bindparam(f"n_{i}"), bindparam(f"v_{c}_{i}", type_=column.type))
+            for i in range(count)
+        ]
+        sets[c] = case(*whens, else_=column)
+    return (
+        update(packages)
+        .where(
+            packages.c.build_id == bindparam("w_build_id"),
+            packages.c.name.in_([bindparam(f"n_{i}") for i in range(count)]),
+            packages.c.status.in_([bindparam(f"s_{i}") for i in range(states)]),
+        )
+        .values(sets)
+        .returning(packages)
+    )
 
 
 def _move_packages(

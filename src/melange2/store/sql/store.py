@@ -25,7 +25,7 @@ from melange2.auth import Token
 from melange2.errors import InvalidTransition, NotFound, StoreConflict, StoreError
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Build, BuildStatus, PackageJob, PackageStatus, sources_of
-from melange2.store.base import BuildPage, Replica, StoredBackend
+from melange2.store.base import BuildPage, Move, Replica, StoredBackend
 from melange2.store.locks import LocalLocks
 from melange2.store.rules import (
     BUILD_FIELDS,
@@ -144,14 +144,16 @@ class SqlStore:
         next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
         return BuildPage(builds=page, next_cursor=next_cursor, counts=counts)
 
-    async def update_build(self, build_id: BuildId, **fields: Any) -> Build:
+    async def update_build(
+        self, build_id: BuildId, *, with_packages: bool = True, **fields: Any
+    ) -> Build:
         check_fields(fields, BUILD_FIELDS, "build")
         check_text(fields, "build fields")
 
         def update(conn: Connection) -> Build:
             if not queries.update_build(conn, build_id, fields):
                 raise NotFound(f"no build {build_id}")
-            build = queries.fetch_build(conn, build_id)
+            build = queries.fetch_build(conn, build_id, packages=with_packages)
             assert build is not None
             return build
 
@@ -217,6 +219,17 @@ class SqlStore:
         if found is None:
             raise NotFound(f"no build {build_id}")
         return found
+
+    async def apply(self, moves: Sequence[Move]) -> Sequence[PackageJob | None]:
+        for move in moves:
+            check_fields(move.fields, PACKAGE_FIELDS, "package")
+            check_text(move.fields, "package fields")
+            PackageStatus(move.to)
+        if not moves:
+            return []
+        return await self._write(
+            f"making {len(moves)} package moves", lambda c: queries.apply_moves(c, moves)
+        )
 
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:
         check_fields(fields, PACKAGE_FIELDS, "package")

@@ -41,7 +41,7 @@ from melange2.jobs import (
     PackageStatus,
     StepOptions,
 )
-from melange2.store.base import JobStore, StoredBackend
+from melange2.store.base import JobStore, Move, StoredBackend
 from melange2.store.rules import LEASE_EXPIRED_REASON
 from melange2.testenv.contracts.replicas import ReplicaStoreContract
 from melange2.testenv.contracts.tokens import TokenStoreContract
@@ -557,6 +557,151 @@ class StoreContract(TokenStoreContract, ReplicaStoreContract):
         with pytest.raises(NotFound):
             await store.transition_many(BuildId("bld-nope"), ["a"], PackageStatus.PENDING)
 
+    # apply
+
+    async def test_apply_answers_each_move_and_a_refusal_undoes_nothing(
+        self, store: JobStore
+    ) -> None:
+        one = make_build("bld-0000000000000001", names=("a", "b", "c"))
+        two = make_build(
+            "bld-0000000000000002", names=("x", "y"), package_status=PackageStatus.BLOCKED
+        )
+        await store.create_build(one)
+        await store.create_build(two)
+        running = frozenset({PackageStatus.RUNNING})
+
+        results = await store.apply(
+            [
+                Move(build_id=one.id, name="b", to=PackageStatus.RUNNING, fields={"reason": ""}),
+                # refused: pending cannot succeed, and "c" is not running
+                Move(build_id=one.id, name="a", to=PackageStatus.SUCCESS),
+                Move(build_id=one.id, name="c", to=PackageStatus.FAILED, expect=running),
+                Move(build_id=two.id, name="y", to=PackageStatus.PENDING, fields={"reason": "r"}),
+                Move(build_id=one.id, name="nope", to=PackageStatus.RUNNING),
+                Move(build_id=BuildId("bld-nope"), name="a", to=PackageStatus.RUNNING),
+                Move(
+                    build_id=one.id,
+                    name="a",
+                    to=PackageStatus.RUNNING,
+                    fields={"lease_owner": "me", "lease_expires": T0, "started_at": T0},
+                ),
+            ]
+        )
+
+        a = one.packages[0].evolve(
+            status=PackageStatus.RUNNING, lease_owner="me", lease_expires=T0, started_at=T0
+        )
+        b = one.packages[1].evolve(status=PackageStatus.RUNNING, reason="")
+        y = two.packages[1].evolve(status=PackageStatus.PENDING, reason="r")
+        assert list(results) == [b, None, None, y, None, None, a]
+        assert (await store.get_build(one.id)).packages == (a, b, one.packages[2])
+        assert (await store.get_build(two.id)).packages == (two.packages[0], y)
+        assert await store.apply([]) == []
+
+    async def test_apply_gives_each_package_its_own_values(self, store: JobStore) -> None:
+        names = [f"p{i:03}" for i in range(150)]
+        build = make_build(names=names, package_status=PackageStatus.RUNNING)
+        await store.create_build(build)
+        ends = [PackageStatus.SUCCESS, PackageStatus.FAILED, PackageStatus.CANCELLED]
+        moves = []
+        for i, name in enumerate(names):
+            at = (T0 + timedelta(seconds=i)).astimezone(CEST if i % 2 else UTC)
+            moves.append(
+                Move(
+                    build_id=build.id,
+                    name=name,
+                    to=ends[i % 3],
+                    expect=frozenset({PackageStatus.RUNNING}),
+                    fields={
+                        "finished_at": at,
+                        "error": "" if i % 3 == 0 else f"error {i}",
+                        "lease_owner": "",
+                        "lease_expires": None if i % 5 else at,
+                        "backend": None
+                        if i % 4
+                        else Backend(addr=f"tcp://b{i}:1", arch="x86_64", labels={"n": str(i)}),
+                        "attempts": (
+                            Attempt(number=1, backend=f"tcp://b{i}:1", started_at=T0),
+                            Attempt(number=2, backend="tcp://x:1", started_at=at, error=str(i)),
+                        )[: 1 + i % 2],
+                        "cached": i % 7 == 0,
+                    },
+                )
+            )
+
+        results = await store.apply(moves)
+
+        expected = [
+            job.evolve(status=move.to, **move.fields)
+            for job, move in zip(build.packages, moves, strict=True)
+        ]
+        assert list(results) == expected
+        assert (await store.get_build(build.id)).packages == tuple(expected)
+
+    async def test_apply_moves_one_package_twice_in_order(self, store: JobStore) -> None:
+        build = make_build(names=("a",))
+        await store.create_build(build)
+        running = frozenset({PackageStatus.RUNNING})
+
+        results = await store.apply(
+            [
+                Move(build_id=build.id, name="a", to=PackageStatus.RUNNING),
+                Move(build_id=build.id, name="a", to=PackageStatus.SUCCESS, expect=running),
+                Move(build_id=build.id, name="a", to=PackageStatus.FAILED, expect=running),
+            ]
+        )
+
+        first, second, third = results
+        assert first is not None and first.status is PackageStatus.RUNNING
+        assert second is not None and second.status is PackageStatus.SUCCESS
+        assert third is None
+        assert (await store.get_build(build.id)).packages == (second,)
+
+    async def test_apply_with_a_bad_value_writes_nothing(self, store: JobStore) -> None:
+        build = make_build(names=("a", "b"))
+        await store.create_build(build)
+        good = Move(build_id=build.id, name="a", to=PackageStatus.RUNNING)
+        with pytest.raises(TypeError):
+            await store.apply(
+                [good, Move(build_id=build.id, name="b", to=PackageStatus.RUNNING, fields={"x": 1})]
+            )
+        naive = {"started_at": datetime(2025, 1, 1)}
+        with pytest.raises(ValueError):
+            await store.apply(
+                [good, Move(build_id=build.id, name="b", to=PackageStatus.RUNNING, fields=naive)]
+            )
+        with pytest.raises(ValueError):
+            await store.apply([good, Move(build_id=build.id, name="b", to="flying")])  # type: ignore[arg-type]
+        assert await store.get_build(build.id) == build
+
+    async def test_concurrent_applies_give_each_package_one_winner(self, store: JobStore) -> None:
+        names = ("a", "b", "c", "d")
+        build = make_build(names=names)
+        await store.create_build(build)
+
+        async def claim(owner: int) -> list[str]:
+            order = names[owner % 4 :] + names[: owner % 4]  # each in its own order
+            moves = [
+                Move(
+                    build_id=build.id,
+                    name=name,
+                    to=PackageStatus.RUNNING,
+                    expect=frozenset({PackageStatus.PENDING}),
+                    fields={"lease_owner": f"owner-{owner}"},
+                )
+                for name in order
+            ]
+            results = await store.apply(moves)
+            return [j.name for j in results if j is not None]
+
+        won = await asyncio.gather(*(claim(i) for i in range(16)))
+
+        winners = {name: [i for i, got in enumerate(won) if name in got] for name in names}
+        assert all(len(w) == 1 for w in winners.values()), winners
+        for job in (await store.get_build(build.id)).packages:
+            assert job.status is PackageStatus.RUNNING
+            assert job.lease_owner == f"owner-{winners[job.name][0]}"
+
     # update_package and add_attempt
 
     async def test_update_package_sets_fields(self, store: JobStore) -> None:
@@ -634,6 +779,22 @@ class StoreContract(TokenStoreContract, ReplicaStoreContract):
             BuildStatus.CANCELLED,
             T0 + timedelta(seconds=3),
         )
+
+    async def test_update_build_without_packages_still_keeps_them(self, store: JobStore) -> None:
+        build = make_build(names=("a", "b"))
+        await store.create_build(build)
+
+        updated = await store.update_build(
+            build.id, with_packages=False, status=BuildStatus.RUNNING, started_at=T0
+        )
+
+        expected = build.evolve(status=BuildStatus.RUNNING, started_at=T0)
+        assert updated == expected.evolve(packages=())
+        assert await store.get_build(build.id) == expected
+        with pytest.raises(NotFound):
+            await store.update_build(BuildId("bld-zz"), with_packages=False, status="running")
+        with pytest.raises(TypeError):
+            await store.update_build(build.id, with_packages=False, packages=())
 
     async def test_update_build_refuses_unknown_and_protected(self, store: JobStore) -> None:
         build = make_build()
