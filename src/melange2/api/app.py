@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from melange2 import __version__, tracing, web
 from melange2.api import errors
 from melange2.api.auth import FarmReader
-from melange2.api.routes import artifacts, backends, builds, events, sources, tokens
+from melange2.api.routes import artifacts, backends, builds, events, replicas, sources, tokens
 from melange2.api.services import Services, services
 from melange2.apk.signing import Signer, generate_key
 from melange2.auth import AuthPolicy
@@ -55,6 +55,7 @@ from melange2.service.logs import LogHub
 from melange2.service.metrics import Metrics
 from melange2.service.publish import Publication
 from melange2.service.redact import Redactor
+from melange2.service.replicas import ReplicaRegistry, advertise_url
 from melange2.service.reuse import ReuseIndex, SubmissionReuse
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
@@ -241,6 +242,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(tokens.router)
     app.include_router(sources.router)
+    app.include_router(replicas.router)
     web.mount(app)
 
     @app.get(
@@ -310,6 +312,7 @@ async def _start(
         store = await stack.enter_async_context(
             open_store(settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn)
         )
+    owner = f"server-{secrets.token_hex(4)}"
     store = tracing.traced_store(store)  # store.* spans when tracing is on
     for stored in await store.list_backends():
         if stored.addr not in pool.backends:
@@ -330,7 +333,7 @@ async def _start(
     builder = Builder(registry, settings.data_dir / "cache", policy, connect=buildkit)
     stack.push_async_callback(builder.aclose)
     locations = Locations(storage, settings)
-    publication = Publication(settings, storage, signer, locations)
+    publication = Publication(settings, storage, signer, locations, lock=store.hold_lock)
     reuse = ReuseIndex(storage, locations.layout, signer)
     runner = BuildkitRunner(
         settings,
@@ -343,11 +346,17 @@ async def _start(
         source_cache=source_cache,
     )
     stack.push_async_callback(runner.drain)  # after the scheduler stops, before storage
+    peers = ReplicaRegistry(  # the scheduler's lease owner is the replica's id
+        store,
+        replica_id=owner,
+        url=settings.advertise_url or advertise_url(settings.listen_addr),
+        ttl=settings.lease_ttl,
+    )
     scheduler = Scheduler(
         store,
         pool,
         runner,
-        owner=f"server-{secrets.token_hex(4)}",
+        owner=owner,
         schedule=settings.schedule,
         lease_ttl=settings.lease_ttl,
         max_attempts=settings.max_attempts,
@@ -373,10 +382,13 @@ async def _start(
     )
     await prober.probe_all()  # know the daemons before the first dispatch
     supervisor = Supervisor(on_failure=on_fatal)
-    stack.push_async_callback(supervisor.aclose, prober.stop, scheduler.shutdown)
+    await peers.register()  # before the first dispatch: its packages name a known replica
+    # the replica's row goes last, once its scheduler stopped
+    stack.push_async_callback(supervisor.aclose, prober.stop, scheduler.shutdown, peers.stop)
     stack.callback(live.close)  # first: the event streams end, their clients go
     supervisor.start("the scheduler", scheduler.run())
     supervisor.start("the health probes", prober.run())
+    supervisor.start("the replica heartbeat", peers.run())
     return Services(
         settings=settings,
         store=store,
@@ -391,4 +403,5 @@ async def _start(
         source_cache=source_cache,
         supervisor=supervisor,
         events=live,
+        replicas=peers,
     )

@@ -31,33 +31,44 @@ The DSN is a libpq URI (``postgresql://user:password@host:port/database?options`
 ``host=/run/postgresql`` as a query parameter for a unix socket), or SQLAlchemy's
 ``postgresql+psycopg://`` form.
 
-Where several replicas on one database will take hold (not built yet): a package's lease
-is its row (``lease_owner``, ``lease_expires``; ``renew_leases`` is an owner's heartbeat,
-``expire_leases`` requeues a dead owner's packages, ``SKIP LOCKED``); a replica's own
-heartbeat and backend slots would be rows beside them (a migration); one publisher per
-arch an advisory lock from :data:`ADVISORY_LOCKS`; events ``LISTEN/NOTIFY`` on a
-connection of psycopg's own (:attr:`PostgresStore.supports_listen_notify`).
+Several replicas on one database: a package's lease is its row (``lease_owner``,
+``lease_expires``; ``renew_leases`` is an owner's heartbeat, ``expire_leases`` requeues a
+dead owner's packages, ``SKIP LOCKED``); a replica's own heartbeat is a row of
+``replicas`` (r0007); :meth:`PostgresStore.hold_lock` is a named lock across them (one
+publisher per arch): a session advisory lock, keyed ``(ADVISORY_LOCKS["named"],
+crc32(name))``, held on a connection of its own for the block and released with it, also
+when that connection dies; events ``LISTEN/NOTIFY`` on a connection of psycopg's own
+(:attr:`PostgresStore.supports_listen_notify`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+import logging
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import URL, Connection, make_url, text
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from melange2.errors import ConfigError
+from melange2.errors import ConfigError, StoreError
 from melange2.store.migrations import upgrade
 from melange2.store.sql.errors import map_sql_errors
 from melange2.store.sql.store import SqlStore
 
-__all__ = ["ADVISORY_LOCKS", "PostgresStore", "migrate", "postgres_url"]
+__all__ = ["ADVISORY_LOCKS", "PostgresStore", "lock_keys", "migrate", "postgres_url"]
 
 #: keys of the advisory locks the store takes (one namespace for the whole farm, so
-#: they never collide): ``migrate`` serializes schema upgrades across replicas
-ADVISORY_LOCKS: Mapping[str, int] = {"migrate": 0x6D656C0001}
+#: they never collide): ``migrate`` serializes schema upgrades across replicas (a
+#: one-key lock); ``named`` is the first key of :meth:`PostgresStore.hold_lock`'s
+#: two-key locks (the second: the CRC-32 of the name, as a signed 32-bit integer; two
+#: names of one CRC only wait for each other, they never hold at once)
+ADVISORY_LOCKS: Mapping[str, int] = {"migrate": 0x6D656C0001, "named": 0x6D656C02}
+#: how long a waiter for a named lock sleeps between tries, at first and at most
+LOCK_POLL_S = (0.002, 0.05)
 #: the driver SQLAlchemy uses (psycopg 3, async)
 DRIVER = "postgresql+psycopg"
 _SCHEMES = ("postgresql", "postgres", DRIVER)
@@ -66,6 +77,7 @@ _DEFAULT_CONNECT_ARGS: Mapping[str, Any] = {
     "connect_timeout": 10,
 }
 _T = TypeVar("_T")
+_log = logging.getLogger(__name__)
 
 
 def postgres_url(dsn: str) -> URL:
@@ -86,6 +98,13 @@ def postgres_url(dsn: str) -> URL:
             f"the PostgreSQL DSN names no database: {url.render_as_string(hide_password=True)}"
         )
     return url.set(drivername=DRIVER)
+
+
+def lock_keys(name: str) -> tuple[int, int]:
+    """The two keys of the advisory lock :meth:`PostgresStore.hold_lock` takes for
+    ``name`` (``pg_locks.classid``, ``objid`` as signed integers)."""
+    crc = zlib.crc32(name.encode())
+    return ADVISORY_LOCKS["named"], crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
 def migrate(conn: Connection) -> None:
@@ -173,3 +192,46 @@ class PostgresStore(SqlStore):
         with map_sql_errors(action):
             async with engine.begin() as conn:
                 return await conn.run_sync(work)
+
+    # named locks across replicas
+
+    @asynccontextmanager
+    async def hold_lock(self, name: str) -> AsyncIterator[None]:
+        """Hold the advisory lock of ``name`` (:func:`lock_keys`) on a connection taken
+        for the block. Waiting polls ``pg_try_advisory_lock`` (2 ms, doubling to 50 ms):
+        a blocking ``pg_advisory_lock`` could not be cancelled from here. At the end the
+        lock is released and the connection goes back to the pool; if that fails (the
+        connection died), the connection is thrown away, and the server released the
+        lock with its session."""
+        self._check_open()
+        first, second = lock_keys(name)
+        keys = {"a": first, "b": second}
+        action = f"taking the lock {name!r}"
+        with map_sql_errors(action):
+            conn = await self._autocommit.connect()
+        released = False
+        try:
+            wait, most = LOCK_POLL_S
+            while True:
+                with map_sql_errors(action):
+                    got = await conn.scalar(text("SELECT pg_try_advisory_lock(:a, :b)"), keys)
+                if got:
+                    break
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, most)
+            try:
+                yield
+            finally:
+                try:
+                    with map_sql_errors(f"releasing the lock {name!r}"):
+                        unlock = text("SELECT pg_advisory_unlock(:a, :b)")
+                        released = bool(await conn.scalar(unlock, keys))
+                except StoreError as exc:
+                    _log.warning("the lock %r: %s (its session ends with it)", name, exc)
+                else:
+                    if not released:
+                        _log.warning("the lock %r was no longer held when released", name)
+        finally:
+            if not released:
+                await conn.invalidate()  # the session ends: whatever it held is released
+            await conn.close()
