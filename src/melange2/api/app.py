@@ -4,6 +4,11 @@ one ``AsyncExitStack`` and closes them again in reverse order, also when one fai
 while starting (nothing opened before it leaks). Tests replace the store, the storage,
 the daemons (``buildkit``) and the scheduler's clock through :func:`create_app`.
 
+Several servers on one PostgreSQL database (``--store postgres``, same
+``--postgres-dsn``) serve one farm: replica mode is automatic when the store
+``supports_listen_notify`` (:class:`~melange2.store.sql.bus.PostgresReplicas`, see
+:mod:`melange2.scheduler.replicas`); no flag turns it on or off.
+
 Shutdown (SIGINT/SIGTERM through uvicorn): stop accepting requests, finish in-flight
 ones, stop the scheduler. Running packages are left ``running`` in the store; their
 leases expire and the next start resumes them.
@@ -48,6 +53,7 @@ from melange2.pool.health import HealthProber
 from melange2.pool.pool import BackendPool
 from melange2.repo.policy import FetchPolicy
 from melange2.scheduler.loop import Clock, Scheduler, StateChange
+from melange2.scheduler.replicas import backend_spec
 from melange2.service.events import LocalEvents, event_of
 from melange2.service.gitsource import GitFetcher
 from melange2.service.layout import Layout, Locations
@@ -64,6 +70,8 @@ from melange2.service.supervisor import Supervisor
 from melange2.storage import Storage, open_storage
 from melange2.store import open_store
 from melange2.store.base import JobStore
+from melange2.store.sql import PostgresStore
+from melange2.store.sql.bus import PostgresReplicas
 
 _log = logging.getLogger(__name__)
 
@@ -313,21 +321,16 @@ async def _start(
             open_store(settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn)
         )
     owner = f"server-{secrets.token_hex(4)}"
+    # several replicas on one database: automatic where the store can wake the others
+    replicas = (
+        PostgresReplicas(store, owner=owner)
+        if isinstance(store, PostgresStore) and store.supports_listen_notify
+        else None
+    )
     store = tracing.traced_store(store)  # store.* spans when tracing is on
     for stored in await store.list_backends():
         if stored.addr not in pool.backends:
-            pool.add(
-                BackendSpec(
-                    addr=stored.addr,
-                    arch=stored.arch,
-                    labels=stored.labels,
-                    max_jobs=stored.max_jobs,
-                    tls=stored.tls,
-                    cpu=stored.cpu_millis,
-                    memory=stored.memory_bytes,
-                ),
-                dynamic=True,
-            )
+            pool.add(backend_spec(stored), dynamic=True)
     registry = await stack.enter_async_context(RegistryClient(settings.registry))
     policy = fetch_policy(settings)
     builder = Builder(registry, settings.data_dir / "cache", policy, connect=buildkit)
@@ -364,6 +367,7 @@ async def _start(
         before_build_end=publication.build_ending,
         clock=clock,
         on_change=on_change,
+        replicas=replicas,
     )
     submitter = Submitter(
         settings,
