@@ -24,7 +24,9 @@ What is shared, and how (the scheduler's side is in
   that becomes ``pending`` is queued, one that runs on another replica is booked on the
   local pool (so least-loaded placement sees the real load). After the event
   connection is lost and back, a replica resynchronises from the store (what was
-  notified meanwhile is lost).
+  notified meanwhile is lost); so does one whose lease loop requeued another replica's
+  packages (that one died, perhaps between a write and its notification: events are
+  sent after the write commits, not in its transaction).
 * **slots**: the local pool picks a backend; :meth:`Replicas.start_many` then checks the
   backend's limits (``maxJobs``, declared cpu and memory) against every replica's
   running packages in the same transaction as the guarded update. A backend full on
