@@ -16,6 +16,7 @@ help:
 	@echo "make setup      install system packages, .venv, Go tools, gRPC stubs, melange's pipelines"
 	@echo "make farm-up    start two buildkitd daemons and the registry (writes .farm/env);"
 	@echo "                FARM_TLS=1: the daemons serve TLS and require a client certificate"
+	@echo "                FARM_STORE=postgres FARM_REPLICAS=3: PostgreSQL and three server replicas"
 	@echo "make farm-down  stop the local farm"
 	@echo "make bench      replay wolfi's graph on the local farm (BENCH_FLAGS='--limit 400 --out r.json')"
 
@@ -59,7 +60,8 @@ test-differential: setup
 	$(PY) -m pytest tests/differential $(PYTEST_ARGS)
 
 farm-up: setup
-	@$(PY) -m melange2.farm up $(if $(filter 1 yes true,$(FARM_TLS)),--tls)
+	@$(PY) -m melange2.farm up $(if $(filter 1 yes true,$(FARM_TLS)),--tls) \
+		$(if $(FARM_STORE),--store $(FARM_STORE)) $(if $(FARM_REPLICAS),--replicas $(FARM_REPLICAS))
 
 farm-down:
 	@if [ -x $(PY) ]; then $(PY) -m melange2.farm down; fi

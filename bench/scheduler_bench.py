@@ -29,6 +29,11 @@ with ``--slots`` jobs and packages that ask nothing.
     .venv/bin/python bench/scheduler_bench.py --store sqlite
     .venv/bin/python bench/scheduler_bench.py --store sqlite --resources
     .venv/bin/python bench/scheduler_bench.py --store postgres --durable
+    .venv/bin/python bench/scheduler_bench.py --store postgres --durable --replicas 3
+
+With ``--replicas N`` (``--store postgres`` only) the scheduler runs as N replica
+processes on one database, connected as ``melange-server`` replicas are (their
+PostgreSQL event bus), the build submitted through the first: see ``replicas_bench.py``.
 
 Wall times suffer from whatever else runs on the machine: ``schedule_all_cpu_s`` (this
 process's CPU time while scheduling) and the load average at the end say how much.
@@ -276,6 +281,64 @@ async def bench_chain(choice: StoreChoice, length: int) -> dict[str, Any]:
     }
 
 
+def bench_replicas(choice: StoreChoice, args: argparse.Namespace, data: Any) -> dict[str, Any]:
+    """``--replicas N``: each run on a fresh database (or the given one), N replica
+    processes started on it, the wolfi build and then the chain submitted through the
+    first; the medians of the runs."""
+    import replicas_bench
+
+    nodes = [
+        PackageNode(name=p["name"], needs=(*p["deps"], *p.get("cycle_deps", ())))
+        for p in data["packages"]
+    ]
+    graph = build_graph(nodes, cycle_policy="break")
+    prio = priorities(graph, {})
+    deps = {name: tuple(graph.deps.get(name, ())) for name in graph.names}
+    names = [f"link-{i:04d}" for i in range(args.chain)]
+    chain: dict[str, tuple[str, ...]] = {
+        n: ((names[i - 1],) if i else ()) for i, n in enumerate(names)
+    }
+    wolfi_runs: list[dict[str, Any]] = []
+    chain_runs: list[dict[str, Any]] = []
+    for _ in range(args.runs):
+        with choice.database() as dsn:
+            replicas = replicas_bench.Replicas(dsn, args.replicas, args.slots)
+            try:
+                times, stored, ran = replicas_bench.run_build(
+                    replicas, dsn, make_build(new_build_id("aa"), deps, prio)
+                )
+                wolfi_runs.append(
+                    times | {f"started_by_replica_{r.replica}": len(r.started) for r in ran}
+                )
+                _, stored, ran = replicas_bench.run_build(
+                    replicas, dsn, make_build(new_build_id("bb"), chain, {})
+                )
+                lat, same = replicas_bench.cross_replica_latencies(stored, ran)
+                wakes = replicas_bench.cross_replica_wakes(stored, ran)
+                chain_runs.append(replicas_bench.summary(lat, same, wakes))
+            finally:
+                replicas.stop()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "store": "postgres (--postgres-dsn)"
+        if args.postgres_dsn
+        else (f"postgres (throwaway cluster, {'durable' if args.durable else 'fsync off'})"),
+        "replicas": args.replicas,
+        "slots": args.slots,
+        "packages": len(deps),
+        "runs": args.runs,
+        "wolfi": {k: statistics.median(r.get(k, 0) for r in wolfi_runs) for k in wolfi_runs[0]},
+        "chain": {
+            k: statistics.median(r[k] for r in chain_runs if k in r)
+            for k in {k: None for r in chain_runs for k in r}
+        },
+        "wolfi_runs": wolfi_runs,
+        "chain_runs": chain_runs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", choices=["sqlite", "memory", "postgres"], default="sqlite")
@@ -299,8 +362,21 @@ def main() -> None:
         action="store_true",
         help="packages ask their cpu hint; 4 backends of 16 cores (see the docstring)",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="N replica processes on the one database (--store postgres; see "
+        "replicas_bench.py); 0: one scheduler in this process",
+    )
     args = parser.parse_args()
     data = json.loads(args.data.read_text())
+    if args.replicas:
+        if args.store != "postgres":
+            parser.error("--replicas needs --store postgres")
+        with store_choice(args) as choice:
+            print(json.dumps(bench_replicas(choice, args, data), indent=2))
+        return
     with store_choice(args) as choice:
         wolfi = [
             asyncio.run(bench_wolfi(choice, args.slots, data, args.resources))

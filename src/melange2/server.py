@@ -73,6 +73,14 @@ class _ServerGroup(click.Group):
 
 @click.command(name="serve", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--listen-addr", default=":8080", show_default=True, help="HTTP listen address.")
+@click.option(
+    "--advertise-url",
+    default="",
+    help="Where the other replicas on the same database reach this server's API (a log "
+    "followed through one of them is proxied here), e.g. http://10.0.0.7:8080. Default: "
+    "http://<host>:<port> of --listen-addr, a wildcard host (':8080', 0.0.0.0) being this "
+    "machine's host name (the server itself speaks plain HTTP).",
+)
 @click.option("--buildkit-addr", help="One BuildKit backend (single-backend mode).")
 @tls_options(envvars=False, what="the --buildkit-addr daemon")
 @click.option(
@@ -270,6 +278,7 @@ class _ServerGroup(click.Group):
 )
 def serve(
     listen_addr: str,
+    advertise_url: str,
     buildkit_addr: str | None,
     backends_config: Path | None,
     default_arch: str,
@@ -379,8 +388,13 @@ def serve(
             "--store memory keeps no tokens anyone could have made: give --no-auth, or "
             "keep the store in SQLite or PostgreSQL (melange-server tokens create)"
         )
+    if advertise_url and not advertise_url.startswith(("http://", "https://")):
+        raise click.BadParameter(
+            f"{advertise_url!r}: expected an http:// or https:// URL", param_hint="--advertise-url"
+        )
     settings = ServerSettings(
         listen_addr=listen_addr,
+        advertise_url=advertise_url.rstrip("/"),
         buildkit_addr=buildkit_addr,
         buildkit_tls=buildkit_tls,
         backends_config=backends_config,

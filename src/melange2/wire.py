@@ -597,3 +597,18 @@ class CreatedTokenOut(BaseModel):
     token: TokenOut
     #: the bearer secret: shown this once, never again (the server keeps its hash)
     secret: str
+
+
+class ReplicaOut(BaseModel):
+    """A server process on the store's database (``GET /api/v1/replicas``)."""
+
+    #: its scheduler's lease owner: the ``lease_owner`` of the packages it runs
+    id: str
+    #: where the other replicas reach its API (``--advertise-url``)
+    url: str
+    started_at: datetime
+    heartbeat_at: datetime
+    #: its heartbeat is younger than the lease TTL
+    alive: bool
+    #: the replica that answered this request
+    here: bool = False

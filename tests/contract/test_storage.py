@@ -379,3 +379,14 @@ async def test_check_s3_bad_credentials(moto_s3_auth: MotoS3Server) -> None:
 async def test_check_passes_and_leaves_nothing(storage: Storage) -> None:
     await storage.check()  # the fixture checked once already
     assert await storage.list("") == []
+
+
+async def test_version_changes_when_an_object_is_written_again(storage: Storage) -> None:
+    assert await storage.version("repo/x86_64/APKINDEX.tar.gz") is None
+    await storage.put_bytes("repo/x86_64/APKINDEX.tar.gz", b"one")
+    first = await storage.version("repo/x86_64/APKINDEX.tar.gz")
+    assert first is not None
+    assert await storage.version("repo/x86_64/APKINDEX.tar.gz") == first  # a stat only
+    await storage.put_bytes("repo/x86_64/APKINDEX.tar.gz", b"two")  # same size
+    second = await storage.version("repo/x86_64/APKINDEX.tar.gz")
+    assert second is not None and second != first

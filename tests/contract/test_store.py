@@ -242,6 +242,86 @@ async def test_random_transitions_agree_with_the_model(
 
 
 @pytest.mark.anyio
+async def test_postgres_named_lock_excludes_across_stores_on_one_database(
+    postgres_dsn: str,
+) -> None:
+    """Two stores (two replicas) on one database: one holder of a name at a time, while
+    other names are free."""
+    first = await PostgresStore.open(postgres_dsn)
+    second = await PostgresStore.open(postgres_dsn)
+    try:
+        inside: list[str] = []
+        most = 0
+
+        async def hold(store: PostgresStore, who: str) -> None:
+            nonlocal most
+            for _ in range(5):
+                async with store.hold_lock("publish:repo/x86_64"):
+                    inside.append(who)
+                    most = max(most, len(inside))
+                    await asyncio.sleep(0.01)
+                    inside.remove(who)
+
+        await asyncio.wait_for(asyncio.gather(hold(first, "a"), hold(second, "b")), 60)
+        assert most == 1
+        async with first.hold_lock("publish:repo/x86_64"):
+            # another name is free on the other store meanwhile
+            async with asyncio.timeout(10), second.hold_lock("publish:repo/aarch64"):
+                pass
+            waiting = asyncio.create_task(_enter(second, "publish:repo/x86_64"))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # still held by the first store
+        await asyncio.wait_for(waiting, 10)
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def _enter(store: JobStore, name: str) -> None:
+    async with store.hold_lock(name):
+        pass
+
+
+@pytest.mark.anyio
+async def test_postgres_named_lock_is_released_when_its_holders_connection_dies(
+    postgres_cluster: PostgresCluster, postgres_dsn: str
+) -> None:
+    from melange2.store.sql.postgres import lock_keys
+
+    holder = await PostgresStore.open(postgres_dsn)
+    other = await PostgresStore.open(postgres_dsn)
+    try:
+        held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with holder.hold_lock("publish:repo/x86_64"):
+                held.set()
+                await release.wait()
+
+        task = asyncio.create_task(hold())
+        await asyncio.wait_for(held.wait(), 10)
+        waiting = asyncio.create_task(_enter(other, "publish:repo/x86_64"))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        classid, objid = lock_keys("publish:repo/x86_64")
+        # the holder's session dies (a crashed replica, a cut network)
+        postgres_cluster.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_locks WHERE "
+            f"locktype = 'advisory' AND classid = {classid & 0xFFFFFFFF} "
+            f"AND objid = {objid & 0xFFFFFFFF} AND objsubid = 2 AND granted"
+        )
+        await asyncio.wait_for(waiting, 10)  # the other store got it
+        release.set()
+        await asyncio.wait_for(task, 10)  # the dead holder's exit does not raise
+        async with asyncio.timeout(10), holder.hold_lock("publish:repo/x86_64"):
+            pass  # and its store takes it again on a fresh connection
+    finally:
+        await holder.aclose()
+        await other.aclose()
+
+
+@pytest.mark.anyio
 async def test_sqlite_rows_read_alike_share_nothing_mutable(tmp_path: Path) -> None:
     # a round's starts store the same backend and times: the rows read back give equal
     # values, but no package's backend labels are another's

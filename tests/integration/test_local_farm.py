@@ -1,21 +1,26 @@
 """`make farm-up` / `farm-down` through the same entry point (`python -m melange2.farm`):
 the daemons offer linux/amd64 and linux/arm64, a second `up` changes nothing, and `down`
-leaves no process, mount or lock file behind."""
+leaves no process, mount or lock file behind; with ``--store postgres --replicas 3``
+a PostgreSQL cluster and three servers on it."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from melange2.apk import load_public_keys, read_apk, read_index_tar_gz
 from melange2.farm import processes
 from melange2.farm.local import FarmEnv
+from melange2.testenv.postgres import missing_postgres
+from melange2.testenv.require import require_real_part
 from tests.conftest import TOOLS, require_real_parts
 
 pytestmark = pytest.mark.e2e
@@ -189,3 +194,113 @@ def test_farm_down_when_not_running_is_harmless(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "not running" in result.stdout
     assert not os.path.exists(tmp_path / "never-started" / "env")
+
+
+def test_farm_up_postgres_with_three_replicas(tmp_path: Path) -> None:
+    """`make farm-up FARM_STORE=postgres FARM_REPLICAS=3`: a PostgreSQL cluster and three
+    servers on one database and one storage; the admin token works on each, a build
+    submitted to one is seen and served by the others; down stops all, PostgreSQL too."""
+    require_real_parts()
+    missing = missing_postgres()
+    if missing:
+        require_real_part("run PostgreSQL", missing)
+    # PostgreSQL runs as an unprivileged user: it must reach the farm (pytest's tmp
+    # directories are 0700)
+    for parent in (tmp_path, *tmp_path.parents):
+        if parent == Path(tempfile.gettempdir()):
+            break
+        parent.chmod(parent.stat().st_mode | 0o011)
+    root = tmp_path / "farm"
+    args = ("up", "--daemons", "1", "--no-toolchain", "--store", "postgres", "--replicas", "3")
+    try:
+        up = _farm(root, *args)
+        assert up.returncode == 0, up.stderr + up.stdout
+        env = FarmEnv.load(root / "env")
+        servers = env.extra["MELANGE_SERVERS"].split()
+        assert len(set(servers)) == 3
+        assert env.melange_servers == tuple(servers)
+        assert env.melange_server == servers[0]
+        dsn = env.extra["POSTGRES_DSN"]
+        assert dsn.startswith("postgresql://") and str(root / "postgres" / "run") in dsn
+        pids = _pids(root)
+        assert set(pids) == {
+            "registry",
+            "buildkitd-0",
+            "melange-server-0",
+            "melange-server-1",
+            "melange-server-2",
+        }
+        status = _farm(root, "status")
+        assert status.returncode == 0
+        assert "postgres" in status.stdout and "melange-server-2" in status.stdout
+        # one database: the one admin token works on every replica
+        auth = {"Authorization": f"Bearer {env.melange_token}"}
+        for url in servers:
+            resp = httpx.get(f"{url}/api/v1/backends", headers=auth, timeout=10)
+            assert resp.status_code == 200, (url, resp.text)
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM tokens").fetchone() is not None
+        # each advertises its own loopback URL, and every one sees the three
+        listed = httpx.get(f"{servers[1]}/api/v1/replicas", headers=auth, timeout=10)
+        assert listed.status_code == 200, listed.text
+        assert sorted(r["url"].rstrip("/") for r in listed.json()) == sorted(servers)
+        # a build through the third replica, read through the first, its package served
+        # from the shared storage by the second
+        with httpx.Client(base_url=servers[2], timeout=30, headers=auth) as client:
+            resp = client.post("/api/v1/builds", json={"config_yaml": _FARM_CONFIG})
+            assert resp.status_code == 201, resp.text
+            build_id = resp.json()["id"]
+        with httpx.Client(base_url=servers[0], timeout=30, headers=auth) as client:
+            deadline = time.monotonic() + 180
+            while (build := client.get(f"/api/v1/builds/{build_id}").json())["status"] in (
+                "pending",
+                "running",
+            ):
+                assert time.monotonic() < deadline, build
+                time.sleep(0.2)
+            assert build["status"] == "success", build
+        apk = httpx.get(f"{servers[1]}/repo/x86_64/farm-pg-1.0.0-r0.apk", timeout=30)
+        assert apk.status_code == 200
+    finally:
+        down = _farm(root, "down")
+    assert down.returncode == 0, down.stderr
+    assert "postgres" in down.stdout
+    for pid in pids.values():
+        assert not processes.pid_alive(pid)
+    assert not (root / "env").exists()
+    assert _farm(root, "status").returncode == 1
+
+
+def test_farm_refuses_replicas_on_sqlite(tmp_path: Path) -> None:
+    result = _farm(tmp_path / "farm", "up", "--replicas", "2")
+    assert result.returncode != 0
+    assert "--store postgres" in result.stderr
+    assert not (tmp_path / "farm" / "pids").exists()
+
+
+def test_farm_names_a_directory_postgres_cannot_enter(tmp_path: Path) -> None:
+    """As root, PostgreSQL runs unprivileged: a farm under a 0700 directory fails at
+    once, naming the directory, before anything starts."""
+    if os.geteuid() != 0:
+        pytest.skip("only root hands PostgreSQL to another user")
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    result = _farm(closed / "farm", "up", "--store", "postgres", "--no-toolchain")
+    assert result.returncode != 0
+    assert f"cannot enter {closed}" in result.stderr
+    assert _farm(closed / "farm", "status").returncode == 1
+
+
+_FARM_CONFIG = """\
+package:
+  name: farm-pg
+  version: 1.0.0
+  description: built on the replicated farm
+environment:
+  contents:
+    packages: [busybox]
+pipeline:
+  - runs: |
+      mkdir -p ${{targets.destdir}}/usr/share/farm-pg
+      echo hi > ${{targets.destdir}}/usr/share/farm-pg/hi
+"""

@@ -141,7 +141,7 @@ def test_upgrade_head_matches_metadata(
     metadata.create_all(models)
     with engine.connect() as migrated, models.connect() as created:
         assert _schema(migrated) == _schema(created)
-        assert set(_schema(migrated)) == {"builds", "packages", "backends", "tokens"}
+        assert set(_schema(migrated)) == {"builds", "packages", "backends", "tokens", "replicas"}
         assert compare_metadata(MigrationContext.configure(migrated), metadata) == []
 
 

@@ -4,11 +4,13 @@ Every YAML document there is parsed; every container that runs ``melange-server`
 its subcommand and each ``--flag`` it passes checked against the real ``melange-server
 [subcommand] --help`` (and a choice's value against the choices the help lists), each
 environment variable it sets against the ones docs/server.md documents. The shape is
-checked too: every document names its apiVersion, kind and name, the server's
-Deployment runs one replica with the Recreate strategy (one process owns the farm
-today), its probes ask /healthz, its mounts carry the files its flags name, and the
-backends ConfigMap is accepted by the server's own backends loader and lists pods the
-BuildKit StatefulSet has.
+checked too: every document names its apiVersion, kind and name; the server's
+Deployment runs several replicas (rolled one at a time, with a disruption budget) and
+only on what replicas can share (PostgreSQL with the DSN from a Secret, a bucket for the
+storage and the source cache, a ReadWriteMany data volume), each advertising its pod's
+address when the server has ``--advertise-url``; its probes ask /healthz, its mounts
+carry the files its flags name, and the backends ConfigMap is accepted by the server's
+own backends loader and lists pods the BuildKit StatefulSet has.
 """
 
 from __future__ import annotations
@@ -305,6 +307,13 @@ def test_every_flag_passed_is_in_the_help(server: ServerContainer) -> None:
     assert problems(server.argv) == [], f"{server.doc.where}: {PROGRAM} {' '.join(server.argv)}"
 
 
+def _expanded_from_downward_api(server: ServerContainer, var: dict[str, Any]) -> bool:
+    """A variable the pod's own fields give (``fieldRef``) that the arguments use as
+    ``$(NAME)``: Kubernetes expands it there; the server never reads it."""
+    field_ref = (var.get("valueFrom") or {}).get("fieldRef")
+    return field_ref is not None and any(f"$({var['name']})" in a for a in server.argv)
+
+
 @pytest.mark.parametrize("server", SERVERS, ids=lambda s: s.doc.where)
 def test_every_env_var_set_is_documented(server: ServerContainer) -> None:
     names, prefixes = documented_env()
@@ -315,6 +324,8 @@ def test_every_env_var_set_is_documented(server: ServerContainer) -> None:
     env = server.container.get("env") or []
     for var in env:
         name = var["name"]
+        if _expanded_from_downward_api(server, var):
+            continue  # Kubernetes' own $(NAME) in the arguments, not a server setting
         assert name in names or any(name.startswith(p) for p in prefixes), (
             f"{server.doc.where}: env {name} is not documented in docs/server.md"
         )
@@ -341,17 +352,117 @@ def serving() -> ServerContainer:
     return server
 
 
-def test_the_server_is_one_replica_never_two_at_once() -> None:
+def shares_one_farm(server: ServerContainer) -> list[str]:
+    """Why the replicas of ``server``'s Deployment would not share one farm (empty when
+    they do): one PostgreSQL database from a Secret, storage and source cache in a
+    bucket, a data directory every replica mounts."""
+    flags = flag_values(server.argv)
+    env = {v["name"]: v for v in server.container.get("env") or []}
+    found = []
+    if flags.get("--store") != "postgres":
+        found.append(f"--store {flags.get('--store', 'sqlite')!r}: one process's store")
+    if "--postgres-dsn" in flags:
+        found.append("--postgres-dsn on the command line: the DSN holds a password")
+    elif "secretKeyRef" not in (env.get("POSTGRES_DSN", {}).get("valueFrom") or {}):
+        found.append("POSTGRES_DSN does not come from a Secret")
+    if not ({"--s3-bucket", "--gcs-bucket"} & flags.keys()):
+        found.append("no bucket: the storage would be each pod's --output-dir")
+    if "--memory-storage" in flags:
+        found.append("--memory-storage: each pod's memory")
+    if not flags.get("--source-cache", "").startswith(("s3://", "gs://")):
+        found.append("the source cache is not in a bucket")
+    data = volume(server.pod, mounted(server.container, flags["--data-dir"]))
+    claim = data.get("persistentVolumeClaim", {}).get("claimName")
+    if claim is None:
+        found.append(f"--data-dir is on {data['name']}, no volume the replicas share")
+    elif "ReadWriteMany" not in the("PersistentVolumeClaim", claim)["spec"]["accessModes"]:
+        found.append(f"--data-dir's claim {claim} is not ReadWriteMany")
+    return found
+
+
+def test_the_server_runs_several_replicas_on_one_farm() -> None:
     server = serving()
     spec = server.doc.body["spec"]
-    assert spec["replicas"] == 1, "several replicas are not supported yet (issue 16 item 2)"
-    assert spec["strategy"]["type"] == "Recreate"
-    targets = [
-        d.body["spec"]["scaleTargetRef"]["name"]
+    assert spec["replicas"] > 1, "the deployment shows the replicated topology (issue 16)"
+    assert shares_one_farm(server) == []
+    # a rollout replaces one pod at a time, the others serving; a drain likewise
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] in (1, "1")
+    labels = spec["template"]["metadata"]["labels"]
+    budgets = [
+        d.body
         for d in DOCS
-        if d.body["kind"] == "HorizontalPodAutoscaler"
+        if d.body["kind"] == "PodDisruptionBudget"
+        and d.body["spec"]["selector"]["matchLabels"].items() <= labels.items()
     ]
-    assert server.doc.body["metadata"]["name"] not in targets
+    assert budgets, "no PodDisruptionBudget for the server's pods"
+    # PostgreSQL takes every replica's connections (at most 30 each, docs/server.md)
+    postgres = the("StatefulSet", "postgres")
+    (db,) = postgres["spec"]["template"]["spec"]["containers"]
+    args = [str(a) for a in db.get("args") or []]
+    settings = dict(
+        a.split("=", 1) for prev, a in zip(["", *args], args, strict=False) if prev == "-c"
+    )
+    assert 30 * spec["replicas"] + 10 <= int(settings.get("max_connections", "100"))
+
+
+def test_the_replicas_advertise_their_pod_address() -> None:
+    """With ``--advertise-url`` (how replicas reach each other, e.g. to follow a log a
+    package writes elsewhere), each pod advertises its own IP from the downward API."""
+    server = serving()
+    flags = flag_values(server.argv)
+    if "--advertise-url" not in help_options(help_text(("serve",))):
+        # a server without the flag: the manifests may not pass it (the flag test says
+        # so too) and replicas find each other through the database alone
+        assert "--advertise-url" not in flags
+        return
+    url = flags["--advertise-url"]
+    env = {v["name"]: v for v in server.container.get("env") or []}
+    refs = re.findall(r"\$\((\w+)\)", url)
+    assert refs, f"--advertise-url={url}: no $(VAR) of the pod's address"
+    (var,) = refs
+    field = (env[var].get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath")
+    assert field == "status.podIP", f"{var} is not the pod's IP"
+    ports = {p["containerPort"] for p in server.container["ports"]}
+    listen = flag_values(server.argv).get("--listen-addr", ":8080")
+    assert int(listen.rpartition(":")[2]) in ports
+    assert url.rstrip("/").endswith(f":{listen.rpartition(':')[2]}"), url
+
+
+def test_the_replica_checker_can_fail() -> None:
+    """What the topology check refuses: one replica's store or storage made shared."""
+    good = serving()
+
+    def variant(*drop: str, add: tuple[str, ...] = (), env: list[Any] | None = None) -> list[str]:
+        argv = tuple(a for a in good.argv if a.partition("=")[0] not in drop) + add
+        container = dict(good.container)
+        if env is not None:
+            container["env"] = env
+        return shares_one_farm(
+            ServerContainer(doc=good.doc, pod=good.pod, container=container, argv=argv)
+        )
+
+    assert variant() == []
+    assert variant("--store") == ["--store 'sqlite': one process's store"]
+    assert variant("--s3-bucket", "--s3-region") == [
+        "no bucket: the storage would be each pod's --output-dir"
+    ]
+    assert variant("--source-cache", add=("--source-cache=/var/lib/melange/sources",)) == [
+        "the source cache is not in a bucket"
+    ]
+    assert variant(env=[{"name": "POSTGRES_DSN", "value": "postgresql://melange:pw@db/m"}]) == [
+        "POSTGRES_DSN does not come from a Secret"
+    ]
+    assert (
+        "--postgres-dsn on the command line" in variant(add=("--postgres-dsn=postgresql://x",))[0]
+    )
+    pod = dict(good.pod)
+    pod["volumes"] = [
+        {"name": "data", "emptyDir": {}} if v["name"] == "data" else v for v in pod["volumes"]
+    ]
+    assert shares_one_farm(
+        ServerContainer(doc=good.doc, pod=pod, container=good.container, argv=good.argv)
+    ) == ["--data-dir is on data, no volume the replicas share"]
 
 
 def test_the_server_is_probed_on_healthz_and_reached_by_a_service() -> None:

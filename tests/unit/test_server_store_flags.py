@@ -75,3 +75,11 @@ def test_an_unreachable_database_is_one_line_before_the_server_starts(tmp_path: 
     assert "database unavailable" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and "Started server" not in proc.stderr
     assert "s3cret" not in proc.stderr
+
+
+def test_advertise_url_is_in_help_and_must_be_an_http_url() -> None:
+    code, out = run("--help")
+    assert code == 0 and "--advertise-url" in out
+    code, out = run("--advertise-url", "farm.example.org:8080", "--no-auth")
+    assert code == 2, out
+    assert "--advertise-url" in out and "http://" in out

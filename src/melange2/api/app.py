@@ -4,6 +4,11 @@ one ``AsyncExitStack`` and closes them again in reverse order, also when one fai
 while starting (nothing opened before it leaks). Tests replace the store, the storage,
 the daemons (``buildkit``) and the scheduler's clock through :func:`create_app`.
 
+Several servers on one PostgreSQL database (``--store postgres``, same
+``--postgres-dsn``) serve one farm: replica mode is automatic when the store
+``supports_listen_notify`` (:class:`~melange2.store.sql.bus.PostgresReplicas`, see
+:mod:`melange2.scheduler.replicas`); no flag turns it on or off.
+
 Shutdown (SIGINT/SIGTERM through uvicorn): stop accepting requests, finish in-flight
 ones, stop the scheduler. Running packages are left ``running`` in the store; their
 leases expire and the next start resumes them.
@@ -34,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from melange2 import __version__, tracing, web
 from melange2.api import errors
 from melange2.api.auth import FarmReader
-from melange2.api.routes import artifacts, backends, builds, events, sources, tokens
+from melange2.api.routes import artifacts, backends, builds, events, replicas, sources, tokens
 from melange2.api.services import Services, services
 from melange2.apk.signing import Signer, generate_key
 from melange2.auth import AuthPolicy
@@ -48,6 +53,7 @@ from melange2.pool.health import HealthProber
 from melange2.pool.pool import BackendPool
 from melange2.repo.policy import FetchPolicy
 from melange2.scheduler.loop import Clock, Scheduler, StateChange
+from melange2.scheduler.replicas import backend_spec
 from melange2.service.events import LocalEvents, event_of
 from melange2.service.gitsource import GitFetcher
 from melange2.service.layout import Layout, Locations
@@ -55,6 +61,7 @@ from melange2.service.logs import LogHub
 from melange2.service.metrics import Metrics
 from melange2.service.publish import Publication
 from melange2.service.redact import Redactor
+from melange2.service.replicas import ReplicaRegistry, advertise_url
 from melange2.service.reuse import ReuseIndex, SubmissionReuse
 from melange2.service.runner import BuildkitRunner
 from melange2.service.settings import ServerSettings
@@ -63,6 +70,8 @@ from melange2.service.supervisor import Supervisor
 from melange2.storage import Storage, open_storage
 from melange2.store import open_store
 from melange2.store.base import JobStore
+from melange2.store.sql import PostgresStore
+from melange2.store.sql.bus import PostgresReplicas
 
 _log = logging.getLogger(__name__)
 
@@ -241,6 +250,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(tokens.router)
     app.include_router(sources.router)
+    app.include_router(replicas.router)
     web.mount(app)
 
     @app.get(
@@ -310,27 +320,23 @@ async def _start(
         store = await stack.enter_async_context(
             open_store(settings.store, data_dir=settings.data_dir, dsn=settings.postgres_dsn)
         )
+    owner = f"server-{secrets.token_hex(4)}"
+    # several replicas on one database: automatic where the store can wake the others
+    replicas = (
+        PostgresReplicas(store, owner=owner)
+        if isinstance(store, PostgresStore) and store.supports_listen_notify
+        else None
+    )
     store = tracing.traced_store(store)  # store.* spans when tracing is on
     for stored in await store.list_backends():
         if stored.addr not in pool.backends:
-            pool.add(
-                BackendSpec(
-                    addr=stored.addr,
-                    arch=stored.arch,
-                    labels=stored.labels,
-                    max_jobs=stored.max_jobs,
-                    tls=stored.tls,
-                    cpu=stored.cpu_millis,
-                    memory=stored.memory_bytes,
-                ),
-                dynamic=True,
-            )
+            pool.add(backend_spec(stored), dynamic=True)
     registry = await stack.enter_async_context(RegistryClient(settings.registry))
     policy = fetch_policy(settings)
     builder = Builder(registry, settings.data_dir / "cache", policy, connect=buildkit)
     stack.push_async_callback(builder.aclose)
     locations = Locations(storage, settings)
-    publication = Publication(settings, storage, signer, locations)
+    publication = Publication(settings, storage, signer, locations, lock=store.hold_lock)
     reuse = ReuseIndex(storage, locations.layout, signer)
     runner = BuildkitRunner(
         settings,
@@ -343,11 +349,17 @@ async def _start(
         source_cache=source_cache,
     )
     stack.push_async_callback(runner.drain)  # after the scheduler stops, before storage
+    peers = ReplicaRegistry(  # the scheduler's lease owner is the replica's id
+        store,
+        replica_id=owner,
+        url=settings.advertise_url or advertise_url(settings.listen_addr),
+        ttl=settings.lease_ttl,
+    )
     scheduler = Scheduler(
         store,
         pool,
         runner,
-        owner=f"server-{secrets.token_hex(4)}",
+        owner=owner,
         schedule=settings.schedule,
         lease_ttl=settings.lease_ttl,
         max_attempts=settings.max_attempts,
@@ -355,6 +367,7 @@ async def _start(
         before_build_end=publication.build_ending,
         clock=clock,
         on_change=on_change,
+        replicas=replicas,
     )
     submitter = Submitter(
         settings,
@@ -373,10 +386,13 @@ async def _start(
     )
     await prober.probe_all()  # know the daemons before the first dispatch
     supervisor = Supervisor(on_failure=on_fatal)
-    stack.push_async_callback(supervisor.aclose, prober.stop, scheduler.shutdown)
+    await peers.register()  # before the first dispatch: its packages name a known replica
+    # the replica's row goes last, once its scheduler stopped
+    stack.push_async_callback(supervisor.aclose, prober.stop, scheduler.shutdown, peers.stop)
     stack.callback(live.close)  # first: the event streams end, their clients go
     supervisor.start("the scheduler", scheduler.run())
     supervisor.start("the health probes", prober.run())
+    supervisor.start("the replica heartbeat", peers.run())
     return Services(
         settings=settings,
         store=store,
@@ -391,4 +407,5 @@ async def _start(
         source_cache=source_cache,
         supervisor=supervisor,
         events=live,
+        replicas=peers,
     )

@@ -13,6 +13,7 @@ from melange2.service.events import EventSource, LocalEvents
 from melange2.service.layout import Locations
 from melange2.service.logs import LogHub
 from melange2.service.publish import Publication
+from melange2.service.replicas import ReplicaRegistry
 from melange2.service.reuse import ReuseIndex
 from melange2.service.settings import ServerSettings
 from melange2.service.submit import Submitter
@@ -41,6 +42,8 @@ class Services:
     supervisor: Supervisor
     #: live build and package state changes (``GET /api/v1/events``, the pages)
     events: EventSource = field(default_factory=LocalEvents)
+    #: this server's row among the replicas on its database, and the others'
+    replicas: ReplicaRegistry | None = None
 
 
 def services(request: Request) -> Services:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from melange2.errors import FarmError
-from melange2.farm.local import FarmEnv, LocalFarm
+from melange2.farm.local import FARM_STORES, FarmEnv, LocalFarm
 from melange2.farm.smoke import run_smoke
 from melange2.farm.toolchain import default_cache_dir
 
@@ -24,6 +24,8 @@ def _farm(
     server: bool = True,
     tls: bool = False,
     toolchain: bool = True,
+    store: str = "sqlite",
+    replicas: int = 1,
 ) -> LocalFarm:
     return LocalFarm(
         Path(root),
@@ -32,6 +34,8 @@ def _farm(
         server=server,
         tls=tls,
         toolchain_cache=default_cache_dir() if toolchain else None,
+        store=store,
+        replicas=replicas,
     )
 
 
@@ -67,11 +71,50 @@ def cli(ctx: click.Context, root: str, tools: str) -> None:
     "busybox in the bootstrap repository (cached in $MELANGE2_TOOLCHAIN_CACHE, default "
     "~/.cache/melange2/toolchain).",
 )
+@click.option(
+    "--store",
+    type=click.Choice(FARM_STORES),
+    default="sqlite",
+    show_default=True,
+    help="The server's store: SQLite in <root>/server/data, or a PostgreSQL cluster "
+    "initdb'd into <root>/postgres (Debian's postgresql binaries; a unix socket and a "
+    "loopback port; POSTGRES_DSN in <root>/env). `make farm-up FARM_STORE=postgres`.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many melange-server replicas (more than one needs --store postgres): one "
+    "database, one storage (<root>/server/output), one signing key, each on its own "
+    "port; MELANGE_SERVERS in <root>/env lists them. `make farm-up FARM_REPLICAS=3`.",
+)
 @click.pass_obj
-def up(obj: tuple[str, str], daemons: int, server: bool, tls: bool, toolchain: bool) -> None:
+def up(
+    obj: tuple[str, str],
+    daemons: int,
+    server: bool,
+    tls: bool,
+    toolchain: bool,
+    store: str,
+    replicas: int,
+) -> None:
     """Start the registry, push the base image, build the bootstrap repository, start
-    the buildkitd daemons and the server."""
-    farm = _farm(*obj, daemons=daemons, server=server, tls=tls, toolchain=toolchain)
+    the buildkitd daemons and the server (or, with --store postgres, PostgreSQL and
+    --replicas servers)."""
+    if replicas > 1 and store != "postgres":
+        raise click.UsageError(
+            f"--replicas {replicas} needs --store postgres (the replicas share one database)"
+        )
+    farm = _farm(
+        *obj,
+        daemons=daemons,
+        server=server,
+        tls=tls,
+        toolchain=toolchain,
+        store=store,
+        replicas=replicas,
+    )
     running = farm.running_services()
     if running:
         click.echo(
@@ -93,7 +136,15 @@ def up(obj: tuple[str, str], daemons: int, server: bool, tls: bool, toolchain: b
             f"daemons serve TLS; client certificate {env.tls_cert}, key {env.tls_key}, "
             f"CA {env.tls_ca_cert}"
         )
-    if env.melange_server:
+    if "POSTGRES_DSN" in env.extra:
+        click.echo(f"PostgreSQL {env.extra['POSTGRES_DSN']} (log: {farm.postgres.log_file})")
+    servers = env.melange_servers
+    if len(servers) > 1 or "POSTGRES_DSN" in env.extra:
+        for n, url in enumerate(servers):
+            click.echo(
+                f"melange-server replica {n} {url} (log: {farm.root}/logs/melange-server-{n}.log)"
+            )
+    elif env.melange_server:
         click.echo(
             f"melange-server {env.melange_server} (log: {farm.root}/logs/melange-server.log)"
         )
@@ -111,7 +162,7 @@ def down(obj: tuple[str, str]) -> None:
 @cli.command()
 @click.pass_obj
 def status(obj: tuple[str, str]) -> None:
-    """Show which farm processes run."""
+    """Show which farm processes run (each server replica, PostgreSQL) and .farm/env."""
     farm = _farm(*obj)
     running = farm.running_services()
     if not running:

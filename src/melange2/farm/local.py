@@ -7,7 +7,9 @@ Layout under the farm's root (``.farm/`` for ``make farm-up``)::
 
     env                        shell-sourceable (mode 0600: it holds a token):
                                MELANGE_SERVER, MELANGE_TOKEN (an admin token for the
-                               server, made at every start), BUILDKIT_ADDRS, BASE_IMAGE,
+                               server, made at every start), with ``store="postgres"``
+                               also MELANGE_SERVERS (every replica's URL) and
+                               POSTGRES_DSN, BUILDKIT_ADDRS, BASE_IMAGE,
                                REGISTRY, BOOTSTRAP_REPO, BOOTSTRAP_KEY, SOURCE_CACHE (and
                                with TLS: BUILDKIT_TLS_CACERT, BUILDKIT_TLS_CERT,
                                BUILDKIT_TLS_KEY)
@@ -19,6 +21,11 @@ Layout under the farm's root (``.farm/`` for ``make farm-up``)::
                                upstream tarballs of examples/; the server's --source-cache
     logs/<service>.log         each process's output
     pids/<service>.pid
+    server/data/, server/output/   the server's data directory (its SQLite store, the
+                               signing key, the files builds brought, staging) and
+                               storage; with postgres every replica shares both
+    postgres/                  with postgres: the cluster (testenv.postgres's layout),
+                               database ``melange2``, on a unix socket and 127.0.0.1
     registry/config.yml, registry/data/
     buildkitd-<n>/buildkitd.toml, buildkitd-<n>/root/
 """
@@ -38,6 +45,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -51,6 +59,15 @@ from melange2.farm.bootstrap import BootstrapRepo, build_bootstrap_repo
 from melange2.farm.certs import FarmCerts, farm_certs, make_certs
 from melange2.farm.upstream import UpstreamTarball, fill_source_cache
 from melange2.oci.registry import RegistryClient
+
+if TYPE_CHECKING:
+    # imported where used: testenv.postgres imports melange2.farm.processes
+    from melange2.testenv.postgres import PostgresCluster
+
+#: the store kinds the local farm runs its server(s) on
+FARM_STORES = ("sqlite", "postgres")
+#: the database the farm's replicas share, in the farm's cluster
+FARM_DATABASE = "melange2"
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 #: the CLI's default --server is http://localhost:8080: use that port when it is free
@@ -91,6 +108,12 @@ class FarmEnv:
         values |= self.extra
         return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
+    @property
+    def melange_servers(self) -> tuple[str, ...]:
+        """Every server replica's URL (``MELANGE_SERVERS``; the one server without it)."""
+        listed = self.extra.get("MELANGE_SERVERS", "").split()
+        return tuple(listed) if listed else ((self.melange_server,) if self.melange_server else ())
+
     def client_tls(self) -> ClientTLS | None:
         """How to reach the daemons (``None``: plain)."""
         if not self.tls_ca_cert:
@@ -118,6 +141,31 @@ class FarmEnv:
             tls_key=values.pop("BUILDKIT_TLS_KEY", ""),
             extra=values,
         )
+
+
+def _check_reachable(path: Path) -> None:
+    """As root, PostgreSQL runs as an unprivileged user, who must be able to reach
+    ``path``: every existing directory above it searchable by others."""
+    if os.geteuid() != 0:
+        return
+    for parent in path.parents:
+        if parent.exists() and not parent.stat().st_mode & 0o001:
+            raise FarmProcessError(
+                f"PostgreSQL runs as an unprivileged user, who cannot enter {parent} "
+                f"(mode {parent.stat().st_mode & 0o777:o}): put the farm's --root elsewhere "
+                f"or `chmod o+x {parent}`"
+            )
+
+
+def _database_exists(cluster: PostgresCluster, name: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(cluster.dsn("postgres")) as conn:
+            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    except psycopg.Error as exc:
+        raise FarmProcessError(f"PostgreSQL in {cluster.root}: {exc}") from exc
+    return row is not None
 
 
 def _tail(log_file: Path, lines: int = 20) -> str:
@@ -244,7 +292,18 @@ class LocalFarm:
         server: bool = False,
         toolchain_cache: Path | None = None,
         tls: bool = False,
+        store: str = "sqlite",
+        replicas: int = 1,
     ) -> None:
+        if store not in FARM_STORES:
+            raise FarmProcessError(f"store {store!r}: the farm runs on {' or '.join(FARM_STORES)}")
+        if replicas < 1:
+            raise FarmProcessError(f"replicas {replicas}: at least one server")
+        if replicas > 1 and store != "postgres":
+            raise FarmProcessError(
+                f"{replicas} replicas need one database they share: use the postgres store "
+                "(`make farm-up FARM_STORE=postgres FARM_REPLICAS=3`)"
+            )
         self.root = root.resolve()
         self.tools_dir = tools_dir.resolve()
         self.daemons = daemons
@@ -255,6 +314,15 @@ class LocalFarm:
         #: upstream tarballs that could not be put into the source cache, and why
         self.source_problems: list[tuple[UpstreamTarball, str]] = []
         self.tls = tls
+        self.store = store
+        self.replicas = replicas
+
+    @property
+    def postgres(self) -> PostgresCluster:
+        """The farm's PostgreSQL cluster (``store="postgres"``), started or not."""
+        from melange2.testenv.postgres import PostgresCluster
+
+        return PostgresCluster(self.root / "postgres", durable=True)
 
     @property
     def certs(self) -> FarmCerts | None:
@@ -284,7 +352,17 @@ class LocalFarm:
             pid = processes.read_pid(pid_file)
             if pid is not None and processes.pid_alive(pid):
                 alive.append(pid_file.stem)
+        if self._postgres_running():
+            alive.append("postgres")
         return alive
+
+    def _postgres_running(self) -> bool:
+        if not (self.root / "postgres" / "data").is_dir():
+            return False
+        try:
+            return self.postgres.running()
+        except FarmProcessError:  # no PostgreSQL binaries: nothing of ours runs
+            return False
 
     async def up(self) -> FarmEnv:
         """Start the registry, push the base image, start the daemons; write ``env``."""
@@ -294,6 +372,8 @@ class LocalFarm:
                 f"({', '.join(self.running_services())}); run `make farm-down` first"
             )
         self._check_tools()
+        if self.server and self.store == "postgres":
+            _check_reachable(self.root / "postgres")
         self.root.mkdir(parents=True, exist_ok=True)
         try:
             registry = await self.start_registry()
@@ -332,7 +412,9 @@ class LocalFarm:
                     "SOURCE_CACHE": str(sources),
                 },
             )
-            if self.server:
+            if self.server and self.store == "postgres":
+                env = await self._start_replicas(env)
+            elif self.server:
                 data_dir = self.root / "server" / "data"
                 token = await make_token(data_dir, name=FARM_TOKEN_NAME)
                 url = await start_server(
@@ -352,16 +434,82 @@ class LocalFarm:
         self.env_file.write_text(env.render())
         return env
 
+    async def _start_replicas(self, env: FarmEnv) -> FarmEnv:
+        """Start the PostgreSQL cluster and ``self.replicas`` servers on its database
+        ``melange2``, each on its own port, sharing the backends, the storage
+        (``server/output``) and the data directory (``server/data``: the signing key,
+        the files a build brought and its staging repository, which the replica that
+        runs a package needs whichever replica took the build). The admin token is made
+        once, in the database, so it works on every replica."""
+        from melange2.testenv.postgres import PostgresCluster
+
+        cluster = PostgresCluster(self.root / "postgres", durable=True, port=processes.free_port())
+        await asyncio.to_thread(cluster.start)
+        if not await asyncio.to_thread(_database_exists, cluster, FARM_DATABASE):
+            await asyncio.to_thread(cluster.create_database, FARM_DATABASE)
+        dsn = cluster.dsn(FARM_DATABASE)
+        store_args = ["--store", "postgres", "--postgres-dsn", dsn]
+        server_root = self.root / "server"
+        backends = self._backends_config(env)
+        # migrated here, once, before any replica starts (each would at its start)
+        token = await make_token(server_root / "data", name=FARM_TOKEN_NAME, store_args=store_args)
+
+        async def start(n: int, port: int) -> str:
+            return await start_server(
+                env,
+                data_dir=server_root / "data",
+                output_dir=server_root / "output",
+                pid_file=self._pid(f"melange-server-{n}"),
+                log_file=self._log(f"melange-server-{n}"),
+                backends_config=backends,
+                port=port,
+                extra_args=[*store_args, *self._advertise_args(port)],
+            )
+
+        # the first replica makes the signing key the others then share; it takes 8080
+        # when free, the others a free port each
+        ports = [DEFAULT_SERVER_PORT if _port_free(DEFAULT_SERVER_PORT) else processes.free_port()]
+        while len(ports) < self.replicas:
+            port = processes.free_port()
+            if port not in ports:
+                ports.append(port)
+        first = await start(0, ports[0])
+        rest = await asyncio.gather(*(start(n, ports[n]) for n in range(1, self.replicas)))
+        urls = [first, *rest]
+        return dataclasses.replace(
+            env,
+            melange_server=first,
+            melange_token=token,
+            extra=env.extra | {"MELANGE_SERVERS": " ".join(urls), "POSTGRES_DSN": dsn},
+        )
+
+    def _advertise_args(self, port: int) -> list[str]:
+        """``--advertise-url`` (where the other replicas reach this one), if this
+        ``melange-server`` has the flag."""
+        from melange2.server import cli
+
+        serve = cli.commands["serve"]
+        if any("--advertise-url" in getattr(p, "opts", ()) for p in serve.params):
+            return ["--advertise-url", f"http://127.0.0.1:{port}"]
+        return []
+
     def down(self) -> list[str]:
         """Stop every service, clear mounts and lock files. Returns what was stopped."""
         stopped = []
         pids = self.root / "pids"
         if pids.is_dir():
-            # daemons first, the registry last
-            order = {"melange-server": 0, "registry": 2}
-            for pid_file in sorted(pids.glob("*.pid"), key=lambda p: order.get(p.stem, 1)):
+            # servers first, then the daemons, the registry last
+            def order(pid_file: Path) -> int:
+                if pid_file.stem.startswith("melange-server"):
+                    return 0
+                return 2 if pid_file.stem == "registry" else 1
+
+            for pid_file in sorted(pids.glob("*.pid"), key=order):
                 if processes.stop(pid_file):
                     stopped.append(pid_file.stem)
+        if self._postgres_running():
+            self.postgres.stop()
+            stopped.append("postgres")
         processes.unmount_under(self.root)
         for lock in self.root.glob("buildkitd-*/root/buildkitd.lock"):
             lock.unlink(missing_ok=True)

@@ -12,7 +12,11 @@ synchronously, so two packages never take the last slot (or cpu) of one backend.
 
 All of a backend's accounting is here, behind :meth:`~BackendPool.place`,
 :meth:`~BackendPool.release`, :meth:`~BackendPool.reserve` and
-:meth:`~BackendPool.unreserve`: the one place to move it into a shared store.
+:meth:`~BackendPool.unreserve`. With several replicas on one store the books of each
+replica's pool also hold the packages the others run (:meth:`~BackendPool.book_remote`,
+from their events), and the store checks the limits across replicas when a package
+starts (:mod:`melange2.scheduler.replicas`); each replica keeps its own circuit
+breakers and probes every daemon itself.
 """
 
 from __future__ import annotations
@@ -291,10 +295,11 @@ class BackendPool:
     def capacity(self, arch: str, selector: Mapping[str, str]) -> int:
         return sum(b.max_jobs for b in self.matching(arch, selector))
 
-    def release(self, slot: BackendSlot, *, outcome: str) -> None:
+    def release(self, slot: BackendSlot, *, outcome: str, quiet: bool = False) -> None:
         """Give a slot back. ``outcome``: ``success`` (the backend worked), ``fault``
         (a backend fault: counts for the breaker) or ``neutral`` (the package's own
-        failure, or a cancel: not the backend's doing)."""
+        failure, or a cancel: not the backend's doing). ``quiet``: wake nobody (the
+        slot was never used: the start did not happen)."""
         backend = slot.backend
         backend.active -= 1
         backend.cpu_used -= slot.request.cpu
@@ -306,6 +311,29 @@ class BackendPool:
         else:
             backend.breaker.finished_without_verdict()
         if backend.draining and backend.active == 0:
+            self.backends.pop(backend.addr, None)
+        if not quiet:
+            self.notify()
+
+    def book_remote(self, addr: str, request: Request) -> BackendSlot | None:
+        """Book what a package another replica runs on ``addr`` takes, so placement
+        here sees the backend's real load (no breaker verdict: that replica's own).
+        ``None``: no such backend here."""
+        backend = self.backends.get(addr)
+        if backend is None:
+            return None
+        backend.active += 1
+        backend.cpu_used += request.cpu
+        backend.memory_used += request.memory
+        return BackendSlot(backend=backend, request=request)
+
+    def release_remote(self, slot: BackendSlot) -> None:
+        """That package ended there (:meth:`book_remote`): its slot is free here too."""
+        backend = slot.backend
+        backend.active -= 1
+        backend.cpu_used -= slot.request.cpu
+        backend.memory_used -= slot.request.memory
+        if backend.draining and backend.active == 0 and self.backends.get(backend.addr) is backend:
             self.backends.pop(backend.addr, None)
         self.notify()
 

@@ -33,6 +33,13 @@ build's packages are cancelled whatever state they are in, also those no task of
 process runs. Only the store failing as a whole ends :meth:`Scheduler.run`: when leases
 cannot be renewed for a whole ``lease_ttl`` (:class:`LeasesLost`), or recovery fails.
 
+Several replicas on one store (PostgreSQL) share the farm through :class:`Replicas`
+(``replicas``; :mod:`melange2.scheduler.replicas` says what is shared and how): this
+scheduler announces its own moves, applies the others' (section *replicas* below),
+starts packages with the store checking the backend's limits across replicas, and ends
+a build only if no other replica did. Alone on its store (the default,
+:class:`~melange2.scheduler.replicas.LocalReplicas`) none of that costs anything.
+
 Time comes from the event loop (timers) and from a :class:`Clock` (timestamps, leases,
 event times): :class:`SystemClock` unless given, so a simulation can run the real
 scheduler on a virtual clock (``bench/virtual_bench.py``).
@@ -46,7 +53,7 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -54,11 +61,14 @@ from typing import Any, Literal, Protocol
 from melange2 import tracing
 from melange2.errors import (
     BuildkitUnavailable,
+    ConfigError,
     FarmError,
     InvalidTransition,
     NotFound,
+    RequestError,
     SolveCancelled,
     StoreError,
+    StoreUnavailable,
 )
 from melange2.ids import BuildId
 from melange2.jobs import (
@@ -73,8 +83,16 @@ from melange2.jobs import (
 )
 from melange2.pool.pool import BackendPool, BackendSlot
 from melange2.scheduler.placement import Never, Request, Wait
+from melange2.scheduler.replicas import (
+    END_GRACE,
+    LocalReplicas,
+    ReplicaEvent,
+    Replicas,
+    backend_spec,
+)
 from melange2.store.base import JobStore, Move
 from melange2.store.batch import MoveBatcher
+from melange2.store.slots import FULL, Full, SlotStart
 
 _log = logging.getLogger(__name__)
 
@@ -248,7 +266,8 @@ class StateChange:
 
 
 class Scheduler:
-    """Owns dispatch for one server process. Use ``async with`` or :meth:`run`."""
+    """Dispatch for one server process (one replica of several when ``replicas`` is
+    shared: see the module's docstring). Use :meth:`run`."""
 
     def __init__(
         self,
@@ -265,8 +284,11 @@ class Scheduler:
         before_build_end: Callable[[Build, BuildStatus], Awaitable[None]] | None = None,
         clock: Clock | None = None,
         on_change: Callable[[StateChange], None] | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self.store = store
+        #: the other schedulers on this store, if any (:mod:`melange2.scheduler.replicas`)
+        self.replicas: Replicas = replicas if replicas is not None else LocalReplicas(store)
         self.pool = pool
         self.runner = runner
         self.owner = owner
@@ -300,6 +322,16 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
+        #: replicas: our moves not yet told to the others
+        self._outbox: list[ReplicaEvent] = []
+        self._outbox_ready = asyncio.Event()
+        #: replicas: the pool's bookings of packages other replicas run
+        self._remote_slots: dict[tuple[BuildId, str], BackendSlot] = {}
+        #: replicas: our packages another replica took over (our lease had expired)
+        self._taken: set[tuple[BuildId, str]] = set()
+        #: replicas: set while a row read from the store is applied (not re-announced)
+        self._quiet = False
+        self._ending: dict[BuildId, asyncio.Task[None]] = {}
         pool.on_available = self.wake
 
     # -- public ---------------------------------------------------------------------------
@@ -308,21 +340,33 @@ class Scheduler:
         self._wake.set()
 
     async def run(self) -> None:
-        """Recover unfinished builds, then dispatch until :meth:`stop`."""
-        await self.recover()
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._dispatch_loop())
-            group.create_task(self._lease_loop())
+        """Recover unfinished builds, then dispatch until :meth:`stop`. With other
+        replicas, listen to their events first (nothing is missed meanwhile)."""
+        listener = await self._listen() if self.replicas.shared else None
+        try:
+            await self.recover()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._dispatch_loop())
+                group.create_task(self._lease_loop())
+                if listener is not None:
+                    group.create_task(self._announce_loop())
+                    group.create_task(self._watch(listener))
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._outbox_ready.set()
 
     async def shutdown(self) -> None:
         """Stop dispatching and abandon running solves: their leases expire and the
         next start resumes them (graceful shutdown as the spec says)."""
         self.stop()
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._ending.values()]
         for task in tasks:
             task.cancel("shutdown")
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -334,6 +378,7 @@ class Scheduler:
         async with self._lock:
             state = self._track(build)
             self._changed(state, None, None)
+            self._announce(ReplicaEvent(kind="submitted", build_id=build.id))
             reused = [j for j in state.jobs.values() if j.status.terminal]
             for job in reused:
                 self._emit("finished", build.id, job.name, job.status)
@@ -354,6 +399,7 @@ class Scheduler:
     async def cancel(self, build_id: BuildId) -> Build:
         """Cancel waiting packages now and running solves on their daemons."""
         build = await self.store.update_build(build_id, cancel_requested=True)
+        self._announce(ReplicaEvent(kind="cancelled", build_id=build_id))
         async with self._lock:
             state = self._builds.get(build_id)
             if state is None and build.status in (BuildStatus.PENDING, BuildStatus.RUNNING):
@@ -375,6 +421,8 @@ class Scheduler:
                             state.set(updated)
             for job in build.packages:
                 if job.status is PackageStatus.RUNNING and (build_id, job.name) not in self._tasks:
+                    if self._live_elsewhere(job):
+                        continue  # its replica cancels it (it hears the cancel)
                     # no task of ours runs it (its runner died, or another server's
                     # lease): cancel it here, or it would come back
                     with contextlib.suppress(InvalidTransition):
@@ -449,13 +497,24 @@ class Scheduler:
                 state.unmet[dependent] += 1
         for job in build.packages:
             state.set(job)
-        if self.on_change is not None:
-            state.moved = self._moved
+            if job.status is PackageStatus.RUNNING:
+                self._book_remote(job)
+        state.moved = self._moved
         self._builds[build.id] = state
         return state
 
     def _moved(self, state: _BuildState, old: PackageJob, job: PackageJob) -> None:
-        self._changed(state, job, old.status)
+        if self.replicas.shared:
+            if not self._quiet:
+                self._announce(
+                    ReplicaEvent(kind="moved", build_id=state.build.id, names=(job.name,))
+                )
+            if old.status is PackageStatus.RUNNING:
+                self._release_remote((job.build_id, job.name))
+            if job.status is PackageStatus.RUNNING:
+                self._book_remote(job)
+        if self.on_change is not None:
+            self._changed(state, job, old.status)
 
     def _changed(
         self,
@@ -747,7 +806,9 @@ class Scheduler:
         slot; the others start), and, written ``pending``, the packages whose
         dependencies all succeeded but found no free slot (those that found one go
         straight to ``running``: one write instead of two on the path from a
-        dependency's success to its dependent's start). Then start the tasks."""
+        dependency's success to its dependent's start). Then start the tasks. With
+        other replicas the starts are a transaction of their own, where the store also
+        checks each backend's limits across replicas (:meth:`Replicas.start_many`)."""
         starts = list(self._starts.values())
         waiting = [
             Move(
@@ -765,25 +826,70 @@ class Scheduler:
         self._promoted.clear()  # the started ones are in self._starts
         if not starts and not waiting:
             return
+        started: Sequence[PackageJob | Full | BaseException | None]
         try:
-            results = await self._moves.many([s.move for s in starts] + waiting)
+            if self.replicas.shared:
+                started = await self._start_shared(starts) if starts else []
+                moved = await self._moves.many(waiting)
+            else:
+                results = await self._moves.many([s.move for s in starts] + waiting)
+                started, moved = results[: len(starts)], results[len(starts) :]
         finally:
             self._starts.clear()
-        for start, result in zip(starts, results[: len(starts)], strict=True):
+        for start, result in zip(starts, started, strict=True):
             await self._started(start, result)
-        for move, moved in zip(waiting, results[len(starts) :], strict=True):
-            if isinstance(moved, BaseException):  # they stay queued; the store says blocked
-                _log.error("recording %s/%s as pending: %s", move.build_id, move.name, moved)
+        for move, answer in zip(waiting, moved, strict=True):
+            if isinstance(answer, BaseException):  # they stay queued; the store says blocked
+                _log.error("recording %s/%s as pending: %s", move.build_id, move.name, answer)
                 continue
             state = self._builds.get(move.build_id)
-            if moved is not None and state is not None:
-                state.set(moved)
+            if answer is not None and state is not None:
+                state.set(answer)
 
-    async def _started(self, start: _Start, result: PackageJob | BaseException | None) -> None:
+    async def _start_shared(
+        self, starts: Sequence[_Start]
+    ) -> Sequence[PackageJob | Full | BaseException | None]:
+        slots = [
+            SlotStart(
+                build_id=s.move.build_id,
+                name=s.move.name,
+                expect=s.move.expect or frozenset(PackageStatus),
+                addr=s.slot.backend.addr,
+                max_jobs=s.slot.backend.max_jobs,
+                cpu=s.slot.backend.cpu,
+                memory=s.slot.backend.memory,
+                fields=s.move.fields,
+            )
+            for s in starts
+        ]
+        try:
+            return await self.replicas.start_many(slots)
+        except _STORE_FAILURES as exc:
+            return [exc] * len(starts)
+
+    async def _started(
+        self, start: _Start, result: PackageJob | Full | BaseException | None
+    ) -> None:
         state, job, slot, now = start.state, start.job, start.slot, start.now
+        waits = result is FULL or (self.replicas.shared and isinstance(result, StoreUnavailable))
+        if waits:  # it stays queued (and, if blocked, promoted: written pending next round)
+            self.pool.release(slot, outcome="neutral", quiet=True)
+            if job.status is PackageStatus.BLOCKED:
+                self._promoted.add((job.build_id, job.name))
+            if result is FULL:  # a package's end anywhere wakes us
+                self._reasons[(_queue_key(state.build, job), _request(job))] = (
+                    f"{_SLOT_REASON}: {slot.backend.addr} is full with other replicas' packages"
+                )
+            else:  # e.g. a deadlock or serialization failure between replicas
+                assert isinstance(result, StoreUnavailable)
+                self._retry_soon(result)
+            self._push(state, job)
+            return
         self._promoted.discard((job.build_id, job.name))
         if result is None:  # refused: no longer what it was when placed
             self.pool.release(slot, outcome="neutral")
+            if self.replicas.shared:  # another replica took it: see how it stands
+                await self._refresh(state, job.name)
             return
         if isinstance(result, _STORE_FAILURES):
             self.pool.release(slot, outcome="neutral")
@@ -792,6 +898,7 @@ class Scheduler:
         if isinstance(result, BaseException):
             self.pool.release(slot, outcome="neutral")
             raise result
+        assert isinstance(result, PackageJob)
         running = result
         state.set(running)
         self._emit("started", state.build.id, job.name, PackageStatus.RUNNING)
@@ -939,6 +1046,9 @@ class Scheduler:
                 )
             return
         if done is None:  # cancelled or taken over meanwhile
+            if self.replicas.shared:
+                async with self._lock:
+                    await self._refresh(state, job.name)
             return
         async with self._lock:
             state.set(done)
@@ -991,6 +1101,9 @@ class Scheduler:
         self.wake()
 
     async def _finish_cancelled(self, state: _BuildState, job: PackageJob, attempt: int) -> None:
+        if (job.build_id, job.name) in self._taken:  # another replica runs it now
+            self._taken.discard((job.build_id, job.name))
+            return
         if self._stop.is_set() and not state.build.cancel_requested:
             return  # shutdown: keep it running in the store; the lease brings it back
         await self._finish(state, job, attempt, PackageStatus.CANCELLED, "build cancelled")
@@ -1010,7 +1123,7 @@ class Scheduler:
             return
         if not state.unmet[name]:
             # ready: queued now, written `running` if a slot is free at the next dispatch,
-            # else `pending` (see _record_waiting)
+            # else `pending` (see _write_starts)
             self._promoted.add((state.build.id, name))
             self._push(state, job)
 
@@ -1040,35 +1153,75 @@ class Scheduler:
             state.set(skipped)
             todo.extend((name, d) for d in state.dependents.get(name, []))
 
-    async def _update_status(self, state: _BuildState) -> None:
-        """Write the build's status when its packages' moves changed it (O(1))."""
+    async def _update_status(self, state: _BuildState, *, remote: bool = False) -> None:
+        """Write the build's status when its packages' moves changed it (O(1)).
+        ``remote``: the moves were another replica's (it writes the build's status; an
+        end seen here is left to it for a while, :meth:`_end_later`)."""
         status = status_from_counts(
             state.counts,
             cancelled=state.build.cancel_requested,
             started=state.build.started_at is not None,
         )
+        ending = status not in (BuildStatus.PENDING, BuildStatus.RUNNING)
         if status != state.status:
-            fields: dict[str, object] = {"status": status}
-            if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
-                if self.before_build_end is not None:
-                    current = replace(state.build, packages=tuple(state.jobs.values()))
-                    try:
-                        await self.before_build_end(current, status)
-                    except Exception:
-                        _log.exception("finishing build %s", state.build.id)
-                fields["finished_at"] = self.clock.now()
-            try:
-                state.build = await self.store.update_build(
-                    state.build.id, with_packages=False, **fields
-                )
-            except _STORE_FAILURES:
-                _log.exception("recording build %s as %s", state.build.id, status.value)
-                self._abandon(state)
+            if ending:
+                if remote:
+                    self._end_later(state.build.id)
+                else:
+                    await self._end(state, status)
                 return
+            if not remote:
+                try:
+                    state.build = await self.store.update_build(
+                        state.build.id, with_packages=False, status=status
+                    )
+                except _STORE_FAILURES:
+                    _log.exception("recording build %s as %s", state.build.id, status.value)
+                    self._abandon(state)
+                    return
             previous, state.status = state.status, status
             self._changed(state, None, previous)
-        if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
-            self._builds.pop(state.build.id, None)
+        elif ending:
+            self._forget(state.build.id)
+
+    async def _end(self, state: _BuildState, status: BuildStatus, *, wait: bool = True) -> None:
+        """End the build: publication (``before_build_end``), then its final status;
+        on exactly one replica (:meth:`Replicas.ending`): if another ended it, take
+        its status from the store. ``wait=False``: if another replica is ending it
+        now, ask again later (:meth:`_end_later`) rather than wait for it."""
+        mine: bool | None = False
+        try:
+            async with self.replicas.ending(state.build.id, wait=wait) as mine:
+                if mine is None:
+                    pass
+                elif mine:
+                    if self.before_build_end is not None:
+                        current = replace(state.build, packages=tuple(state.jobs.values()))
+                        try:
+                            await self.before_build_end(current, status)
+                        except Exception:
+                            _log.exception("finishing build %s", state.build.id)
+                    state.build = await self.store.update_build(
+                        state.build.id,
+                        with_packages=False,
+                        status=status,
+                        finished_at=self.clock.now(),
+                    )
+                else:
+                    state.build = await self.store.get_build(state.build.id)
+                    status = state.build.status
+        except _STORE_FAILURES:
+            _log.exception("recording build %s as %s", state.build.id, status.value)
+            self._abandon(state)
+            return
+        if mine is None:  # another replica is publishing it
+            self._end_later(state.build.id)
+            return
+        if mine:
+            self._announce(ReplicaEvent(kind="ended", build_id=state.build.id))
+        previous, state.status = state.status, status
+        self._changed(state, None, previous)
+        self._forget(state.build.id)
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -1085,7 +1238,9 @@ class Scheduler:
                     self.owner, self.clock.now() + timedelta(seconds=self.lease_ttl)
                 )
                 renewed = self.clock.monotonic()
-                await self._expire_leases()
+                if await self._expire_leases() and self.replicas.shared:
+                    # a replica died: what it wrote but had not told yet is read now
+                    await self._resync()
             except _STORE_FAILURES as exc:
                 _log.exception("renewing leases")
                 if self.clock.monotonic() - renewed >= self.lease_ttl:
@@ -1165,17 +1320,18 @@ class Scheduler:
     def _abandon(self, state: _BuildState) -> None:
         """Stop tracking a build the store refuses to record (logged): its queued
         packages are dropped at the next dispatch, its tasks end on their own."""
-        if self._builds.pop(state.build.id, None) is not None:
+        if self._forget(state.build.id) is not None:
             _log.error(
                 "build %s is no longer scheduled by this server: the store refuses its "
                 "writes (it stays unfinished in the store; a restart recovers it)",
                 state.build.id,
             )
 
-    async def _expire_leases(self) -> None:
+    async def _expire_leases(self) -> bool:
+        """Requeue the packages whose lease expired; whether there were any."""
         expired = await self.store.expire_leases(self.clock.now())
         if not expired:
-            return
+            return False
         async with self._lock:
             for job in expired:
                 state = self._builds.get(job.build_id)
@@ -1189,6 +1345,320 @@ class Scheduler:
                     await self._cancel_waiting(state, job)
                 else:
                     self._push(state, job)
+        self.wake()
+        return True
+
+    # -- replicas -------------------------------------------------------------------------
+    # Other schedulers on this store (see melange2.scheduler.replicas): what this one
+    # tells them, and how what they tell is applied. Alone on the store
+    # (LocalReplicas), _announce keeps nothing and nothing here runs.
+
+    def backends_changed(self) -> None:
+        """The runtime backends changed here (added or removed through the API): the
+        other replicas reload them from the store."""
+        self._announce(ReplicaEvent(kind="backends"))
+
+    def _announce(self, event: ReplicaEvent) -> None:
+        if self.replicas.shared:
+            self._outbox.append(event)
+            self._outbox_ready.set()
+
+    async def _announce_loop(self) -> None:
+        """Send what was written since the last send, in one batch (one NOTIFY
+        statement); a failed send is tried again with what came meanwhile."""
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            events, self._outbox = self._outbox, []
+            if events:
+                try:
+                    await self.replicas.publish(events)
+                except _STORE_FAILURES:
+                    _log.exception("telling the other replicas of %d events", len(events))
+                    self._outbox[:0] = events
+                    if not self._stop.is_set():
+                        await asyncio.sleep(0.5)
+                        self._outbox_ready.set()
+                        continue
+            if self._stop.is_set():
+                return
+
+    async def _listen(self) -> asyncio.Task[None]:
+        """Start hearing the other replicas; returns once listening."""
+        ready = asyncio.Event()
+        task = asyncio.create_task(
+            self.replicas.listen(self._on_events, self._resync, ready.set),
+            name="replica events",
+        )
+        waiter = asyncio.create_task(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():
+            task.result()  # it failed: raise why
+        return task
+
+    async def _watch(self, listener: asyncio.Task[None]) -> None:
+        """Until :meth:`stop`: if hearing the others ends (a bug: it reconnects after
+        any database error), so does :meth:`run` (the replica would go deaf)."""
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({listener, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if listener.done() and not self._stop.is_set():
+            listener.result()
+            raise RuntimeError("stopped hearing the other replicas")
+
+    async def _on_events(self, events: Sequence[ReplicaEvent]) -> None:
+        """Apply what other replicas did (read from the store, under the lock)."""
+        for event in events:
+            if event.kind == "backends":
+                await self._reload_backends()
+                continue
+            if event.build_id is None:
+                continue
+            async with self._lock:
+                if event.kind == "ended":
+                    await self._ended_elsewhere(event.build_id)
+                elif event.kind == "cancelled":
+                    await self._cancelled_elsewhere(event.build_id)
+                else:
+                    await self._apply_remote(event.build_id, event.names, event.kind)
+            if event.kind == "cancelled":
+                self._cancel_tasks(event.build_id)
+        self.wake()
+
+    async def _apply_remote(self, build_id: BuildId, names: Sequence[str], kind: str) -> None:
+        state = self._builds.get(build_id)
+        if state is None:  # a build submitted elsewhere (or not seen yet)
+            try:
+                build = await self.store.get_build(build_id)
+            except NotFound:
+                return
+            if build.status in (BuildStatus.PENDING, BuildStatus.RUNNING):
+                await self._adopt(build)
+            return
+        if kind == "submitted":
+            return
+        if names:
+            rows = await self.replicas.read_packages(build_id, names)
+        else:
+            rows = (await self.store.get_build(build_id)).packages
+        for row in rows:
+            await self._apply_row(state, row)
+        if self._builds.get(build_id) is state:
+            await self._update_status(state, remote=True)
+
+    async def _adopt(self, build: Build) -> None:
+        """Track a build another replica submitted (or recovered): queue what is
+        ready, as :meth:`recover` does; its status is the store's."""
+        state = self._track(build)
+        self._changed(state, None, None)
+        selector = _selector(build)
+        for job in list(state.jobs.values()):
+            if job.status is PackageStatus.PENDING and self.pool.matching(job.arch, selector):
+                self._push(state, job)
+        for job in list(state.jobs.values()):
+            if job.status is PackageStatus.BLOCKED:
+                await self._settle_blocked(state, job.name)
+
+    async def _apply_row(self, state: _BuildState, row: PackageJob) -> None:
+        """A package as it stands in the store, moved by another replica: applied to
+        the graph as our own moves are (dependents released, failures cascaded, a
+        package pending again queued; bookings follow in :meth:`_moved`)."""
+        old = state.jobs.get(row.name)
+        if old is None or old == row:
+            return
+        key = (row.build_id, row.name)
+        if key in self._tasks and (
+            row.status is not PackageStatus.RUNNING or row.lease_owner != self.owner
+        ):
+            # we run it: a row read before our own start (a snapshot) must not undo it;
+            # only the row as it stands now says whether another replica took it over
+            fresh = await self.replicas.read_packages(row.build_id, [row.name])
+            if not fresh:
+                return
+            row = fresh[0]
+            if row.status is PackageStatus.RUNNING and row.lease_owner == self.owner:
+                if old != row:
+                    self._quiet = True
+                    try:
+                        state.set(row)
+                    finally:
+                        self._quiet = False
+                return
+        self._quiet = True
+        try:
+            state.set(row)
+        finally:
+            self._quiet = False
+        task = self._tasks.get(key)
+        if task is not None and (
+            row.status is not PackageStatus.RUNNING or row.lease_owner != self.owner
+        ):
+            self._taken.add(key)  # our lease expired and another replica took it
+            task.cancel("taken over by another replica")
+        if old.status is row.status:
+            return
+        if row.status is PackageStatus.PENDING:
+            self._push(state, row)
+        elif row.status is PackageStatus.SUCCESS:
+            for dependent in state.dependents.get(row.name, []):
+                await self._settle_blocked(state, dependent)
+        elif row.status.terminal:
+            await self._cascade_failure(state, row.name)
+
+    async def _refresh(self, state: _BuildState, name: str) -> None:
+        """A guarded write of ours matched nothing: read how the package stands."""
+        try:
+            rows = await self.replicas.read_packages(state.build.id, [name])
+        except _STORE_FAILURES:
+            _log.exception("reading %s/%s", state.build.id, name)
+            return
+        for row in rows:
+            await self._apply_row(state, row)
+
+    async def _cancelled_elsewhere(self, build_id: BuildId) -> None:
+        """Another replica cancelled the build: its queued packages are cancelled at
+        the next dispatch, our running solves now (:meth:`_cancel_tasks`)."""
+        state = self._builds.get(build_id)
+        if state is None:
+            return
+        state.build = await self.store.get_build(build_id)
+
+    def _cancel_tasks(self, build_id: BuildId) -> None:
+        for (bid, _name), task in list(self._tasks.items()):
+            if bid == build_id:
+                task.cancel("build cancelled")
+
+    async def _ended_elsewhere(self, build_id: BuildId, build: Build | None = None) -> None:
+        """Another replica ended the build: stop tracking it."""
+        state = self._builds.get(build_id)
+        if state is None:
+            return
+        if build is None:
+            build = await self.store.get_build(build_id)
+        state.build = build
+        previous, state.status = state.status, build.status
+        if previous != build.status:
+            self._changed(state, None, previous)
+        self._forget(build_id)
+
+    def _end_later(self, build_id: BuildId) -> None:
+        """The build's last package ended on another replica, which ends the build;
+        if it is still unfinished after :data:`END_GRACE` (that replica died), end it."""
+        if build_id in self._ending:
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(END_GRACE)
+            self._ending.pop(build_id, None)  # from here on, one may be asked for again
+            async with self._lock:
+                state = self._builds.get(build_id)
+                if state is None:
+                    return
+                status = status_from_counts(
+                    state.counts,
+                    cancelled=state.build.cancel_requested,
+                    started=state.build.started_at is not None,
+                )
+                if status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
+                    await self._end(state, status, wait=False)
+
+        task = asyncio.create_task(later(), name=f"end of build {build_id}")
+        self._ending[build_id] = task
+        task.add_done_callback(
+            lambda done: self._ending.pop(build_id) if self._ending.get(build_id) is done else None
+        )
+
+    def _forget(self, build_id: BuildId) -> _BuildState | None:
+        """Stop tracking a build (ended, or given up): what the others run of it is
+        no longer booked here."""
+        state = self._builds.pop(build_id, None)
+        for key in [k for k in self._remote_slots if k[0] == build_id]:
+            self._release_remote(key)
+        return state
+
+    def _book_remote(self, job: PackageJob) -> None:
+        """Book on the local pool a package another replica runs."""
+        if not self.replicas.shared or job.backend is None or job.lease_owner == self.owner:
+            return
+        key = (job.build_id, job.name)
+        if key not in self._remote_slots:
+            slot = self.pool.book_remote(job.backend.addr, _request(job))
+            if slot is not None:
+                self._remote_slots[key] = slot
+
+    def _release_remote(self, key: tuple[BuildId, str]) -> None:
+        slot = self._remote_slots.pop(key, None)
+        if slot is not None:
+            self.pool.release_remote(slot)
+
+    def _retry_soon(self, exc: Exception) -> None:
+        """A start the store could not make now (with other replicas: a deadlock, a
+        serialization failure, the database unreachable): the package waits, and the
+        scheduler tries again in a moment (not at once: no spinning on a down store)."""
+        _log.warning("starting packages: %s (trying again)", exc)
+        asyncio.get_running_loop().call_later(0.5, self.wake)
+
+    def _live_elsewhere(self, job: PackageJob) -> bool:
+        """Running under another replica's lease that has not expired."""
+        return (
+            self.replicas.shared
+            and bool(job.lease_owner)
+            and job.lease_owner != self.owner
+            and job.lease_expires is not None
+            and job.lease_expires > self.clock.now()
+        )
+
+    async def _resync(self) -> None:
+        """Catch up with the store after events may have been lost (the events
+        connection was down): every unfinished build as it stands, the builds that
+        ended meanwhile forgotten, the runtime backends reloaded."""
+        cancelled: list[BuildId] = []
+        async with self._lock:  # read under the lock: none of our own moves in between
+            builds = await self.store.unfinished_builds()
+            seen: set[BuildId] = set()
+            for build in builds:
+                seen.add(build.id)
+                state = self._builds.get(build.id)
+                if state is None:
+                    await self._adopt(build)
+                    continue
+                if build.cancel_requested and not state.build.cancel_requested:
+                    cancelled.append(build.id)
+                state.build = build
+                for row in build.packages:
+                    await self._apply_row(state, row)
+                if self._builds.get(build.id) is state:
+                    await self._update_status(state, remote=True)
+            for build_id in [b for b in self._builds if b not in seen]:
+                try:
+                    build = await self.store.get_build(build_id)
+                except NotFound:
+                    self._forget(build_id)
+                    continue
+                if build.status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
+                    await self._ended_elsewhere(build_id, build)
+        for build_id in cancelled:
+            self._cancel_tasks(build_id)
+        await self._reload_backends()
+        self.wake()
+
+    async def _reload_backends(self) -> None:
+        """The runtime backends as the store keeps them: new ones added to the pool,
+        removed ones drained."""
+        stored = await self.store.list_backends()
+        addrs = {b.addr for b in stored}
+        for backend in stored:
+            current = self.pool.backends.get(backend.addr)
+            if current is None or current.draining:
+                with contextlib.suppress(RequestError):
+                    self.pool.add(backend_spec(backend), dynamic=True)
+        for pooled in self.pool.serving():
+            if pooled.dynamic and pooled.addr not in addrs:
+                with contextlib.suppress(ConfigError, RequestError):
+                    self.pool.remove(pooled.addr)
         self.wake()
 
 

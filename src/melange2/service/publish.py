@@ -14,6 +14,20 @@ build``: all or none). :class:`RepoPublisher` writes one repository:
 * **Batched, nothing lost**: concurrent publications into one arch queue up; whoever
   holds the arch's lock writes one index for every publication waiting (group commit),
   and each caller returns once an index listing its packages is stored.
+* **One writer per arch across replicas**: the index write (and the read of what
+  storage holds that comes before it) runs under ``lock("publish:<prefix>/<arch>")``,
+  the store's named lock (:meth:`~melange2.store.base.ReplicaStore.hold_lock`: a
+  PostgreSQL advisory lock across servers on one database). Under it the publisher
+  compares the stored index's version (:meth:`_stored_version`: one stat) with the one
+  it last read or wrote; when another replica wrote since, it reads that index (and
+  the origins) again and merges into it, so an index never lacks a package another
+  replica listed.
+* **Fresh for environments**: :meth:`snapshot` (what build environments resolve from)
+  compares that version on every call too, and reads the index again when it changed:
+  a package another replica published is seen by the next environment here; so does
+  :meth:`fresh` (a submission's reuse, the repository page). ``has`` and ``current``
+  (thousands of calls per build) do not: they answer from memory, which :meth:`check`,
+  :meth:`snapshot`, :meth:`fresh` and every write refresh.
 * **Immutable** (the farm's repository, ``immutable=True``): a package file name
   (name, version, epoch) the repository holds, or another publication is storing right
   now, with other content is refused with :class:`~melange2.errors.PublishConflict`
@@ -22,17 +36,24 @@ build``: all or none). :class:`RepoPublisher` writes one repository:
   checksums. The same bytes again are a no-op. Which build published each file is kept
   beside the index (``origins``, one JSON object per arch, written with the index).
 
-One process writes a repository; several servers must not share one storage prefix.
+Several servers may share one storage prefix when they share one PostgreSQL database
+(the lock). Known limit: the refusal of other bytes under a taken name is checked
+against what this replica knows (refreshed before each check) and what it is storing
+now; two replicas storing other bytes under one new name in the same moment both pass,
+and the later index write wins (it is logged as an error).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +68,13 @@ from melange2.storage import Storage, StorageNotFound, StorageSpec, open_storage
 
 INDEX_NAME = "APKINDEX.tar.gz"
 _log = logging.getLogger(__name__)
+#: a named lock (the store's ``hold_lock``): one holder of a name at a time
+NamedLock = Callable[[str], AbstractAsyncContextManager[None]]
+
+
+@contextlib.asynccontextmanager
+async def _unlocked(name: str) -> AsyncIterator[None]:
+    yield
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +126,12 @@ class _Arch:
     #: the records as a loaded index, and the records it was made from
     snapshot: LoadedIndex | None = None
     snapshot_of: Mapping[str, IndexRecord] | None = None
+    #: the stored index's version when ``records`` were read or written (None: absent)
+    version: str | None = None
+    #: bumped whenever ``records`` change (a read that raced a write keeps the write's)
+    generation: int = 0
+    origins_generation: int = 0  #: bumped whenever ``origins`` is set or dropped
+    reloads: int = 0  #: reads of an index another writer stored (observability, tests)
 
 
 class RepoPublisher:
@@ -112,6 +146,7 @@ class RepoPublisher:
         description: str = "melange2",
         immutable: bool = False,
         origins_key: Callable[[str], str] | None = None,
+        lock: NamedLock | None = None,
     ) -> None:
         self.storage = storage
         self.prefix = prefix.strip("/")
@@ -121,7 +156,12 @@ class RepoPublisher:
         self.immutable = immutable
         #: where each arch's origins are kept (default: ``<prefix>/<arch>/origins.json``)
         self.origins_key = origins_key or (lambda arch: self.key(arch, "origins.json"))
+        #: held around each index write, per arch (several replicas on one storage)
+        self.lock: NamedLock = lock or _unlocked
         self._arches: dict[str, _Arch] = {}
+
+    def lock_name(self, arch: str) -> str:
+        return f"publish:{self.prefix}/{arch}"
 
     def key(self, arch: str, filename: str) -> str:
         return f"{self.prefix}/{arch}/{filename}" if self.prefix else f"{arch}/{filename}"
@@ -129,6 +169,11 @@ class RepoPublisher:
     def index_writes(self, arch: str) -> int:
         state = self._arches.get(arch)
         return state.writes if state is not None else 0
+
+    def index_reloads(self, arch: str) -> int:
+        """How often this publisher read an index another writer stored."""
+        state = self._arches.get(arch)
+        return state.reloads if state is not None else 0
 
     async def records(self, arch: str) -> dict[str, IndexRecord]:
         """The arch's current records by file name (read from storage the first time)."""
@@ -138,10 +183,15 @@ class RepoPublisher:
         """The arch's records themselves (not a copy: thousands of ``has`` per build)."""
         state = self._arches.setdefault(arch, _Arch())
         if state.records is None:
-            async with state.lock:
-                if state.records is None:
-                    state.records = await self._load(arch)
+            await self._refresh(arch, state)
+        assert state.records is not None
         return state.records
+
+    async def fresh(self, arch: str) -> Mapping[str, IndexRecord]:
+        """:meth:`current` after a check that no other replica stored a newer index
+        (one stat): for a call made once per request (a submission's reuse, a page)."""
+        await self._refresh(arch, self._arches.setdefault(arch, _Arch()))
+        return await self.current(arch)
 
     async def _load(self, arch: str) -> dict[str, IndexRecord]:
         try:
@@ -151,9 +201,42 @@ class RepoPublisher:
         index = await asyncio.to_thread(read_index_tar_gz, io.BytesIO(data))
         return {r.filename: r for r in index.records}
 
+    async def _stored_version(self, arch: str) -> str | None:
+        """The stored index's version (``None``: there is none): the storage's own
+        (:meth:`Storage.version`: a bucket's generation or ETag); for a file, its inode,
+        mtime and size with its last 8 bytes (the gzip trailer: CRC-32 and length of
+        what it holds), since a file's mtime ticks coarsely and inodes are reused."""
+        key = self.key(arch, INDEX_NAME)
+        local = self.storage.local_path(key)
+        if local is not None:
+            return await asyncio.to_thread(_file_version, local)
+        return await self.storage.version(key)
+
+    async def _refresh(self, arch: str, state: _Arch) -> None:
+        """Read the stored index again if another writer replaced it since ``records``
+        were read or written (one stat when it did not)."""
+        version = await self._stored_version(arch)
+        if state.records is not None and version == state.version:
+            return
+        seen = state.generation
+        records = await self._load(arch) if version is not None else {}
+        if state.generation != seen:
+            return  # a write of ours landed meanwhile: newer than what was read
+        if state.records is not None:
+            state.reloads += 1
+            if self.immutable:
+                state.origins = None  # written with that index: read again when asked
+                state.origins_generation += 1
+        state.records = records
+        state.version = version
+        state.generation += 1
+
     async def snapshot(self, repository: Repository, arch: str) -> LoadedIndex | None:
         """The arch's index as stored, from memory (an :class:`IndexSnapshot` for
-        ``repository``, which must be this publisher's); ``None`` while it is empty."""
+        ``repository``, which must be this publisher's); ``None`` while it is empty.
+        Read again first when another replica stored a newer index (one stat)."""
+        state = self._arches.setdefault(arch, _Arch())
+        await self._refresh(arch, state)
         records = await self.current(arch)
         if not records:
             return None
@@ -179,18 +262,25 @@ class RepoPublisher:
         """Who published each file of the arch (as far as it was recorded)."""
         state = self._arches.setdefault(arch, _Arch())
         if state.origins is None:
-            try:
-                raw = json.loads(await self.storage.read_bytes(self.origins_key(arch)))
-                state.origins = {
-                    name: Origin(build_id=str(o["build_id"]), package=str(o["package"]))
-                    for name, o in raw.items()
-                }
-            except StorageNotFound:
-                state.origins = {}
-            except (ValueError, KeyError, TypeError, AttributeError):
-                _log.warning("unreadable %s: origins unknown", self.origins_key(arch))
-                state.origins = {}
+            seen = state.origins_generation
+            found = await self._read_origins(arch)
+            if state.origins is None and state.origins_generation == seen:
+                state.origins = found  # not overtaken by a newer read or write
+            return found
         return state.origins
+
+    async def _read_origins(self, arch: str) -> dict[str, Origin]:
+        try:
+            raw = json.loads(await self.storage.read_bytes(self.origins_key(arch)))
+            return {
+                name: Origin(build_id=str(o["build_id"]), package=str(o["package"]))
+                for name, o in raw.items()
+            }
+        except StorageNotFound:
+            return {}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            _log.warning("unreadable %s: origins unknown", self.origins_key(arch))
+            return {}
 
     async def check(
         self, arch: str, records: Sequence[IndexRecord], *, replace: bool = False
@@ -199,6 +289,7 @@ class RepoPublisher:
         bytes under a name the repository holds (or is storing now). Nothing written."""
         if not self.immutable or replace:
             return
+        await self._refresh(arch, self._arches.setdefault(arch, _Arch()))
         current = await self.current(arch)
         origins = await self.origins(arch)
         self._conflicts(arch, records, current, origins)
@@ -287,17 +378,7 @@ class RepoPublisher:
                 state.pending_origins.update({rec.filename: origin for _, rec in todo})
             async with state.lock:
                 if not done.done():
-                    batch, state.waiting = state.waiting, []
-                    try:
-                        await self._write(arch, state, [r for recs_, _ in batch for r in recs_])
-                    except BaseException as exc:
-                        for _, fut in batch:
-                            if fut is not done and not fut.done():
-                                fut.set_exception(exc)
-                        raise
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
+                    await self._write_waiting(arch, state, done)
             await done
         finally:
             for _, rec in todo:
@@ -313,16 +394,63 @@ class RepoPublisher:
             )
         return replaced
 
+    async def _write_waiting(self, arch: str, state: _Arch, done: asyncio.Future[None]) -> None:
+        """Under the arch's lock across replicas: one index for every publication
+        waiting (those that queued while the lock was awaited too)."""
+        try:
+            async with self.lock(self.lock_name(arch)):
+                batch, state.waiting = state.waiting, []
+                try:
+                    await self._write(arch, state, [r for recs_, _ in batch for r in recs_])
+                except BaseException as exc:
+                    for _, fut in batch:
+                        if fut is not done and not fut.done():
+                            fut.set_exception(exc)
+                    raise
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+        except BaseException:
+            # the lock was not had: this publication leaves the queue (the others stay
+            # for the next writer)
+            state.waiting = [(r, f) for r, f in state.waiting if f is not done]
+            raise
+
     async def _write(self, arch: str, state: _Arch, new: Sequence[IndexRecord]) -> None:
-        if state.records is None:
-            state.records = await self._load(arch)
+        # what storage holds now: another replica may have written since we last did
+        before = state.records or {}
+        await self._refresh(arch, state)
+        assert state.records is not None
         merged = dict(state.records)
         for rec in new:
+            held = merged.get(rec.filename)
+            knew = before.get(rec.filename)
+            if (
+                self.immutable
+                and held is not None
+                and held.checksum != rec.checksum
+                and (knew is None or knew.checksum != held.checksum)
+            ):
+                # listed by another replica since this one checked: a race across them
+                origin = (await self.origins(arch)).get(rec.filename)
+                _log.error(
+                    "%s/%s: another replica listed other bytes under this name "
+                    "(%s) while this one stored its own: the later write wins",
+                    arch,
+                    rec.filename,
+                    origin.describe() if origin else "origin unknown",
+                )
             merged[rec.filename] = rec
-        if self.immutable and state.pending_origins:
-            known = dict(await self.origins(arch))
-            known.update(state.pending_origins)
-            state.pending_origins = {}
+        ours = {r.filename for r in new}
+        mine = {n: o for n, o in state.pending_origins.items() if n in ours}
+        if self.immutable and mine:
+            # what storage holds, not what memory does: another replica may have
+            # added to it (we hold the lock: nobody writes it now)
+            known = await self._read_origins(arch)
+            known.update(mine)
+            # those of publications queued meanwhile wait for their own write
+            for name in mine:
+                del state.pending_origins[name]
             doc = {
                 name: {"build_id": o.build_id, "package": o.package}
                 for name, o in sorted(known.items())
@@ -332,9 +460,12 @@ class RepoPublisher:
             # never the other way round
             await self.storage.put_bytes(self.origins_key(arch), json.dumps(doc).encode())
             state.origins = known
+            state.origins_generation += 1
         data = await asyncio.to_thread(self._render, merged)
         await self.storage.put_bytes(self.key(arch, INDEX_NAME), data)
         state.records = merged
+        state.generation += 1
+        state.version = await self._stored_version(arch)  # ours: nobody wrote since (lock)
         state.writes += 1
 
     def _render(self, records: dict[str, IndexRecord]) -> bytes:
@@ -346,6 +477,17 @@ class RepoPublisher:
 
 def _index_order(r: IndexRecord) -> tuple[str, str, str]:
     return (r.name, r.version, r.filename)
+
+
+def _file_version(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            f.seek(max(0, st.st_size - 8))
+            tail = f.read(8)
+    except FileNotFoundError:
+        return None
+    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}:{tail.hex()}"
 
 
 def _records(apks: Sequence[Path]) -> list[IndexRecord]:
@@ -378,14 +520,27 @@ class Publication:
     the build's later packages install from)."""
 
     def __init__(
-        self, settings: ServerSettings, storage: Storage, signer: Signer, locations: Locations
+        self,
+        settings: ServerSettings,
+        storage: Storage,
+        signer: Signer,
+        locations: Locations,
+        *,
+        lock: NamedLock | None = None,
     ) -> None:
+        """``lock``: the store's named lock (``store.hold_lock``), held around each
+        index write of the farm's repository (which replicas share)."""
         self.settings = settings
         self.storage = storage
         self.signer = signer
         self.locations = locations
         self.published = RepoPublisher(
-            storage, REPO, signer, immutable=True, origins_key=locations.layout.origins
+            storage,
+            REPO,
+            signer,
+            immutable=True,
+            origins_key=locations.layout.origins,
+            lock=lock,
         )
         self._staging: dict[str, RepoPublisher] = {}
         self._staging_repos: dict[str, Repository] = {}

@@ -331,7 +331,7 @@ class SubmissionReuse:
         keys = await asyncio.to_thread(quick_keys)
         found = await self.storage.read_many(keys)
         records = await asyncio.to_thread(lambda: [self.index.decode(d) for d in found])
-        published = await self.publication.published.current(arch)
+        published = await self.publication.published.fresh(arch)
         hits: dict[str, tuple[ReuseRecord, ResolvedEnvironment]] = {}
         for (pkg, env), record in zip(candidates, records, strict=True):
             if record is not None and all(

@@ -81,6 +81,9 @@ class ServerSettings:
     #: ``--max-silent``: fail a package whose build writes no output this long (0: off)
     max_silent: float = 7200.0
     extra: dict[str, str] = field(default_factory=dict)
+    #: ``--advertise-url``: where other replicas on the same database reach this one's
+    #: API (a log followed through them is proxied here); "": from ``listen_addr``
+    advertise_url: str = ""
 
     @property
     def source_cache_location(self) -> str:

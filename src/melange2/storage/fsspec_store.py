@@ -385,6 +385,18 @@ class Storage:
         """Whether an object is at ``key`` (a "directory" of keys is not one)."""
         return await self._run("stat", key, partial(self._stat, self._path(key))) is not None
 
+    async def version(self, key: str) -> str | None:
+        """A token of the object's version at ``key`` (``None`` if missing), from one
+        stat: it changes when the object is written again (GCS's ``generation``, S3's
+        ``ETag`` and ``LastModified``, a local file's inode and mtime: a put renames a
+        new file in place; memory: its creation time), so comparing two tokens tells
+        whether another writer replaced the object without reading it."""
+        info = await self._run("stat", key, partial(self._stat, self._path(key)))
+        if info is None:
+            return None
+        parts = [f"{name}={info[name]}" for name in _VERSION_FIELDS if info.get(name) is not None]
+        return ";".join(parts)
+
     async def size(self, key: str) -> int:
         """The object's size in bytes; :class:`StorageNotFound` if missing."""
         info = await self._run("stat", key, partial(self._stat, self._path(key)))
@@ -557,6 +569,21 @@ class Storage:
 
     def _drop_root(self) -> None:
         self._fs.rm(self._root, recursive=True)
+
+
+#: what :meth:`Storage.version` takes from a stat, where the backend gives it (GCS,
+#: S3, local, memory), with the size
+_VERSION_FIELDS = (
+    "generation",
+    "metageneration",
+    "ETag",
+    "LastModified",
+    "VersionId",
+    "ino",
+    "mtime",
+    "created",
+    "size",
+)
 
 
 def _summary(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ transaction, each answering for itself: a move refused leaves the others standin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -68,6 +69,48 @@ class Move:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Replica:
+    """A server process on the store's database (``replicas`` table): registered at
+    start, its heartbeat renewed while it runs, removed when it stops cleanly."""
+
+    #: the scheduler's lease owner (``server-<hex>``): the ``lease_owner`` of its packages
+    id: str
+    #: where other replicas reach its API (``--advertise-url``)
+    url: str
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+class ReplicaStore(Protocol):
+    """The replicas sharing a database, and named locks that hold across them.
+
+    ``hold_lock(name)`` is an async context manager: one holder of a name at a time,
+    across every process on the database where the store can do that (PostgreSQL: a
+    session advisory lock on a connection of its own, released if that connection
+    dies), else within the process (memory, SQLite). Waiting for it may be cancelled.
+    """
+
+    def hold_lock(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Hold the lock ``name`` for the ``async with`` block (waits for it)."""
+
+    async def register_replica(self, replica: Replica) -> None:
+        """Insert ``replica``, or replace the one with its id."""
+
+    async def heartbeat_replica(self, replica_id: str, at: datetime) -> bool:
+        """Set the replica's ``heartbeat_at``; ``False`` if there is no such replica
+        (it was removed: register again)."""
+
+    async def remove_replica(self, replica_id: str) -> None:
+        """Forget a replica (no error if absent)."""
+
+    async def get_replica(self, replica_id: str) -> Replica | None:
+        """The replica with this id, or ``None``."""
+
+    async def list_replicas(self) -> Sequence[Replica]:
+        """Every replica, oldest first (by ``started_at``, then id)."""
+
+
 class TokenStore(Protocol):
     """API tokens (:class:`~melange2.auth.Token`): kept by their hash, never the secret.
 
@@ -90,7 +133,7 @@ class TokenStore(Protocol):
         time) and return it. ``NotFound`` for an unknown id."""
 
 
-class JobStore(TokenStore, Protocol):
+class JobStore(TokenStore, ReplicaStore, Protocol):
     """Persistent builds, package jobs, leases, runtime backends and API tokens."""
 
     @property

@@ -17,9 +17,10 @@ from __future__ import annotations
 import enum
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -36,7 +37,8 @@ from melange2.jobs import (
     PackageStatus,
     sources_of,
 )
-from melange2.store.base import BuildPage, Move, StoredBackend
+from melange2.store.base import BuildPage, Move, Replica, StoredBackend
+from melange2.store.locks import LocalLocks
 from melange2.store.rules import (
     BUILD_FIELDS,
     LEASE_EXPIRED_REASON,
@@ -78,6 +80,9 @@ class MemoryStore:
         self.backends: dict[str, StoredBackend] = {}
         #: API tokens by id (their hashes; never a secret)
         self.tokens: dict[str, Token] = {}
+        #: the replicas on this store, by id
+        self.replicas: dict[str, Replica] = {}
+        self._locks = LocalLocks()
         #: per build, each package's index in ``packages`` (O(1) reads and writes)
         self._positions: dict[BuildId, dict[str, int]] = {}
         self._state = _State.OPEN
@@ -87,6 +92,7 @@ class MemoryStore:
         self.builds.clear()
         self.backends.clear()
         self.tokens.clear()
+        self.replicas.clear()
         self._positions.clear()
 
     async def __aenter__(self) -> Self:
@@ -380,6 +386,45 @@ class MemoryStore:
             self.tokens[token_id] = token
         return _copy_token(token)
 
+    # replicas and named locks (one process: the locks hold within it)
+
+    @asynccontextmanager
+    async def hold_lock(self, name: str) -> AsyncIterator[None]:
+        self._check_open()
+        async with self._locks.hold(name):
+            yield
+
+    async def register_replica(self, replica: Replica) -> None:
+        self._check_open()
+        check_aware(replica.started_at, "started_at")
+        check_aware(replica.heartbeat_at, "heartbeat_at")
+        check_text(replica, "replica")
+        self.replicas[replica.id] = _copy_replica(replica)
+
+    async def heartbeat_replica(self, replica_id: str, at: datetime) -> bool:
+        self._check_open()
+        check_aware(at, "at")
+        found = self.replicas.get(replica_id)
+        if found is None:
+            return False
+        self.replicas[replica_id] = replace(found, heartbeat_at=at.astimezone(UTC))
+        return True
+
+    async def remove_replica(self, replica_id: str) -> None:
+        self._check_open()
+        self.replicas.pop(replica_id, None)
+
+    async def get_replica(self, replica_id: str) -> Replica | None:
+        self._check_open()
+        found = self.replicas.get(replica_id)
+        return None if found is None else _copy_replica(found)
+
+    async def list_replicas(self) -> Sequence[Replica]:
+        self._check_open()
+        return sorted(
+            (_copy_replica(r) for r in self.replicas.values()), key=lambda r: (r.started_at, r.id)
+        )
+
     # helpers
 
     def _check_open(self) -> None:
@@ -480,6 +525,12 @@ def _copy_token(token: Token) -> Token:
         expires_at=to_utc(token.expires_at),
         revoked_at=to_utc(token.revoked_at),
     )
+
+
+def _copy_replica(replica: Replica) -> Replica:
+    started, beat = to_utc(replica.started_at), to_utc(replica.heartbeat_at)
+    assert started is not None and beat is not None
+    return replace(replica, started_at=started, heartbeat_at=beat)
 
 
 def _token_order(token: Token) -> tuple[datetime, str]:

@@ -41,6 +41,7 @@ from melange2.buildkit.client import (
     DaemonInfo,
     Exporter,
     LocalTree,
+    LogChunk,
     Progress,
     SolveResult,
     VertexUpdate,
@@ -69,6 +70,17 @@ class SolveCall:
     session: Session | None
     #: every vertex's name (``llb.customname``), in the definition's order
     names: tuple[str, ...]
+    #: the solve's progress callback (what :meth:`output` writes to)
+    on_progress: Callable[[Progress], None] | None = field(default=None, compare=False, repr=False)
+
+    def output(self, data: bytes) -> None:
+        """Write ``data`` as the output of the solve's last step, now (a handler that
+        takes its time shows a live log)."""
+        if self.on_progress is not None:
+            digest = _vertexes(self.definition)[-1].digest if self.names else "fake"
+            self.on_progress(
+                Progress(vertexes=(), logs=(LogChunk(digest=digest, stream=1, data=data),))
+            )
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -152,6 +164,7 @@ class FakeDaemon:
             exporters=tuple(exporters),
             session=session,
             names=tuple(v.name for v in vertexes),
+            on_progress=on_progress,
         )
         self.fake.solves.append(call)
         answer = self.fake.handler(call)

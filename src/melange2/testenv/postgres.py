@@ -21,10 +21,12 @@ Layout under ``root``: ``data/`` (``PGDATA``), ``run/`` (the socket directory),
 
 The server listens only on ``run/.s.PGSQL.5432`` (``listen_addresses=''``); the
 superuser ``melange2`` logs in without a password (``trust``: only local users who can
-reach the socket directory can connect). ``durable=False`` (the default) turns off
-``fsync``, ``synchronous_commit`` and ``full_page_writes``: a crash may lose the data,
-which is what a throwaway cluster is for; benchmarks of production settings pass
-``durable=True``.
+reach the socket directory can connect). With ``port=N`` (the local farm) it also listens
+on ``127.0.0.1:N`` and its socket is ``run/.s.PGSQL.N``: ``trust`` then lets any local
+user connect over loopback, which is what a developer's farm on one machine accepts.
+``durable=False`` (the default) turns off ``fsync``, ``synchronous_commit`` and
+``full_page_writes``: a crash may lose the data, which is what a throwaway cluster is
+for; benchmarks of production settings pass ``durable=True``.
 
 Errors starting or stopping raise :class:`~melange2.errors.FarmProcessError` with the
 tail of the server's log.
@@ -118,9 +120,12 @@ class PostgresCluster:
         durable: bool = False,
         settings: Mapping[str, str] | None = None,
         temporary: bool = False,
+        port: int | None = None,
     ) -> None:
         """``settings``: more ``postgres -c name=value`` options. ``temporary``: remove
-        ``root`` in :meth:`stop` (as :meth:`create` does)."""
+        ``root`` in :meth:`stop` (as :meth:`create` does). ``port``: also listen on
+        ``127.0.0.1:port`` (the socket is then ``.s.PGSQL.<port>``, which :meth:`dsn`
+        names)."""
         found = bindir or find_bindir()
         if found is None:
             raise FarmProcessError("; ".join(missing_postgres()))
@@ -129,6 +134,7 @@ class PostgresCluster:
         self.durable = durable
         self.settings = dict(settings or {})
         self.temporary = temporary
+        self.port = port
         self._user = _unprivileged_user() if os.geteuid() == 0 else None
         if os.geteuid() == 0 and self._user is None:
             raise FarmProcessError("; ".join(missing_postgres()))
@@ -164,8 +170,16 @@ class PostgresCluster:
 
     def dsn(self, database: str = "postgres") -> str:
         """A libpq URI for ``database`` over the socket (``postgresql://melange2@/<db>
-        ?host=<root>/run``): what ``--postgres-dsn`` and ``psycopg.connect`` take."""
-        return f"postgresql://{SUPERUSER}@/{database}?host={quote(str(self.socket_dir), safe='/')}"
+        ?host=<root>/run``, with ``&port=N`` when the cluster has a ``port``): what
+        ``--postgres-dsn`` and ``psycopg.connect`` take."""
+        dsn = f"postgresql://{SUPERUSER}@/{database}?host={quote(str(self.socket_dir), safe='/')}"
+        return dsn + (f"&port={self.port}" if self.port is not None else "")
+
+    def tcp_dsn(self, database: str = "postgres") -> str:
+        """The same database over loopback TCP (only for a cluster with a ``port``)."""
+        if self.port is None:
+            raise FarmProcessError(f"the cluster in {self.root} listens on no TCP port")
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -301,6 +315,8 @@ class PostgresCluster:
             "unix_socket_directories": f"'{self.socket_dir}'",
             "unix_socket_permissions": "0700",
         }
+        if self.port is not None:
+            settings |= {"listen_addresses": "'127.0.0.1'", "port": str(self.port)}
         if not self.durable:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         return settings | self.settings

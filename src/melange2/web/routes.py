@@ -450,7 +450,7 @@ async def repository_page(
         if arch and a != arch:
             continue
         try:
-            records = await svc.publication.published.current(a)
+            records = await svc.publication.published.fresh(a)
         except StorageError:
             records = {}
         shown = sorted(

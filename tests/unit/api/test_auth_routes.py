@@ -134,6 +134,7 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/api/v1/builds/{build}/packages/ok/artifacts/x86_64/a.apk", None, "read"),
     ("GET", "/api/v1/backends", None, "read"),
     ("GET", "/api/v1/backends/status", None, "read"),
+    ("GET", "/api/v1/replicas", None, "read"),
     ("GET", "/metrics", None, "read"),
     ("POST", "/api/v1/builds", {"config_yaml": CONFIG, "dry_run": True}, "submit"),
     ("POST", "/api/v1/backends", BACKEND, "admin"),

@@ -122,6 +122,7 @@ async def add_backend(_: BackendAdmin, request: AddBackendRequest, svc: Svc) -> 
             memory_bytes=backend.memory,
         )
     )
+    svc.scheduler.backends_changed()  # the other replicas reload them
     return _out(backend)
 
 
@@ -136,6 +137,7 @@ async def remove_backend(_: BackendAdmin, request: RemoveBackendRequest, svc: Sv
     except ConfigError as exc:
         raise Conflict(str(exc)) from exc
     await svc.store.delete_backend(request.addr)
+    svc.scheduler.backends_changed()
     return Response(status_code=204)
 
 

@@ -14,6 +14,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from melange2 import tracing
 from melange2.api.auth import BuildReader, Caller, Submitter, policy
+from melange2.api.proxy import PROXIED_BY, Proxied, open_on_peer
 from melange2.api.services import Services, services
 from melange2.auth import Action
 from melange2.errors import NotFound, RequestError, Unavailable
@@ -308,6 +309,15 @@ async def get_logs(
     _, job = await _package(svc, build_id, name)
     if attempt is not None and attempt > _attempt(job):
         raise NotFound(f"{name} in {build_id} has no attempt {attempt}")
+    proxied = await _on_owner(svc, request, job)
+    if proxied is not None:  # another replica runs it: its live log is there
+        plain = follow and "text/event-stream" not in request.headers.get("accept", "")
+        at = attempt or _attempt(job)
+
+        def then(relayed: int) -> AsyncIterator[bytes]:
+            return (d async for _, _, d in _follow(svc, build_id, name, at, offset + relayed))
+
+        return proxied.response(then if plain else None)
     if not follow:
         whole = await whole_log(svc, job, attempt or _attempt(job), offset)
         if whole is None:
@@ -326,6 +336,19 @@ async def get_logs(
     return StreamingResponse(
         (data async for _, _, data in chunks), media_type="text/plain; charset=utf-8"
     )
+
+
+async def _on_owner(svc: Services, request: Request, job: PackageJob) -> Proxied | None:
+    """The request passed to the replica running ``job``, when that is another live one
+    (and the request was not passed here by a replica already)."""
+    if svc.replicas is None or job.status is not PackageStatus.RUNNING:
+        return None
+    if request.headers.get(PROXIED_BY) is not None:
+        return None
+    peer = await svc.replicas.peer(job.lease_owner)
+    if peer is None:
+        return None
+    return await open_on_peer(peer, request, svc.replicas.id)
 
 
 def _resume_point(last_event_id: str) -> tuple[int, int] | None:

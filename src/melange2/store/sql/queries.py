@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -879,3 +880,57 @@ def revoke_token(conn: Connection, token_id: str, at: datetime) -> Token | None:
     )
     row = conn.execute(select(tokens).where(tokens.c.id == token_id)).mappings().first()
     return None if row is None else _token_of(row)
+
+
+# several replicas (PostgreSQL only: advisory locks, JSON operators, NOTIFY)
+
+
+def fetch_packages(conn: Connection, build_id: BuildId, names: Sequence[str]) -> list[PackageJob]:
+    """The named packages of one build as they stand (unknown names left out), in
+    ``seq`` order."""
+    if not names:
+        return []
+    query = (
+        select(packages)
+        .where(packages.c.build_id == build_id, packages.c.name.in_(list(names)))
+        .order_by(packages.c.seq, packages.c.name)
+    )
+    return [package_from_row(row) for row in conn.execute(query).mappings()]
+
+
+def advisory_xact_lock(conn: Connection, key: int) -> None:
+    """Wait for the transaction-level advisory lock ``key`` (held until the
+    transaction ends)."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def try_advisory_xact_lock(conn: Connection, key: int) -> bool:
+    """Take the transaction-level advisory lock ``key`` if it is free; ``False`` if
+    another session holds it."""
+    return bool(conn.scalar(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": key}))
+
+
+def backend_load(conn: Connection, addr: str) -> tuple[int, int, int]:
+    """What the packages running on the backend ``addr`` take, whichever replica runs
+    them: (jobs, millicores, bytes). Running rows are found by the (status,
+    lease_expires) index; the backend is the ``addr`` of their ``backend`` JSON."""
+    query = select(
+        func.count(),
+        func.coalesce(func.sum(packages.c.cpu_millis), 0),
+        func.coalesce(func.sum(packages.c.memory_bytes), 0),
+    ).where(
+        packages.c.status == PackageStatus.RUNNING.value,
+        packages.c.backend["addr"].as_string() == addr,
+    )
+    row = conn.execute(query).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def notify(conn: Connection, channel: str, payloads: Sequence[str]) -> None:
+    """``NOTIFY channel`` once per payload, in one statement (delivered at commit, in
+    order)."""
+    if payloads:
+        conn.execute(
+            text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+            {"channel": channel, "payloads": list(payloads)},
+        )

@@ -13,7 +13,8 @@ and the errors callers see are the same code for both.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -24,7 +25,8 @@ from melange2.auth import Token
 from melange2.errors import InvalidTransition, NotFound, StoreConflict, StoreError
 from melange2.ids import BuildId
 from melange2.jobs import Attempt, Build, BuildStatus, PackageJob, PackageStatus, sources_of
-from melange2.store.base import BuildPage, Move, StoredBackend
+from melange2.store.base import BuildPage, Move, Replica, StoredBackend
+from melange2.store.locks import LocalLocks
 from melange2.store.rules import (
     BUILD_FIELDS,
     PACKAGE_FIELDS,
@@ -38,7 +40,7 @@ from melange2.store.rules import (
     encode_cursor,
     token_name_taken,
 )
-from melange2.store.sql import queries
+from melange2.store.sql import queries, replica_queries
 
 __all__ = ["SqlStore"]
 
@@ -59,6 +61,7 @@ class SqlStore:
 
     def __init__(self) -> None:
         self._state = _State.OPEN
+        self._locks = LocalLocks()
 
     async def __aenter__(self) -> Self:
         self._check_open()
@@ -313,3 +316,43 @@ class SqlStore:
         if found is None:
             raise NotFound(f"no token {token_id!r}")
         return found
+
+    # -- replicas and named locks ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def hold_lock(self, name: str) -> AsyncIterator[None]:
+        """Within this process (SQLite's data has one server); PostgreSQL overrides it."""
+        self._check_open()
+        async with self._locks.hold(name):
+            yield
+
+    async def register_replica(self, replica: Replica) -> None:
+        check_aware(replica.started_at, "started_at")
+        check_aware(replica.heartbeat_at, "heartbeat_at")
+        check_text(replica, "replica")
+        await self._write(
+            f"registering replica {replica.id}",
+            lambda c: replica_queries.put_replica(c, replica),
+        )
+
+    async def heartbeat_replica(self, replica_id: str, at: datetime) -> bool:
+        check_aware(at, "at")
+        return await self._write_one(
+            f"renewing the heartbeat of replica {replica_id}",
+            lambda c: replica_queries.heartbeat_replica(c, replica_id, at),
+        )
+
+    async def remove_replica(self, replica_id: str) -> None:
+        await self._write_one(
+            f"removing replica {replica_id}",
+            lambda c: replica_queries.remove_replica(c, replica_id),
+        )
+
+    async def get_replica(self, replica_id: str) -> Replica | None:
+        return await self._read(
+            f"reading replica {replica_id}",
+            lambda c: replica_queries.get_replica(c, replica_id),
+        )
+
+    async def list_replicas(self) -> Sequence[Replica]:
+        return await self._read("listing replicas", replica_queries.list_replicas)

@@ -44,6 +44,7 @@ __all__ = [
     "builds",
     "metadata",
     "packages",
+    "replicas",
     "status_check",
     "tokens",
 ]
@@ -242,4 +243,15 @@ tokens = Table(
         sqlite_where=text("revoked_at IS NULL"),
         postgresql_where=text("revoked_at IS NULL"),
     ),
+)
+
+#: r0007: the server processes on this database (several replicas): their lease owner
+#: id, where their API is reached, and their heartbeat
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
 )

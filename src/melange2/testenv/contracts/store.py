@@ -43,6 +43,7 @@ from melange2.jobs import (
 )
 from melange2.store.base import JobStore, Move, StoredBackend
 from melange2.store.rules import LEASE_EXPIRED_REASON
+from melange2.testenv.contracts.replicas import ReplicaStoreContract
 from melange2.testenv.contracts.tokens import TokenStoreContract
 
 __all__ = ["T0", "StoreContract", "make_build", "make_job"]
@@ -104,7 +105,7 @@ def _pair_name(source: PackageStatus, target: PackageStatus) -> str:
     return f"{source.value}-to-{target.value}"
 
 
-class StoreContract(TokenStoreContract):
+class StoreContract(TokenStoreContract, ReplicaStoreContract):
     """Every :class:`~melange2.store.base.JobStore` passes these (and, as a
     :class:`~melange2.store.base.TokenStore`, :class:`TokenStoreContract`'s)."""
 
