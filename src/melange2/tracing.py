@@ -12,7 +12,8 @@ What is traced:
   ``publish``, ``remember``: the ``timings:`` line of the log,
   :class:`melange2.timing.PhaseTimer`);
 * ``store.<method>``: the build store's calls made for those (:func:`traced_store`:
-  the attempt's final write, the submission's inserts);
+  the submission's inserts); ``store.move``: a package's own write waiting for its
+  group commit (:class:`melange2.store.batch.MoveBatcher`: the attempt's final write);
 * the daemon's own spans: the trace context goes to BuildKit with ``Solve`` (gRPC
   metadata ``traceparent``, :func:`grpc_metadata`), whose control API continues it.
 
@@ -142,6 +143,17 @@ def span(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> I
         yield None
         return
     with tracer.start_as_current_span(name, attributes=dict(attributes or {})) as current:
+        yield current
+
+
+@contextlib.contextmanager
+def child_span(name: str, attributes: Mapping[str, AttributeValue] | None = None) -> Iterator[Any]:
+    """:func:`span`, but only inside traced work (a child of the current span); outside
+    any span, and when tracing is off, nothing (no trace of its own)."""
+    if _tracer is None or not _in_span():
+        yield None
+        return
+    with span(name, attributes) as current:
         yield current
 
 

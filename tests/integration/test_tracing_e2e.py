@@ -177,7 +177,7 @@ def test_one_attempt_traced_from_submission_into_the_daemon(
     assert attempt.attributes["melange2.attempt"] == 1
     trace = [s for s in spans if s.context.trace_id == attempt.context.trace_id]
     phases = {s.name: s for s in trace if s.parent and s.parent.span_id == attempt.context.span_id}
-    for name in ("plan", "solve", "package", "publish", "store.transition"):
+    for name in ("plan", "solve", "package", "publish", "store.move"):
         assert name in phases, (name, sorted(phases))
     (environment,) = _by_name(trace, "environment")
     assert environment.parent is not None

@@ -19,7 +19,10 @@ land::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
+
+from melange2 import tracing
 
 from melange2.jobs import PackageJob
 from melange2.store.base import JobStore, Move
@@ -44,8 +47,9 @@ class MoveBatcher:
         """Make ``move``: the package as it moved, or ``None`` where it did not (see
         :meth:`~melange2.store.base.JobStore.apply`). Raises what the store raised for
         it. Cancelling the caller does not take the move back once queued."""
-        answer = self._enqueue(move)
-        return await asyncio.shield(answer)
+        with tracing.child_span("store.move", {"melange2.package": move.name}):
+            answer = self._enqueue(move)
+            return await asyncio.shield(answer)
 
     async def many(self, moves: Sequence[Move]) -> list[PackageJob | BaseException | None]:
         """Make ``moves`` (in one batch where they fit): per move, its answer, or the
@@ -59,7 +63,12 @@ class MoveBatcher:
         answer: _Answer = asyncio.get_running_loop().create_future()
         self._queue.append((move, answer))
         if self._drainer is None:
-            self._drainer = asyncio.create_task(self._drain(), name="store moves")
+            # a context of its own: a batch is nobody's work in particular (each caller's
+            # trace has its own ``store.move`` span), and it must not carry the first
+            # caller's context into the others' writes
+            self._drainer = asyncio.create_task(
+                self._drain(), name="store moves", context=contextvars.Context()
+            )
         return answer
 
     async def _drain(self) -> None:
