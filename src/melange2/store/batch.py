@@ -23,7 +23,6 @@ import contextvars
 from collections.abc import Sequence
 
 from melange2 import tracing
-
 from melange2.jobs import PackageJob
 from melange2.store.base import JobStore, Move
 
