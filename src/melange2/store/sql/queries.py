@@ -252,10 +252,13 @@ def transition_package(
     to: PackageStatus,
     allowed: Iterable[PackageStatus],
     fields: Mapping[str, Any],
+    *,
+    owner: str | None = None,
 ) -> PackageJob | None:
     """The compare-and-set: move the package to ``to`` and set ``fields`` in one guarded
-    UPDATE, only if its status is in ``allowed``. ``None`` when no row matched."""
-    rows = _move_packages(conn, build_id, (name,), to, allowed, fields)
+    UPDATE, only if its status is in ``allowed`` (and its ``lease_owner`` is ``owner``,
+    when given). ``None`` when no row matched."""
+    rows = _move_packages(conn, build_id, (name,), to, allowed, fields, owner=owner)
     return rows[0] if rows else None
 
 
@@ -291,7 +294,7 @@ def apply_moves(conn: Connection, moves: Sequence[Move]) -> list[PackageJob | No
     values = [package_values({**m.fields, "status": PackageStatus(m.to)}) for m in moves]
     # the k-th move of each package goes in layer k; a layer's groups share no package
     seen: Counter[tuple[str, str]] = Counter()
-    layers: list[dict[tuple[str, frozenset[str], tuple[str, ...]], list[int]]] = []
+    layers: list[dict[tuple[str, frozenset[str], tuple[str, ...], str | None], list[int]]] = []
     for i, move in enumerate(moves):
         k = seen[(move.build_id, move.name)]
         seen[(move.build_id, move.name)] += 1
@@ -299,11 +302,18 @@ def apply_moves(conn: Connection, moves: Sequence[Move]) -> list[PackageJob | No
             layers.append({})
         to = PackageStatus(move.to)
         allowed = sources_of(to) if move.expect is None else sources_of(to) & move.expect
-        key = (move.build_id, frozenset(s.value for s in allowed), tuple(sorted(values[i])))
+        key = (
+            move.build_id,
+            frozenset(s.value for s in allowed),
+            tuple(sorted(values[i])),
+            move.owner,
+        )
         layers[k].setdefault(key, []).append(i)
     for layer in layers:
         # groups in (build, states, columns) order: two writers lock rows alike
-        for (build_id, allowed_values, columns), indexes in sorted(layer.items()):
+        for (build_id, allowed_values, columns, owner), indexes in sorted(
+            layer.items(), key=lambda item: (*item[0][:3], item[0][3] or "")
+        ):
             for at in range(0, len(indexes), _GROUP_ROWS):
                 chunk = indexes[at : at + _GROUP_ROWS]
                 moved = _move_rows(
@@ -313,6 +323,7 @@ def apply_moves(conn: Connection, moves: Sequence[Move]) -> list[PackageJob | No
                     sorted(allowed_values),
                     columns,
                     [values[i] for i in chunk],
+                    owner=owner,
                 )
                 for i in chunk:
                     results[i] = moved.get(moves[i].name)
@@ -326,6 +337,8 @@ def _move_rows(
     allowed: Sequence[str],
     columns: tuple[str, ...],
     rows: Sequence[Mapping[str, Any]],
+    *,
+    owner: str | None = None,
 ) -> dict[str, PackageJob]:
     """One guarded UPDATE moving each of ``names`` (distinct, of one build) with its own
     column values ``rows``: a column the same for all is one parameter, the others a
@@ -345,6 +358,9 @@ def _move_rows(
             params[f"n_{i}"] = name
             params.update({f"v_{c}_{i}": row[c] for c in varying})
         query = _guarded_update_rows(same, varying, len(names), len(allowed))
+    if owner is not None:  # a running attempt's write about itself (Move.owner)
+        query = query.where(packages.c.lease_owner == bindparam("w_owner"))
+        params["w_owner"] = owner
     found = conn.execute(query, params).mappings()
     return {job.name: job for job in map(package_from_row, found)}
 
@@ -383,6 +399,8 @@ def _move_packages(
     to: PackageStatus,
     allowed: Iterable[PackageStatus],
     fields: Mapping[str, Any],
+    *,
+    owner: str | None = None,
 ) -> list[PackageJob]:
     values = package_values({**fields, "status": to})
     params = {f"v_{column}": value for column, value in values.items()}
@@ -390,6 +408,9 @@ def _move_packages(
     params["w_names"] = names[0] if len(names) == 1 else list(names)
     params["w_allowed"] = [PackageStatus(s).value for s in allowed]
     query = _guarded_update(tuple(sorted(values)), one=len(names) == 1)
+    if owner is not None:  # a running attempt's write about itself (Move.owner)
+        query = query.where(packages.c.lease_owner == bindparam("w_owner"))
+        params["w_owner"] = owner
     return [package_from_row(row) for row in conn.execute(query, params).mappings()]
 
 
