@@ -85,6 +85,7 @@ from melange2.pool.pool import BackendPool, BackendSlot
 from melange2.scheduler.placement import Never, Request, Wait
 from melange2.scheduler.replicas import (
     END_GRACE,
+    START_GRACE,
     LocalReplicas,
     ReplicaEvent,
     Replicas,
@@ -214,6 +215,9 @@ def _ended_badly(status: PackageStatus) -> bool:
 QueueKey = tuple[str, tuple[tuple[str, str], ...]]
 #: the reason shown for a package waiting for a slot of any size
 _SLOT_REASON = "waiting for a backend slot"
+#: replicas: the first and the longest wait before trying again starts the store could
+#: not make (doubling while it keeps failing, back to the first after one it made)
+RETRY_DELAYS = (0.01, 0.5)
 
 
 @dataclass(order=True, frozen=True)
@@ -314,6 +318,12 @@ class Scheduler:
         self._reasons: dict[tuple[QueueKey, Request], str] = {}
         #: blocked packages whose dependencies all succeeded, queued but not yet written
         self._promoted: set[tuple[BuildId, str]] = set()
+        #: replicas: packages readied by another replica's end, left to that one until
+        #: the monotonic time given (:data:`START_GRACE`), then queued here if still ready
+        self._deferred: dict[tuple[BuildId, str], float] = {}
+        #: replicas: the wait before trying again starts the store could not make
+        self._retry_delay = RETRY_DELAYS[0]
+        self._retry_due = False
         self._tasks: dict[tuple[BuildId, str], asyncio.Task[None]] = {}
         #: guarded moves made at about the same time go to the store in one transaction
         self._moves = MoveBatcher(store)
@@ -596,6 +606,8 @@ class Scheduler:
 
     async def _dispatch(self) -> None:
         async with self._lock:
+            if self._deferred:
+                self._release_deferred()
             for queue_key in [k for k in self._holders if k not in self._queues]:
                 self._drop_holder(queue_key)  # its package no longer waits
             for queue_key, shapes in list(self._queues.items()):
@@ -863,9 +875,11 @@ class Scheduler:
             for s in starts
         ]
         try:
-            return await self.replicas.start_many(slots)
+            started = await self.replicas.start_many(slots)
         except _STORE_FAILURES as exc:
             return [exc] * len(starts)
+        self._retry_delay = RETRY_DELAYS[0]
+        return started
 
     async def _started(
         self, start: _Start, result: PackageJob | Full | BaseException | None
@@ -1025,6 +1039,7 @@ class Scheduler:
             name=job.name,
             to=status,
             expect=frozenset({PackageStatus.RUNNING}),
+            owner=self.owner,  # not over another replica's run (our lease expired)
             fields={
                 "finished_at": now,
                 "error": error,
@@ -1042,7 +1057,10 @@ class Scheduler:
         except _STORE_FAILURES as exc:
             async with self._lock:
                 await self._fail_package(
-                    state, job, f"the store refused its result ({status.value}): {exc}"
+                    state,
+                    job,
+                    f"the store refused its result ({status.value}): {exc}",
+                    owner=self.owner,
                 )
             return
         if done is None:  # cancelled or taken over meanwhile
@@ -1086,15 +1104,20 @@ class Scheduler:
                     job.name,
                     PackageStatus.PENDING,
                     expect=frozenset({PackageStatus.RUNNING}),
+                    owner=self.owner,
                     lease_owner="",
                     lease_expires=None,
                     reason=storable(f"retrying after a backend fault: {exc}"),
                     attempts=closed,
                 )
-            except InvalidTransition:
+            except InvalidTransition:  # cancelled, or taken over meanwhile
+                if self.replicas.shared:
+                    await self._refresh(state, job.name)
                 return
             except _STORE_FAILURES as e:
-                await self._fail_package(state, job, f"the store refused its retry: {e}")
+                await self._fail_package(
+                    state, job, f"the store refused its retry: {e}", owner=self.owner
+                )
                 return
             state.set(retry)
             self._push(state, retry)
@@ -1108,8 +1131,12 @@ class Scheduler:
             return  # shutdown: keep it running in the store; the lease brings it back
         await self._finish(state, job, attempt, PackageStatus.CANCELLED, "build cancelled")
 
-    async def _settle_blocked(self, state: _BuildState, name: str) -> None:
-        """A dependency of ``name`` finished: make it pending if all succeeded."""
+    async def _settle_blocked(
+        self, state: _BuildState, name: str, *, elsewhere: bool = False
+    ) -> None:
+        """A dependency of ``name`` finished: make it pending if all succeeded.
+        ``elsewhere``: it finished on another replica, which starts ``name`` if it can;
+        queued here only after :data:`START_GRACE` (:meth:`_release_deferred`)."""
         job = state.jobs[name]
         if job.status is not PackageStatus.BLOCKED:
             return
@@ -1122,6 +1149,12 @@ class Scheduler:
             await self._cascade_failure(state, failed)
             return
         if not state.unmet[name]:
+            if elsewhere:
+                key = (state.build.id, name)
+                if key not in self._deferred:
+                    self._deferred[key] = self.clock.monotonic() + START_GRACE
+                    asyncio.get_running_loop().call_later(START_GRACE, self.wake)
+                return
             # ready: queued now, written `running` if a slot is free at the next dispatch,
             # else `pending` (see _write_starts)
             self._promoted.add((state.build.id, name))
@@ -1290,16 +1323,20 @@ class Scheduler:
             return
         await self._update_status(state)
 
-    async def _fail_package(self, state: _BuildState, job: PackageJob, reason: str) -> None:
+    async def _fail_package(
+        self, state: _BuildState, job: PackageJob, reason: str, *, owner: str | None = None
+    ) -> None:
         """Fail ``job`` with ``reason`` after a store write for it failed (call with the
-        lock held). If the store refuses that too, stop tracking the build: it stays
-        unfinished in the store, and the next start recovers it."""
+        lock held; ``owner``: only while it runs under that lease, for a running
+        attempt's own write). If the store refuses that too, stop tracking the build: it
+        stays unfinished in the store, and the next start recovers it."""
         _log.error("%s/%s: %s", state.build.id, job.name, reason)
         try:
             failed = await self.store.transition(
                 state.build.id,
                 job.name,
                 PackageStatus.FAILED,
+                owner=owner,
                 error=storable(reason),
                 reason="",
                 finished_at=self.clock.now(),
@@ -1504,9 +1541,26 @@ class Scheduler:
             self._push(state, row)
         elif row.status is PackageStatus.SUCCESS:
             for dependent in state.dependents.get(row.name, []):
-                await self._settle_blocked(state, dependent)
+                await self._settle_blocked(state, dependent, elsewhere=True)
         elif row.status.terminal:
             await self._cascade_failure(state, row.name)
+
+    def _release_deferred(self) -> None:
+        """Queue the packages another replica's end readied whose grace is over and
+        that still wait here (that replica did not start them: no room there, or it
+        died); the others wait on (a wake is due when their grace ends)."""
+        now = self.clock.monotonic()
+        for key, due in list(self._deferred.items()):
+            if due > now:
+                continue
+            del self._deferred[key]
+            state = self._builds.get(key[0])
+            job = state.jobs.get(key[1]) if state is not None else None
+            if state is None or job is None or job.status is not PackageStatus.BLOCKED:
+                continue  # started (or moved on) elsewhere meanwhile
+            if not state.unmet[job.name] and not state.failed_deps[job.name]:
+                self._promoted.add(key)
+                self._push(state, job)
 
     async def _refresh(self, state: _BuildState, name: str) -> None:
         """A guarded write of ours matched nothing: read how the package stands."""
@@ -1597,9 +1651,18 @@ class Scheduler:
     def _retry_soon(self, exc: Exception) -> None:
         """A start the store could not make now (with other replicas: a deadlock, a
         serialization failure, the database unreachable): the package waits, and the
-        scheduler tries again in a moment (not at once: no spinning on a down store)."""
-        _log.warning("starting packages: %s (trying again)", exc)
-        asyncio.get_running_loop().call_later(0.5, self.wake)
+        scheduler tries again in a moment: :data:`RETRY_DELAYS`, from 10 ms doubling while
+        it keeps failing (no spinning on a down store), 10 ms again once a start is made."""
+        if self._retry_due:  # one wake for all the starts of a round
+            return
+        _log.warning("starting packages: %s (again in %.2f s)", exc, self._retry_delay)
+        self._retry_due = True
+        asyncio.get_running_loop().call_later(self._retry_delay, self._retry_now)
+        self._retry_delay = min(self._retry_delay * 2, RETRY_DELAYS[1])
+
+    def _retry_now(self) -> None:
+        self._retry_due = False
+        self.wake()
 
     def _live_elsewhere(self, job: PackageJob) -> bool:
         """Running under another replica's lease that has not expired."""
