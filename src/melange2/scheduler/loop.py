@@ -218,6 +218,8 @@ _SLOT_REASON = "waiting for a backend slot"
 #: replicas: the first and the longest wait before trying again starts the store could
 #: not make (doubling while it keeps failing, back to the first after one it made)
 RETRY_DELAYS = (0.01, 0.5)
+#: replicas: how many ended builds a replica remembers to ignore late events about
+ENDED_BUILDS_KEPT = 1024
 
 
 @dataclass(order=True, frozen=True)
@@ -342,6 +344,9 @@ class Scheduler:
         #: replicas: set while a row read from the store is applied (not re-announced)
         self._quiet = False
         self._ending: dict[BuildId, asyncio.Task[None]] = {}
+        #: replicas: the last builds that ended here (oldest first): other replicas'
+        #: events about them that come after the end are ignored, not read whole
+        self._ended_builds: dict[BuildId, None] = {}
         pool.on_available = self.wake
 
     # -- public ---------------------------------------------------------------------------
@@ -1468,6 +1473,8 @@ class Scheduler:
     async def _apply_remote(self, build_id: BuildId, names: Sequence[str], kind: str) -> None:
         state = self._builds.get(build_id)
         if state is None:  # a build submitted elsewhere (or not seen yet)
+            if build_id in self._ended_builds:  # late news of a build that ended
+                return
             try:
                 build = await self.store.get_build(build_id)
             except NotFound:
@@ -1629,6 +1636,10 @@ class Scheduler:
         """Stop tracking a build (ended, or given up): what the others run of it is
         no longer booked here."""
         state = self._builds.pop(build_id, None)
+        if state is not None and state.status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
+            self._ended_builds[build_id] = None
+            while len(self._ended_builds) > ENDED_BUILDS_KEPT:
+                del self._ended_builds[next(iter(self._ended_builds))]
         for key in [k for k in self._remote_slots if k[0] == build_id]:
             self._release_remote(key)
         return state
