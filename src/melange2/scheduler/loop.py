@@ -85,7 +85,6 @@ from melange2.pool.pool import BackendPool, BackendSlot
 from melange2.scheduler.placement import Never, Request, Wait
 from melange2.scheduler.replicas import (
     END_GRACE,
-    START_GRACE,
     LocalReplicas,
     ReplicaEvent,
     Replicas,
@@ -320,9 +319,6 @@ class Scheduler:
         self._reasons: dict[tuple[QueueKey, Request], str] = {}
         #: blocked packages whose dependencies all succeeded, queued but not yet written
         self._promoted: set[tuple[BuildId, str]] = set()
-        #: replicas: packages readied by another replica's end, left to that one until
-        #: the monotonic time given (:data:`START_GRACE`), then queued here if still ready
-        self._deferred: dict[tuple[BuildId, str], float] = {}
         #: replicas: the wait before trying again starts the store could not make
         self._retry_delay = RETRY_DELAYS[0]
         self._retry_due = False
@@ -611,8 +607,6 @@ class Scheduler:
 
     async def _dispatch(self) -> None:
         async with self._lock:
-            if self._deferred:
-                self._release_deferred()
             for queue_key in [k for k in self._holders if k not in self._queues]:
                 self._drop_holder(queue_key)  # its package no longer waits
             for queue_key, shapes in list(self._queues.items()):
@@ -1136,12 +1130,8 @@ class Scheduler:
             return  # shutdown: keep it running in the store; the lease brings it back
         await self._finish(state, job, attempt, PackageStatus.CANCELLED, "build cancelled")
 
-    async def _settle_blocked(
-        self, state: _BuildState, name: str, *, elsewhere: bool = False
-    ) -> None:
-        """A dependency of ``name`` finished: make it pending if all succeeded.
-        ``elsewhere``: it finished on another replica, which starts ``name`` if it can;
-        queued here only after :data:`START_GRACE` (:meth:`_release_deferred`)."""
+    async def _settle_blocked(self, state: _BuildState, name: str) -> None:
+        """A dependency of ``name`` finished: make it pending if all succeeded."""
         job = state.jobs[name]
         if job.status is not PackageStatus.BLOCKED:
             return
@@ -1154,12 +1144,6 @@ class Scheduler:
             await self._cascade_failure(state, failed)
             return
         if not state.unmet[name]:
-            if elsewhere:
-                key = (state.build.id, name)
-                if key not in self._deferred:
-                    self._deferred[key] = self.clock.monotonic() + START_GRACE
-                    asyncio.get_running_loop().call_later(START_GRACE, self.wake)
-                return
             # ready: queued now, written `running` if a slot is free at the next dispatch,
             # else `pending` (see _write_starts)
             self._promoted.add((state.build.id, name))
@@ -1548,26 +1532,9 @@ class Scheduler:
             self._push(state, row)
         elif row.status is PackageStatus.SUCCESS:
             for dependent in state.dependents.get(row.name, []):
-                await self._settle_blocked(state, dependent, elsewhere=True)
+                await self._settle_blocked(state, dependent)
         elif row.status.terminal:
             await self._cascade_failure(state, row.name)
-
-    def _release_deferred(self) -> None:
-        """Queue the packages another replica's end readied whose grace is over and
-        that still wait here (that replica did not start them: no room there, or it
-        died); the others wait on (a wake is due when their grace ends)."""
-        now = self.clock.monotonic()
-        for key, due in list(self._deferred.items()):
-            if due > now:
-                continue
-            del self._deferred[key]
-            state = self._builds.get(key[0])
-            job = state.jobs.get(key[1]) if state is not None else None
-            if state is None or job is None or job.status is not PackageStatus.BLOCKED:
-                continue  # started (or moved on) elsewhere meanwhile
-            if not state.unmet[job.name] and not state.failed_deps[job.name]:
-                self._promoted.add(key)
-                self._push(state, job)
 
     async def _refresh(self, state: _BuildState, name: str) -> None:
         """A guarded write of ours matched nothing: read how the package stands."""

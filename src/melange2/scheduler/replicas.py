@@ -40,12 +40,7 @@ What is shared, and how (the scheduler's side is in
   it ended. A replica that sees a build's last package end on another replica leaves
   the ending to that one for :data:`END_GRACE` seconds, and ends it itself only if it
   is still unfinished then and no replica holds its lock (that one died meanwhile;
-  one still publishing is left alone, and asked again a grace later);
-* **a package's end starts its dependents where it ended**: the replica that ran it
-  tries them at once; the others try them only :data:`START_GRACE` seconds after the
-  end's event, if they are still waiting then (that replica had no room, or died), so
-  three replicas do not race for every start (two of three refused, each a transaction
-  under the backend's lock and a read after it).
+  one still publishing is left alone, and asked again a grace later).
 """
 
 from __future__ import annotations
@@ -66,7 +61,6 @@ from melange2.store.slots import Full, SlotStart
 __all__ = [
     "END_GRACE",
     "MAX_PAYLOAD_BYTES",
-    "START_GRACE",
     "EventKind",
     "LocalReplicas",
     "ReplicaEvent",
@@ -78,9 +72,6 @@ __all__ = [
 
 #: seconds a replica leaves a build's end to the replica that saw its last package end
 END_GRACE = 1.0
-#: seconds a replica leaves the dependents of a package that ended on another replica
-#: to that one (which starts them in its next dispatch round, a few milliseconds)
-START_GRACE = 0.02
 #: the most a payload takes (PostgreSQL refuses NOTIFY payloads of 8000 bytes or more)
 MAX_PAYLOAD_BYTES = 7000
 
