@@ -13,13 +13,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import make_url
+from sqlalchemy.exc import IntegrityError
 
-from melange2.errors import ConfigError, InvalidTransition, StoreError, StoreUnavailable
+from melange2.errors import (
+    ConfigError,
+    InvalidTransition,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+)
 from melange2.ids import BuildId
-from melange2.jobs import ALLOWED_TRANSITIONS, PackageStatus
+from melange2.jobs import ALLOWED_TRANSITIONS, Backend, PackageStatus
 from melange2.store import JobStore, MemoryStore, PostgresStore, SqliteStore, open_store
+from melange2.store.base import Move
 from melange2.testenv.contracts import StoreContract
-from melange2.testenv.contracts.store import make_build
+from melange2.testenv.contracts.store import T0, make_build
 from melange2.testenv.postgres import PostgresCluster
 
 
@@ -126,6 +134,35 @@ async def test_postgres_unreachable_and_lost_connections_are_store_unavailable(
         assert lost.value.__cause__ is not None
         # the pool dropped the dead connections: the next call reconnects
         assert (await store.get_build(BuildId("bld-cut"))).id == "bld-cut"
+        # a move runs on the driver's cursor itself: losing it is the same error
+        start = Move(build_id=BuildId("bld-cut"), name="a", to=PackageStatus.RUNNING)
+        assert (await store.apply([start]))[0] is not None  # its connection is open
+        postgres_cluster.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        )
+        end = Move(build_id=BuildId("bld-cut"), name="a", to=PackageStatus.SUCCESS)
+        with pytest.raises(StoreUnavailable) as lost:
+            await store.apply([end])
+        assert lost.value.__cause__ is not None
+        moved = await store.apply([end])
+        assert moved[0] is not None and moved[0].status is PackageStatus.SUCCESS
+
+
+@pytest.mark.anyio
+async def test_sqlite_move_refused_by_the_database_is_a_conflict(tmp_path: Path) -> None:
+    # a NOT NULL column given NULL: the driver's error, raised from a move's own
+    # statement, maps as any other; the store's connection goes on
+    async with await SqliteStore.open(tmp_path / "m.db") as store:
+        build = make_build("bld-notnull", names=("a", "b"))
+        await store.create_build(build)
+        bad = Move(build_id=build.id, name="a", to=PackageStatus.RUNNING, fields={"arch": None})
+        with pytest.raises(StoreConflict) as refused:
+            await store.apply([bad])
+        assert isinstance(refused.value.__cause__, IntegrityError)
+        assert await store.get_build(build.id) == build
+        moved = await store.apply([Move(build_id=build.id, name="b", to=PackageStatus.RUNNING)])
+        assert moved[0] is not None and moved[0].status is PackageStatus.RUNNING
 
 
 @pytest.fixture
@@ -282,3 +319,30 @@ async def test_postgres_named_lock_is_released_when_its_holders_connection_dies(
     finally:
         await holder.aclose()
         await other.aclose()
+
+
+@pytest.mark.anyio
+async def test_sqlite_rows_read_alike_share_nothing_mutable(tmp_path: Path) -> None:
+    # a round's starts store the same backend and times: the rows read back give equal
+    # values, but no package's backend labels are another's
+    async with await SqliteStore.open(tmp_path / "r.db") as store:
+        build = make_build("bld-alike", names=("a", "b", "c"))
+        await store.create_build(build)
+        backend = Backend(addr="tcp://b:1", arch="x86_64", labels={"k": "v"})
+        moves = [
+            Move(
+                build_id=build.id,
+                name=name,
+                to=PackageStatus.RUNNING,
+                fields={"backend": backend, "started_at": T0, "dependencies": ("x",)},
+            )
+            for name in ("a", "b", "c")
+        ]
+        moved = [j for j in await store.apply(moves) if j is not None]
+        read = (await store.get_build(build.id)).packages
+        jobs = [*moved, *read]
+        assert all(j.backend == backend and j.started_at == T0 for j in jobs)
+        assert all(j.dependencies == ("x",) for j in jobs)
+        labels = [j.backend.labels for j in jobs if j.backend is not None]
+        assert len({id(x) for x in labels}) == len(jobs) == 6
+        assert all(x is not backend.labels for x in labels)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import fields
@@ -88,26 +89,48 @@ def check_text(value: object, what: str) -> None:
     """Every string in ``value`` (at any depth of dataclasses, mappings and sequences,
     keys included) is text a store can keep: valid Unicode without NUL (the API's own
     rule, :func:`melange2.names.text_problem`). ``ValueError`` naming the field
-    otherwise: every store refuses the same values, none fails half-way."""
-    stack: list[tuple[object, str]] = [(value, what)]
+    otherwise: every store refuses the same values, none fails half-way.
+
+    Every store write runs it (a build's thousands of packages, each move of the
+    scheduler), so where a value sits is spelled out only for the one refused."""
+    stack: list[tuple[object, _Path]] = [(value, None)]
     while stack:
-        item, where = stack.pop()
+        item, path = stack.pop()
         if isinstance(item, str):
             problem = text_problem(item)
             if problem is not None:
-                raise ValueError(f"{where}: {problem}")
-        elif isinstance(item, Enum | bool | int | float | datetime) or item is None:
+                raise ValueError(f"{_where(what, path)}: {problem}")
+        elif item is None or isinstance(item, _ATOMS):
             continue
         elif dataclasses.is_dataclass(item) and not isinstance(item, type):
             stack.extend(
-                (getattr(item, f.name), f"{where}.{f.name}") for f in dataclasses.fields(item)
+                (getattr(item, name), (path, ".{}", name)) for name in _field_names(type(item))
             )
         elif isinstance(item, Mapping):
             for key, sub in item.items():
-                stack.append((key, f"{where} key"))
-                stack.append((sub, f"{where}[{key!r}]"))
+                stack.append((key, (path, " key", None)))
+                stack.append((sub, (path, "[{!r}]", key)))
         elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend((sub, f"{where}[{i}]") for i, sub in enumerate(item))
+            stack.extend((sub, (path, "[{}]", i)) for i, sub in enumerate(item))
+
+
+#: where a value sits in what :func:`check_text` checks: (its container's path, how
+#: the step is written, the step's key), ``None`` at the top
+_Path = tuple[Any, str, object] | None
+_ATOMS = (Enum, bool, int, float, datetime)
+
+
+def _where(what: str, path: _Path) -> str:
+    steps: list[str] = []
+    while path is not None:
+        path, step, key = path
+        steps.append(step.format(key))
+    return what + "".join(reversed(steps))
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(kind))
 
 
 def check_new_build(build: Build) -> None:

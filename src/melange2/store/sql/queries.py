@@ -9,15 +9,19 @@ set-up lives in :mod:`melange2.store.sql.sqlite` and :mod:`melange2.store.sql.po
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     RowMapping,
+    Select,
     Update,
     and_,
     bindparam,
@@ -31,6 +35,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from melange2.auth import Role, Token
 from melange2.buildkit.tls import ClientTLS
@@ -125,7 +130,7 @@ def package_from_row(row: RowMapping) -> PackageJob:
         input_digest=row["input_digest"],
         backend=None
         if backend is None
-        else Backend(addr=backend["addr"], arch=backend["arch"], labels=backend["labels"]),
+        else Backend(addr=backend["addr"], arch=backend["arch"], labels=dict(backend["labels"])),
         lease_owner=row["lease_owner"],
         lease_expires=row["lease_expires"],
         cpu_millis=row["cpu_millis"],
@@ -212,20 +217,27 @@ def fetch_unfinished_builds(conn: Connection) -> list[Build]:
 
 
 def with_packages(conn: Connection, rows: Sequence[RowMapping]) -> list[Build]:
-    """Builds from build rows, loading all their packages in one query."""
+    """Builds from build rows, loading all their packages in one query (compiled once
+    per number of builds, rows read as :func:`_move_rows` reads its own)."""
     ids = [row["id"] for row in rows]
     if not ids:
         return []
     jobs: dict[str, list[PackageJob]] = {}
-    package_rows = conn.execute(
-        select(packages)
-        .where(packages.c.build_id.in_(ids))
+    prepared = _prepared_packages_of(conn.dialect, len(ids))
+    for job in prepared.run(conn, {f"b_{i}": build_id for i, build_id in enumerate(ids)}):
+        jobs.setdefault(job.build_id, []).append(job)
+    return [build_from_row(row, jobs.get(row["id"], ())) for row in rows]
+
+
+@functools.lru_cache(maxsize=256)
+def _prepared_packages_of(dialect: Dialect, count: int) -> _Prepared:
+    """The packages of ``count`` builds (``b_0`` ...), by build, ``seq`` and name."""
+    query = (
+        select(*packages.c)
+        .where(packages.c.build_id.in_([bindparam(f"b_{i}") for i in range(count)]))
         .order_by(packages.c.build_id, packages.c.seq, packages.c.name)
     )
-    for row in package_rows.mappings():
-        job = package_from_row(row)
-        jobs.setdefault(row["build_id"], []).append(job)
-    return [build_from_row(row, jobs.get(row["id"], ())) for row in rows]
+    return _Prepared.of(query, dialect)
 
 
 def update_build(conn: Connection, build_id: BuildId, fields: Mapping[str, Any]) -> bool:
@@ -290,7 +302,26 @@ def apply_moves(conn: Connection, moves: Sequence[Move]) -> list[PackageJob | No
     by row), up to :data:`_GROUP_ROWS` rows: a dispatch round's starts, or the finishes
     that arrived together, are one statement, not one each. A package moved twice is
     moved in the order given (its later moves in later statements)."""
-    results: list[PackageJob | None] = [None] * len(moves)
+    return apply_planned(conn, moves, plan_moves(moves))
+
+
+@dataclass(frozen=True)
+class MoveGroup:
+    """One guarded UPDATE of :func:`apply_moves`: the moves at ``indexes`` (of one
+    build, from the same states, setting the same columns) with their column values."""
+
+    build_id: str
+    allowed: tuple[str, ...]
+    columns: tuple[str, ...]
+    indexes: tuple[int, ...]
+    values: tuple[Mapping[str, Any], ...]
+    #: only rows whose ``lease_owner`` is this (:attr:`~melange2.store.base.Move.owner`)
+    owner: str | None = None
+
+
+def plan_moves(moves: Sequence[Move]) -> list[MoveGroup]:
+    """The statements :func:`apply_moves` runs for ``moves``, in order (one: the store
+    may run it alone, without a transaction around it)."""
     values = [package_values({**m.fields, "status": PackageStatus(m.to)}) for m in moves]
     # the k-th move of each package goes in layer k; a layer's groups share no package
     seen: Counter[tuple[str, str]] = Counter()
@@ -309,24 +340,44 @@ def apply_moves(conn: Connection, moves: Sequence[Move]) -> list[PackageJob | No
             move.owner,
         )
         layers[k].setdefault(key, []).append(i)
+    plan: list[MoveGroup] = []
     for layer in layers:
         # groups in (build, states, columns) order: two writers lock rows alike
         for (build_id, allowed_values, columns, owner), indexes in sorted(
             layer.items(), key=lambda item: (*item[0][:3], item[0][3] or "")
         ):
             for at in range(0, len(indexes), _GROUP_ROWS):
-                chunk = indexes[at : at + _GROUP_ROWS]
-                moved = _move_rows(
-                    conn,
-                    build_id,
-                    [moves[i].name for i in chunk],
-                    sorted(allowed_values),
-                    columns,
-                    [values[i] for i in chunk],
-                    owner=owner,
+                chunk = tuple(indexes[at : at + _GROUP_ROWS])
+                plan.append(
+                    MoveGroup(
+                        build_id=build_id,
+                        allowed=tuple(sorted(allowed_values)),
+                        columns=columns,
+                        indexes=chunk,
+                        values=tuple(values[i] for i in chunk),
+                        owner=owner,
+                    )
                 )
-                for i in chunk:
-                    results[i] = moved.get(moves[i].name)
+    return plan
+
+
+def apply_planned(
+    conn: Connection, moves: Sequence[Move], plan: Sequence[MoveGroup]
+) -> list[PackageJob | None]:
+    """:func:`apply_moves` by a plan :func:`plan_moves` made of ``moves``."""
+    results: list[PackageJob | None] = [None] * len(moves)
+    for group in plan:
+        moved = _move_rows(
+            conn,
+            group.build_id,
+            [moves[i].name for i in group.indexes],
+            group.allowed,
+            group.columns,
+            group.values,
+            owner=group.owner,
+        )
+        for i in group.indexes:
+            results[i] = moved.get(moves[i].name)
     return results
 
 
@@ -342,27 +393,222 @@ def _move_rows(
 ) -> dict[str, PackageJob]:
     """One guarded UPDATE moving each of ``names`` (distinct, of one build) with its own
     column values ``rows``: a column the same for all is one parameter, the others a
-    ``CASE`` on the package's name. The packages that moved, by name."""
-    params: dict[str, Any] = {"w_build_id": build_id, "w_allowed": list(allowed)}
-    if len(names) == 1:
-        params["w_names"] = names[0]
-        params.update({f"v_{c}": v for c, v in rows[0].items()})
-        query = _guarded_update(columns, one=True)
-    else:
-        del params["w_allowed"]
+    ``CASE`` on the package's name. The packages that moved, by name.
+
+    The hot statement of the scheduler (a dispatch round's starts, its finishes): it
+    runs as SQL compiled once per shape (:class:`_Prepared`), its values converted by
+    the columns' own types, and its rows made into packages by :func:`_package_of`,
+    past SQLAlchemy's per-execution work (compile-cache lookup, parameter processing,
+    the result layer), which cost more than the database's."""
+    same: tuple[str, ...] = columns
+    varying: tuple[str, ...] = ()
+    if len(names) > 1:
         same = tuple(c for c in columns if all(r[c] == rows[0][c] for r in rows))
         varying = tuple(c for c in columns if c not in same)
-        params.update({f"v_{c}": rows[0][c] for c in same})
-        params.update({f"s_{i}": status for i, status in enumerate(allowed)})
-        for i, (name, row) in enumerate(zip(names, rows, strict=True)):
-            params[f"n_{i}"] = name
-            params.update({f"v_{c}_{i}": row[c] for c in varying})
-        query = _guarded_update_rows(same, varying, len(names), len(allowed))
+    params: dict[str, Any] = {"w_build_id": build_id}
+    params.update({f"v_{c}": rows[0][c] for c in same})
+    params.update({f"s_{i}": status for i, status in enumerate(allowed)})
+    for i, (name, row) in enumerate(zip(names, rows, strict=True)):
+        params[f"n_{i}"] = name
+        params.update({f"v_{c}_{i}": row[c] for c in varying})
     if owner is not None:  # a running attempt's write about itself (Move.owner)
-        query = query.where(packages.c.lease_owner == bindparam("w_owner"))
         params["w_owner"] = owner
-    found = conn.execute(query, params).mappings()
-    return {job.name: job for job in map(package_from_row, found)}
+    prepared = _prepared_update(
+        conn.dialect, same, varying, len(names), len(allowed), owner is not None
+    )
+    return {job.name: job for job in prepared.run(conn, params)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _prepared_update(
+    dialect: Dialect,
+    same: tuple[str, ...],
+    varying: tuple[str, ...],
+    count: int,
+    states: int,
+    owned: bool = False,
+) -> _Prepared:
+    query = _guarded_update_rows(same, varying, count, states)
+    if owned:  # only the package's lease owner's (``w_owner``) write
+        query = query.where(packages.c.lease_owner == bindparam("w_owner"))
+    return _Prepared.of(query, dialect)
+
+
+class _Prepared:
+    """A statement returning package rows, compiled once for one dialect: its SQL text,
+    how each parameter's value is bound (the column type's own bind processor, as
+    SQLAlchemy would), and how each returned column is read (the type's result
+    processor, made from the driver's first description of the rows)."""
+
+    def __init__(self, sql: str, order: Sequence[str] | None, binds: Mapping[str, Any]) -> None:
+        self.sql = sql
+        #: positional parameters (SQLite's ``?``) in this order; None: by name
+        self.order = None if order is None else tuple(order)
+        self.binds = dict(binds)
+        self._reads: list[tuple[int, Callable[[Any], Any]]] | None = None
+
+    @classmethod
+    def of(cls, statement: Update | Select[Any], dialect: Dialect) -> _Prepared:
+        compiled = statement.compile(dialect=dialect)
+        binds = {
+            name: bind.type.dialect_impl(dialect).bind_processor(dialect)
+            for name, bind in compiled.binds.items()
+        }
+        order = compiled.positiontup if dialect.paramstyle in ("qmark", "numeric") else None
+        return cls(compiled.string, order, {k: v for k, v in binds.items() if v is not None})
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> list[PackageJob]:
+        """Execute with ``params`` (by name); the packages it returned."""
+        try:
+            values = {
+                k: (v if v is None or (bind := self.binds.get(k)) is None else bind(v))
+                for k, v in params.items()
+            }
+        except (TypeError, ValueError) as exc:  # as SQLAlchemy reports a refused value
+            raise StatementError(str(exc), self.sql, params, exc) from exc
+        bound: Any = values if self.order is None else tuple(values[k] for k in self.order)
+        description, rows = _execute(conn, self.sql, bound)
+        if not rows:
+            return []
+        reads = self._reads
+        if reads is None:
+            reads = self._reads = _result_processors(conn.dialect, description)
+        return [_package_of(_read_row(reads, row)) for row in rows]
+
+
+def _execute(conn: Connection, sql: str, params: Any) -> tuple[Any, Sequence[Any]]:
+    """Run ``sql`` on ``conn``'s driver connection, in its transaction: the driver's
+    description of the rows and the rows. A driver error is raised as SQLAlchemy raises
+    it (:class:`~sqlalchemy.exc.DBAPIError` by kind, a lost connection invalidated), so
+    :func:`~melange2.store.sql.errors.map_sql_errors` maps it alike."""
+    dbapi = conn.dialect.loaded_dbapi
+    pooled = conn.connection
+    cursor = pooled.cursor()
+    try:
+        cursor.execute(sql, params)
+        return cursor.description, cursor.fetchall()
+    except dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, pooled.dbapi_connection, cursor)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql, params, exc, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
+    finally:
+        with contextlib.suppress(Exception):  # a lost connection's cursor
+            cursor.close()
+
+
+def _result_processors(
+    dialect: Dialect, description: Sequence[Any]
+) -> list[tuple[int, Callable[[Any], Any]]]:
+    """Per returned column of ``packages`` (all of them, in table order) that needs
+    one, its position and its type's result processor for this driver's column type
+    (the others are read as they come)."""
+    columns = list(packages.c)
+    if len(description) != len(columns):
+        raise AssertionError(f"{len(description)} columns returned, not {len(columns)}")
+    reads = [
+        column.type.dialect_impl(dialect).result_processor(dialect, entry[1])
+        for column, entry in zip(columns, description, strict=True)
+    ]
+    return [
+        (i, _remembered(read) if columns[i].name in _REMEMBERED else read)
+        for i, read in enumerate(reads)
+        if read is not None
+    ]
+
+
+#: columns whose stored values repeat from row to row (a round's starts share their
+#: times and backend; a package's dependencies come back with each of its moves) and
+#: read as values nothing changes (datetimes) or that :func:`_package_of` copies
+_REMEMBERED = frozenset({"dependencies", "backend", "started_at", "finished_at", "lease_expires"})
+#: how many stored values of one column :func:`_remembered` keeps
+_REMEMBER = 4096
+
+
+def _remembered(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``read``, remembering what it made of the last stored values it was given
+    (values a driver gives already decoded, unhashable, are read each time)."""
+    seen: dict[Any, Any] = {}
+
+    def remembered(value: Any) -> Any:
+        try:
+            return seen[value]
+        except KeyError:
+            pass
+        except TypeError:
+            return read(value)
+        if len(seen) >= _REMEMBER:
+            seen.clear()
+        made = seen[value] = read(value)
+        return made
+
+    return remembered
+
+
+def _read_row(reads: Sequence[tuple[int, Callable[[Any], Any]]], row: Sequence[Any]) -> list[Any]:
+    values = list(row)
+    for i, read in reads:
+        value = values[i]
+        if value is not None:
+            values[i] = read(value)
+    return values
+
+
+def _package_of(v: Sequence[Any]) -> PackageJob:
+    """A package from its row's values in :data:`packages`' column order (as
+    :func:`package_from_row`, by position)."""
+    (
+        build_id,
+        name,
+        seq,
+        status,
+        config_yaml,
+        arch,
+        dependencies,
+        priority,
+        reason,
+        error,
+        started_at,
+        finished_at,
+        log_path,
+        output_path,
+        backend,
+        lease_owner,
+        lease_expires,
+        cached,
+        input_digest,
+        attempts,
+        cpu_millis,
+        memory_bytes,
+    ) = v
+    return PackageJob(
+        build_id=BuildId(build_id),
+        name=name,
+        seq=seq,
+        status=PackageStatus(status),
+        config_yaml=config_yaml,
+        arch=arch,
+        dependencies=tuple(dependencies),
+        priority=float(priority),
+        reason=reason,
+        error=error,
+        attempts=attempts,
+        started_at=started_at,
+        finished_at=finished_at,
+        log_path=log_path,
+        output_path=output_path,
+        cached=bool(cached),
+        input_digest=input_digest,
+        backend=None
+        if backend is None
+        else Backend(addr=backend["addr"], arch=backend["arch"], labels=dict(backend["labels"])),
+        lease_owner=lease_owner,
+        lease_expires=lease_expires,
+        cpu_millis=cpu_millis,
+        memory_bytes=memory_bytes,
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -388,7 +634,7 @@ def _guarded_update_rows(
             packages.c.status.in_([bindparam(f"s_{i}") for i in range(states)]),
         )
         .values(sets)
-        .returning(packages)
+        .returning(*packages.c)
     )
 
 

@@ -71,8 +71,10 @@ class SqliteStore(SqlStore):
         from ``executor``'s single thread; prefer :meth:`open`."""
         super().__init__()
         self._engine = engine
-        self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         self._executor = executor
+        #: the store thread's one connection, kept open between transactions (checking
+        #: one out of the pool and resetting it on return cost more than a transaction)
+        self._conn: Connection | None = None
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -96,25 +98,43 @@ class SqliteStore(SqlStore):
         return cls(engine, executor)
 
     async def _close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._engine.dispose)
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._engine.dispose()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
         self._executor.shutdown(wait=True)
 
     # transactions
 
     async def _read(self, action: str, work: Callable[[Connection], _T]) -> _T:
         """``work`` in a deferred transaction: a consistent snapshot under WAL."""
-        return await self._run(self._engine, action, work)
+        return await self._run("DEFERRED", action, work)
 
     async def _write(self, action: str, work: Callable[[Connection], _T]) -> _T:
         """``work`` in ``BEGIN IMMEDIATE``: the database's write lock from its first
         statement; committed when it returns, rolled back when it raises."""
-        return await self._run(self._writer, action, work)
+        return await self._run("IMMEDIATE", action, work)
 
-    async def _run(self, engine: Engine, action: str, work: Callable[[Connection], _T]) -> _T:
+    async def _run(self, begin: str, action: str, work: Callable[[Connection], _T]) -> _T:
         self._check_open()
 
         def transaction() -> _T:
-            with map_sql_errors(action), engine.begin() as conn:
-                return work(conn)
+            with map_sql_errors(action):
+                conn = self._connection()
+                conn.execution_options(**{_BEGIN_OPTION: begin})
+                with conn.begin():
+                    return work(conn)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, transaction)
+
+    def _connection(self) -> Connection:
+        """The store thread's connection, opened anew after one was lost."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None:
+                conn.close()
+            conn = self._conn = self._engine.connect()
+        return conn

@@ -232,8 +232,13 @@ class SqlStore:
             PackageStatus(move.to)
         if not moves:
             return []
-        return await self._write(
-            f"making {len(moves)} package moves", lambda c: queries.apply_moves(c, moves)
+        plan = queries.plan_moves(moves)
+        # one guarded UPDATE (the finishes that arrived together, most rounds' starts)
+        # is atomic alone: where the database allows, no transaction around it
+        write = self._write_one if len(plan) == 1 else self._write
+        return await write(
+            f"making {len(moves)} package moves",
+            lambda c: queries.apply_planned(c, moves, plan),
         )
 
     async def update_package(self, build_id: BuildId, name: str, **fields: Any) -> PackageJob:

@@ -730,6 +730,109 @@ class StoreContract(TokenStoreContract, ReplicaStoreContract):
             await store.apply([good, Move(build_id=build.id, name="b", to="flying")])  # type: ignore[arg-type]
         assert await store.get_build(build.id) == build
 
+    async def test_apply_round_trips_every_column(self, store: JobStore) -> None:
+        # what a move sets comes back as a fresh read gives it: text, numbers past 32
+        # bits, JSON (dependencies, backend labels, attempts), NULLs, aware datetimes
+        build = make_build(names=("a", "b"))
+        await store.create_build(build)
+        at = datetime(2025, 3, 1, 14, 30, 5, 123_456, tzinfo=CEST)
+        attempts = (
+            Attempt(number=2, backend="tcp://b:1", started_at=at),
+            Attempt(
+                number=1,
+                backend="tcp://c:1",
+                started_at=T0,
+                finished_at=at,
+                error="fault",
+                log_path="logs/a/0.log",
+            ),
+        )
+        every: dict[str, Any] = {
+            "config_yaml": "package:\n  name: ä ☃\n",
+            "arch": "aarch64",
+            "dependencies": ("x", "y-ü"),
+            "priority": 2.5,
+            "reason": "why ✓",
+            "error": "",
+            "started_at": at,
+            "finished_at": None,
+            "log_path": "logs/a/1.log",
+            "output_path": "out/a",
+            "cached": True,
+            "input_digest": "sha256:" + "0" * 64,
+            "backend": Backend(addr="tcp://b:1", arch="aarch64", labels={"k": "v", "ü": "☃"}),
+            "lease_owner": "owner-1",
+            "lease_expires": at + timedelta(seconds=30),
+            "attempts": attempts,
+            "cpu_millis": 16_000,
+            "memory_bytes": 64 * 2**30,
+        }
+        one = Move(build_id=build.id, name="a", to=PackageStatus.RUNNING, fields=every)
+        # "b" in one statement with "a" but its own values (a CASE per row)
+        other = {**every, "lease_expires": None, "backend": None, "memory_bytes": 1}
+        two = Move(build_id=build.id, name="b", to=PackageStatus.RUNNING, fields=other)
+
+        alone = await store.apply([one])
+        moved_a = alone[0]
+        together = await store.apply(
+            [
+                Move(build_id=build.id, name="a", to=PackageStatus.SUCCESS, fields={}),
+                two,
+            ]
+        )
+        moved_b = together[1]
+
+        expected_a = build.packages[0].evolve(
+            status=PackageStatus.RUNNING,
+            **{**every, "attempts": tuple(sorted(attempts, key=lambda a: a.number))},
+        )
+        assert moved_a == expected_a
+        assert moved_b == build.packages[1].evolve(
+            status=PackageStatus.RUNNING,
+            **{**other, "attempts": expected_a.attempts},
+        )
+        assert moved_a is not None and moved_a.started_at is not None
+        assert moved_a.started_at.utcoffset() is not None
+        assert moved_a.lease_expires is not None
+        assert moved_a.lease_expires.utcoffset() is not None
+        assert type(moved_a.priority) is float and type(moved_a.cached) is bool
+        assert type(moved_a.dependencies) is tuple
+        # another path reads the same rows alike
+        assert await store.update_package(build.id, "b") == moved_b
+        assert (await store.get_build(build.id)).packages == (
+            expected_a.evolve(status=PackageStatus.SUCCESS),
+            moved_b,
+        )
+
+    async def test_apply_names_where_text_it_refuses_sits(self, store: JobStore) -> None:
+        build = make_build(names=("a",))
+        await store.create_build(build)
+        bad = (Attempt(number=1, backend="tcp://b:1", started_at=T0, error="a\x00b"),)
+        with pytest.raises(ValueError, match=r"attempts'\]\[0\]\.error: contains a NUL"):
+            await store.apply(
+                [
+                    Move(
+                        build_id=build.id,
+                        name="a",
+                        to=PackageStatus.RUNNING,
+                        fields={"attempts": bad},
+                    )
+                ]
+            )
+        labels = Backend(addr="tcp://b:1", arch="x86_64", labels={"k\ud800": "v"})
+        with pytest.raises(ValueError, match=r"\.labels key: is not valid Unicode"):
+            await store.apply(
+                [
+                    Move(
+                        build_id=build.id,
+                        name="a",
+                        to=PackageStatus.RUNNING,
+                        fields={"backend": labels},
+                    )
+                ]
+            )
+        assert await store.get_build(build.id) == build
+
     async def test_concurrent_applies_give_each_package_one_winner(self, store: JobStore) -> None:
         names = ("a", "b", "c", "d")
         build = make_build(names=names)
