@@ -590,3 +590,42 @@ async def test_what_a_dead_replica_wrote_but_never_told_is_read_when_its_leases_
         ("b", "replica-1"),
         ("c", "replica-1"),
     ]
+
+
+async def test_a_stale_attempts_finish_is_refused_and_the_new_owners_run_stands(
+    postgres_dsn: str,
+) -> None:
+    """A replica whose lease expired unheard (slow, partitioned) while another took its
+    package over: its finish (a guarded write that also names its lease owner) matches
+    nothing, and the new owner's result is what the store keeps."""
+    specs = [BackendSpec(addr="tcp://x:1", arch="x86_64", max_jobs=2)]
+    async with farm(postgres_dsn, 1, specs, delay=lambda name: 1.0) as (replicas, runs):
+        (stale,) = replicas
+        build = make_build({"slow": []}, "bld-replicas-stale1")
+        await submit(stale, build)
+        await until(lambda: "slow" in stale.runner.running, "slow running")
+        # what another replica's takeover leaves (its requeue and start, never told):
+        # the package running again under the new owner's lease
+        await stale.store.update_package(
+            build.id, "slow", lease_owner="replica-new", log_path="/logs/new"
+        )
+        await until(lambda: any(r.name == "slow" for r in runs), "the stale run ending")
+        await asyncio.sleep(0.3)  # its finish written (refused) and the row read back
+        row = (await stale.store.read_packages(build.id, ["slow"]))[0]
+        assert row.status is PackageStatus.RUNNING
+        assert row.lease_owner == "replica-new" and row.log_path == "/logs/new"
+        assert row.output_path != "/out/slow"
+        # the new owner's own finish goes through
+        done = await stale.store.transition(
+            build.id,
+            "slow",
+            PackageStatus.SUCCESS,
+            expect=frozenset({PackageStatus.RUNNING}),
+            owner="replica-new",
+            output_path="/out/new",
+            lease_owner="",
+            lease_expires=None,
+        )
+        assert done.output_path == "/out/new" and done.log_path == "/logs/new"
+        stored = (await stale.store.get_build(build.id)).packages[0]
+        assert stored == done

@@ -214,6 +214,11 @@ def _ended_badly(status: PackageStatus) -> bool:
 QueueKey = tuple[str, tuple[tuple[str, str], ...]]
 #: the reason shown for a package waiting for a slot of any size
 _SLOT_REASON = "waiting for a backend slot"
+#: replicas: the first and the longest wait before trying again starts the store could
+#: not make (doubling while it keeps failing, back to the first after one it made)
+RETRY_DELAYS = (0.01, 0.5)
+#: replicas: how many ended builds a replica remembers to ignore late events about
+ENDED_BUILDS_KEPT = 1024
 
 
 @dataclass(order=True, frozen=True)
@@ -314,6 +319,9 @@ class Scheduler:
         self._reasons: dict[tuple[QueueKey, Request], str] = {}
         #: blocked packages whose dependencies all succeeded, queued but not yet written
         self._promoted: set[tuple[BuildId, str]] = set()
+        #: replicas: the wait before trying again starts the store could not make
+        self._retry_delay = RETRY_DELAYS[0]
+        self._retry_due = False
         self._tasks: dict[tuple[BuildId, str], asyncio.Task[None]] = {}
         #: guarded moves made at about the same time go to the store in one transaction
         self._moves = MoveBatcher(store)
@@ -332,6 +340,9 @@ class Scheduler:
         #: replicas: set while a row read from the store is applied (not re-announced)
         self._quiet = False
         self._ending: dict[BuildId, asyncio.Task[None]] = {}
+        #: replicas: the last builds that ended here (oldest first): other replicas'
+        #: events about them that come after the end are ignored, not read whole
+        self._ended_builds: dict[BuildId, None] = {}
         pool.on_available = self.wake
 
     # -- public ---------------------------------------------------------------------------
@@ -863,9 +874,11 @@ class Scheduler:
             for s in starts
         ]
         try:
-            return await self.replicas.start_many(slots)
+            started = await self.replicas.start_many(slots)
         except _STORE_FAILURES as exc:
             return [exc] * len(starts)
+        self._retry_delay = RETRY_DELAYS[0]
+        return started
 
     async def _started(
         self, start: _Start, result: PackageJob | Full | BaseException | None
@@ -1025,6 +1038,7 @@ class Scheduler:
             name=job.name,
             to=status,
             expect=frozenset({PackageStatus.RUNNING}),
+            owner=self.owner,  # not over another replica's run (our lease expired)
             fields={
                 "finished_at": now,
                 "error": error,
@@ -1042,7 +1056,10 @@ class Scheduler:
         except _STORE_FAILURES as exc:
             async with self._lock:
                 await self._fail_package(
-                    state, job, f"the store refused its result ({status.value}): {exc}"
+                    state,
+                    job,
+                    f"the store refused its result ({status.value}): {exc}",
+                    owner=self.owner,
                 )
             return
         if done is None:  # cancelled or taken over meanwhile
@@ -1086,15 +1103,20 @@ class Scheduler:
                     job.name,
                     PackageStatus.PENDING,
                     expect=frozenset({PackageStatus.RUNNING}),
+                    owner=self.owner,
                     lease_owner="",
                     lease_expires=None,
                     reason=storable(f"retrying after a backend fault: {exc}"),
                     attempts=closed,
                 )
-            except InvalidTransition:
+            except InvalidTransition:  # cancelled, or taken over meanwhile
+                if self.replicas.shared:
+                    await self._refresh(state, job.name)
                 return
             except _STORE_FAILURES as e:
-                await self._fail_package(state, job, f"the store refused its retry: {e}")
+                await self._fail_package(
+                    state, job, f"the store refused its retry: {e}", owner=self.owner
+                )
                 return
             state.set(retry)
             self._push(state, retry)
@@ -1290,16 +1312,20 @@ class Scheduler:
             return
         await self._update_status(state)
 
-    async def _fail_package(self, state: _BuildState, job: PackageJob, reason: str) -> None:
+    async def _fail_package(
+        self, state: _BuildState, job: PackageJob, reason: str, *, owner: str | None = None
+    ) -> None:
         """Fail ``job`` with ``reason`` after a store write for it failed (call with the
-        lock held). If the store refuses that too, stop tracking the build: it stays
-        unfinished in the store, and the next start recovers it."""
+        lock held; ``owner``: only while it runs under that lease, for a running
+        attempt's own write). If the store refuses that too, stop tracking the build: it
+        stays unfinished in the store, and the next start recovers it."""
         _log.error("%s/%s: %s", state.build.id, job.name, reason)
         try:
             failed = await self.store.transition(
                 state.build.id,
                 job.name,
                 PackageStatus.FAILED,
+                owner=owner,
                 error=storable(reason),
                 reason="",
                 finished_at=self.clock.now(),
@@ -1431,6 +1457,8 @@ class Scheduler:
     async def _apply_remote(self, build_id: BuildId, names: Sequence[str], kind: str) -> None:
         state = self._builds.get(build_id)
         if state is None:  # a build submitted elsewhere (or not seen yet)
+            if build_id in self._ended_builds:  # late news of a build that ended
+                return
             try:
                 build = await self.store.get_build(build_id)
             except NotFound:
@@ -1575,6 +1603,10 @@ class Scheduler:
         """Stop tracking a build (ended, or given up): what the others run of it is
         no longer booked here."""
         state = self._builds.pop(build_id, None)
+        if state is not None and state.status not in (BuildStatus.PENDING, BuildStatus.RUNNING):
+            self._ended_builds[build_id] = None
+            while len(self._ended_builds) > ENDED_BUILDS_KEPT:
+                del self._ended_builds[next(iter(self._ended_builds))]
         for key in [k for k in self._remote_slots if k[0] == build_id]:
             self._release_remote(key)
         return state
@@ -1597,9 +1629,18 @@ class Scheduler:
     def _retry_soon(self, exc: Exception) -> None:
         """A start the store could not make now (with other replicas: a deadlock, a
         serialization failure, the database unreachable): the package waits, and the
-        scheduler tries again in a moment (not at once: no spinning on a down store)."""
-        _log.warning("starting packages: %s (trying again)", exc)
-        asyncio.get_running_loop().call_later(0.5, self.wake)
+        scheduler tries again in a moment: :data:`RETRY_DELAYS`, from 10 ms doubling while
+        it keeps failing (no spinning on a down store), 10 ms again once a start is made."""
+        if self._retry_due:  # one wake for all the starts of a round
+            return
+        _log.warning("starting packages: %s (again in %.2f s)", exc, self._retry_delay)
+        self._retry_due = True
+        asyncio.get_running_loop().call_later(self._retry_delay, self._retry_now)
+        self._retry_delay = min(self._retry_delay * 2, RETRY_DELAYS[1])
+
+    def _retry_now(self) -> None:
+        self._retry_due = False
+        self.wake()
 
     def _live_elsewhere(self, job: PackageJob) -> bool:
         """Running under another replica's lease that has not expired."""

@@ -67,6 +67,10 @@ class Move:
     #: :class:`PackageJob` fields set in the same UPDATE (not ``status``, ``build_id``,
     #: ``name``)
     fields: Mapping[str, Any] = field(default_factory=dict)
+    #: only if the package's ``lease_owner`` is this (a running attempt's write about
+    #: itself: a replica whose lease expired and whose package another replica took
+    #: over cannot overwrite that one's run)
+    owner: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,12 +170,15 @@ class JobStore(TokenStore, ReplicaStore, Protocol):
         to: PackageStatus,
         *,
         expect: frozenset[PackageStatus] | None = None,
+        owner: str | None = None,
         **fields: Any,
     ) -> PackageJob:
         """Move one package to ``to`` if its current state allows it (and is in ``expect``
-        when given), setting ``fields`` (any :class:`PackageJob` field but ``status``,
-        ``build_id``, ``name``) in the same UPDATE. Returns the updated job. Raises
-        ``InvalidTransition`` (current state wrong) or ``NotFound``."""
+        when given, and its ``lease_owner`` is ``owner`` when given: a running attempt's
+        write about itself), setting ``fields`` (any :class:`PackageJob` field but
+        ``status``, ``build_id``, ``name``) in the same UPDATE. Returns the updated job.
+        Raises ``InvalidTransition`` (current state wrong, or another owner's) or
+        ``NotFound``."""
 
     async def transition_many(
         self,

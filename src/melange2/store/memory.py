@@ -184,6 +184,7 @@ class MemoryStore:
         to: PackageStatus,
         *,
         expect: frozenset[PackageStatus] | None = None,
+        owner: str | None = None,
         **fields: Any,
     ) -> PackageJob:
         self._check_open()
@@ -196,6 +197,11 @@ class MemoryStore:
             raise InvalidTransition(
                 f"package {name!r} of build {build_id} is {job.status}, cannot move to {to}"
                 + ("" if expect is None else f" (expected {_names(expect)})")
+            )
+        if owner is not None and job.lease_owner != owner:
+            raise InvalidTransition(
+                f"package {name!r} of build {build_id} is not {owner}'s "
+                f"(its lease owner: {job.lease_owner or 'none'}), cannot move to {to}"
             )
         return self._put(replace(job, status=to, **fields))
 
@@ -248,7 +254,9 @@ class MemoryStore:
                 job = self.builds[move.build_id].packages[position]
             to = PackageStatus(move.to)
             allowed = sources_of(to) if move.expect is None else sources_of(to) & move.expect
-            if job.status not in allowed:
+            if job.status not in allowed or (
+                move.owner is not None and job.lease_owner != move.owner
+            ):
                 results.append(None)
                 continue
             moved = _copy_package(replace(job, status=to, **move.fields))

@@ -264,10 +264,13 @@ def transition_package(
     to: PackageStatus,
     allowed: Iterable[PackageStatus],
     fields: Mapping[str, Any],
+    *,
+    owner: str | None = None,
 ) -> PackageJob | None:
     """The compare-and-set: move the package to ``to`` and set ``fields`` in one guarded
-    UPDATE, only if its status is in ``allowed``. ``None`` when no row matched."""
-    rows = _move_packages(conn, build_id, (name,), to, allowed, fields)
+    UPDATE, only if its status is in ``allowed`` (and its ``lease_owner`` is ``owner``,
+    when given). ``None`` when no row matched."""
+    rows = _move_packages(conn, build_id, (name,), to, allowed, fields, owner=owner)
     return rows[0] if rows else None
 
 
@@ -312,6 +315,8 @@ class MoveGroup:
     columns: tuple[str, ...]
     indexes: tuple[int, ...]
     values: tuple[Mapping[str, Any], ...]
+    #: only rows whose ``lease_owner`` is this (:attr:`~melange2.store.base.Move.owner`)
+    owner: str | None = None
 
 
 def plan_moves(moves: Sequence[Move]) -> list[MoveGroup]:
@@ -320,7 +325,7 @@ def plan_moves(moves: Sequence[Move]) -> list[MoveGroup]:
     values = [package_values({**m.fields, "status": PackageStatus(m.to)}) for m in moves]
     # the k-th move of each package goes in layer k; a layer's groups share no package
     seen: Counter[tuple[str, str]] = Counter()
-    layers: list[dict[tuple[str, frozenset[str], tuple[str, ...]], list[int]]] = []
+    layers: list[dict[tuple[str, frozenset[str], tuple[str, ...], str | None], list[int]]] = []
     for i, move in enumerate(moves):
         k = seen[(move.build_id, move.name)]
         seen[(move.build_id, move.name)] += 1
@@ -328,12 +333,19 @@ def plan_moves(moves: Sequence[Move]) -> list[MoveGroup]:
             layers.append({})
         to = PackageStatus(move.to)
         allowed = sources_of(to) if move.expect is None else sources_of(to) & move.expect
-        key = (move.build_id, frozenset(s.value for s in allowed), tuple(sorted(values[i])))
+        key = (
+            move.build_id,
+            frozenset(s.value for s in allowed),
+            tuple(sorted(values[i])),
+            move.owner,
+        )
         layers[k].setdefault(key, []).append(i)
     plan: list[MoveGroup] = []
     for layer in layers:
         # groups in (build, states, columns) order: two writers lock rows alike
-        for (build_id, allowed_values, columns), indexes in sorted(layer.items()):
+        for (build_id, allowed_values, columns, owner), indexes in sorted(
+            layer.items(), key=lambda item: (*item[0][:3], item[0][3] or "")
+        ):
             for at in range(0, len(indexes), _GROUP_ROWS):
                 chunk = tuple(indexes[at : at + _GROUP_ROWS])
                 plan.append(
@@ -343,6 +355,7 @@ def plan_moves(moves: Sequence[Move]) -> list[MoveGroup]:
                         columns=columns,
                         indexes=chunk,
                         values=tuple(values[i] for i in chunk),
+                        owner=owner,
                     )
                 )
     return plan
@@ -361,6 +374,7 @@ def apply_planned(
             group.allowed,
             group.columns,
             group.values,
+            owner=group.owner,
         )
         for i in group.indexes:
             results[i] = moved.get(moves[i].name)
@@ -374,6 +388,8 @@ def _move_rows(
     allowed: Sequence[str],
     columns: tuple[str, ...],
     rows: Sequence[Mapping[str, Any]],
+    *,
+    owner: str | None = None,
 ) -> dict[str, PackageJob]:
     """One guarded UPDATE moving each of ``names`` (distinct, of one build) with its own
     column values ``rows``: a column the same for all is one parameter, the others a
@@ -395,15 +411,27 @@ def _move_rows(
     for i, (name, row) in enumerate(zip(names, rows, strict=True)):
         params[f"n_{i}"] = name
         params.update({f"v_{c}_{i}": row[c] for c in varying})
-    prepared = _prepared_update(conn.dialect, same, varying, len(names), len(allowed))
+    if owner is not None:  # a running attempt's write about itself (Move.owner)
+        params["w_owner"] = owner
+    prepared = _prepared_update(
+        conn.dialect, same, varying, len(names), len(allowed), owner is not None
+    )
     return {job.name: job for job in prepared.run(conn, params)}
 
 
 @functools.lru_cache(maxsize=1024)
 def _prepared_update(
-    dialect: Dialect, same: tuple[str, ...], varying: tuple[str, ...], count: int, states: int
+    dialect: Dialect,
+    same: tuple[str, ...],
+    varying: tuple[str, ...],
+    count: int,
+    states: int,
+    owned: bool = False,
 ) -> _Prepared:
-    return _Prepared.of(_guarded_update_rows(same, varying, count, states), dialect)
+    query = _guarded_update_rows(same, varying, count, states)
+    if owned:  # only the package's lease owner's (``w_owner``) write
+        query = query.where(packages.c.lease_owner == bindparam("w_owner"))
+    return _Prepared.of(query, dialect)
 
 
 class _Prepared:
@@ -617,6 +645,8 @@ def _move_packages(
     to: PackageStatus,
     allowed: Iterable[PackageStatus],
     fields: Mapping[str, Any],
+    *,
+    owner: str | None = None,
 ) -> list[PackageJob]:
     values = package_values({**fields, "status": to})
     params = {f"v_{column}": value for column, value in values.items()}
@@ -624,6 +654,9 @@ def _move_packages(
     params["w_names"] = names[0] if len(names) == 1 else list(names)
     params["w_allowed"] = [PackageStatus(s).value for s in allowed]
     query = _guarded_update(tuple(sorted(values)), one=len(names) == 1)
+    if owner is not None:  # a running attempt's write about itself (Move.owner)
+        query = query.where(packages.c.lease_owner == bindparam("w_owner"))
+        params["w_owner"] = owner
     return [package_from_row(row) for row in conn.execute(query, params).mappings()]
 
 

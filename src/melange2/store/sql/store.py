@@ -171,6 +171,7 @@ class SqlStore:
         to: PackageStatus,
         *,
         expect: frozenset[PackageStatus] | None = None,
+        owner: str | None = None,
         **fields: Any,
     ) -> PackageJob:
         check_fields(fields, PACKAGE_FIELDS, "package")
@@ -179,7 +180,7 @@ class SqlStore:
         allowed = sources_of(to) if expect is None else sources_of(to) & expect
 
         def move(conn: Connection) -> PackageJob | PackageStatus | None:
-            job = queries.transition_package(conn, build_id, name, to, allowed, fields)
+            job = queries.transition_package(conn, build_id, name, to, allowed, fields, owner=owner)
             if job is not None:
                 return job
             return queries.package_status(conn, build_id, name)
@@ -189,6 +190,10 @@ class SqlStore:
             return found
         if found is None:
             raise NotFound(f"no package {name!r} in build {build_id}")
+        if owner is not None and found in allowed:
+            raise InvalidTransition(
+                f"package {name!r} of build {build_id} is not {owner}'s, cannot move to {to}"
+            )
         raise InvalidTransition(
             f"package {name!r} of build {build_id} is {found}, cannot move to {to}"
             + ("" if expect is None else f" (expected {', '.join(sorted(expect))})")

@@ -657,6 +657,62 @@ class StoreContract(TokenStoreContract, ReplicaStoreContract):
         assert third is None
         assert (await store.get_build(build.id)).packages == (second,)
 
+    async def test_a_finish_by_a_stale_owner_is_refused_and_changes_nothing(
+        self, store: JobStore
+    ) -> None:
+        """Move.owner / transition(owner=): a replica whose lease expired and whose
+        package another replica started again cannot write its result over that run."""
+        build = make_build(names=("a", "b", "c"), package_status=PackageStatus.RUNNING)
+        await store.create_build(build)
+        for name in ("a", "b", "c"):
+            await store.update_package(build.id, name, lease_owner="new", lease_expires=T0)
+        before = await store.get_build(build.id)
+        running = frozenset({PackageStatus.RUNNING})
+        done = {"finished_at": T0, "error": "", "lease_owner": "", "lease_expires": None}
+
+        results = await store.apply(
+            [
+                Move(
+                    build_id=build.id,
+                    name=n,
+                    to=PackageStatus.SUCCESS,
+                    expect=running,
+                    owner="old",
+                    fields=done,
+                )
+                for n in ("a", "b")
+            ]
+            + [
+                Move(
+                    build_id=build.id,
+                    name="c",
+                    to=PackageStatus.SUCCESS,
+                    expect=running,
+                    owner="new",
+                    fields=done,
+                )
+            ]
+        )
+        assert results[:2] == [None, None]
+        assert results[2] is not None and results[2].status is PackageStatus.SUCCESS
+        with pytest.raises(InvalidTransition):
+            await store.transition(
+                build.id,
+                "a",
+                PackageStatus.PENDING,
+                expect=running,
+                owner="old",
+                lease_owner="",
+                lease_expires=None,
+            )
+        after = await store.get_build(build.id)
+        assert after.packages[:2] == before.packages[:2]
+        assert after.packages[2] == results[2]
+        failed = await store.transition(
+            build.id, "a", PackageStatus.FAILED, expect=running, owner="new", error="x"
+        )
+        assert failed.status is PackageStatus.FAILED and failed.error == "x"
+
     async def test_apply_with_a_bad_value_writes_nothing(self, store: JobStore) -> None:
         build = make_build(names=("a", "b"))
         await store.create_build(build)
