@@ -337,42 +337,48 @@ def test_three_replicas_one_killed_while_it_builds(
             build_id = resp.json()["id"]
         with ThreadPoolExecutor(max_workers=2) as pool:
             poller = pool.submit(poll_leases, postgres_empty_dsn, build_id, seen, now)
-            follower = None
-            followed_name = ""
-            killed_at: datetime | None = None
-            held_at_kill: dict[str, datetime] = {}
-            deadline = time.monotonic() + 240
-            with replicas.client(1) as second:
-                while killed_at is None or follower is None:
-                    assert time.monotonic() < deadline, (
-                        f"no moment to act: follower {follower}, killed {killed_at}, "
-                        f"seen {seen.holders}\n{replicas.logs()}"
-                    )
-                    assert not poller.done(), poller.exception()
-                    current = dict(now)
-                    if follower is None:
-                        # a package the first replica runs, followed through the second
-                        mine = [n for n, (o, _) in current.items() if o == owner[0]]
-                        if mine:
-                            follower = pool.submit(follow_log, second, build_id, mine[0], followed)
-                            followed_name = mine[0]
-                    if killed_at is None:
-                        theirs = {n: e for n, (o, e) in current.items() if o == owner[2]}
-                        if theirs and follower is not None:
-                            replicas.kill9(2)
-                            killed_at = datetime.now(UTC)
-                            # what it still held when it died (not what it had just
-                            # finished between the last poll and the kill)
-                            held_at_kill = {
-                                n: e
-                                for n, e in theirs.items()
-                                if n in still_running(postgres_empty_dsn, build_id, owner[2])
-                            }
-                    time.sleep(0.02)
-                with replicas.client(0) as first:
-                    build = wait_build(first, build_id, timeout=300)
-                follower.result(timeout=60)
-            seen.stop.set()
+            try:
+                follower = None
+                followed_name = ""
+                killed_at: datetime | None = None
+                held_at_kill: dict[str, datetime] = {}
+                deadline = time.monotonic() + 240
+                with replicas.client(1) as second:
+                    while killed_at is None or follower is None:
+                        assert time.monotonic() < deadline, (
+                            f"no moment to act: follower {follower}, killed {killed_at}, "
+                            f"seen {seen.holders}\n{replicas.logs()}"
+                        )
+                        assert not poller.done(), poller.exception()
+                        current = dict(now)
+                        if follower is None:
+                            # a package the first replica runs, followed through the second
+                            mine = [n for n, (o, _) in current.items() if o == owner[0]]
+                            if mine:
+                                follower = pool.submit(
+                                    follow_log, second, build_id, mine[0], followed
+                                )
+                                followed_name = mine[0]
+                        if killed_at is None:
+                            theirs = {n: e for n, (o, e) in current.items() if o == owner[2]}
+                            if theirs and follower is not None:
+                                replicas.kill9(2)
+                                killed_at = datetime.now(UTC)
+                                # what it still held when it died (not what it had just
+                                # finished between the last poll and the kill)
+                                held_at_kill = {
+                                    n: e
+                                    for n, e in theirs.items()
+                                    if n in still_running(postgres_empty_dsn, build_id, owner[2])
+                                }
+                        time.sleep(0.02)
+                    with replicas.client(0) as first:
+                        build = wait_build(first, build_id, timeout=300)
+                    follower.result(timeout=60)
+            finally:
+                # also when an assertion fails above: the poller must end, or the
+                # executor's shutdown waits for it forever
+                seen.stop.set()
             poller.result(timeout=10)
         assert build["status"] == "success", (build, replicas.logs())
         statuses = {p["name"]: p["status"] for p in build["packages"]}
