@@ -282,7 +282,7 @@ def test_farm_names_a_directory_postgres_cannot_enter(tmp_path: Path) -> None:
     """As root, PostgreSQL runs unprivileged: a farm under a 0700 directory fails at
     once, naming the directory, before anything starts."""
     if os.geteuid() != 0:
-        pytest.skip("only root hands PostgreSQL to another user")
+        require_real_part("hand PostgreSQL to an unprivileged user", ["root (euid 0)"])
     closed = tmp_path / "closed"
     closed.mkdir(mode=0o700)
     result = _farm(closed / "farm", "up", "--store", "postgres", "--no-toolchain")
