@@ -1509,17 +1509,9 @@ class Scheduler:
             row = fresh[0]
             if row.status is PackageStatus.RUNNING and row.lease_owner == self.owner:
                 if old != row:
-                    self._quiet = True
-                    try:
-                        state.set(row)
-                    finally:
-                        self._quiet = False
+                    self._set_remote(state, row)
                 return
-        self._quiet = True
-        try:
-            state.set(row)
-        finally:
-            self._quiet = False
+        self._set_remote(state, row)
         task = self._tasks.get(key)
         if task is not None and (
             row.status is not PackageStatus.RUNNING or row.lease_owner != self.owner
@@ -1535,6 +1527,14 @@ class Scheduler:
                 await self._settle_blocked(state, dependent)
         elif row.status.terminal:
             await self._cascade_failure(state, row.name)
+
+    def _set_remote(self, state: _BuildState, row: PackageJob) -> None:
+        """``state.set(row)`` for a move another replica made: not announced again."""
+        self._quiet = True
+        try:
+            state.set(row)
+        finally:
+            self._quiet = False
 
     async def _refresh(self, state: _BuildState, name: str) -> None:
         """A guarded write of ours matched nothing: read how the package stands."""
